@@ -1,0 +1,376 @@
+/* The offline inference verbs: tokenize, classify, embed, and import. Each reads texts from its
+ * arguments or from standard input (one per line, processed in chunks so a long stream never
+ * sits in memory), runs the engine in-process on the model named by -m, and prints plain text
+ * or JSON Lines. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/error.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "util.h"
+#include "verbs.h"
+
+#define CHUNK 256
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
+
+enum {
+        ARG_JSON = 0x100,
+        ARG_NO_SPECIAL,
+        ARG_POOL,
+        ARG_THREADS,
+        ARG_TYPE,
+};
+
+struct common_opts {
+        const char *model;
+        bool json;
+        bool no_special;
+        int threads;
+        enum dsa_pool pool;
+        const char *output;
+        enum dsa_type type;
+};
+
+static int usage(const char *verb, const char *msg) {
+        fprintf(stderr, "dsactl %s: %s (see dsactl --help)\n", verb, msg);
+        return 2;
+}
+
+/* Parses the options every inference verb shares; returns optind, -1 after printing --help, or
+ * -2 for usage errors. */
+static int parse_common(int argc, char **argv, struct common_opts *o) {
+        static const struct option options[] = {
+                { "model", required_argument, NULL, 'm' },
+                { "json", no_argument, NULL, ARG_JSON },
+                { "no-special", no_argument, NULL, ARG_NO_SPECIAL },
+                { "pool", required_argument, NULL, ARG_POOL },
+                { "threads", required_argument, NULL, ARG_THREADS },
+                { "output", required_argument, NULL, 'o' },
+                { "type", required_argument, NULL, ARG_TYPE },
+                { "help", no_argument, NULL, 'h' },
+                {}
+        };
+        const char *verb = argv[0];
+        unsigned long v;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "m:o:h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'm':
+                        o->model = optarg;
+                        break;
+                case 'o':
+                        if (strcmp(verb, "import"))
+                                return usage(verb, "-o is an option of import"), -2;
+                        o->output = optarg;
+                        break;
+                case ARG_JSON:
+                        o->json = true;
+                        break;
+                case ARG_NO_SPECIAL:
+                        if (strcmp(verb, "tokenize"))
+                                return usage(verb, "--no-special is an option of tokenize"), -2;
+                        o->no_special = true;
+                        break;
+                case ARG_POOL:
+                        if (strcmp(verb, "embed"))
+                                return usage(verb, "--pool is an option of embed"), -2;
+                        if (!strcmp(optarg, "cls"))
+                                o->pool = DSA_POOL_CLS;
+                        else if (!strcmp(optarg, "mean"))
+                                o->pool = DSA_POOL_MEAN;
+                        else if (!strcmp(optarg, "pooler"))
+                                o->pool = DSA_POOL_POOLER;
+                        else if (!strcmp(optarg, "none"))
+                                o->pool = DSA_POOL_NONE;
+                        else
+                                return usage(verb, "--pool takes cls, mean, pooler or none"), -2;
+                        break;
+                case ARG_THREADS:
+                        if (cli_parse_uint(optarg, 1024, &v) < 0)
+                                return usage(verb, "--threads takes a positive number"), -2;
+                        o->threads = (int) v;
+                        break;
+                case ARG_TYPE:
+                        if (strcmp(verb, "import"))
+                                return usage(verb, "--type is an option of import"), -2;
+                        if (!strcmp(optarg, "f32"))
+                                o->type = DSA_TYPE_F32;
+                        else if (!strcmp(optarg, "f16"))
+                                o->type = DSA_TYPE_F16;
+                        else if (!strcmp(optarg, "bf16"))
+                                o->type = DSA_TYPE_BF16;
+                        else
+                                return usage(verb, "--type takes f32, f16 or bf16"), -2;
+                        break;
+                case 'h':
+                        dsactl_help(stdout);
+                        return -1;
+                default:
+                        return -2;
+                }
+        }
+        return optind;
+}
+
+static void print_json(struct json_object *o) {
+        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
+}
+
+/* Runs fn on each chunk of input texts until the input ends or fn fails. */
+static int for_each_chunk(int argc, char **argv, const struct dsa_model *m, const struct common_opts *o,
+                          int (*fn)(const struct dsa_model *m, const struct common_opts *o,
+                                    char **texts, size_t n)) {
+        struct cli_input in;
+        int r;
+
+        cli_input_init(&in, argc, argv);
+        for (;;) {
+                char **texts = NULL;
+                int n = cli_input_next(&in, CHUNK, &texts);
+                if (n < 0)
+                        return cli_error(n, "reading input");
+                if (n == 0)
+                        return 0;
+                r = fn(m, o, texts, (size_t) n);
+                cli_texts_free(texts, (size_t) n);
+                if (r < 0)
+                        return r;
+                fflush(stdout);
+        }
+}
+
+static int tokenize_chunk(const struct dsa_model *m, const struct common_opts *o, char **texts, size_t n) {
+        const struct dsa_tokenizer *tok = dsa_model_tokenizer(m);
+
+        for (size_t i = 0; i < n; i++) {
+                struct dsa_encoding e = {};
+                int r = dsa_tokenizer_encode(tok, texts[i], strlen(texts[i]), NULL, 0,
+                                             o->no_special ? 0 : DSA_ENCODE_SPECIAL, 0, &e);
+                if (r < 0)
+                        return cli_error(r, "tokenizing");
+                if (o->json) {
+                        struct json_object *obj = json_object_new_object();
+                        struct json_object *ids = json_object_new_array_ext((int) e.n);
+                        struct json_object *toks = json_object_new_array_ext((int) e.n);
+                        for (size_t j = 0; j < e.n; j++) {
+                                json_object_array_add(ids, json_object_new_int(e.ids[j]));
+                                json_object_array_add(toks, json_object_new_string(dsa_tokenizer_token(tok, e.ids[j])));
+                        }
+                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
+                        json_object_object_add(obj, "ids", ids);
+                        json_object_object_add(obj, "tokens", toks);
+                        print_json(obj);
+                } else {
+                        for (size_t j = 0; j < e.n; j++)
+                                printf("%s%s", j ? " " : "", dsa_tokenizer_token(tok, e.ids[j]));
+                        putchar('\n');
+                        for (size_t j = 0; j < e.n; j++)
+                                printf("%s%d", j ? " " : "", e.ids[j]);
+                        putchar('\n');
+                }
+                dsa_encoding_clear(&e);
+        }
+        return 0;
+}
+
+static void softmax(const float *logits, size_t L, double *probs) {
+        double mx = -INFINITY, sum = 0;
+
+        for (size_t j = 0; j < L; j++)
+                mx = fmax(mx, logits[j]);
+        for (size_t j = 0; j < L; j++)
+                sum += probs[j] = exp((double) logits[j] - mx);
+        for (size_t j = 0; j < L; j++)
+                probs[j] /= sum;
+}
+
+static int classify_chunk(const struct dsa_model *m, const struct common_opts *o, char **texts, size_t n) {
+        size_t L = dsa_model_bert_config(m)->n_labels;
+        _cleanup_free_ float *logits = malloc(n * L * sizeof(float));
+        _cleanup_free_ double *probs = malloc(L * sizeof(double));
+        int r;
+
+        if (!logits || !probs)
+                return cli_error(-ENOMEM, "classify");
+        r = dsa_model_classify_texts(m, (const char *const *) texts, NULL, n, logits);
+        if (r < 0)
+                return cli_error(r, "classify");
+        for (size_t i = 0; i < n; i++) {
+                const float *lg = logits + i * L;
+                size_t best = 0;
+                softmax(lg, L, probs);
+                for (size_t j = 1; j < L; j++)
+                        if (lg[j] > lg[best])
+                                best = j;
+                if (o->json) {
+                        struct json_object *obj = json_object_new_object();
+                        struct json_object *jl = json_object_new_array_ext((int) L);
+                        struct json_object *jp = json_object_new_array_ext((int) L);
+                        for (size_t j = 0; j < L; j++) {
+                                json_object_array_add(jl, cli_json_float(lg[j]));
+                                json_object_array_add(jp, cli_json_float(probs[j]));
+                        }
+                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
+                        json_object_object_add(obj, "label", json_object_new_string(dsa_model_label(m, best)));
+                        json_object_object_add(obj, "label_id", json_object_new_int((int) best));
+                        json_object_object_add(obj, "logits", jl);
+                        json_object_object_add(obj, "probs", jp);
+                        print_json(obj);
+                } else
+                        printf("%s\t%.4f\t%s\n", dsa_model_label(m, best), probs[best], texts[i]);
+        }
+        return 0;
+}
+
+static void print_vector(const float *v, size_t C) {
+        for (size_t j = 0; j < C; j++)
+                printf("%s%.7g", j ? " " : "", v[j]);
+        putchar('\n');
+}
+
+static struct json_object *json_vector(const float *v, size_t C) {
+        struct json_object *a = json_object_new_array_ext((int) C);
+
+        for (size_t j = 0; j < C; j++)
+                json_object_array_add(a, cli_json_float(v[j]));
+        return a;
+}
+
+/* --pool none: every token's last hidden state, one text per forward. */
+static int embed_tokens(const struct dsa_model *m, const struct common_opts *o, const char *text) {
+        const struct dsa_bert_config *cfg = dsa_model_bert_config(m);
+        struct dsa_encoding e = {};
+        _cleanup_free_ float *hidden = NULL;
+        _cleanup_free_ uint8_t *mask = NULL;
+        int r;
+
+        r = dsa_tokenizer_encode(dsa_model_tokenizer(m), text, strlen(text), NULL, 0, DSA_ENCODE_SPECIAL,
+                                 cfg->n_ctx, &e);
+        if (r < 0)
+                return cli_error(r, "tokenizing");
+        hidden = malloc(e.n * cfg->n_embd * sizeof(float));
+        mask = malloc(e.n);
+        if (!hidden || !mask) {
+                dsa_encoding_clear(&e);
+                return cli_error(-ENOMEM, "embed");
+        }
+        memset(mask, 1, e.n);
+        struct dsa_batch b = { .B = 1, .T = e.n, .ids = e.ids, .type_ids = e.type_ids, .mask = mask };
+        r = dsa_model_forward(m, &b, hidden, NULL);
+        if (r < 0) {
+                dsa_encoding_clear(&e);
+                return cli_error(r, "embed");
+        }
+        if (o->json) {
+                struct json_object *obj = json_object_new_object();
+                struct json_object *rows = json_object_new_array_ext((int) e.n);
+                for (size_t t = 0; t < e.n; t++)
+                        json_object_array_add(rows, json_vector(hidden + t * cfg->n_embd, cfg->n_embd));
+                json_object_object_add(obj, "text", json_object_new_string(text));
+                json_object_object_add(obj, "hidden", rows);
+                print_json(obj);
+        } else
+                for (size_t t = 0; t < e.n; t++)
+                        print_vector(hidden + t * cfg->n_embd, cfg->n_embd);
+        dsa_encoding_clear(&e);
+        return 0;
+}
+
+static int embed_chunk(const struct dsa_model *m, const struct common_opts *o, char **texts, size_t n) {
+        size_t C = dsa_model_bert_config(m)->n_embd;
+        _cleanup_free_ float *emb = NULL;
+        int r;
+
+        if (o->pool == DSA_POOL_NONE) {
+                for (size_t i = 0; i < n; i++) {
+                        r = embed_tokens(m, o, texts[i]);
+                        if (r < 0)
+                                return r;
+                }
+                return 0;
+        }
+        emb = malloc(n * C * sizeof(float));
+        if (!emb)
+                return cli_error(-ENOMEM, "embed");
+        r = dsa_model_embed_texts(m, (const char *const *) texts, n, o->pool, emb);
+        if (r < 0)
+                return cli_error(r, "embed");
+        for (size_t i = 0; i < n; i++) {
+                if (o->json) {
+                        struct json_object *obj = json_object_new_object();
+                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
+                        json_object_object_add(obj, "embedding", json_vector(emb + i * C, C));
+                        print_json(obj);
+                } else
+                        print_vector(emb + i * C, C);
+        }
+        return 0;
+}
+
+static int run_inference(int argc, char **argv,
+                         int (*fn)(const struct dsa_model *m, const struct common_opts *o, char **texts,
+                                   size_t n),
+                         struct common_opts *o) {
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        int idx, r;
+
+        idx = parse_common(argc, argv, o);
+        if (idx < 0)
+                return idx == -1 ? 0 : 2;
+        if (!o->model)
+                return usage(argv[0], "-m MODEL is required (dsad is not available yet)");
+        cli_set_threads(o->threads);
+        if (cli_open_model(o->model, &m) < 0)
+                return 1;
+        if (fn == classify_chunk && dsa_model_bert_config(m)->n_labels == 0) {
+                fprintf(stderr, "dsactl: %s: model has no classification head\n", o->model);
+                return 1;
+        }
+        r = for_each_chunk(argc - idx, argv + idx, m, o, fn);
+        return r < 0 ? 1 : 0;
+}
+
+int verb_tokenize(int argc, char **argv) {
+        struct common_opts o = {};
+        return run_inference(argc, argv, tokenize_chunk, &o);
+}
+
+int verb_classify(int argc, char **argv) {
+        struct common_opts o = {};
+        return run_inference(argc, argv, classify_chunk, &o);
+}
+
+int verb_embed(int argc, char **argv) {
+        struct common_opts o = { .pool = DSA_POOL_MEAN };
+        return run_inference(argc, argv, embed_chunk, &o);
+}
+
+int verb_import(int argc, char **argv) {
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        struct common_opts o = { .type = DSA_TYPE_F32 };
+        int idx, r;
+
+        idx = parse_common(argc, argv, &o);
+        if (idx < 0)
+                return idx == -1 ? 0 : 2;
+        if (o.model || argc - idx != 1)
+                return usage("import", "takes exactly one SRC (a Hugging Face folder or a GGUF file)");
+        if (!o.output)
+                return usage("import", "-o OUT.gguf is required");
+        if (cli_open_model(argv[idx], &m) < 0)
+                return 1;
+        dsa_error_clear();
+        r = dsa_model_save(m, o.output, o.type);
+        if (r < 0) {
+                cli_error(r, o.output);
+                return 1;
+        }
+        return 0;
+}

@@ -1,0 +1,38 @@
+/* Helpers shared by dsactl's verbs: opening a model with a one-line error, reading input texts,
+ * JSON number formatting, thread count. */
+#pragma once
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct dsa_model;
+
+/* Opens path (GGUF file or HF folder); on failure prints "dsactl: PATH: reason" and returns
+ * the negative errno. */
+int cli_open_model(const char *path, struct dsa_model **ret);
+
+/* Prints "dsactl: what: reason" for error r (the engine's stored reason when there is one). */
+int cli_error(int r, const char *what);
+
+/* Sets OpenBLAS threads: n > 0 as given, else every online core. Returns the count used. */
+int cli_set_threads(int n);
+
+/* Parses a positive integer option value; -EINVAL when it is not one. */
+int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret);
+
+/* Reads the next chunk of at most max texts: from args (when argc > 0) or standard input, one
+ * per line (trailing \n and \r removed). *ret_texts holds malloc'd strings the caller frees
+ * with cli_texts_free. Returns the number read (0 at the end) or -errno. */
+struct cli_input {
+        int argc;
+        char **argv;
+        int next;
+        bool use_stdin;
+};
+void cli_input_init(struct cli_input *in, int argc, char **argv);
+int cli_input_next(struct cli_input *in, size_t max, char ***ret_texts);
+void cli_texts_free(char **texts, size_t n);
+
+/* A JSON number written with 7 significant digits (enough for fp32, and short). */
+struct json_object *cli_json_float(double v);

@@ -1,0 +1,14 @@
+/* dsactl's verbs. Each takes the arguments after the verb name (argv[0] is the verb) and
+ * returns the process exit code: 0 success, 1 failure (one line on stderr), 2 usage error. */
+#pragma once
+
+#include <stdio.h>
+
+/* Prints dsactl --help to f. */
+void dsactl_help(FILE *f);
+
+int verb_tokenize(int argc, char **argv);
+int verb_classify(int argc, char **argv);
+int verb_embed(int argc, char **argv);
+int verb_import(int argc, char **argv);
+int verb_bench(int argc, char **argv);

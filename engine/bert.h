@@ -1,0 +1,68 @@
+/* Private to engine/: BERT weights as the forward pass uses them (fp32, one owned arena, Q/K/V
+ * fused per layer), the loader shared by the Hugging Face and GGUF importers, and the forward
+ * pass itself. Tensor names passed to the loader's lookup are llama.cpp's ("blk.0.attn_q.weight");
+ * each importer maps them onto its own naming. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "basic/macro.h"
+#include "model.h"
+#include "tensor.h"
+
+struct dsa_tokenizer;
+
+struct dsa_bert_layer {
+        float *qkv_w, *qkv_b;           /* (3C,C), (3C): rows 0..C-1 Q, then K, then V */
+        float *o_w, *o_b;               /* (C,C), (C) */
+        float *ln1_g, *ln1_b;           /* attention output LayerNorm (C) */
+        float *up_w, *up_b;             /* (F,C), (F) */
+        float *down_w, *down_b;         /* (C,F), (C) */
+        float *ln2_g, *ln2_b;           /* layer output LayerNorm (C) */
+};
+
+struct dsa_bert {
+        struct dsa_bert_config cfg;
+        float *arena; /* owns every float below */
+        size_t arena_floats;
+        float *wte;   /* (V,C) */
+        float *wpe;   /* (n_ctx,C) */
+        float *wtt;   /* (n_type,C); zeros when the file has none */
+        float *emb_ln_g, *emb_ln_b;
+        struct dsa_bert_layer *layers;
+        float *pool_w, *pool_b; /* (C,C), (C) or NULL */
+        float *cls_w, *cls_b;   /* (n_labels,C), (n_labels) or NULL */
+        char **labels;          /* n_labels names, owned */
+        enum dsa_pool default_pool;
+};
+
+/* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
+typedef const struct dsa_tensor_view *(*dsa__bert_lookup_fn)(void *userdata, const char *name);
+
+/* Checks cfg, allocates the arena and fills it from lookup: every tensor's shape is checked
+ * against cfg before it is read. token_types.weight is optional (zeros); cls.* are read when
+ * cfg->has_pooler, cls.output.* when cfg->n_labels > 0. labels stays NULL (caller fills it). */
+int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup, void *userdata,
+                   struct dsa_bert **ret);
+struct dsa_bert *dsa__bert_free(struct dsa_bert *b);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_bert *, dsa__bert_free);
+
+/* Checks the values of a config read from a file: nonzero sizes, C % NH == 0, sane caps. */
+int dsa__bert_config_check(const struct dsa_bert_config *cfg);
+
+/* Encoder forward: see dsa_model_forward(). Reads bert only, so several threads may run it on
+ * one model at once. */
+int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
+                      struct dsa_trace *trace);
+int dsa__bert_pool(const struct dsa_bert *bert, const struct dsa_batch *b, const float *hidden,
+                   enum dsa_pool mode, float *out);
+int dsa__bert_classify(const struct dsa_bert *bert, const struct dsa_batch *b, const float *hidden,
+                       float *ret_logits);
+
+/* Imports a Hugging Face BERT folder (hf.c): config.json, safetensors weights, tokenizer. */
+int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_tokenizer **ret_tok);
+
+/* fp32 -> IEEE half / bfloat16, round to nearest even (model.c, for saving). */
+uint16_t dsa__f32_to_f16(float f);
+uint16_t dsa__f32_to_bf16(float f);

@@ -1,0 +1,831 @@
+/* GGUF reader. The file is mapped read-only and walked once at open with a bounds-checked
+ * cursor: every count is checked against the bytes left before anything is allocated for it,
+ * every length is capped, and every tensor's type, shape and byte range is validated, so the
+ * getters afterwards only index tables built here. Keys and tensor names are kept in arrays
+ * sorted by name: duplicates are found in O(n log n) and lookups are binary searches.
+ * String arrays (tokenizer vocabularies) get a table of element offsets, so element i is O(1). */
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include "basic/error.h"
+#include "basic/macro.h"
+#include "gguf.h"
+
+struct gguf_kv {
+        char *name;
+        enum dsa_gguf_vtype type;
+        enum dsa_gguf_vtype arr_type; /* arrays only */
+        uint64_t n;                   /* arrays: element count */
+        const uint8_t *value;         /* scalars: the value; strings: the bytes; arrays: element 0 */
+        uint64_t len;                 /* strings: byte count */
+        uint64_t *str_offs;           /* string arrays: offset of each element's u64 length */
+};
+
+struct dsa_gguf {
+        const uint8_t *base;
+        size_t size;
+        bool mapped;
+        uint32_t version;
+
+        struct gguf_kv *kvs;
+        size_t n_kv;
+        size_t *kv_sorted; /* indices into kvs, sorted by name */
+
+        struct dsa_tensor_view *tensors;
+        size_t n_tensors;
+        size_t *tensor_sorted;
+};
+
+struct cursor {
+        const uint8_t *base;
+        size_t size;
+        size_t pos;
+};
+
+static size_t cursor_left(const struct cursor *c) {
+        return c->size - c->pos;
+}
+
+/* Checks that n more bytes exist; what names the field for the reason. */
+static int cursor_need(const struct cursor *c, uint64_t n, const char *what) {
+        if (n > cursor_left(c))
+                return dsa__error(-EBADMSG,
+                                  "file ends inside %s (offset %zu, %llu bytes needed, %zu left)",
+                                  what, c->pos, (unsigned long long) n, cursor_left(c));
+        return 0;
+}
+
+static int cursor_read(struct cursor *c, void *dst, size_t n, const char *what) {
+        int r = cursor_need(c, n, what);
+
+        if (r < 0)
+                return r;
+        memcpy(dst, c->base + c->pos, n);
+        c->pos += n;
+        return 0;
+}
+
+static int cursor_u32(struct cursor *c, uint32_t *ret, const char *what) {
+        return cursor_read(c, ret, sizeof(*ret), what);
+}
+
+static int cursor_u64(struct cursor *c, uint64_t *ret, const char *what) {
+        return cursor_read(c, ret, sizeof(*ret), what);
+}
+
+/* A GGUF string: u64 length, then the bytes, at most max of them. */
+static int cursor_str(struct cursor *c, uint64_t max, const char *what, const uint8_t **ret,
+                      uint64_t *ret_len) {
+        uint64_t len;
+        int r;
+
+        r = cursor_u64(c, &len, what);
+        if (r < 0)
+                return r;
+        if (len > max)
+                return dsa__error(-EBADMSG, "%s at offset %zu is %llu bytes long, more than the %llu allowed",
+                                  what, c->pos - 8, (unsigned long long) len, (unsigned long long) max);
+        r = cursor_need(c, len, what);
+        if (r < 0)
+                return r;
+        *ret = c->base + c->pos;
+        *ret_len = len;
+        c->pos += len;
+        return 0;
+}
+
+/* Names are copied NUL-terminated, so one with a NUL inside would silently become another. */
+static int name_dup(const uint8_t *p, uint64_t len, const char *what, char **ret) {
+        char *s;
+
+        if (len == 0)
+                return dsa__error(-EBADMSG, "%s is empty", what);
+        if (memchr(p, 0, len))
+                return dsa__error(-EBADMSG, "%s contains a NUL byte", what);
+        s = malloc(len + 1);
+        if (!s)
+                return -ENOMEM;
+        memcpy(s, p, len);
+        s[len] = 0;
+        *ret = s;
+        return 0;
+}
+
+size_t dsa_gguf_vtype_size(enum dsa_gguf_vtype t) {
+        switch (t) {
+        case DSA_GGUF_UINT8:
+        case DSA_GGUF_INT8:
+        case DSA_GGUF_BOOL:
+                return 1;
+        case DSA_GGUF_UINT16:
+        case DSA_GGUF_INT16:
+                return 2;
+        case DSA_GGUF_UINT32:
+        case DSA_GGUF_INT32:
+        case DSA_GGUF_FLOAT32:
+                return 4;
+        case DSA_GGUF_UINT64:
+        case DSA_GGUF_INT64:
+        case DSA_GGUF_FLOAT64:
+                return 8;
+        default:
+                return 0; /* string, array, unknown */
+        }
+}
+
+static int parse_value(struct cursor *c, struct gguf_kv *kv) {
+        size_t esz;
+        uint32_t t;
+        int r;
+
+        if (kv->type == DSA_GGUF_STRING)
+                return cursor_str(c, DSA_GGUF_MAX_STR, "string value", &kv->value, &kv->len);
+        if (kv->type != DSA_GGUF_ARRAY) {
+                esz = dsa_gguf_vtype_size(kv->type);
+                if (esz == 0)
+                        return dsa__error(-EBADMSG, "key '%s' has unknown value type %u", kv->name,
+                                          (unsigned) kv->type);
+                r = cursor_need(c, esz, "a value");
+                if (r < 0)
+                        return r;
+                kv->value = c->base + c->pos;
+                c->pos += esz;
+                return 0;
+        }
+
+        r = cursor_u32(c, &t, "an array type");
+        if (r < 0)
+                return r;
+        r = cursor_u64(c, &kv->n, "an array count");
+        if (r < 0)
+                return r;
+        kv->arr_type = (enum dsa_gguf_vtype) t;
+        /* Nested arrays have no use in the files we read; rejecting them keeps this loop flat. */
+        if (t == DSA_GGUF_ARRAY)
+                return dsa__error(-EBADMSG, "key '%s' is a nested array, which is not supported",
+                                  kv->name);
+        kv->value = c->base + c->pos;
+
+        if (t == DSA_GGUF_STRING) {
+                /* Each element takes at least its 8-byte length, which bounds the table. */
+                if (kv->n > cursor_left(c) / 8)
+                        return dsa__error(-EBADMSG,
+                                          "key '%s' claims %llu strings but only %zu bytes are left",
+                                          kv->name, (unsigned long long) kv->n, cursor_left(c));
+                kv->str_offs = malloc(MAX(kv->n, 1) * sizeof(uint64_t));
+                if (!kv->str_offs)
+                        return -ENOMEM;
+                for (uint64_t i = 0; i < kv->n; i++) {
+                        const uint8_t *s;
+                        uint64_t len;
+
+                        kv->str_offs[i] = c->pos;
+                        r = cursor_str(c, DSA_GGUF_MAX_STR, "an array string", &s, &len);
+                        if (r < 0)
+                                return r;
+                }
+                return 0;
+        }
+
+        esz = dsa_gguf_vtype_size(kv->arr_type);
+        if (esz == 0)
+                return dsa__error(-EBADMSG, "key '%s' is an array of unknown type %u", kv->name, t);
+        if (kv->n > cursor_left(c) / esz)
+                return dsa__error(-EBADMSG,
+                                  "key '%s' claims %llu elements of %zu bytes but only %zu bytes are left",
+                                  kv->name, (unsigned long long) kv->n, esz, cursor_left(c));
+        c->pos += kv->n * esz;
+        return 0;
+}
+
+/* qsort/bsearch over index arrays need the table; a file-scope pointer would not be
+ * thread-safe, so sort (name, index) pairs instead. */
+struct name_ref {
+        const char *name;
+        size_t i;
+};
+
+static int name_ref_cmp(const void *a, const void *b) {
+        return strcmp(((const struct name_ref *) a)->name, ((const struct name_ref *) b)->name);
+}
+
+/* Sorts n names, reports the first duplicate, and fills ret (n indices in name order). */
+static int sort_names(const char *const *names, size_t stride, size_t n, const char *what,
+                      size_t **ret) {
+        _cleanup_free_ struct name_ref *refs = NULL;
+        _cleanup_free_ size_t *idx = NULL;
+
+        refs = malloc(MAX(n, 1) * sizeof(*refs));
+        idx = malloc(MAX(n, 1) * sizeof(*idx));
+        if (!refs || !idx)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                refs[i] = (struct name_ref) {
+                        *(const char *const *) ((const uint8_t *) names + i * stride), i
+                };
+        qsort(refs, n, sizeof(*refs), name_ref_cmp);
+        for (size_t i = 0; i < n; i++) {
+                if (i > 0 && strcmp(refs[i - 1].name, refs[i].name) == 0)
+                        return dsa__error(-EBADMSG, "duplicate %s '%s'", what, refs[i].name);
+                idx[i] = refs[i].i;
+        }
+        *ret = TAKE_PTR(idx);
+        return 0;
+}
+
+static int parse_kvs(struct dsa_gguf *g, struct cursor *c, uint64_t n_kv) {
+        int r;
+
+        /* Smallest pair: 8-byte key length, 1-byte key, 4-byte type, 1-byte value. */
+        if (n_kv > cursor_left(c) / 14)
+                return dsa__error(-EBADMSG, "header claims %llu key/value pairs but only %zu bytes follow",
+                                  (unsigned long long) n_kv, cursor_left(c));
+        g->kvs = calloc(MAX(n_kv, 1), sizeof(*g->kvs));
+        if (!g->kvs)
+                return -ENOMEM;
+
+        for (uint64_t i = 0; i < n_kv; i++) {
+                struct gguf_kv *kv = &g->kvs[i];
+                const uint8_t *key;
+                uint64_t len;
+                uint32_t t;
+
+                r = cursor_str(c, DSA_GGUF_MAX_KEY, "a key", &key, &len);
+                if (r < 0)
+                        return r;
+                r = name_dup(key, len, "a key", &kv->name);
+                if (r < 0)
+                        return r;
+                g->n_kv = i + 1; /* kv->name is now owned by g */
+                r = cursor_u32(c, &t, "a value type");
+                if (r < 0)
+                        return r;
+                kv->type = (enum dsa_gguf_vtype) t;
+                r = parse_value(c, kv);
+                if (r < 0)
+                        return r;
+        }
+        return sort_names((const char *const *) &g->kvs[0].name, sizeof(struct gguf_kv), g->n_kv,
+                          "key", &g->kv_sorted);
+}
+
+static const struct gguf_kv *kv_find(const struct dsa_gguf *g, const char *key) {
+        size_t lo = 0, hi = g->n_kv;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                const struct gguf_kv *kv = &g->kvs[g->kv_sorted[mid]];
+                int c = strcmp(key, kv->name);
+
+                if (c == 0)
+                        return kv;
+                if (c < 0)
+                        hi = mid;
+                else
+                        lo = mid + 1;
+        }
+        return NULL;
+}
+
+static int read_alignment(const struct dsa_gguf *g, uint32_t *ret) {
+        const struct gguf_kv *kv = kv_find(g, "general.alignment");
+        uint32_t a;
+
+        if (!kv) {
+                *ret = DSA_GGUF_DEFAULT_ALIGNMENT;
+                return 0;
+        }
+        if (kv->type != DSA_GGUF_UINT32)
+                return dsa__error(-EBADMSG, "general.alignment has type %u, not uint32",
+                                  (unsigned) kv->type);
+        memcpy(&a, kv->value, sizeof(a));
+        if (a == 0 || (a & (a - 1)) != 0)
+                return dsa__error(-EBADMSG, "general.alignment %u is not a power of two", a);
+        *ret = a;
+        return 0;
+}
+
+static int parse_tensor_info(struct cursor *c, struct dsa_tensor_view *t, uint64_t *ret_offset) {
+        const uint8_t *name;
+        uint64_t len, n, offset;
+        uint32_t type;
+        int r;
+
+        r = cursor_str(c, DSA_GGUF_MAX_KEY, "a tensor name", &name, &len);
+        if (r < 0)
+                return r;
+        r = name_dup(name, len, "a tensor name", (char **) &t->name);
+        if (r < 0)
+                return r;
+        r = cursor_u32(c, &t->n_dims, "a tensor's dimension count");
+        if (r < 0)
+                return r;
+        if (t->n_dims < 1 || t->n_dims > DSA_MAX_DIMS)
+                return dsa__error(-EBADMSG, "tensor '%s' has %u dimensions, not 1 to %d", t->name,
+                                  t->n_dims, DSA_MAX_DIMS);
+        for (uint32_t d = 0; d < DSA_MAX_DIMS; d++) {
+                t->ne[d] = 1;
+                if (d >= t->n_dims)
+                        continue;
+                r = cursor_u64(c, &t->ne[d], "a tensor's shape");
+                if (r < 0)
+                        return r;
+                if (t->ne[d] > INT64_MAX)
+                        return dsa__error(-EBADMSG, "tensor '%s' dimension %u is negative", t->name, d);
+        }
+        r = cursor_u32(c, &type, "a tensor's type");
+        if (r < 0)
+                return r;
+        r = cursor_u64(c, &offset, "a tensor's offset");
+        if (r < 0)
+                return r;
+
+        t->type = (enum dsa_type) type;
+        if (!dsa_type_name(t->type))
+                return dsa__error(-EBADMSG, "tensor '%s' has unknown ggml type %u", t->name, type);
+        n = dsa_tensor_nelems(t);
+        if (n == 0 && t->ne[0] && t->ne[1] && t->ne[2] && t->ne[3])
+                return dsa__error(-EBADMSG, "tensor '%s' shape overflows 64 bits", t->name);
+        if (t->ne[0] % dsa_type_block_elems(t->type) != 0)
+                return dsa__error(-EBADMSG, "tensor '%s' row of %llu is not a whole number of %s blocks",
+                                  t->name, (unsigned long long) t->ne[0], dsa_type_name(t->type));
+        r = dsa_type_nbytes(t->type, n, &t->nbytes);
+        if (r < 0)
+                return dsa__error(-EBADMSG, "tensor '%s' size overflows 64 bits", t->name);
+        *ret_offset = offset;
+        return 0;
+}
+
+struct tensor_range {
+        uint64_t begin, end;
+        size_t i;
+};
+
+static int range_cmp(const void *a, const void *b) {
+        const struct tensor_range *x = a, *y = b;
+
+        return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static int parse_tensors(struct dsa_gguf *g, struct cursor *c, uint64_t n_tensors) {
+        _cleanup_free_ struct tensor_range *ranges = NULL;
+        uint64_t data_start, data_size, end = 0;
+        uint32_t align = DSA_GGUF_DEFAULT_ALIGNMENT;
+        int r;
+
+        r = read_alignment(g, &align);
+        if (r < 0)
+                return r;
+        /* Smallest info: 8-byte name length, 1-byte name, n_dims, one ne, type, offset. */
+        if (n_tensors > cursor_left(c) / 33)
+                return dsa__error(-EBADMSG, "header claims %llu tensors but only %zu bytes follow",
+                                  (unsigned long long) n_tensors, cursor_left(c));
+        g->tensors = calloc(MAX(n_tensors, 1), sizeof(*g->tensors));
+        ranges = calloc(MAX(n_tensors, 1), sizeof(*ranges));
+        if (!g->tensors || !ranges)
+                return -ENOMEM;
+
+        for (uint64_t i = 0; i < n_tensors; i++) {
+                g->n_tensors = i + 1;
+                r = parse_tensor_info(c, &g->tensors[i], &ranges[i].begin);
+                if (r < 0)
+                        return r;
+                ranges[i].i = i;
+        }
+        r = sort_names((const char *const *) &g->tensors[0].name, sizeof(struct dsa_tensor_view),
+                       g->n_tensors, "tensor", &g->tensor_sorted);
+        if (r < 0)
+                return r;
+
+        data_start = ALIGN_TO((uint64_t) c->pos, (uint64_t) align);
+        data_size = data_start <= g->size ? g->size - data_start : 0;
+        for (size_t i = 0; i < g->n_tensors; i++) {
+                struct dsa_tensor_view *t = &g->tensors[i];
+                uint64_t off = ranges[i].begin;
+
+                if (off % align != 0)
+                        return dsa__error(-EBADMSG, "tensor '%s' offset %llu is not a multiple of the alignment %u",
+                                          t->name, (unsigned long long) off, align);
+                if (off > data_size || t->nbytes > data_size - off)
+                        return dsa__error(-EBADMSG,
+                                          "tensor '%s' data (offset %llu, %llu bytes) runs past the end of the file (%zu bytes)",
+                                          t->name, (unsigned long long) (data_start + off),
+                                          (unsigned long long) t->nbytes, g->size);
+                ranges[i].end = off + t->nbytes;
+                t->data = g->base + data_start + off;
+        }
+
+        qsort(ranges, g->n_tensors, sizeof(*ranges), range_cmp);
+        for (size_t i = 0; i < g->n_tensors; i++) {
+                if (ranges[i].begin == ranges[i].end)
+                        continue; /* empty tensors overlap nothing */
+                if (ranges[i].begin < end)
+                        return dsa__error(-EBADMSG, "tensor '%s' data overlaps another tensor's",
+                                          g->tensors[ranges[i].i].name);
+                end = ranges[i].end;
+        }
+        return 0;
+}
+
+static int gguf_parse(struct dsa_gguf *g) {
+        struct cursor c = { .base = g->base, .size = g->size };
+        uint64_t n_tensors, n_kv;
+        uint8_t magic[4];
+        int r;
+
+        r = cursor_read(&c, magic, 4, "the magic");
+        if (r < 0)
+                return r;
+        if (memcmp(magic, "GGUF", 4) != 0)
+                return dsa__error(-EBADMSG, "not a GGUF file (bad magic)");
+        r = cursor_u32(&c, &g->version, "the header");
+        if (r < 0)
+                return r;
+        if (g->version != 2 && g->version != 3) {
+                if ((g->version & 0xffff) == 0 && g->version != 0)
+                        return dsa__error(-EBADMSG, "GGUF file is big-endian, which is not supported");
+                return dsa__error(-EBADMSG, "GGUF version %u is not supported (only 2 and 3)", g->version);
+        }
+        r = cursor_u64(&c, &n_tensors, "the header");
+        if (r < 0)
+                return r;
+        r = cursor_u64(&c, &n_kv, "the header");
+        if (r < 0)
+                return r;
+        r = parse_kvs(g, &c, n_kv);
+        if (r < 0)
+                return r;
+        return parse_tensors(g, &c, n_tensors);
+}
+
+struct dsa_gguf *dsa_gguf_free(struct dsa_gguf *g) {
+        if (!g)
+                return NULL;
+        for (size_t i = 0; i < g->n_kv; i++) {
+                free(g->kvs[i].name);
+                free(g->kvs[i].str_offs);
+        }
+        for (size_t i = 0; i < g->n_tensors; i++)
+                free((char *) g->tensors[i].name);
+        free(g->kvs);
+        free(g->kv_sorted);
+        free(g->tensors);
+        free(g->tensor_sorted);
+        if (g->mapped)
+                munmap((void *) g->base, g->size);
+        free(g);
+        return NULL;
+}
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
+
+int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret) {
+        _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
+        int r;
+
+        if ((!data && size > 0) || !ret)
+                return -EINVAL;
+        g = calloc(1, sizeof(*g));
+        if (!g)
+                return -ENOMEM;
+        g->base = data;
+        g->size = size;
+        r = gguf_parse(g);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(g);
+        return 0;
+}
+
+int dsa_gguf_open(const char *path, struct dsa_gguf **ret) {
+        _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+        void *p;
+        int r;
+
+        if (!path || !ret)
+                return -EINVAL;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return dsa__error(-errno, "cannot open '%s': %s", path, strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return dsa__error(-EBADMSG, "'%s' is not a regular file", path);
+        if (st.st_size < 24)
+                return dsa__error(-EBADMSG, "'%s' is %lld bytes, smaller than a GGUF header", path,
+                                  (long long) st.st_size);
+        if ((uint64_t) st.st_size > SIZE_MAX)
+                return -EFBIG;
+
+        g = calloc(1, sizeof(*g));
+        if (!g)
+                return -ENOMEM;
+        p = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED)
+                return dsa__error(-errno, "cannot map '%s': %s", path, strerror(errno));
+        g->base = p;
+        g->size = st.st_size;
+        g->mapped = true;
+        r = gguf_parse(g);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(g);
+        return 0;
+}
+
+uint32_t dsa_gguf_version(const struct dsa_gguf *g) {
+        return g ? g->version : 0;
+}
+
+size_t dsa_gguf_n_kv(const struct dsa_gguf *g) {
+        return g ? g->n_kv : 0;
+}
+
+const char *dsa_gguf_kv_name(const struct dsa_gguf *g, size_t i) {
+        return g && i < g->n_kv ? g->kvs[i].name : NULL;
+}
+
+enum dsa_gguf_vtype dsa_gguf_kv_type(const struct dsa_gguf *g, size_t i) {
+        return g && i < g->n_kv ? g->kvs[i].type : (enum dsa_gguf_vtype) -1;
+}
+
+int dsa_gguf_find(const struct dsa_gguf *g, const char *key) {
+        const struct gguf_kv *kv;
+
+        if (!g || !key)
+                return -EINVAL;
+        kv = kv_find(g, key);
+        if (!kv)
+                return -ENOENT;
+        if (kv - g->kvs > INT32_MAX)
+                return -ERANGE;
+        return (int) (kv - g->kvs);
+}
+
+static int kv_lookup(const struct dsa_gguf *g, const char *key, const struct gguf_kv **ret) {
+        if (!g || !key)
+                return -EINVAL;
+        *ret = kv_find(g, key);
+        return *ret ? 0 : -ENOENT;
+}
+
+/* Reads any integer value as (negative?, magnitude-or-value): unsigned types into *u, signed
+ * ones into *s with *is_signed set. */
+static int kv_int(const struct gguf_kv *kv, bool *is_signed, uint64_t *u, int64_t *s) {
+        union {
+                uint8_t u8;
+                int8_t i8;
+                uint16_t u16;
+                int16_t i16;
+                uint32_t u32;
+                int32_t i32;
+                uint64_t u64;
+                int64_t i64;
+        } v;
+
+        if (kv->type == DSA_GGUF_ARRAY || kv->type == DSA_GGUF_STRING || !dsa_gguf_vtype_size(kv->type))
+                return -EMEDIUMTYPE;
+        memcpy(&v, kv->value, dsa_gguf_vtype_size(kv->type));
+        *is_signed = false;
+        switch (kv->type) {
+        case DSA_GGUF_UINT8:
+                *u = v.u8;
+                return 0;
+        case DSA_GGUF_UINT16:
+                *u = v.u16;
+                return 0;
+        case DSA_GGUF_UINT32:
+                *u = v.u32;
+                return 0;
+        case DSA_GGUF_UINT64:
+                *u = v.u64;
+                return 0;
+        default:
+                break;
+        }
+        *is_signed = true;
+        switch (kv->type) {
+        case DSA_GGUF_INT8:
+                *s = v.i8;
+                return 0;
+        case DSA_GGUF_INT16:
+                *s = v.i16;
+                return 0;
+        case DSA_GGUF_INT32:
+                *s = v.i32;
+                return 0;
+        case DSA_GGUF_INT64:
+                *s = v.i64;
+                return 0;
+        default:
+                return -EMEDIUMTYPE; /* float, bool */
+        }
+}
+
+int dsa_gguf_get_u64(const struct dsa_gguf *g, const char *key, uint64_t *ret) {
+        const struct gguf_kv *kv;
+        bool is_signed;
+        uint64_t u = 0;
+        int64_t s = 0;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        r = kv_int(kv, &is_signed, &u, &s);
+        if (r < 0)
+                return r;
+        if (is_signed) {
+                if (s < 0)
+                        return -ERANGE;
+                u = (uint64_t) s;
+        }
+        *ret = u;
+        return 0;
+}
+
+int dsa_gguf_get_i64(const struct dsa_gguf *g, const char *key, int64_t *ret) {
+        const struct gguf_kv *kv;
+        bool is_signed;
+        uint64_t u = 0;
+        int64_t s = 0;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        r = kv_int(kv, &is_signed, &u, &s);
+        if (r < 0)
+                return r;
+        if (!is_signed) {
+                if (u > INT64_MAX)
+                        return -ERANGE;
+                s = (int64_t) u;
+        }
+        *ret = s;
+        return 0;
+}
+
+int dsa_gguf_get_u32(const struct dsa_gguf *g, const char *key, uint32_t *ret) {
+        uint64_t v;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = dsa_gguf_get_u64(g, key, &v);
+        if (r < 0)
+                return r;
+        if (v > UINT32_MAX)
+                return -ERANGE;
+        *ret = (uint32_t) v;
+        return 0;
+}
+
+int dsa_gguf_get_f32(const struct dsa_gguf *g, const char *key, float *ret) {
+        const struct gguf_kv *kv;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type == DSA_GGUF_FLOAT32) {
+                float f;
+
+                memcpy(&f, kv->value, sizeof(f));
+                *ret = f;
+                return 0;
+        }
+        if (kv->type == DSA_GGUF_FLOAT64) {
+                double d;
+
+                memcpy(&d, kv->value, sizeof(d));
+                *ret = (float) d;
+                return 0;
+        }
+        return -EMEDIUMTYPE;
+}
+
+int dsa_gguf_get_bool(const struct dsa_gguf *g, const char *key, bool *ret) {
+        const struct gguf_kv *kv;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type != DSA_GGUF_BOOL)
+                return -EMEDIUMTYPE;
+        *ret = kv->value[0] != 0;
+        return 0;
+}
+
+int dsa_gguf_get_str(const struct dsa_gguf *g, const char *key, const char **ret, size_t *ret_len) {
+        const struct gguf_kv *kv;
+        int r;
+
+        if (!ret || !ret_len)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type != DSA_GGUF_STRING)
+                return -EMEDIUMTYPE;
+        *ret = (const char *) kv->value;
+        *ret_len = kv->len;
+        return 0;
+}
+
+int dsa_gguf_get_arr(const struct dsa_gguf *g, const char *key, enum dsa_gguf_vtype *ret_type,
+                     size_t *ret_n) {
+        const struct gguf_kv *kv;
+        int r;
+
+        if (!ret_type || !ret_n)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type != DSA_GGUF_ARRAY)
+                return -EMEDIUMTYPE;
+        *ret_type = kv->arr_type;
+        *ret_n = kv->n; /* bounded by the file size at open */
+        return 0;
+}
+
+int dsa_gguf_get_arr_str(const struct dsa_gguf *g, const char *key, size_t i, const char **ret,
+                         size_t *ret_len) {
+        const struct gguf_kv *kv;
+        uint64_t len;
+        int r;
+
+        if (!ret || !ret_len)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type != DSA_GGUF_ARRAY || kv->arr_type != DSA_GGUF_STRING)
+                return -EMEDIUMTYPE;
+        if (i >= kv->n)
+                return -ERANGE;
+        /* Validated at open: the length and the bytes lie inside the file. */
+        memcpy(&len, g->base + kv->str_offs[i], sizeof(len));
+        *ret = (const char *) g->base + kv->str_offs[i] + sizeof(len);
+        *ret_len = len;
+        return 0;
+}
+
+int dsa_gguf_get_arr_data(const struct dsa_gguf *g, const char *key, const void **ret) {
+        const struct gguf_kv *kv;
+        int r;
+
+        if (!ret)
+                return -EINVAL;
+        r = kv_lookup(g, key, &kv);
+        if (r < 0)
+                return r;
+        if (kv->type != DSA_GGUF_ARRAY || kv->arr_type == DSA_GGUF_STRING)
+                return -EMEDIUMTYPE;
+        *ret = kv->value;
+        return 0;
+}
+
+size_t dsa_gguf_n_tensors(const struct dsa_gguf *g) {
+        return g ? g->n_tensors : 0;
+}
+
+const struct dsa_tensor_view *dsa_gguf_tensor(const struct dsa_gguf *g, size_t i) {
+        return g && i < g->n_tensors ? &g->tensors[i] : NULL;
+}
+
+const struct dsa_tensor_view *dsa_gguf_find_tensor(const struct dsa_gguf *g, const char *name) {
+        size_t lo = 0, hi;
+
+        if (!g || !name)
+                return NULL;
+        hi = g->n_tensors;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                const struct dsa_tensor_view *t = &g->tensors[g->tensor_sorted[mid]];
+                int c = strcmp(name, t->name);
+
+                if (c == 0)
+                        return t;
+                if (c < 0)
+                        hi = mid;
+                else
+                        lo = mid + 1;
+        }
+        return NULL;
+}

@@ -1,0 +1,104 @@
+/* A loaded model: architecture, weights ready for the forward pass, tokenizer and labels, from
+ * a GGUF file (ours or llama.cpp's) or a Hugging Face folder (imported on the fly). This is the
+ * engine's entry point for dsactl's offline verbs and, later, dsad's workers. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tensor.h"
+
+struct dsa_tokenizer;
+
+enum dsa_arch {
+        DSA_ARCH_BERT,
+};
+
+enum dsa_pool {
+        DSA_POOL_CLS,    /* last hidden state of [CLS] */
+        DSA_POOL_MEAN,   /* mean over non-padding tokens */
+        DSA_POOL_POOLER, /* tanh(W * h[CLS] + b), BERT's pooler */
+        DSA_POOL_NONE,   /* every token's last hidden state */
+};
+
+enum dsa_act {
+        DSA_ACT_GELU_ERF,  /* HF "gelu" */
+        DSA_ACT_GELU_TANH, /* HF "gelu_new", "gelu_pytorch_tanh" */
+};
+
+struct dsa_bert_config {
+        uint32_t n_vocab;
+        uint32_t n_ctx;   /* max_position_embeddings */
+        uint32_t n_embd;  /* C */
+        uint32_t n_head;  /* NH; C % NH == 0, NH need not be a power of two */
+        uint32_t n_ff;    /* intermediate size, any */
+        uint32_t n_layer;
+        uint32_t n_type;  /* type_vocab_size */
+        float eps;        /* layer_norm_eps */
+        enum dsa_act act;
+        bool has_pooler;
+        uint32_t n_labels; /* 0: no classifier head */
+};
+
+struct dsa_model;
+
+/* path: a GGUF file or a Hugging Face folder. */
+int dsa_model_open(const char *path, struct dsa_model **ret);
+struct dsa_model *dsa_model_free(struct dsa_model *m);
+
+enum dsa_arch dsa_model_arch(const struct dsa_model *m);
+const struct dsa_bert_config *dsa_model_bert_config(const struct dsa_model *m);
+const struct dsa_tokenizer *dsa_model_tokenizer(const struct dsa_model *m);
+/* Label name of class i (config.json id2label or GGUF labels; "LABEL_i" when absent). */
+const char *dsa_model_label(const struct dsa_model *m, size_t i);
+
+/* The pooling the model was made for: GGUF bert.pooling_type (mean, cls, rank -> pooler), else
+ * DSA_POOL_POOLER for a classifier with a pooler, DSA_POOL_CLS otherwise. */
+enum dsa_pool dsa_model_default_pool(const struct dsa_model *m);
+/* Where the model came from: the HF folder or GGUF path it was opened from, or the dsa.source
+ * recorded when an imported model was saved. */
+const char *dsa_model_source(const struct dsa_model *m);
+
+/* Writes the model as GGUF with llama.cpp's BERT names and keys plus ours under dsa.*;
+ * wtype F32, F16 or BF16 for 2-D weights (norms, biases and embeddings of positions stay F32).
+ * Atomic. */
+int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wtype);
+
+/* One batch of tokenized inputs, padded to T: ids (B,T), type_ids (B,T) or NULL for zeros,
+ * mask (B,T) 1 for real tokens, 0 for padding. */
+struct dsa_batch {
+        size_t B, T;
+        const int32_t *ids;
+        const int32_t *type_ids;
+        const uint8_t *mask;
+};
+
+/* Optional intermediates for parity tests: when non-NULL, hidden[l] (B,T,C) receives the
+ * output of embeddings (l = 0) and of each layer (l = 1..n_layer), attn[l] (B,NH,T,T) the
+ * attention probabilities of layer l. Arrays are caller-owned. */
+struct dsa_trace {
+        float **hidden;
+        float **attn;
+};
+
+/* Runs the encoder. ret_hidden (B,T,C), caller-owned: last hidden state. */
+int dsa_model_forward(const struct dsa_model *m, const struct dsa_batch *b, float *ret_hidden,
+                      struct dsa_trace *trace);
+
+/* hidden (B,T,C) -> out (B,C) by mode (not DSA_POOL_NONE). -EOPNOTSUPP for POOLER without one. */
+int dsa_model_pool(const struct dsa_model *m, const struct dsa_batch *b, const float *hidden,
+                   enum dsa_pool mode, float *out);
+
+/* hidden (B,T,C) -> logits (B,n_labels) through pooler + classifier. -EOPNOTSUPP without a head. */
+int dsa_model_classify(const struct dsa_model *m, const struct dsa_batch *b, const float *hidden,
+                       float *ret_logits);
+
+/* Convenience for the CLI and tests: tokenizes n texts (pairs[i] may be NULL or pairs NULL),
+ * batches them by length (at most max_batch per forward; 0 = 32) and returns per text.
+ * logits: (n, n_labels), caller-owned. */
+int dsa_model_classify_texts(const struct dsa_model *m, const char *const *texts,
+                             const char *const *pairs, size_t n, float *ret_logits);
+/* emb: (n, C) for pooled modes. For DSA_POOL_NONE use dsa_model_forward directly. */
+int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, size_t n,
+                          enum dsa_pool mode, float *ret_emb);

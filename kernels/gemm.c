@@ -1,0 +1,39 @@
+/* fp32 GEMM through OpenBLAS: the linear layers of every model. Its thread count is set by the
+ * caller (dsa_blas_set_threads), so BLAS threads and our own pool never oversubscribe. */
+#include <assert.h>
+#include <limits.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "kernels.h"
+
+/* inp (N,C) row-major x weight (OC,C) row-major, i.e. PyTorch's Linear weight, transposed by
+ * BLAS rather than in memory; bias (OC) or NULL; out (N,ldo), OC values per row, the rest of
+ * each row untouched. With a bias the rows are filled with it first and sgemm accumulates onto
+ * them (beta = 1), which saves a second pass over out. */
+void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weight, const float *bias,
+                    size_t N, size_t C, size_t OC) {
+        assert(ldo >= OC);
+        assert(N <= INT_MAX && C <= INT_MAX && OC <= INT_MAX && ldo <= INT_MAX);
+
+        if (N == 0 || OC == 0)
+                return;
+
+        for (size_t n = 0; n < N; n++) {
+                if (bias)
+                        memcpy(out + n * ldo, bias, OC * sizeof(float));
+                else if (C == 0)
+                        memset(out + n * ldo, 0, OC * sizeof(float));
+        }
+        if (C == 0)
+                return;
+
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint) N, (blasint) OC,
+                    (blasint) C, 1.0f, inp, (blasint) C, weight, (blasint) C, bias ? 1.0f : 0.0f,
+                    out, (blasint) ldo);
+}
+
+void dsa_blas_set_threads(int n) {
+        openblas_set_num_threads(n < 1 ? 1 : n);
+}

@@ -1,0 +1,225 @@
+/* How close OpenBLAS's fp32 GEMM gets to this machine's peak at BERT-base shapes. Measures
+ * (a) the fp32 FMA peak of one core with a register-only loop over independent accumulators,
+ * in the widest vectors the CPU has, and (b) dsa_linear_f32 (cblas_sgemm, NoTrans x Trans) at
+ * the three linear-layer shapes of a 128-token BERT-base layer, on one thread and on all
+ * cores. Prints a table, or one JSON object with --json. Never fails on time: only a crash or
+ * a NaN in the output is a failure. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <errno.h>
+#include <sched.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "basic/macro.h"
+#include "kernels/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* Independent FMA chains: more than latency (4) x ports (2), so the loop is throughput-bound. */
+#define PEAK_CHAINS 10
+
+static double now(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
+#if defined(__x86_64__)
+/* Ten named accumulators (an array would live in memory, and the loop would measure stores):
+ * acc = acc*a + b with a just below 1 stays finite however long it runs. */
+#define PEAK_LOOP(vec, set1, fmadd, add, first, lanes)                                      \
+        vec a = set1(0.999999f), b = set1(1e-7f);                                           \
+        vec c0 = set1(0), c1 = set1(1), c2 = set1(2), c3 = set1(3), c4 = set1(4);           \
+        vec c5 = set1(5), c6 = set1(6), c7 = set1(7), c8 = set1(8), c9 = set1(9);           \
+        for (long i = 0; i < iters; i++) {                                                  \
+                c0 = fmadd(c0, a, b), c1 = fmadd(c1, a, b), c2 = fmadd(c2, a, b);           \
+                c3 = fmadd(c3, a, b), c4 = fmadd(c4, a, b), c5 = fmadd(c5, a, b);           \
+                c6 = fmadd(c6, a, b), c7 = fmadd(c7, a, b), c8 = fmadd(c8, a, b);           \
+                c9 = fmadd(c9, a, b);                                                       \
+                __asm__ volatile("" : "+x"(c0), "+x"(c1), "+x"(c2), "+x"(c3), "+x"(c4));    \
+                __asm__ volatile("" : "+x"(c5), "+x"(c6), "+x"(c7), "+x"(c8), "+x"(c9));    \
+        }                                                                                   \
+        c0 = add(add(add(c0, c1), add(c2, c3)), add(add(c4, c5), add(c6, c7)));             \
+        *sink = first(add(c0, add(c8, c9)));                                                \
+        return (double) iters * PEAK_CHAINS * (lanes) * 2;
+
+static float first256(__m256 v) __attribute__((target("avx2,fma")));
+static float first256(__m256 v) {
+        return _mm256_cvtss_f32(v);
+}
+static float first512(__m512 v) __attribute__((target("avx512f")));
+static float first512(__m512 v) {
+        return _mm512_cvtss_f32(v);
+}
+
+/* Returns the flops done. */
+static double peak_avx2(long iters, float *sink) __attribute__((target("avx2,fma")));
+static double peak_avx2(long iters, float *sink) {
+        PEAK_LOOP(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, first256, 8)
+}
+static double peak_avx512(long iters, float *sink) __attribute__((target("avx512f")));
+static double peak_avx512(long iters, float *sink) {
+        PEAK_LOOP(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, first512, 16)
+}
+#endif
+
+/* GFLOP/s of one core at full FMA throughput, or 0 when there is no SIMD FMA to measure. */
+static double measure_peak(bool quick, const char **ret_isa) {
+        double best = 0;
+#if defined(__x86_64__)
+        long iters = quick ? 2000000 : 50000000;
+        double (*fn)(long, float *) = NULL;
+        float sink = 0;
+
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) {
+                fn = peak_avx512;
+                *ret_isa = "avx512 (zmm)";
+        } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+                fn = peak_avx2;
+                *ret_isa = "avx2+fma (ymm)";
+        }
+        if (!fn)
+                return 0;
+        for (int rep = 0; rep < 3; rep++) { /* best of three: the machine is shared */
+                double t0 = now(), flops = fn(iters, &sink), dt = now() - t0;
+                best = MAX(best, flops / dt * 1e-9);
+        }
+        if (!isfinite(sink))
+                fprintf(stderr, "peak loop produced %g\n", sink);
+#else
+        (void) quick;
+#endif
+        return best;
+}
+
+struct shape {
+        const char *name;
+        size_t M, K, N; /* (M,K) x (K,N): N = OC, K = C */
+};
+
+/* GFLOP/s of dsa_linear_f32 at one shape, best of the timed repetitions; -EDOM on NaN. */
+static int measure_gemm(const struct shape *s, bool quick, double *ret_gflops) {
+        float *x = malloc(s->M * s->K * sizeof(float)), *w = malloc(s->N * s->K * sizeof(float));
+        float *out = malloc(s->M * s->N * sizeof(float));
+        double flops = 2.0 * s->M * s->N * s->K, best = 0, t_total = 0;
+        int reps = 0, r = 0;
+
+        if (!x || !w || !out) {
+                r = -ENOMEM;
+                goto finish;
+        }
+        for (size_t i = 0; i < s->M * s->K; i++)
+                x[i] = (float) ((i * 7919) % 1000) * 1e-3f - 0.5f;
+        for (size_t i = 0; i < s->N * s->K; i++)
+                w[i] = (float) ((i * 104729) % 1000) * 1e-3f - 0.5f;
+
+        dsa_linear_f32(out, s->N, x, w, NULL, s->M, s->K, s->N); /* warm-up: pages, threads */
+        while (reps < (quick ? 2 : 5) || (!quick && t_total < 1.0)) {
+                double t0 = now();
+                dsa_linear_f32(out, s->N, x, w, NULL, s->M, s->K, s->N);
+                double dt = now() - t0;
+                t_total += dt;
+                best = MAX(best, flops / dt * 1e-9);
+                reps++;
+        }
+        for (size_t i = 0; i < s->M * s->N; i++)
+                if (!isfinite(out[i])) {
+                        r = -EDOM;
+                        break;
+                }
+        *ret_gflops = best;
+finish:
+        free(x), free(w), free(out);
+        return r;
+}
+
+/* The CPUs this process may run on (taskset, cgroups), not all the machine has. */
+static int cpus_allowed(void) {
+        cpu_set_t set;
+
+        if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+                return CPU_COUNT(&set);
+        return MAX((int) sysconf(_SC_NPROCESSORS_ONLN), 1);
+}
+
+int main(int argc, char **argv) {
+        static const struct shape shapes[] = {
+                { "qkv/out proj (128x768)x(768x768)", 128, 768, 768 },
+                { "ffn up (128x768)x(768x3072)", 128, 768, 3072 },
+                { "ffn down (128x3072)x(3072x768)", 128, 3072, 768 },
+        };
+        bool quick = false, json = false;
+        const char *isa = "none";
+        int ncores = cpus_allowed(), threads[2] = { 1, 0 }, r;
+        double gflops[ELEMENTSOF(shapes)][2];
+
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--quick") == 0)
+                        quick = true;
+                else if (strcmp(argv[i], "--json") == 0)
+                        json = true;
+                else {
+                        fprintf(stderr, "usage: %s [--quick] [--json]\n", argv[0]);
+                        return 2;
+                }
+        }
+        threads[1] = MAX(ncores, 1);
+
+        double peak = measure_peak(quick, &isa);
+        for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                for (int t = 0; t < 2; t++) {
+                        dsa_blas_set_threads(threads[t]);
+                        r = measure_gemm(&shapes[s], quick, &gflops[s][t]);
+                        if (r < 0) {
+                                fprintf(stderr, "%s on %d thread(s): %s\n", shapes[s].name, threads[t],
+                                        r == -EDOM ? "output has NaN or inf" : strerror(-r));
+                                return 1;
+                        }
+                }
+
+        if (json) {
+                struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
+                json_object_object_add(o, "peak_isa", json_object_new_string(isa));
+                json_object_object_add(o, "peak_gflops_per_core", json_object_new_double(peak));
+                json_object_object_add(o, "cores", json_object_new_int(ncores));
+                for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                        for (int t = 0; t < 2; t++) {
+                                struct json_object *e = json_object_new_object();
+                                double p = peak * threads[t];
+                                json_object_object_add(e, "shape", json_object_new_string(shapes[s].name));
+                                json_object_object_add(e, "M", json_object_new_int((int) shapes[s].M));
+                                json_object_object_add(e, "K", json_object_new_int((int) shapes[s].K));
+                                json_object_object_add(e, "N", json_object_new_int((int) shapes[s].N));
+                                json_object_object_add(e, "threads", json_object_new_int(threads[t]));
+                                json_object_object_add(e, "gflops", json_object_new_double(gflops[s][t]));
+                                json_object_object_add(e, "pct_of_peak",
+                                                       json_object_new_double(p > 0 ? 100 * gflops[s][t] / p : 0));
+                                json_object_array_add(arr, e);
+                        }
+                json_object_object_add(o, "gemm", arr);
+                printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+                json_object_put(o);
+                return 0;
+        }
+
+        printf("fp32 peak, one core, %s: %.1f GFLOP/s (%d cores allowed: %.1f)\n", isa, peak, ncores,
+               peak * ncores);
+        printf("%-36s %8s %10s %8s\n", "dsa_linear_f32 (cblas_sgemm)", "threads", "GFLOP/s", "% peak");
+        for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                for (int t = 0; t < 2; t++) {
+                        double p = peak * threads[t];
+                        printf("%-36s %8d %10.1f %7.1f%%\n", shapes[s].name, threads[t], gflops[s][t],
+                               p > 0 ? 100 * gflops[s][t] / p : 0.0);
+                }
+        return 0;
+}

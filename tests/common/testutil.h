@@ -1,0 +1,34 @@
+/* Helpers shared by the test executables: where ../shared is, seeded random data, and
+ * llm.c-style tensor comparison that prints the worst element. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The shared reference folder ($DSA_SHARED, else $DSA_SOURCE_DIR/../shared), or NULL when it
+ * does not exist. */
+const char *dsa_test_shared_dir(void);
+
+/* Like dsa_test_shared_dir(), but when absent prints "SKIP: <why>: ../shared not found" and
+ * exits 77 (ctest's skip code). */
+const char *dsa_test_require_shared(const char *why);
+
+/* Joins a and b with '/', into a static buffer per call site's use (rotating 8 buffers). */
+const char *dsa_test_path(const char *a, const char *b);
+
+/* xorshift64* generator; seed 0 is replaced by a fixed constant. */
+struct dsa_test_rng {
+        uint64_t s;
+};
+uint64_t dsa_test_rng_u64(struct dsa_test_rng *r);
+float dsa_test_rng_uniform(struct dsa_test_rng *r, float lo, float hi);
+void dsa_test_rng_fill(struct dsa_test_rng *r, float *x, size_t n, float lo, float hi);
+
+/* Compares got against want (n floats); passes when every |got - want| <= atol + rtol*|want|.
+ * Prints name, the max abs error and the worst index and values. Returns true on pass. */
+bool dsa_test_check_tensor(const char *name, const float *got, const float *want, size_t n,
+                           float atol, float rtol);
+
+/* Reads a whole file into a malloc'd buffer (NUL-terminated; size without the NUL). */
+int dsa_test_read_file(const char *path, char **ret, size_t *ret_size);

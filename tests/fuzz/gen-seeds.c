@@ -1,0 +1,143 @@
+/* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB)
+ * into OUTDIR/gguf and OUTDIR/safetensors at build time, so no binary files are committed. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "basic/error.h"
+#include "engine/gguf.h"
+
+static char path_buf[4096];
+
+static const char *path(const char *dir, const char *sub, const char *name) {
+        snprintf(path_buf, sizeof(path_buf), "%s/%s/%s", dir, sub, name);
+        return path_buf;
+}
+
+static int write_raw(const char *p, const void *data, size_t n) {
+        FILE *f = fopen(p, "w");
+
+        if (!f || fwrite(data, 1, n, f) != n) {
+                if (f)
+                        fclose(f);
+                return -EIO;
+        }
+        return fclose(f) == 0 ? 0 : -EIO;
+}
+
+static int gguf_model(const char *p) {
+        static float f32[4 * 8];
+        static uint16_t f16[16], bf16[8];
+        static uint8_t q8[2 * 34];
+        static int32_t i32[5] = { -1, 0, 1, 2, 3 };
+        static const uint64_t ne_a[] = { 8, 4 }, ne_b[] = { 16 }, ne_c[] = { 32, 2 }, ne_d[] = { 5 },
+                              ne_e[] = { 2, 2, 1, 2 };
+        static const int32_t heads[] = { 2, 2 };
+        static const char *const names[] = { "a", "b" };
+        struct dsa_gguf_writer *w = dsa_gguf_writer_new();
+        int r = 0;
+
+        if (!w)
+                return -ENOMEM;
+        for (int i = 0; i < 32; i++)
+                f32[i] = (float) i * 0.25f;
+        for (int i = 0; i < 16; i++)
+                f16[i] = 0x3c00;
+        for (int i = 0; i < 8; i++)
+                bf16[i] = 0x3f80;
+        for (int b = 0; b < 2; b++) {
+                q8[b * 34 + 1] = 0x3c;
+                for (int j = 0; j < 32; j++)
+                        q8[b * 34 + 2 + j] = (uint8_t) j;
+        }
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.architecture", "bert");
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.block_count", 2);
+        r = r < 0 ? r : dsa_gguf_writer_set_i32(w, "test.i32", -7);
+        r = r < 0 ? r : dsa_gguf_writer_set_u64(w, "test.u64", 1ull << 40);
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, "bert.attention.layer_norm_epsilon", 1e-12f);
+        r = r < 0 ? r : dsa_gguf_writer_set_bool(w, "test.bool", true);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "test.names", names, 2);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr(w, "dsa.heads", DSA_GGUF_INT32, heads, 2);
+        r = r < 0 ? r : dsa_gguf_writer_add_tensor(w, "a", DSA_TYPE_F32, 2, ne_a, f32);
+        r = r < 0 ? r : dsa_gguf_writer_add_tensor(w, "b", DSA_TYPE_F16, 1, ne_b, f16);
+        r = r < 0 ? r : dsa_gguf_writer_add_tensor(w, "c", DSA_TYPE_Q8_0, 2, ne_c, q8);
+        r = r < 0 ? r : dsa_gguf_writer_add_tensor(w, "d", DSA_TYPE_I32, 1, ne_d, i32);
+        r = r < 0 ? r : dsa_gguf_writer_add_tensor(w, "e", DSA_TYPE_BF16, 4, ne_e, bf16);
+        r = r < 0 ? r : dsa_gguf_writer_write(w, p);
+        dsa_gguf_writer_free(w);
+        return r;
+}
+
+static int gguf_vocab(const char *p) {
+        static const char *const tokens[] = { "[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "##s", "a", "é" };
+        static const float scores[] = { 0, 0, 0, 0, -1, -2, -3, -4 };
+        struct dsa_gguf_writer *w = dsa_gguf_writer_new();
+        int r = 0;
+
+        if (!w)
+                return -ENOMEM;
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "general.alignment", 64);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "bert");
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", tokens, 8);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr(w, "tokenizer.ggml.scores", DSA_GGUF_FLOAT32, scores, 8);
+        r = r < 0 ? r : dsa_gguf_writer_write(w, p);
+        dsa_gguf_writer_free(w);
+        return r;
+}
+
+static int st_write(const char *p, const char *json, size_t data) {
+        uint8_t buf[4096] = {};
+        uint64_t n = strlen(json);
+
+        memcpy(buf, &n, 8);
+        memcpy(buf + 8, json, n);
+        for (size_t i = 0; i < data; i++)
+                buf[8 + n + i] = (uint8_t) (i * 7);
+        return write_raw(p, buf, 8 + n + data);
+}
+
+int main(int argc, char **argv) {
+        const char *dir;
+        int r;
+
+        if (argc != 2) {
+                fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
+                return 2;
+        }
+        dir = argv[1];
+        mkdir(dir, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/gguf", dir);
+        mkdir(path_buf, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/safetensors", dir);
+        mkdir(path_buf, 0755);
+
+        r = gguf_model(path(dir, "gguf", "model.gguf"));
+        if (r >= 0)
+                r = gguf_vocab(path(dir, "gguf", "vocab.gguf"));
+        if (r >= 0)
+                r = write_raw(path(dir, "gguf", "empty-v2.gguf"),
+                              "GGUF\2\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 24);
+        if (r >= 0)
+                r = st_write(path(dir, "safetensors", "model.safetensors"),
+                             "{\"__metadata__\":{\"format\":\"pt\"},"
+                             "\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                             "\"h\":{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[24,32]},"
+                             "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,2,2],\"data_offsets\":[32,40]},"
+                             "\"i\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[40,48]},"
+                             "\"j\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[48,56]},"
+                             "\"k\":{\"dtype\":\"I16\",\"shape\":[2],\"data_offsets\":[56,60]},"
+                             "\"l\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[60,62]},"
+                             "\"d\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[64,72]}}   ",
+                             72);
+        if (r >= 0)
+                r = st_write(path(dir, "safetensors", "scalar.safetensors"),
+                             "{\"s\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}", 4);
+        if (r >= 0)
+                r = st_write(path(dir, "safetensors", "empty.safetensors"), "{}", 0);
+        if (r < 0) {
+                fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));
+                return 1;
+        }
+        return 0;
+}
