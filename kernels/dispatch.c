@@ -8,6 +8,18 @@
 
 #include "kernels-internal.h"
 
+#if DSA_HAVE_X86
+#include <cpuid.h>
+
+/* F16C is CPUID.1:ECX bit 29. Asked directly because clang 14's __builtin_cpu_supports() does
+ * not know the "f16c" feature string. */
+static bool cpu_has_f16c(void) {
+        unsigned a, b, c, d;
+
+        return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+#endif
+
 static const struct dsa_kernels *best;
 static pthread_once_t best_once = PTHREAD_ONCE_INIT;
 
@@ -18,8 +30,7 @@ static bool cpu_has(enum dsa_isa isa) {
 #if DSA_HAVE_X86
         case DSA_ISA_AVX2:
                 __builtin_cpu_init();
-                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                       __builtin_cpu_supports("f16c");
+                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
         case DSA_ISA_AVX512:
                 __builtin_cpu_init();
                 return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
