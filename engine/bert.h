@@ -4,6 +4,7 @@
  * each importer maps them onto its own naming. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -12,6 +13,7 @@
 #include "tensor.h"
 
 struct dsa_tokenizer;
+struct json_object;
 
 struct dsa_bert_layer {
         float *qkv_w, *qkv_b;           /* (3C,C), (3C): rows 0..C-1 Q, then K, then V */
@@ -62,6 +64,15 @@ int dsa__bert_classify(const struct dsa_bert *bert, const struct dsa_batch *b, c
 
 /* Imports a Hugging Face BERT folder (hf.c): config.json, safetensors weights, tokenizer. */
 int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_tokenizer **ret_tok);
+/* Parses a Hugging Face config.json (json: len bytes, no NUL needed; label names it in the
+ * JSON error) into the architecture, and whether "architectures" names a sequence classifier.
+ * Types and positivity are checked here; the sizes themselves by dsa__bert_config_check() when
+ * the weights load. ret_json, when not NULL, receives the parsed document, from which
+ * dsa__hf_import() reads id2label once the head size is known. -EBADMSG or -EOPNOTSUPP with
+ * a reason. It reads bytes from outside, so it has a fuzz target (tests/fuzz/fuzz-hf-config.c). */
+int dsa__hf_parse_config(const char *json, size_t len, const char *label,
+                         struct dsa_bert_config *ret_cfg, bool *ret_wants_head,
+                         struct json_object **ret_json);
 
 /* fp32 -> IEEE half / bfloat16, round to nearest even (model.c, for saving). */
 uint16_t dsa__f32_to_f16(float f);

@@ -13,6 +13,7 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "gguf.h"
+#include "tensor-internal.h"
 
 struct gguf_kv {
         char *name;
@@ -201,41 +202,6 @@ static int parse_value(struct cursor *c, struct gguf_kv *kv) {
         return 0;
 }
 
-/* qsort/bsearch over index arrays need the table; a file-scope pointer would not be
- * thread-safe, so sort (name, index) pairs instead. */
-struct name_ref {
-        const char *name;
-        size_t i;
-};
-
-static int name_ref_cmp(const void *a, const void *b) {
-        return strcmp(((const struct name_ref *) a)->name, ((const struct name_ref *) b)->name);
-}
-
-/* Sorts n names, reports the first duplicate, and fills ret (n indices in name order). */
-static int sort_names(const char *const *names, size_t stride, size_t n, const char *what,
-                      size_t **ret) {
-        _cleanup_free_ struct name_ref *refs = NULL;
-        _cleanup_free_ size_t *idx = NULL;
-
-        refs = malloc(MAX(n, 1) * sizeof(*refs));
-        idx = malloc(MAX(n, 1) * sizeof(*idx));
-        if (!refs || !idx)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++)
-                refs[i] = (struct name_ref) {
-                        *(const char *const *) ((const uint8_t *) names + i * stride), i
-                };
-        qsort(refs, n, sizeof(*refs), name_ref_cmp);
-        for (size_t i = 0; i < n; i++) {
-                if (i > 0 && strcmp(refs[i - 1].name, refs[i].name) == 0)
-                        return dsa__error(-EBADMSG, "duplicate %s '%s'", what, refs[i].name);
-                idx[i] = refs[i].i;
-        }
-        *ret = TAKE_PTR(idx);
-        return 0;
-}
-
 static int parse_kvs(struct dsa_gguf *g, struct cursor *c, uint64_t n_kv) {
         int r;
 
@@ -268,26 +234,11 @@ static int parse_kvs(struct dsa_gguf *g, struct cursor *c, uint64_t n_kv) {
                 if (r < 0)
                         return r;
         }
-        return sort_names((const char *const *) &g->kvs[0].name, sizeof(struct gguf_kv), g->n_kv,
-                          "key", &g->kv_sorted);
+        return dsa__name_index_new(DSA__NAME_TABLE(g->kvs, g->n_kv), "duplicate key '%s'", &g->kv_sorted);
 }
 
 static const struct gguf_kv *kv_find(const struct dsa_gguf *g, const char *key) {
-        size_t lo = 0, hi = g->n_kv;
-
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const struct gguf_kv *kv = &g->kvs[g->kv_sorted[mid]];
-                int c = strcmp(key, kv->name);
-
-                if (c == 0)
-                        return kv;
-                if (c < 0)
-                        hi = mid;
-                else
-                        lo = mid + 1;
-        }
-        return NULL;
+        return dsa__name_index_find(DSA__NAME_TABLE(g->kvs, g->n_kv), g->kv_sorted, key);
 }
 
 static int read_alignment(const struct dsa_gguf *g, uint32_t *ret) {
@@ -359,21 +310,11 @@ static int parse_tensor_info(struct cursor *c, struct dsa_tensor_view *t, uint64
         return 0;
 }
 
-struct tensor_range {
-        uint64_t begin, end;
-        size_t i;
-};
-
-static int range_cmp(const void *a, const void *b) {
-        const struct tensor_range *x = a, *y = b;
-
-        return x->begin < y->begin ? -1 : x->begin > y->begin;
-}
-
 static int parse_tensors(struct dsa_gguf *g, struct cursor *c, uint64_t n_tensors) {
-        _cleanup_free_ struct tensor_range *ranges = NULL;
-        uint64_t data_start, data_size, end = 0;
+        _cleanup_free_ struct dsa__byte_range *ranges = NULL;
+        uint64_t data_start, data_size;
         uint32_t align = DSA_GGUF_DEFAULT_ALIGNMENT;
+        size_t k;
         int r;
 
         r = read_alignment(g, &align);
@@ -395,8 +336,8 @@ static int parse_tensors(struct dsa_gguf *g, struct cursor *c, uint64_t n_tensor
                         return r;
                 ranges[i].i = i;
         }
-        r = sort_names((const char *const *) &g->tensors[0].name, sizeof(struct dsa_tensor_view),
-                       g->n_tensors, "tensor", &g->tensor_sorted);
+        r = dsa__name_index_new(DSA__NAME_TABLE(g->tensors, g->n_tensors), "duplicate tensor '%s'",
+                                &g->tensor_sorted);
         if (r < 0)
                 return r;
 
@@ -418,15 +359,8 @@ static int parse_tensors(struct dsa_gguf *g, struct cursor *c, uint64_t n_tensor
                 t->data = g->base + data_start + off;
         }
 
-        qsort(ranges, g->n_tensors, sizeof(*ranges), range_cmp);
-        for (size_t i = 0; i < g->n_tensors; i++) {
-                if (ranges[i].begin == ranges[i].end)
-                        continue; /* empty tensors overlap nothing */
-                if (ranges[i].begin < end)
-                        return dsa__error(-EBADMSG, "tensor '%s' data overlaps another tensor's",
-                                          g->tensors[ranges[i].i].name);
-                end = ranges[i].end;
-        }
+        if (dsa__byte_ranges_overlap(ranges, g->n_tensors, &k))
+                return dsa__error(-EBADMSG, "tensor '%s' data overlaps another tensor's", g->tensors[k].name);
         return 0;
 }
 
@@ -567,16 +501,42 @@ int dsa_gguf_find(const struct dsa_gguf *g, const char *key) {
         return (int) (kv - g->kvs);
 }
 
-static int kv_lookup(const struct dsa_gguf *g, const char *key, const struct gguf_kv **ret) {
-        if (!g || !key)
-                return -EINVAL;
-        *ret = kv_find(g, key);
-        return *ret ? 0 : -ENOENT;
+#define VTYPE_BIT(t) (1u << (t))
+#define VTYPES_INT                                                                              \
+        (VTYPE_BIT(DSA_GGUF_UINT8) | VTYPE_BIT(DSA_GGUF_INT8) | VTYPE_BIT(DSA_GGUF_UINT16) |    \
+         VTYPE_BIT(DSA_GGUF_INT16) | VTYPE_BIT(DSA_GGUF_UINT32) | VTYPE_BIT(DSA_GGUF_INT32) |   \
+         VTYPE_BIT(DSA_GGUF_UINT64) | VTYPE_BIT(DSA_GGUF_INT64))
+#define VTYPES_ANY UINT32_MAX
+
+/* Types and array element types are below 32: open rejects any other. */
+static bool vtype_in(enum dsa_gguf_vtype t, uint32_t mask) {
+        return (unsigned) t < 32 && (mask & VTYPE_BIT((unsigned) t));
 }
 
-/* Reads any integer value as (negative?, magnitude-or-value): unsigned types into *u, signed
- * ones into *s with *is_signed set. */
-static int kv_int(const struct gguf_kv *kv, bool *is_signed, uint64_t *u, int64_t *s) {
+/* The start every getter shares: argument checks (have_ret: the caller's out-parameters are
+ * there), the lookup, and the type check. types is the set of value types the getter reads;
+ * for an array, arr_types the set of element types. The codes, in this order: -EINVAL,
+ * -ENOENT, -EMEDIUMTYPE. */
+static int kv_get(const struct dsa_gguf *g, const char *key, bool have_ret, uint32_t types,
+                  uint32_t arr_types, const struct gguf_kv **ret) {
+        const struct gguf_kv *kv;
+
+        if (!have_ret || !g || !key)
+                return -EINVAL;
+        kv = kv_find(g, key);
+        if (!kv)
+                return -ENOENT;
+        if (!vtype_in(kv->type, types) || (kv->type == DSA_GGUF_ARRAY && !vtype_in(kv->arr_type, arr_types)))
+                return -EMEDIUMTYPE;
+        *ret = kv;
+        return 0;
+}
+
+/* kv_get() for the integer getters, which accept any integer type: the value goes as unsigned
+ * into *u, or as signed into *s with *is_signed set. */
+static int kv_get_int(const struct dsa_gguf *g, const char *key, bool have_ret, bool *is_signed,
+                      uint64_t *u, int64_t *s) {
+        const struct gguf_kv *kv;
         union {
                 uint8_t u8;
                 int8_t i8;
@@ -587,59 +547,50 @@ static int kv_int(const struct gguf_kv *kv, bool *is_signed, uint64_t *u, int64_
                 uint64_t u64;
                 int64_t i64;
         } v;
+        int r;
 
-        if (kv->type == DSA_GGUF_ARRAY || kv->type == DSA_GGUF_STRING || !dsa_gguf_vtype_size(kv->type))
-                return -EMEDIUMTYPE;
+        r = kv_get(g, key, have_ret, VTYPES_INT, 0, &kv);
+        if (r < 0)
+                return r;
         memcpy(&v, kv->value, dsa_gguf_vtype_size(kv->type));
-        *is_signed = false;
+        *is_signed = kv->type == DSA_GGUF_INT8 || kv->type == DSA_GGUF_INT16 ||
+                     kv->type == DSA_GGUF_INT32 || kv->type == DSA_GGUF_INT64;
         switch (kv->type) {
         case DSA_GGUF_UINT8:
                 *u = v.u8;
-                return 0;
+                break;
         case DSA_GGUF_UINT16:
                 *u = v.u16;
-                return 0;
+                break;
         case DSA_GGUF_UINT32:
                 *u = v.u32;
-                return 0;
+                break;
         case DSA_GGUF_UINT64:
                 *u = v.u64;
-                return 0;
-        default:
                 break;
-        }
-        *is_signed = true;
-        switch (kv->type) {
         case DSA_GGUF_INT8:
                 *s = v.i8;
-                return 0;
+                break;
         case DSA_GGUF_INT16:
                 *s = v.i16;
-                return 0;
+                break;
         case DSA_GGUF_INT32:
                 *s = v.i32;
-                return 0;
-        case DSA_GGUF_INT64:
+                break;
+        default: /* DSA_GGUF_INT64, the last integer type kv_get() lets through */
                 *s = v.i64;
-                return 0;
-        default:
-                return -EMEDIUMTYPE; /* float, bool */
+                break;
         }
+        return 0;
 }
 
 int dsa_gguf_get_u64(const struct dsa_gguf *g, const char *key, uint64_t *ret) {
-        const struct gguf_kv *kv;
         bool is_signed;
         uint64_t u = 0;
         int64_t s = 0;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
-        if (r < 0)
-                return r;
-        r = kv_int(kv, &is_signed, &u, &s);
+        r = kv_get_int(g, key, ret, &is_signed, &u, &s);
         if (r < 0)
                 return r;
         if (is_signed) {
@@ -652,18 +603,12 @@ int dsa_gguf_get_u64(const struct dsa_gguf *g, const char *key, uint64_t *ret) {
 }
 
 int dsa_gguf_get_i64(const struct dsa_gguf *g, const char *key, int64_t *ret) {
-        const struct gguf_kv *kv;
         bool is_signed;
         uint64_t u = 0;
         int64_t s = 0;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
-        if (r < 0)
-                return r;
-        r = kv_int(kv, &is_signed, &u, &s);
+        r = kv_get_int(g, key, ret, &is_signed, &u, &s);
         if (r < 0)
                 return r;
         if (!is_signed) {
@@ -692,41 +637,30 @@ int dsa_gguf_get_u32(const struct dsa_gguf *g, const char *key, uint32_t *ret) {
 
 int dsa_gguf_get_f32(const struct dsa_gguf *g, const char *key, float *ret) {
         const struct gguf_kv *kv;
+        double d;
+        float f;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret, VTYPE_BIT(DSA_GGUF_FLOAT32) | VTYPE_BIT(DSA_GGUF_FLOAT64), 0, &kv);
         if (r < 0)
                 return r;
         if (kv->type == DSA_GGUF_FLOAT32) {
-                float f;
-
                 memcpy(&f, kv->value, sizeof(f));
                 *ret = f;
-                return 0;
-        }
-        if (kv->type == DSA_GGUF_FLOAT64) {
-                double d;
-
+        } else {
                 memcpy(&d, kv->value, sizeof(d));
                 *ret = (float) d;
-                return 0;
         }
-        return -EMEDIUMTYPE;
+        return 0;
 }
 
 int dsa_gguf_get_bool(const struct dsa_gguf *g, const char *key, bool *ret) {
         const struct gguf_kv *kv;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret, VTYPE_BIT(DSA_GGUF_BOOL), 0, &kv);
         if (r < 0)
                 return r;
-        if (kv->type != DSA_GGUF_BOOL)
-                return -EMEDIUMTYPE;
         *ret = kv->value[0] != 0;
         return 0;
 }
@@ -735,13 +669,9 @@ int dsa_gguf_get_str(const struct dsa_gguf *g, const char *key, const char **ret
         const struct gguf_kv *kv;
         int r;
 
-        if (!ret || !ret_len)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret && ret_len, VTYPE_BIT(DSA_GGUF_STRING), 0, &kv);
         if (r < 0)
                 return r;
-        if (kv->type != DSA_GGUF_STRING)
-                return -EMEDIUMTYPE;
         *ret = (const char *) kv->value;
         *ret_len = kv->len;
         return 0;
@@ -752,13 +682,9 @@ int dsa_gguf_get_arr(const struct dsa_gguf *g, const char *key, enum dsa_gguf_vt
         const struct gguf_kv *kv;
         int r;
 
-        if (!ret_type || !ret_n)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret_type && ret_n, VTYPE_BIT(DSA_GGUF_ARRAY), VTYPES_ANY, &kv);
         if (r < 0)
                 return r;
-        if (kv->type != DSA_GGUF_ARRAY)
-                return -EMEDIUMTYPE;
         *ret_type = kv->arr_type;
         *ret_n = kv->n; /* bounded by the file size at open */
         return 0;
@@ -770,13 +696,9 @@ int dsa_gguf_get_arr_str(const struct dsa_gguf *g, const char *key, size_t i, co
         uint64_t len;
         int r;
 
-        if (!ret || !ret_len)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret && ret_len, VTYPE_BIT(DSA_GGUF_ARRAY), VTYPE_BIT(DSA_GGUF_STRING), &kv);
         if (r < 0)
                 return r;
-        if (kv->type != DSA_GGUF_ARRAY || kv->arr_type != DSA_GGUF_STRING)
-                return -EMEDIUMTYPE;
         if (i >= kv->n)
                 return -ERANGE;
         /* Validated at open: the length and the bytes lie inside the file. */
@@ -790,13 +712,9 @@ int dsa_gguf_get_arr_data(const struct dsa_gguf *g, const char *key, const void 
         const struct gguf_kv *kv;
         int r;
 
-        if (!ret)
-                return -EINVAL;
-        r = kv_lookup(g, key, &kv);
+        r = kv_get(g, key, ret, VTYPE_BIT(DSA_GGUF_ARRAY), VTYPES_ANY & ~VTYPE_BIT(DSA_GGUF_STRING), &kv);
         if (r < 0)
                 return r;
-        if (kv->type != DSA_GGUF_ARRAY || kv->arr_type == DSA_GGUF_STRING)
-                return -EMEDIUMTYPE;
         *ret = kv->value;
         return 0;
 }
@@ -810,22 +728,7 @@ const struct dsa_tensor_view *dsa_gguf_tensor(const struct dsa_gguf *g, size_t i
 }
 
 const struct dsa_tensor_view *dsa_gguf_find_tensor(const struct dsa_gguf *g, const char *name) {
-        size_t lo = 0, hi;
-
         if (!g || !name)
                 return NULL;
-        hi = g->n_tensors;
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const struct dsa_tensor_view *t = &g->tensors[g->tensor_sorted[mid]];
-                int c = strcmp(name, t->name);
-
-                if (c == 0)
-                        return t;
-                if (c < 0)
-                        hi = mid;
-                else
-                        lo = mid + 1;
-        }
-        return NULL;
+        return dsa__name_index_find(DSA__NAME_TABLE(g->tensors, g->n_tensors), g->tensor_sorted, name);
 }

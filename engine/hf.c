@@ -52,6 +52,22 @@ static int read_file(const char *path, char **ret, size_t *ret_len) {
         return 0;
 }
 
+/* JSON text of len bytes; label names it in reasons. */
+static int parse_json(const char *text, size_t len, const char *label, struct json_object **ret) {
+        _cleanup_(json_object_putp) struct json_object *tokener_out = NULL;
+        struct json_tokener *tok = json_tokener_new();
+        if (!tok)
+                return -ENOMEM;
+        tokener_out = json_tokener_parse_ex(tok, text, (int) MIN(len, (size_t) INT32_MAX));
+        enum json_tokener_error jerr = json_tokener_get_error(tok);
+        json_tokener_free(tok);
+        if (!tokener_out || jerr != json_tokener_success)
+                return dsa__error(-EBADMSG, "'%s' is not valid JSON: %s", label,
+                                  json_tokener_error_desc(jerr));
+        *ret = TAKE_PTR(tokener_out);
+        return 0;
+}
+
 static int parse_json_file(const char *path, struct json_object **ret) {
         _cleanup_free_ char *buf = NULL;
         size_t len;
@@ -60,18 +76,7 @@ static int parse_json_file(const char *path, struct json_object **ret) {
         r = read_file(path, &buf, &len);
         if (r < 0)
                 return r;
-        _cleanup_(json_object_putp) struct json_object *tokener_out = NULL;
-        struct json_tokener *tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        tokener_out = json_tokener_parse_ex(tok, buf, (int) MIN(len, (size_t) INT32_MAX));
-        enum json_tokener_error jerr = json_tokener_get_error(tok);
-        json_tokener_free(tok);
-        if (!tokener_out || jerr != json_tokener_success)
-                return dsa__error(-EBADMSG, "'%s' is not valid JSON: %s", path,
-                                  json_tokener_error_desc(jerr));
-        *ret = TAKE_PTR(tokener_out);
-        return 0;
+        return parse_json(buf, len, path, ret);
 }
 
 /* A positive integer that fits uint32_t; -ENOENT when absent and not required. */
@@ -153,6 +158,29 @@ static int parse_config(struct json_object *j, struct dsa_bert_config *c, bool *
                         if (a && strstr(a, "ForSequenceClassification"))
                                 *ret_wants_head = true;
                 }
+        return 0;
+}
+
+int dsa__hf_parse_config(const char *json, size_t len, const char *label,
+                         struct dsa_bert_config *ret_cfg, bool *ret_wants_head,
+                         struct json_object **ret_json) {
+        _cleanup_(json_object_putp) struct json_object *j = NULL;
+        struct dsa_bert_config c = { 0 };
+        bool wants_head = false;
+        int r;
+
+        if (!json || !label || !ret_cfg || !ret_wants_head)
+                return -EINVAL;
+        r = parse_json(json, len, label, &j);
+        if (r < 0)
+                return r;
+        r = parse_config(j, &c, &wants_head);
+        if (r < 0)
+                return r;
+        *ret_cfg = c;
+        *ret_wants_head = wants_head;
+        if (ret_json)
+                *ret_json = TAKE_PTR(j);
         return 0;
 }
 
@@ -290,13 +318,7 @@ static int load_tokenizer(const char *dir, struct dsa_tokenizer **ret) {
         if (r != -ENOENT)
                 return r;
 
-        struct dsa_tokenizer_options o = {
-                .clean_text = true,
-                .handle_chinese_chars = true,
-                .lowercase = true,
-                .strip_accents = -1,
-                .max_input_chars_per_word = 100,
-        };
+        struct dsa_tokenizer_options o = DSA_TOKENIZER_OPTIONS_BERT;
         _cleanup_(json_object_putp) struct json_object *tc = NULL;
         if ((r = path_join(path, sizeof(path), dir, "tokenizer_config.json")) < 0)
                 return r;
@@ -327,20 +349,22 @@ int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_token
         _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *st = NULL;
         _cleanup_(dsa__bert_freep) struct dsa_bert *b = NULL;
         _cleanup_(dsa_tokenizer_freep) struct dsa_tokenizer *tok = NULL;
+        _cleanup_free_ char *text = NULL;
         struct dsa_bert_config c = { 0 };
         const struct dsa_tensor_view *v;
         char path[4096];
         bool wants_head = false;
+        size_t len;
         int r;
 
         if ((r = path_join(path, sizeof(path), dir, "config.json")) < 0)
                 return r;
-        r = parse_json_file(path, &j);
+        r = read_file(path, &text, &len);
         if (r == -ENOENT)
                 return dsa__error(r, "'%s' has no config.json", dir);
         if (r < 0)
                 return r;
-        r = parse_config(j, &c, &wants_head);
+        r = dsa__hf_parse_config(text, len, path, &c, &wants_head, &j);
         if (r < 0)
                 return r;
 

@@ -14,6 +14,7 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "safetensors.h"
+#include "tensor-internal.h"
 
 #define ST_MAX_HEADER (100u * 1024u * 1024u)
 #define ST_MAX_INDEX (100u * 1024u * 1024u)
@@ -179,23 +180,12 @@ static int parse_entry(const char *name, struct json_object *e, const uint8_t *d
         return 0;
 }
 
-struct range {
-        uint64_t begin, end;
-        size_t i;
-};
-
-static int range_cmp(const void *a, const void *b) {
-        const struct range *x = a, *y = b;
-
-        return x->begin < y->begin ? -1 : x->begin > y->begin;
-}
-
 /* Parses one file's bytes and appends its tensors to s. label names it in reasons. */
 static int parse_file(struct dsa_safetensors *s, const uint8_t *p, size_t size, const char *label) {
         _cleanup_(json_object_putp) struct json_object *root = NULL;
-        _cleanup_free_ struct range *ranges = NULL;
-        size_t n_ranges = 0;
-        uint64_t hlen, data_size, end = 0;
+        _cleanup_free_ struct dsa__byte_range *ranges = NULL;
+        size_t n_ranges = 0, k;
+        uint64_t hlen, data_size;
         int r;
 
         if (size < 8)
@@ -240,48 +230,20 @@ static int parse_file(struct dsa_safetensors *s, const uint8_t *p, size_t size, 
                         free((char *) v.name);
                         return r;
                 }
-                ranges[n_ranges++] = (struct range) { begin, begin + v.nbytes, s->n_tensors - 1 };
+                ranges[n_ranges++] = (struct dsa__byte_range) { begin, begin + v.nbytes, s->n_tensors - 1 };
         }
 
-        qsort(ranges, n_ranges, sizeof(*ranges), range_cmp);
-        for (size_t i = 0; i < n_ranges; i++) {
-                if (ranges[i].begin == ranges[i].end)
-                        continue;
-                if (ranges[i].begin < end)
-                        return dsa__error(-EBADMSG, "%s tensor '%s' data overlaps another tensor's",
-                                          label, s->tensors[ranges[i].i].name);
-                end = ranges[i].end;
-        }
+        if (dsa__byte_ranges_overlap(ranges, n_ranges, &k))
+                return dsa__error(-EBADMSG, "%s tensor '%s' data overlaps another tensor's", label,
+                                  s->tensors[k].name);
         return 0;
-}
-
-struct name_ref {
-        const char *name;
-        size_t i;
-};
-
-static int name_ref_cmp(const void *a, const void *b) {
-        return strcmp(((const struct name_ref *) a)->name, ((const struct name_ref *) b)->name);
 }
 
 /* Builds the sorted name index; a name seen in two shards is an error. (A key repeated inside
  * one header never gets here: json-c keeps the last value, as serde does.) */
 static int build_index(struct dsa_safetensors *s) {
-        _cleanup_free_ struct name_ref *refs = NULL;
-
-        refs = malloc(MAX(s->n_tensors, 1) * sizeof(*refs));
-        s->sorted = malloc(MAX(s->n_tensors, 1) * sizeof(*s->sorted));
-        if (!refs || !s->sorted)
-                return -ENOMEM;
-        for (size_t i = 0; i < s->n_tensors; i++)
-                refs[i] = (struct name_ref) { s->tensors[i].name, i };
-        qsort(refs, s->n_tensors, sizeof(*refs), name_ref_cmp);
-        for (size_t i = 0; i < s->n_tensors; i++) {
-                if (i > 0 && strcmp(refs[i - 1].name, refs[i].name) == 0)
-                        return dsa__error(-EBADMSG, "tensor '%s' appears twice", refs[i].name);
-                s->sorted[i] = refs[i].i;
-        }
-        return 0;
+        return dsa__name_index_new(DSA__NAME_TABLE(s->tensors, s->n_tensors), "tensor '%s' appears twice",
+                                   &s->sorted);
 }
 
 static int add_map(struct dsa_safetensors *s, const uint8_t *base, size_t size, bool mapped) {
@@ -327,6 +289,37 @@ static int map_file(struct dsa_safetensors *s, int dirfd, const char *path, cons
         return 0;
 }
 
+/* One file's bytes into the fresh handle s: its tensors, then the name index. */
+static int parse_single(struct dsa_safetensors *s, const uint8_t *p, size_t size, const char *label) {
+        int r;
+
+        r = parse_file(s, p, size, label);
+        if (r < 0)
+                return r;
+        return build_index(s);
+}
+
+/* Maps and parses the one file dirfd/path (dsa_safetensors_open(), and open_dir without an
+ * index). */
+static int open_single(int dirfd, const char *path, struct dsa_safetensors **ret) {
+        _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *s = NULL;
+        const uint8_t *p;
+        size_t size;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        r = map_file(s, dirfd, path, &p, &size);
+        if (r < 0)
+                return r;
+        r = parse_single(s, p, size, path);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
 int dsa_safetensors_open_memory(const void *data, size_t size, struct dsa_safetensors **ret) {
         _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *s = NULL;
         int r;
@@ -339,10 +332,7 @@ int dsa_safetensors_open_memory(const void *data, size_t size, struct dsa_safete
         r = add_map(s, data, size, false);
         if (r < 0)
                 return r;
-        r = parse_file(s, data, size, "safetensors data");
-        if (r < 0)
-                return r;
-        r = build_index(s);
+        r = parse_single(s, data, size, "safetensors data");
         if (r < 0)
                 return r;
         *ret = TAKE_PTR(s);
@@ -350,27 +340,9 @@ int dsa_safetensors_open_memory(const void *data, size_t size, struct dsa_safete
 }
 
 int dsa_safetensors_open(const char *path, struct dsa_safetensors **ret) {
-        _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *s = NULL;
-        const uint8_t *p;
-        size_t size;
-        int r;
-
         if (!path || !ret)
                 return -EINVAL;
-        s = calloc(1, sizeof(*s));
-        if (!s)
-                return -ENOMEM;
-        r = map_file(s, AT_FDCWD, path, &p, &size);
-        if (r < 0)
-                return r;
-        r = parse_file(s, p, size, path);
-        if (r < 0)
-                return r;
-        r = build_index(s);
-        if (r < 0)
-                return r;
-        *ret = TAKE_PTR(s);
-        return 0;
+        return open_single(AT_FDCWD, path, ret);
 }
 
 /* Shard names come from a file we did not write: only plain names inside dir are accepted. */
@@ -490,26 +462,8 @@ int dsa_safetensors_open_dir(const char *dir, struct dsa_safetensors **ret) {
         if (dfd < 0)
                 return dsa__error(-errno, "cannot open folder '%s': %s", dir, strerror(errno));
         r = read_index(dfd, dir, &index);
-        if (r == -ENOENT) {
-                _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *s = NULL;
-                const uint8_t *p;
-                size_t size;
-
-                s = calloc(1, sizeof(*s));
-                if (!s)
-                        return -ENOMEM;
-                r = map_file(s, dfd, "model.safetensors", &p, &size);
-                if (r < 0)
-                        return r;
-                r = parse_file(s, p, size, "model.safetensors");
-                if (r < 0)
-                        return r;
-                r = build_index(s);
-                if (r < 0)
-                        return r;
-                *ret = TAKE_PTR(s);
-                return 0;
-        }
+        if (r == -ENOENT)
+                return open_single(dfd, "model.safetensors", ret);
         if (r < 0)
                 return r;
         return open_sharded(dfd, dir, index, ret);
@@ -524,22 +478,7 @@ const struct dsa_tensor_view *dsa_safetensors_tensor(const struct dsa_safetensor
 }
 
 const struct dsa_tensor_view *dsa_safetensors_find(const struct dsa_safetensors *s, const char *name) {
-        size_t lo = 0, hi;
-
         if (!s || !name || !s->sorted)
                 return NULL;
-        hi = s->n_tensors;
-        while (lo < hi) {
-                size_t mid = lo + (hi - lo) / 2;
-                const struct dsa_tensor_view *t = &s->tensors[s->sorted[mid]];
-                int c = strcmp(name, t->name);
-
-                if (c == 0)
-                        return t;
-                if (c < 0)
-                        hi = mid;
-                else
-                        lo = mid + 1;
-        }
-        return NULL;
+        return dsa__name_index_find(DSA__NAME_TABLE(s->tensors, s->n_tensors), s->sorted, name);
 }

@@ -5,8 +5,10 @@
 #include <errno.h>
 #include <string.h>
 
+#include "basic/error.h"
 #include "basic/macro.h"
 #include "kernels/kernels.h"
+#include "tensor-internal.h"
 #include "tensor.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -132,4 +134,81 @@ int dsa_tensor_to_f32(const struct dsa_tensor_view *t, float *out) {
         default:
                 return -EOPNOTSUPP;
         }
+}
+
+static const char *name_at(const struct dsa__name_table *t, size_t i) {
+        const char *name;
+
+        memcpy(&name, (const uint8_t *) t->elems + i * t->stride + t->name_offset, sizeof(name));
+        return name;
+}
+
+/* qsort/bsearch over index arrays would need the table; a file-scope pointer would not be
+ * thread-safe, so sort (name, index) pairs instead. */
+struct name_ref {
+        const char *name;
+        size_t i;
+};
+
+static int name_ref_cmp(const void *a, const void *b) {
+        return strcmp(((const struct name_ref *) a)->name, ((const struct name_ref *) b)->name);
+}
+
+int dsa__name_index_new(struct dsa__name_table t, const char *dup_fmt, size_t **ret_sorted) {
+        _cleanup_free_ struct name_ref *refs = NULL;
+        _cleanup_free_ size_t *idx = NULL;
+
+        refs = malloc(MAX(t.n, 1) * sizeof(*refs));
+        idx = malloc(MAX(t.n, 1) * sizeof(*idx));
+        if (!refs || !idx)
+                return -ENOMEM;
+        for (size_t i = 0; i < t.n; i++)
+                refs[i] = (struct name_ref) { name_at(&t, i), i };
+        qsort(refs, t.n, sizeof(*refs), name_ref_cmp);
+        for (size_t i = 0; i < t.n; i++) {
+                if (i > 0 && strcmp(refs[i - 1].name, refs[i].name) == 0)
+                        return dsa__error(-EBADMSG, dup_fmt, refs[i].name);
+                idx[i] = refs[i].i;
+        }
+        *ret_sorted = TAKE_PTR(idx);
+        return 0;
+}
+
+const void *dsa__name_index_find(struct dsa__name_table t, const size_t *sorted, const char *name) {
+        size_t lo = 0, hi = t.n;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int c = strcmp(name, name_at(&t, sorted[mid]));
+
+                if (c == 0)
+                        return (const uint8_t *) t.elems + sorted[mid] * t.stride;
+                if (c < 0)
+                        hi = mid;
+                else
+                        lo = mid + 1;
+        }
+        return NULL;
+}
+
+static int byte_range_cmp(const void *a, const void *b) {
+        const struct dsa__byte_range *x = a, *y = b;
+
+        return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+bool dsa__byte_ranges_overlap(struct dsa__byte_range *r, size_t n, size_t *ret_i) {
+        uint64_t end = 0;
+
+        qsort(r, n, sizeof(*r), byte_range_cmp);
+        for (size_t i = 0; i < n; i++) {
+                if (r[i].begin == r[i].end)
+                        continue;
+                if (r[i].begin < end) {
+                        *ret_i = r[i].i;
+                        return true;
+                }
+                end = r[i].end;
+        }
+        return false;
 }

@@ -21,6 +21,16 @@ struct dsa_tokenizer_options {
         uint32_t max_input_chars_per_word; /* longer words become [UNK]; HF default 100 */
 };
 
+/* Hugging Face's BERT defaults (BertNormalizer() with WordPiece's max_input_chars_per_word of
+ * 100), as an initializer: struct dsa_tokenizer_options o = DSA_TOKENIZER_OPTIONS_BERT;
+ * A vocab.txt folder starts from these before tokenizer_config.json, and so does a GGUF before
+ * its dsa.tokenizer.* keys. */
+#define DSA_TOKENIZER_OPTIONS_BERT                                                              \
+        {                                                                                       \
+                .clean_text = true, .handle_chinese_chars = true, .lowercase = true,            \
+                .strip_accents = -1, .max_input_chars_per_word = 100,                           \
+        }
+
 struct dsa_tokenizer;
 
 /* tokenizer.json contents (json, len bytes). Only the BERT pipeline is accepted; anything else

@@ -152,8 +152,21 @@ int dsa__utf8_decode(const char *s, size_t len, uint32_t **ret, size_t *ret_n) {
         return 0;
 }
 
-/* Rust's char::is_whitespace: the White_Space property. */
-static bool is_white_space(uint32_t c) {
+int dsa__utf8_encode(const uint32_t *cps, size_t n, char **ret, size_t *ret_len) {
+        char *s = malloc(n * 4 + 1);
+        size_t len = 0;
+
+        if (!s)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                len += (size_t) utf8proc_encode_char((utf8proc_int32_t) cps[i], (uint8_t *) s + len);
+        s[len] = 0;
+        *ret = s;
+        *ret_len = len;
+        return 0;
+}
+
+bool dsa__is_white_space(uint32_t c) {
         return (c >= 0x09 && c <= 0x0d) || c == 0x20 || c == 0x85 || c == 0xa0 || c == 0x1680 ||
                (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f ||
                c == 0x205f || c == 0x3000;
@@ -254,7 +267,7 @@ int dsa__bert_normalize(const struct dsa_tokenizer_options *o, const uint32_t *c
                         bool tnr = c == '\t' || c == '\n' || c == '\r';
                         if (c == 0 || c == 0xfffd || (!tnr && is_other(c)))
                                 continue;
-                        if (tnr || is_white_space(c))
+                        if (tnr || dsa__is_white_space(c))
                                 c = ' ';
                 }
                 if (o->handle_chinese_chars && is_chinese_char(c)) {
@@ -420,7 +433,7 @@ int dsa__wordpiece_encode(const struct dsa__wordpiece *wp, const uint32_t *cps, 
 
                 if (llama) {
                         c = llama_nfd_first(c);
-                        if (is_white_space(c)) {
+                        if (dsa__is_white_space(c)) {
                                 r = wordpiece_word(wp, word, k, max_chars, buf, off, out);
                                 if (r < 0)
                                         return r;
@@ -433,7 +446,7 @@ int dsa__wordpiece_encode(const struct dsa__wordpiece *wp, const uint32_t *cps, 
                                   is_chinese_char(c);
                         c = (uint32_t) utf8proc_tolower((utf8proc_int32_t) c);
                 } else {
-                        if (is_white_space(c)) {
+                        if (dsa__is_white_space(c)) {
                                 r = wordpiece_word(wp, word, k, max_chars, buf, off, out);
                                 if (r < 0)
                                         return r;

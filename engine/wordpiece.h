@@ -52,6 +52,11 @@ int dsa__ids_push(struct dsa__ids *ids, int32_t id);
 
 /* Codepoints of valid UTF-8; -EILSEQ when it is not. *ret is malloc'd (at least one slot). */
 int dsa__utf8_decode(const char *s, size_t len, uint32_t **ret, size_t *ret_n);
+/* UTF-8 of n codepoints (valid ones: they come from dsa__utf8_decode() or the normalizer),
+ * malloc'd and NUL-terminated. */
+int dsa__utf8_encode(const uint32_t *cps, size_t n, char **ret, size_t *ret_len);
+/* Rust's char::is_whitespace: the White_Space property. */
+bool dsa__is_white_space(uint32_t c);
 
 /* Runs the normalizer over cps (HF flavour), giving normalized codepoints in *ret. */
 int dsa__bert_normalize(const struct dsa_tokenizer_options *o, const uint32_t *cps, size_t n,

@@ -31,6 +31,16 @@ def expect_fail(code, args, what, stdin=None):
           f"{what}: exit {rc} (want {code}), stderr {err.strip()!r}")
 
 
+# docs agree with the code: every long option in cli/*.c is in --help and in man/dsactl.1
+import glob, re
+opts = set()
+for f in glob.glob(os.path.join(src, "cli", "*.c")):
+    opts |= set(re.findall(r'\{ "([a-z][a-z-]*)", (?:required|no)_argument', open(f).read()))
+helptext = run("--help")[1]
+man = open(os.path.join(src, "man/dsactl.1")).read().replace("\\-", "-")
+for o in sorted(opts - {"help"}):
+    check(f"--{o}" in helptext and f"--{o}" in man, f"--{o} documented in --help and dsactl(1)")
+
 # usage
 check(run()[0] == 2, "no verb -> 2")
 rc, out, _ = run("--help")

@@ -1,11 +1,19 @@
 /* See testutil.h. */
 #include <errno.h>
 #include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cmocka.h>
+
+#include "basic/error.h"
+#include "engine/model.h"
 #include "testutil.h"
 
 const char *dsa_test_shared_dir(void) {
@@ -109,4 +117,17 @@ int dsa_test_read_file(const char *path, char **ret, size_t *ret_size) {
         if (ret_size)
                 *ret_size = (size_t) sz;
         return 0;
+}
+
+struct dsa_model *dsa_test_model_open(const char *path) {
+        struct dsa_model *m = NULL;
+        int r;
+
+        dsa_error_clear();
+        r = dsa_model_open(path, &m);
+        if (r < 0)
+                fprintf(stderr, "dsa_model_open(%s): %s\n", path, dsa_error_message(r));
+        assert_int_equal(r, 0);
+        assert_non_null(m);
+        return m;
 }

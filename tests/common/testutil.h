@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct dsa_model;
+
 /* The shared reference folder ($DSA_SHARED, else $DSA_SOURCE_DIR/../shared), or NULL when it
  * does not exist. */
 const char *dsa_test_shared_dir(void);
@@ -32,3 +34,7 @@ bool dsa_test_check_tensor(const char *name, const float *got, const float *want
 
 /* Reads a whole file into a malloc'd buffer (NUL-terminated; size without the NUL). */
 int dsa_test_read_file(const char *path, char **ret, size_t *ret_size);
+
+/* dsa_model_open() that must succeed: on failure prints the reason (dsa_error_message()) and
+ * fails the running cmocka test. */
+struct dsa_model *dsa_test_model_open(const char *path);

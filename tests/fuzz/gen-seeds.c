@@ -1,5 +1,6 @@
 /* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB)
- * into OUTDIR/gguf and OUTDIR/safetensors at build time, so no binary files are committed. */
+ * into OUTDIR/<target> (gguf, safetensors, tokenizer-json, hf-config) at build time, so no
+ * binary files are committed. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -113,6 +114,8 @@ int main(int argc, char **argv) {
         mkdir(path_buf, 0755);
         snprintf(path_buf, sizeof(path_buf), "%s/tokenizer-json", dir);
         mkdir(path_buf, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/hf-config", dir);
+        mkdir(path_buf, 0755);
 
         r = gguf_model(path(dir, "gguf", "model.gguf"));
         if (r >= 0)
@@ -141,6 +144,42 @@ int main(int argc, char **argv) {
                 /* A minimal BERT tokenizer.json, as transformers writes one. */
                 static const char tok_json[] = "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":0,\"content\":\"[PAD]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":1,\"content\":\"[UNK]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":2,\"content\":\"[CLS]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":3,\"content\":\"[SEP]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":4,\"content\":\"[MASK]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}],\"normalizer\":{\"type\":\"BertNormalizer\",\"clean_text\":true,\"handle_chinese_chars\":true,\"strip_accents\":null,\"lowercase\":true},\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"[CLS]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":0}}],\"pair\":[{\"SpecialToken\":{\"id\":\"[CLS]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"B\",\"type_id\":1}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":1}}],\"special_tokens\":{\"[CLS]\":{\"id\":\"[CLS]\",\"ids\":[2],\"tokens\":[\"[CLS]\"]},\"[SEP]\":{\"id\":\"[SEP]\",\"ids\":[3],\"tokens\":[\"[SEP]\"]}}},\"decoder\":{\"type\":\"WordPiece\",\"prefix\":\"##\",\"cleanup\":true},\"model\":{\"type\":\"WordPiece\",\"unk_token\":\"[UNK]\",\"continuing_subword_prefix\":\"##\",\"max_input_chars_per_word\":100,\"vocab\":{\"[PAD]\":0,\"[UNK]\":1,\"[CLS]\":2,\"[SEP]\":3,\"[MASK]\":4,\"hello\":5,\"world\":6,\"##s\":7,\"run\":8,\",\":9,\"!\":10,\"un\":11,\"##aff\":12,\"##able\":13}}}";
                 r = write_raw(path(dir, "tokenizer-json", "tokenizer.json"), tok_json, sizeof(tok_json) - 1);
+        }
+        if (r >= 0) {
+                /* A BERT sequence classifier's config.json, as transformers writes one (the
+                 * shape of bert-tiny's), with the null and float fields a parser meets. */
+                static const char config_json[] =
+                        "{\n"
+                        "  \"add_cross_attention\": false,\n"
+                        "  \"architectures\": [\n"
+                        "    \"BertForSequenceClassification\"\n"
+                        "  ],\n"
+                        "  \"attention_probs_dropout_prob\": 0.1,\n"
+                        "  \"bos_token_id\": null,\n"
+                        "  \"classifier_dropout\": null,\n"
+                        "  \"dtype\": \"float32\",\n"
+                        "  \"eos_token_id\": null,\n"
+                        "  \"hidden_act\": \"gelu\",\n"
+                        "  \"hidden_dropout_prob\": 0.1,\n"
+                        "  \"hidden_size\": 64,\n"
+                        "  \"id2label\": {\"0\": \"negative\", \"1\": \"positive\"},\n"
+                        "  \"initializer_range\": 0.02,\n"
+                        "  \"intermediate_size\": 256,\n"
+                        "  \"is_decoder\": false,\n"
+                        "  \"layer_norm_eps\": 1e-12,\n"
+                        "  \"max_position_embeddings\": 512,\n"
+                        "  \"model_type\": \"bert\",\n"
+                        "  \"num_attention_heads\": 4,\n"
+                        "  \"num_hidden_layers\": 2,\n"
+                        "  \"pad_token_id\": 0,\n"
+                        "  \"position_embedding_type\": \"absolute\",\n"
+                        "  \"tie_word_embeddings\": true,\n"
+                        "  \"transformers_version\": \"5.17.0\",\n"
+                        "  \"type_vocab_size\": 2,\n"
+                        "  \"use_cache\": true,\n"
+                        "  \"vocab_size\": 3000\n"
+                        "}\n";
+                r = write_raw(path(dir, "hf-config", "config.json"), config_json, sizeof(config_json) - 1);
         }
         if (r < 0) {
                 fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));

@@ -38,16 +38,6 @@
 
 static const char *shared;
 
-static struct dsa_model *open_model(const char *path) {
-        struct dsa_model *m = NULL;
-        dsa_error_clear();
-        int r = dsa_model_open(path, &m);
-        if (r < 0)
-                fprintf(stderr, "dsa_model_open(%s): %s\n", path, dsa_error_message(r));
-        assert_int_equal(r, 0);
-        return m;
-}
-
 static const struct dsa_tensor_view *need(const struct dsa_safetensors *st, const char *name) {
         const struct dsa_tensor_view *v = dsa_safetensors_find(st, name);
         if (!v)
@@ -202,7 +192,7 @@ static void parity_one(const char *name) {
 
         snprintf(dir, sizeof(dir), "%s/fixtures/hf/%s", shared, name);
         fprintf(stderr, "== %s\n", name);
-        struct dsa_model *m = open_model(dir);
+        struct dsa_model *m = dsa_test_model_open(dir);
         const struct dsa_bert_config *c = dsa_model_bert_config(m);
         const size_t C = c->n_embd;
 
@@ -243,7 +233,7 @@ static void parity_one(const char *name) {
         if (r < 0)
                 fprintf(stderr, "save: %s\n", dsa_error_message(r));
         assert_int_equal(r, 0);
-        struct dsa_model *g = open_model(path);
+        struct dsa_model *g = dsa_test_model_open(path);
         assert_memory_equal(dsa_model_bert_config(g), c, sizeof(*c));
         for (size_t i = 0; i < c->n_labels; i++)
                 assert_string_equal(dsa_model_label(g, i), dsa_model_label(m, i));
@@ -262,7 +252,7 @@ static void parity_one(const char *name) {
         /* GGUF F16: close to the fp32 reference. */
         r = dsa_model_save(m, path, DSA_TYPE_F16);
         assert_int_equal(r, 0);
-        g = open_model(path);
+        g = dsa_test_model_open(path);
         run(g, &in, &o2);
         if (rl)
                 ok &= check(name, "F16 logits", o2.logits, rl, B * c->n_labels, ATOL_F16_LOGITS);
@@ -301,7 +291,7 @@ static void test_sst2_teacher(void **state) {
         struct dsa_safetensors *ref = NULL;
 
         snprintf(dir, sizeof(dir), "%s/fixtures/trained/sst2-bert-4l256", shared);
-        struct dsa_model *m = open_model(dir);
+        struct dsa_model *m = dsa_test_model_open(dir);
         assert_int_equal(dsa_model_bert_config(m)->n_labels, 2);
 
         assert_int_equal(dsa_test_read_file(dsa_test_path(shared, "data/glue_sst2/dev.tsv"), &buf, &len), 0);

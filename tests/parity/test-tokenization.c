@@ -131,13 +131,7 @@ static int run_hf_model(const char *shared, const char *model, struct set_result
 }
 
 static int run_bert_base_uncased(const char *shared, struct set_result *res) {
-        const struct dsa_tokenizer_options opts = {
-                .clean_text = true,
-                .handle_chinese_chars = true,
-                .lowercase = true,
-                .strip_accents = -1,
-                .max_input_chars_per_word = 100,
-        };
+        const struct dsa_tokenizer_options opts = DSA_TOKENIZER_OPTIONS_BERT;
         struct dsa_tokenizer *t = NULL;
         int r;
 
@@ -241,13 +235,7 @@ static int run_bge(const char *shared, struct set_result *res) {
 
 /* The same vectors through the HF pipeline on vocab.txt: where llama.cpp and HF agree, so must we. */
 static int run_bge_hf(const char *shared, struct set_result *res) {
-        const struct dsa_tokenizer_options opts = {
-                .clean_text = true,
-                .handle_chinese_chars = true,
-                .lowercase = true,
-                .strip_accents = -1,
-                .max_input_chars_per_word = 100,
-        };
+        const struct dsa_tokenizer_options opts = DSA_TOKENIZER_OPTIONS_BERT;
         const char *dir = dsa_test_path(shared, "data/llamacpp_vocab_tests");
         char inp[620], out[620];
         struct dsa_tokenizer *t = NULL;

@@ -18,98 +18,12 @@
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
 #include "testutil.h"
+#include "touch.h"
 
 #define SEED 20240611u
 #define N_FLIPS 4000
 
-/* ---- reading everything a handle offers, as a consumer would */
-
-static uint64_t touch_bytes(const void *p, uint64_t n) {
-        const uint8_t *b = p;
-        uint64_t h = 0;
-
-        for (uint64_t i = 0; i < n; i++)
-                h = h * 31 + b[i];
-        return h;
-}
-
-static uint64_t touch_tensor(const struct dsa_tensor_view *t) {
-        uint64_t h = touch_bytes(t->data, t->nbytes);
-        uint64_t n = dsa_tensor_nelems(t);
-
-        if (n > 0 && n <= 4096) {
-                float *out = malloc(n * sizeof(float));
-
-                assert_non_null(out);
-                if (dsa_tensor_to_f32(t, out) == 0)
-                        h += touch_bytes(out, n * sizeof(float));
-                free(out);
-        }
-        return h;
-}
-
-static uint64_t touch_gguf(const struct dsa_gguf *g) {
-        uint64_t h = dsa_gguf_version(g);
-
-        for (size_t i = 0; i < dsa_gguf_n_kv(g); i++) {
-                const char *key = dsa_gguf_kv_name(g, i), *s;
-                enum dsa_gguf_vtype t;
-                const void *data;
-                size_t n, len;
-                uint64_t u;
-                int64_t v;
-                uint32_t u32;
-                float f;
-                bool b;
-
-                assert_non_null(key);
-                assert_int_equal(dsa_gguf_find(g, key), (int) i);
-                h += dsa_gguf_kv_type(g, i);
-                if (dsa_gguf_get_u64(g, key, &u) == 0)
-                        h += u;
-                if (dsa_gguf_get_i64(g, key, &v) == 0)
-                        h += (uint64_t) v;
-                if (dsa_gguf_get_u32(g, key, &u32) == 0)
-                        h += u32;
-                if (dsa_gguf_get_f32(g, key, &f) == 0)
-                        h += f == f;
-                if (dsa_gguf_get_bool(g, key, &b) == 0)
-                        h += b;
-                if (dsa_gguf_get_str(g, key, &s, &len) == 0)
-                        h += touch_bytes(s, len);
-                if (dsa_gguf_get_arr(g, key, &t, &n) != 0)
-                        continue;
-                if (t == DSA_GGUF_STRING) {
-                        for (size_t j = 0; j < n; j++) {
-                                assert_int_equal(dsa_gguf_get_arr_str(g, key, j, &s, &len), 0);
-                                h += touch_bytes(s, len);
-                        }
-                        assert_int_equal(dsa_gguf_get_arr_str(g, key, n, &s, &len), -ERANGE);
-                } else {
-                        assert_int_equal(dsa_gguf_get_arr_data(g, key, &data), 0);
-                        h += touch_bytes(data, n * dsa_gguf_vtype_size(t));
-                }
-        }
-        for (size_t i = 0; i < dsa_gguf_n_tensors(g); i++) {
-                const struct dsa_tensor_view *t = dsa_gguf_tensor(g, i);
-
-                assert_ptr_equal(dsa_gguf_find_tensor(g, t->name), t);
-                h += touch_tensor(t);
-        }
-        return h;
-}
-
-static uint64_t touch_st(const struct dsa_safetensors *s) {
-        uint64_t h = 0;
-
-        for (size_t i = 0; i < dsa_safetensors_n_tensors(s); i++) {
-                const struct dsa_tensor_view *t = dsa_safetensors_tensor(s, i);
-
-                assert_ptr_equal(dsa_safetensors_find(s, t->name), t);
-                h += touch_tensor(t);
-        }
-        return h;
-}
+/* Reading everything a handle offers is touch.c's job, shared with the fuzz targets. */
 
 /* Opens p; a success must read fully and give the same result twice. Returns the code. */
 static int try_gguf(const uint8_t *p, size_t size) {
@@ -126,7 +40,7 @@ static int try_gguf(const uint8_t *p, size_t size) {
         }
         r2 = dsa_gguf_open_memory(p, size, &g2);
         assert_int_equal(r2, 0);
-        assert_true(touch_gguf(g) == touch_gguf(g2));
+        assert_true(dsa_test_touch_gguf(g) == dsa_test_touch_gguf(g2));
         dsa_gguf_free(g);
         dsa_gguf_free(g2);
         return 0;
@@ -144,7 +58,7 @@ static int try_st(const uint8_t *p, size_t size) {
                 return r;
         }
         assert_int_equal(dsa_safetensors_open_memory(p, size, &s2), 0);
-        assert_true(touch_st(s) == touch_st(s2));
+        assert_true(dsa_test_touch_safetensors(s) == dsa_test_touch_safetensors(s2));
         dsa_safetensors_free(s);
         dsa_safetensors_free(s2);
         return 0;
@@ -340,7 +254,7 @@ static void test_gguf_valid(void **state) {
         assert_true(len == 4 && memcmp(s, "dddd", 4) == 0);
         assert_int_equal(dsa_tensor_to_f32(dsa_gguf_find_tensor(g, "t.2"), out), 0);
         assert_true(out[33] == 7.0f);
-        touch_gguf(g);
+        dsa_test_touch_gguf(g);
         dsa_gguf_free(g);
 
         /* Version 2 has the same layout and is accepted. */

@@ -44,6 +44,7 @@ struct gen {
         const char *drop;         /* tensor name (HF, without prefix) left out */
         const char *bad_shape;    /* tensor written with one extra row */
         bool prefix;              /* "bert." prefix */
+        const char *config;       /* config.json written as is instead of the generated one */
 };
 
 struct tensor {
@@ -184,7 +185,7 @@ static void generate(const char *dir, const struct gen *g) {
                  g->config_hidden ? g->config_hidden : C, NH, NL, FF, NCTX, V, g->act ? g->act : "gelu",
                  g->pos_type ? ",\"position_embedding_type\":\"" : "", g->pos_type ? g->pos_type : "",
                  g->pos_type ? "\"" : "");
-        write_text(dir, "config.json", cfg);
+        write_text(dir, "config.json", g->config ? g->config : cfg);
         write_text(dir, "tokenizer_config.json", "{\"do_lower_case\":true,\"strip_accents\":null}");
         char *vt = NULL;
         size_t vlen = 0;
@@ -221,19 +222,8 @@ static int teardown(void **state) {
         return 0;
 }
 
-static struct dsa_model *open_ok(const char *path) {
-        struct dsa_model *m = NULL;
-        dsa_error_clear();
-        int r = dsa_model_open(path, &m);
-        if (r < 0)
-                fprintf(stderr, "dsa_model_open(%s): %s\n", path, dsa_error_message(r));
-        assert_int_equal(r, 0);
-        assert_non_null(m);
-        return m;
-}
-
 static void test_open(void **state) {
-        struct dsa_model *m = open_ok(model_dir);
+        struct dsa_model *m = dsa_test_model_open(model_dir);
         const struct dsa_bert_config *c = dsa_model_bert_config(m);
 
         assert_int_equal(c->n_embd, C);
@@ -259,7 +249,7 @@ static const char *const texts[] = {
 
 /* Each text alone vs all of them in one padded batch: same logits and embeddings. */
 static void test_batch_invariance(void **state) {
-        struct dsa_model *m = open_ok(model_dir);
+        struct dsa_model *m = dsa_test_model_open(model_dir);
         float all[NTEXTS * NLAB], one[NLAB], eall[NTEXTS * C], eone[C];
 
         assert_int_equal(dsa_model_classify_texts(m, texts, NULL, NTEXTS, all), 0);
@@ -287,7 +277,7 @@ static void test_batch_invariance(void **state) {
 /* A hand-made padded batch: CLS is row 0, MEAN ignores padding (whatever the padded ids are),
  * POOLER is tanh(W h[CLS] + b) with the weights we wrote. */
 static void test_pooling(void **state) {
-        struct dsa_model *m = open_ok(model_dir);
+        struct dsa_model *m = dsa_test_model_open(model_dir);
         enum { B = 2, T = 6 };
         int32_t ids[B * T] = { 2, 5, 6, 3, 0, 0, 2, 7, 8, 9, 11, 3 };
         uint8_t mask[B * T] = { 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1 };
@@ -346,7 +336,7 @@ static void test_pooling(void **state) {
 
 /* Text longer than the context is truncated by the texts helpers, not rejected. */
 static void test_truncation(void **state) {
-        struct dsa_model *m = open_ok(model_dir);
+        struct dsa_model *m = dsa_test_model_open(model_dir);
         char text[1024] = "";
         for (int i = 0; i < 40; i++)
                 strcat(text, "hello world ");
@@ -396,14 +386,108 @@ static void test_corrupt(void **state) {
         char dir[64] = "/tmp/dsa-test-np-XXXXXX";
         assert_non_null(mkdtemp(dir));
         generate(dir, &(struct gen){ .prefix = false, .drop = "embeddings.token_type_embeddings.weight" });
-        m = open_ok(dir);
+        m = dsa_test_model_open(dir);
         dsa_model_free(m);
         remove_dir(dir);
         generate(model_dir, &(struct gen){ .prefix = true });
 }
 
+/* The valid config.json of the generated model with one field replaced: key is the JSON text
+ * of the field as generated, with_ its replacement ("" drops it). */
+static const char *config_with(const char *key, const char *with_) {
+        static char buf[1024];
+        char base[1024];
+        const char *at;
+
+        snprintf(base, sizeof(base),
+                 "{\"architectures\":[\"BertForSequenceClassification\"],\"model_type\":\"bert\","
+                 "\"hidden_size\":%d,\"num_attention_heads\":%d,\"num_hidden_layers\":%d,"
+                 "\"intermediate_size\":%d,\"max_position_embeddings\":%d,\"type_vocab_size\":2,"
+                 "\"vocab_size\":%d,\"layer_norm_eps\":1e-12,\"hidden_act\":\"gelu\"}",
+                 C, NH, NL, FF, NCTX, V);
+        at = strstr(base, key);
+        assert_non_null(at);
+        snprintf(buf, sizeof(buf), "%.*s%s%s", (int) (at - base), base, with_, at + strlen(key));
+        return buf;
+}
+
+/* A config.json that lies is refused with a reason that names the field, before anything is
+ * allocated for the sizes it claims: through dsa__hf_parse_config() and the loader's own check,
+ * as dsa_model_open() runs them. */
+static void expect_config_error(const char *json, int want, const char *needle) {
+        struct dsa_bert_config c;
+        bool head;
+        int r;
+
+        dsa_error_clear();
+        r = dsa__hf_parse_config(json, strlen(json), "config.json", &c, &head, NULL);
+        if (r == 0)
+                r = dsa__bert_config_check(&c);
+        fprintf(stderr, "  expected failure: %d %s\n", r, dsa_error_message(r));
+        assert_int_equal(r, want);
+        assert_non_null(strstr(dsa_error_message(r), needle));
+}
+
+static void test_config_corrupt(void **state) {
+        struct dsa_bert_config c;
+        bool head = false;
+        const char *ok = config_with("\"hidden_act\"", "\"hidden_act\"");
+
+        assert_int_equal(dsa__hf_parse_config(ok, strlen(ok), "config.json", &c, &head, NULL), 0);
+        assert_int_equal(dsa__bert_config_check(&c), 0);
+        assert_true(head);
+        assert_int_equal(c.n_embd, C);
+        assert_int_equal(c.n_layer, NL);
+
+        /* Wrong types. */
+        expect_config_error(config_with("\"hidden_size\":12", "\"hidden_size\":\"12\""), -EBADMSG,
+                            "'hidden_size' is not an integer");
+        expect_config_error(config_with("\"num_hidden_layers\":2", "\"num_hidden_layers\":1e9"), -EBADMSG,
+                            "'num_hidden_layers' is not an integer");
+        expect_config_error(config_with("\"vocab_size\":20", "\"vocab_size\":[20]"), -EBADMSG,
+                            "'vocab_size' is not an integer");
+        expect_config_error(config_with("\"layer_norm_eps\":1e-12", "\"layer_norm_eps\":\"tiny\""),
+                            -EBADMSG, "'layer_norm_eps' is not a number");
+        expect_config_error("[1,2]", -EBADMSG, "not a JSON object");
+        expect_config_error("{\"model_type\":", -EBADMSG, "not valid JSON");
+        /* Missing, negative, zero and huge sizes. */
+        expect_config_error(config_with("\"vocab_size\":20,", ""), -EBADMSG, "no 'vocab_size'");
+        expect_config_error(config_with("\"num_attention_heads\":3", "\"num_attention_heads\":-3"), -EBADMSG,
+                            "'num_attention_heads' = -3 is out of range");
+        expect_config_error(config_with("\"intermediate_size\":20", "\"intermediate_size\":0"), -EBADMSG,
+                            "'intermediate_size' = 0 is out of range");
+        expect_config_error(config_with("\"max_position_embeddings\":16",
+                                        "\"max_position_embeddings\":4294967296"),
+                            -EBADMSG, "out of range");
+        expect_config_error(config_with("\"num_hidden_layers\":2", "\"num_hidden_layers\":1000000000"),
+                            -EBADMSG, "implausibly large");
+        expect_config_error(config_with("\"vocab_size\":20", "\"vocab_size\":4294967295"), -EBADMSG,
+                            "implausibly large");
+        /* Values the architecture cannot have. */
+        expect_config_error(config_with("\"hidden_size\":12", "\"hidden_size\":13"), -EBADMSG,
+                            "not a multiple of the head count");
+        expect_config_error(config_with("\"layer_norm_eps\":1e-12", "\"layer_norm_eps\":-1"), -EBADMSG,
+                            "layer_norm_eps");
+        expect_config_error(config_with("\"model_type\":\"bert\"", "\"model_type\":\"roberta\""),
+                            -EOPNOTSUPP, "roberta");
+
+        /* The same lies in a real folder: dsa_model_open() fails the same way, and a claimed
+         * billion layers is refused by the check, before the weights are sized. */
+        expect_open_error(&(struct gen){ .prefix = true,
+                                         .config = config_with("\"num_hidden_layers\":2",
+                                                               "\"num_hidden_layers\":1000000000") },
+                          -EBADMSG, "implausibly large");
+        expect_open_error(&(struct gen){ .prefix = true,
+                                         .config = config_with("\"num_hidden_layers\":2",
+                                                               "\"num_hidden_layers\":1e9") },
+                          -EBADMSG, "'num_hidden_layers' is not an integer");
+        expect_open_error(&(struct gen){ .prefix = true,
+                                         .config = config_with("\"hidden_size\":12", "\"hidden_size\":-12") },
+                          -EBADMSG, "'hidden_size' = -12 is out of range");
+}
+
 static void test_gguf_roundtrip(void **state) {
-        struct dsa_model *m = open_ok(model_dir), *g = NULL;
+        struct dsa_model *m = dsa_test_model_open(model_dir), *g = NULL;
         char path[128], p16[128], pbf[128];
         float a[NTEXTS * NLAB], b[NTEXTS * NLAB], ea[NTEXTS * C], eb[NTEXTS * C];
 
@@ -415,7 +499,7 @@ static void test_gguf_roundtrip(void **state) {
         if (r < 0)
                 fprintf(stderr, "save: %s\n", dsa_error_message(r));
         assert_int_equal(r, 0);
-        g = open_ok(path);
+        g = dsa_test_model_open(path);
         assert_memory_equal(dsa_model_bert_config(g), dsa_model_bert_config(m), sizeof(struct dsa_bert_config));
         assert_string_equal(dsa_model_label(g, 1), "neu");
         assert_string_equal(dsa_model_source(g), model_dir);
@@ -429,13 +513,13 @@ static void test_gguf_roundtrip(void **state) {
         dsa_model_free(g);
 
         assert_int_equal(dsa_model_save(m, p16, DSA_TYPE_F16), 0);
-        g = open_ok(p16);
+        g = dsa_test_model_open(p16);
         assert_int_equal(dsa_model_classify_texts(g, texts, NULL, NTEXTS, b), 0);
         assert_true(dsa_test_check_tensor("f16 logits", b, a, NTEXTS * NLAB, 1e-2f, 0));
         dsa_model_free(g);
 
         assert_int_equal(dsa_model_save(m, pbf, DSA_TYPE_BF16), 0);
-        g = open_ok(pbf);
+        g = dsa_test_model_open(pbf);
         assert_int_equal(dsa_model_classify_texts(g, texts, NULL, NTEXTS, b), 0);
         assert_true(dsa_test_check_tensor("bf16 logits", b, a, NTEXTS * NLAB, 5e-2f, 0));
         dsa_model_free(g);
@@ -510,14 +594,14 @@ static int write_llama_gguf(const char *path, const char *arch, const char *skip
  * pooler as cls, classifier as cls.output. Damaged ones fail with a reason. */
 static void test_llama_gguf(void **state) {
         char path[128];
-        struct dsa_model *hf = open_ok(model_dir), *g = NULL;
+        struct dsa_model *hf = dsa_test_model_open(model_dir), *g = NULL;
         int32_t ids[4] = { 2, 5, 6, 3 };
         struct dsa_batch b = { .B = 1, .T = 4, .ids = ids };
         float h1[4 * C], h2[4 * C], l1[NLAB], l2[NLAB];
 
         snprintf(path, sizeof(path), "%s/m.gguf", model_dir);
         assert_int_equal(write_llama_gguf(path, "bert", "token_types.weight"), 0);
-        g = open_ok(path);
+        g = dsa_test_model_open(path);
         assert_int_equal(dsa_model_bert_config(g)->n_labels, NLAB);
         assert_string_equal(dsa_model_label(g, 1), "LABEL_1");
         assert_null(dsa_model_tokenizer(g));
@@ -530,7 +614,7 @@ static void test_llama_gguf(void **state) {
 
         /* Same weights with token types: identical to the HF import. */
         assert_int_equal(write_llama_gguf(path, "bert", NULL), 0);
-        g = open_ok(path);
+        g = dsa_test_model_open(path);
         assert_int_equal(dsa_model_forward(g, &b, h2, NULL), 0);
         assert_int_equal(dsa_model_forward(hf, &b, h1, NULL), 0);
         assert_memory_equal(h1, h2, sizeof(h1));
@@ -565,7 +649,7 @@ static void *worker_run(void *p) {
 
 /* Several threads share one model: forward only reads it. */
 static void test_threads(void **state) {
-        struct dsa_model *m = open_ok(model_dir);
+        struct dsa_model *m = dsa_test_model_open(model_dir);
         float want[NTEXTS * NLAB];
         struct worker w[4];
         pthread_t th[4];
@@ -617,6 +701,7 @@ int main(void) {
                 cmocka_unit_test(test_f16_convert),     cmocka_unit_test(test_open),
                 cmocka_unit_test(test_batch_invariance), cmocka_unit_test(test_pooling),
                 cmocka_unit_test(test_truncation),       cmocka_unit_test(test_corrupt),
+                cmocka_unit_test(test_config_corrupt),
                 cmocka_unit_test(test_gguf_roundtrip),  cmocka_unit_test(test_threads),
                 cmocka_unit_test(test_llama_gguf),
         };
