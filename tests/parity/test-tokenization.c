@@ -253,14 +253,30 @@ static int run_bge_hf(const char *shared, struct set_result *res) {
 }
 
 int main(void) {
-        static const char *const models[] = { "bert-tiny", "bert-mini-sharded", "bert-base-model" };
         const char *shared = dsa_test_require_shared("tokenizer parity");
         bool fail = false;
+        size_t n_bert = 0;
 
-        for (size_t i = 0; i < sizeof(models) / sizeof(models[0]); i++) {
+        /* Every folder fixtures/hf/index.json lists as kind "bert" (gpt2/llama are not WordPiece). */
+        struct json_object *index = json_object_from_file(dsa_test_path(shared, "fixtures/hf/index.json"));
+        if (!index) {
+                printf("FAIL cannot read fixtures/hf/index.json\n");
+                return 1;
+        }
+        json_object_object_foreach(index, name, entry) {
+                struct json_object *kind;
                 struct set_result res = {};
-                if (run_hf_model(shared, models[i], &res) < 0 || res.ok != res.n || res.n == 0)
+                if (!json_object_object_get_ex(entry, "kind", &kind) ||
+                    strcmp(json_object_get_string(kind), "bert") != 0)
+                        continue;
+                n_bert++;
+                if (run_hf_model(shared, name, &res) < 0 || res.ok != res.n || res.n == 0)
                         fail = true;
+        }
+        json_object_put(index);
+        if (n_bert < 3) {
+                printf("FAIL only %zu BERT fixtures listed in index.json\n", n_bert);
+                fail = true;
         }
         {
                 struct set_result res = {};
