@@ -20,7 +20,6 @@
 #include "basic/macro.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
-#include "kernels/kernels.h"
 #include "verbs.h"
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
@@ -29,7 +28,7 @@ static void bench_usage(FILE *f) {
         fputs("Usage: dsactl bench -m MODEL [--seq N] [--batch B] [--threads N] [--runs R]\n"
               "                    [--warmup W] [--json] [--dump FILE]\n"
               "Times the encoder forward on B synthetic rows of N tokens (default 128 x 1,\n"
-              "threads = online cores, 10 runs after 2 warmups). --dump writes the last hidden\n"
+              "threads = usable cores, 10 runs after 2 warmups). --dump writes the last hidden\n"
               "state (B,N,C) as raw little-endian float32, to compare with another runtime.\n",
               f);
 }
@@ -139,7 +138,7 @@ int verb_bench(int argc, char **argv) {
         _cleanup_free_ float *hidden = NULL;
         _cleanup_free_ double *ms = NULL;
         const char *model = NULL, *dump = NULL;
-        long seq = 128, batch = 1, runs = 10, warmup = 2, threads = sysconf(_SC_NPROCESSORS_ONLN);
+        long seq = 128, batch = 1, runs = 10, warmup = 2, threads = 0; /* 0: every usable core */
         bool json = false;
         const struct dsa_bert_config *cfg;
         const struct dsa_tokenizer *tok;
@@ -147,9 +146,6 @@ int verb_bench(int argc, char **argv) {
         int32_t cls = 101, sep = 102;
         double flops, med, p90, min, tps, gflops;
         int r, c;
-
-        if (threads < 1)
-                threads = 1;
 
         optind = 0; /* glibc: a full reset, the dispatcher may have run getopt already */
         opterr = 0; /* our own messages, in dsactl's "dsactl: <what>: <reason>" form */
@@ -253,7 +249,13 @@ int verb_bench(int argc, char **argv) {
         make_ids(ids, B, T, cfg->n_vocab, cls, sep);
         memset(mask, 1, n_tok);
 
-        dsa_blas_set_threads((int) threads);
+        /* The model's pool does all the parallel work; OpenBLAS stays on one thread. */
+        r = dsa_model_set_threads(m, (unsigned) threads);
+        if (r < 0) {
+                fprintf(stderr, "dsactl: bench: --threads: %s\n", dsa_error_message(r));
+                return 1;
+        }
+        threads = r;
 
         struct dsa_batch b = { .B = B, .T = T, .ids = ids, .type_ids = NULL, .mask = mask };
         for (long i = 0; i < warmup + runs; i++) {

@@ -326,8 +326,9 @@ static int run_inference(int argc, char **argv,
                 return idx == -1 ? 0 : 2;
         if (!o->model)
                 return usage(argv[0], "-m MODEL is required (dsad is not available yet)");
-        cli_set_threads(o->threads);
         if (cli_open_model(o->model, &m) < 0)
+                return 1;
+        if (cli_set_threads(m, o->threads) < 0)
                 return 1;
         if (fn == classify_chunk && dsa_model_bert_config(m)->n_labels == 0) {
                 fprintf(stderr, "dsactl: %s: model has no classification head\n", o->model);

@@ -7,7 +7,6 @@
 
 #include "basic/error.h"
 #include "engine/model.h"
-#include "kernels/kernels.h"
 #include "util.h"
 
 int cli_error(int r, const char *what) {
@@ -25,13 +24,11 @@ int cli_open_model(const char *path, struct dsa_model **ret) {
         return 0;
 }
 
-int cli_set_threads(int n) {
-        if (n <= 0) {
-                long c = sysconf(_SC_NPROCESSORS_ONLN);
-                n = c > 0 ? (int) c : 1;
-        }
-        dsa_blas_set_threads(n);
-        return n;
+int cli_set_threads(struct dsa_model *m, int n) {
+        int r = dsa_model_set_threads(m, n > 0 ? (unsigned) n : 0);
+        if (r < 0)
+                return cli_error(r, "--threads");
+        return r;
 }
 
 int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret) {

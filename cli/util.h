@@ -15,8 +15,10 @@ int cli_open_model(const char *path, struct dsa_model **ret);
 /* Prints "dsactl: what: reason" for error r (the engine's stored reason when there is one). */
 int cli_error(int r, const char *what);
 
-/* Sets OpenBLAS threads: n > 0 as given, else every online core. Returns the count used. */
-int cli_set_threads(int n);
+/* Sets the model's thread pool (dsa_model_set_threads: OpenBLAS stays on one thread): n > 0 as
+ * given, else every core the process may use. Returns the count used, or -errno after printing
+ * why. */
+int cli_set_threads(struct dsa_model *m, int n);
 
 /* Parses a positive integer option value; -EINVAL when it is not one. */
 int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret);

@@ -1,15 +1,25 @@
 /* The BERT encoder on fp32 weights, llm.c style: embeddings (word + token type + position,
  * LayerNorm); per layer one fused QKV GEMM, attention per (batch row, head) with the key-padding
  * mask, output dense + residual + LayerNorm, FFN up + GELU + down + residual + LayerNorm (post-LN);
- * then BERT's pooler and the classifier. Every weight lives in one arena filled at load, with
- * each tensor's shape checked against the config before a byte of it is read. A forward pass
- * allocates its own activations and only reads the model, so threads may share one model. */
+ * then BERT's pooler and the classifier. Every vector and the embeddings live in one arena
+ * filled at load, the layers' matrices packed for the GEMM, with each tensor's shape checked
+ * against the config before a byte of it is read.
+ *
+ * The forward runs every step on the model's thread pool: GEMMs split by output-column panels,
+ * attention by (batch row, head), embeddings and residual + LayerNorm by rows. Each output
+ * element is computed by the same code in the same order whatever the split, so results do not
+ * depend on the thread count. Activations are cached in the model for the next forward; a forward
+ * that finds the cache in use (another thread running the same model) allocates its own. */
+#define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "basic/error.h"
 #include "bert.h"
@@ -41,6 +51,67 @@ int dsa__bert_config_check(const struct dsa_bert_config *c) {
         return 0;
 }
 
+/* One activation buffer kept across forwards; busy while a forward uses it. */
+struct dsa__bert_scratch {
+        pthread_mutex_t lock;
+        float *buf;
+        size_t floats;
+        bool busy;
+};
+
+static struct dsa__bert_scratch *scratch_free(struct dsa__bert_scratch *s) {
+        if (!s)
+                return NULL;
+        pthread_mutex_destroy(&s->lock);
+        free(s->buf);
+        free(s);
+        return NULL;
+}
+
+static struct dsa__bert_scratch *scratch_new(void) {
+        struct dsa__bert_scratch *s = calloc(1, sizeof(*s));
+
+        if (!s)
+                return NULL;
+        if (pthread_mutex_init(&s->lock, NULL) != 0) {
+                free(s);
+                return NULL;
+        }
+        return s;
+}
+
+/* n floats of activations: the cached buffer when free (grown when too small), else a private
+ * one; *ret_cached says which, for scratch_put(). NULL when out of memory. */
+static float *scratch_get(struct dsa__bert_scratch *s, size_t n, bool *ret_cached) {
+        float *p = NULL;
+
+        pthread_mutex_lock(&s->lock);
+        if (!s->busy) {
+                if (s->floats < n) {
+                        free(s->buf);
+                        s->buf = malloc(n * sizeof(float));
+                        s->floats = s->buf ? n : 0;
+                }
+                if (s->buf) {
+                        s->busy = true;
+                        p = s->buf;
+                }
+        }
+        pthread_mutex_unlock(&s->lock);
+        *ret_cached = p != NULL;
+        return p ? p : malloc(n * sizeof(float));
+}
+
+static void scratch_put(struct dsa__bert_scratch *s, float *p, bool cached) {
+        if (!cached) {
+                free(p);
+                return;
+        }
+        pthread_mutex_lock(&s->lock);
+        s->busy = false;
+        pthread_mutex_unlock(&s->lock);
+}
+
 struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
         if (!b)
                 return NULL;
@@ -48,10 +119,48 @@ struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
                 for (uint32_t i = 0; i < b->cfg.n_labels; i++)
                         free(b->labels[i]);
         free(b->labels);
+        if (b->layers)
+                for (uint32_t i = 0; i < b->cfg.n_layer; i++) {
+                        dsa_packed_f32_free(b->layers[i].qkv_w);
+                        dsa_packed_f32_free(b->layers[i].o_w);
+                        dsa_packed_f32_free(b->layers[i].up_w);
+                        dsa_packed_f32_free(b->layers[i].down_w);
+                }
         free(b->layers);
         free(b->arena);
+        dsa_threadpool_free(b->pool);
+        scratch_free(b->scratch);
         free(b);
         return NULL;
+}
+
+static unsigned usable_cpus(void) {
+        cpu_set_t set;
+
+        if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+                return (unsigned) CPU_COUNT(&set);
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? (unsigned) n : 1;
+}
+
+int dsa__bert_set_threads(struct dsa_bert *b, unsigned n) {
+        struct dsa_threadpool *p = NULL;
+        int r;
+
+        if (!b || n > 4096)
+                return -EINVAL;
+        if (n == 0)
+                n = usable_cpus();
+        if (n > 1) {
+                r = dsa_threadpool_new(n, &p);
+                if (r < 0)
+                        return dsa__error(r, "cannot start %u threads", n);
+        }
+        dsa_threadpool_free(b->pool);
+        b->pool = p;
+        /* The pool is the only parallelism: OpenBLAS (pooler, classifier) stays on one thread. */
+        dsa_blas_set_threads(1);
+        return (int) n;
 }
 
 /* Adds a*b floats to *total; false on overflow. */
@@ -126,14 +235,20 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup
 
         const size_t V = cfg->n_vocab, C = cfg->n_embd, F = cfg->n_ff, L = cfg->n_layer;
         const size_t NCTX = cfg->n_ctx, NT = cfg->n_type, NL = cfg->n_labels;
+        size_t per_layer_mats = 0, packed = 0;
 
         bool ok = arena_add(&total, V, C) && arena_add(&total, NCTX, C) && arena_add(&total, NT, C) &&
-                  arena_add(&total, 2, C) && arena_add(&per_layer, 4 * C, C) && arena_add(&per_layer, 2, F * C) &&
-                  arena_add(&per_layer, 9, C) && arena_add(&per_layer, 1, F) && arena_add(&total, L, per_layer) &&
-                  (!cfg->has_pooler || arena_add(&total, C + 1, C)) && arena_add(&total, NL, C + 1);
-        size_t bytes;
-        if (!ok || !size_mul_ok(total, sizeof(float), &bytes))
+                  arena_add(&total, 2, C) && arena_add(&per_layer, 9, C) && arena_add(&per_layer, 1, F) &&
+                  arena_add(&total, L, per_layer) && (!cfg->has_pooler || arena_add(&total, C + 1, C)) &&
+                  arena_add(&total, NL, C + 1) && arena_add(&per_layer_mats, 4 * C, C) &&
+                  arena_add(&per_layer_mats, 2, F * C) && arena_add(&packed, L, per_layer_mats);
+        size_t bytes, packed_bytes;
+        if (!ok || !size_mul_ok(total, sizeof(float), &bytes) || !size_mul_ok(packed, sizeof(float), &packed_bytes))
                 return dsa__error(-EOVERFLOW, "BERT weights do not fit in memory");
+        /* One layer matrix at a time is read here, then packed: at most max(3C, F) x C. */
+        _cleanup_free_ float *mat = malloc(MAX(3 * C, F) * C * sizeof(float));
+        if (!mat)
+                return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", MAX(3 * C, F), C);
 
         b = calloc(1, sizeof(*b));
         if (!b)
@@ -148,6 +263,10 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup
                 return dsa__error(-ENOMEM, "cannot allocate %zu bytes for BERT weights", bytes);
         b->arena = arena;
         b->arena_floats = total;
+        b->packed_floats = packed;
+        b->scratch = scratch_new();
+        if (!b->scratch)
+                return -ENOMEM;
 
         float *cur = b->arena;
         b->wte = carve(&cur, V * C);
@@ -172,22 +291,18 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup
                         size_t off;
                 } qkv[] = { { "attn_q", 0 }, { "attn_k", 1 }, { "attn_v", 2 } };
 
-                y->qkv_w = carve(&cur, 3 * C * C);
                 y->qkv_b = carve(&cur, 3 * C);
-                y->o_w = carve(&cur, C * C);
                 y->o_b = carve(&cur, C);
                 y->ln1_g = carve(&cur, C);
                 y->ln1_b = carve(&cur, C);
-                y->up_w = carve(&cur, F * C);
                 y->up_b = carve(&cur, F);
-                y->down_w = carve(&cur, C * F);
                 y->down_b = carve(&cur, C);
                 y->ln2_g = carve(&cur, C);
                 y->ln2_b = carve(&cur, C);
 
                 for (size_t j = 0; j < ELEMENTSOF(qkv); j++) {
                         snprintf(name, sizeof(name), "blk.%zu.%s.weight", i, qkv[j].name);
-                        r = load_tensor(&l, name, y->qkv_w + qkv[j].off * C * C, C, C, true, NULL);
+                        r = load_tensor(&l, name, mat + qkv[j].off * C * C, C, C, true, NULL);
                         if (r < 0)
                                 return r;
                         snprintf(name, sizeof(name), "blk.%zu.%s.bias", i, qkv[j].name);
@@ -195,23 +310,34 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup
                         if (r < 0)
                                 return r;
                 }
+                r = dsa_packed_f32_new(mat, 3 * C, C, &y->qkv_w);
+                if (r < 0)
+                        return dsa__error(r, "cannot pack layer %zu's QKV weights", i);
 
+                /* (in, out) in ggml order: the matrix is (out, in) row-major; out 0: a LayerNorm. */
                 const struct {
                         const char *name;
-                        float *w, *bias;
+                        struct dsa_packed_f32 **w;
+                        float *g, *bias;
                         size_t in, out;
                 } rest[] = {
-                        { "attn_output", y->o_w, y->o_b, C, C },
-                        { "ffn_up", y->up_w, y->up_b, C, F },
-                        { "ffn_down", y->down_w, y->down_b, F, C },
-                        { "attn_output_norm", y->ln1_g, y->ln1_b, C, 0 },
-                        { "layer_output_norm", y->ln2_g, y->ln2_b, C, 0 },
+                        { "attn_output", &y->o_w, NULL, y->o_b, C, C },
+                        { "ffn_up", &y->up_w, NULL, y->up_b, C, F },
+                        { "ffn_down", &y->down_w, NULL, y->down_b, F, C },
+                        { "attn_output_norm", NULL, y->ln1_g, y->ln1_b, C, 0 },
+                        { "layer_output_norm", NULL, y->ln2_g, y->ln2_b, C, 0 },
                 };
                 for (size_t j = 0; j < ELEMENTSOF(rest); j++) {
                         snprintf(name, sizeof(name), "blk.%zu.%s.weight", i, rest[j].name);
-                        r = load_tensor(&l, name, rest[j].w, rest[j].in, rest[j].out, true, NULL);
+                        r = load_tensor(&l, name, rest[j].w ? mat : rest[j].g, rest[j].in, rest[j].out, true,
+                                        NULL);
                         if (r < 0)
                                 return r;
+                        if (rest[j].w) {
+                                r = dsa_packed_f32_new(mat, rest[j].out, rest[j].in, rest[j].w);
+                                if (r < 0)
+                                        return dsa__error(r, "cannot pack tensor '%s'", name);
+                        }
                         snprintf(name, sizeof(name), "blk.%zu.%s.bias", i, rest[j].name);
                         r = load_tensor(&l, name, rest[j].bias, rest[j].out ? rest[j].out : rest[j].in, 0,
                                         true, NULL);
@@ -249,7 +375,7 @@ static int batch_check(const struct dsa_bert_config *cfg, const struct dsa_batch
         if (b->T > cfg->n_ctx)
                 return dsa__error(-EINVAL, "sequence of %zu tokens is longer than the model's context of %u",
                                   b->T, cfg->n_ctx);
-        if (!size_mul_ok(b->B, b->T, &BT) || BT > SIZE_MAX / sizeof(float) / (3 * (size_t) cfg->n_embd + cfg->n_ff))
+        if (!size_mul_ok(b->B, b->T, &BT) || BT > SIZE_MAX / sizeof(float) / (8 * (size_t) cfg->n_embd + cfg->n_ff))
                 return dsa__error(-EOVERFLOW, "batch of %zu x %zu tokens is too large", b->B, b->T);
         for (size_t i = 0; i < BT; i++) {
                 if (b->ids[i] < 0 || (uint32_t) b->ids[i] >= cfg->n_vocab)
@@ -263,73 +389,153 @@ static int batch_check(const struct dsa_bert_config *cfg, const struct dsa_batch
         return 0;
 }
 
+/* One forward's shapes, buffers and the step being split across the pool; each task below reads
+ * it and writes only the part of the output its [begin, end) names. */
+struct fwd {
+        const struct dsa_bert *bert;
+        const struct dsa_kernels *k;
+        const struct dsa_batch *b;
+        size_t T, C, NH, HS;
+        float eps, scale;
+        float *x, *qkv, *att, *tmp, *scratch, *probs;
+        /* linear: in (N, ldi) x w -> out (N, ldo) */
+        const struct dsa_packed_f32 *w;
+        const float *in, *bias;
+        float *out;
+        size_t N, ldi, ldo, OC, NR;
+        enum dsa_epilogue ep;
+        /* residual + LayerNorm */
+        const float *g, *beta;
+};
+
+/* x rows [begin, end) = LayerNorm(word + token type + position embeddings). */
+static void task_embed(void *arg, size_t begin, size_t end) {
+        const struct fwd *f = arg;
+        const struct dsa_bert *bert = f->bert;
+        const struct dsa_batch *b = f->b;
+        const size_t C = f->C;
+
+        for (size_t bt = begin; bt < end; bt++) {
+                const float *we = bert->wte + (size_t) b->ids[bt] * C;
+                const float *wt = bert->wtt + (size_t) (b->type_ids ? b->type_ids[bt] : 0) * C;
+                const float *wp = bert->wpe + (bt % f->T) * C;
+                float *o = f->x + bt * C;
+                /* HF adds word + token type first, then position. */
+                for (size_t c = 0; c < C; c++)
+                        o[c] = (we[c] + wt[c]) + wp[c];
+        }
+        f->k->layernorm_f32(f->x + begin * C, f->x + begin * C, bert->emb_ln_g, bert->emb_ln_b, end - begin,
+                            C, f->eps);
+}
+
+/* Output panels [begin, end) of the current linear. */
+static void task_linear(void *arg, size_t begin, size_t end) {
+        const struct fwd *f = arg;
+        const size_t oc1 = end * f->NR < f->OC ? end * f->NR : f->OC;
+
+        dsa_linear_packed_f32(f->out, f->ldo, f->in, f->ldi, f->w, f->bias, f->N, begin * f->NR, oc1, f->ep);
+}
+
+/* (batch row, head) pairs [begin, end). Each pair's keys and values are first copied out of
+ * qkv into rows of HS: in place, rows 3C apart land on a few L1 sets (3C = 2304 floats is 1 KiB
+ * mod 4 KiB) and every query row fetches them again from L2. Pair p's scratch, T (1 + 2 HS)
+ * floats at p T (1 + 2 HS), is its own, so no two tasks share one. */
+static void task_attention(void *arg, size_t begin, size_t end) {
+        const struct fwd *f = arg;
+        const size_t T = f->T, C = f->C, NH = f->NH, HS = f->HS;
+
+        for (size_t p = begin; p < end; p++) {
+                const size_t bb = p / NH, h = p % NH;
+                const float *q = f->qkv + bb * T * 3 * C + h * HS;
+                const uint8_t *valid = f->b->mask ? f->b->mask + bb * T : NULL;
+                float *s = f->scratch + p * T * (1 + 2 * HS), *kc = s + T, *vc = kc + T * HS;
+
+                for (size_t t = 0; t < T; t++) {
+                        memcpy(kc + t * HS, q + t * 3 * C + C, HS * sizeof(float));
+                        memcpy(vc + t * HS, q + t * 3 * C + 2 * C, HS * sizeof(float));
+                }
+                f->k->attention_f32(f->att + bb * T * C + h * HS, C, q, 3 * C, kc, HS, vc, HS, valid, T, HS,
+                                    f->scale, f->probs ? f->probs + p * T * T : NULL, s);
+        }
+}
+
+/* Rows [begin, end): x = LayerNorm(tmp + x). */
+static void task_residual_ln(void *arg, size_t begin, size_t end) {
+        const struct fwd *f = arg;
+        const size_t C = f->C;
+        float *t = f->tmp + begin * C;
+        const float *x = f->x + begin * C;
+
+        for (size_t i = 0; i < (end - begin) * C; i++)
+                t[i] += x[i];
+        f->k->layernorm_f32(f->x + begin * C, t, f->g, f->beta, end - begin, C, f->eps);
+}
+
+/* Rows per task for the row-wise steps: enough work per dispatch to hide its cost. */
+#define ROW_GRAIN 8
+
+static void linear(struct dsa_threadpool *pool, struct fwd *f, float *out, size_t ldo, const float *in,
+                   size_t ldi, const struct dsa_packed_f32 *w, const float *bias, enum dsa_epilogue ep) {
+        f->out = out, f->ldo = ldo, f->in = in, f->ldi = ldi, f->w = w, f->bias = bias, f->ep = ep;
+        f->OC = dsa_packed_f32_rows(w);
+        f->NR = dsa_packed_f32_block(w);
+        dsa_threadpool_for(pool, (f->OC + f->NR - 1) / f->NR, 1, task_linear, f);
+}
+
 int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace) {
         const struct dsa_bert_config *cfg = &bert->cfg;
-        const struct dsa_kernels *k = dsa_kernels();
         const size_t B = b->B, T = b->T, C = cfg->n_embd, NH = cfg->n_head, HS = C / NH, F = cfg->n_ff;
-        const float eps = cfg->eps, scale = 1.0f / sqrtf((float) HS);
+        const enum dsa_epilogue gelu = cfg->act == DSA_ACT_GELU_TANH ? DSA_EPILOGUE_GELU_TANH
+                                                                     : DSA_EPILOGUE_GELU_ERF;
+        struct dsa_threadpool *pool = bert->pool;
         size_t BT = 0;
+        bool cached;
         int r;
 
         r = batch_check(cfg, b, &BT);
         if (r < 0)
                 return r;
 
-        /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), attention scratch (T).
-         * batch_check bounded BT * (3C + F), so the sum below cannot overflow. */
-        size_t n = BT * (5 * C + F) + T;
-        _cleanup_free_ float *act = malloc(n * sizeof(float));
+        /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), attention scratch
+         * T (1 + 2 HS) per (batch row, head), i.e. BT (NH + 2C). batch_check bounded BT (8C + F)
+         * floats in bytes, and NH <= C, so neither the sum nor its size in bytes can overflow. */
+        size_t n = BT * (7 * C + F + NH);
+        float *act = scratch_get(bert->scratch, n, &cached);
         if (!act)
                 return dsa__error(-ENOMEM, "cannot allocate activations for %zu x %zu tokens", B, T);
-        float *qkv = act, *att = qkv + BT * 3 * C, *tmp = att + BT * C, *ff = tmp + BT * C,
-              *scratch = ff + BT * F;
-        float *x = ret_hidden; /* the residual stream lives in the caller's output */
 
-        for (size_t bt = 0; bt < BT; bt++) {
-                const float *we = bert->wte + (size_t) b->ids[bt] * C;
-                const float *wt = bert->wtt + (size_t) (b->type_ids ? b->type_ids[bt] : 0) * C;
-                const float *wp = bert->wpe + (bt % T) * C;
-                float *o = x + bt * C;
-                /* HF adds word + token type first, then position. */
-                for (size_t c = 0; c < C; c++)
-                        o[c] = (we[c] + wt[c]) + wp[c];
-        }
-        k->layernorm_f32(x, x, bert->emb_ln_g, bert->emb_ln_b, BT, C, eps);
+        struct fwd f = {
+                .bert = bert, .k = dsa_kernels(), .b = b, .T = T, .C = C, .NH = NH, .HS = HS,
+                .eps = cfg->eps, .scale = 1.0f / sqrtf((float) HS), .N = BT,
+                .x = ret_hidden, /* the residual stream lives in the caller's output */
+        };
+        float *qkv = act, *att = qkv + BT * 3 * C, *tmp = att + BT * C, *ff = tmp + BT * C;
+        f.qkv = qkv, f.att = att, f.tmp = tmp, f.scratch = ff + BT * F;
+
+        dsa_threadpool_for(pool, BT, ROW_GRAIN, task_embed, &f);
         if (trace && trace->hidden && trace->hidden[0])
-                memcpy(trace->hidden[0], x, BT * C * sizeof(float));
+                memcpy(trace->hidden[0], f.x, BT * C * sizeof(float));
 
         for (size_t l = 0; l < cfg->n_layer; l++) {
                 const struct dsa_bert_layer *y = &bert->layers[l];
-                float *probs = trace && trace->attn ? trace->attn[l] : NULL;
 
-                dsa_linear_f32(qkv, 3 * C, x, y->qkv_w, y->qkv_b, BT, C, 3 * C);
-                for (size_t bb = 0; bb < B; bb++) {
-                        const float *q = qkv + bb * T * 3 * C;
-                        const uint8_t *valid = b->mask ? b->mask + bb * T : NULL;
-                        for (size_t h = 0; h < NH; h++)
-                                k->attention_f32(att + bb * T * C + h * HS, C, q + h * HS, 3 * C, q + C + h * HS,
-                                                 3 * C, q + 2 * C + h * HS, 3 * C, valid, T, HS, scale,
-                                                 probs ? probs + (bb * NH + h) * T * T : NULL, scratch);
-                }
-                dsa_linear_f32(tmp, C, att, y->o_w, y->o_b, BT, C, C);
-                for (size_t i = 0; i < BT * C; i++)
-                        tmp[i] += x[i];
-                k->layernorm_f32(x, tmp, y->ln1_g, y->ln1_b, BT, C, eps);
+                linear(pool, &f, qkv, 3 * C, f.x, C, y->qkv_w, y->qkv_b, DSA_EPILOGUE_NONE);
+                f.probs = trace && trace->attn ? trace->attn[l] : NULL;
+                dsa_threadpool_for(pool, B * NH, 1, task_attention, &f);
+                linear(pool, &f, tmp, C, att, C, y->o_w, y->o_b, DSA_EPILOGUE_NONE);
+                f.g = y->ln1_g, f.beta = y->ln1_b;
+                dsa_threadpool_for(pool, BT, ROW_GRAIN, task_residual_ln, &f);
 
-                dsa_linear_f32(ff, F, x, y->up_w, y->up_b, BT, C, F);
-                if (cfg->act == DSA_ACT_GELU_TANH)
-                        k->gelu_tanh_f32(ff, BT * F);
-                else
-                        k->gelu_erf_f32(ff, BT * F);
-                dsa_linear_f32(tmp, C, ff, y->down_w, y->down_b, BT, F, C);
-                for (size_t i = 0; i < BT * C; i++)
-                        tmp[i] += x[i];
-                k->layernorm_f32(x, tmp, y->ln2_g, y->ln2_b, BT, C, eps);
+                linear(pool, &f, ff, F, f.x, C, y->up_w, y->up_b, gelu);
+                linear(pool, &f, tmp, C, ff, F, y->down_w, y->down_b, DSA_EPILOGUE_NONE);
+                f.g = y->ln2_g, f.beta = y->ln2_b;
+                dsa_threadpool_for(pool, BT, ROW_GRAIN, task_residual_ln, &f);
 
                 if (trace && trace->hidden && trace->hidden[l + 1])
-                        memcpy(trace->hidden[l + 1], x, BT * C * sizeof(float));
+                        memcpy(trace->hidden[l + 1], f.x, BT * C * sizeof(float));
         }
+        scratch_put(bert->scratch, act, cached);
         return 0;
 }
 

@@ -14,20 +14,30 @@
 
 struct dsa_tokenizer;
 struct json_object;
+struct dsa_packed_f32;
+struct dsa_threadpool;
+struct dsa__bert_scratch;
 
+/* The four matrices of a layer are kept only packed for the GEMM (kernels.h); saving a model
+ * unpacks them (dsa_packed_f32_unpack). */
 struct dsa_bert_layer {
-        float *qkv_w, *qkv_b;           /* (3C,C), (3C): rows 0..C-1 Q, then K, then V */
-        float *o_w, *o_b;               /* (C,C), (C) */
+        struct dsa_packed_f32 *qkv_w;   /* (3C,C): rows 0..C-1 Q, then K, then V */
+        float *qkv_b;                   /* (3C) */
+        struct dsa_packed_f32 *o_w;     /* (C,C) */
+        float *o_b;                     /* (C) */
         float *ln1_g, *ln1_b;           /* attention output LayerNorm (C) */
-        float *up_w, *up_b;             /* (F,C), (F) */
-        float *down_w, *down_b;         /* (C,F), (C) */
+        struct dsa_packed_f32 *up_w;    /* (F,C) */
+        float *up_b;                    /* (F) */
+        struct dsa_packed_f32 *down_w;  /* (C,F) */
+        float *down_b;                  /* (C) */
         float *ln2_g, *ln2_b;           /* layer output LayerNorm (C) */
 };
 
 struct dsa_bert {
         struct dsa_bert_config cfg;
-        float *arena; /* owns every float below */
+        float *arena; /* owns every float below but the packed layer matrices */
         size_t arena_floats;
+        size_t packed_floats; /* n_layer * (4C*C + 2F*C): the layer matrices, unpacked */
         float *wte;   /* (V,C) */
         float *wpe;   /* (n_ctx,C) */
         float *wtt;   /* (n_type,C); zeros when the file has none */
@@ -37,6 +47,8 @@ struct dsa_bert {
         float *cls_w, *cls_b;   /* (n_labels,C), (n_labels) or NULL */
         char **labels;          /* n_labels names, owned */
         enum dsa_pool default_pool;
+        struct dsa_threadpool *pool;        /* NULL: one thread; see dsa__bert_set_threads() */
+        struct dsa__bert_scratch *scratch;  /* activations kept across forwards (bert.c) */
 };
 
 /* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
@@ -53,8 +65,11 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_bert *, dsa__bert_free);
 /* Checks the values of a config read from a file: nonzero sizes, C % NH == 0, sane caps. */
 int dsa__bert_config_check(const struct dsa_bert_config *cfg);
 
-/* Encoder forward: see dsa_model_forward(). Reads bert only, so several threads may run it on
- * one model at once. */
+/* See dsa_model_set_threads(). */
+int dsa__bert_set_threads(struct dsa_bert *b, unsigned n);
+
+/* Encoder forward: see dsa_model_forward(). Reads bert only (its activation cache and pool are
+ * locked internally), so several threads may run it on one model at once. */
 int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace);
 int dsa__bert_pool(const struct dsa_bert *bert, const struct dsa_batch *b, const float *hidden,

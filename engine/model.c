@@ -17,6 +17,7 @@
 #include "basic/error.h"
 #include "bert.h"
 #include "gguf.h"
+#include "kernels/kernels.h"
 #include "model.h"
 #include "tokenizer.h"
 
@@ -241,8 +242,17 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
                 if (r < 0)
                         return r;
         }
+        r = dsa__bert_set_threads(m->bert, 0);
+        if (r < 0)
+                return r;
         *ret = TAKE_PTR(m);
         return 0;
+}
+
+int dsa_model_set_threads(struct dsa_model *m, unsigned n) {
+        if (!m || !m->bert)
+                return -EINVAL;
+        return dsa__bert_set_threads(m->bert, n);
 }
 
 enum dsa_arch dsa_model_arch(const struct dsa_model *m) {
@@ -313,7 +323,17 @@ struct saver {
         enum dsa_type wtype;
         uint16_t *conv; /* converted weights, one buffer for the whole file */
         size_t conv_used;
+        float *mats; /* the packed layer matrices unpacked, one buffer for the whole file */
+        size_t mats_used;
 };
+
+/* p unpacked into the saver's buffer, which the writer reads from until the file is written. */
+static const float *unpack(struct saver *s, const struct dsa_packed_f32 *p) {
+        float *o = s->mats + s->mats_used;
+        dsa_packed_f32_unpack(p, o);
+        s->mats_used += dsa_packed_f32_rows(p) * dsa_packed_f32_cols(p);
+        return o;
+}
 
 /* data (ne1, ne0) row-major fp32; ne1 == 0 for a vector. Matrices go out as wtype. */
 static int save_tensor(struct saver *s, const char *name, const float *data, uint64_t ne0, uint64_t ne1,
@@ -396,18 +416,19 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
                 return r;
         for (size_t i = 0; i < c->n_layer; i++) {
                 const struct dsa_bert_layer *y = &b->layers[i];
+                const float *qkv_w = unpack(s, y->qkv_w);
                 const struct {
                         const char *name;
                         const float *w, *bias;
                         size_t in, out; /* out 0: a LayerNorm */
                 } t[] = {
-                        { "attn_q", y->qkv_w, y->qkv_b, C, C },
-                        { "attn_k", y->qkv_w + C * C, y->qkv_b + C, C, C },
-                        { "attn_v", y->qkv_w + 2 * C * C, y->qkv_b + 2 * C, C, C },
-                        { "attn_output", y->o_w, y->o_b, C, C },
+                        { "attn_q", qkv_w, y->qkv_b, C, C },
+                        { "attn_k", qkv_w + C * C, y->qkv_b + C, C, C },
+                        { "attn_v", qkv_w + 2 * C * C, y->qkv_b + 2 * C, C, C },
+                        { "attn_output", unpack(s, y->o_w), y->o_b, C, C },
                         { "attn_output_norm", y->ln1_g, y->ln1_b, C, 0 },
-                        { "ffn_up", y->up_w, y->up_b, C, F },
-                        { "ffn_down", y->down_w, y->down_b, F, C },
+                        { "ffn_up", unpack(s, y->up_w), y->up_b, C, F },
+                        { "ffn_down", unpack(s, y->down_w), y->down_b, F, C },
                         { "layer_output_norm", y->ln2_g, y->ln2_b, C, 0 },
                 };
                 for (size_t j = 0; j < ELEMENTSOF(t); j++) {
@@ -435,6 +456,7 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
 int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wtype) {
         _cleanup_(dsa_gguf_writer_freep) struct dsa_gguf_writer *w = NULL;
         _cleanup_free_ uint16_t *conv = NULL;
+        _cleanup_free_ float *mats = NULL;
         int r;
 
         if (!m || !m->bert || !path)
@@ -442,16 +464,20 @@ int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wt
         if (wtype != DSA_TYPE_F32 && wtype != DSA_TYPE_F16 && wtype != DSA_TYPE_BF16)
                 return dsa__error(-EOPNOTSUPP, "cannot save weights as %s (F32, F16 or BF16)",
                                   dsa_type_name(wtype) ? dsa_type_name(wtype) : "an unknown type");
+        /* dsa__bert_load() checked both sizes in bytes of float, so neither sum can overflow. */
+        mats = malloc(m->bert->packed_floats * sizeof(float));
+        if (!mats)
+                return -ENOMEM;
         if (wtype != DSA_TYPE_F32) {
-                /* Every matrix fits in the arena, so the arena's size bounds what is converted. */
-                conv = malloc(m->bert->arena_floats * sizeof(uint16_t));
+                /* Every matrix lives in the arena or among the packed ones. */
+                conv = malloc((m->bert->arena_floats + m->bert->packed_floats) * sizeof(uint16_t));
                 if (!conv)
                         return -ENOMEM;
         }
         w = dsa_gguf_writer_new();
         if (!w)
                 return -ENOMEM;
-        struct saver s = { .w = w, .wtype = wtype, .conv = conv };
+        struct saver s = { .w = w, .wtype = wtype, .conv = conv, .mats = mats };
         r = save_bert(m, &s);
         if (r < 0)
                 return r;

@@ -82,7 +82,16 @@ struct dsa_trace {
         float **attn;
 };
 
-/* Runs the encoder. ret_hidden (B,T,C), caller-owned: last hidden state. */
+/* Threads for dsa_model_forward() (and the texts conveniences): n >= 1 as given, 0 for every
+ * core this process may run on (sched_getaffinity). dsa_model_open() starts with 0. The model
+ * owns a pool of n - 1 workers plus the calling thread, which sleep when idle; OpenBLAS is set to
+ * one thread so the two never oversubscribe (a process-wide setting). Returns the thread count
+ * now used, or -errno. Not to be called while another thread runs the model. */
+int dsa_model_set_threads(struct dsa_model *m, unsigned n);
+
+/* Runs the encoder. ret_hidden (B,T,C), caller-owned: last hidden state. Several threads may run
+ * one model at once; only one forward at a time gets the model's threads and cached
+ * activations, the others run on their own thread with activations of their own. */
 int dsa_model_forward(const struct dsa_model *m, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace);
 

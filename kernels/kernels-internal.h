@@ -48,3 +48,32 @@ void dsa_attention_f32_avx512(float *out, size_t ldo, const float *q, size_t ldq
 extern const struct dsa_kernels dsa__kernels_ref;
 extern const struct dsa_kernels dsa__kernels_avx2;
 extern const struct dsa_kernels dsa__kernels_avx512;
+
+/* ---- Pre-packed fp32 GEMM, gemm-packed.c and x86/gemm-*.c.
+ *
+ * Packed layout (every ISA): the (OC,C) weight is cut into ceil(OC/NR) panels of NR output
+ * channels; panel j holds C rows of NR floats, b[j][k][l] = weight[j*NR + l][k], the last
+ * panel's missing channels zero. A panel is C*NR*4 bytes, a multiple of 64, so every panel and
+ * every k row of it stays 64-byte aligned in the 64-byte aligned block. */
+
+/* One K block of one panel against rows [0, N) of inp, the per-ISA inner loops:
+ * inp (N, ldi) already offset to the block's first column, b the panel's first k row of the
+ * block (kc rows of NR floats), out (N, ldo) offset to the panel's first column, nr <= NR the
+ * columns of out written. first: out = bias (nr, or 0 when NULL) + inp*b, else out += inp*b. */
+typedef void dsa__gemm_panel_f32_fn(float *out, size_t ldo, const float *inp, size_t ldi,
+                                    const float *b, size_t N, size_t kc, size_t nr,
+                                    const float *bias, bool first);
+
+#define DSA__GEMM_NR_REF 16
+#define DSA__GEMM_NR_AVX2 16
+#define DSA__GEMM_NR_AVX512 32
+
+dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_ref;
+dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_avx2;
+dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_avx512;
+
+/* dsa_packed_f32_new for the microkernel of a given ISA, so tests can run each variant:
+ * -EOPNOTSUPP when it was not built or this CPU cannot run it. */
+int dsa__packed_f32_new_isa(enum dsa_isa isa, const float *weight, size_t OC, size_t C,
+                            struct dsa_packed_f32 **ret);
+enum dsa_isa dsa__packed_f32_isa(const struct dsa_packed_f32 *p);

@@ -70,3 +70,55 @@ void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weigh
 
 /* Sets the OpenBLAS thread count (n >= 1), so it and our own pool never oversubscribe. */
 void dsa_blas_set_threads(int n);
+
+/* ---- Pre-packed fp32 GEMM (weights packed once at model load, as MLAS does; OpenBLAS has no
+ * packed-weight API and re-packs the weight matrix on every call, ~15% of a BERT forward). */
+
+/* A weight matrix (OC,C) row-major, repacked into the panel layout of the best microkernel this
+ * CPU runs. Created at model load: the one kernel object that allocates. */
+struct dsa_packed_f32;
+
+int dsa_packed_f32_new(const float *weight, size_t OC, size_t C, struct dsa_packed_f32 **ret);
+struct dsa_packed_f32 *dsa_packed_f32_free(struct dsa_packed_f32 *p);
+/* Column granularity for splitting work: oc0/oc1 passed to dsa_linear_packed_f32 must be
+ * multiples of it (oc1 may also be OC). */
+size_t dsa_packed_f32_block(const struct dsa_packed_f32 *p);
+size_t dsa_packed_f32_rows(const struct dsa_packed_f32 *p); /* OC */
+size_t dsa_packed_f32_cols(const struct dsa_packed_f32 *p); /* C */
+
+enum dsa_epilogue {
+        DSA_EPILOGUE_NONE,
+        DSA_EPILOGUE_GELU_ERF,  /* out = gelu_erf(x W^T + b) */
+        DSA_EPILOGUE_GELU_TANH, /* out = gelu_tanh(x W^T + b) */
+};
+
+/* inp (N,C) with row stride ldi x W^T + bias (OC or NULL) -> out (N, ldo), only output columns
+ * [oc0, oc1), then the epilogue on those columns. Single-threaded: callers split [0, OC) across
+ * a dsa_threadpool. */
+void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
+                           const struct dsa_packed_f32 *w, const float *bias, size_t N, size_t oc0,
+                           size_t oc1, enum dsa_epilogue ep);
+
+/* ---- Thread pool for intra-op parallelism (GEMM column blocks, attention heads, rows).
+ * Named threadpool, not pool: C shares one tag namespace between structs and enums, and
+ * engine/model.h's enum dsa_pool (the pooling mode) is public API. */
+
+struct dsa_threadpool;
+
+/* n_threads >= 1 (the caller's thread counts as one: n_threads - 1 workers are started).
+ * Idle workers spin for at most ~50 us after a dispatch, then sleep on a futex. */
+int dsa_threadpool_new(unsigned n_threads, struct dsa_threadpool **ret);
+struct dsa_threadpool *dsa_threadpool_free(struct dsa_threadpool *p);
+/* 1 for NULL. */
+unsigned dsa_threadpool_threads(const struct dsa_threadpool *p);
+
+/* Calls fn(arg, begin, end) over [0, n) split into chunks of at least grain items (grain 0
+ * counts as 1), on the pool's threads and the caller's, and returns when all are done; every
+ * index is passed exactly once. p may be NULL (runs inline). Safe to call from several threads
+ * at once: a caller that finds the pool busy (another dispatch, or fn itself calling back in)
+ * runs its work inline. Returns with fn's writes visible to the caller. */
+void dsa_threadpool_for(struct dsa_threadpool *p, size_t n, size_t grain,
+                        void (*fn)(void *arg, size_t begin, size_t end), void *arg);
+
+/* Writes the original (OC,C) row-major matrix back (for saving a model). */
+void dsa_packed_f32_unpack(const struct dsa_packed_f32 *p, float *weight);

@@ -667,6 +667,23 @@ static void test_threads(void **state) {
         dsa_model_free(m);
 }
 
+/* The pool splits work without changing any sum's order: every thread count gives the same bits. */
+static void test_set_threads(void **state) {
+        struct dsa_model *m = dsa_test_model_open(model_dir);
+        float want[NTEXTS * NLAB], got[NTEXTS * NLAB];
+
+        assert_int_equal(dsa_model_set_threads(m, 1), 1);
+        assert_int_equal(dsa_model_classify_texts(m, texts, NULL, NTEXTS, want), 0);
+        for (unsigned n = 2; n <= 5; n += 3) {
+                assert_int_equal(dsa_model_set_threads(m, n), (int) n);
+                assert_int_equal(dsa_model_classify_texts(m, texts, NULL, NTEXTS, got), 0);
+                assert_memory_equal(got, want, sizeof(want));
+        }
+        assert_true(dsa_model_set_threads(m, 0) >= 1);
+        assert_int_equal(dsa_model_set_threads(NULL, 1), -EINVAL);
+        dsa_model_free(m);
+}
+
 static float f16_back(uint16_t h) {
         float f;
         dsa_kernels_for(DSA_ISA_REF)->f16_to_f32(&f, &h, 1);
@@ -703,6 +720,7 @@ int main(void) {
                 cmocka_unit_test(test_truncation),       cmocka_unit_test(test_corrupt),
                 cmocka_unit_test(test_config_corrupt),
                 cmocka_unit_test(test_gguf_roundtrip),  cmocka_unit_test(test_threads),
+                cmocka_unit_test(test_set_threads),
                 cmocka_unit_test(test_llama_gguf),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
