@@ -14,7 +14,7 @@ jobs=$(nproc)
 cmake -S . -B build -DDSA_WERROR=ON >/dev/null
 cmake --build build -j"$jobs"
 
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DDSA_SANITIZE=ON >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDSA_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 
 CC=clang cmake -S . -B build-fuzz -DDSA_FUZZ=ON >/dev/null

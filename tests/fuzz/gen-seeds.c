@@ -1,12 +1,13 @@
 /* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB)
- * into OUTDIR/<target> (gguf, safetensors, tokenizer-json, hf-config) at build time, so no
- * binary files are committed. */
+ * into OUTDIR/<target> (gguf, safetensors, tokenizer-json, hf-config, request) at build time,
+ * so no binary files are committed. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "basic/error.h"
+#include "dsa/ring.h"
 #include "engine/gguf.h"
 
 static char path_buf[4096];
@@ -98,6 +99,31 @@ static int st_write(const char *p, const char *json, size_t data) {
         return write_raw(p, buf, 8 + n + data);
 }
 
+/* A ring request as fuzz-request reads it: the 64-byte SQE, then the payload
+ * (u32 n_texts, then per text u32 len + bytes). */
+static int request(const char *p, uint32_t op, uint32_t flags, uint32_t pool, const char *const *texts,
+                   size_t n) {
+        uint8_t buf[1024];
+        struct dsa_ring_sqe sqe = { .user_data = 7, .op = op, .flags = flags, .slot = 3, .pool = pool };
+        size_t off = sizeof(sqe);
+        uint32_t v;
+
+        if (op != DSA_RING_OP_NOP) {
+                v = (uint32_t) n;
+                memcpy(buf + off, &v, 4);
+                off += 4;
+                for (size_t i = 0; i < n; i++) {
+                        v = (uint32_t) strlen(texts[i]);
+                        memcpy(buf + off, &v, 4);
+                        memcpy(buf + off + 4, texts[i], v);
+                        off += 4 + v;
+                }
+        }
+        sqe.len = (uint32_t) (off - sizeof(sqe));
+        memcpy(buf, &sqe, sizeof(sqe));
+        return write_raw(p, buf, off);
+}
+
 int main(int argc, char **argv) {
         const char *dir;
         int r;
@@ -115,6 +141,8 @@ int main(int argc, char **argv) {
         snprintf(path_buf, sizeof(path_buf), "%s/tokenizer-json", dir);
         mkdir(path_buf, 0755);
         snprintf(path_buf, sizeof(path_buf), "%s/hf-config", dir);
+        mkdir(path_buf, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/request", dir);
         mkdir(path_buf, 0755);
 
         r = gguf_model(path(dir, "gguf", "model.gguf"));
@@ -180,6 +208,19 @@ int main(int argc, char **argv) {
                         "  \"vocab_size\": 3000\n"
                         "}\n";
                 r = write_raw(path(dir, "hf-config", "config.json"), config_json, sizeof(config_json) - 1);
+        }
+        if (r >= 0) {
+                static const char *const two[] = { "a great movie", "caf\xc3\xa9, \xe2\x82\xac" "5 \xf0\x9f\x98\x80" };
+                static const char *const one[] = { "" };
+                r = request(path(dir, "request", "classify.bin"), DSA_RING_OP_CLASSIFY, 0, 0, two, 2);
+                if (r >= 0)
+                        r = request(path(dir, "request", "embed-mean.bin"), DSA_RING_OP_EMBED, 0,
+                                    DSA_RING_POOL_MEAN, two, 2);
+                if (r >= 0)
+                        r = request(path(dir, "request", "tokenize-no-special.bin"), DSA_RING_OP_TOKENIZE,
+                                    DSA_RING_SQE_NO_SPECIAL, 0, one, 1);
+                if (r >= 0)
+                        r = request(path(dir, "request", "nop.bin"), DSA_RING_OP_NOP, 0, 0, NULL, 0);
         }
         if (r < 0) {
                 fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));

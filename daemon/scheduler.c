@@ -1,0 +1,198 @@
+/* The scheduler: one bounded FIFO shared by every session and the D-Bus methods, and a pool of
+ * worker threads. A worker takes the oldest request and, when it is a CLASSIFY or EMBED, every
+ * other waiting request for the same model, op and pool (up to BATCH_TEXTS_MAX texts), and runs
+ * them in one engine call (the engine sorts the texts by length inside it). Responses go to
+ * dsad_session_complete() for ring requests and to req->done for D-Bus ones; the worker then
+ * frees the request, which drops its session and model references. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "basic/error.h"
+#include "daemon.h"
+
+#define BATCH_TEXTS_MAX 64u
+#define BATCH_REQS_MAX 64u
+#define QUEUE_MAX_DEFAULT 1024u
+
+struct dsad_scheduler {
+        struct dsad *d;
+        pthread_mutex_t lock;
+        pthread_cond_t work; /* queue became non-empty, or stopping */
+        struct dsad_request *head, *tail;
+        unsigned depth; /* read without the lock by dsad_scheduler_depth() */
+        unsigned queue_max;
+        bool stopping;
+        pthread_t *threads;
+        unsigned n_threads;
+};
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+static bool batchable(const struct dsad_request *a, const struct dsad_request *b) {
+        return (a->op == DSA_RING_OP_CLASSIFY || a->op == DSA_RING_OP_EMBED) && a->model == b->model &&
+               a->op == b->op && a->pool == b->pool && a->flags == b->flags;
+}
+
+/* Under the lock: unlinks the oldest request and what can run with it, into batch[]. */
+static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) {
+        struct dsad_request *first = s->head, **pp;
+        size_t n = 1, texts = first->n_texts;
+
+        s->head = first->next;
+        first->next = NULL;
+        batch[0] = first;
+        pp = &s->head;
+        while (*pp && n < BATCH_REQS_MAX && texts < BATCH_TEXTS_MAX) {
+                struct dsad_request *r = *pp;
+                if (batchable(first, r) && texts + r->n_texts <= BATCH_TEXTS_MAX) {
+                        *pp = r->next;
+                        r->next = NULL;
+                        batch[n++] = r;
+                        texts += r->n_texts;
+                } else
+                        pp = &r->next;
+        }
+        s->tail = NULL;
+        for (struct dsad_request *r = s->head; r; r = r->next)
+                s->tail = r;
+        __atomic_store_n(&s->depth, s->depth - (unsigned) n, __ATOMIC_RELAXED);
+        return n;
+}
+
+/* Every request ends here exactly once, on a worker. */
+static void finish(struct dsad_request *req, int status, const void *payload, size_t len, void *userdata) {
+        struct dsad_scheduler *s = userdata;
+
+        __atomic_fetch_add(status < 0 ? &s->d->requests_failed : &s->d->requests_completed, 1,
+                           __ATOMIC_RELAXED);
+        if (req->session)
+                dsad_session_complete(req, status, payload, len);
+        else if (req->done)
+                req->done(req, status, payload, len);
+        dsad_request_free(req);
+}
+
+static void run_batch(struct dsad_scheduler *s, struct dsad_request **batch, size_t n) {
+        struct dsad_request *run[BATCH_REQS_MAX];
+        size_t k = 0;
+
+        /* Requests whose session went away are dropped unrun; a model unloaded since the
+         * request was queued completes with -ENOENT. */
+        for (size_t i = 0; i < n; i++) {
+                struct dsad_request *r = batch[i];
+                if (r->session && dsad__session_closed(r->session))
+                        finish(r, -ECANCELED, NULL, 0, s);
+                else if (!r->model || !dsad_model_loaded(r->model))
+                        finish(r, dsa__error(-ENOENT, "the model is no longer loaded"), NULL, 0, s);
+                else
+                        run[k++] = r;
+        }
+        if (k == 0)
+                return;
+        dsa_error_clear();
+        dsad_request_run_batch(dsad_model_engine(run[0]->model), run, k, finish, s);
+}
+
+static void *worker(void *userdata) {
+        struct dsad_scheduler *s = userdata;
+        struct dsad_request *batch[BATCH_REQS_MAX];
+
+        pthread_mutex_lock(&s->lock);
+        for (;;) {
+                while (!s->head && !s->stopping)
+                        pthread_cond_wait(&s->work, &s->lock);
+                if (!s->head)
+                        break; /* stopping, and nothing left to drain */
+                size_t n = take_batch(s, batch);
+                pthread_mutex_unlock(&s->lock);
+                run_batch(s, batch, n);
+                pthread_mutex_lock(&s->lock);
+        }
+        pthread_mutex_unlock(&s->lock);
+        return NULL;
+}
+
+int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, struct dsad_scheduler **ret) {
+        struct dsad_scheduler *s;
+        int r;
+
+        if (!d || !ret)
+                return -EINVAL;
+        if (workers == 0) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+                workers = n > 0 ? (unsigned) MIN(n, 1024L) : 1;
+        }
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->d = d;
+        s->queue_max = queue_max ? queue_max : QUEUE_MAX_DEFAULT;
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_cond_init(&s->work, NULL);
+        s->threads = calloc(workers, sizeof(*s->threads));
+        if (!s->threads) {
+                dsad_scheduler_free(s);
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < workers; i++) {
+                r = pthread_create(&s->threads[i], NULL, worker, s);
+                if (r != 0) {
+                        dsad_scheduler_free(s);
+                        return -r;
+                }
+                s->n_threads++;
+        }
+        *ret = s;
+        return 0;
+}
+
+struct dsad_scheduler *dsad_scheduler_free(struct dsad_scheduler *s) {
+        if (!s)
+                return NULL;
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->work);
+        pthread_mutex_unlock(&s->lock);
+        /* Workers leave only once the queue is empty, so everything queued still completes. */
+        for (unsigned i = 0; i < s->n_threads; i++)
+                pthread_join(s->threads[i], NULL);
+        /* No worker ever started (allocation failure): nothing can be queued either. */
+        free(s->threads);
+        pthread_cond_destroy(&s->work);
+        pthread_mutex_destroy(&s->lock);
+        free(s);
+        return NULL;
+}
+
+int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req) {
+        if (!s || !req)
+                return -EINVAL;
+        pthread_mutex_lock(&s->lock);
+        if (s->stopping || s->depth >= s->queue_max) {
+                pthread_mutex_unlock(&s->lock);
+                return -EBUSY;
+        }
+        req->next = NULL;
+        req->enqueue_usec = now_usec();
+        if (s->tail)
+                s->tail->next = req;
+        else
+                s->head = req;
+        s->tail = req;
+        __atomic_store_n(&s->depth, s->depth + 1, __ATOMIC_RELAXED);
+        pthread_cond_signal(&s->work);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+}
+
+unsigned dsad_scheduler_depth(const struct dsad_scheduler *s) {
+        return s ? __atomic_load_n(&s->depth, __ATOMIC_RELAXED) : 0;
+}
