@@ -1,10 +1,12 @@
-/* dsactl: the command line of dsa. Parses the verb and hands over to its implementation; the
- * offline verbs (-m FILE) run the engine in-process. Exit codes: 0 success, 1 failure with a
- * one-line reason on stderr, 2 usage error. */
+/* dsactl: the command line of dsa. Parses the global options and the verb and hands over to its
+ * implementation; with -m naming a file or folder the inference verbs run the engine
+ * in-process, otherwise they and the control verbs ask dsad through libdsa. Exit codes: 0
+ * success, 1 failure with a one-line reason on stderr, 2 usage error. */
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "online.h"
 #include "verbs.h"
 
 static const struct verb {
@@ -16,29 +18,51 @@ static const struct verb {
         { "embed", verb_embed },
         { "import", verb_import },
         { "bench", verb_bench },
+        { "list", verb_list },
+        { "ps", verb_ps },
+        { "status", verb_status },
+        { "load", verb_load },
+        { "unload", verb_unload },
 };
 
 void dsactl_help(FILE *f) {
-        fputs("Usage: dsactl [--help] [--version] VERB [OPTIONS] [ARGS...]\n"
+        fputs("Usage: dsactl [--help] [--version] [--bus BUS] VERB [OPTIONS] [ARGS...]\n"
               "\n"
-              "Run transformer models on this machine's CPU.\n"
+              "Run transformer models on this machine's CPU, in-process or through dsad.\n"
               "\n"
-              "Verbs (offline: -m names a GGUF file or a Hugging Face folder):\n"
+              "MODEL is a GGUF file or a Hugging Face folder (run in-process: anything that\n"
+              "contains '/', ends in .gguf or exists), or else the name of a model dsad serves\n"
+              "(asked over D-Bus; 'dsactl list' shows them).\n"
+              "\n"
+              "Inference verbs:\n"
               "  tokenize -m MODEL [--no-special] [--json] [TEXT...]\n"
               "                         Print token ids and tokens of each text\n"
               "  classify -m MODEL [--json] [--threads N] [TEXT...]\n"
               "                         Print the predicted label of each text\n"
               "  embed -m MODEL [--pool cls|mean|pooler|none] [--json] [--threads N] [TEXT...]\n"
-              "                         Print an embedding of each text\n"
+              "                         Print an embedding of each text (default --pool mean)\n"
+              "\n"
+              "Offline verbs (in-process only):\n"
               "  import SRC -o OUT.gguf [--type f32|f16|bf16]\n"
               "                         Convert a Hugging Face folder (or GGUF) into our GGUF\n"
               "  bench -m MODEL [--seq N] [--batch B] [--threads N] [--runs R] [--warmup W] [--json]\n"
               "        [--dump FILE]    Time the forward pass on synthetic input\n"
               "\n"
+              "dsad verbs:\n"
+              "  list [--json]          Models in dsad's store: name, loaded, arch, hidden, labels\n"
+              "  ps [--json]            Open sessions: id, owner, uid, requests, failures, shm bytes\n"
+              "  status [--json]        dsad's version, models, sessions, queue, counters\n"
+              "  load NAME              Map a model in dsad\n"
+              "  unload NAME            Unmap a model in dsad\n"
+              "\n"
               "Options:\n"
-              "  -m, --model MODEL      GGUF file or Hugging Face folder to run\n"
+              "  -m, --model MODEL      GGUF file, Hugging Face folder, or name of dsad's model\n"
               "  -o, --output FILE      Where import writes its GGUF file\n"
-              "  --threads N            Threads for the forward pass (default: every online core)\n"
+              "  --threads N            Threads for an in-process forward pass (default: every\n"
+              "                         online core; ignored when dsad runs the model)\n"
+              "  --bus BUS              The bus dsad is on: system, session or a D-Bus address\n"
+              "                         (default: $DSA_BUS_ADDRESS, else system); before the verb\n"
+              "                         or among its options\n"
               "\n"
               "Without TEXT arguments, texts are read from standard input, one per line.\n"
               "--json prints one JSON object per input (JSON Lines).\n"
@@ -48,23 +72,48 @@ void dsactl_help(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-        if (argc < 2) {
+        int i = 1;
+
+        /* Global options, before the verb. */
+        while (i < argc && argv[i][0] == '-') {
+                if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+                        dsactl_help(stdout);
+                        return 0;
+                }
+                if (!strcmp(argv[i], "--version")) {
+                        printf("dsactl %s\n", DSA_VERSION);
+                        return 0;
+                }
+                if (!strcmp(argv[i], "--bus")) {
+                        if (i + 1 >= argc) {
+                                fprintf(stderr, "dsactl: --bus needs a value (see dsactl --help)\n");
+                                return 2;
+                        }
+                        cli_bus = argv[i + 1];
+                        i += 2;
+                        continue;
+                }
+                if (!strncmp(argv[i], "--bus=", 6)) {
+                        cli_bus = argv[i] + 6;
+                        i++;
+                        continue;
+                }
+                fprintf(stderr, "dsactl: unknown option '%s' (see dsactl --help)\n", argv[i]);
+                return 2;
+        }
+        if (i >= argc) {
                 dsactl_help(stderr);
                 return 2;
         }
-        if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        if (!strcmp(argv[i], "help")) {
                 dsactl_help(stdout);
                 return 0;
         }
-        if (!strcmp(argv[1], "--version")) {
-                printf("dsactl %s\n", DSA_VERSION);
-                return 0;
-        }
-        for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-                if (!strcmp(argv[1], verbs[i].name)) {
+        for (size_t v = 0; v < sizeof(verbs) / sizeof(verbs[0]); v++)
+                if (!strcmp(argv[i], verbs[v].name)) {
                         optind = 0; /* each verb parses its own options */
-                        return verbs[i].run(argc - 1, argv + 1);
+                        return verbs[v].run(argc - i, argv + i);
                 }
-        fprintf(stderr, "dsactl: unknown verb '%s' (see dsactl --help)\n", argv[1]);
+        fprintf(stderr, "dsactl: unknown verb '%s' (see dsactl --help)\n", argv[i]);
         return 2;
 }

@@ -1,7 +1,8 @@
-/* The offline inference verbs: tokenize, classify, embed, and import. Each reads texts from its
+/* The inference verbs: tokenize, classify, embed, and import. Each reads texts from its
  * arguments or from standard input (one per line, processed in chunks so a long stream never
- * sits in memory), runs the engine in-process on the model named by -m, and prints plain text
- * or JSON Lines. */
+ * sits in memory), runs the engine in-process on the file or folder named by -m (or hands over
+ * to online.c when -m names a model of dsad's), and prints plain text or JSON Lines through
+ * print.c. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,10 +12,11 @@
 #include "basic/error.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
+#include "online.h"
+#include "print.h"
 #include "util.h"
 #include "verbs.h"
 
-#define CHUNK 256
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
 
@@ -24,6 +26,7 @@ enum {
         ARG_POOL,
         ARG_THREADS,
         ARG_TYPE,
+        ARG_BUS,
 };
 
 struct common_opts {
@@ -32,6 +35,7 @@ struct common_opts {
         bool no_special;
         int threads;
         enum dsa_pool pool;
+        const char *pool_name;
         const char *output;
         enum dsa_type type;
 };
@@ -52,6 +56,7 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                 { "threads", required_argument, NULL, ARG_THREADS },
                 { "output", required_argument, NULL, 'o' },
                 { "type", required_argument, NULL, ARG_TYPE },
+                { "bus", required_argument, NULL, ARG_BUS },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -59,6 +64,7 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
         unsigned long v;
         int c;
 
+        opterr = 0; /* our own one-line message instead */
         while ((c = getopt_long(argc, argv, "m:o:h", options, NULL)) >= 0) {
                 switch (c) {
                 case 'm':
@@ -90,6 +96,12 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                                 o->pool = DSA_POOL_NONE;
                         else
                                 return usage(verb, "--pool takes cls, mean, pooler or none"), -2;
+                        o->pool_name = optarg;
+                        break;
+                case ARG_BUS:
+                        if (!strcmp(verb, "import"))
+                                return usage(verb, "--bus is not an option of import"), -2;
+                        cli_bus = optarg;
                         break;
                 case ARG_THREADS:
                         if (cli_parse_uint(optarg, 1024, &v) < 0)
@@ -112,15 +124,10 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                         dsactl_help(stdout);
                         return -1;
                 default:
-                        return -2;
+                        return usage(verb, "unknown option or missing value"), -2;
                 }
         }
         return optind;
-}
-
-static void print_json(struct json_object *o) {
-        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
 }
 
 /* Runs fn on each chunk of input texts until the input ends or fn fails. */
@@ -133,7 +140,7 @@ static int for_each_chunk(int argc, char **argv, const struct dsa_model *m, cons
         cli_input_init(&in, argc, argv);
         for (;;) {
                 char **texts = NULL;
-                int n = cli_input_next(&in, CHUNK, &texts);
+                int n = cli_input_next(&in, CLI_CHUNK, &texts);
                 if (n < 0)
                         return cli_error(n, "reading input");
                 if (n == 0)
@@ -151,96 +158,41 @@ static int tokenize_chunk(const struct dsa_model *m, const struct common_opts *o
 
         for (size_t i = 0; i < n; i++) {
                 struct dsa_encoding e = {};
+                const char **strs;
                 int r = dsa_tokenizer_encode(tok, texts[i], strlen(texts[i]), NULL, 0,
                                              o->no_special ? 0 : DSA_ENCODE_SPECIAL, 0, &e);
                 if (r < 0)
                         return cli_error(r, "tokenizing");
-                if (o->json) {
-                        struct json_object *obj = json_object_new_object();
-                        struct json_object *ids = json_object_new_array_ext((int) e.n);
-                        struct json_object *toks = json_object_new_array_ext((int) e.n);
-                        for (size_t j = 0; j < e.n; j++) {
-                                json_object_array_add(ids, json_object_new_int(e.ids[j]));
-                                json_object_array_add(toks, json_object_new_string(dsa_tokenizer_token(tok, e.ids[j])));
-                        }
-                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
-                        json_object_object_add(obj, "ids", ids);
-                        json_object_object_add(obj, "tokens", toks);
-                        print_json(obj);
-                } else {
-                        for (size_t j = 0; j < e.n; j++)
-                                printf("%s%s", j ? " " : "", dsa_tokenizer_token(tok, e.ids[j]));
-                        putchar('\n');
-                        for (size_t j = 0; j < e.n; j++)
-                                printf("%s%d", j ? " " : "", e.ids[j]);
-                        putchar('\n');
+                strs = malloc((e.n ? e.n : 1) * sizeof(*strs));
+                if (!strs) {
+                        dsa_encoding_clear(&e);
+                        return cli_error(-ENOMEM, "tokenizing");
                 }
+                for (size_t j = 0; j < e.n; j++)
+                        strs[j] = dsa_tokenizer_token(tok, e.ids[j]);
+                cli_print_tokens(texts[i], e.ids, strs, e.n, o->json);
+                free(strs);
                 dsa_encoding_clear(&e);
         }
         return 0;
 }
 
-static void softmax(const float *logits, size_t L, double *probs) {
-        double mx = -INFINITY, sum = 0;
-
-        for (size_t j = 0; j < L; j++)
-                mx = fmax(mx, logits[j]);
-        for (size_t j = 0; j < L; j++)
-                sum += probs[j] = exp((double) logits[j] - mx);
-        for (size_t j = 0; j < L; j++)
-                probs[j] /= sum;
-}
-
 static int classify_chunk(const struct dsa_model *m, const struct common_opts *o, char **texts, size_t n) {
         size_t L = dsa_model_bert_config(m)->n_labels;
         _cleanup_free_ float *logits = malloc(n * L * sizeof(float));
-        _cleanup_free_ double *probs = malloc(L * sizeof(double));
+        _cleanup_free_ const char **labels = malloc(L * sizeof(*labels));
         int r;
 
-        if (!logits || !probs)
+        if (!logits || !labels)
                 return cli_error(-ENOMEM, "classify");
+        for (size_t j = 0; j < L; j++)
+                labels[j] = dsa_model_label(m, j);
         r = dsa_model_classify_texts(m, (const char *const *) texts, NULL, n, logits);
         if (r < 0)
                 return cli_error(r, "classify");
-        for (size_t i = 0; i < n; i++) {
-                const float *lg = logits + i * L;
-                size_t best = 0;
-                softmax(lg, L, probs);
-                for (size_t j = 1; j < L; j++)
-                        if (lg[j] > lg[best])
-                                best = j;
-                if (o->json) {
-                        struct json_object *obj = json_object_new_object();
-                        struct json_object *jl = json_object_new_array_ext((int) L);
-                        struct json_object *jp = json_object_new_array_ext((int) L);
-                        for (size_t j = 0; j < L; j++) {
-                                json_object_array_add(jl, cli_json_float(lg[j]));
-                                json_object_array_add(jp, cli_json_float(probs[j]));
-                        }
-                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
-                        json_object_object_add(obj, "label", json_object_new_string(dsa_model_label(m, best)));
-                        json_object_object_add(obj, "label_id", json_object_new_int((int) best));
-                        json_object_object_add(obj, "logits", jl);
-                        json_object_object_add(obj, "probs", jp);
-                        print_json(obj);
-                } else
-                        printf("%s\t%.4f\t%s\n", dsa_model_label(m, best), probs[best], texts[i]);
-        }
+        for (size_t i = 0; i < n; i++)
+                cli_print_classify(texts[i], logits + i * L, L, labels, o->json);
         return 0;
-}
-
-static void print_vector(const float *v, size_t C) {
-        for (size_t j = 0; j < C; j++)
-                printf("%s%.7g", j ? " " : "", v[j]);
-        putchar('\n');
-}
-
-static struct json_object *json_vector(const float *v, size_t C) {
-        struct json_object *a = json_object_new_array_ext((int) C);
-
-        for (size_t j = 0; j < C; j++)
-                json_object_array_add(a, cli_json_float(v[j]));
-        return a;
 }
 
 /* --pool none: every token's last hidden state, one text per forward. */
@@ -268,17 +220,7 @@ static int embed_tokens(const struct dsa_model *m, const struct common_opts *o, 
                 dsa_encoding_clear(&e);
                 return cli_error(r, "embed");
         }
-        if (o->json) {
-                struct json_object *obj = json_object_new_object();
-                struct json_object *rows = json_object_new_array_ext((int) e.n);
-                for (size_t t = 0; t < e.n; t++)
-                        json_object_array_add(rows, json_vector(hidden + t * cfg->n_embd, cfg->n_embd));
-                json_object_object_add(obj, "text", json_object_new_string(text));
-                json_object_object_add(obj, "hidden", rows);
-                print_json(obj);
-        } else
-                for (size_t t = 0; t < e.n; t++)
-                        print_vector(hidden + t * cfg->n_embd, cfg->n_embd);
+        cli_print_hidden(text, hidden, e.n, cfg->n_embd, o->json);
         dsa_encoding_clear(&e);
         return 0;
 }
@@ -302,15 +244,8 @@ static int embed_chunk(const struct dsa_model *m, const struct common_opts *o, c
         r = dsa_model_embed_texts(m, (const char *const *) texts, n, o->pool, emb);
         if (r < 0)
                 return cli_error(r, "embed");
-        for (size_t i = 0; i < n; i++) {
-                if (o->json) {
-                        struct json_object *obj = json_object_new_object();
-                        json_object_object_add(obj, "text", json_object_new_string(texts[i]));
-                        json_object_object_add(obj, "embedding", json_vector(emb + i * C, C));
-                        print_json(obj);
-                } else
-                        print_vector(emb + i * C, C);
-        }
+        for (size_t i = 0; i < n; i++)
+                cli_print_embedding(texts[i], emb + i * C, C, o->json);
         return 0;
 }
 
@@ -325,7 +260,14 @@ static int run_inference(int argc, char **argv,
         if (idx < 0)
                 return idx == -1 ? 0 : 2;
         if (!o->model)
-                return usage(argv[0], "-m MODEL is required (dsad is not available yet)");
+                return usage(argv[0], "-m MODEL is required (a GGUF file, a Hugging Face folder, or a model of dsad's)");
+        if (!cli_model_is_local(o->model)) {
+                struct cli_online_opts oo = {
+                        .verb = argv[0], .model = o->model, .json = o->json,
+                        .no_special = o->no_special, .pool = o->pool_name,
+                };
+                return cli_online_infer(&oo, argc - idx, argv + idx);
+        }
         if (cli_open_model(o->model, &m) < 0)
                 return 1;
         if (cli_set_threads(m, o->threads) < 0)

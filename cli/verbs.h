@@ -12,3 +12,9 @@ int verb_classify(int argc, char **argv);
 int verb_embed(int argc, char **argv);
 int verb_import(int argc, char **argv);
 int verb_bench(int argc, char **argv);
+/* online.c: dsad's control verbs. */
+int verb_list(int argc, char **argv);
+int verb_ps(int argc, char **argv);
+int verb_status(int argc, char **argv);
+int verb_load(int argc, char **argv);
+int verb_unload(int argc, char **argv);

@@ -317,7 +317,7 @@ static int append_response(struct api_call *c, sd_bus_message *reply) {
                 return sd_bus_message_close_container(reply);
 
         case DSA_RING_OP_TOKENIZE:
-                r = sd_bus_message_open_container(reply, 'a', "ai");
+                r = sd_bus_message_open_container(reply, 'a', "(aias)");
                 if (r < 0)
                         return r;
                 for (uint32_t i = 0; i < n; i++) {
@@ -327,11 +327,42 @@ static int append_response(struct api_call *c, sd_bus_message *reply) {
                         p += 4;
                         if ((uint64_t) (end - p) < (uint64_t) w * 4)
                                 return -EBADMSG;
+                        r = sd_bus_message_open_container(reply, 'r', "aias");
+                        if (r < 0)
+                                return r;
                         /* i32 little-endian in the payload is D-Bus 'i' on this host. */
                         r = sd_bus_message_append_array(reply, 'i', p, (size_t) w * 4);
                         if (r < 0)
                                 return r;
                         p += (size_t) w * 4;
+                        r = sd_bus_message_open_container(reply, 'a', "s");
+                        if (r < 0)
+                                return r;
+                        for (uint32_t j = 0; j < w; j++) {
+                                _cleanup_free_ char *tok = NULL;
+                                uint32_t l;
+
+                                if (end - p < 4)
+                                        return -EBADMSG;
+                                l = get_u32(p);
+                                p += 4;
+                                if ((uint64_t) (end - p) < l)
+                                        return -EBADMSG;
+                                tok = strndup((const char *) p, l);
+                                if (!tok)
+                                        return -ENOMEM;
+                                if (strlen(tok) != l)
+                                        return -EBADMSG; /* holds NUL */
+                                r = sd_bus_message_append_basic(reply, 's', tok);
+                                if (r < 0)
+                                        return r;
+                                p += l;
+                        }
+                        r = sd_bus_message_close_container(reply);
+                        if (r >= 0)
+                                r = sd_bus_message_close_container(reply);
+                        if (r < 0)
+                                return r;
                 }
                 if (p != end)
                         return -EBADMSG;
@@ -802,7 +833,7 @@ static const sd_bus_vtable daemon_vtable[] = {
                                 method_embed, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Tokenize",
                                 SD_BUS_ARGS("s", model, "as", texts, "b", special),
-                                SD_BUS_RESULT("aai", ids),
+                                SD_BUS_RESULT("a(aias)", tokens),
                                 method_tokenize, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("OpenSession",
                                 SD_BUS_ARGS("s", model, "u", slots, "u", slot_size),

@@ -7,7 +7,7 @@
  *   api.c        org.dsa.Daemon1 / org.dsa.Model1 vtables and method handlers
  *   registry.c   the model store: list, load (mmap once), unload, idle-unload timer
  *   config.c     /etc/dsa/dsad.conf (inih), SIGHUP reload
- *   session.c    OpenSession: sealed memfd ring + eventfds; lifetime tied to the D-Bus peer
+ *   session.c    OpenSession: sealed memfd ring, submit eventfd, complete pipe; lifetime tied to the D-Bus peer
  *   uring.c      io_uring multishot polls on every session's submit eventfd
  *   request.c    copies a request out of shared memory and validates it (fuzzed); responses
  *   scheduler.c  bounded queue, worker pool, batching by model and length */
@@ -124,7 +124,7 @@ struct dsad_session *dsad_session_find(struct dsad *d, const char *id);
  * the scheduler. */
 void dsad_session_doorbell(struct dsad_session *s);
 /* Called on a worker: writes the response for req into its slot, pushes the CQE, signals the
- * complete eventfd. Thread-safe per session. */
+ * complete pipe. Thread-safe per session. */
 void dsad_session_complete(struct dsad_request *req, int status, const void *payload, size_t len);
 
 /* ---- session.c, added by the control plane for api.c (OpenSession, CloseSession,
@@ -138,6 +138,7 @@ void dsad_session_complete(struct dsad_request *req, int status, const void *pay
  * d->sessions list, walked with dsad_session_next(); at exit main closes what is left with
  * dsad_session_close(). Errors of dsad_session_open: -ENOENT no such model, -EINVAL bad
  * geometry (caps of docs/dbus-api.md), -EBADMSG etc. when the model does not load. */
+/* ret_complete is the read end of the complete pipe (the write end never leaves session.c). */
 int dsad_session_fds(const struct dsad_session *s, int *ret_ring, int *ret_submit, int *ret_complete);
 const char *dsad_session_id(const struct dsad_session *s);
 const char *dsad_session_owner(const struct dsad_session *s); /* unique bus name */
@@ -147,7 +148,7 @@ void dsad_session_stats(const struct dsad_session *s, uint64_t *ret_completed, u
                         uint64_t *ret_shm_bytes);
 struct dsad_session *dsad_session_next(const struct dsad_session *s);
 /* ---- session.c, added by the data plane. dsad_session_open() without D-Bus (no owner, no
- * peer tracking): ring, eventfds and doorbell watch for a model whose reference the call takes
+ * peer tracking): ring, doorbell fds and doorbell watch for a model whose reference the call takes
  * over, also on failure. dsad_session_open() is this plus the peer; the ring tests call it
  * directly. Loop thread. */
 int dsad__session_new(struct dsad *d, struct dsad_model *model, uint32_t slots, uint32_t slot_size,

@@ -79,7 +79,7 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
                 return dsa__error(-EINVAL, "unknown flags 0x%x", sqe->flags);
         if (sqe->flags && sqe->op != DSA_RING_OP_TOKENIZE)
                 return dsa__error(-EINVAL, "flags 0x%x on op %u", sqe->flags, sqe->op);
-        if (sqe->op == DSA_RING_OP_EMBED ? sqe->pool > DSA_RING_POOL_POOLER : sqe->pool != 0)
+        if (sqe->op == DSA_RING_OP_EMBED ? sqe->pool > DSA_RING_POOL_NONE : sqe->pool != 0)
                 return dsa__error(-EINVAL, "bad pool %u for op %u", sqe->pool, sqe->op);
         for (size_t i = 0; i < ELEMENTSOF(sqe->reserved); i++)
                 if (sqe->reserved[i] != 0)
@@ -212,33 +212,128 @@ static ssize_t encode_rows(uint32_t op, const float *rows, size_t n_texts, size_
         return (ssize_t) need;
 }
 
-static ssize_t run_tokenize(const struct dsa_model *m, const struct dsad_request *req, uint8_t *buf,
-                            size_t cap) {
+/* A response built piece by piece, never past cap: room() grows the buffer on demand (so a
+ * short answer in a large slot costs what it uses) or fails with -ENOBUFS. */
+struct out {
+        uint8_t *buf;
+        size_t len, size, cap;
+};
+
+static int out_room(struct out *o, size_t more) {
+        size_t need, size;
+        uint8_t *p;
+
+        if (!size_add_ok(o->len, more, &need) || need > o->cap)
+                return dsa__error(-ENOBUFS, "response does not fit in %zu bytes", o->cap);
+        if (need <= o->size)
+                return 0;
+        size = MAX(need, MIN(o->cap, MAX(o->size * 2, (size_t) 4096)));
+        p = realloc(o->buf, size);
+        if (!p)
+                return -ENOMEM;
+        o->buf = p;
+        o->size = size;
+        return 0;
+}
+
+static void out_u32(struct out *o, uint32_t v) {
+        put_u32(o->buf + o->len, v);
+        o->len += 4;
+}
+
+static void out_bytes(struct out *o, const void *p, size_t n) {
+        if (n > 0)
+                memcpy(o->buf + o->len, p, n);
+        o->len += n;
+}
+
+/* TOKENIZE: per text its ids, then the vocabulary string of each. */
+static int run_tokenize(const struct dsa_model *m, const struct dsad_request *req, struct out *o) {
         const struct dsa_tokenizer *t = dsa_model_tokenizer(m);
         unsigned flags = req->flags & DSA_RING_SQE_NO_SPECIAL ? 0 : DSA_ENCODE_SPECIAL;
-        size_t off = 4;
+        int r;
 
         if (!t)
                 return dsa__error(-EOPNOTSUPP, "the model has no tokenizer");
-        if (cap < 4)
-                return dsa__error(-ENOBUFS, "response does not fit in %zu bytes", cap);
-        put_u32(buf, (uint32_t) req->n_texts);
+        r = out_room(o, 4);
+        if (r < 0)
+                return r;
+        out_u32(o, (uint32_t) req->n_texts);
         for (size_t i = 0; i < req->n_texts; i++) {
                 struct dsa_encoding e = {};
-                int r = dsa_tokenizer_encode(t, req->texts[i], req->lens[i], NULL, 0, flags, 0, &e);
+
+                r = dsa_tokenizer_encode(t, req->texts[i], req->lens[i], NULL, 0, flags, 0, &e);
                 if (r < 0)
                         return r;
-                size_t bytes = 4 + e.n * sizeof(int32_t); /* e.n <= text bytes + 2: no overflow */
-                if (bytes > cap - off) {
-                        dsa_encoding_clear(&e);
-                        return dsa__error(-ENOBUFS, "response does not fit in %zu bytes", cap);
+                /* e.n <= text bytes + 2: no overflow. */
+                r = out_room(o, 4 + e.n * sizeof(int32_t));
+                if (r >= 0) {
+                        out_u32(o, (uint32_t) e.n);
+                        out_bytes(o, e.ids, e.n * sizeof(int32_t));
                 }
-                put_u32(buf + off, (uint32_t) e.n);
-                memcpy(buf + off + 4, e.ids, e.n * sizeof(int32_t));
-                off += bytes;
+                for (size_t j = 0; r >= 0 && j < e.n; j++) {
+                        const char *tok = dsa_tokenizer_token(t, e.ids[j]);
+                        size_t l = tok ? strlen(tok) : 0;
+
+                        r = out_room(o, 4 + l);
+                        if (r >= 0) {
+                                out_u32(o, (uint32_t) l);
+                                out_bytes(o, tok, l);
+                        }
+                }
                 dsa_encoding_clear(&e);
+                if (r < 0)
+                        return r;
         }
-        return (ssize_t) off;
+        return 0;
+}
+
+/* EMBED with DSA_RING_POOL_NONE: one forward per text (no padding), every token's last hidden
+ * state, as dsactl embed --pool none computes it in-process. */
+static int run_embed_tokens(const struct dsa_model *m, const struct dsad_request *req, struct out *o) {
+        const struct dsa_bert_config *c = dsa_model_bert_config(m);
+        const struct dsa_tokenizer *t = dsa_model_tokenizer(m);
+        int r;
+
+        if (!c || !t)
+                return dsa__error(-EOPNOTSUPP, "the model has no encoder to embed with");
+        r = out_room(o, 8);
+        if (r < 0)
+                return r;
+        out_u32(o, (uint32_t) req->n_texts);
+        out_u32(o, c->n_embd);
+        for (size_t i = 0; i < req->n_texts; i++) {
+                struct dsa_encoding e = {};
+                size_t bytes, T;
+
+                r = dsa_tokenizer_encode(t, req->texts[i], req->lens[i], NULL, 0, DSA_ENCODE_SPECIAL,
+                                         c->n_ctx, &e);
+                if (r < 0)
+                        return r;
+                /* e.n <= n_ctx and n_embd come from a checked model: small products. */
+                T = e.n;
+                bytes = T * c->n_embd * sizeof(float);
+                r = out_room(o, 4 + bytes);
+                if (r >= 0 && T > 0) {
+                        _cleanup_free_ uint8_t *mask = malloc(e.n);
+                        struct dsa_batch b = { .B = 1, .T = e.n, .ids = e.ids, .type_ids = e.type_ids };
+
+                        if (!mask)
+                                r = -ENOMEM;
+                        else {
+                                memset(mask, 1, e.n);
+                                b.mask = mask;
+                                /* Written straight into the response, past its count. */
+                                r = dsa_model_forward(m, &b, (float *) (void *) (o->buf + o->len + 4), NULL);
+                        }
+                }
+                dsa_encoding_clear(&e);
+                if (r < 0)
+                        return r;
+                out_u32(o, (uint32_t) T);
+                o->len += bytes;
+        }
+        return 0;
 }
 
 /* Rows of floats per text for a CLASSIFY/EMBED run: its width, or -errno. */
@@ -313,8 +408,6 @@ static int run_rows(const struct dsa_model *m, struct dsad_request *const *reqs,
 
 static void run_one(const struct dsa_model *m, struct dsad_request *req, dsad_request_emit_t emit,
                     void *userdata) {
-        _cleanup_free_ uint8_t *buf = NULL;
-        ssize_t len;
         int r;
 
         switch (req->op) {
@@ -322,23 +415,24 @@ static void run_one(const struct dsa_model *m, struct dsad_request *req, dsad_re
                 emit(req, 0, NULL, 0, userdata);
                 return;
         case DSA_RING_OP_TOKENIZE:
-                /* Ids are at most a few per byte of text; size the buffer to what can be used. */
-                len = MIN(reply_cap_of(req), 4 + (req->total_tokens_hint + 2 * req->n_texts) * 2 * sizeof(int32_t) +
-                                                     4 * req->n_texts);
-                buf = malloc(MAX(len, (ssize_t) 4));
-                if (!buf) {
-                        emit(req, -ENOMEM, NULL, 0, userdata);
-                        return;
+        case DSA_RING_OP_EMBED:
+                if (req->op == DSA_RING_OP_EMBED && req->pool != DSA_RING_POOL_NONE)
+                        break;
+                {
+                        struct out o = { .cap = reply_cap_of(req) };
+
+                        r = req->op == DSA_RING_OP_TOKENIZE ? run_tokenize(m, req, &o)
+                                                            : run_embed_tokens(m, req, &o);
+                        emit(req, r < 0 ? r : 0, o.buf, r < 0 ? 0 : o.len, userdata);
+                        free(o.buf);
                 }
-                len = run_tokenize(m, req, buf, (size_t) len);
-                emit(req, len < 0 ? (int) len : 0, buf, len < 0 ? 0 : (size_t) len, userdata);
                 return;
         default:
-                r = run_rows(m, &req, 1, emit, userdata);
-                if (r < 0)
-                        emit(req, r, NULL, 0, userdata);
-                return;
+                break;
         }
+        r = run_rows(m, &req, 1, emit, userdata);
+        if (r < 0)
+                emit(req, r, NULL, 0, userdata);
 }
 
 void dsad_request_run_batch(const struct dsa_model *m, struct dsad_request *const *reqs, size_t n,
@@ -350,7 +444,8 @@ void dsad_request_run_batch(const struct dsa_model *m, struct dsad_request *cons
                         emit(reqs[i], reqs[i]->op == DSA_RING_OP_NOP ? 0 : -ENOENT, NULL, 0, userdata);
                 return;
         }
-        if (n > 1 && (reqs[0]->op == DSA_RING_OP_CLASSIFY || reqs[0]->op == DSA_RING_OP_EMBED)) {
+        if (n > 1 && (reqs[0]->op == DSA_RING_OP_CLASSIFY ||
+                      (reqs[0]->op == DSA_RING_OP_EMBED && reqs[0]->pool != DSA_RING_POOL_NONE))) {
                 if (run_rows(m, reqs, n, emit, userdata) >= 0)
                         return;
                 /* Fall through: one by one, so the error lands on the request that caused it. */

@@ -37,7 +37,9 @@ static uint64_t now_usec(void) {
 }
 
 static bool batchable(const struct dsad_request *a, const struct dsad_request *b) {
-        return (a->op == DSA_RING_OP_CLASSIFY || a->op == DSA_RING_OP_EMBED) && a->model == b->model &&
+        /* EMBED without pooling runs one forward per text anyway: nothing to gain. */
+        return (a->op == DSA_RING_OP_CLASSIFY || (a->op == DSA_RING_OP_EMBED && a->pool != DSA_RING_POOL_NONE)) &&
+               a->model == b->model &&
                a->op == b->op && a->pool == b->pool && a->flags == b->flags;
 }
 

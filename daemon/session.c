@@ -1,4 +1,5 @@
-/* Sessions: one sealed memfd ring (include/dsa/ring.h) and two eventfds per OpenSession, bound to
+/* Sessions: one sealed memfd ring (include/dsa/ring.h), a submit eventfd and a complete pipe per
+ * OpenSession, bound to
  * one model and to the D-Bus peer that opened it. The loop thread drains the submission queue
  * when the doorbell rings; workers push completions. The client can rewrite any byte of the
  * memfd at any time, so dsad keeps its own geometry and its own copies of the indices it
@@ -58,7 +59,9 @@ struct dsad_session {
         sd_bus_track *track;
         bool watched;
 
-        int ring_fd, submit_fd, complete_fd;
+        int ring_fd, submit_fd;
+        int complete_fd;            /* the pipe's read end: what the client gets */
+        int complete_wfd;           /* its write end: ours alone, O_NONBLOCK */
         uint8_t *map;               /* total_size bytes, shared with the client: hostile */
         struct ring_geometry g;     /* ours, never read back from the header */
         struct dsa_ring_header *hdr;
@@ -90,10 +93,10 @@ static uint64_t now_usec(void) {
         return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
-/* The client holds the same open file description of both eventfds and may clear O_NONBLOCK
- * on it or saturate the counter; neither may make a dsad thread block. Reads use RWF_NOWAIT,
- * which ignores the file's flags; eventfd writes have no such flag, so the flag is put back
- * and the write happens only when poll says it cannot block. */
+/* The client holds the same open file description of the submit eventfd and may clear
+ * O_NONBLOCK on it or saturate the counter; neither may make a dsad thread block. Reads use
+ * RWF_NOWAIT, which ignores the file's flags; eventfd writes have no such flag, so the flag is
+ * put back and the write happens only when poll says it cannot block. */
 static void eventfd_clear(int fd) {
         uint64_t v;
         struct iovec iov = { &v, sizeof(v) };
@@ -118,6 +121,13 @@ static void eventfd_signal(int fd) {
         /* Not writable: the counter is saturated, so the reader has a wake-up pending anyway. */
         if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT))
                 (void) write(fd, &one, sizeof(one));
+}
+
+/* The completion doorbell: one byte into our own non-blocking write end, which the client
+ * cannot reach. EAGAIN means the pipe is full, so the client has a wake-up pending already;
+ * EPIPE cannot happen while we hold the read end. */
+static void complete_signal(int wfd) {
+        (void) !write(wfd, "", 1);
 }
 
 static int geometry_for(uint32_t slots, uint32_t slot_size, struct ring_geometry *ret) {
@@ -156,6 +166,8 @@ static void session_destroy(struct dsad_session *s) {
                 close(s->submit_fd);
         if (s->complete_fd >= 0)
                 close(s->complete_fd);
+        if (s->complete_wfd >= 0)
+                close(s->complete_wfd);
         if (s->model)
                 dsad_model_unref(s->model);
         pthread_mutex_destroy(&s->lock);
@@ -205,7 +217,7 @@ static void ring_push(struct dsad_session *s, uint64_t user_data, uint32_t slot,
         pthread_mutex_unlock(&s->lock);
 
         atomic_fetch_add_explicit(status < 0 ? &s->failed : &s->completed, 1, memory_order_relaxed);
-        eventfd_signal(s->complete_fd);
+        complete_signal(s->complete_wfd);
 }
 
 void dsad_session_complete(struct dsad_request *req, int status, const void *payload, size_t len) {
@@ -294,10 +306,13 @@ static void drain(struct dsad_session *s) {
                 memcpy(&sqe, s->map + s->g.sq_offset + (uint64_t) (head & (s->g.sq_entries - 1)) * sizeof(sqe),
                        sizeof(sqe));
                 head++;
+                /* The entry is ours now: hand it back before its CQE can exist, so a client
+                 * that sees the completion also sees room in the SQ (with one slot and one SQ
+                 * entry it would otherwise find the queue full). */
+                s->sq_head = head;
+                store_release(&s->hdr->sq_head, head);
                 handle_sqe(s, &sqe);
         }
-        s->sq_head = head;
-        store_release(&s->hdr->sq_head, head);
 }
 
 void dsad_session_doorbell(struct dsad_session *s) {
@@ -350,7 +365,7 @@ int dsad__session_new(struct dsad *d, struct dsad_model *model, uint32_t slots, 
         s->d = d;
         s->model = model;
         s->g = g;
-        s->ring_fd = s->submit_fd = s->complete_fd = -EBADF;
+        s->ring_fd = s->submit_fd = s->complete_fd = s->complete_wfd = -EBADF;
         pthread_mutex_init(&s->lock, NULL);
 
         s->ring_fd = memfd_create("dsa-ring", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -371,9 +386,13 @@ int dsad__session_new(struct dsad *d, struct dsad_model *model, uint32_t slots, 
         s->submit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (s->submit_fd < 0)
                 goto fail_errno;
-        s->complete_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-        if (s->complete_fd < 0)
+        /* Two open file descriptions: the client shares the read end's, never the write end's,
+         * so nothing it does to its fd can make our writes block. */
+        int pipefd[2];
+        if (pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) < 0)
                 goto fail_errno;
+        s->complete_fd = pipefd[0];
+        s->complete_wfd = pipefd[1];
 
         snprintf(s->id, sizeof(s->id), "%" PRIu64, ++d->next_session_id);
         if (d->uring) {

@@ -79,7 +79,11 @@ int dsa__request_encode(uint8_t *buf, size_t cap, const char *const *texts, size
 int dsa__classify_decode(const uint8_t *p, size_t len, size_t n, const char *const *labels,
                          size_t n_label_names, struct dsa_classify_result **ret);
 int dsa__embed_decode(const uint8_t *p, size_t len, size_t n, float **ret, size_t *ret_dim);
+/* TOKENIZE: ids and token strings; a token holding NUL is -EPROTO. */
 int dsa__tokenize_decode(const uint8_t *p, size_t len, size_t n, struct dsa_tokens **ret);
+/* EMBED with DSA_RING_POOL_NONE: per text its tokens' hidden states. */
+int dsa__embed_tokens_decode(const uint8_t *p, size_t len, size_t n,
+                             struct dsa_token_embeddings **ret);
 
 /* Maps a D-Bus error name to a negative errno (fallback: the errno sd-bus would pick, else
  * -EIO). */

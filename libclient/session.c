@@ -2,13 +2,15 @@
  * trusts only its own copy of the geometry and of its own indices. Requests go into slots the
  * session owns (one per request), completions are matched back to slots by slot number and
  * request id. Synchronous calls wait on the same fd the caller's main loop would watch; an
- * epoll fd over the completion eventfd, the bus connection (dsad's death) and a timerfd
- * (timeouts of asynchronous requests), so no wait can outlive dsad or the session's timeout. */
+ * epoll fd over the completion pipe, the bus connection (dsad's death), a timerfd (timeouts of
+ * asynchronous requests) and an eventfd of our own (wake-ups libdsa gives itself: the pipe's
+ * write end is dsad's alone), so no wait can outlive dsad or the session's timeout. */
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -32,7 +34,7 @@ struct slot {
         enum slot_state state;
         bool reclaim;           /* EXPIRED, and its CQE came already: FREE after delivery */
         uint64_t id;
-        uint32_t op;
+        uint32_t op, pool;
         size_t n_texts;
         uint64_t deadline;      /* CLOCK_MONOTONIC usec; UINT64_MAX: none */
         dsa_callback_t callback; /* NULL: a synchronous call waits for it */
@@ -48,7 +50,7 @@ struct dsa_session {
         char **labels;
         size_t n_labels;
 
-        int ring_fd, submit_fd, complete_fd, timer_fd, epoll_fd, bus_fd;
+        int ring_fd, submit_fd, complete_fd, timer_fd, epoll_fd, bus_fd, wake_fd;
         uint8_t *map;
         size_t map_size;
         struct dsa__ring_geometry g;
@@ -87,10 +89,20 @@ static void fd_drain(int fd) {
         struct pollfd p = { .fd = fd, .events = POLLIN };
         uint64_t v;
 
-        /* The eventfd's file description is shared with dsad: do not change its flags, read
-         * only what poll says is there. */
+        /* Read only what poll says is there: no read can block, whatever the fd's flags. */
         if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
                 (void) !read(fd, &v, sizeof(v));
+}
+
+/* Empties the completion pipe (O_NONBLOCK, set at open): dsad writes a byte per batch of
+ * completions, so many may be waiting. Bounded, so a dsad that writes without end cannot keep
+ * us here: what is left only makes the fd readable once more. */
+static void pipe_drain(int fd) {
+        uint8_t buf[256];
+
+        for (int i = 0; i < 64; i++)
+                if (read(fd, buf, sizeof(buf)) < (ssize_t) sizeof(buf))
+                        break;
 }
 
 static void fifo_push(struct dsa_session *s, uint32_t idx) {
@@ -127,7 +139,7 @@ void dsa__session_break(struct dsa_session *s, const char *owner, int error) {
                 (void) epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, s->bus_fd, NULL);
         s->bus_fd = -EBADF;
         /* Wake the caller's main loop, whoever consumed the bus message. */
-        fd_signal(s->complete_fd);
+        fd_signal(s->wake_fd);
 }
 
 void dsa__sessions_break(struct dsa_client *c, const char *owner, int error) {
@@ -213,7 +225,8 @@ static void session_arm_timer(struct dsa_session *s) {
 /* Everything that can happen without blocking: completions first (dsad may have answered just
  * before dying), then bus messages (its death), then timeouts. */
 static void session_process(struct dsa_session *s) {
-        fd_drain(s->complete_fd);
+        pipe_drain(s->complete_fd);
+        fd_drain(s->wake_fd);
         fd_drain(s->timer_fd);
         session_reap(s);
         if (s->broken == 0)
@@ -266,6 +279,7 @@ static int session_submit(struct dsa_session *s, uint32_t op, const char *const 
                 .state = SLOT_PENDING,
                 .id = ++s->next_id,
                 .op = op,
+                .pool = pool,
                 .n_texts = n,
                 .deadline = s->timeout_usec ? now_usec() + s->timeout_usec : UINT64_MAX,
                 .callback = callback,
@@ -315,6 +329,12 @@ static int slot_decode(struct dsa_session *s, uint32_t idx, struct dsa_result *r
                                             (const char *const *) s->labels, s->n_labels,
                                             &res->classify);
         case DSA_RING_OP_EMBED:
+                if (sl->pool == DSA_RING_POOL_NONE) {
+                        int r = dsa__embed_tokens_decode(buf, sl->len, sl->n_texts, &res->token_embeddings);
+                        if (r >= 0)
+                                res->dim = res->token_embeddings[0].dim;
+                        return r;
+                }
                 return dsa__embed_decode(buf, sl->len, sl->n_texts, &res->embeddings, &res->dim);
         case DSA_RING_OP_TOKENIZE:
                 return dsa__tokenize_decode(buf, sl->len, sl->n_texts, &res->tokens);
@@ -325,6 +345,7 @@ static int slot_decode(struct dsa_session *s, uint32_t idx, struct dsa_result *r
 static void result_clear(struct dsa_result *res) {
         dsa_classify_result_free(res->classify);
         free(res->embeddings);
+        dsa_token_embeddings_free(res->token_embeddings);
         dsa_tokens_free(res->tokens);
         *res = (struct dsa_result) {};
 }
@@ -396,10 +417,9 @@ static int session_wait(struct dsa_session *s, uint32_t idx, struct dsa_result *
                                                     : (sl->deadline - now + 999) / 1000);
                 (void) poll(&(struct pollfd) { .fd = s->epoll_fd, .events = POLLIN }, 1, timeout_ms);
         }
-        /* We drained the eventfd: keep the caller's main loop awake for what it has to
-         * dispatch. */
+        /* We drained the fds: keep the caller's main loop awake for what it has to dispatch. */
         if (s->fifo_n > 0)
-                fd_signal(s->complete_fd);
+                fd_signal(s->wake_fd);
         return r;
 }
 
@@ -441,6 +461,20 @@ DSA_EXPORT int dsa_embed(struct dsa_session *s, const char *const *texts, size_t
                 return r;
         *ret = DSA__TAKE_PTR(res.embeddings);
         *ret_dim = res.dim;
+        return 0;
+}
+
+DSA_EXPORT int dsa_embed_tokens(struct dsa_session *s, const char *const *texts, size_t n,
+                                struct dsa_token_embeddings **ret) {
+        struct dsa_result res;
+        int r;
+
+        if (!s || !texts || !ret)
+                return -EINVAL;
+        r = session_call(s, DSA_RING_OP_EMBED, texts, n, 0, DSA_RING_POOL_NONE, &res);
+        if (r < 0)
+                return r;
+        *ret = DSA__TAKE_PTR(res.token_embeddings);
         return 0;
 }
 
@@ -496,6 +530,13 @@ DSA_EXPORT int dsa_session_submit_embed(struct dsa_session *s, const char *const
         if ((unsigned) pool > DSA_POOL_POOLER)
                 return -EINVAL;
         return submit_async(s, DSA_RING_OP_EMBED, texts, n, 0, (uint32_t) pool, callback,
+                            userdata, ret_id);
+}
+
+DSA_EXPORT int dsa_session_submit_embed_tokens(struct dsa_session *s, const char *const *texts,
+                                               size_t n, dsa_callback_t callback, void *userdata,
+                                               uint64_t *ret_id) {
+        return submit_async(s, DSA_RING_OP_EMBED, texts, n, 0, DSA_RING_POOL_NONE, callback,
                             userdata, ret_id);
 }
 
@@ -612,7 +653,7 @@ static void session_destroy(struct dsa_session *s) {
                 munmap(s->map, s->map_size);
         /* bus_fd is the client's. */
         for (int *const *fd = (int *const[]) { &s->ring_fd, &s->submit_fd, &s->complete_fd,
-                                               &s->timer_fd, &s->epoll_fd, NULL };
+                                               &s->timer_fd, &s->epoll_fd, &s->wake_fd, NULL };
              *fd; fd++)
                 if (**fd >= 0)
                         close(**fd);
@@ -707,6 +748,23 @@ static int session_map(struct dsa_session *s, uint32_t want_slots, uint32_t want
 static int session_setup_fds(struct dsa_session *s) {
         struct epoll_event ev = { .events = EPOLLIN };
 
+        struct stat st;
+        int fl;
+
+        /* The completion doorbell must be the read end of a pipe: what dsad gives is checked
+         * like the ring, and made non-blocking (a description only dsad's unused copy
+         * shares). */
+        if (fstat(s->complete_fd, &st) < 0)
+                return -errno;
+        fl = fcntl(s->complete_fd, F_GETFL);
+        if (!S_ISFIFO(st.st_mode) || fl < 0 || (fl & O_ACCMODE) != O_RDONLY)
+                return dsa__client_fail_reason(s->client, -EPROTO,
+                                               "dsad sent a completion fd that is not a pipe's read end");
+        if (!(fl & O_NONBLOCK) && fcntl(s->complete_fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                return -errno;
+        s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        if (s->wake_fd < 0)
+                return -errno;
         s->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
         if (s->timer_fd < 0)
                 return -errno;
@@ -714,7 +772,8 @@ static int session_setup_fds(struct dsa_session *s) {
         if (s->epoll_fd < 0)
                 return -errno;
         if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->complete_fd, &ev) < 0 ||
-            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->timer_fd, &ev) < 0)
+            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->timer_fd, &ev) < 0 ||
+            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->wake_fd, &ev) < 0)
                 return -errno;
         s->bus_fd = sd_bus_get_fd(s->client->bus);
         if (s->bus_fd >= 0 && epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->bus_fd, &ev) < 0)
@@ -742,7 +801,7 @@ DSA_EXPORT int dsa_session_open(struct dsa_client *c, const char *model, uint32_
                 r = -ENOMEM;
                 goto fail;
         }
-        s->ring_fd = s->submit_fd = s->complete_fd = s->timer_fd = s->epoll_fd = s->bus_fd = -EBADF;
+        s->ring_fd = s->submit_fd = s->complete_fd = s->timer_fd = s->epoll_fd = s->bus_fd = s->wake_fd = -EBADF;
         s->timeout_usec = DEFAULT_TIMEOUT_USEC;
         s->client = dsa__client_ref(c);
 
@@ -813,5 +872,10 @@ DSA_EXPORT struct dsa_classify_result *dsa_classify_result_free(struct dsa_class
 
 DSA_EXPORT struct dsa_tokens *dsa_tokens_free(struct dsa_tokens *t) {
         free(t);
+        return NULL;
+}
+
+DSA_EXPORT struct dsa_token_embeddings *dsa_token_embeddings_free(struct dsa_token_embeddings *e) {
+        free(e);
         return NULL;
 }

@@ -240,14 +240,63 @@ int dsa__embed_decode(const uint8_t *p, size_t len, size_t n, float **ret, size_
         return 0;
 }
 
+int dsa__embed_tokens_decode(const uint8_t *p, size_t len, size_t n,
+                             struct dsa_token_embeddings **ret) {
+        struct dsa_token_embeddings *e;
+        size_t dim, off = 8, total = 0;
+        float *f;
+
+        if (len < 8 || dsa__u32_le(p) != n)
+                return -EPROTO;
+        dim = dsa__u32_le(p + 4);
+        if (dim == 0 || dim > DSA__MAX_DIM)
+                return -EPROTO;
+        /* First pass: every count fits what is left (so total * dim <= len / 4), nothing
+         * trails. */
+        for (size_t i = 0; i < n; i++) {
+                size_t k;
+
+                if (len - off < 4)
+                        return -EPROTO;
+                k = dsa__u32_le(p + off);
+                off += 4;
+                if (k > (len - off) / 4 / dim)
+                        return -EPROTO;
+                off += 4 * k * dim;
+                total += k;
+        }
+        if (off != len)
+                return -EPROTO;
+
+        e = malloc(n * sizeof(*e) + total * dim * sizeof(float));
+        if (!e)
+                return -ENOMEM;
+        f = (float *) (e + n);
+        off = 8;
+        for (size_t i = 0; i < n; i++) {
+                size_t k = dsa__u32_le(p + off);
+
+                off += 4;
+                e[i] = (struct dsa_token_embeddings) { .n_tokens = k, .dim = dim, .hidden = f };
+                for (size_t j = 0; j < k * dim; j++)
+                        f[j] = f32_le(p + off + 4 * j);
+                f += k * dim;
+                off += 4 * k * dim;
+        }
+        *ret = e;
+        return 0;
+}
+
 int dsa__tokenize_decode(const uint8_t *p, size_t len, size_t n, struct dsa_tokens **ret) {
         struct dsa_tokens *t;
-        size_t off = 4, total = 0;
+        size_t off = 4, total = 0, bytes = 0;
         int32_t *ids;
+        char **strs, *at;
 
         if (len < 4 || dsa__u32_le(p) != n)
                 return -EPROTO;
-        /* First pass: every count fits what is left (so total <= len / 4), nothing trails. */
+        /* First pass: every count and length fits what is left (so total <= len / 4 and the
+         * strings hold fewer than len bytes), no token holds NUL, nothing trails. */
         for (size_t i = 0; i < n; i++) {
                 size_t k;
 
@@ -258,25 +307,51 @@ int dsa__tokenize_decode(const uint8_t *p, size_t len, size_t n, struct dsa_toke
                 if (k > (len - off) / 4)
                         return -EPROTO;
                 off += 4 * k;
+                for (size_t j = 0; j < k; j++) {
+                        size_t l;
+
+                        if (len - off < 4)
+                                return -EPROTO;
+                        l = dsa__u32_le(p + off);
+                        off += 4;
+                        if (l > len - off || memchr(p + off, 0, l))
+                                return -EPROTO;
+                        off += l;
+                        bytes += l + 1;
+                }
                 total += k;
         }
         if (off != len)
                 return -EPROTO;
 
-        t = malloc(n * sizeof(*t) + total * sizeof(int32_t));
+        /* One block: the n entries, the string pointers, the ids, the strings (each part
+         * aligned for the next). Sizes are bounded by len. */
+        t = malloc(n * sizeof(*t) + total * (sizeof(char *) + sizeof(int32_t)) + bytes);
         if (!t)
                 return -ENOMEM;
-        ids = (int32_t *) (t + n);
+        strs = (char **) (t + n);
+        ids = (int32_t *) (strs + total);
+        at = (char *) (ids + total);
         off = 4;
         for (size_t i = 0; i < n; i++) {
                 size_t k = dsa__u32_le(p + off);
 
                 off += 4;
-                t[i] = (struct dsa_tokens) { .n_ids = k, .ids = ids };
+                t[i] = (struct dsa_tokens) { .n_ids = k, .ids = ids, .tokens = strs };
                 for (size_t j = 0; j < k; j++)
                         ids[j] = (int32_t) dsa__u32_le(p + off + 4 * j);
-                ids += k;
                 off += 4 * k;
+                for (size_t j = 0; j < k; j++) {
+                        size_t l = dsa__u32_le(p + off);
+
+                        memcpy(at, p + off + 4, l);
+                        at[l] = 0;
+                        strs[j] = at;
+                        at += l + 1;
+                        off += 4 + l;
+                }
+                ids += k;
+                strs += k;
         }
         *ret = t;
         return 0;

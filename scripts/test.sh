@@ -1,6 +1,8 @@
 #!/bin/sh
-# Builds dsa and runs the whole test suite: the normal build (warnings are errors), the unit and
-# parity suites again under ASan + UBSan, and the libFuzzer targets for a bounded time each.
+# Builds dsa and runs the whole test suite: the normal build (warnings are errors; every label but
+# bench, integration included), the unit, parity and integration suites again under ASan + UBSan
+# (integration: the real dsad on a private dbus-daemon, tests/integration/), and the libFuzzer
+# targets for a bounded time each.
 # Benchmarks (ctest label "bench") are not run here: see tests/bench/.
 # Tests that need ../shared (reference fixtures) skip when it is absent; set DSA_SHARED to
 # point elsewhere.
@@ -22,6 +24,6 @@ cmake --build build-fuzz -j"$jobs"
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'unit|parity'
+ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'unit|parity|integration'
 ctest --test-dir build-fuzz --output-on-failure -L fuzz
 ctest --test-dir build --output-on-failure -j"$jobs" -LE bench

@@ -3,7 +3,7 @@
  * A struct dsa_client is one D-Bus connection to dsad: it lists, loads and unloads models and
  * reads the daemon's status. A struct dsa_session is one shared-memory ring bound to one model
  * (include/dsa/ring.h): requests go through it without D-Bus, synchronously (dsa_classify(),
- * dsa_embed(), dsa_tokenize(), dsa_nop()) or asynchronously (dsa_session_submit_*() plus
+ * dsa_embed(), dsa_embed_tokens(), dsa_tokenize(), dsa_nop()) or asynchronously (dsa_session_submit_*() plus
  * dsa_session_get_fd() / dsa_session_dispatch() in the caller's own main loop; libdsa starts no
  * threads).
  *
@@ -22,8 +22,9 @@
  *   time -ETIMEDOUT; dsad broke the ring protocol (a forged header, an impossible completion or
  *   response) -EPROTO. dsa_client_error_message() gives the daemon's one-line reason.
  * - A call that takes a callback and fails never invokes the callback.
- * - Structs returned by the library are part of the LIBDSA_0 ABI and never change; new fields
- *   come with new functions. */
+ * - Structs returned by the library are part of the LIBDSA_0 ABI and, once released, never
+ *   change; new fields come with new functions. (Before the first release, 0.1, struct
+ *   dsa_tokens gained tokens and struct dsa_result token_embeddings.) */
 #pragma once
 
 #include <stdbool.h>
@@ -172,13 +173,27 @@ struct dsa_classify_result {
 struct dsa_tokens {
         size_t n_ids;
         int32_t *ids;
+        char **tokens;        /* n_ids NUL-terminated vocabulary strings, as the model's tokenizer
+                               * names them ("[CLS]", "play", "##ing") */
+};
+
+/* Every token's last hidden state of one text (no pooling). */
+struct dsa_token_embeddings {
+        size_t n_tokens;      /* the text's tokens, special ones included ([CLS] ... [SEP]),
+                               * truncated to the model's context length */
+        size_t dim;           /* hidden size */
+        float *hidden;        /* n_tokens * dim floats, row-major: token t at hidden[t * dim] */
 };
 
 /* Frees an array returned by dsa_classify() (one allocation, names included). Accepts NULL;
  * returns NULL. Any thread. */
 DSA_EXPORT struct dsa_classify_result *dsa_classify_result_free(struct dsa_classify_result *r);
-/* Frees an array returned by dsa_tokenize() (one allocation). Accepts NULL; returns NULL. */
+/* Frees an array returned by dsa_tokenize() (one allocation, ids and strings included). Accepts
+ * NULL; returns NULL. Any thread. */
 DSA_EXPORT struct dsa_tokens *dsa_tokens_free(struct dsa_tokens *t);
+/* Frees an array returned by dsa_embed_tokens() (one allocation). Accepts NULL; returns NULL.
+ * Any thread. */
+DSA_EXPORT struct dsa_token_embeddings *dsa_token_embeddings_free(struct dsa_token_embeddings *e);
 
 enum dsa_pool {
         DSA_POOL_DEFAULT = 0, /* the model's own default */
@@ -202,13 +217,21 @@ enum dsa_tokenize_flags {
 DSA_EXPORT int dsa_classify(struct dsa_session *s, const char *const *texts, size_t n,
                             struct dsa_classify_result **ret);
 
-/* Embeds texts: *ret is n * *ret_dim floats, row-major (text i at (*ret)[i * dim]), freed with
- * free(). */
+/* Embeds texts, one pooled vector each: *ret is n * *ret_dim floats, row-major (text i at
+ * (*ret)[i * dim]), freed with free(). */
 DSA_EXPORT int dsa_embed(struct dsa_session *s, const char *const *texts, size_t n,
                          enum dsa_pool pool, float **ret, size_t *ret_dim);
 
-/* Tokenizes texts (flags: enum dsa_tokenize_flags): *ret is an array of n struct dsa_tokens,
- * freed with dsa_tokens_free(). */
+/* Embeds texts without pooling (the ring's DSA_RING_POOL_NONE): *ret is an array of n struct
+ * dsa_token_embeddings, one per text with its own token count, freed with
+ * dsa_token_embeddings_free(). The response holds n_tokens * dim floats per text, so size the
+ * session's slots for it (4 bytes * hidden size * tokens, plus 4 per text and 8): -ENOBUFS
+ * otherwise. */
+DSA_EXPORT int dsa_embed_tokens(struct dsa_session *s, const char *const *texts, size_t n,
+                                struct dsa_token_embeddings **ret);
+
+/* Tokenizes texts (flags: enum dsa_tokenize_flags): *ret is an array of n struct dsa_tokens
+ * with ids and token strings, freed with dsa_tokens_free(). */
 DSA_EXPORT int dsa_tokenize(struct dsa_session *s, const char *const *texts, size_t n,
                             unsigned flags, struct dsa_tokens **ret);
 
@@ -235,6 +258,9 @@ struct dsa_result {
         float *embeddings;                    /* EMBED: n_texts * dim floats */
         size_t dim;
         struct dsa_tokens *tokens;            /* TOKENIZE: n_texts entries */
+        /* EMBED from dsa_session_submit_embed_tokens(): n_texts entries (and embeddings NULL;
+         * dim is set too). */
+        struct dsa_token_embeddings *token_embeddings;
 };
 
 /* Invoked from dsa_session_dispatch() (and from dsa_session_free() with -ECANCELED), on the
@@ -254,6 +280,9 @@ DSA_EXPORT int dsa_session_submit_classify(struct dsa_session *s, const char *co
 DSA_EXPORT int dsa_session_submit_embed(struct dsa_session *s, const char *const *texts,
                                         size_t n, enum dsa_pool pool, dsa_callback_t callback,
                                         void *userdata, uint64_t *ret_id);
+DSA_EXPORT int dsa_session_submit_embed_tokens(struct dsa_session *s, const char *const *texts,
+                                               size_t n, dsa_callback_t callback, void *userdata,
+                                               uint64_t *ret_id);
 DSA_EXPORT int dsa_session_submit_tokenize(struct dsa_session *s, const char *const *texts,
                                            size_t n, unsigned flags, dsa_callback_t callback,
                                            void *userdata, uint64_t *ret_id);
@@ -263,7 +292,8 @@ DSA_EXPORT int dsa_session_submit_nop(struct dsa_session *s, dsa_callback_t call
 /* A file descriptor to watch for POLLIN (g_unix_fd_add, uv_poll, epoll...): it becomes readable
  * when completions are ready, when a pending request's timeout passes, and when dsad or the bus
  * goes away; then call dsa_session_dispatch(). (It is an epoll fd over the ring's completion
- * eventfd, the D-Bus connection and a timer, owned by s: do not read or close it.) Spurious
+ * pipe, the D-Bus connection, a timer and a wake-up eventfd of libdsa's own, owned by s: do not
+ * read or close it.) Spurious
  * wake-ups are possible. Returns the fd, or -EINVAL when s is NULL. */
 DSA_EXPORT int dsa_session_get_fd(const struct dsa_session *s);
 

@@ -1,8 +1,10 @@
 /* dsa ring wire format: the shared-memory layout between dsad and libdsa.
  *
  * One session = one sealed memfd (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) mapped by both
- * sides, plus two eventfds: "submit" (client -> daemon doorbell) and "complete" (daemon ->
- * client). dsad creates all three in OpenSession and passes them over D-Bus as Unix fds.
+ * sides, plus two doorbells: "submit", an eventfd (client -> daemon), and "complete", the read
+ * end of a pipe (daemon -> client). dsad creates them in OpenSession and passes the memfd, the
+ * eventfd and the pipe's read end over D-Bus as Unix fds; the pipe's write end never leaves
+ * dsad.
  *
  * Layout of the memfd (all offsets from its start, all little-endian, as on the host):
  *
@@ -20,8 +22,11 @@
  * request per slot at a time), writes the request payload there, fills an SQE naming the slot,
  * bumps sq_tail, and writes 1 to the submit eventfd. dsad copies the SQE and the payload out of
  * shared memory before validating anything (the client may rewrite them at any time), runs the
- * request, writes the response payload into the same slot, pushes a CQE and writes 1 to the
- * complete eventfd. The slot belongs to the client again once its CQE is visible.
+ * request, writes the response payload into the same slot, pushes a CQE and writes a byte to the
+ * complete pipe (at least one per batch of completions; none while the pipe is full, since a
+ * full pipe already means a wake-up is pending). The client reads the pipe empty (any number
+ * of bytes; their values mean nothing) before it looks at cq_tail, so no CQE goes unnoticed.
+ * The slot belongs to the client again once its CQE is visible.
  *
  * Shared memory is hostile in both directions: dsad never reads the header's geometry back (it
  * keeps its own copy from creation), reads each index once per pass and clamps everything to
@@ -29,8 +34,11 @@
  *
  * Flow control: dsad keeps at most cq_entries requests of a session in flight; a client that
  * uses each slot for one request at a time and consumes its CQEs never sees a CQE overwritten.
- * Both eventfds are created O_NONBLOCK and the client shares their open file descriptions:
- * it must not change their file status flags (fcntl F_SETFL).
+ * Neither doorbell lets a client block dsad: dsad reads the submit eventfd with
+ * preadv2(RWF_NOWAIT), which ignores the file status flags the client shares (it may set the
+ * eventfd blocking or fill its counter), and writes completions into its own O_NONBLOCK write
+ * end of the pipe, an open file description the client never sees, so a client that stops
+ * reading only ever fills the pipe. Both fds reach the client O_NONBLOCK.
  *
  * What dsad rejects (CQE status -EINVAL unless said otherwise): slot >= n_slots (-EBADSLT);
  * len > slot_size; an unknown op; flags other than DSA_RING_SQE_NO_SPECIAL, or flags on an op
@@ -43,7 +51,12 @@
  *   request  CLASSIFY/EMBED/TOKENIZE: u32 n_texts, then n_texts times { u32 len, len bytes UTF-8 }
  *   response CLASSIFY: u32 n_texts, u32 n_labels, then per text { u32 label_id, f32 logits[n_labels] }
  *            EMBED:    u32 n_texts, u32 dim, then per text f32[dim]
- *            TOKENIZE: u32 n_texts, then per text { u32 n_ids, i32 ids[n_ids] }
+ *            EMBED with pool DSA_RING_POOL_NONE (every token's last hidden state, special tokens
+ *                      included, truncated to the model's context):
+ *                      u32 n_texts, u32 dim, then per text { u32 n_tokens, f32[n_tokens * dim] }
+ *            TOKENIZE: u32 n_texts, then per text { u32 n_ids, i32 ids[n_ids],
+ *                      then n_ids times { u32 len, len bytes: the token's vocabulary string
+ *                      ("##ing", "[CLS]"), UTF-8 without NUL } }
  *            NOP:      empty (request and response)
  * A request whose response would not fit in slot_size completes with -ENOBUFS. */
 #pragma once
@@ -51,7 +64,7 @@
 #include <stdint.h>
 
 #define DSA_RING_MAGIC 0x52415344u /* "DSAR" */
-#define DSA_RING_VERSION 1u
+#define DSA_RING_VERSION 2u /* 2: TOKENIZE responses carry token strings; EMBED pool NONE */
 #define DSA_RING_HEADER_SIZE 4096u
 
 enum dsa_ring_op {
@@ -66,6 +79,7 @@ enum dsa_ring_pool {
         DSA_RING_POOL_CLS = 1,
         DSA_RING_POOL_MEAN = 2,
         DSA_RING_POOL_POOLER = 3,
+        DSA_RING_POOL_NONE = 4,    /* no pooling: every token's hidden state (see EMBED below) */
 };
 
 enum dsa_ring_sqe_flags {

@@ -44,13 +44,32 @@ for o in sorted(opts - {"help"}):
 # usage
 check(run()[0] == 2, "no verb -> 2")
 rc, out, _ = run("--help")
-check(rc == 0 and all(v in out for v in ("tokenize", "classify", "embed", "import", "bench")),
+check(rc == 0 and all(v in out for v in ("tokenize", "classify", "embed", "import", "bench", "list", "ps",
+                                         "status", "load", "unload")),
       "--help lists every verb")
 expect_fail(2, ["frobnicate"], "unknown verb")
 expect_fail(2, ["classify", "x"], "classify without -m")
 expect_fail(2, ["embed", "-m", model, "--pool", "max", "x"], "bad --pool")
 expect_fail(2, ["classify", "-m", model, "--threads", "0", "x"], "--threads 0")
 expect_fail(2, ["import", model], "import without -o")
+expect_fail(2, ["--bus"], "--bus without a value")
+expect_fail(2, ["--frobnicate", "list"], "unknown global option")
+expect_fail(2, ["load"], "load without NAME")
+expect_fail(2, ["unload", "a", "b"], "unload with two NAMEs")
+expect_fail(2, ["list", "extra"], "list with an argument")
+expect_fail(2, ["status", "--bogus"], "status with an unknown option")
+expect_fail(2, ["load", "--json", "sst2"], "load --json")
+expect_fail(2, ["import", model, "-o", "x.gguf", "--bus", "session"], "import --bus")
+
+# dsad's verbs on a bus that is not there: one line, exit 1 (global and per-verb --bus, and
+# DSA_BUS_ADDRESS). A -m that names no file goes to dsad.
+nobus = "unix:path=/nonexistent/dsa-test-bus"
+expect_fail(1, ["--bus", nobus, "list"], "list, no bus")
+expect_fail(1, ["status", "--bus", nobus], "status --bus, no bus")
+expect_fail(1, ["--bus=" + nobus, "classify", "-m", "sst2", "x"], "classify -m NAME, no bus")
+os.environ["DSA_BUS_ADDRESS"] = nobus
+expect_fail(1, ["ps"], "ps, DSA_BUS_ADDRESS without a bus")
+del os.environ["DSA_BUS_ADDRESS"]
 
 # failures
 expect_fail(1, ["classify", "-m", "/nonexistent/model.gguf", "x"], "missing model")

@@ -217,6 +217,9 @@ int main(int argc, char **argv) {
                         r = request(path(dir, "request", "embed-mean.bin"), DSA_RING_OP_EMBED, 0,
                                     DSA_RING_POOL_MEAN, two, 2);
                 if (r >= 0)
+                        r = request(path(dir, "request", "embed-none.bin"), DSA_RING_OP_EMBED, 0,
+                                    DSA_RING_POOL_NONE, two, 2);
+                if (r >= 0)
                         r = request(path(dir, "request", "tokenize-no-special.bin"), DSA_RING_OP_TOKENIZE,
                                     DSA_RING_SQE_NO_SPECIAL, 0, one, 1);
                 if (r >= 0)

@@ -65,7 +65,8 @@ static void test_header_forged(void **state) {
         } while (0)
 
         EXPECT_BAD(h.magic = 0x12345678);
-        EXPECT_BAD(h.version = 2);
+        EXPECT_BAD(h.version = DSA_RING_VERSION + 1);
+        EXPECT_BAD(h.version = 1); /* before token strings: a different TOKENIZE response */
         EXPECT_BAD(h.sq_entries = 12);               /* not a power of two */
         EXPECT_BAD(h.sq_entries = 0);
         EXPECT_BAD(h.cq_entries = 24);
@@ -262,38 +263,107 @@ static void test_embed_decode(void **state) {
         assert_null(e);
 }
 
+static size_t put_token(uint8_t *p, const char *tok) {
+        size_t l = strlen(tok);
+
+        dsa__put_u32_le(p, (uint32_t) l);
+        memcpy(p + 4, tok, l);
+        return 4 + l;
+}
+
 static void test_tokenize_decode(void **state) {
-        uint8_t p[64];
+        uint8_t p[128];
         struct dsa_tokens *t = NULL;
-        size_t off = 4;
+        size_t off = 4, first_len;
         const int32_t a[] = { 101, 7592, 102 };
+        const char *const s[] = { "[CLS]", "##ing", "" };
 
         dsa__put_u32_le(p, 2);
         dsa__put_u32_le(p + off, 3), off += 4;
         for (int i = 0; i < 3; i++, off += 4)
                 dsa__put_u32_le(p + off, (uint32_t) a[i]);
+        first_len = off + 4; /* where the first string's bytes start */
+        for (int i = 0; i < 3; i++)
+                off += put_token(p + off, s[i]);
         dsa__put_u32_le(p + off, 0), off += 4;
 
         assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), 0);
         assert_int_equal(t[0].n_ids, 3);
         assert_memory_equal(t[0].ids, a, sizeof(a));
+        for (int i = 0; i < 3; i++)
+                assert_string_equal(t[0].tokens[i], s[i]);
         assert_int_equal(t[1].n_ids, 0);
         dsa_tokens_free(t);
 
         t = NULL;
         assert_int_equal(dsa__tokenize_decode(p, off + 1, 2, &t), -EPROTO); /* trailing */
         assert_int_equal(dsa__tokenize_decode(p, off - 4, 2, &t), -EPROTO); /* second count gone */
+        assert_int_equal(dsa__tokenize_decode(p, off - 5, 2, &t), -EPROTO); /* a string cut */
         assert_int_equal(dsa__tokenize_decode(p, off, 3, &t), -EPROTO);
+        /* A NUL inside a token. */
+        p[first_len + 1] = 0;
+        assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), -EPROTO);
+        p[first_len + 1] = 'C';
+        /* A string length that runs past the end, and one that wraps. */
+        dsa__put_u32_le(p + first_len - 4, 1000);
+        assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), -EPROTO);
+        dsa__put_u32_le(p + first_len - 4, 0xfffffffcu);
+        assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), -EPROTO);
+        dsa__put_u32_le(p + first_len - 4, 5);
+        assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), 0);
+        dsa_tokens_free(t);
+        t = NULL;
         dsa__put_u32_le(p + 4, 0xffffffffu); /* a count that runs past the end */
         assert_int_equal(dsa__tokenize_decode(p, off, 2, &t), -EPROTO);
         assert_null(t);
 }
 
+static void test_embed_tokens_decode(void **state) {
+        uint8_t p[8 + 4 + 2 * 3 * 4 + 4 + 1 * 3 * 4];
+        struct dsa_token_embeddings *e = NULL;
+        size_t off = 8;
+
+        dsa__put_u32_le(p, 2);
+        dsa__put_u32_le(p + 4, 3);
+        dsa__put_u32_le(p + off, 2), off += 4;
+        for (int i = 0; i < 6; i++, off += 4) {
+                float f = (float) i + 0.5f;
+                memcpy(p + off, &f, 4);
+        }
+        dsa__put_u32_le(p + off, 1), off += 4;
+        for (int i = 0; i < 3; i++, off += 4) {
+                float f = -(float) i;
+                memcpy(p + off, &f, 4);
+        }
+        assert_int_equal(off, sizeof(p));
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 2, &e), 0);
+        assert_int_equal(e[0].n_tokens, 2);
+        assert_int_equal(e[0].dim, 3);
+        assert_int_equal(e[1].n_tokens, 1);
+        assert_int_equal(e[1].dim, 3);
+        assert_true(e[0].hidden[5] == 5.5f);
+        assert_true(e[1].hidden[2] == -2.0f);
+        dsa_token_embeddings_free(e);
+
+        e = NULL;
+        assert_int_equal(dsa__embed_tokens_decode(p, off - 1, 2, &e), -EPROTO);
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 1, &e), -EPROTO); /* trailing text */
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 3, &e), -EPROTO);
+        dsa__put_u32_le(p + 8, 3); /* first text claims a token more */
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 2, &e), -EPROTO);
+        dsa__put_u32_le(p + 8, 0x55555556u); /* k * dim * 4 wraps */
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 2, &e), -EPROTO);
+        dsa__put_u32_le(p + 8, 2);
+        dsa__put_u32_le(p + 4, 0);
+        assert_int_equal(dsa__embed_tokens_decode(p, off, 2, &e), -EPROTO);
+        assert_null(e);
+}
+
 /* Encode a request, decode it as dsad's side would (by ring.h), then encode a TOKENIZE response
- * with one id per byte and decode it: the lengths come back. */
+ * with one id and one one-byte token per byte and decode it: the lengths come back. */
 static void test_round_trip(void **state) {
         const char *texts[] = { "a", "bc", "def", "" };
-        uint8_t req[128], resp[128];
+        uint8_t req[128], resp[256];
         size_t len, off = 4, roff = 4;
         struct dsa_tokens *t = NULL;
         uint32_t n;
@@ -307,14 +377,22 @@ static void test_round_trip(void **state) {
                 dsa__put_u32_le(resp + roff, l), roff += 4;
                 for (uint32_t k = 0; k < l; k++, roff += 4)
                         dsa__put_u32_le(resp + roff, req[off + k]);
+                for (uint32_t k = 0; k < l; k++) {
+                        dsa__put_u32_le(resp + roff, 1);
+                        resp[roff + 4] = req[off + k];
+                        roff += 5;
+                }
                 off += l;
         }
         assert_int_equal(off, len);
         assert_int_equal(dsa__tokenize_decode(resp, roff, 4, &t), 0);
         for (int i = 0; i < 4; i++) {
                 assert_int_equal(t[i].n_ids, strlen(texts[i]));
-                for (size_t k = 0; k < t[i].n_ids; k++)
+                for (size_t k = 0; k < t[i].n_ids; k++) {
                         assert_int_equal(t[i].ids[k], (unsigned char) texts[i][k]);
+                        assert_int_equal(strlen(t[i].tokens[k]), 1);
+                        assert_int_equal(t[i].tokens[k][0], texts[i][k]);
+                }
         }
         dsa_tokens_free(t);
 }
@@ -350,6 +428,9 @@ static void test_public_args(void **state) {
         assert_int_equal(dsa_session_dispatch(NULL), -EINVAL);
         assert_int_equal(dsa_nop(NULL), -EINVAL);
         assert_int_equal(dsa_session_submit_nop(NULL, NULL, NULL, NULL), -EINVAL);
+        assert_int_equal(dsa_embed_tokens(NULL, NULL, 0, NULL), -EINVAL);
+        assert_int_equal(dsa_session_submit_embed_tokens(NULL, NULL, 0, NULL, NULL, NULL), -EINVAL);
+        assert_null(dsa_token_embeddings_free(NULL));
         assert_null(dsa_model_info_free(NULL, 3));
         assert_null(dsa_session_info_free(NULL, 3));
         assert_null(dsa_status_free(NULL));
@@ -365,6 +446,7 @@ int main(void) {
                 cmocka_unit_test(test_classify_decode),
                 cmocka_unit_test(test_embed_decode),
                 cmocka_unit_test(test_tokenize_decode),
+                cmocka_unit_test(test_embed_tokens_decode),
                 cmocka_unit_test(test_round_trip),
                 cmocka_unit_test(test_errno_map),
                 cmocka_unit_test(test_public_args),

@@ -119,6 +119,12 @@ static void test_decode_valid(void **state) {
         assert_null(r->model);
         dsad_request_free(r);
 
+        /* EMBED without pooling. */
+        sqe.pool = DSA_RING_POOL_NONE;
+        assert_int_equal(decode(&sqe, &b, &r), 0);
+        assert_int_equal(r->pool, DSA_RING_POOL_NONE);
+        dsad_request_free(r);
+
         /* Tokenize with NO_SPECIAL, an empty text, UTF-8. */
         static const char *const t2[] = { "", "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80" };
         b.n = 0;
@@ -188,7 +194,8 @@ static void test_decode_lies(void **state) {
         WITH(DSA_RING_OP_TOKENIZE, { sqe.flags = 2; });
         WITH(DSA_RING_OP_TOKENIZE, { sqe.flags = 0x80000001u; });
         WITH(DSA_RING_OP_CLASSIFY, { sqe.flags = DSA_RING_SQE_NO_SPECIAL; });
-        WITH(DSA_RING_OP_EMBED, { sqe.pool = 4; });
+        WITH(DSA_RING_OP_EMBED, { sqe.pool = DSA_RING_POOL_NONE + 1; });
+        WITH(DSA_RING_OP_TOKENIZE, { sqe.pool = DSA_RING_POOL_NONE; });
         WITH(DSA_RING_OP_EMBED, { sqe.pool = 0xffffffffu; });
         WITH(DSA_RING_OP_CLASSIFY, { sqe.pool = DSA_RING_POOL_CLS; });
         WITH(DSA_RING_OP_CLASSIFY, { sqe.slot = 4; });
@@ -383,13 +390,69 @@ static void test_run_tokenize(void **state) {
                         assert_int_equal(get32(out + off), e.n);
                         assert_memory_equal(out + off + 4, e.ids, e.n * 4);
                         off += 4 + 4 * e.n;
+                        /* Then each token's vocabulary string. */
+                        for (size_t j = 0; j < e.n; j++) {
+                                const char *tok = dsa_tokenizer_token(t, e.ids[j]);
+                                assert_non_null(tok);
+                                assert_int_equal(get32(out + off), strlen(tok));
+                                assert_memory_equal(out + off + 4, tok, strlen(tok));
+                                off += 4 + strlen(tok);
+                        }
+                        if (special) {
+                                assert_true(e.n >= 2);
+                                assert_int_equal(get32(out + off - 4 - strlen("[SEP]")), 5);
+                        }
                         dsa_encoding_clear(&e);
                 }
                 assert_int_equal(off, len);
                 assert_int_equal(dsad_request_run(r, out, (size_t) len - 1), -ENOBUFS);
+                assert_int_equal(dsad_request_run(r, out, (size_t) len - 6), -ENOBUFS);
                 assert_int_equal(dsad_request_run(r, out, 3), -ENOBUFS);
                 dsad_request_free(r);
         }
+}
+
+/* EMBED without pooling: per text its tokens' last hidden states, as a forward pass of that
+ * text alone computes them. */
+static void test_run_embed_tokens(void **state) {
+        static uint8_t out[1 << 20];
+        const struct dsa_bert_config *c;
+        const struct dsa_tokenizer *t;
+
+        if (!model.engine)
+                skip();
+        c = dsa_model_bert_config(model.engine);
+        t = dsa_model_tokenizer(model.engine);
+        struct dsad_request *r = make(DSA_RING_OP_EMBED, 0, DSA_RING_POOL_NONE, texts, 3);
+        ssize_t len = dsad_request_run(r, out, sizeof(out));
+        size_t off = 8;
+        assert_true(len > 8);
+        assert_int_equal(get32(out), 3);
+        assert_int_equal(get32(out + 4), c->n_embd);
+        for (size_t i = 0; i < 3; i++) {
+                struct dsa_encoding e = {};
+                assert_int_equal(dsa_tokenizer_encode(t, texts[i], strlen(texts[i]), NULL, 0, DSA_ENCODE_SPECIAL,
+                                                      c->n_ctx, &e), 0);
+                assert_int_equal(get32(out + off), e.n);
+                off += 4;
+                float *want = malloc(e.n * c->n_embd * sizeof(float));
+                float *got = malloc(e.n * c->n_embd * sizeof(float));
+                uint8_t *mask = malloc(e.n);
+                memset(mask, 1, e.n);
+                struct dsa_batch b = { .B = 1, .T = e.n, .ids = e.ids, .type_ids = e.type_ids, .mask = mask };
+                assert_int_equal(dsa_model_forward(model.engine, &b, want, NULL), 0);
+                memcpy(got, out + off, e.n * c->n_embd * sizeof(float));
+                assert_true(dsa_test_check_tensor("hidden", got, want, e.n * c->n_embd, 1e-5f, 1e-4f));
+                off += e.n * c->n_embd * sizeof(float);
+                free(want);
+                free(got);
+                free(mask);
+                dsa_encoding_clear(&e);
+        }
+        assert_int_equal(off, len);
+        assert_int_equal(dsad_request_run(r, out, (size_t) len - 1), -ENOBUFS);
+        assert_int_equal(dsad_request_run(r, out, 8), -ENOBUFS);
+        dsad_request_free(r);
 }
 
 static void test_run_nop(void **state) {
@@ -486,6 +549,7 @@ int main(void) {
                 cmocka_unit_test(test_run_classify),
                 cmocka_unit_test(test_run_embed),
                 cmocka_unit_test(test_run_tokenize),
+                cmocka_unit_test(test_run_embed_tokens),
                 cmocka_unit_test(test_run_nop),
                 cmocka_unit_test(test_run_batch),
         };

@@ -169,6 +169,7 @@ static void expect_no_more(struct client *c) {
 
 static void test_geometry(void **state) {
         struct client c;
+        struct stat st;
         struct dsad_session *s = NULL;
         struct dsad d = {};
         struct dsad_model m = {};
@@ -196,6 +197,14 @@ static void test_geometry(void **state) {
         assert_true(ftruncate(c.ring, (off_t) c.size * 2) < 0);
         assert_true(fcntl(c.submit, F_GETFL) & O_NONBLOCK);
         assert_true(fcntl(c.complete, F_GETFL) & O_NONBLOCK);
+        /* The completion doorbell is a pipe's read end: the client cannot write it (so it can
+         * neither fake nor clog completions), and the write end is not among its fds. */
+        assert_int_equal(fstat(c.complete, &st), 0);
+        assert_true(S_ISFIFO(st.st_mode));
+        assert_int_equal(fcntl(c.complete, F_GETFL) & O_ACCMODE, O_RDONLY);
+        assert_int_equal(write(c.complete, "x", 1), -1);
+        assert_int_equal(errno, EBADF);
+        assert_true(fcntl(c.complete, F_GETFD) & FD_CLOEXEC);
         assert_true(fcntl(c.ring, F_GETFD) & FD_CLOEXEC);
         uint64_t shm = 0;
         dsad_session_stats(c.s, NULL, NULL, &shm);
@@ -408,6 +417,47 @@ static void test_close_in_flight(void **state) {
         client_close(&c);
 }
 
+/* A hostile client makes its completion fd blocking, shrinks the pipe to one page and never
+ * reads it: dsad's workers must still complete every request (the client reads only the CQ).
+ * With the old shared eventfd, the same client could park a worker in write() for good. */
+static void test_complete_never_read(void **state) {
+        struct client c;
+        struct dsa_ring_cqe cqe[16];
+        int fl, size;
+        const uint32_t rounds = 600; /* 600 * 16 completions: far more bytes than the pipe holds */
+
+        client_open(&c, 16, 64, 2);
+        fl = fcntl(c.complete, F_GETFL);
+        assert_true(fl >= 0);
+        assert_int_equal(fcntl(c.complete, F_SETFL, fl & ~O_NONBLOCK), 0);
+        size = fcntl(c.complete, F_SETPIPE_SZ, 4096);
+        assert_true(size >= 4096);
+        for (uint32_t round = 0; round < rounds; round++) {
+                for (uint32_t i = 0; i < 16; i++)
+                        push(&c, round * 16 + i, DSA_RING_OP_NOP, i, NULL, 0);
+                dsad_session_doorbell(c.s);
+                for (int tries = 0; load_acq(&hdr(&c)->cq_tail) - c.cq_head < 16; tries++) {
+                        assert_true(tries < 5000);
+                        usleep(1000);
+                }
+                for (uint32_t i = 0; i < 16; i++) {
+                        memcpy(&cqe[i], c.map + c.g.cq_offset + (c.cq_head & (c.g.cq_entries - 1)) * sizeof(cqe[i]),
+                               sizeof(cqe[i]));
+                        c.cq_head++;
+                        assert_int_equal(cqe[i].status, 0);
+                }
+                store_rel(&hdr(&c)->cq_head, c.cq_head);
+        }
+        uint64_t done = 0;
+        dsad_session_stats(c.s, &done, NULL, NULL);
+        assert_int_equal(done, rounds * 16);
+        assert_true(rounds * 16 > (uint32_t) size);
+        /* The pipe is full and still readable: the wake-up was never lost. */
+        struct pollfd p = { .fd = c.complete, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, 0), 1);
+        client_close(&c); /* the scheduler joins its workers: none is stuck */
+}
+
 /* The doorbell through the real io_uring (or the epoll fallback) and a libuv loop. */
 static void test_uring(void **state) {
         struct client c;
@@ -462,6 +512,7 @@ int main(void) {
                 cmocka_unit_test(test_rewritten_geometry),
                 cmocka_unit_test(test_backpressure),
                 cmocka_unit_test(test_close_in_flight),
+                cmocka_unit_test(test_complete_never_read),
                 cmocka_unit_test(test_uring),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
