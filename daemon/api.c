@@ -131,25 +131,44 @@ static char *model_path(const char *name) {
 }
 
 /* Reads "as" and checks the limits of the doc. */
+/* Reads the "as" argument one string at a time and stops at the first that breaks a limit:
+ * sd_bus_message_read_strv() would first copy a whole array of millions of strings (in time
+ * that grows with its square) on the loop thread, before any limit could be checked. */
 static int read_texts(sd_bus_message *m, char ***ret, size_t *ret_n, sd_bus_error *error) {
         _cleanup_(strv_freep) char **texts = NULL;
         size_t n = 0;
         int r;
 
-        r = sd_bus_message_read_strv(m, &texts);
+        texts = calloc(TEXTS_MAX + 1, sizeof(char *));
+        if (!texts)
+                return -ENOMEM;
+        r = sd_bus_message_enter_container(m, 'a', "s");
         if (r < 0)
                 return r;
-        for (char **t = texts; t && *t; t++, n++)
-                if (strlen(*t) > TEXT_BYTES_MAX)
+        for (;;) {
+                const char *t;
+                r = sd_bus_message_read_basic(m, 's', &t);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                if (n == TEXTS_MAX)
+                        return sd_bus_error_setf(error, ERROR_INVALID_ARGS, "More than %u texts per call",
+                                                 TEXTS_MAX);
+                if (strlen(t) > TEXT_BYTES_MAX)
                         return sd_bus_error_setf(error, ERROR_INVALID_ARGS, "Text %zu is longer than %u bytes",
                                                  n, TEXT_BYTES_MAX);
+                texts[n] = strdup(t);
+                if (!texts[n])
+                        return -ENOMEM;
+                n++;
+        }
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
         if (n == 0)
                 return sd_bus_error_set(error, ERROR_INVALID_ARGS, "No texts given");
-        if (n > TEXTS_MAX)
-                return sd_bus_error_setf(error, ERROR_INVALID_ARGS, "%zu texts; at most %u per call", n,
-                                         TEXTS_MAX);
-        *ret = texts;
-        texts = NULL;
+        *ret = TAKE_PTR(texts);
         *ret_n = n;
         return 0;
 }

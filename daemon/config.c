@@ -101,6 +101,15 @@ static int handler(void *user, const char *section, const char *name, const char
                         p->c.queue_max = (unsigned) v;
                 else
                         dsad_log(LOG_ERR, "%s:%u: queue_max= wants 1 to 1048576: '%s'", p->path, p->lineno, value);
+        } else if (strcmp(name, "batch_max") == 0) {
+                r = parse_uint(value, DSAD_BATCH_MAX, &v);
+                if (r >= 0 && v == 0)
+                        r = -ERANGE;
+                if (r >= 0)
+                        p->c.batch_max = (unsigned) v;
+                else
+                        dsad_log(LOG_ERR, "%s:%u: batch_max= wants 1 to %u: '%s'", p->path, p->lineno,
+                                 DSAD_BATCH_MAX, value);
         } else
                 dsad_log(LOG_WARNING, "%s:%u: unknown key '%s' in [daemon], ignoring.", p->path, p->lineno, name);
 
@@ -122,6 +131,7 @@ int dsad_config_defaults(struct dsad_config *c) {
                 .workers = 0,
                 .idle_unload_seconds = 0,
                 .queue_max = DEFAULT_QUEUE_MAX,
+                .batch_max = DSAD_BATCH_MAX,
         };
         return 0;
 }

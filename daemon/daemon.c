@@ -108,8 +108,11 @@ static void on_sighup(uv_signal_t *s, int signum) {
                         dsad_log(LOG_WARNING, "workers= changes apply at restart, ignoring.");
                 if (c.queue_max != d->config.queue_max)
                         dsad_log(LOG_WARNING, "queue_max= changes apply at restart, ignoring.");
+                if (c.batch_max != d->config.batch_max)
+                        dsad_log(LOG_WARNING, "batch_max= changes apply at restart, ignoring.");
                 c.workers = d->config.workers;
                 c.queue_max = d->config.queue_max;
+                c.batch_max = d->config.batch_max;
                 dsad_config_clear(&d->config);
                 d->config = c;
                 (void) dsad_registry_scan(d);
@@ -216,7 +219,7 @@ int dsad_new(const struct dsad_options *o, struct dsad **ret) {
                          strerror(-r));
         dsad_registry_config_changed(d);
 
-        r = dsad_scheduler_new(d, d->config.workers, d->config.queue_max, &d->scheduler);
+        r = dsad_scheduler_new(d, d->config.workers, d->config.queue_max, d->config.batch_max, &d->scheduler);
         if (r < 0)
                 return dsad_log_errno(LOG_ERR, r, "Failed to start %u workers: %m", d->config.workers);
         r = dsad_uring_new(d, &d->uring);

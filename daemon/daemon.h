@@ -37,7 +37,10 @@ struct dsad_config {
         unsigned workers;             /* 0 = online cores */
         unsigned idle_unload_seconds; /* 0 = never */
         unsigned queue_max;           /* requests waiting, across sessions */
+        unsigned batch_max;           /* requests run together in one engine call, 1..DSAD_BATCH_MAX */
 };
+
+#define DSAD_BATCH_MAX 64u
 
 struct dsad {
         uv_loop_t *loop;
@@ -160,7 +163,9 @@ void dsad__session_unref(struct dsad_session *s);
 bool dsad__session_closed(const struct dsad_session *s); /* any thread */
 
 /* ---- scheduler.c */
-int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, struct dsad_scheduler **ret);
+/* batch_max: at most this many requests per engine call (1 = no batching; 0 = DSAD_BATCH_MAX). */
+int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, unsigned batch_max,
+                       struct dsad_scheduler **ret);
 /* Drains in-flight work then stops the workers. */
 struct dsad_scheduler *dsad_scheduler_free(struct dsad_scheduler *s);
 /* Takes ownership of req; -EBUSY when the queue is full (the caller completes it with -EBUSY).

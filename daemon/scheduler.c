@@ -14,7 +14,7 @@
 #include "daemon.h"
 
 #define BATCH_TEXTS_MAX 64u
-#define BATCH_REQS_MAX 64u
+#define BATCH_REQS_MAX DSAD_BATCH_MAX
 #define QUEUE_MAX_DEFAULT 1024u
 
 struct dsad_scheduler {
@@ -24,6 +24,7 @@ struct dsad_scheduler {
         struct dsad_request *head, *tail;
         unsigned depth; /* read without the lock by dsad_scheduler_depth() */
         unsigned queue_max;
+        unsigned batch_max; /* <= BATCH_REQS_MAX */
         bool stopping;
         pthread_t *threads;
         unsigned n_threads;
@@ -52,7 +53,7 @@ static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) 
         first->next = NULL;
         batch[0] = first;
         pp = &s->head;
-        while (*pp && n < BATCH_REQS_MAX && texts < BATCH_TEXTS_MAX) {
+        while (*pp && n < s->batch_max && texts < BATCH_TEXTS_MAX) {
                 struct dsad_request *r = *pp;
                 if (batchable(first, r) && texts + r->n_texts <= BATCH_TEXTS_MAX) {
                         *pp = r->next;
@@ -122,7 +123,8 @@ static void *worker(void *userdata) {
         return NULL;
 }
 
-int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, struct dsad_scheduler **ret) {
+int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, unsigned batch_max,
+                       struct dsad_scheduler **ret) {
         struct dsad_scheduler *s;
         int r;
 
@@ -137,6 +139,7 @@ int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, str
                 return -ENOMEM;
         s->d = d;
         s->queue_max = queue_max ? queue_max : QUEUE_MAX_DEFAULT;
+        s->batch_max = batch_max ? MIN(batch_max, BATCH_REQS_MAX) : BATCH_REQS_MAX;
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->work, NULL);
         s->threads = calloc(workers, sizeof(*s->threads));
@@ -190,8 +193,9 @@ int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req) {
                 s->head = req;
         s->tail = req;
         __atomic_store_n(&s->depth, s->depth + 1, __ATOMIC_RELAXED);
-        pthread_cond_signal(&s->work);
         pthread_mutex_unlock(&s->lock);
+        /* Signalled after unlocking, so the woken worker does not block at once on our lock. */
+        pthread_cond_signal(&s->work);
         return 0;
 }
 

@@ -17,8 +17,8 @@
 #   --workers      dsad's worker threads (default 1: one request at a time on every core)
 #   --rounds       batching on/off rounds, each on a fresh dsad (default 3)
 #   --quick        fewer samples everywhere (a smoke run, not figures to quote)
-#   --nobatch-dsad a dsad binary that runs one request at a time, for test 4's baseline when
-#                  BUILD_DIR's dsad has no switch for it (DSA_MAX_BATCH=1 in its environment)
+#   --nobatch-dsad another dsad binary for test 4's one-request-at-a-time baseline (default:
+#                  the same dsad with batch_max = 1 in its config)
 #   --model-dir    where the BERT-base model is cached (default tests/bench/out/bert-base)
 set -euo pipefail
 
@@ -105,6 +105,7 @@ mkdir -p "$store"
 ln "$bert_gguf" "$store/bertbase.gguf" 2>/dev/null || cp "$bert_gguf" "$store/bertbase.gguf"
 cp "$root/models/sst2-bert-4l256.gguf" "$store/sst2.gguf"
 printf '[daemon]\n' >"$tmp/dsad.conf"
+printf '[daemon]\nbatch_max = 1\n' >"$tmp/dsad-nobatch.conf"
 
 addr=unix:path=$tmp/bus
 dbus-daemon --session --nofork --nopidfile --address="$addr" >"$tmp/dbus.log" 2>&1 &
@@ -113,14 +114,13 @@ for _ in $(seq 1 100); do [ -S "$tmp/bus" ] && break; sleep 0.05; done
 [ -S "$tmp/bus" ] || die "dbus-daemon did not start: $(cat "$tmp/dbus.log")"
 export DSA_BUS_ADDRESS=$addr
 
-# start_dsad LABEL [dsad binary] [VAR=value...]: a fresh dsad, ready when it answers GetStatus.
+# start_dsad LABEL [dsad binary] [config file]: a fresh dsad, ready when it answers GetStatus.
 n_dsad=0
 start_dsad() {
-        local label=$1 bin=${2:-$dsad}
-        shift 2 || shift $#
+        local label=$1 bin=${2:-$dsad} conf=${3:-$tmp/dsad.conf}
         stop_dsad
         n_dsad=$((n_dsad + 1))
-        env "$@" "$bin" --bus "$addr" --store "$store" --config "$tmp/dsad.conf" --foreground \
+        "$bin" --bus "$addr" --store "$store" --config "$conf" --foreground \
                 --workers "$workers" --idle-unload 0 >"$tmp/dsad-$n_dsad-$label.log" 2>&1 &
         dsad_pid=$!
         for _ in $(seq 1 200); do
@@ -172,21 +172,15 @@ for m in bertbase sst2; do
                 --clients 64 --requests 3 memory || status=1
 done
 
-# 4: batching on vs off, alternating, a fresh dsad each
-nobatch_how=
-if [ -n "$nobatch_dsad" ]; then
-        nobatch_how="--nobatch-dsad $nobatch_dsad with DSA_MAX_BATCH=1"
-elif grep -q DSA_MAX_BATCH "$dsad"; then
-        nobatch_dsad=$dsad nobatch_how="DSA_MAX_BATCH=1"
-fi
-say "4/5 batching: 16 clients on the bundled model, on vs off (${nobatch_how:-no switch in dsad: off not measured})"
+# 4: batching on vs off (batch_max = 1 in dsad.conf), alternating, a fresh dsad each
+nobatch_dsad=${nobatch_dsad:-$dsad}
+nobatch_how="batch_max = 1"
+say "4/5 batching: 16 clients on the bundled model, on vs off ($nobatch_how)"
 for r in $(seq 1 "$rounds"); do
         start_dsad batch-on
         run_bench batch-on --model sst2 --clients 16 --seconds "$batch_s" batch || status=1
-        if [ -n "$nobatch_dsad" ]; then
-                start_dsad batch-off "$nobatch_dsad" DSA_MAX_BATCH=1
-                run_bench batch-off --model sst2 --clients 16 --seconds "$batch_s" batch || status=1
-        fi
+        start_dsad batch-off "$nobatch_dsad" "$tmp/dsad-nobatch.conf"
+        run_bench batch-off --model sst2 --clients 16 --seconds "$batch_s" batch || status=1
 done
 
 # 5: correctness under load

@@ -293,9 +293,10 @@ static void malformed_dbus(void) {
         expect_error(bus, "LoadModel", "org.dsa.Error.NoSuchModel", "s", "nosuch");
         expect_error(bus, "UnloadModel", "org.dsa.Error.InvalidArgs", "s", ".hidden");
 
-        /* 100 000 texts in one call (10 000 under ASan: dsad reads the whole array before it
-         * counts, in quadratic time, and blocks its loop meanwhile; 100k take 2 s, 60 s under ASan). */
-        const int n_many = ITEST_ASAN ? 10000 : 100000;
+        /* 100 000 texts in one call: dsad stops reading at the 1025th and refuses. (It used to copy
+         * the whole array first, in time quadratic in its length, blocking its loop.) The time is
+         * printed, not asserted: no test fails on wall-clock time. */
+        const int n_many = 100000;
         uint64_t t0 = itest_now_ms();
         many = calloc((size_t) n_many + 1, sizeof(char *));
         CHECK(many, "oom");
@@ -311,8 +312,6 @@ static void malformed_dbus(void) {
         CHECK(r < 0 && e.name && !strcmp(e.name, "org.dsa.Error.InvalidArgs"), "Classify with %d texts: %s (%s)",
               n_many, r >= 0 ? "a method return" : e.name ?: strerror(-r), e.message ?: "");
         fprintf(stderr, "Classify with %d texts refused in %llu ms\n", n_many, (unsigned long long) (itest_now_ms() - t0));
-        CHECK(itest_now_ms() - t0 < 10000, "refusing %d texts took %llu ms", n_many,
-              (unsigned long long) (itest_now_ms() - t0));
         sd_bus_error_free(&e);
         m = sd_bus_message_unref(m);
         reply = sd_bus_message_unref(reply);

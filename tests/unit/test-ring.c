@@ -4,7 +4,8 @@
  * (ignored), backpressure (never more in flight than the CQ holds, resumed by completions),
  * closing with requests in flight, and the doorbell through io_uring (or its epoll fallback).
  * The registry and logging are stubbed; a gate in the stubbed dsad_model_loaded() holds the
- * workers so requests stay in flight on demand. */
+ * workers so requests stay in flight on demand. NOPs are answered on the loop thread, so the
+ * requests held in flight are TOKENIZE requests on the bundled model. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -33,8 +34,10 @@ static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
 static bool gate_closed;
 
+static struct dsa_model *engine; /* the bundled model, for requests that reach a worker */
+
 const struct dsa_model *dsad_model_engine(const struct dsad_model *m) {
-        return NULL; /* NOP needs no engine */
+        return engine;
 }
 struct dsad_model *dsad_model_ref(struct dsad_model *m) {
         __atomic_fetch_add(&m->refs, 1, __ATOMIC_SEQ_CST);
@@ -109,7 +112,7 @@ static void client_open(struct client *c, uint32_t slots, uint32_t slot_size, un
 
         memset(c, 0, sizeof(*c));
         main_thread = pthread_self();
-        assert_int_equal(dsad_scheduler_new(&c->d, workers, 0, &c->d.scheduler), 0);
+        assert_int_equal(dsad_scheduler_new(&c->d, workers, 0, 0, &c->d.scheduler), 0);
         assert_int_equal(dsad__session_new(&c->d, dsad_model_ref(&c->model), slots, slot_size, &c->s), 0);
         assert_int_equal(c->d.n_sessions, 1);
         assert_ptr_equal(dsad_session_find(&c->d, dsad_session_id(c->s)), c->s);
@@ -138,6 +141,13 @@ static void push(struct client *c, uint64_t user_data, uint32_t op, uint32_t slo
                 memcpy(c->map + c->g.data_offset + (size_t) slot * c->g.slot_size, payload, len);
         memcpy(c->map + c->g.sq_offset + (c->sq_tail & (c->g.sq_entries - 1)) * sizeof(sqe), &sqe, sizeof(sqe));
         store_rel(&hdr(c)->sq_tail, ++c->sq_tail);
+}
+
+/* A TOKENIZE request of one text "x" (ring.h payload), small enough for 64-byte slots. */
+static void push_work(struct client *c, uint64_t user_data, uint32_t slot) {
+        static const uint8_t payload[] = { 1, 0, 0, 0, 1, 0, 0, 0, 'x' };
+
+        push(c, user_data, DSA_RING_OP_TOKENIZE, slot, payload, sizeof(payload));
 }
 
 static void ring_doorbell(struct client *c) {
@@ -372,10 +382,11 @@ static void test_backpressure(void **state) {
         gate(true);
         client_open(&c, 4, 64, 2);
         for (uint32_t i = 0; i < 4; i++)
-                push(&c, i, DSA_RING_OP_NOP, i, NULL, 0);
+                push_work(&c, i, i);
         dsad_session_doorbell(c.s);
         assert_int_equal(load_acq(&hdr(&c)->sq_head), 4);
-        /* Four in flight (held by the gate) = cq_entries: the next four wait in the SQ. */
+        /* Four in flight (held by the gate) = cq_entries: the next four wait in the SQ. They are
+         * NOPs, which need no slot contents: the slots still belong to the requests in flight. */
         for (uint32_t i = 0; i < 4; i++)
                 push(&c, 10 + i, DSA_RING_OP_NOP, i, NULL, 0);
         dsad_session_doorbell(c.s);
@@ -406,7 +417,7 @@ static void test_close_in_flight(void **state) {
         gate(true);
         client_open(&c, 4, 64, 1);
         for (uint32_t i = 0; i < 4; i++)
-                push(&c, i, DSA_RING_OP_NOP, i, NULL, 0);
+                push_work(&c, i, i);
         dsad_session_doorbell(c.s);
         assert_int_equal(dsad_session_close(&c.d, c.s), 0);
         assert_null(dsad_session_find(&c.d, "1"));
@@ -504,6 +515,16 @@ static void test_uring(void **state) {
 }
 
 int main(void) {
+        char path[4096];
+        const char *src = getenv("DSA_SOURCE_DIR");
+        int r;
+
+        snprintf(path, sizeof(path), "%s/models/sst2-bert-4l256.gguf", src && *src ? src : ".");
+        r = dsa_model_open(path, &engine);
+        if (r < 0) {
+                fprintf(stderr, "cannot open the bundled model %s: %s\n", path, strerror(-r));
+                return 1;
+        }
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_geometry),
                 cmocka_unit_test(test_nop_round_trip),
@@ -515,5 +536,7 @@ int main(void) {
                 cmocka_unit_test(test_complete_never_read),
                 cmocka_unit_test(test_uring),
         };
-        return cmocka_run_group_tests(tests, NULL, NULL);
+        r = cmocka_run_group_tests(tests, NULL, NULL);
+        dsa_model_free(engine);
+        return r;
 }
