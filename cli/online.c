@@ -246,20 +246,30 @@ static void print_json(struct json_object *o) {
         json_object_put(o);
 }
 
+/* The start of the verbs without arguments: options, then the bus. -1 when the verb goes on
+ * with the client in *ret, else the exit status to return. */
+static int control_open(int argc, char **argv, const char *verb, bool *json, struct dsa_client **ret) {
+        int idx = parse_control(argc, argv, json);
+
+        if (idx < 0)
+                return idx == -1 ? 0 : 2;
+        if (idx != argc)
+                return usage(verb, "takes no arguments");
+        if (connect_bus(ret) < 0)
+                return 1;
+        return -1;
+}
+
 int verb_list(int argc, char **argv) {
         struct dsa_client *c = NULL;
         struct dsa_model_info *m = NULL;
         bool json = false;
         size_t n = 0;
-        int idx, r;
+        int r;
 
-        idx = parse_control(argc, argv, &json);
-        if (idx < 0)
-                return idx == -1 ? 0 : 2;
-        if (idx != argc)
-                return usage("list", "takes no arguments");
-        if (connect_bus(&c) < 0)
-                return 1;
+        r = control_open(argc, argv, "list", &json, &c);
+        if (r >= 0)
+                return r;
         r = dsa_client_list_models(c, &m, &n);
         if (r < 0) {
                 online_error(c, r, "list");
@@ -292,15 +302,11 @@ int verb_ps(int argc, char **argv) {
         struct dsa_session_info *s = NULL;
         bool json = false;
         size_t n = 0;
-        int idx, r;
+        int r;
 
-        idx = parse_control(argc, argv, &json);
-        if (idx < 0)
-                return idx == -1 ? 0 : 2;
-        if (idx != argc)
-                return usage("ps", "takes no arguments");
-        if (connect_bus(&c) < 0)
-                return 1;
+        r = control_open(argc, argv, "ps", &json, &c);
+        if (r >= 0)
+                return r;
         r = dsa_client_list_sessions(c, &s, &n);
         if (r < 0) {
                 online_error(c, r, "ps");
@@ -332,15 +338,11 @@ int verb_status(int argc, char **argv) {
         struct dsa_client *c = NULL;
         struct dsa_status *st = NULL;
         bool json = false;
-        int idx, r;
+        int r;
 
-        idx = parse_control(argc, argv, &json);
-        if (idx < 0)
-                return idx == -1 ? 0 : 2;
-        if (idx != argc)
-                return usage("status", "takes no arguments");
-        if (connect_bus(&c) < 0)
-                return 1;
+        r = control_open(argc, argv, "status", &json, &c);
+        if (r >= 0)
+                return r;
         r = dsa_client_status(c, &st);
         if (r < 0) {
                 online_error(c, r, "status");

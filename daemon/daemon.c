@@ -14,6 +14,7 @@
 #include <systemd/sd-journal.h>
 #include <time.h>
 
+#include "basic/time-util.h"
 #include "daemon.h"
 
 struct dsad_loop {
@@ -50,12 +51,6 @@ static void log_v(int priority, const char *fmt, va_list ap) {
                 fprintf(stderr, "<%d>", priority);
         vfprintf(stderr, fmt, ap);
         fputc('\n', stderr);
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
 /* Defaults, then the file, then the command line. -ENOENT for a missing file is fine unless

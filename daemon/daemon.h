@@ -4,7 +4,9 @@
  *
  *   main.c       options, context, run, clean up (thin)
  *   bus.c        sd-bus connection driven by the libuv loop
- *   api.c        org.dsa.Daemon1 / org.dsa.Model1 vtables and method handlers
+ *   api.c        org.dsa.Daemon1: vtable, admin/session/status methods, D-Bus setup
+ *   api-infer.c  Classify/Embed/Tokenize through the scheduler, replies from the loop thread
+ *   api-model.c  org.dsa.Model1 objects, model-name checks, registry errors as D-Bus errors
  *   registry.c   the model store: list, load (mmap once), unload, idle-unload timer
  *   config.c     /etc/dsa/dsad.conf (inih), SIGHUP reload
  *   session.c    OpenSession: sealed memfd ring, submit eventfd, complete pipe; lifetime tied to the D-Bus peer

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "daemon.h"
 #include "engine/gguf.h"
 
@@ -45,12 +46,6 @@ struct dsad_registry {
 };
 
 /* ---- helpers */
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 static void strv_free(char **v, size_t n) {
         if (!v)

@@ -7,21 +7,11 @@
 #include <string.h>
 
 #include "basic/error.h"
+#include "basic/unaligned.h"
 #include "daemon.h"
 #include "engine/tokenizer.h"
 
 #define REQUEST_TEXTS_MAX 1024u
-
-static uint32_t get_u32(const uint8_t *p) {
-        uint32_t v;
-
-        memcpy(&v, p, sizeof(v));
-        return v;
-}
-
-static void put_u32(uint8_t *p, uint32_t v) {
-        memcpy(p, &v, sizeof(v));
-}
 
 /* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF) without NUL: what the
  * tokenizer accepts, and what survives being handed to it as a C string. */
@@ -97,14 +87,14 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
                  * allocation size can trust them. */
                 if (payload_len < 4)
                         return dsa__error(-EINVAL, "payload too short for a text count");
-                n = get_u32(payload);
+                n = unaligned_read_ne32(payload);
                 off = 4;
                 if (n == 0 || n > REQUEST_TEXTS_MAX)
                         return dsa__error(-EINVAL, "%zu texts (1..%u)", n, REQUEST_TEXTS_MAX);
                 for (size_t i = 0; i < n; i++) {
                         if (payload_len - off < 4)
                                 return dsa__error(-EINVAL, "text %zu: length runs past the payload", i);
-                        uint32_t len = get_u32(payload + off);
+                        uint32_t len = unaligned_read_ne32(payload + off);
                         off += 4;
                         if (len > payload_len - off)
                                 return dsa__error(-EINVAL, "text %zu: %u bytes, %zu left", i, len,
@@ -141,7 +131,7 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
                 p = (char *) (r->lens + n);
                 off = 4;
                 for (size_t i = 0; i < n; i++) {
-                        uint32_t len = get_u32(payload + off);
+                        uint32_t len = unaligned_read_ne32(payload + off);
                         off += 4;
                         memcpy(p, payload + off, len);
                         p[len] = 0;
@@ -194,8 +184,8 @@ static ssize_t encode_rows(uint32_t op, const float *rows, size_t n_texts, size_
                 return -ENOBUFS;
         if (need > cap)
                 return dsa__error(-ENOBUFS, "response needs %zu bytes, the slot has %zu", need, cap);
-        put_u32(buf, (uint32_t) n_texts);
-        put_u32(buf + 4, (uint32_t) dim);
+        unaligned_write_ne32(buf, (uint32_t) n_texts);
+        unaligned_write_ne32(buf + 4, (uint32_t) dim);
         for (size_t i = 0; i < n_texts; i++) {
                 const float *x = rows + i * dim;
                 if (op == DSA_RING_OP_CLASSIFY) {
@@ -203,7 +193,7 @@ static ssize_t encode_rows(uint32_t op, const float *rows, size_t n_texts, size_
                         for (size_t j = 1; j < dim; j++)
                                 if (x[j] > x[best])
                                         best = (uint32_t) j;
-                        put_u32(p, best);
+                        unaligned_write_ne32(p, best);
                         p += 4;
                 }
                 memcpy(p, x, dim * sizeof(float));
@@ -237,7 +227,7 @@ static int out_room(struct out *o, size_t more) {
 }
 
 static void out_u32(struct out *o, uint32_t v) {
-        put_u32(o->buf + o->len, v);
+        unaligned_write_ne32(o->buf + o->len, v);
         o->len += 4;
 }
 

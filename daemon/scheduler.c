@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "daemon.h"
 
 #define BATCH_TEXTS_MAX 64u
@@ -29,13 +30,6 @@ struct dsad_scheduler {
         pthread_t *threads;
         unsigned n_threads;
 };
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
-}
 
 static bool batchable(const struct dsad_request *a, const struct dsad_request *b) {
         /* EMBED without pooling runs one forward per text anyway: nothing to gain. */

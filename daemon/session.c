@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "daemon.h"
 
 #define SLOTS_DEFAULT 16u
@@ -84,13 +85,6 @@ static uint32_t load_acquire(const uint32_t *p) {
 
 static void store_release(uint32_t *p, uint32_t v) {
         atomic_store_explicit((_Atomic uint32_t *) p, v, memory_order_release);
-}
-
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
 }
 
 /* The client holds the same open file description of the submit eventfd and may clear

@@ -38,6 +38,6 @@ int dsa__client_call(struct dsa_client *c, const char *method, sd_bus_message **
 /* Dispatches messages sd-bus has queued (NameOwnerChanged); non-blocking. 0 or -ENOTCONN. */
 int dsa__client_process(struct dsa_client *c);
 
-/* session.c: the client saw dsad (unique name owner) or the bus (owner NULL) go away. */
+/* ring.c: the client saw dsad (unique name owner) or the bus (owner NULL) go away. */
 void dsa__session_break(struct dsa_session *s, const char *owner, int error);
 void dsa__sessions_break(struct dsa_client *c, const char *owner, int error);

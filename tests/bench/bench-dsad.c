@@ -170,6 +170,21 @@ static void print_pcts(const char *name, uint64_t *v, size_t n) {
 
 /* ---- nop: the ring against D-Bus */
 
+/* Times n calls of interface.method (no arguments) on dsad over bus into v (ns each). */
+static int time_bus_calls(sd_bus *bus, const char *interface, const char *method, uint64_t *v, unsigned n) {
+        for (unsigned i = 0; i < n; i++) {
+                sd_bus_message *reply = NULL;
+                uint64_t t0 = now_ns();
+                int r = sd_bus_call_method(bus, DSAD_NAME, DSAD_PATH, interface, method, NULL, &reply, "");
+
+                v[i] = now_ns() - t0;
+                sd_bus_message_unref(reply);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int test_nop(void) {
         unsigned n = arg.n ? arg.n : 20000, warmup = arg.warmup ? arg.warmup : 2000;
         unsigned dn = arg.dbus_n ? arg.dbus_n : 5000, rounds = arg.rounds;
@@ -217,26 +232,12 @@ static int test_nop(void) {
                         if (r < 0)
                                 return fail("dsa_nop", r, c);
                 }
-                for (unsigned i = 0; i < dn; i++) {
-                        sd_bus_message *reply = NULL;
-                        uint64_t t0 = now_ns();
-                        r = sd_bus_call_method(bus, DSAD_NAME, DSAD_PATH, "org.freedesktop.DBus.Peer", "Ping",
-                                               NULL, &reply, "");
-                        p[i] = now_ns() - t0;
-                        sd_bus_message_unref(reply);
-                        if (r < 0)
-                                return fail("Peer.Ping", r, NULL);
-                }
-                for (unsigned i = 0; i < dn; i++) {
-                        sd_bus_message *reply = NULL;
-                        uint64_t t0 = now_ns();
-                        r = sd_bus_call_method(bus, DSAD_NAME, DSAD_PATH, "org.dsa.Daemon1", "GetStatus",
-                                               NULL, &reply, "");
-                        g[i] = now_ns() - t0;
-                        sd_bus_message_unref(reply);
-                        if (r < 0)
-                                return fail("GetStatus", r, NULL);
-                }
+                r = time_bus_calls(bus, "org.freedesktop.DBus.Peer", "Ping", p, dn);
+                if (r < 0)
+                        return fail("Peer.Ping", r, NULL);
+                r = time_bus_calls(bus, "org.dsa.Daemon1", "GetStatus", g, dn);
+                if (r < 0)
+                        return fail("GetStatus", r, NULL);
                 qsort(v, n, sizeof(*v), cmp_u64);
                 qsort(p, dn, sizeof(*p), cmp_u64);
                 ring_p50[k] = pct_us(v, n, .5);

@@ -53,15 +53,7 @@ static uint64_t rnd(void) {
 
 static sd_bus *bus_open(void) {
         sd_bus *bus = NULL;
-        int r = sd_bus_new(&bus);
-        if (r >= 0)
-                r = sd_bus_set_address(bus, T.address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(bus, 1);
-        if (r >= 0)
-                r = sd_bus_negotiate_fds(bus, 1);
-        if (r >= 0)
-                r = sd_bus_start(bus);
+        int r = itest_bus_open(T.address, &bus);
         CHECK(r >= 0, "bus: %s", strerror(-r));
         return bus;
 }

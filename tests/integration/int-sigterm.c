@@ -117,13 +117,7 @@ int main(void) {
                 CHECK(dsa_session_submit_classify(s, texts, TEXTS, on_done, &st, NULL) >= 0, "submit %d", i);
 
         /* A script's call on the bus, in flight too. */
-        r = sd_bus_new(&bus);
-        if (r >= 0)
-                r = sd_bus_set_address(bus, T.address);
-        if (r >= 0)
-                r = sd_bus_set_bus_client(bus, 1);
-        if (r >= 0)
-                r = sd_bus_start(bus);
+        r = itest_bus_open(T.address, &bus);
         CHECK(r >= 0, "bus: %s", strerror(-r));
         r = sd_bus_message_new_method_call(bus, &call, "org.dsa.Daemon1", "/org/dsa/Daemon1", "org.dsa.Daemon1",
                                            "Classify");

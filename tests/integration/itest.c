@@ -188,10 +188,9 @@ void itest_init(struct itest *t, const char *const *dsad_args) {
         start_bus(t);
 }
 
-static bool name_has_owner(const char *address) {
+int itest_bus_open(const char *address, sd_bus **ret) {
         sd_bus *bus = NULL;
-        sd_bus_message *reply = NULL;
-        int has = 0, r;
+        int r;
 
         r = sd_bus_new(&bus);
         if (r >= 0)
@@ -199,7 +198,23 @@ static bool name_has_owner(const char *address) {
         if (r >= 0)
                 r = sd_bus_set_bus_client(bus, 1);
         if (r >= 0)
+                r = sd_bus_negotiate_fds(bus, 1);
+        if (r >= 0)
                 r = sd_bus_start(bus);
+        if (r < 0) {
+                sd_bus_unref(bus);
+                return r;
+        }
+        *ret = bus;
+        return 0;
+}
+
+static bool name_has_owner(const char *address) {
+        sd_bus *bus = NULL;
+        sd_bus_message *reply = NULL;
+        int has = 0, r;
+
+        r = itest_bus_open(address, &bus);
         if (r >= 0)
                 r = sd_bus_call_method(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
                                        "NameHasOwner", NULL, &reply, "s", "org.dsa.Daemon1");

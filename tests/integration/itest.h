@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <systemd/sd-bus.h>
 
 #define ITEST_SKIP 77
 
@@ -59,6 +60,10 @@ int itest_count_fds(pid_t pid);
 
 /* Monotonic milliseconds. */
 uint64_t itest_now_ms(void);
+
+/* A bus client connection of its own to address (fd passing on), as an app or a script would
+ * open it; a negative errno on failure. */
+int itest_bus_open(const char *address, sd_bus **ret);
 
 /* The bundled model's path. */
 const char *itest_model_path(void);
