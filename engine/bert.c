@@ -395,7 +395,7 @@ struct fwd {
         const struct dsa_bert *bert;
         const struct dsa_kernels *k;
         const struct dsa_batch *b;
-        size_t T, C, NH, HS;
+        size_t T, C, NH, HS, att_scratch;
         float eps, scale;
         float *x, *qkv, *att, *tmp, *scratch, *probs;
         /* linear: in (N, ldi) x w -> out (N, ldo) */
@@ -436,10 +436,9 @@ static void task_linear(void *arg, size_t begin, size_t end) {
         dsa_linear_packed_f32(f->out, f->ldo, f->in, f->ldi, f->w, f->bias, f->N, begin * f->NR, oc1, f->ep);
 }
 
-/* (batch row, head) pairs [begin, end). Each pair's keys and values are first copied out of
- * qkv into rows of HS: in place, rows 3C apart land on a few L1 sets (3C = 2304 floats is 1 KiB
- * mod 4 KiB) and every query row fetches them again from L2. Pair p's scratch, T (1 + 2 HS)
- * floats at p T (1 + 2 HS), is its own, so no two tasks share one. */
+/* (batch row, head) pairs [begin, end). Keys and values are read in place from qkv: the SIMD
+ * kernels pack them into their scratch (K transposed, V in panels) once per pair. Pair p's
+ * scratch, f->att_scratch floats at p f->att_scratch, is its own, so no two tasks share one. */
 static void task_attention(void *arg, size_t begin, size_t end) {
         const struct fwd *f = arg;
         const size_t T = f->T, C = f->C, NH = f->NH, HS = f->HS;
@@ -448,14 +447,10 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                 const size_t bb = p / NH, h = p % NH;
                 const float *q = f->qkv + bb * T * 3 * C + h * HS;
                 const uint8_t *valid = f->b->mask ? f->b->mask + bb * T : NULL;
-                float *s = f->scratch + p * T * (1 + 2 * HS), *kc = s + T, *vc = kc + T * HS;
 
-                for (size_t t = 0; t < T; t++) {
-                        memcpy(kc + t * HS, q + t * 3 * C + C, HS * sizeof(float));
-                        memcpy(vc + t * HS, q + t * 3 * C + 2 * C, HS * sizeof(float));
-                }
-                f->k->attention_f32(f->att + bb * T * C + h * HS, C, q, 3 * C, kc, HS, vc, HS, valid, T, HS,
-                                    f->scale, f->probs ? f->probs + p * T * T : NULL, s);
+                f->k->attention_f32(f->att + bb * T * C + h * HS, C, q, 3 * C, q + C, 3 * C, q + 2 * C,
+                                    3 * C, valid, T, HS, f->scale, f->probs ? f->probs + p * T * T : NULL,
+                                    f->scratch + p * f->att_scratch);
         }
 }
 
@@ -497,16 +492,22 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
         if (r < 0)
                 return r;
 
-        /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), attention scratch
-         * T (1 + 2 HS) per (batch row, head), i.e. BT (NH + 2C). batch_check bounded BT (8C + F)
-         * floats in bytes, and NH <= C, so neither the sum nor its size in bytes can overflow. */
-        size_t n = BT * (7 * C + F + NH);
+        /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), then the attention
+         * scratch of each (batch row, head). batch_check bounded BT (8C + F) floats in bytes, so
+         * the activations cannot overflow; the scratch (about 2 T HS + 50 T floats a pair, so
+         * about BT (2C + 50 NH) in all) is checked. */
+        const size_t att_scratch = dsa_attention_scratch(T, HS);
+        size_t n = BT * (5 * C + F), att_n, bytes;
+        if (!size_mul_ok(B * NH, att_scratch, &att_n) || !size_add_ok(n, att_n, &n) ||
+            !size_mul_ok(n, sizeof(float), &bytes))
+                return dsa__error(-EOVERFLOW, "batch of %zu x %zu tokens is too large", B, T);
         float *act = scratch_get(bert->scratch, n, &cached);
         if (!act)
                 return dsa__error(-ENOMEM, "cannot allocate activations for %zu x %zu tokens", B, T);
 
         struct fwd f = {
                 .bert = bert, .k = dsa_kernels(), .b = b, .T = T, .C = C, .NH = NH, .HS = HS,
+                .att_scratch = att_scratch,
                 .eps = cfg->eps, .scale = 1.0f / sqrtf((float) HS), .N = BT,
                 .x = ret_hidden, /* the residual stream lives in the caller's output */
         };

@@ -6,19 +6,15 @@
  * Loop nest (GotoBLAS order): rows in chunks of MC, then K blocks of KC, then panels, then the
  * microkernel's MR-row tiles. A KC x NR panel slice (at most 48 KiB for AVX2) stays in L1/L2
  * while every row tile of the chunk streams past it, and the MC x KC block of inp stays in L2
- * across all panels. Partial sums accumulate in out across K blocks: the first block starts from the bias,
- * and the epilogue runs on a group of panels as soon as its last K block is done, while those
- * columns are still in cache. */
+ * across all panels. Partial sums accumulate in out across K blocks: the first block starts from
+ * the bias, and the last applies the epilogue (GELU) to its accumulator tile in registers,
+ * before the one store of the finished values: no second pass over out. */
 #include <assert.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels-internal.h"
-
-/* Columns the epilogue is applied to at once: long enough rows that the SIMD GELU runs on full
- * vectors, short enough that the group is still in L1/L2 after its last K block. */
-#define EPILOGUE_COLS 64
 
 struct dsa_packed_f32 {
         enum dsa_isa isa;
@@ -27,23 +23,30 @@ struct dsa_packed_f32 {
         size_t kc; /* K block */
         size_t mc; /* row chunk */
         dsa__gemm_panel_f32_fn *panel;
-        const struct dsa_kernels *k; /* the same ISA's table, for the GELU epilogues */
+        const struct dsa_kernels *k; /* the same ISA's table, for the GELU of a C = 0 product */
         float *data;                 /* ceil(OC/nr) panels of C*nr floats, 64-byte aligned */
 };
 
 /* The scalar microkernel, obviously right: for each row and column a sequential fp32 sum over
- * k, in the same order as the SIMD variants (which differ only by fused multiply-adds). */
+ * k, in the same order as the SIMD variants (which differ only by fused multiply-adds), then
+ * the reference GELU on the finished row of nr values. */
 void dsa__gemm_panel_f32_ref(float *out, size_t ldo, const float *inp, size_t ldi, const float *b,
-                             size_t N, size_t kc, size_t nr, const float *bias, bool first) {
+                             size_t N, size_t kc, size_t nr, const float *bias, bool first,
+                             enum dsa_epilogue ep) {
         const size_t NR = DSA__GEMM_NR_REF;
 
-        for (size_t n = 0; n < N; n++)
+        for (size_t n = 0; n < N; n++) {
                 for (size_t l = 0; l < nr; l++) {
                         float acc = first ? (bias ? bias[l] : 0.0f) : out[n * ldo + l];
                         for (size_t k = 0; k < kc; k++)
                                 acc += inp[n * ldi + k] * b[k * NR + l];
                         out[n * ldo + l] = acc;
                 }
+                if (ep == DSA_EPILOGUE_GELU_ERF)
+                        dsa_gelu_erf_f32_ref(out + n * ldo, nr);
+                else if (ep == DSA_EPILOGUE_GELU_TANH)
+                        dsa_gelu_tanh_f32_ref(out + n * ldo, nr);
+        }
 }
 
 struct variant {
@@ -160,16 +163,13 @@ void dsa_packed_f32_unpack(const struct dsa_packed_f32 *p, float *weight) {
         }
 }
 
+/* The epilogue as a separate pass, for C = 0 only (out is the bias; no K block to fuse into). */
 static void epilogue(const struct dsa_packed_f32 *w, float *out, size_t ldo, size_t N, size_t cols,
                      enum dsa_epilogue ep) {
         void (*f)(float *, size_t) = ep == DSA_EPILOGUE_GELU_ERF ? w->k->gelu_erf_f32 : w->k->gelu_tanh_f32;
 
         if (ep == DSA_EPILOGUE_NONE)
                 return;
-        if (ldo == cols) { /* contiguous rows: one call */
-                f(out, N * cols);
-                return;
-        }
         for (size_t n = 0; n < N; n++)
                 f(out + n * ldo, cols);
 }
@@ -204,7 +204,6 @@ void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
         }
 
         const size_t p0 = oc0 / NR, p1 = oc1 / NR + (oc1 % NR != 0);
-        const size_t group = EPILOGUE_COLS / NR ? EPILOGUE_COLS / NR : 1;
         /* K blocks of equal size, at most kc: C = 3072 as 4 x 768, C = 1000 as 2 x 500. */
         const size_t nkb = C / w->kc + (C % w->kc != 0), kc = C / nkb + (C % nkb != 0);
 
@@ -216,17 +215,13 @@ void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
                 for (size_t k0 = 0; k0 < C; k0 += kc) {
                         const size_t kk = C - k0 < kc ? C - k0 : kc;
                         const bool first = k0 == 0, last = k0 + kk == C;
-                        size_t g0 = p0;
 
                         for (size_t j = p0; j < p1; j++) {
                                 const size_t col = j * NR, nr = oc1 - col < NR ? oc1 - col : NR;
 
                                 w->panel(o + col, ldo, x + k0, ldi, w->data + j * C * NR + k0 * NR,
-                                         nn, kk, nr, bias ? bias + col : NULL, first);
-                                if (last && ep != DSA_EPILOGUE_NONE && (j + 1 - g0 == group || j + 1 == p1)) {
-                                        epilogue(w, o + g0 * NR, ldo, nn, col + nr - g0 * NR, ep);
-                                        g0 = j + 1;
-                                }
+                                         nn, kk, nr, bias ? bias + col : NULL, first,
+                                         last ? ep : DSA_EPILOGUE_NONE);
                         }
                 }
         }

@@ -58,15 +58,26 @@ extern const struct dsa_kernels dsa__kernels_avx512;
 
 /* One K block of one panel against rows [0, N) of inp, the per-ISA inner loops:
  * inp (N, ldi) already offset to the block's first column, b the panel's first k row of the
- * block (kc rows of NR floats), out (N, ldo) offset to the panel's first column, nr <= NR the
- * columns of out written. first: out = bias (nr, or 0 when NULL) + inp*b, else out += inp*b. */
+ * block (kc rows of NR floats, 64-byte aligned), out (N, ldo) offset to the panel's first
+ * column, nr <= NR the columns of out written. first: out = bias (nr, or 0 when NULL) + inp*b,
+ * else out += inp*b. ep is applied to the sums in registers before they are stored, so the
+ * driver passes it with the last K block only (DSA_EPILOGUE_NONE with the others).
+ * Also the two products of the blocked attention (x86/attention-blocked.h). */
 typedef void dsa__gemm_panel_f32_fn(float *out, size_t ldo, const float *inp, size_t ldi,
                                     const float *b, size_t N, size_t kc, size_t nr,
-                                    const float *bias, bool first);
+                                    const float *bias, bool first, enum dsa_epilogue ep);
 
 #define DSA__GEMM_NR_REF 16
 #define DSA__GEMM_NR_AVX2 16
 #define DSA__GEMM_NR_AVX512 32
+/* Rows of out per register tile of the SIMD microkernels. */
+#define DSA__GEMM_MR_AVX2 6
+#define DSA__GEMM_MR_AVX512 12
+
+/* The blocked attention's bounds over every variant, for dsa_attention_scratch(): the widest
+ * panel (NR) and the most query rows per block (4 register tiles of the widest MR). */
+#define DSA__ATTENTION_NR_MAX 32
+#define DSA__ATTENTION_QB_MAX (4 * DSA__GEMM_MR_AVX512)
 
 dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_ref;
 dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_avx2;

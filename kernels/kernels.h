@@ -43,19 +43,25 @@ struct dsa_kernels {
         void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
 
         /* Scaled dot-product attention for one (batch row, head), fused: scores, padding mask,
-         * softmax and the weighted sum of values, one query row at a time (no T x T matrix
-         * except where probs is requested).
+         * softmax and the weighted sum of values, a block of query rows at a time (no T x T
+         * matrix except where probs is requested).
          * q (T, ldq), k (T, ldk), v (T, ldv): row t of head h starts at q + t*ldq (the caller
-         * offsets the base by h*HS), HS values each. valid (T) or NULL: keys with valid[j] == 0
-         * are masked out (weight exactly 0). out (T, ldo), HS values per row.
-         * probs (T,T) or NULL: the softmax probabilities, for parity tests and diagnostics.
-         * scratch: at least T floats. scale is usually 1/sqrt(HS).
+         * offsets the base by h*HS), HS values each; k and v may be read in place from fused
+         * QKV rows (the SIMD variants pack what they need into scratch). valid (T) or NULL:
+         * keys with valid[j] == 0 are masked out (weight exactly 0). out (T, ldo), HS values
+         * per row. probs (T,T) or NULL: the softmax probabilities, for parity tests and
+         * diagnostics. scratch: dsa_attention_scratch(T, HS) floats, any alignment.
+         * scale is usually 1/sqrt(HS).
          * A query row whose keys are all masked gets the mean of all values, as PyTorch's
          * softmax over a row of equal large negative scores does. */
         void (*attention_f32)(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
                               size_t ldk, const float *v, size_t ldv, const uint8_t *valid, size_t T,
                               size_t HS, float scale, float *probs, float *scratch);
 };
+
+/* Floats of scratch attention_f32 needs for T tokens of head size HS, in every variant
+ * (about 2 T HS + 50 T); SIZE_MAX when that does not fit in a size_t. */
+size_t dsa_attention_scratch(size_t T, size_t HS);
 
 /* The best table this CPU can run; picked once, thread-safe. */
 const struct dsa_kernels *dsa_kernels(void);

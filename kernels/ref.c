@@ -161,6 +161,26 @@ void dsa_attention_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, c
         }
 }
 
+/* The reference needs T floats; the blocked SIMD variants (x86/attention-blocked.h) at most,
+ * with NR = DSA__ATTENTION_NR_MAX and qb = DSA__ATTENTION_QB_MAX: 64 bytes of alignment slack,
+ * T key indices (2 floats each, rounded up to 16 floats), packed K^T (roundup(T, NR) x HS),
+ * packed V (roundup(HS, NR) x T) and the score tile (qb x roundup(T, NR)). */
+size_t dsa_attention_scratch(size_t T, size_t HS) {
+        const size_t NR = DSA__ATTENTION_NR_MAX;
+        size_t tp, hp, kt, vp, tile, n;
+
+        if (T > SIZE_MAX / 4 || HS > SIZE_MAX / 4)
+                return SIZE_MAX;
+        tp = (T + NR - 1) / NR * NR;
+        hp = (HS + NR - 1) / NR * NR;
+        if (__builtin_mul_overflow(tp, HS, &kt) || __builtin_mul_overflow(hp, T, &vp) ||
+            __builtin_mul_overflow(tp, (size_t) DSA__ATTENTION_QB_MAX, &tile) ||
+            __builtin_add_overflow(kt, vp, &n) || __builtin_add_overflow(n, tile, &n) ||
+            __builtin_add_overflow(n, 16 + (2 * T + 15) / 16 * 16, &n))
+                return SIZE_MAX;
+        return n > T ? n : T;
+}
+
 const struct dsa_kernels dsa__kernels_ref = {
         .isa = DSA_ISA_REF,
         .name = "ref",

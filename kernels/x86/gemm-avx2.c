@@ -3,29 +3,26 @@
  * two vectors of the packed panel and broadcasts one inp value per row straight from inp's
  * rows (no packing of the activation side: the broadcasts are L1 hits along each row), then
  * does 12 FMAs: 2 loads + 6 broadcasts per 12 FMAs fits two load ports under two FMA ports,
- * and 12 independent chains cover the FMA latency (4-5 cycles) on both ports. */
+ * and 12 independent chains cover the FMA latency (4-5 cycles) on both ports. The GELU
+ * epilogue runs on the accumulators of the last K block before the store (vecmath-avx2.h's
+ * GELUs, the same code as dsa_gelu_*_f32_avx2). */
 #include <immintrin.h>
 
 #include "../kernels-internal.h"
+#include "vecmath-avx2.h"
 
-#define MR 6
+#define MR DSA__GEMM_MR_AVX2
 #define NR DSA__GEMM_NR_AVX2
 
-/* Lanes [0, n) set for n in [0, 8]: load 8 ints from tail_table + 8 - n. */
-static const int32_t tail_table[16] = { -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0 };
-
-static inline __m256i tail_mask(size_t n) {
-        return _mm256_loadu_si256((const __m256i *) (tail_table + 8 - n));
-}
-
-/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns; mr a constant after inlining,
- * so acc[][] is 2*mr registers. Full-width tiles use plain loads and stores; the last panel's
- * (nr < NR) use masked ones, which never touch the columns past nr (they may belong to another
- * thread's block or be past the end of out). */
+/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns, then ep on the sums; mr a
+ * constant after inlining, so acc[][] is 2*mr registers. Full-width tiles use plain loads and
+ * stores; the last panel's (nr < NR) use masked ones, which never touch the columns past nr
+ * (they may belong to another thread's block or be past the end of out). Lanes past nr hold
+ * 0 (masked loads), whose GELU is 0 and is not stored anyway. */
 static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, const float *a,
                                                        size_t lda, const float *b, size_t kc,
                                                        size_t nr, const float *bias, bool first,
-                                                       const int mr) {
+                                                       enum dsa_epilogue ep, const int mr) {
         const bool full = nr == NR;
         const __m256i m0 = tail_mask(nr < 8 ? nr : 8), m1 = tail_mask(nr > 8 ? nr - 8 : 0);
         __m256 acc[MR][2];
@@ -67,6 +64,20 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 }
         }
 
+        if (ep == DSA_EPILOGUE_GELU_ERF) {
+#pragma GCC unroll 6
+                for (int r = 0; r < mr; r++) {
+                        acc[r][0] = gelu_erf_ps(acc[r][0]);
+                        acc[r][1] = gelu_erf_ps(acc[r][1]);
+                }
+        } else if (ep == DSA_EPILOGUE_GELU_TANH) {
+#pragma GCC unroll 6
+                for (int r = 0; r < mr; r++) {
+                        acc[r][0] = gelu_tanh_ps(acc[r][0]);
+                        acc[r][1] = gelu_tanh_ps(acc[r][1]);
+                }
+        }
+
         if (full) {
 #pragma GCC unroll 6
                 for (int r = 0; r < mr; r++) {
@@ -87,10 +98,11 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
  * tile's rows of out are prefetched: across K blocks they were last written a whole pass over
  * out ago and are in L2 or L3, and their rows are too far apart for the hardware prefetcher. */
 void dsa__gemm_panel_f32_avx2(float *out, size_t ldo, const float *inp, size_t ldi, const float *b,
-                              size_t N, size_t kc, size_t nr, const float *bias, bool first) {
+                              size_t N, size_t kc, size_t nr, const float *bias, bool first,
+                              enum dsa_epilogue ep) {
         size_t n = 0, rest;
 
-#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, rows)
+#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, ep, rows)
         /* Stop one full tile early when 1-3 rows would be left: 6 + r rows as two tiles of 3-5
          * rows keep 6-10 FMA chains busy, where a lone 1-row tile would have 2. */
         const size_t full = N % MR != 0 && N % MR < 4 && N >= MR ? N - MR - N % MR : N - N % MR;

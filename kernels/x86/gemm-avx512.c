@@ -3,23 +3,26 @@
  * two vectors of the packed panel and broadcasts one inp value per row straight from inp's
  * rows, then does 24 FMAs: 2 loads + 12 broadcasts per 24 FMAs fits two load ports under two
  * FMA ports, and 24 chains cover the FMA latency on both. 24 + 2 + 1 registers of 32. Ragged
- * columns use mask registers (masked loads and stores never touch the masked lanes). */
+ * columns use mask registers (masked loads and stores never touch the masked lanes). The GELU
+ * epilogue runs on the accumulators of the last K block before the store (vecmath-avx512.h). */
 #include <immintrin.h>
 
 #include "../kernels-internal.h"
+#include "vecmath-avx512.h"
 
-#define MR 12
+#define MR DSA__GEMM_MR_AVX512
 #define NR DSA__GEMM_NR_AVX512
 
 static inline __mmask16 lanes(size_t n) {
         return n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
 }
 
-/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns; mr a constant after inlining. */
+/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns, then ep on the sums (lanes past
+ * nr hold 0 and are not stored); mr a constant after inlining. */
 static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, const float *a,
                                                        size_t lda, const float *b, size_t kc,
                                                        size_t nr, const float *bias, bool first,
-                                                       const int mr) {
+                                                       enum dsa_epilogue ep, const int mr) {
         const __mmask16 m0 = lanes(nr), m1 = lanes(nr > 16 ? nr - 16 : 0);
         __m512 acc[MR][2];
 
@@ -51,6 +54,20 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 }
         }
 
+        if (ep == DSA_EPILOGUE_GELU_ERF) {
+#pragma GCC unroll 12
+                for (int r = 0; r < mr; r++) {
+                        acc[r][0] = gelu_erf_ps(acc[r][0]);
+                        acc[r][1] = gelu_erf_ps(acc[r][1]);
+                }
+        } else if (ep == DSA_EPILOGUE_GELU_TANH) {
+#pragma GCC unroll 12
+                for (int r = 0; r < mr; r++) {
+                        acc[r][0] = gelu_tanh_ps(acc[r][0]);
+                        acc[r][1] = gelu_tanh_ps(acc[r][1]);
+                }
+        }
+
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
                 _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
@@ -63,10 +80,10 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
  * next tile's rows of out are prefetched (see gemm-avx2.c). */
 void dsa__gemm_panel_f32_avx512(float *out, size_t ldo, const float *inp, size_t ldi,
                                 const float *b, size_t N, size_t kc, size_t nr, const float *bias,
-                                bool first) {
+                                bool first, enum dsa_epilogue ep) {
         size_t n = 0;
 
-#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, rows)
+#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, ep, rows)
         for (; n + MR <= N; n += MR) {
                 if (!first && n + 2 * MR <= N)
                         for (int r = 0; r < MR; r++) {

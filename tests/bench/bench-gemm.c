@@ -3,8 +3,12 @@
  * widest vectors the CPU has, (b) dsa_linear_f32 (cblas_sgemm, NoTrans x Trans, which re-packs
  * the weight every call) at the three linear-layer shapes of a 128-token BERT-base layer, on
  * one thread and on all cores, and (c) dsa_linear_packed_f32 (weights packed once, outside the
- * timing, as at model load) at the same shapes on one thread. Prints a table, or one JSON
- * object with --json. Never fails on time: only a crash or a NaN in the output is a failure. */
+ * timing, as at model load) at the same shapes on one thread, (d) the same with the GELU
+ * epilogue on the FFN up projection, and (e) the fused attention kernel for one layer of
+ * BERT-base heads (HS 64, 12 heads, q/k/v in place in the fused (T, 3C) QKV rows as bert.c
+ * passes them) at T = 128 and 512, one thread, in microseconds per layer (median and best of
+ * the repetitions). Prints a table, or one JSON object with --json; --attention runs (e) only.
+ * Never fails on time: only a crash or a NaN in the output is a failure. */
 #define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <errno.h>
 #include <sched.h>
@@ -108,14 +112,15 @@ struct shape {
         size_t M, K, N; /* (M,K) x (K,N): N = OC, K = C */
 };
 
-enum impl { IMPL_BLAS, IMPL_PACKED };
+enum impl { IMPL_BLAS, IMPL_PACKED, IMPL_PACKED_GELU };
 
 static void run_gemm(enum impl impl, const struct shape *s, float *out, const float *x,
                      const float *w, const struct dsa_packed_f32 *pw) {
         if (impl == IMPL_BLAS)
                 dsa_linear_f32(out, s->N, x, w, NULL, s->M, s->K, s->N);
         else
-                dsa_linear_packed_f32(out, s->N, x, s->K, pw, NULL, s->M, 0, s->N, DSA_EPILOGUE_NONE);
+                dsa_linear_packed_f32(out, s->N, x, s->K, pw, NULL, s->M, 0, s->N,
+                                      impl == IMPL_PACKED_GELU ? DSA_EPILOGUE_GELU_ERF : DSA_EPILOGUE_NONE);
 }
 
 /* GFLOP/s of one implementation at one shape, best of the timed repetitions; -EDOM on NaN. */
@@ -135,7 +140,7 @@ static int measure_gemm(enum impl impl, const struct shape *s, bool quick, doubl
         for (size_t i = 0; i < s->N * s->K; i++)
                 w[i] = (float) ((i * 104729) % 1000) * 1e-3f - 0.5f;
 
-        if (impl == IMPL_PACKED) {
+        if (impl != IMPL_BLAS) {
                 r = dsa_packed_f32_new(w, s->N, s->K, &pw);
                 if (r < 0)
                         goto finish;
@@ -162,6 +167,64 @@ finish:
         return r;
 }
 
+/* One BERT-base layer's attention at T tokens, as bert.c runs it on one thread: 12 heads of
+ * 64, q, k and v read in place from the fused (T, 3C) QKV rows, no mask. */
+#define ATT_C 768
+#define ATT_NH 12
+#define ATT_REPS_MAX 200
+
+struct att_result {
+        size_t T;
+        double median_us, best_us; /* per layer (ATT_NH calls) */
+};
+
+static int cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return (x > y) - (x < y);
+}
+
+static void attention_layer(const struct dsa_kernels *k, float *out, const float *qkv, size_t T,
+                            float *scratch) {
+        const size_t C = ATT_C, HS = ATT_C / ATT_NH;
+
+        for (size_t h = 0; h < ATT_NH; h++)
+                k->attention_f32(out + h * HS, C, qkv + h * HS, 3 * C, qkv + C + h * HS, 3 * C,
+                                 qkv + 2 * C + h * HS, 3 * C, NULL, T, HS, 0.125f, NULL, scratch);
+}
+
+static int measure_attention(size_t T, bool quick, struct att_result *ret) {
+        const size_t C = ATT_C, HS = ATT_C / ATT_NH;
+        const struct dsa_kernels *k = dsa_kernels();
+        float *qkv = malloc(T * 3 * C * sizeof(float)), *out = malloc(T * C * sizeof(float));
+        float *scratch = malloc(dsa_attention_scratch(T, HS) * sizeof(float));
+        double times[ATT_REPS_MAX], total = 0;
+        int reps = 0, r = 0;
+
+        if (!qkv || !out || !scratch) {
+                r = -ENOMEM;
+                goto finish;
+        }
+        for (size_t i = 0; i < T * 3 * C; i++)
+                qkv[i] = (float) ((i * 7919) % 1000) * 2e-3f - 1.0f;
+        attention_layer(k, out, qkv, T, scratch); /* warm-up */
+        while (reps < ATT_REPS_MAX && (reps < (quick ? 2 : 20) || (!quick && total < 0.5))) {
+                double t0 = now();
+                attention_layer(k, out, qkv, T, scratch);
+                times[reps] = now() - t0;
+                total += times[reps++];
+        }
+        qsort(times, (size_t) reps, sizeof(double), cmp_double);
+        *ret = (struct att_result) { T, times[reps / 2] * 1e6, times[0] * 1e6 };
+        for (size_t i = 0; i < T * C; i++)
+                if (!isfinite(out[i])) {
+                        r = -EDOM;
+                        break;
+                }
+finish:
+        free(qkv), free(out), free(scratch);
+        return r;
+}
+
 /* The CPUs this process may run on (taskset, cgroups), not all the machine has. */
 static int cpus_allowed(void) {
         cpu_set_t set;
@@ -177,22 +240,42 @@ int main(int argc, char **argv) {
                 { "ffn up (128x768)x(768x3072)", 128, 768, 3072 },
                 { "ffn down (128x3072)x(3072x768)", 128, 3072, 768 },
         };
-        bool quick = false, json = false;
+        static const size_t att_T[] = { 128, 512 };
+        const struct shape *ffn_up = &shapes[1];
+        bool quick = false, json = false, att_only = false;
         const char *isa = "none";
         int ncores = cpus_allowed(), threads[2] = { 1, 0 }, r;
-        double gflops[ELEMENTSOF(shapes)][2], packed[ELEMENTSOF(shapes)];
+        double gflops[ELEMENTSOF(shapes)][2], packed[ELEMENTSOF(shapes)], packed_gelu = 0;
+        struct att_result att[ELEMENTSOF(att_T)];
 
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--quick") == 0)
                         quick = true;
                 else if (strcmp(argv[i], "--json") == 0)
                         json = true;
+                else if (strcmp(argv[i], "--attention") == 0)
+                        att_only = true;
                 else {
-                        fprintf(stderr, "usage: %s [--quick] [--json]\n", argv[0]);
+                        fprintf(stderr, "usage: %s [--quick] [--json] [--attention]\n", argv[0]);
                         return 2;
                 }
         }
         threads[1] = MAX(ncores, 1);
+
+        for (size_t t = 0; t < ELEMENTSOF(att_T); t++) {
+                r = measure_attention(att_T[t], quick, &att[t]);
+                if (r < 0) {
+                        fprintf(stderr, "attention T=%zu: %s\n", att_T[t],
+                                r == -EDOM ? "output has NaN or inf" : strerror(-r));
+                        return 1;
+                }
+        }
+        if (att_only) {
+                for (size_t t = 0; t < ELEMENTSOF(att_T); t++)
+                        printf("attention/%s T=%zu HS=64 x %d heads: median %.1f us, best %.1f us\n",
+                               dsa_kernels()->name, att[t].T, ATT_NH, att[t].median_us, att[t].best_us);
+                return 0;
+        }
 
         double peak = measure_peak(quick, &isa);
         for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
@@ -212,6 +295,12 @@ int main(int argc, char **argv) {
                                 r == -EDOM ? "output has NaN or inf" : strerror(-r));
                         return 1;
                 }
+        }
+        r = measure_gemm(IMPL_PACKED_GELU, ffn_up, quick, &packed_gelu);
+        if (r < 0) {
+                fprintf(stderr, "%s packed + GELU: %s\n", ffn_up->name,
+                        r == -EDOM ? "output has NaN or inf" : strerror(-r));
+                return 1;
         }
 
         if (json) {
@@ -250,6 +339,24 @@ int main(int argc, char **argv) {
                         json_object_array_add(arr, e);
                 }
                 json_object_object_add(o, "packed", arr);
+                struct json_object *e = json_object_new_object();
+                json_object_object_add(e, "shape", json_object_new_string(ffn_up->name));
+                json_object_object_add(e, "epilogue", json_object_new_string("gelu_erf"));
+                json_object_object_add(e, "gflops", json_object_new_double(packed_gelu));
+                json_object_object_add(e, "vs_no_epilogue",
+                                       json_object_new_double(packed[1] > 0 ? packed_gelu / packed[1] : 0));
+                json_object_object_add(o, "packed_gelu", e);
+                arr = json_object_new_array();
+                for (size_t t = 0; t < ELEMENTSOF(att_T); t++) {
+                        e = json_object_new_object();
+                        json_object_object_add(e, "T", json_object_new_int((int) att[t].T));
+                        json_object_object_add(e, "HS", json_object_new_int(ATT_C / ATT_NH));
+                        json_object_object_add(e, "heads", json_object_new_int(ATT_NH));
+                        json_object_object_add(e, "median_us", json_object_new_double(att[t].median_us));
+                        json_object_object_add(e, "best_us", json_object_new_double(att[t].best_us));
+                        json_object_array_add(arr, e);
+                }
+                json_object_object_add(o, "attention", arr);
                 printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
                 json_object_put(o);
                 return 0;
@@ -270,5 +377,12 @@ int main(int argc, char **argv) {
                 printf("%-36s %8d %10.1f %7.1f%% %7.2fx\n", shapes[s].name, 1, packed[s],
                        peak > 0 ? 100 * packed[s] / peak : 0.0,
                        gflops[s][0] > 0 ? packed[s] / gflops[s][0] : 0.0);
+        printf("%-36s %8d %10.1f %7.1f%% %7.2fx of no epilogue\n", "ffn up + GELU (erf) epilogue", 1,
+               packed_gelu, peak > 0 ? 100 * packed_gelu / peak : 0.0,
+               packed[1] > 0 ? packed_gelu / packed[1] : 0.0);
+        printf("%-36s %8s %10s %8s\n", "attention (12 heads of 64, in place)", "T", "median us", "best us");
+        for (size_t t = 0; t < ELEMENTSOF(att_T); t++)
+                printf("%-36s %8zu %10.1f %8.1f\n", dsa_kernels()->name, att[t].T, att[t].median_us,
+                       att[t].best_us);
         return 0;
 }

@@ -359,7 +359,7 @@ static void attention_case(struct dsa_test_rng *rng, const struct dsa_kernels *k
                            size_t HS, enum mask_kind kind, bool with_probs, bool vs_torch) {
         const size_t ld = 3 * HS + 5, ldo = HS + 3;
         float *qkv = falloc(T * ld), *want = falloc(T * ldo), *got = falloc(T * ldo);
-        float *pwant = falloc(T * T), *pgot = falloc(T * T), *scratch = falloc(T);
+        float *pwant = falloc(T * T), *pgot = falloc(T * T), *scratch = falloc(dsa_attention_scratch(T, HS));
         uint8_t *valid = malloc(T);
         float scale = 1.0f / sqrtf((float) HS);
         char shape[96];
@@ -439,6 +439,17 @@ static void test_attention(void **state) {
                         attention_case(&rng, simd[s], 128, 64, (enum mask_kind) kind, true, false);
                         attention_case(&rng, simd[s], 1, 64, (enum mask_kind) kind, true, false);
                 }
+        /* The SIMD variants work on blocks of query rows (a multiple of the GEMM tile's rows,
+         * fewer as T grows) against panels of 16 or 32 keys: several blocks with a ragged last
+         * one, key counts just past a panel, long rows, with and without probs. */
+        static const struct {
+                size_t T, HS;
+        } blocks[] = { { 97, 64 }, { 145, 64 }, { 200, 33 }, { 257, 64 }, { 513, 64 }, { 300, 7 } };
+        for (size_t s = 0; s < n_simd; s++)
+                for (size_t b = 0; b < ELEMENTSOF(blocks); b++)
+                        for (int kind = 0; kind < _MASK_MAX; kind++)
+                                attention_case(&rng, simd[s], blocks[b].T, blocks[b].HS, (enum mask_kind) kind,
+                                               (b + (size_t) kind) % 2, false);
 }
 
 /* The reference against PyTorch's formulation, masking and the all-masked case included. */
