@@ -7,6 +7,7 @@
  * the session's timeout. */
 #include <limits.h>
 #include <poll.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
@@ -331,16 +332,100 @@ void dsa__session_deliver(struct dsa_session *s, uint32_t idx, int override) {
         result_clear(&res);
 }
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield" ::: "memory");
+#else
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+#endif
+}
+
+/* Busy-polls the CQ tail until dsad publishes a CQE or spin_usec pass. Trade-off: a request
+ * dsad answers at once (a NOP, answered inline on its loop thread) comes back without our
+ * sleeping in epoll_wait and being woken through the pipe (two context switches, and on an
+ * idle core a C-state exit: tens of us); the price is this CPU kept busy for at most
+ * spin_usec per synchronous call when the answer takes longer. The clock (vDSO, no syscall) is
+ * read only every 64 iterations. True when the tail moved. */
+static bool cq_spin(struct dsa_session *s) {
+        uint64_t end;
+
+        if (s->spin_usec == 0 || s->ring_bad)
+                return false;
+        end = now_usec() + s->spin_usec;
+        for (;;) {
+                for (unsigned i = 0; i < 64; i++) {
+                        if (__atomic_load_n(&s->hdr->cq_tail, __ATOMIC_ACQUIRE) != s->cq_head)
+                                return true;
+                        cpu_relax();
+                }
+                if (now_usec() >= end)
+                        return false;
+                /* The doorbell's wake-up may have queued dsad on this very CPU (wake-affine
+                 * scheduling): spinning on would keep it from answering until the spin ends.
+                 * Returns at once when nothing else is runnable here. */
+                sched_yield();
+        }
+}
+
+/* What a synchronous wait does instead of dsa__session_process(): one epoll_wait() on the
+ * session's fd (timeout_ms: 0 for a look, -1 or more to sleep), then only the fds it reports
+ * are drained (a NOP answered during the spin costs this epoll_wait and one read of the pipe;
+ * the bus is processed only when its fd is readable), then the CQ is reaped and the timeouts
+ * of asynchronous requests are checked. Nothing left ready stays unseen: the fds are level-
+ * triggered, so the caller's main loop still wakes for them. */
+static void session_wait_events(struct dsa_session *s, int timeout_ms) {
+        struct epoll_event ev[4];
+        bool bus = false;
+        int n;
+
+        n = epoll_wait(s->epoll_fd, ev, 4, timeout_ms);
+        for (int i = 0; i < n; i++) {
+                int fd = ev[i].data.fd;
+                uint64_t v;
+
+                if (fd == s->complete_fd)
+                        pipe_drain(fd);
+                else if (fd == s->wake_fd || fd == s->timer_fd)
+                        /* Both O_NONBLOCK (session.c): at worst EAGAIN. */
+                        (void) !read(fd, &v, sizeof(v));
+                else if (fd == s->bus_fd && fd >= 0)
+                        bus = true;
+        }
+        /* Messages sd-bus read already (while waiting for a method reply) leave its fd quiet:
+         * a zero timeout says they are queued. No syscall. */
+        if (!bus && s->bus_fd >= 0 && s->broken == 0) {
+                uint64_t t;
+
+                bus = sd_bus_get_timeout(s->client->bus, &t) > 0 && t == 0;
+        }
+        session_reap(s);
+        if (bus && s->broken == 0)
+                (void) dsa__client_process(s->client);
+        session_expire(s);
+}
+
 int dsa__session_wait(struct dsa_session *s, uint32_t idx, struct dsa_result *res) {
         struct slot *sl = &s->slots[idx];
+        bool spun = false;
         int r;
 
         for (;;) {
                 uint64_t now;
                 int timeout_ms;
 
-                dsa__session_process(s);
+                session_reap(s);
+                if (sl->state != SLOT_DONE && !spun && s->broken == 0) {
+                        /* Only once: a CQE for another slot (an asynchronous request) ends it. */
+                        spun = true;
+                        if (cq_spin(s))
+                                session_reap(s);
+                }
                 if (sl->state == SLOT_DONE) {
+                        /* Drains the pipe byte of this completion, if written yet, and looks at
+                         * the other fds, without sleeping. */
+                        session_wait_events(s, 0);
                         r = slot_finish(s, idx, res);
                         break;
                 }
@@ -357,9 +442,9 @@ int dsa__session_wait(struct dsa_session *s, uint32_t idx, struct dsa_result *re
                         timeout_ms = (int) ((sl->deadline - now + 999) / 1000 > INT_MAX
                                                     ? INT_MAX
                                                     : (sl->deadline - now + 999) / 1000);
-                (void) poll(&(struct pollfd) { .fd = s->epoll_fd, .events = POLLIN }, 1, timeout_ms);
+                session_wait_events(s, timeout_ms);
         }
-        /* We drained the fds: keep the caller's main loop awake for what it has to dispatch. */
+        /* We drained fds: keep the caller's main loop awake for what it has to dispatch. */
         if (s->fifo_n > 0)
                 fd_signal(s->wake_fd);
         return r;

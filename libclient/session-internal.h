@@ -49,6 +49,7 @@ struct dsa_session {
         uint32_t next_slot;
         uint64_t next_id;
         uint64_t timeout_usec;
+        uint64_t spin_usec;          /* synchronous calls: busy-poll the CQ this long first */
         int n_pending;
 
         int broken;                  /* < 0: dsad, the bus or the ring is gone for good */

@@ -10,10 +10,15 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <unistd.h>
 
 #include "session-internal.h"
 
 #define DEFAULT_TIMEOUT_USEC (60ull * 1000 * 1000)
+/* See dsa__session_wait(): long enough for dsad's inline NOP answer on another core. */
+#define DEFAULT_SPIN_USEC 30u
+/* A spin longer than this is not a spin any more: sleep instead. */
+#define MAX_SPIN_USEC 1000u
 /* Header + 256 slots of 16 MiB capped at 256 MiB, plus queues: anything larger is not a ring. */
 #define MAX_RING_BYTES (512ull << 20)
 
@@ -98,6 +103,13 @@ DSA_EXPORT int dsa_session_set_timeout(struct dsa_session *s, uint64_t usec) {
         if (!s)
                 return -EINVAL;
         s->timeout_usec = usec;
+        return 0;
+}
+
+DSA_EXPORT int dsa_session_set_spin(struct dsa_session *s, uint64_t usec) {
+        if (!s || usec > MAX_SPIN_USEC)
+                return -EINVAL;
+        s->spin_usec = usec;
         return 0;
 }
 
@@ -251,8 +263,14 @@ static int session_map(struct dsa_session *s, uint32_t want_slots, uint32_t want
         return 0;
 }
 
+static int epoll_add(int epoll_fd, int fd) {
+        /* data.fd lets a wait act on exactly the fds that are ready (ring.c). */
+        struct epoll_event ev = { .events = EPOLLIN, .data.fd = fd };
+
+        return epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev);
+}
+
 static int session_setup_fds(struct dsa_session *s) {
-        struct epoll_event ev = { .events = EPOLLIN };
 
         struct stat st;
         int fl;
@@ -277,12 +295,11 @@ static int session_setup_fds(struct dsa_session *s) {
         s->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         if (s->epoll_fd < 0)
                 return -errno;
-        if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->complete_fd, &ev) < 0 ||
-            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->timer_fd, &ev) < 0 ||
-            epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->wake_fd, &ev) < 0)
+        if (epoll_add(s->epoll_fd, s->complete_fd) < 0 || epoll_add(s->epoll_fd, s->timer_fd) < 0 ||
+            epoll_add(s->epoll_fd, s->wake_fd) < 0)
                 return -errno;
         s->bus_fd = sd_bus_get_fd(s->client->bus);
-        if (s->bus_fd >= 0 && epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->bus_fd, &ev) < 0)
+        if (s->bus_fd >= 0 && epoll_add(s->epoll_fd, s->bus_fd) < 0)
                 return -errno;
         return 0;
 }
@@ -309,6 +326,8 @@ DSA_EXPORT int dsa_session_open(struct dsa_client *c, const char *model, uint32_
         }
         s->ring_fd = s->submit_fd = s->complete_fd = s->timer_fd = s->epoll_fd = s->bus_fd = s->wake_fd = -EBADF;
         s->timeout_usec = DEFAULT_TIMEOUT_USEC;
+        /* Spinning only helps when dsad can run meanwhile: not on a single CPU. */
+        s->spin_usec = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? DEFAULT_SPIN_USEC : 0;
         s->client = dsa__client_ref(c);
 
         r = sd_bus_message_read(reply, "hhhs", &fds[0], &fds[1], &fds[2], &id);

@@ -151,6 +151,13 @@ DSA_EXPORT struct dsa_session *dsa_session_free(struct dsa_session *s);
  * 60 s). The slot of a request that timed out stays reserved until dsad completes it. */
 DSA_EXPORT int dsa_session_set_timeout(struct dsa_session *s, uint64_t usec);
 
+/* How long a synchronous call busy-polls the completion queue after submitting, before it
+ * sleeps until dsad's completion doorbell rings: a request dsad answers that fast (dsa_nop, a
+ * short tokenize) then costs no wake-up, at the price of one CPU kept busy for at most usec per
+ * call. 0 never spins; at most 1000 (-EINVAL above). Default 30 us, 0 on a single CPU.
+ * Asynchronous requests never spin. */
+DSA_EXPORT int dsa_session_set_spin(struct dsa_session *s, uint64_t usec);
+
 /* dsad's id of the session (as ListSessions shows it). Owned by s. NULL when s is NULL. */
 DSA_EXPORT const char *dsa_session_get_id(const struct dsa_session *s);
 
