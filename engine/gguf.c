@@ -436,34 +436,20 @@ int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret) {
 
 int dsa_gguf_open(const char *path, struct dsa_gguf **ret) {
         _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
-        _cleanup_close_ int fd = -EBADF;
-        struct stat st;
-        void *p;
+        const uint8_t *p;
+        size_t size;
         int r;
 
         if (!path || !ret)
                 return -EINVAL;
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return dsa__error(-errno, "cannot open '%s': %s", path, strerror(errno));
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return dsa__error(-EBADMSG, "'%s' is not a regular file", path);
-        if (st.st_size < 24)
-                return dsa__error(-EBADMSG, "'%s' is %lld bytes, smaller than a GGUF header", path,
-                                  (long long) st.st_size);
-        if ((uint64_t) st.st_size > SIZE_MAX)
-                return -EFBIG;
-
         g = calloc(1, sizeof(*g));
         if (!g)
                 return -ENOMEM;
-        p = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED)
-                return dsa__error(-errno, "cannot map '%s': %s", path, strerror(errno));
+        r = dsa__map_file(AT_FDCWD, path, 24, "a GGUF header", &p, &size);
+        if (r < 0)
+                return r;
         g->base = p;
-        g->size = st.st_size;
+        g->size = size;
         g->mapped = true;
         r = gguf_parse(g);
         if (r < 0)

@@ -259,33 +259,20 @@ static int add_map(struct dsa_safetensors *s, const uint8_t *base, size_t size, 
 /* Maps the file at dirfd/path read-only and records the mapping in s. */
 static int map_file(struct dsa_safetensors *s, int dirfd, const char *path, const uint8_t **ret,
                     size_t *ret_size) {
-        _cleanup_close_ int fd = -EBADF;
-        struct stat st;
-        void *p;
+        const uint8_t *p;
+        size_t size;
         int r;
 
-        fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return dsa__error(-errno, "cannot open '%s': %s", path, strerror(errno));
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return dsa__error(-EBADMSG, "'%s' is not a regular file", path);
-        if (st.st_size < 8)
-                return dsa__error(-EBADMSG, "'%s' is %lld bytes, too short for a safetensors header",
-                                  path, (long long) st.st_size);
-        if ((uint64_t) st.st_size > SIZE_MAX)
-                return -EFBIG;
-        p = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (p == MAP_FAILED)
-                return dsa__error(-errno, "cannot map '%s': %s", path, strerror(errno));
-        r = add_map(s, p, st.st_size, true);
+        r = dsa__map_file(dirfd, path, 8, "a safetensors header", &p, &size);
+        if (r < 0)
+                return r;
+        r = add_map(s, p, size, true);
         if (r < 0) {
-                munmap(p, st.st_size);
+                munmap((void *) p, size);
                 return r;
         }
         *ret = p;
-        *ret_size = st.st_size;
+        *ret_size = size;
         return 0;
 }
 

@@ -40,3 +40,9 @@ struct dsa__byte_range {
 /* Sorts the n ranges by begin and looks for a non-empty one that starts inside an earlier one
  * (empty tensors overlap nothing): true, with that range's tensor in *ret_i, when there is. */
 bool dsa__byte_ranges_overlap(struct dsa__byte_range *r, size_t n, size_t *ret_i);
+
+/* Opens path (relative to dirfd, or AT_FDCWD) and maps the whole regular file read-only.
+ * A file shorter than min_size fails with "'path' is N bytes, smaller than <what>". The caller
+ * munmaps *ret (ret_size bytes) when done. */
+int dsa__map_file(int dirfd, const char *path, size_t min_size, const char *what, const uint8_t **ret,
+                  size_t *ret_size);

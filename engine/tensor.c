@@ -3,7 +3,10 @@
  * run on, so stored values are read as they are (through memcpy, since a view's data need not
  * be aligned). */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "basic/error.h"
 #include "basic/macro.h"
@@ -211,4 +214,30 @@ bool dsa__byte_ranges_overlap(struct dsa__byte_range *r, size_t n, size_t *ret_i
                 end = r[i].end;
         }
         return false;
+}
+
+int dsa__map_file(int dirfd, const char *path, size_t min_size, const char *what, const uint8_t **ret,
+                  size_t *ret_size) {
+        _cleanup_close_ int fd = -EBADF;
+        struct stat st;
+        void *p;
+
+        fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return dsa__error(-errno, "cannot open '%s': %s", path, strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return dsa__error(-EBADMSG, "'%s' is not a regular file", path);
+        if ((uint64_t) st.st_size < min_size)
+                return dsa__error(-EBADMSG, "'%s' is %lld bytes, smaller than %s", path, (long long) st.st_size,
+                                  what);
+        if ((uint64_t) st.st_size > SIZE_MAX)
+                return -EFBIG;
+        p = mmap(NULL, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p == MAP_FAILED)
+                return dsa__error(-errno, "cannot map '%s': %s", path, strerror(errno));
+        *ret = p;
+        *ret_size = st.st_size;
+        return 0;
 }
