@@ -51,7 +51,12 @@ int dsa__bert_config_check(const struct dsa_bert_config *c) {
         return 0;
 }
 
-/* One activation buffer kept across forwards; busy while a forward uses it. */
+/* One activation buffer kept across forwards; busy while a forward uses it. It is kept only up
+ * to SCRATCH_KEEP_BYTES: a resident daemon should not hold the activations of the largest batch
+ * it ever ran (BERT-base at 64 x 128 tokens is ~230 MB); a forward that needs more gets a
+ * buffer of its own, whose page faults are small next to its arithmetic. */
+#define SCRATCH_KEEP_BYTES (16u << 20)
+
 struct dsa__bert_scratch {
         pthread_mutex_t lock;
         float *buf;
@@ -86,7 +91,7 @@ static float *scratch_get(struct dsa__bert_scratch *s, size_t n, bool *ret_cache
         float *p = NULL;
 
         pthread_mutex_lock(&s->lock);
-        if (!s->busy) {
+        if (!s->busy && n <= SCRATCH_KEEP_BYTES / sizeof(float)) {
                 if (s->floats < n) {
                         free(s->buf);
                         s->buf = malloc(n * sizeof(float));
