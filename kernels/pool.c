@@ -85,6 +85,9 @@ static void run_chunks(struct dsa_threadpool *p) {
 
                 if (i >= n_chunks)
                         return;
+                /* Pairs with the release fence in dsa_threadpool_for(): if any field above was
+                 * the next job's, the ticket we hold was already closed and the claim fails. */
+                atomic_thread_fence(memory_order_acquire);
                 /* On failure t is reloaded (acquire) and the job read again under it. */
                 if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acquire,
                                                            memory_order_acquire))
@@ -198,8 +201,8 @@ void dsa_threadpool_for(struct dsa_threadpool *p, size_t n, size_t grain, pool_f
                 if (chunk < grain)
                         chunk = grain;
                 n_chunks = (n + chunk - 1) / chunk;
-                if (n_chunks > UINT32_MAX) { /* only reachable with absurd n: larger chunks */
-                        chunk = (n + UINT32_MAX - 1) / UINT32_MAX;
+                if (n_chunks >= UINT32_MAX) { /* only reachable with absurd n: larger chunks */
+                        chunk = (n + UINT32_MAX - 2) / (UINT32_MAX - 1);
                         n_chunks = (n + chunk - 1) / chunk;
                 }
         }
@@ -208,9 +211,15 @@ void dsa_threadpool_for(struct dsa_threadpool *p, size_t n, size_t grain, pool_f
                 return;
         }
 
-        /* Every chunk of the previous job has finished (we waited for done), so nobody reads
-         * these until the ticket below publishes them. */
+        /* Every chunk of the previous job has finished (we waited for done), but a late worker
+         * may still hold its last ticket (gen, n_chunks) and be reading the fields below. Close
+         * that ticket first, so such a worker cannot claim "chunk n_chunks" of the old job once
+         * it sees the new job's larger n_chunks: that claim used to run a chunk with a mix of
+         * old and new fields and count it in the new job's done, which then never equalled
+         * n_chunks (a hang seen in dsactl bench). */
         uint64_t gen = (atomic_load_explicit(&p->ticket, memory_order_relaxed) >> 32) + 1;
+        atomic_store_explicit(&p->ticket, (gen << 32) | UINT32_MAX, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
         atomic_store_explicit(&p->fn, fn, memory_order_relaxed);
         atomic_store_explicit(&p->arg, arg, memory_order_relaxed);
         atomic_store_explicit(&p->n, n, memory_order_relaxed);

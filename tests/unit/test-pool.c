@@ -2,7 +2,8 @@
  * at least grain (but the last), for many n/grain combinations and pool sizes; n = 0 calls
  * nothing; a NULL pool and a one-thread pool run inline; several threads dispatching on one pool
  * at once, and a callback dispatching on its own pool, all complete; a pool left idle long enough
- * for its workers to sleep wakes up again. */
+ * for its workers to sleep wakes up again; back-to-back jobs of growing size never let a late
+ * worker run a chunk of one job with another's arguments (the hang once seen in dsactl bench). */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -202,6 +203,50 @@ static void test_reentrant(void **state) {
 }
 
 /* Many tiny dispatches back to back: the per-dispatch cost, printed for information. */
+/* Back-to-back jobs whose chunk count keeps changing, each with its own argument: a chunk must
+ * always run with its own job's fn/arg/range, and every job must finish. A worker that loaded
+ * the previous job's last ticket could once claim a chunk while the next job was being
+ * written, run it with mixed fields and make the dispatcher wait forever. */
+struct job {
+        unsigned id;
+        size_t n;
+        atomic_uint *count;
+        atomic_uint *current; /* the id of the job being dispatched */
+        atomic_bool *bad;
+};
+
+static void job_visit(void *arg, size_t begin, size_t end) {
+        struct job *j = arg;
+
+        if (atomic_load(j->current) != j->id || end > j->n || begin >= end)
+                atomic_store(j->bad, true);
+        for (size_t i = begin; i < end && i < j->n; i++)
+                atomic_fetch_add_explicit(&j->count[i], 1, memory_order_relaxed);
+}
+
+static void test_back_to_back_jobs(void **state) {
+        enum { N_MAX = 96, JOBS = 20000 };
+        atomic_uint count[N_MAX], current = 0;
+        atomic_bool bad = false;
+        struct dsa_threadpool *p = NULL;
+
+        for (unsigned threads = 2; threads <= 4; threads += 2) {
+                assert_int_equal(dsa_threadpool_new(threads, &p), 0);
+                for (unsigned id = 1; id <= JOBS; id++) {
+                        struct job j = { .id = id, .n = 2 + (id * 7) % (N_MAX - 2), .count = count,
+                                         .current = &current, .bad = &bad };
+                        for (size_t i = 0; i < j.n; i++)
+                                atomic_store(&count[i], 0);
+                        atomic_store(&current, id);
+                        dsa_threadpool_for(p, j.n, 1, job_visit, &j);
+                        for (size_t i = 0; i < j.n; i++)
+                                assert_int_equal(atomic_load(&count[i]), 1);
+                        assert_false(atomic_load(&bad));
+                }
+                p = dsa_threadpool_free(p);
+        }
+}
+
 static void test_latency(void **state) {
         struct dsa_threadpool *p = NULL;
         const int reps = 20000;
@@ -231,6 +276,7 @@ int main(void) {
                 cmocka_unit_test(test_wake_after_sleep),
                 cmocka_unit_test(test_concurrent_callers),
                 cmocka_unit_test(test_reentrant),
+                cmocka_unit_test(test_back_to_back_jobs),
                 cmocka_unit_test(test_latency),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
