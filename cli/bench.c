@@ -22,7 +22,6 @@
 #include "engine/tokenizer.h"
 #include "verbs.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
 
 static void bench_usage(FILE *f) {
         fputs("Usage: dsactl bench -m MODEL [--seq N] [--batch B] [--threads N] [--runs R]\n"

@@ -18,7 +18,6 @@
 #include "verbs.h"
 
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
 
 enum {
         ARG_JSON = 0x100,

@@ -414,7 +414,6 @@ struct dsa_gguf *dsa_gguf_free(struct dsa_gguf *g) {
         return NULL;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
 
 int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret) {
         _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "basic/macro.h"
+
 #include "tensor.h"
 
 enum dsa_gguf_vtype {
@@ -45,6 +47,7 @@ int dsa_gguf_open(const char *path, struct dsa_gguf **ret);
 /* Validates a caller-owned buffer (fuzzing, tests); data must outlive the handle. */
 int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret);
 struct dsa_gguf *dsa_gguf_free(struct dsa_gguf *g);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
 
 uint32_t dsa_gguf_version(const struct dsa_gguf *g);
 
@@ -83,6 +86,7 @@ const struct dsa_tensor_view *dsa_gguf_find_tensor(const struct dsa_gguf *g, con
 struct dsa_gguf_writer;
 struct dsa_gguf_writer *dsa_gguf_writer_new(void);
 struct dsa_gguf_writer *dsa_gguf_writer_free(struct dsa_gguf_writer *w);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf_writer *, dsa_gguf_writer_free);
 int dsa_gguf_writer_set_u32(struct dsa_gguf_writer *w, const char *key, uint32_t v);
 int dsa_gguf_writer_set_i32(struct dsa_gguf_writer *w, const char *key, int32_t v);
 int dsa_gguf_writer_set_u64(struct dsa_gguf_writer *w, const char *key, uint64_t v);

@@ -15,12 +15,10 @@
 #include "bert.h"
 #include "safetensors.h"
 #include "tokenizer.h"
+#include "json-util.h"
 
 #define HF_MAX_JSON_BYTES (UINT64_C(1) << 30) /* tokenizer.json of big vocabularies is ~10 MB */
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_safetensors *, dsa_safetensors_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_tokenizer *, dsa_tokenizer_free);
 
 static int path_join(char *buf, size_t n, const char *dir, const char *name) {
         int k = snprintf(buf, n, "%s/%s", dir, name);

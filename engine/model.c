@@ -46,10 +46,6 @@ struct dsa_model {
         char *source;
 };
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf_writer *, dsa_gguf_writer_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_tokenizer *, dsa_tokenizer_free);
 
 struct dsa_model *dsa_model_free(struct dsa_model *m) {
         if (!m)

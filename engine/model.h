@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "basic/macro.h"
+
 #include "tensor.h"
 
 struct dsa_tokenizer;
@@ -46,6 +48,7 @@ struct dsa_model;
 /* path: a GGUF file or a Hugging Face folder. */
 int dsa_model_open(const char *path, struct dsa_model **ret);
 struct dsa_model *dsa_model_free(struct dsa_model *m);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
 
 enum dsa_arch dsa_model_arch(const struct dsa_model *m);
 const struct dsa_bert_config *dsa_model_bert_config(const struct dsa_model *m);

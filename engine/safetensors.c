@@ -15,6 +15,7 @@
 #include "basic/macro.h"
 #include "safetensors.h"
 #include "tensor-internal.h"
+#include "json-util.h"
 
 #define ST_MAX_HEADER (100u * 1024u * 1024u)
 #define ST_MAX_INDEX (100u * 1024u * 1024u)
@@ -42,8 +43,6 @@ static const struct {
         { "I32", DSA_TYPE_I32 }, { "I64", DSA_TYPE_I64 },
 };
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_tokener *, json_tokener_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct json_object *, json_object_put);
 
 struct dsa_safetensors *dsa_safetensors_free(struct dsa_safetensors *s) {
         if (!s)
@@ -60,7 +59,6 @@ struct dsa_safetensors *dsa_safetensors_free(struct dsa_safetensors *s) {
         return NULL;
 }
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_safetensors *, dsa_safetensors_free);
 
 /* Parses JSON text of exactly len bytes (no NUL inside; trailing whitespace allowed, as
  * writers pad the header with spaces). */

@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include "basic/macro.h"
+
 #include "tensor.h"
 
 struct dsa_safetensors;
@@ -19,6 +21,7 @@ int dsa_safetensors_open_dir(const char *dir, struct dsa_safetensors **ret);
 /* A caller-owned buffer holding one file (fuzzing, tests); data must outlive the handle. */
 int dsa_safetensors_open_memory(const void *data, size_t size, struct dsa_safetensors **ret);
 struct dsa_safetensors *dsa_safetensors_free(struct dsa_safetensors *s);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_safetensors *, dsa_safetensors_free);
 
 /* Views use ggml's order: ne[0] is the LAST safetensors dimension; a scalar (shape []) is
  * n_dims 1, ne[0] 1. Supported dtypes: F32, F16, BF16, F64, I8, I16, I32, I64 (others give

@@ -12,6 +12,7 @@
 #include "basic/macro.h"
 #include "gguf.h"
 #include "tokenizer-internal.h"
+#include "json-util.h"
 
 #define PHANTOM "\xe2\x96\x81" /* U+2581, llama.cpp's word-initial mark */
 #define PHANTOM_LEN 3
@@ -36,8 +37,6 @@ struct dsa_tokenizer *dsa_tokenizer_free(struct dsa_tokenizer *t) {
         free(t);
         return NULL;
 }
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_tokenizer *, dsa_tokenizer_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(json_object *, json_object_put);
 
 static struct dsa_tokenizer *tokenizer_new(const struct dsa_tokenizer_options *opts) {
         struct dsa_tokenizer *t = calloc(1, sizeof(*t));

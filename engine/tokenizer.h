@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "basic/macro.h"
+
 struct dsa_gguf;
 struct dsa_gguf_writer;
 
@@ -45,6 +47,7 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
 /* Writes tokenizer.ggml.* and dsa.tokenizer.* keys. */
 int dsa_tokenizer_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_writer *w);
 struct dsa_tokenizer *dsa_tokenizer_free(struct dsa_tokenizer *t);
+DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_tokenizer *, dsa_tokenizer_free);
 
 size_t dsa_tokenizer_n_vocab(const struct dsa_tokenizer *t);
 /* The vocabulary string of id in HF form ("##ing"), or NULL when out of range. */

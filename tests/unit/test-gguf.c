@@ -20,8 +20,6 @@
 #include "engine/gguf.h"
 #include "testutil.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf_writer *, dsa_gguf_writer_free);
 
 static bool str_eq(const char *p, size_t n, const char *want) {
         return n == strlen(want) && memcmp(p, want, n) == 0;

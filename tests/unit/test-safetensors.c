@@ -17,7 +17,6 @@
 #include "engine/safetensors.h"
 #include "testutil.h"
 
-DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_safetensors *, dsa_safetensors_free);
 
 /* A file: u64 header length, the JSON, then data_size bytes of data (byte i = i & 0xff). */
 static uint8_t *build(const char *json, size_t data_size, size_t *ret_size) {
