@@ -13,19 +13,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "engine/model.h"
+#include "engine/variant.h"
 #include "engine/tokenizer.h"
 #include "verbs.h"
 
 
 static void bench_usage(FILE *f) {
         fputs("Usage: dsactl bench -m MODEL [--seq N] [--batch B] [--threads N] [--runs R]\n"
-              "                    [--warmup W] [--json] [--dump FILE]\n"
+              "                    [--warmup W] [--json] [--dump FILE] [--record]\n"
               "Times the encoder forward on B synthetic rows of N tokens (default 128 x 1,\n"
               "threads = usable cores, 10 runs after 2 warmups). --dump writes the last hidden\n"
               "state (B,N,C) as raw little-endian float32, to compare with another runtime.\n",
@@ -118,7 +120,7 @@ static int dump_hidden(const char *path, const float *h, size_t n) {
 }
 
 int verb_bench(int argc, char **argv) {
-        enum { OPT_SEQ = 0x100, OPT_BATCH, OPT_THREADS, OPT_RUNS, OPT_WARMUP, OPT_JSON, OPT_DUMP };
+        enum { OPT_SEQ = 0x100, OPT_BATCH, OPT_THREADS, OPT_RUNS, OPT_WARMUP, OPT_JSON, OPT_DUMP, OPT_RECORD };
         static const struct option options[] = {
                 { "model", required_argument, NULL, 'm' },
                 { "seq", required_argument, NULL, OPT_SEQ },
@@ -128,6 +130,7 @@ int verb_bench(int argc, char **argv) {
                 { "warmup", required_argument, NULL, OPT_WARMUP },
                 { "json", no_argument, NULL, OPT_JSON },
                 { "dump", required_argument, NULL, OPT_DUMP },
+                { "record", no_argument, NULL, OPT_RECORD },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -138,7 +141,7 @@ int verb_bench(int argc, char **argv) {
         _cleanup_free_ double *ms = NULL;
         const char *model = NULL, *dump = NULL;
         long seq = 128, batch = 1, runs = 10, warmup = 2, threads = 0; /* 0: every usable core */
-        bool json = false;
+        bool json = false, record = false;
         const struct dsa_bert_config *cfg;
         const struct dsa_tokenizer *tok;
         size_t B, T, n_tok, n_hidden;
@@ -175,6 +178,9 @@ int verb_bench(int argc, char **argv) {
                         continue;
                 case OPT_DUMP:
                         dump = optarg;
+                        continue;
+                case OPT_RECORD:
+                        record = true;
                         continue;
                 case 'h':
                         bench_usage(stdout);
@@ -312,6 +318,26 @@ int verb_bench(int argc, char **argv) {
         if (fflush(stdout) != 0) {
                 fprintf(stderr, "dsactl: bench: writing output: %s\n", strerror(errno));
                 return 1;
+        }
+        if (record) {
+                /* dsa.variant.bench.s<N>.b<B>.t<threads>.ms: the median, in the model file itself. */
+                char key[96], val[32];
+                struct stat st;
+
+                if (stat(model, &st) < 0 || !S_ISREG(st.st_mode)) {
+                        fprintf(stderr, "dsactl: %s: --record needs a GGUF file to write the result into\n", model);
+                        return 1;
+                }
+                snprintf(key, sizeof(key), "bench.s%ld.b%ld.t%ld.ms", seq, batch, threads);
+                snprintf(val, sizeof(val), "%.3f", med);
+                dsa_error_clear();
+                r = dsa_model_set_info(m, key, val);
+                if (r >= 0)
+                        r = dsa_model_save_variant(m, model);
+                if (r < 0) {
+                        fprintf(stderr, "dsactl: %s: %s\n", model, dsa_error_message(r));
+                        return 1;
+                }
         }
         return 0;
 }

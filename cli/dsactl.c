@@ -18,6 +18,9 @@ static const struct verb {
         { "embed", verb_embed },
         { "import", verb_import },
         { "bench", verb_bench },
+        { "eval", verb_eval },
+        { "optimize", verb_optimize },
+        { "show", verb_show },
         { "list", verb_list },
         { "ps", verb_ps },
         { "status", verb_status },
@@ -46,7 +49,19 @@ void dsactl_help(FILE *f) {
               "  import SRC -o OUT.gguf [--type f32|f16|bf16]\n"
               "                         Convert a Hugging Face folder (or GGUF) into our GGUF\n"
               "  bench -m MODEL [--seq N] [--batch B] [--threads N] [--runs R] [--warmup W] [--json]\n"
-              "        [--dump FILE]    Time the forward pass on synthetic input\n"
+              "        [--dump FILE] [--record]\n"
+              "                         Time the forward pass on synthetic input\n"
+              "  eval -m MODEL --task sst2|mrpc|rte --data FILE [--json] [--threads N]\n"
+              "       [--limit N] [--predictions FILE] [--record]\n"
+              "                         Accuracy (and F1) of a classifier on a GLUE dev set\n"
+              "  optimize -m MODEL -o OUT.gguf [--quant f32|f16|bf16|int8|mixed]\n"
+              "       [--act dynamic|minmax|percentile] [--percentile P] [--mixed-target F]\n"
+              "       [--prune-heads F] [--prune-ffn F] [--sparsity F]\n"
+              "       [--sparsity-method magnitude|wanda|sparsegpt]\n"
+              "       [--sparsity-pattern unstructured|2:4|block16] [--token-keep F|auto]\n"
+              "       [--token-target F] [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
+              "                         Write a pruned / quantized variant of MODEL\n"
+              "  show -m MODEL [--json]  Describe MODEL and list its variants in the same folder\n"
               "\n"
               "dsad verbs:\n"
               "  list [--json]          Models in dsad's store: name, loaded, arch, hidden, labels\n"

@@ -12,6 +12,11 @@ int verb_classify(int argc, char **argv);
 int verb_embed(int argc, char **argv);
 int verb_import(int argc, char **argv);
 int verb_bench(int argc, char **argv);
+/* eval.c: accuracy on a GLUE dev set. */
+int verb_eval(int argc, char **argv);
+/* optimize.c: make a variant; show.c: describe a model and its variants. */
+int verb_optimize(int argc, char **argv);
+int verb_show(int argc, char **argv);
 /* online.c: dsad's control verbs. */
 int verb_list(int argc, char **argv);
 int verb_ps(int argc, char **argv);

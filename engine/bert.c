@@ -64,7 +64,7 @@ struct dsa__bert_scratch {
         bool busy;
 };
 
-static struct dsa__bert_scratch *scratch_free(struct dsa__bert_scratch *s) {
+struct dsa__bert_scratch *dsa__bert_scratch_free(struct dsa__bert_scratch *s) {
         if (!s)
                 return NULL;
         pthread_mutex_destroy(&s->lock);
@@ -73,7 +73,7 @@ static struct dsa__bert_scratch *scratch_free(struct dsa__bert_scratch *s) {
         return NULL;
 }
 
-static struct dsa__bert_scratch *scratch_new(void) {
+struct dsa__bert_scratch *dsa__bert_scratch_new(void) {
         struct dsa__bert_scratch *s = calloc(1, sizeof(*s));
 
         if (!s)
@@ -117,260 +117,6 @@ static void scratch_put(struct dsa__bert_scratch *s, float *p, bool cached) {
         pthread_mutex_unlock(&s->lock);
 }
 
-struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
-        if (!b)
-                return NULL;
-        if (b->labels)
-                for (uint32_t i = 0; i < b->cfg.n_labels; i++)
-                        free(b->labels[i]);
-        free(b->labels);
-        if (b->layers)
-                for (uint32_t i = 0; i < b->cfg.n_layer; i++) {
-                        dsa_packed_f32_free(b->layers[i].qkv_w);
-                        dsa_packed_f32_free(b->layers[i].o_w);
-                        dsa_packed_f32_free(b->layers[i].up_w);
-                        dsa_packed_f32_free(b->layers[i].down_w);
-                }
-        free(b->layers);
-        free(b->arena);
-        dsa_threadpool_free(b->pool);
-        scratch_free(b->scratch);
-        free(b);
-        return NULL;
-}
-
-static unsigned usable_cpus(void) {
-        cpu_set_t set;
-
-        if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
-                return (unsigned) CPU_COUNT(&set);
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        return n > 0 ? (unsigned) n : 1;
-}
-
-int dsa__bert_set_threads(struct dsa_bert *b, unsigned n) {
-        struct dsa_threadpool *p = NULL;
-        int r;
-
-        if (!b || n > 4096)
-                return -EINVAL;
-        if (n == 0)
-                n = usable_cpus();
-        if (n > 1) {
-                r = dsa_threadpool_new(n, &p);
-                if (r < 0)
-                        return dsa__error(r, "cannot start %u threads", n);
-        }
-        dsa_threadpool_free(b->pool);
-        b->pool = p;
-        /* The pool is the only parallelism: OpenBLAS (pooler, classifier) stays on one thread. */
-        dsa_blas_set_threads(1);
-        return (int) n;
-}
-
-/* Adds a*b floats to *total; false on overflow. */
-static bool arena_add(size_t *total, size_t a, size_t b) {
-        size_t n;
-        return size_mul_ok(a, b, &n) && size_add_ok(*total, n, total);
-}
-
-static float *carve(float **cursor, size_t n) {
-        float *p = *cursor;
-        *cursor += n;
-        return p;
-}
-
-struct loader {
-        dsa__bert_lookup_fn lookup;
-        void *userdata;
-};
-
-/* Reads tensor name, which must have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml order, into
- * dst. Absent: -ENOENT with a reason when required, else 0 with *ret_found false. */
-static int load_tensor(const struct loader *l, const char *name, float *dst, uint64_t ne0, uint64_t ne1,
-                       bool required, bool *ret_found) {
-        const struct dsa_tensor_view *v = l->lookup(l->userdata, name);
-        uint64_t want[DSA_MAX_DIMS] = { ne0, ne1 ? ne1 : 1, 1, 1 };
-        int r;
-
-        if (ret_found)
-                *ret_found = v != NULL;
-        if (!v) {
-                if (required)
-                        return dsa__error(-ENOENT, "tensor '%s' is missing", name);
-                return 0;
-        }
-        const char *shown = v->name ? v->name : name;
-        if (v->n_dims > DSA_MAX_DIMS)
-                return dsa__error(-EBADMSG, "tensor '%s' has %u dimensions", shown, v->n_dims);
-        for (size_t i = 0; i < DSA_MAX_DIMS; i++) {
-                uint64_t got = i < v->n_dims ? v->ne[i] : 1;
-                if (got != want[i])
-                        return dsa__error(-EBADMSG,
-                                          "tensor '%s' has shape (%llu, %llu, %llu, %llu), expected (%llu, %llu) "
-                                          "from the config (ggml order: ne[0] first)",
-                                          shown, (unsigned long long) v->ne[0],
-                                          (unsigned long long) (v->n_dims > 1 ? v->ne[1] : 1),
-                                          (unsigned long long) (v->n_dims > 2 ? v->ne[2] : 1),
-                                          (unsigned long long) (v->n_dims > 3 ? v->ne[3] : 1),
-                                          (unsigned long long) want[0], (unsigned long long) want[1]);
-        }
-        r = dsa_tensor_to_f32(v, dst);
-        if (r < 0) {
-                const char *tn = dsa_type_name(v->type);
-                return dsa__error(r, "tensor '%s': cannot convert type %s to F32", shown, tn ? tn : "?");
-        }
-        return 0;
-}
-
-int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup, void *userdata,
-                   struct dsa_bert **ret) {
-        _cleanup_(dsa__bert_freep) struct dsa_bert *b = NULL;
-        struct loader l = { lookup, userdata };
-        size_t total = 0, per_layer = 0;
-        char name[96];
-        bool found;
-        int r;
-
-        if (!cfg || !lookup || !ret)
-                return -EINVAL;
-        r = dsa__bert_config_check(cfg);
-        if (r < 0)
-                return r;
-
-        const size_t V = cfg->n_vocab, C = cfg->n_embd, F = cfg->n_ff, L = cfg->n_layer;
-        const size_t NCTX = cfg->n_ctx, NT = cfg->n_type, NL = cfg->n_labels;
-        size_t per_layer_mats = 0, packed = 0;
-
-        bool ok = arena_add(&total, V, C) && arena_add(&total, NCTX, C) && arena_add(&total, NT, C) &&
-                  arena_add(&total, 2, C) && arena_add(&per_layer, 9, C) && arena_add(&per_layer, 1, F) &&
-                  arena_add(&total, L, per_layer) && (!cfg->has_pooler || arena_add(&total, C + 1, C)) &&
-                  arena_add(&total, NL, C + 1) && arena_add(&per_layer_mats, 4 * C, C) &&
-                  arena_add(&per_layer_mats, 2, F * C) && arena_add(&packed, L, per_layer_mats);
-        size_t bytes, packed_bytes;
-        if (!ok || !size_mul_ok(total, sizeof(float), &bytes) || !size_mul_ok(packed, sizeof(float), &packed_bytes))
-                return dsa__error(-EOVERFLOW, "BERT weights do not fit in memory");
-        /* One layer matrix at a time is read here, then packed: at most max(3C, F) x C. */
-        _cleanup_free_ float *mat = malloc(MAX(3 * C, F) * C * sizeof(float));
-        if (!mat)
-                return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", MAX(3 * C, F), C);
-
-        b = calloc(1, sizeof(*b));
-        if (!b)
-                return -ENOMEM;
-        b->cfg = *cfg;
-        b->default_pool = cfg->n_labels > 0 && cfg->has_pooler ? DSA_POOL_POOLER : DSA_POOL_CLS;
-        b->layers = calloc(L, sizeof(*b->layers));
-        if (!b->layers)
-                return -ENOMEM;
-        void *arena = NULL;
-        if (posix_memalign(&arena, 64, bytes) != 0)
-                return dsa__error(-ENOMEM, "cannot allocate %zu bytes for BERT weights", bytes);
-        b->arena = arena;
-        b->arena_floats = total;
-        b->packed_floats = packed;
-        b->scratch = scratch_new();
-        if (!b->scratch)
-                return -ENOMEM;
-
-        float *cur = b->arena;
-        b->wte = carve(&cur, V * C);
-        b->wpe = carve(&cur, NCTX * C);
-        b->wtt = carve(&cur, NT * C);
-        b->emb_ln_g = carve(&cur, C);
-        b->emb_ln_b = carve(&cur, C);
-
-        if ((r = load_tensor(&l, "token_embd.weight", b->wte, C, V, true, NULL)) < 0 ||
-            (r = load_tensor(&l, "position_embd.weight", b->wpe, C, NCTX, true, NULL)) < 0 ||
-            (r = load_tensor(&l, "token_types.weight", b->wtt, C, NT, false, &found)) < 0 ||
-            (r = load_tensor(&l, "token_embd_norm.weight", b->emb_ln_g, C, 0, true, NULL)) < 0 ||
-            (r = load_tensor(&l, "token_embd_norm.bias", b->emb_ln_b, C, 0, true, NULL)) < 0)
-                return r;
-        if (!found)
-                memset(b->wtt, 0, NT * C * sizeof(float));
-
-        for (size_t i = 0; i < L; i++) {
-                struct dsa_bert_layer *y = &b->layers[i];
-                static const struct {
-                        const char *name;
-                        size_t off;
-                } qkv[] = { { "attn_q", 0 }, { "attn_k", 1 }, { "attn_v", 2 } };
-
-                y->qkv_b = carve(&cur, 3 * C);
-                y->o_b = carve(&cur, C);
-                y->ln1_g = carve(&cur, C);
-                y->ln1_b = carve(&cur, C);
-                y->up_b = carve(&cur, F);
-                y->down_b = carve(&cur, C);
-                y->ln2_g = carve(&cur, C);
-                y->ln2_b = carve(&cur, C);
-
-                for (size_t j = 0; j < ELEMENTSOF(qkv); j++) {
-                        snprintf(name, sizeof(name), "blk.%zu.%s.weight", i, qkv[j].name);
-                        r = load_tensor(&l, name, mat + qkv[j].off * C * C, C, C, true, NULL);
-                        if (r < 0)
-                                return r;
-                        snprintf(name, sizeof(name), "blk.%zu.%s.bias", i, qkv[j].name);
-                        r = load_tensor(&l, name, y->qkv_b + qkv[j].off * C, C, 0, true, NULL);
-                        if (r < 0)
-                                return r;
-                }
-                r = dsa_packed_f32_new(mat, 3 * C, C, &y->qkv_w);
-                if (r < 0)
-                        return dsa__error(r, "cannot pack layer %zu's QKV weights", i);
-
-                /* (in, out) in ggml order: the matrix is (out, in) row-major; out 0: a LayerNorm. */
-                const struct {
-                        const char *name;
-                        struct dsa_packed_f32 **w;
-                        float *g, *bias;
-                        size_t in, out;
-                } rest[] = {
-                        { "attn_output", &y->o_w, NULL, y->o_b, C, C },
-                        { "ffn_up", &y->up_w, NULL, y->up_b, C, F },
-                        { "ffn_down", &y->down_w, NULL, y->down_b, F, C },
-                        { "attn_output_norm", NULL, y->ln1_g, y->ln1_b, C, 0 },
-                        { "layer_output_norm", NULL, y->ln2_g, y->ln2_b, C, 0 },
-                };
-                for (size_t j = 0; j < ELEMENTSOF(rest); j++) {
-                        snprintf(name, sizeof(name), "blk.%zu.%s.weight", i, rest[j].name);
-                        r = load_tensor(&l, name, rest[j].w ? mat : rest[j].g, rest[j].in, rest[j].out, true,
-                                        NULL);
-                        if (r < 0)
-                                return r;
-                        if (rest[j].w) {
-                                r = dsa_packed_f32_new(mat, rest[j].out, rest[j].in, rest[j].w);
-                                if (r < 0)
-                                        return dsa__error(r, "cannot pack tensor '%s'", name);
-                        }
-                        snprintf(name, sizeof(name), "blk.%zu.%s.bias", i, rest[j].name);
-                        r = load_tensor(&l, name, rest[j].bias, rest[j].out ? rest[j].out : rest[j].in, 0,
-                                        true, NULL);
-                        if (r < 0)
-                                return r;
-                }
-        }
-
-        if (cfg->has_pooler) {
-                b->pool_w = carve(&cur, C * C);
-                b->pool_b = carve(&cur, C);
-                if ((r = load_tensor(&l, "cls.weight", b->pool_w, C, C, true, NULL)) < 0 ||
-                    (r = load_tensor(&l, "cls.bias", b->pool_b, C, 0, true, NULL)) < 0)
-                        return r;
-        }
-        if (NL > 0) {
-                b->cls_w = carve(&cur, NL * C);
-                b->cls_b = carve(&cur, NL);
-                if ((r = load_tensor(&l, "cls.output.weight", b->cls_w, C, NL, true, NULL)) < 0 ||
-                    (r = load_tensor(&l, "cls.output.bias", b->cls_b, NL, 0, true, NULL)) < 0)
-                        return r;
-        }
-        assert(cur == b->arena + total);
-
-        *ret = TAKE_PTR(b);
-        return 0;
-}
-
 /* Checks a batch against the model before any of it is used as an index. */
 static int batch_check(const struct dsa_bert_config *cfg, const struct dsa_batch *b, size_t *ret_BT) {
         size_t BT;
@@ -400,15 +146,15 @@ struct fwd {
         const struct dsa_bert *bert;
         const struct dsa_kernels *k;
         const struct dsa_batch *b;
-        size_t T, C, NH, HS, att_scratch;
+        size_t T0, C, NH, HS, A, att_scratch; /* T0: the batch's T; NH, A: this layer's heads, NH*HS */
         float eps, scale;
-        float *x, *qkv, *att, *tmp, *scratch, *probs;
-        /* linear: in (N, ldi) x w -> out (N, ldo) */
-        const struct dsa_packed_f32 *w;
-        const float *in, *bias;
-        float *out;
-        size_t N, ldi, ldo, OC, NR;
-        enum dsa_epilogue ep;
+        float *x, *qkv, *att, *tmp, *ff, *scratch, *probs;
+        /* Padded: rows of T0 tokens, valid (B,T0) or NULL. Packed (ragged): row b's tokens are
+         * rows off[b] .. off[b] + len[b] of every activation, idx[i] their flat position in the
+         * batch, and there is no padding to mask. */
+        const uint8_t *valid;
+        const size_t *off, *len, *idx;
+        size_t probs_stride; /* floats per (row, head) of probs */
         /* residual + LayerNorm */
         const float *g, *beta;
 };
@@ -420,25 +166,18 @@ static void task_embed(void *arg, size_t begin, size_t end) {
         const struct dsa_batch *b = f->b;
         const size_t C = f->C;
 
-        for (size_t bt = begin; bt < end; bt++) {
-                const float *we = bert->wte + (size_t) b->ids[bt] * C;
+        for (size_t i = begin; i < end; i++) {
+                const size_t bt = f->idx ? f->idx[i] : i;
                 const float *wt = bert->wtt + (size_t) (b->type_ids ? b->type_ids[bt] : 0) * C;
-                const float *wp = bert->wpe + (bt % f->T) * C;
-                float *o = f->x + bt * C;
+                const float *wp = bert->wpe + (bt % f->T0) * C;
+                float *o = f->x + i * C;
+                dsa__embed_row(&bert->wte, (size_t) b->ids[bt], o);
                 /* HF adds word + token type first, then position. */
                 for (size_t c = 0; c < C; c++)
-                        o[c] = (we[c] + wt[c]) + wp[c];
+                        o[c] = (o[c] + wt[c]) + wp[c];
         }
         f->k->layernorm_f32(f->x + begin * C, f->x + begin * C, bert->emb_ln_g, bert->emb_ln_b, end - begin,
                             C, f->eps);
-}
-
-/* Output panels [begin, end) of the current linear. */
-static void task_linear(void *arg, size_t begin, size_t end) {
-        const struct fwd *f = arg;
-        const size_t oc1 = end * f->NR < f->OC ? end * f->NR : f->OC;
-
-        dsa_linear_packed_f32(f->out, f->ldo, f->in, f->ldi, f->w, f->bias, f->N, begin * f->NR, oc1, f->ep);
 }
 
 /* (batch row, head) pairs [begin, end). Keys and values are read in place from qkv: the SIMD
@@ -446,15 +185,18 @@ static void task_linear(void *arg, size_t begin, size_t end) {
  * scratch, f->att_scratch floats at p f->att_scratch, is its own, so no two tasks share one. */
 static void task_attention(void *arg, size_t begin, size_t end) {
         const struct fwd *f = arg;
-        const size_t T = f->T, C = f->C, NH = f->NH, HS = f->HS;
+        const size_t A = f->A, NH = f->NH, HS = f->HS;
 
         for (size_t p = begin; p < end; p++) {
                 const size_t bb = p / NH, h = p % NH;
-                const float *q = f->qkv + bb * T * 3 * C + h * HS;
-                const uint8_t *valid = f->b->mask ? f->b->mask + bb * T : NULL;
+                const size_t row0 = f->off ? f->off[bb] : bb * f->T0, T = f->off ? f->len[bb] : f->T0;
+                const float *q = f->qkv + row0 * 3 * A + h * HS;
+                const uint8_t *valid = f->valid ? f->valid + bb * f->T0 : NULL;
 
-                f->k->attention_f32(f->att + bb * T * C + h * HS, C, q, 3 * C, q + C, 3 * C, q + 2 * C,
-                                    3 * C, valid, T, HS, f->scale, f->probs ? f->probs + p * T * T : NULL,
+                if (T == 0)
+                        continue;
+                f->k->attention_f32(f->att + row0 * A + h * HS, A, q, 3 * A, q + A, 3 * A, q + 2 * A, 3 * A, valid, T,
+                                    HS, f->scale, f->probs ? f->probs + p * f->probs_stride : NULL,
                                     f->scratch + p * f->att_scratch);
         }
 }
@@ -471,78 +213,288 @@ static void task_residual_ln(void *arg, size_t begin, size_t end) {
         f->k->layernorm_f32(f->x + begin * C, t, f->g, f->beta, end - begin, C, f->eps);
 }
 
+/* Pairs [begin, end) of (batch row, head): the first query of the row against all its keys,
+ * for the last layer of a first_only forward. att (B, A) gets one row per batch row. */
+static void task_attention_first(void *arg, size_t begin, size_t end) {
+        const struct fwd *f = arg;
+        const size_t A = f->A, NH = f->NH, HS = f->HS;
+
+        for (size_t p = begin; p < end; p++) {
+                const size_t bb = p / NH, h = p % NH, row0 = f->off[bb], T = f->len[bb];
+                const float *q = f->qkv + row0 * 3 * A + h * HS, *k = q + A, *v = q + 2 * A;
+                float *s = f->scratch + p * f->att_scratch, *o = f->att + bb * A + h * HS, mx = -INFINITY, z = 0;
+
+                for (size_t c = 0; c < HS; c++)
+                        o[c] = 0.0f;
+                if (T == 0)
+                        continue;
+                for (size_t j = 0; j < T; j++) {
+                        float d = 0.0f;
+                        for (size_t c = 0; c < HS; c++)
+                                d += q[c] * k[j * 3 * A + c];
+                        s[j] = d * f->scale;
+                        mx = s[j] > mx ? s[j] : mx;
+                }
+                for (size_t j = 0; j < T; j++) {
+                        s[j] = expf(s[j] - mx);
+                        z += s[j];
+                }
+                for (size_t j = 0; j < T; j++) {
+                        const float w = s[j] / z;
+                        for (size_t c = 0; c < HS; c++)
+                                o[c] += w * v[j * 3 * A + c];
+                }
+        }
+}
+
 /* Rows per task for the row-wise steps: enough work per dispatch to hide its cost. */
 #define ROW_GRAIN 8
 
-static void linear(struct dsa_threadpool *pool, struct fwd *f, float *out, size_t ldo, const float *in,
-                   size_t ldi, const struct dsa_packed_f32 *w, const float *bias, enum dsa_epilogue ep) {
-        f->out = out, f->ldo = ldo, f->in = in, f->ldi = ldi, f->w = w, f->bias = bias, f->ep = ep;
-        f->OC = dsa_packed_f32_rows(w);
-        f->NR = dsa_packed_f32_block(w);
-        dsa_threadpool_for(pool, (f->OC + f->NR - 1) / f->NR, 1, task_linear, f);
+/* The packed (ragged) layout: no padding rows at all, so no GEMM or attention work is spent on
+ * them, and each row may shrink on its own (token pruning). */
+struct packed {
+        size_t *off, *len; /* (B) */
+        size_t *idx;       /* (BT) */
+        float *x;          /* (BT, C) */
+        float *score;      /* (T0) */
+        size_t *order;     /* (T0) */
+};
+
+static void packed_free(struct packed *p) {
+        free(p->off);
+        free(p->len);
+        free(p->idx);
+        free(p->x);
+        free(p->score);
+        free(p->order);
+}
+
+/* Lays the batch's real tokens out packed; returns their count. */
+static size_t packed_init(struct packed *p, const struct dsa_batch *b) {
+        size_t n = 0;
+
+        for (size_t bb = 0; bb < b->B; bb++) {
+                p->off[bb] = n;
+                for (size_t t = 0; t < b->T; t++)
+                        if (!b->mask || b->mask[bb * b->T + t])
+                                p->idx[n++] = bb * b->T + t;
+                p->len[bb] = n - p->off[bb];
+        }
+        return n;
+}
+
+/* Writes the packed rows x back to their places in hidden (B,T0,C). */
+static void scatter(const struct packed *p, const float *x, float *hidden, size_t n, size_t C) {
+        for (size_t i = 0; i < n; i++)
+                memcpy(hidden + p->idx[i] * C, x + i * C, C * sizeof(float));
+}
+
+static int cmp_score(const void *a, const void *b, void *key) {
+        const float *score = key;
+        float x = score[*(const size_t *) a], y = score[*(const size_t *) b];
+        size_t i = *(const size_t *) a, j = *(const size_t *) b;
+        if (x != y)
+                return x > y ? -1 : 1;
+        return (i > j) - (i < j);
+}
+
+static int cmp_index(const void *a, const void *b) {
+        size_t i = *(const size_t *) a, j = *(const size_t *) b;
+        return (i > j) - (i < j);
+}
+
+/* Dynamic token pruning (PoWER-BERT's significance, without retraining): after a layer that
+ * keeps a fraction k < 1, each row keeps its first token ([CLS]) and the ceil(k n) - 1 others of
+ * its n that received the most attention in that layer (probabilities summed over heads and
+ * queries), in their order; the others leave the residual stream (their output rows keep their
+ * state at that layer). probs: (B, NH) blocks of stride floats, each len x len. Compacts x in
+ * place (a destination row never lies after its source); returns the new token count. */
+static size_t prune_tokens(struct packed *p, float *x, const float *probs, size_t stride, size_t B, size_t NH,
+                           size_t C, float keep) {
+        size_t n = 0;
+
+        for (size_t b = 0; b < B; b++) {
+                const size_t T = p->len[b], o = p->off[b];
+                size_t want = MAX((size_t) ceilf(keep * (float) T), (size_t) 1);
+
+                want = MIN(want, T);
+                for (size_t k = 0; k < T; k++) {
+                        float s = 0.0f;
+                        for (size_t h = 0; h < NH; h++) {
+                                const float *ph = probs + (b * NH + h) * stride;
+                                for (size_t q = 0; q < T; q++)
+                                        s += ph[q * T + k];
+                        }
+                        p->score[k] = k == 0 ? INFINITY : s;
+                        p->order[k] = k;
+                }
+                qsort_r(p->order, T, sizeof(size_t), cmp_score, p->score);
+                qsort(p->order, want, sizeof(size_t), cmp_index);
+                for (size_t i = 0; i < want; i++) {
+                        const size_t src = o + p->order[i];
+                        if (n + i != src)
+                                memmove(x + (n + i) * C, x + src * C, C * sizeof(float));
+                        p->idx[n + i] = p->idx[src];
+                }
+                p->off[b] = n;
+                p->len[b] = T == 0 ? 0 : want;
+                n += p->len[b];
+        }
+        return n;
+}
+
+/* The last layer when only each row's first token is wanted: Q, K, V of every token (the keys
+ * and values are needed), the rest on the B first tokens only, gathered into (B, C) rows at the
+ * front of the buffers, and their new state written back to x. */
+static void last_layer_first_only(struct dsa_threadpool *pool, struct fwd *f, const struct dsa_bert_layer *y,
+                                  size_t N, void *lin_scratch, enum dsa_epilogue gelu) {
+        const size_t B = f->b->B, C = f->C;
+        float *x = f->x, *xf = f->qkv;
+
+        dsa__linear_forward(pool, &y->qkv, f->qkv, 3 * f->A, x, C, y->qkv_b, N, DSA_EPILOGUE_NONE, lin_scratch);
+        dsa_threadpool_for(pool, B * f->NH, 1, task_attention_first, f);
+        /* qkv is free now: it holds the first tokens' residual stream. */
+        for (size_t b = 0; b < B; b++)
+                memcpy(xf + b * C, x + f->off[b] * C, C * sizeof(float));
+        f->x = xf;
+        dsa__linear_forward(pool, &y->o, f->tmp, C, f->att, f->A, y->o_b, B, DSA_EPILOGUE_NONE, lin_scratch);
+        f->g = y->ln1_g, f->beta = y->ln1_b;
+        dsa_threadpool_for(pool, B, ROW_GRAIN, task_residual_ln, f);
+        dsa__linear_forward(pool, &y->up, f->ff, y->n_ff, xf, C, y->up_b, B, gelu, lin_scratch);
+        dsa__linear_forward(pool, &y->down, f->tmp, C, f->ff, y->n_ff, y->down_b, B, DSA_EPILOGUE_NONE, lin_scratch);
+        f->g = y->ln2_g, f->beta = y->ln2_b;
+        dsa_threadpool_for(pool, B, ROW_GRAIN, task_residual_ln, f);
+        for (size_t b = 0; b < B; b++)
+                if (f->len[b] > 0)
+                        memcpy(x + f->off[b] * C, xf + b * C, C * sizeof(float));
+        f->x = x;
+}
+
+static bool prunes_tokens(const struct dsa_bert *bert) {
+        for (size_t l = 0; l + 1 < bert->cfg.n_layer; l++)
+                if (bert->layers[l].token_keep < 1.0f)
+                        return true;
+        return false;
+}
+
+static void hook(const struct dsa__bert_hooks *hooks, size_t l, enum dsa__bert_lin which, const float *x, size_t N,
+                 size_t C, const uint8_t *valid) {
+        if (hooks && hooks->linear_input)
+                hooks->linear_input(hooks->userdata, l, which, x, N, C, valid);
 }
 
 int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
-                      struct dsa_trace *trace) {
+                      struct dsa_trace *trace, const struct dsa__bert_hooks *hooks) {
         const struct dsa_bert_config *cfg = &bert->cfg;
-        const size_t B = b->B, T = b->T, C = cfg->n_embd, NH = cfg->n_head, HS = C / NH, F = cfg->n_ff;
+        const size_t B = b->B, T0 = b->T, C = cfg->n_embd, HS = C / cfg->n_head, F = cfg->n_ff;
         const enum dsa_epilogue gelu = cfg->act == DSA_ACT_GELU_TANH ? DSA_EPILOGUE_GELU_TANH
                                                                      : DSA_EPILOGUE_GELU_ERF;
+        const bool pruning = !trace && !hooks && prunes_tokens(bert);
+        const bool packed = !trace && (b->ragged || b->first_only || pruning);
         struct dsa_threadpool *pool = bert->pool;
-        size_t BT = 0;
+        size_t BT = 0, lin_bytes = 0;
         bool cached;
         int r;
 
         r = batch_check(cfg, b, &BT);
         if (r < 0)
                 return r;
+        for (size_t l = 0; l < cfg->n_layer; l++)
+                for (int j = 0; j < _DSA__LIN_MAX; j++)
+                        lin_bytes = MAX(lin_bytes, dsa__linear_scratch(dsa__bert_linear((struct dsa_bert *) bert, l,
+                                                                                        (enum dsa__bert_lin) j), BT));
 
         /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), then the attention
-         * scratch of each (batch row, head). batch_check bounded BT (8C + F) floats in bytes, so
-         * the activations cannot overflow; the scratch (about 2 T HS + 50 T floats a pair, so
-         * about BT (2C + 50 NH) in all) is checked. */
-        const size_t att_scratch = dsa_attention_scratch(T, HS);
-        size_t n = BT * (5 * C + F), att_n, bytes;
-        if (!size_mul_ok(B * NH, att_scratch, &att_n) || !size_add_ok(n, att_n, &n) ||
+         * scratch of each (batch row, head), the int8 rows of a quantized linear, and with token
+         * pruning the probabilities (B,NH,T,T) of a pruning layer. batch_check bounded BT (8C + F)
+         * floats in bytes, so the activations cannot overflow; the rest is checked. */
+        const size_t att_scratch = dsa_attention_scratch(T0, HS);
+        size_t n = BT * (5 * C + F), att_n, probs_n = 0, lin_n = (lin_bytes + 63) / sizeof(float) + 16, bytes;
+        if (!size_mul_ok(B * cfg->n_head, att_scratch, &att_n) || !size_add_ok(n, att_n, &n) ||
+            !size_add_ok(n, lin_n, &n) ||
+            (pruning && (!size_mul_ok(BT * cfg->n_head, T0, &probs_n) || !size_add_ok(n, probs_n, &n))) ||
             !size_mul_ok(n, sizeof(float), &bytes))
-                return dsa__error(-EOVERFLOW, "batch of %zu x %zu tokens is too large", B, T);
+                return dsa__error(-EOVERFLOW, "batch of %zu x %zu tokens is too large", B, T0);
         float *act = scratch_get(bert->scratch, n, &cached);
         if (!act)
-                return dsa__error(-ENOMEM, "cannot allocate activations for %zu x %zu tokens", B, T);
+                return dsa__error(-ENOMEM, "cannot allocate activations for %zu x %zu tokens", B, T0);
 
         struct fwd f = {
-                .bert = bert, .k = dsa_kernels(), .b = b, .T = T, .C = C, .NH = NH, .HS = HS,
-                .att_scratch = att_scratch,
-                .eps = cfg->eps, .scale = 1.0f / sqrtf((float) HS), .N = BT,
+                .bert = bert, .k = dsa_kernels(), .b = b, .T0 = T0, .C = C, .HS = HS,
+                .att_scratch = att_scratch, .eps = cfg->eps, .scale = 1.0f / sqrtf((float) HS),
                 .x = ret_hidden, /* the residual stream lives in the caller's output */
+                .valid = b->mask, .probs_stride = T0 * T0,
         };
         float *qkv = act, *att = qkv + BT * 3 * C, *tmp = att + BT * C, *ff = tmp + BT * C;
-        f.qkv = qkv, f.att = att, f.tmp = tmp, f.scratch = ff + BT * F;
+        f.qkv = qkv, f.att = att, f.tmp = tmp, f.ff = ff, f.scratch = ff + BT * F;
+        float *after = f.scratch + att_n;
+        void *lin_scratch = (void *) (((uintptr_t) after + 63) & ~(uintptr_t) 63);
+        float *probs_buf = after + lin_n;
 
-        dsa_threadpool_for(pool, BT, ROW_GRAIN, task_embed, &f);
+        struct packed p = { 0 };
+        size_t N = BT;
+        if (packed) {
+                p.off = malloc(B * sizeof(size_t));
+                p.len = malloc(B * sizeof(size_t));
+                p.idx = malloc(BT * sizeof(size_t));
+                p.x = malloc(BT * C * sizeof(float));
+                p.score = malloc(T0 * sizeof(float));
+                p.order = malloc(T0 * sizeof(size_t));
+                if (!p.off || !p.len || !p.idx || !p.x || !p.score || !p.order) {
+                        r = dsa__error(-ENOMEM, "cannot allocate the packed token layout");
+                        goto out;
+                }
+                N = packed_init(&p, b);
+                /* Padding rows of the output are zeros: nothing computes them. */
+                if (N < BT)
+                        memset(ret_hidden, 0, BT * C * sizeof(float));
+                f.x = p.x, f.valid = NULL, f.off = p.off, f.len = p.len, f.idx = p.idx;
+        }
+
+        dsa_threadpool_for(pool, N, ROW_GRAIN, task_embed, &f);
         if (trace && trace->hidden && trace->hidden[0])
                 memcpy(trace->hidden[0], f.x, BT * C * sizeof(float));
 
         for (size_t l = 0; l < cfg->n_layer; l++) {
                 const struct dsa_bert_layer *y = &bert->layers[l];
+                const bool prune_here = pruning && y->token_keep < 1.0f && l + 1 < cfg->n_layer;
 
-                linear(pool, &f, qkv, 3 * C, f.x, C, y->qkv_w, y->qkv_b, DSA_EPILOGUE_NONE);
-                f.probs = trace && trace->attn ? trace->attn[l] : NULL;
-                dsa_threadpool_for(pool, B * NH, 1, task_attention, &f);
-                linear(pool, &f, tmp, C, att, C, y->o_w, y->o_b, DSA_EPILOGUE_NONE);
+                f.NH = y->n_head, f.A = y->n_head * HS;
+                if (packed && b->first_only && !hooks && l + 1 == cfg->n_layer) {
+                        last_layer_first_only(pool, &f, y, N, lin_scratch, gelu);
+                        break;
+                }
+                hook(hooks, l, DSA__LIN_QKV, f.x, N, C, f.valid);
+                dsa__linear_forward(pool, &y->qkv, qkv, 3 * f.A, f.x, C, y->qkv_b, N, DSA_EPILOGUE_NONE, lin_scratch);
+                f.probs = prune_here ? probs_buf : trace && trace->attn ? trace->attn[l] : NULL;
+                dsa_threadpool_for(pool, B * f.NH, 1, task_attention, &f);
+                hook(hooks, l, DSA__LIN_O, att, N, f.A, f.valid);
+                dsa__linear_forward(pool, &y->o, tmp, C, att, f.A, y->o_b, N, DSA_EPILOGUE_NONE, lin_scratch);
                 f.g = y->ln1_g, f.beta = y->ln1_b;
-                dsa_threadpool_for(pool, BT, ROW_GRAIN, task_residual_ln, &f);
+                dsa_threadpool_for(pool, N, ROW_GRAIN, task_residual_ln, &f);
 
-                linear(pool, &f, ff, F, f.x, C, y->up_w, y->up_b, gelu);
-                linear(pool, &f, tmp, C, ff, F, y->down_w, y->down_b, DSA_EPILOGUE_NONE);
+                hook(hooks, l, DSA__LIN_UP, f.x, N, C, f.valid);
+                dsa__linear_forward(pool, &y->up, ff, y->n_ff, f.x, C, y->up_b, N, gelu, lin_scratch);
+                hook(hooks, l, DSA__LIN_DOWN, ff, N, y->n_ff, f.valid);
+                dsa__linear_forward(pool, &y->down, tmp, C, ff, y->n_ff, y->down_b, N, DSA_EPILOGUE_NONE, lin_scratch);
                 f.g = y->ln2_g, f.beta = y->ln2_b;
-                dsa_threadpool_for(pool, BT, ROW_GRAIN, task_residual_ln, &f);
+                dsa_threadpool_for(pool, N, ROW_GRAIN, task_residual_ln, &f);
 
                 if (trace && trace->hidden && trace->hidden[l + 1])
                         memcpy(trace->hidden[l + 1], f.x, BT * C * sizeof(float));
+                if (prune_here && f.NH > 0) {
+                        /* The dropped tokens' rows keep this layer's state. */
+                        scatter(&p, f.x, ret_hidden, N, C);
+                        N = prune_tokens(&p, f.x, probs_buf, f.probs_stride, B, f.NH, C, y->token_keep);
+                }
         }
+        if (packed)
+                scatter(&p, f.x, ret_hidden, N, C);
+        r = 0;
+out:
+        packed_free(&p);
         scratch_put(bert->scratch, act, cached);
-        return 0;
+        return r;
 }
 
 /* out (B,C) = tanh(W h[CLS] + b) for each row. */

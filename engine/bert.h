@@ -9,36 +9,50 @@
 #include <stdint.h>
 
 #include "basic/macro.h"
+#include "linear.h"
 #include "model.h"
 #include "tensor.h"
 
 struct dsa_tokenizer;
 struct json_object;
-struct dsa_packed_f32;
 struct dsa_threadpool;
 struct dsa__bert_scratch;
 
-/* The four matrices of a layer are kept only packed for the GEMM (kernels.h); saving a model
- * unpacks them (dsa_packed_f32_unpack). */
+/* The four matrices of a layer, each in its variant's weight format (linear.h). A layer keeps
+ * n_head of the model's heads (structured pruning removes the others: Q/K/V have n_head * HS
+ * rows, the output dense as many columns) and n_ff FFN neurons; either may be 0, and the layer
+ * then adds only the biases. */
 struct dsa_bert_layer {
-        struct dsa_packed_f32 *qkv_w;   /* (3C,C): rows 0..C-1 Q, then K, then V */
-        float *qkv_b;                   /* (3C) */
-        struct dsa_packed_f32 *o_w;     /* (C,C) */
+        uint32_t n_head, n_ff;
+        struct dsa__linear qkv;         /* (3 n_head HS, C): Q rows, then K, then V */
+        float *qkv_b;                   /* (3 n_head HS) */
+        struct dsa__linear o;           /* (C, n_head HS) */
         float *o_b;                     /* (C) */
         float *ln1_g, *ln1_b;           /* attention output LayerNorm (C) */
-        struct dsa_packed_f32 *up_w;    /* (F,C) */
-        float *up_b;                    /* (F) */
-        struct dsa_packed_f32 *down_w;  /* (C,F) */
+        struct dsa__linear up;          /* (n_ff, C) */
+        float *up_b;                    /* (n_ff) */
+        struct dsa__linear down;        /* (C, n_ff) */
         float *down_b;                  /* (C) */
         float *ln2_g, *ln2_b;           /* layer output LayerNorm (C) */
+        /* Dynamic token pruning: after this layer keep this fraction of each row's tokens
+         * (those that received the most attention in it; [CLS] always); 1 keeps all. */
+        float token_keep;
+};
+
+/* The token embedding table in its stored format: F32, F16, BF16 or Q8 (int8 rows with one
+ * scale per row). */
+struct dsa__embed {
+        enum dsa_wformat fmt;
+        size_t rows, cols;
+        void *data;    /* rows x cols values, owned */
+        float *scales; /* Q8: (rows), owned */
 };
 
 struct dsa_bert {
         struct dsa_bert_config cfg;
-        float *arena; /* owns every float below but the packed layer matrices */
+        float *arena; /* owns every float below but the layer matrices and the token embeddings */
         size_t arena_floats;
-        size_t packed_floats; /* n_layer * (4C*C + 2F*C): the layer matrices, unpacked */
-        float *wte;   /* (V,C) */
+        struct dsa__embed wte; /* (V,C) */
         float *wpe;   /* (n_ctx,C) */
         float *wtt;   /* (n_type,C); zeros when the file has none */
         float *emb_ln_g, *emb_ln_b;
@@ -51,16 +65,35 @@ struct dsa_bert {
         struct dsa__bert_scratch *scratch;  /* activations kept across forwards (bert.c) */
 };
 
+/* What a variant file says beyond the config: per-layer head and FFN counts (NULL: all of the
+ * config's), the token-pruning schedule (NULL: none), and whether fp32 matrices with zeroed
+ * 16 x 1 blocks should use the sparse kernel. */
+struct dsa__bert_layout {
+        const uint32_t *n_head; /* (n_layer) */
+        const uint32_t *n_ff;   /* (n_layer) */
+        const float *token_keep; /* (n_layer) */
+        bool sparse;
+};
+
+/* Every row of the token embedding i as fp32 into out (cols). */
+void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);
+/* Resident bytes of the weights (matrices, embeddings, vectors). */
+size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
+
 /* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
 typedef const struct dsa_tensor_view *(*dsa__bert_lookup_fn)(void *userdata, const char *name);
 
 /* Checks cfg, allocates the arena and fills it from lookup: every tensor's shape is checked
  * against cfg before it is read. token_types.weight is optional (zeros); cls.* are read when
  * cfg->has_pooler, cls.output.* when cfg->n_labels > 0. labels stays NULL (caller fills it). */
-int dsa__bert_load(const struct dsa_bert_config *cfg, dsa__bert_lookup_fn lookup, void *userdata,
-                   struct dsa_bert **ret);
+int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_layout *layout,
+                   dsa__bert_lookup_fn lookup, void *userdata, struct dsa_bert **ret);
 struct dsa_bert *dsa__bert_free(struct dsa_bert *b);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_bert *, dsa__bert_free);
+
+/* The activation cache of a model (bert.c). */
+struct dsa__bert_scratch *dsa__bert_scratch_new(void);
+struct dsa__bert_scratch *dsa__bert_scratch_free(struct dsa__bert_scratch *s);
 
 /* Checks the values of a config read from a file: nonzero sizes, C % NH == 0, sane caps. */
 int dsa__bert_config_check(const struct dsa_bert_config *cfg);
@@ -68,10 +101,30 @@ int dsa__bert_config_check(const struct dsa_bert_config *cfg);
 /* See dsa_model_set_threads(). */
 int dsa__bert_set_threads(struct dsa_bert *b, unsigned n);
 
+/* The four linears of a layer, for hooks and the variant tools. */
+enum dsa__bert_lin {
+        DSA__LIN_QKV,
+        DSA__LIN_O,
+        DSA__LIN_UP,
+        DSA__LIN_DOWN,
+        _DSA__LIN_MAX,
+};
+
+/* Calibration hooks (engine/variant.c): called on the forward's own thread, between steps, with
+ * the input of each linear: x (N, C), valid (N) 1 for a real token, 0 for padding. A forward
+ * with hooks does no token pruning. */
+struct dsa__bert_hooks {
+        void *userdata;
+        void (*linear_input)(void *userdata, size_t layer, enum dsa__bert_lin which, const float *x,
+                             size_t N, size_t C, const uint8_t *valid);
+};
+
+struct dsa__linear *dsa__bert_linear(struct dsa_bert *b, size_t layer, enum dsa__bert_lin which);
+
 /* Encoder forward: see dsa_model_forward(). Reads bert only (its activation cache and pool are
  * locked internally), so several threads may run it on one model at once. */
 int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
-                      struct dsa_trace *trace);
+                      struct dsa_trace *trace, const struct dsa__bert_hooks *hooks);
 int dsa__bert_pool(const struct dsa_bert *bert, const struct dsa_batch *b, const float *hidden,
                    enum dsa_pool mode, float *out);
 int dsa__bert_classify(const struct dsa_bert *bert, const struct dsa_batch *b, const float *hidden,

@@ -382,7 +382,7 @@ int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_token
                                   "is missing");
 
         src.missed[0] = 0;
-        r = dsa__bert_load(&c, hf_lookup, &src, &b);
+        r = dsa__bert_load(&c, NULL, hf_lookup, &src, &b);
         if (r == -ENOENT && src.missed[0])
                 return dsa__error(r, "tensor '%s' (or 'bert.%s') is missing", src.missed, src.missed);
         if (r < 0)

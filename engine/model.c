@@ -18,6 +18,7 @@
 #include "bert.h"
 #include "gguf.h"
 #include "kernels/kernels.h"
+#include "model-internal.h"
 #include "model.h"
 #include "tokenizer.h"
 
@@ -39,13 +40,6 @@ enum {
 
 #define TEXTS_MAX_BATCH 32
 
-struct dsa_model {
-        enum dsa_arch arch;
-        struct dsa_bert *bert;
-        struct dsa_tokenizer *tok;
-        char *source;
-};
-
 
 struct dsa_model *dsa_model_free(struct dsa_model *m) {
         if (!m)
@@ -53,6 +47,7 @@ struct dsa_model *dsa_model_free(struct dsa_model *m) {
         dsa__bert_free(m->bert);
         dsa_tokenizer_free(m->tok);
         free(m->source);
+        dsa__info_clear(&m->info);
         free(m);
         return NULL;
 }
@@ -107,8 +102,60 @@ static int gguf_labels(const struct dsa_gguf *g, struct dsa_bert *b) {
         return 0;
 }
 
-static int open_gguf(const char *path, struct dsa_model *m) {
-        _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
+/* Numeric array key of exactly n elements into a new array; absent: 0 and *ret NULL. */
+static int gguf_num_array(const struct dsa_gguf *g, const char *key, size_t n, enum dsa_gguf_vtype want,
+                          void **ret) {
+        enum dsa_gguf_vtype t;
+        const void *data;
+        size_t len;
+        void *a;
+
+        *ret = NULL;
+        if (dsa_gguf_find(g, key) < 0)
+                return 0;
+        if (dsa_gguf_get_arr(g, key, &t, &len) < 0 || t != want || len != n ||
+            dsa_gguf_get_arr_data(g, key, &data) < 0)
+                return dsa__error(-EBADMSG, "GGUF key '%s' is not an array of %zu %s", key, n,
+                                  want == DSA_GGUF_UINT32 ? "uint32" : "float32");
+        a = malloc(n * 4);
+        if (!a)
+                return -ENOMEM;
+        memcpy(a, data, n * 4);
+        *ret = a;
+        return 0;
+}
+
+static int gguf_u32_array(const struct dsa_gguf *g, const char *key, size_t n, uint32_t **ret) {
+        return gguf_num_array(g, key, n, DSA_GGUF_UINT32, (void **) ret);
+}
+
+static int gguf_f32_array(const struct dsa_gguf *g, const char *key, size_t n, float **ret) {
+        return gguf_num_array(g, key, n, DSA_GGUF_FLOAT32, (void **) ret);
+}
+
+/* Every string key under dsa.variant. (what `dsactl optimize` did, what `dsactl eval` measured). */
+static int info_from_gguf(const struct dsa_gguf *g, struct dsa__info *info) {
+        for (size_t i = 0; i < dsa_gguf_n_kv(g); i++) {
+                const char *k = dsa_gguf_kv_name(g, i), *v;
+                size_t len;
+                int r;
+
+                if (!k || strncmp(k, DSA__INFO_PREFIX, strlen(DSA__INFO_PREFIX)) != 0 ||
+                    dsa_gguf_kv_type(g, i) != DSA_GGUF_STRING || dsa_gguf_get_str(g, k, &v, &len) < 0 ||
+                    len > 4096)
+                        continue;
+                _cleanup_free_ char *val = strndup(v, len);
+                if (!val)
+                        return -ENOMEM;
+                r = dsa__info_set(info, k + strlen(DSA__INFO_PREFIX), val);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* The model in g, opened from path (named in messages). */
+static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_model *m) {
         struct dsa_bert_config c = { 0 };
         const struct dsa_tensor_view *v;
         uint32_t pooling = LLAMA_POOLING_CLS;
@@ -117,9 +164,6 @@ static int open_gguf(const char *path, struct dsa_model *m) {
         size_t n;
         int r;
 
-        r = dsa_gguf_open(path, &g);
-        if (r < 0)
-                return r;
         if (dsa_gguf_get_str(g, "general.architecture", &s, &n) < 0)
                 return dsa__error(-EBADMSG, "'%s' has no general.architecture", path);
         if (n != 4 || memcmp(s, "bert", 4) != 0)
@@ -174,7 +218,17 @@ static int open_gguf(const char *path, struct dsa_model *m) {
                 c.n_labels = (uint32_t) v->ne[1];
         }
 
-        r = dsa__bert_load(&c, gguf_lookup, g, &m->bert);
+        _cleanup_free_ uint32_t *heads = NULL, *ffs = NULL;
+        _cleanup_free_ float *keep = NULL;
+        struct dsa__bert_layout layout = { 0 };
+        if ((r = gguf_u32_array(g, "dsa.bert.head_count_per_layer", c.n_layer, &heads)) < 0 ||
+            (r = gguf_u32_array(g, "dsa.bert.feed_forward_length_per_layer", c.n_layer, &ffs)) < 0 ||
+            (r = gguf_f32_array(g, "dsa.prune.token_keep", c.n_layer, &keep)) < 0)
+                return r;
+        layout.n_head = heads, layout.n_ff = ffs, layout.token_keep = keep;
+        (void) dsa_gguf_get_bool(g, "dsa.prune.sparse_kernel", &layout.sparse);
+
+        r = dsa__bert_load(&c, &layout, gguf_lookup, (void *) g, &m->bert);
         if (r < 0)
                 return r;
         switch (pooling) {
@@ -203,6 +257,10 @@ static int open_gguf(const char *path, struct dsa_model *m) {
                         return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than token_embd's %u rows",
                                           dsa_tokenizer_n_vocab(m->tok), c.n_vocab);
         }
+
+        r = info_from_gguf(g, &m->info);
+        if (r < 0)
+                return r;
 
         if (dsa_gguf_get_str(g, "dsa.source", &s, &n) >= 0 && n < 4096)
                 m->source = strndup(s, n);
@@ -234,7 +292,11 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
                 if (!m->source)
                         return -ENOMEM;
         } else {
-                r = open_gguf(path, m);
+                _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
+                r = dsa_gguf_open(path, &g);
+                if (r < 0)
+                        return r;
+                r = open_gguf(g, path, m);
                 if (r < 0)
                         return r;
         }
@@ -277,219 +339,13 @@ const char *dsa_model_source(const struct dsa_model *m) {
         return m ? m->source : NULL;
 }
 
-/* ---- GGUF save */
-
-/* fp32 -> IEEE half, round to nearest even; overflow to inf, NaN stays NaN. */
-uint16_t dsa__f32_to_f16(float f) {
-        uint32_t x;
-        memcpy(&x, &f, sizeof(x));
-        uint16_t sign = (uint16_t) ((x >> 16) & 0x8000u);
-        uint32_t ax = x & 0x7fffffffu;
-
-        if (ax > 0x7f800000u)
-                return sign | 0x7e00u;
-        if (ax >= 0x47800000u) /* >= 65536 or inf */
-                return sign | 0x7c00u;
-        if (ax >= 0x38800000u) { /* normal half: rebias 127 -> 15, round the 13 dropped bits */
-                uint32_t r = ax - 0x38000000u;
-                r += 0x0fffu + ((r >> 13) & 1u);
-                return sign | (uint16_t) (r >> 13); /* a carry into the exponent is right, up to inf */
-        }
-        if (ax <= 0x33000000u) /* <= 2^-25: ties to even give 0 */
-                return sign;
-        /* Subnormal half: value = m * 2^-24 with m < 1024. */
-        uint32_t e = ax >> 23, mant = (ax & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1u), mid = 1u << (shift - 1u);
-        if (rem > mid || (rem == mid && (h & 1u)))
-                h++;
-        return sign | (uint16_t) h;
-}
-
-uint16_t dsa__f32_to_bf16(float f) {
-        uint32_t x;
-        memcpy(&x, &f, sizeof(x));
-        if ((x & 0x7fffffffu) > 0x7f800000u)
-                return (uint16_t) ((x >> 16) | 0x40u);
-        x += 0x7fffu + ((x >> 16) & 1u);
-        return (uint16_t) (x >> 16);
-}
-
-struct saver {
-        struct dsa_gguf_writer *w;
-        enum dsa_type wtype;
-        uint16_t *conv; /* converted weights, one buffer for the whole file */
-        size_t conv_used;
-        float *mats; /* the packed layer matrices unpacked, one buffer for the whole file */
-        size_t mats_used;
-};
-
-/* p unpacked into the saver's buffer, which the writer reads from until the file is written. */
-static const float *unpack(struct saver *s, const struct dsa_packed_f32 *p) {
-        float *o = s->mats + s->mats_used;
-        dsa_packed_f32_unpack(p, o);
-        s->mats_used += dsa_packed_f32_rows(p) * dsa_packed_f32_cols(p);
-        return o;
-}
-
-/* data (ne1, ne0) row-major fp32; ne1 == 0 for a vector. Matrices go out as wtype. */
-static int save_tensor(struct saver *s, const char *name, const float *data, uint64_t ne0, uint64_t ne1,
-                       bool matrix) {
-        uint64_t ne[2] = { ne0, ne1 ? ne1 : 1 };
-        uint32_t nd = ne1 ? 2 : 1;
-        size_t n = (size_t) (ne0 * ne[1]);
-        int r;
-
-        if (!matrix || s->wtype == DSA_TYPE_F32)
-                r = dsa_gguf_writer_add_tensor(s->w, name, DSA_TYPE_F32, nd, ne, data);
-        else {
-                uint16_t *o = s->conv + s->conv_used;
-                for (size_t i = 0; i < n; i++)
-                        o[i] = s->wtype == DSA_TYPE_F16 ? dsa__f32_to_f16(data[i]) : dsa__f32_to_bf16(data[i]);
-                s->conv_used += n;
-                r = dsa_gguf_writer_add_tensor(s->w, name, s->wtype, nd, ne, o);
-        }
-        if (r < 0)
-                return dsa__error(r, "cannot add tensor '%s' to the GGUF writer", name);
-        return 0;
-}
-
-static int save_bert(const struct dsa_model *m, struct saver *s) {
-        const struct dsa_bert *b = m->bert;
-        const struct dsa_bert_config *c = &b->cfg;
-        const size_t C = c->n_embd, F = c->n_ff;
-        struct dsa_gguf_writer *w = s->w;
-        char name[96];
-        int r;
-
-        uint32_t pooling = c->n_labels > 0 && c->has_pooler ? LLAMA_POOLING_RANK : LLAMA_POOLING_CLS;
-        switch (b->default_pool) {
-        case DSA_POOL_MEAN:
-                pooling = LLAMA_POOLING_MEAN;
-                break;
-        case DSA_POOL_NONE:
-                pooling = LLAMA_POOLING_NONE;
-                break;
-        default:
-                break;
-        }
-        uint32_t ftype = s->wtype == DSA_TYPE_F16    ? LLAMA_FTYPE_MOSTLY_F16
-                         : s->wtype == DSA_TYPE_BF16 ? LLAMA_FTYPE_MOSTLY_BF16
-                                                     : LLAMA_FTYPE_ALL_F32;
-
-        if ((r = dsa_gguf_writer_set_str(w, "general.architecture", "bert")) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "general.file_type", ftype)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.context_length", c->n_ctx)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.embedding_length", c->n_embd)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.feed_forward_length", c->n_ff)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.block_count", c->n_layer)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.attention.head_count", c->n_head)) < 0 ||
-            (r = dsa_gguf_writer_set_f32(w, "bert.attention.layer_norm_epsilon", c->eps)) < 0 ||
-            (r = dsa_gguf_writer_set_bool(w, "bert.attention.causal", false)) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "bert.pooling_type", pooling)) < 0 ||
-            (r = dsa_gguf_writer_set_str(w, "dsa.bert.hidden_act",
-                                         c->act == DSA_ACT_GELU_TANH ? "gelu_tanh" : "gelu")) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "dsa.bert.type_vocab_size", c->n_type)) < 0 ||
-            (r = dsa_gguf_writer_set_bool(w, "dsa.bert.has_pooler", c->has_pooler)) < 0 ||
-            (r = dsa_gguf_writer_set_str(w, "dsa.source", m->source ? m->source : "")) < 0)
-                return dsa__error(r, "cannot set GGUF metadata");
-        if (c->n_labels > 0) {
-                r = dsa_gguf_writer_set_arr_str(w, "bert.classifier.output_labels", (const char *const *) b->labels,
-                                                c->n_labels);
-                if (r < 0)
-                        return dsa__error(r, "cannot set bert.classifier.output_labels");
-        }
-        if (m->tok) {
-                r = dsa_tokenizer_to_gguf(m->tok, w);
-                if (r < 0)
-                        return r;
-        }
-
-        if ((r = save_tensor(s, "token_embd.weight", b->wte, C, c->n_vocab, true)) < 0 ||
-            (r = save_tensor(s, "token_types.weight", b->wtt, C, c->n_type, false)) < 0 ||
-            (r = save_tensor(s, "position_embd.weight", b->wpe, C, c->n_ctx, false)) < 0 ||
-            (r = save_tensor(s, "token_embd_norm.weight", b->emb_ln_g, C, 0, false)) < 0 ||
-            (r = save_tensor(s, "token_embd_norm.bias", b->emb_ln_b, C, 0, false)) < 0)
-                return r;
-        for (size_t i = 0; i < c->n_layer; i++) {
-                const struct dsa_bert_layer *y = &b->layers[i];
-                const float *qkv_w = unpack(s, y->qkv_w);
-                const struct {
-                        const char *name;
-                        const float *w, *bias;
-                        size_t in, out; /* out 0: a LayerNorm */
-                } t[] = {
-                        { "attn_q", qkv_w, y->qkv_b, C, C },
-                        { "attn_k", qkv_w + C * C, y->qkv_b + C, C, C },
-                        { "attn_v", qkv_w + 2 * C * C, y->qkv_b + 2 * C, C, C },
-                        { "attn_output", unpack(s, y->o_w), y->o_b, C, C },
-                        { "attn_output_norm", y->ln1_g, y->ln1_b, C, 0 },
-                        { "ffn_up", unpack(s, y->up_w), y->up_b, C, F },
-                        { "ffn_down", unpack(s, y->down_w), y->down_b, F, C },
-                        { "layer_output_norm", y->ln2_g, y->ln2_b, C, 0 },
-                };
-                for (size_t j = 0; j < ELEMENTSOF(t); j++) {
-                        snprintf(name, sizeof(name), "blk.%zu.%s.weight", i, t[j].name);
-                        r = save_tensor(s, name, t[j].w, t[j].in, t[j].out, t[j].out != 0);
-                        if (r < 0)
-                                return r;
-                        snprintf(name, sizeof(name), "blk.%zu.%s.bias", i, t[j].name);
-                        r = save_tensor(s, name, t[j].bias, t[j].out ? t[j].out : t[j].in, 0, false);
-                        if (r < 0)
-                                return r;
-                }
-        }
-        if (b->pool_w &&
-            ((r = save_tensor(s, "cls.weight", b->pool_w, C, C, true)) < 0 ||
-             (r = save_tensor(s, "cls.bias", b->pool_b, C, 0, false)) < 0))
-                return r;
-        if (b->cls_w &&
-            ((r = save_tensor(s, "cls.output.weight", b->cls_w, C, c->n_labels, true)) < 0 ||
-             (r = save_tensor(s, "cls.output.bias", b->cls_b, c->n_labels, 0, false)) < 0))
-                return r;
-        return 0;
-}
-
-int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wtype) {
-        _cleanup_(dsa_gguf_writer_freep) struct dsa_gguf_writer *w = NULL;
-        _cleanup_free_ uint16_t *conv = NULL;
-        _cleanup_free_ float *mats = NULL;
-        int r;
-
-        if (!m || !m->bert || !path)
-                return -EINVAL;
-        if (wtype != DSA_TYPE_F32 && wtype != DSA_TYPE_F16 && wtype != DSA_TYPE_BF16)
-                return dsa__error(-EOPNOTSUPP, "cannot save weights as %s (F32, F16 or BF16)",
-                                  dsa_type_name(wtype) ? dsa_type_name(wtype) : "an unknown type");
-        /* dsa__bert_load() checked both sizes in bytes of float, so neither sum can overflow. */
-        mats = malloc(m->bert->packed_floats * sizeof(float));
-        if (!mats)
-                return -ENOMEM;
-        if (wtype != DSA_TYPE_F32) {
-                /* Every matrix lives in the arena or among the packed ones. */
-                conv = malloc((m->bert->arena_floats + m->bert->packed_floats) * sizeof(uint16_t));
-                if (!conv)
-                        return -ENOMEM;
-        }
-        w = dsa_gguf_writer_new();
-        if (!w)
-                return -ENOMEM;
-        struct saver s = { .w = w, .wtype = wtype, .conv = conv, .mats = mats };
-        r = save_bert(m, &s);
-        if (r < 0)
-                return r;
-        r = dsa_gguf_writer_write(w, path);
-        if (r < 0)
-                return r;
-        return 0;
-}
-
 /* ---- running */
 
 int dsa_model_forward(const struct dsa_model *m, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace) {
         if (!m || !m->bert || !b || !ret_hidden)
                 return -EINVAL;
-        return dsa__bert_forward(m->bert, b, ret_hidden, trace);
+        return dsa__bert_forward(m->bert, b, ret_hidden, trace, NULL);
 }
 
 int dsa_model_pool(const struct dsa_model *m, const struct dsa_batch *b, const float *hidden,
@@ -538,7 +394,8 @@ static void sort_by_len(size_t *order, const struct dsa_encoding *e, size_t n) {
 /* Tokenizes, runs batches of similar length and writes dim floats per text into out, in input
  * order: classifier logits when classify, else the pooled vector of mode. */
 static int run_texts(const struct dsa_model *m, const char *const *texts, const char *const *pairs, size_t n,
-                     bool classify, enum dsa_pool mode, float *ret, size_t dim) {
+                     bool classify, enum dsa_pool mode, float *ret, size_t dim,
+                     const struct dsa__bert_hooks *hooks) {
         const struct dsa_bert_config *c;
         _cleanup_(encodings_clear) struct encodings enc = { 0 };
         _cleanup_free_ size_t *order = NULL;
@@ -589,7 +446,8 @@ static int run_texts(const struct dsa_model *m, const char *const *texts, const 
         for (size_t start = 0; start < n; start += TEXTS_MAX_BATCH) {
                 const size_t B = MIN((size_t) TEXTS_MAX_BATCH, n - start);
                 const size_t T = MAX(enc.e[order[start + B - 1]].n, (size_t) 1);
-                struct dsa_batch batch = { .B = B, .T = T, .ids = ids, .type_ids = types, .mask = mask };
+                struct dsa_batch batch = { .B = B, .T = T, .ids = ids, .type_ids = types, .mask = mask, .ragged = true,
+                                         .first_only = classify || mode == DSA_POOL_CLS || mode == DSA_POOL_POOLER };
 
                 for (size_t i = 0; i < B; i++) {
                         const struct dsa_encoding *e = &enc.e[order[start + i]];
@@ -600,7 +458,7 @@ static int run_texts(const struct dsa_model *m, const char *const *texts, const 
                                 mask[i * T + t] = real;
                         }
                 }
-                r = dsa__bert_forward(m->bert, &batch, hidden, NULL);
+                r = dsa__bert_forward(m->bert, &batch, hidden, NULL, hooks);
                 if (r < 0)
                         return r;
                 r = classify ? dsa__bert_classify(m->bert, &batch, hidden, out)
@@ -620,7 +478,7 @@ int dsa_model_classify_texts(const struct dsa_model *m, const char *const *texts
                 return -EINVAL;
         if (m->bert->cfg.n_labels == 0)
                 return dsa__error(-EOPNOTSUPP, "the model has no classifier head");
-        return run_texts(m, texts, pairs, n, true, DSA_POOL_CLS, ret_logits, m->bert->cfg.n_labels);
+        return run_texts(m, texts, pairs, n, true, DSA_POOL_CLS, ret_logits, m->bert->cfg.n_labels, NULL);
 }
 
 int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, size_t n, enum dsa_pool mode,
@@ -631,5 +489,35 @@ int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, s
                 return dsa__error(-EINVAL, "pooling 'none' gives one vector per token: use dsa_model_forward()");
         if (mode == DSA_POOL_POOLER && !m->bert->pool_w)
                 return dsa__error(-EOPNOTSUPP, "the model has no pooler");
-        return run_texts(m, texts, NULL, n, false, mode, ret_emb, m->bert->cfg.n_embd);
+        return run_texts(m, texts, NULL, n, false, mode, ret_emb, m->bert->cfg.n_embd, NULL);
+}
+
+int dsa__model_calibrate(const struct dsa_model *m, const char *const *texts, const char *const *pairs, size_t n,
+                         const struct dsa__bert_hooks *hooks, float *ret_logits) {
+        const size_t NL = m->bert->cfg.n_labels;
+        const size_t dim = NL > 0 ? NL : m->bert->cfg.n_embd;
+        _cleanup_free_ float *tmp = ret_logits ? NULL : malloc((n ? n : 1) * dim * sizeof(float));
+
+        if (!ret_logits && !tmp)
+                return -ENOMEM;
+        return run_texts(m, texts, pairs, n, NL > 0, DSA_POOL_CLS, ret_logits ? ret_logits : tmp, dim, hooks);
+}
+
+int dsa__model_open_gguf_memory(const void *data, size_t size, struct dsa_model **ret) {
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
+        int r;
+
+        r = dsa_gguf_open_memory(data, size, &g);
+        if (r < 0)
+                return r;
+        m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        m->arch = DSA_ARCH_BERT;
+        r = open_gguf(g, "(memory)", m);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(m);
+        return 0;
 }

@@ -67,14 +67,27 @@ const char *dsa_model_source(const struct dsa_model *m);
  * wtype F32, F16 or BF16 for 2-D weights (norms, biases and embeddings of positions stay F32).
  * Atomic. */
 int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wtype);
+/* Writes the model with every matrix in the format it is held in (a variant made by
+ * dsa_model_optimize(): int8, f16, sparse, pruned shapes, token pruning), plus its recorded
+ * facts. Atomic. */
+int dsa_model_save_variant(const struct dsa_model *m, const char *path);
 
 /* One batch of tokenized inputs, padded to T: ids (B,T), type_ids (B,T) or NULL for zeros,
- * mask (B,T) 1 for real tokens, 0 for padding. */
+ * mask (B,T) 1 for real tokens, 0 for padding. ragged: padding costs nothing (the forward packs
+ * the real tokens of all rows together and runs attention per row on its own length); the
+ * output rows of padding are then zeros instead of what a padded forward computes there. The
+ * forward also packs, whatever ragged says, when the model prunes tokens.
+ * first_only: only each row's first token ([CLS]) is wanted from the last layer (classifiers,
+ * CLS and pooler embeddings); the last layer then computes the keys and values of every token
+ * but the rest for the first one alone, and the other output rows hold the previous layer's
+ * state. Implies ragged. */
 struct dsa_batch {
         size_t B, T;
         const int32_t *ids;
         const int32_t *type_ids;
         const uint8_t *mask;
+        bool ragged;
+        bool first_only;
 };
 
 /* Optional intermediates for parity tests: when non-NULL, hidden[l] (B,T,C) receives the

@@ -54,7 +54,24 @@ extern const struct dsa_kernels dsa__kernels_avx512;
  * Packed layout (every ISA): the (OC,C) weight is cut into ceil(OC/NR) panels of NR output
  * channels; panel j holds C rows of NR floats, b[j][k][l] = weight[j*NR + l][k], the last
  * panel's missing channels zero. A panel is C*NR*4 bytes, a multiple of 64, so every panel and
- * every k row of it stays 64-byte aligned in the 64-byte aligned block. */
+ * every k row of it stays 64-byte aligned in the 64-byte aligned block.
+ *
+ * 16-bit layouts (DSA_WTYPE_F16, DSA_WTYPE_BF16): the same panels of NR columns and C rows,
+ * b[j][k][l] = round(weight[j*NR + l][k]) as one uint16_t (IEEE half or bfloat16 bits), the
+ * last panel's missing channels +0. The panel stride is C*NR values rounded up to 32 (64 bytes),
+ * so every panel starts 64-byte aligned; a k row is NR*2 bytes: 64 for AVX-512 (NR 32, every
+ * row aligned), 32 for AVX2 and ref (NR 16, rows alternately 64- and 32-byte aligned, each
+ * 16-byte half of it aligned for its vcvtph2ps load). BF16 rows are interleaved: value 2i of a
+ * k row is column i, value 2i+1 column NR/2 + i, so the 32-bit lane i of a row loaded whole
+ * holds (column i, column NR/2 + i), and a shift left by 16 and a mask of the high halves give
+ * columns [0, NR/2) and [NR/2, NR) as fp32 (one load, two integer ops per row).
+ *
+ * DSA_WTYPE_BF16_DOT: bfloat16 in k pairs for vdpbf16ps: ceil(C/2) pair rows of NR pairs,
+ * b[j][k/2][l][k%2] = bf16(weight[j*NR + l][k]), so the 32-bit lane l of a pair row is
+ * (w[l][k] low half, w[l][k+1] high half); for odd C the last pair's high halves are +0. The
+ * panel stride is 2*ceil(C/2)*NR values rounded up to 32. A K block starting at an even k0
+ * starts k0*NR values into its panel in every layout (k0*NR floats for fp32), which is all the
+ * driver needs; it keeps k0 even for BF16_DOT. */
 
 /* One K block of one panel against rows [0, N) of inp, the per-ISA inner loops:
  * inp (N, ldi) already offset to the block's first column, b the panel's first k row of the
@@ -83,8 +100,54 @@ dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_ref;
 dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_avx2;
 dsa__gemm_panel_f32_fn dsa__gemm_panel_f32_avx512;
 
+/* The panel loops of 16-bit panels (layouts above), the same contract as
+ * dsa__gemm_panel_f32_fn with b the panel's first k row of the block (k pair row for
+ * BF16_DOT, kc may be odd only in the last block). F16 and BF16 widen each weight exactly to
+ * fp32 and then compute exactly as the fp32 loop of the same ISA (same k order, same FMAs), so
+ * their result is the fp32 GEMM's on the rounded weights. BF16_DOT rounds the activations to
+ * bfloat16 too (dsa__f32_to_bf16_dot_one) and sums each k pair as vdpbf16ps does: per output,
+ * acc = fma(x[k+1], w[k+1], acc) then acc = fma(x[k], w[k], acc) (products of bf16 are exact
+ * in fp32), denormal inputs read as 0 and denormal results flushed to 0, round to nearest even
+ * throughout; see dsa__gemm_panel_bf16dot_ref. */
+typedef void dsa__gemm_panel_u16_fn(float *out, size_t ldo, const float *inp, size_t ldi,
+                                    const uint16_t *b, size_t N, size_t kc, size_t nr,
+                                    const float *bias, bool first, enum dsa_epilogue ep);
+
+dsa__gemm_panel_u16_fn dsa__gemm_panel_f16_ref;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16_ref;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16dot_ref;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_f16_avx2;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16_avx2;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_f16_avx512;
+dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16_avx512;
+/* AVX-512 F/BW/DQ/VL + AVX512-BF16 (function target attribute, x86/gemm-avx512.c). */
+dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16dot_avx512bf16;
+
+/* K block of each variant (the most k rows one panel call gets). */
+#define DSA__GEMM_KC_REF 256
+#define DSA__GEMM_KC_AVX2 768
+#define DSA__GEMM_KC_AVX512 512
+
+/* fp32 -> IEEE half / bfloat16, round to nearest even, IEEE semantics: subnormal results kept
+ * (gradual underflow), overflow to inf, -0 kept, NaN stays NaN (quiet, top payload bits kept),
+ * as F16C's vcvtps2ph with rounding mode 0 and PyTorch's float -> bfloat16. */
+uint16_t dsa__f32_to_f16_one(float f);
+uint16_t dsa__f32_to_bf16_one(float f);
+/* fp32 -> bfloat16 as vcvtneps2bf16 does (the activations of BF16_DOT): round to nearest
+ * even, but a denormal input becomes a signed zero (DAZ); NaN quieted. */
+uint16_t dsa__f32_to_bf16_dot_one(float f);
+/* Whether this CPU runs dsa__gemm_panel_bf16dot_avx512bf16 (AVX-512 and AVX512-BF16). */
+bool dsa__cpu_has_avx512bf16(void);
+
 /* dsa_packed_f32_new for the microkernel of a given ISA, so tests can run each variant:
  * -EOPNOTSUPP when it was not built or this CPU cannot run it. */
 int dsa__packed_f32_new_isa(enum dsa_isa isa, const float *weight, size_t OC, size_t C,
                             struct dsa_packed_f32 **ret);
+/* The same for any storage type, from fp32 weight_f32 (rounded) or already rounded 16-bit
+ * weight_u16 (exactly one of them non-NULL unless OC*C == 0; u16 only for 16-bit types, bf16
+ * bits for BF16_DOT). -EOPNOTSUPP also for a type the ISA has no loop for (BF16_DOT: ref, and
+ * AVX512 on CPUs with AVX512-BF16). */
+int dsa__packed_new_isa_typed(enum dsa_isa isa, enum dsa_wtype type, const float *weight_f32,
+                              const uint16_t *weight_u16, size_t OC, size_t C,
+                              struct dsa_packed_f32 **ret);
 enum dsa_isa dsa__packed_f32_isa(const struct dsa_packed_f32 *p);

@@ -84,8 +84,51 @@ void dsa_blas_set_threads(int n);
  * CPU runs. Created at model load: the one kernel object that allocates. */
 struct dsa_packed_f32;
 
+/* Storage (and, for BF16_DOT, compute) type of the packed panels. Whatever the storage, inp,
+ * bias and out stay fp32 and the sums are fp32.
+ *   F32:  fp32 panels (dsa_packed_f32_new); 4 bytes per weight.
+ *   F16:  IEEE half panels, 2 bytes per weight, widened exactly to fp32 in the microkernel
+ *         (vcvtph2ps): the result is the fp32 GEMM's on the rounded weights, same k order.
+ *   BF16: bfloat16 panels, 2 bytes per weight, widened exactly (a 16-bit shift); the same.
+ *   BF16_DOT: bfloat16 panels in k pairs for vdpbf16ps (AVX512-BF16). Numerically NOT the
+ *         fp32 GEMM on the rounded weights: the activations are rounded to bfloat16 too
+ *         (nearest even, denormals to 0), a relative error of up to 2^-8 each (fp32: 2^-24),
+ *         the size of the bf16 weights' own; so an output may move by up to ~2^-8 of
+ *         sum_c |x_c w_c| from BF16's (typically far less, the errors having random signs).
+ *         Products of two bf16 are exact in fp32; each k pair is added to the fp32 sum with two
+ *         roundings, k+1 first; denormal weights and sums are flushed to 0. Twice the
+ *         multiply-adds per instruction of the FMA loop. Only the AVX-512 table (on a CPU with
+ *         AVX512-BF16) and the reference have it; elsewhere -EOPNOTSUPP.
+ *         dsa_packed_f32_default_wtype() says whether to use it. */
+enum dsa_wtype {
+        DSA_WTYPE_F32,
+        DSA_WTYPE_F16,
+        DSA_WTYPE_BF16,
+        DSA_WTYPE_BF16_DOT,
+        _DSA_WTYPE_MAX,
+};
+
+/* weight (OC,C) fp32 row-major -> *ret, fp32 panels. 0, -EINVAL, -EOVERFLOW, -ENOMEM. */
 int dsa_packed_f32_new(const float *weight, size_t OC, size_t C, struct dsa_packed_f32 **ret);
+/* weight (OC,C) fp32 row-major, rounded to type (nearest even, IEEE: subnormals kept, overflow
+ * to inf, NaN kept quiet) and packed for the table dsa_kernels() picked. 0, -EINVAL (bad type
+ * or pointers), -EOPNOTSUPP (BF16_DOT where that table has no loop for it: a CPU without
+ * AVX512-BF16, or DSA_ISA=avx2), -EOVERFLOW, -ENOMEM. */
+int dsa_packed_f32_new_typed(const float *weight, size_t OC, size_t C, enum dsa_wtype type,
+                             struct dsa_packed_f32 **ret);
+/* weight (OC,C) row-major uint16, already IEEE half bits (type F16) or bfloat16 bits (BF16,
+ * BF16_DOT), packed as they are: no fp32 copy of the matrix. type F32 is -EINVAL; otherwise as
+ * dsa_packed_f32_new_typed. */
+int dsa_packed_f32_new_u16(const uint16_t *weight, size_t OC, size_t C, enum dsa_wtype type,
+                           struct dsa_packed_f32 **ret);
+/* The type to pack weights stored as storage with on this CPU: BF16_DOT for BF16 where the
+ * picked kernels are AVX-512 and the CPU has AVX512-BF16, storage itself otherwise. */
+enum dsa_wtype dsa_packed_f32_default_wtype(enum dsa_wtype storage);
 struct dsa_packed_f32 *dsa_packed_f32_free(struct dsa_packed_f32 *p);
+/* The storage type (DSA_WTYPE_F32 for NULL). */
+enum dsa_wtype dsa_packed_f32_wtype(const struct dsa_packed_f32 *p);
+/* Bytes of the panels (the weight's resident size, padding included; 0 for NULL). */
+size_t dsa_packed_f32_bytes(const struct dsa_packed_f32 *p);
 /* Column granularity for splitting work: oc0/oc1 passed to dsa_linear_packed_f32 must be
  * multiples of it (oc1 may also be OC). */
 size_t dsa_packed_f32_block(const struct dsa_packed_f32 *p);
@@ -99,8 +142,8 @@ enum dsa_epilogue {
 };
 
 /* inp (N,C) with row stride ldi x W^T + bias (OC or NULL) -> out (N, ldo), only output columns
- * [oc0, oc1), then the epilogue on those columns. Single-threaded: callers split [0, OC) across
- * a dsa_threadpool. */
+ * [oc0, oc1), then the epilogue on those columns; any storage type. Single-threaded: callers
+ * split [0, OC) across a dsa_threadpool. */
 void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
                            const struct dsa_packed_f32 *w, const float *bias, size_t N, size_t oc0,
                            size_t oc1, enum dsa_epilogue ep);
@@ -126,5 +169,6 @@ unsigned dsa_threadpool_threads(const struct dsa_threadpool *p);
 void dsa_threadpool_for(struct dsa_threadpool *p, size_t n, size_t grain,
                         void (*fn)(void *arg, size_t begin, size_t end), void *arg);
 
-/* Writes the original (OC,C) row-major matrix back (for saving a model). */
+/* Writes the (OC,C) row-major matrix back as fp32 (for saving a model): the original for F32,
+ * the rounded weights, exactly widened, for the 16-bit types. */
 void dsa_packed_f32_unpack(const struct dsa_packed_f32 *p, float *weight);

@@ -4,7 +4,16 @@
  * rows, then does 24 FMAs: 2 loads + 12 broadcasts per 24 FMAs fits two load ports under two
  * FMA ports, and 24 chains cover the FMA latency on both. 24 + 2 + 1 registers of 32. Ragged
  * columns use mask registers (masked loads and stores never touch the masked lanes). The GELU
- * epilogue runs on the accumulators of the last K block before the store (vecmath-avx512.h). */
+ * epilogue runs on the accumulators of the last K block before the store (vecmath-avx512.h).
+ *
+ * Half and bfloat16 panels run the same loop with each weight vector widened on load
+ * (vcvtph2ps; for bfloat16 one load, vpslld 16 and vpandd), exactly, so the sums are the
+ * fp32 loop's. BF16_DOT
+ * (AVX512-BF16, a function target attribute so the file's flags stay those of every AVX-512
+ * CPU) rounds the tile's activations to bfloat16 pairs once per tile (vcvtne2ps2bf16, into 12
+ * KiB of stack) and does one vdpbf16ps per vector of 16 outputs per k pair: half the
+ * instructions of the FMA loop for the same tile. */
+#include <assert.h>
 #include <immintrin.h>
 
 #include "../kernels-internal.h"
@@ -13,18 +22,35 @@
 #define MR DSA__GEMM_MR_AVX512
 #define NR DSA__GEMM_NR_AVX512
 
+enum wt { WT_F32, WT_F16, WT_BF16 };
+
 static inline __mmask16 lanes(size_t n) {
         return n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
 }
 
-/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns, then ep on the sums (lanes past
- * nr hold 0 and are not stored); mr a constant after inlining. */
-static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, const float *a,
-                                                       size_t lda, const float *b, size_t kc,
-                                                       size_t nr, const float *bias, bool first,
-                                                       enum dsa_epilogue ep, const int mr) {
+/* k row k of a panel of type wt as two vectors of fp32, columns 0-15 and 16-31; a bfloat16
+ * row holds dword i = (column i, column 16 + i), see gemm-avx2.c. */
+static inline __attribute__((always_inline)) void load_w(const void *b, size_t k, __m512 *w0,
+                                                         __m512 *w1, const enum wt wt) {
+        if (wt == WT_F32) {
+                *w0 = _mm512_load_ps((const float *) b + k * NR);
+                *w1 = _mm512_load_ps((const float *) b + k * NR + 16);
+        } else if (wt == WT_F16) {
+                const __m256i *h = (const __m256i *) ((const uint16_t *) b + k * NR);
+                *w0 = _mm512_cvtph_ps(_mm256_load_si256(h));
+                *w1 = _mm512_cvtph_ps(_mm256_load_si256(h + 1));
+        } else {
+                const __m512i v = _mm512_load_si512((const uint16_t *) b + k * NR);
+                *w0 = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+                *w1 = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int) 0xffff0000u)));
+        }
+}
+
+/* The accumulators of a tile: bias (first block) or the partial sums in c. */
+static inline __attribute__((always_inline)) void acc_load(__m512 acc[MR][2], const float *c,
+                                                           size_t ldc, size_t nr, const float *bias,
+                                                           bool first, const int mr) {
         const __mmask16 m0 = lanes(nr), m1 = lanes(nr > 16 ? nr - 16 : 0);
-        __m512 acc[MR][2];
 
         if (first) {
                 __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
@@ -42,17 +68,13 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                         acc[r][1] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
                 }
         }
+}
 
-#pragma GCC unroll 2
-        for (size_t k = 0; k < kc; k++) {
-                const __m512 w0 = _mm512_load_ps(b + k * NR), w1 = _mm512_load_ps(b + k * NR + 16);
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++) {
-                        const __m512 x = _mm512_set1_ps(a[r * lda + k]);
-                        acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
-                        acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
-                }
-        }
+/* ep on the sums, then the masked store of nr columns (lanes past nr hold 0, not stored). */
+static inline __attribute__((always_inline)) void acc_store(__m512 acc[MR][2], float *c, size_t ldc,
+                                                            size_t nr, enum dsa_epilogue ep,
+                                                            const int mr) {
+        const __mmask16 m0 = lanes(nr), m1 = lanes(nr > 16 ? nr - 16 : 0);
 
         if (ep == DSA_EPILOGUE_GELU_ERF) {
 #pragma GCC unroll 12
@@ -75,15 +97,42 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
         }
 }
 
+/* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns, then ep on the sums; mr and wt
+ * constants after inlining. */
+static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, const float *a,
+                                                       size_t lda, const void *b, size_t kc,
+                                                       size_t nr, const float *bias, bool first,
+                                                       enum dsa_epilogue ep, const int mr,
+                                                       const enum wt wt) {
+        __m512 acc[MR][2];
+
+        acc_load(acc, c, ldc, nr, bias, first, mr);
+#pragma GCC unroll 2
+        for (size_t k = 0; k < kc; k++) {
+                __m512 w0, w1;
+                load_w(b, k, &w0, &w1, wt);
+#pragma GCC unroll 12
+                for (int r = 0; r < mr; r++) {
+                        const __m512 x = _mm512_set1_ps(a[r * lda + k]);
+                        acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+                }
+        }
+
+        acc_store(acc, c, ldc, nr, ep, mr);
+}
+
 /* inp (N, ldi) x panel slice b (kc, 32) [+ bias] -> out (N, ldo), nr <= 32 columns; see
  * dsa__gemm_panel_f32_fn. Rows in tiles of 12, the last 1-11 rows in a narrower tile; the
  * next tile's rows of out are prefetched (see gemm-avx2.c). */
-void dsa__gemm_panel_f32_avx512(float *out, size_t ldo, const float *inp, size_t ldi,
-                                const float *b, size_t N, size_t kc, size_t nr, const float *bias,
-                                bool first, enum dsa_epilogue ep) {
+static inline __attribute__((always_inline)) void panel(float *out, size_t ldo, const float *inp,
+                                                        size_t ldi, const void *b, size_t N,
+                                                        size_t kc, size_t nr, const float *bias,
+                                                        bool first, enum dsa_epilogue ep,
+                                                        const enum wt wt) {
         size_t n = 0;
 
-#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, ep, rows)
+#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, ep, rows, wt)
         for (; n + MR <= N; n += MR) {
                 if (!first && n + 2 * MR <= N)
                         for (int r = 0; r < MR; r++) {
@@ -107,4 +156,102 @@ void dsa__gemm_panel_f32_avx512(float *out, size_t ldo, const float *inp, size_t
         default: break;
         }
 #undef TILE
+}
+
+void dsa__gemm_panel_f32_avx512(float *out, size_t ldo, const float *inp, size_t ldi,
+                                const float *b, size_t N, size_t kc, size_t nr, const float *bias,
+                                bool first, enum dsa_epilogue ep) {
+        panel(out, ldo, inp, ldi, b, N, kc, nr, bias, first, ep, WT_F32);
+}
+
+/* b (kc, 32) IEEE half; see dsa__gemm_panel_u16_fn. */
+void dsa__gemm_panel_f16_avx512(float *out, size_t ldo, const float *inp, size_t ldi,
+                                const uint16_t *b, size_t N, size_t kc, size_t nr,
+                                const float *bias, bool first, enum dsa_epilogue ep) {
+        panel(out, ldo, inp, ldi, b, N, kc, nr, bias, first, ep, WT_F16);
+}
+
+/* b (kc, 32) bfloat16; see dsa__gemm_panel_u16_fn. */
+void dsa__gemm_panel_bf16_avx512(float *out, size_t ldo, const float *inp, size_t ldi,
+                                 const uint16_t *b, size_t N, size_t kc, size_t nr,
+                                 const float *bias, bool first, enum dsa_epilogue ep) {
+        panel(out, ldo, inp, ldi, b, N, kc, nr, bias, first, ep, WT_BF16);
+}
+
+/* ---- BF16_DOT. */
+#define BF16DOT __attribute__((target("avx512bf16")))
+#define KP_MAX (DSA__GEMM_KC_AVX512 / 2) /* k pairs per block, at most */
+
+/* a (mr, KP_MAX) bf16 pairs x b (kp, NR pairs) -> c (mr, ldc), nr <= NR columns, then ep. Each
+ * vdpbf16ps adds, per output lane, the two products of a k pair (layout: kernels-internal.h). */
+static inline __attribute__((always_inline)) BF16DOT void tile_dot(float *c, size_t ldc,
+                                                                   const uint32_t *a,
+                                                                   const uint16_t *b, size_t kp,
+                                                                   size_t nr, const float *bias,
+                                                                   bool first, enum dsa_epilogue ep,
+                                                                   const int mr) {
+        __m512 acc[MR][2];
+
+        acc_load(acc, c, ldc, nr, bias, first, mr);
+#pragma GCC unroll 2
+        for (size_t k = 0; k < kp; k++) {
+                const __m512bh w0 = (__m512bh) _mm512_load_si512(b + k * 2 * NR);
+                const __m512bh w1 = (__m512bh) _mm512_load_si512(b + k * 2 * NR + 32);
+#pragma GCC unroll 12
+                for (int r = 0; r < mr; r++) {
+                        const __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[r * KP_MAX + k]);
+                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
+                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+                }
+        }
+        acc_store(acc, c, ldc, nr, ep, mr);
+}
+
+/* inp (rows, ldi), kc values a row -> a (rows, KP_MAX) bf16 pairs (x[2i] low, x[2i+1] high),
+ * rounded as dsa__f32_to_bf16_dot_one; lanes past kc read as 0 (masked loads, never touching
+ * inp past its kc columns). */
+static inline BF16DOT void round_rows(uint32_t *a, const float *inp, size_t ldi, size_t rows,
+                                      size_t kc) {
+        for (size_t r = 0; r < rows; r++)
+                for (size_t k0 = 0; k0 < kc; k0 += 32) {
+                        const size_t left = kc - k0;
+                        const __m512 lo = _mm512_maskz_loadu_ps(lanes(left), inp + r * ldi + k0);
+                        const __m512 hi = _mm512_maskz_loadu_ps(lanes(left > 16 ? left - 16 : 0),
+                                                                inp + r * ldi + k0 + 16);
+                        _mm512_store_si512(a + r * KP_MAX + k0 / 2, (__m512i) _mm512_cvtne2ps_pbh(hi, lo));
+                }
+}
+
+/* inp (N, ldi) x k-pair panel slice b (ceil(kc/2), 32 pairs) [+ bias] -> out (N, ldo), nr <= 32
+ * columns; see dsa__gemm_panel_u16_fn. Tiles of 12 rows as the fp32 loop, each tile's
+ * activations rounded once into a. */
+BF16DOT void dsa__gemm_panel_bf16dot_avx512bf16(float *out, size_t ldo, const float *inp,
+                                                size_t ldi, const uint16_t *b, size_t N, size_t kc,
+                                                size_t nr, const float *bias, bool first,
+                                                enum dsa_epilogue ep) {
+        uint32_t a[MR * KP_MAX] __attribute__((aligned(64)));
+        const size_t kp = (kc + 1) / 2;
+
+        assert(kc <= DSA__GEMM_KC_AVX512);
+        for (size_t n = 0; n < N; n += MR) {
+                const size_t rows = N - n < MR ? N - n : MR;
+
+                round_rows(a, inp + n * ldi, ldi, rows, kc);
+#define TILE(r) tile_dot(out + n * ldo, ldo, a, b, kp, nr, bias, first, ep, r)
+                switch (rows) {
+                case 12: TILE(12); break;
+                case 11: TILE(11); break;
+                case 10: TILE(10); break;
+                case 9: TILE(9); break;
+                case 8: TILE(8); break;
+                case 7: TILE(7); break;
+                case 6: TILE(6); break;
+                case 5: TILE(5); break;
+                case 4: TILE(4); break;
+                case 3: TILE(3); break;
+                case 2: TILE(2); break;
+                default: TILE(1); break;
+                }
+#undef TILE
+        }
 }

@@ -4,7 +4,10 @@
  * the weight every call) at the three linear-layer shapes of a 128-token BERT-base layer, on
  * one thread and on all cores, and (c) dsa_linear_packed_f32 (weights packed once, outside the
  * timing, as at model load) at the same shapes on one thread, (d) the same with the GELU
- * epilogue on the FFN up projection, and (e) the fused attention kernel for one layer of
+ * epilogue on the FFN up projection, (f) dsa_linear_packed_f32 per storage type (fp32, half,
+ * bfloat16, and bfloat16 dot where the CPU has AVX512-BF16) at the same shapes with 128, 8
+ * and 1 rows, one thread: 16-bit panels halve the weight bytes, which shows at few rows, and
+ * (e) the fused attention kernel for one layer of
  * BERT-base heads (HS 64, 12 heads, q/k/v in place in the fused (T, 3C) QKV rows as bert.c
  * passes them) at T = 128 and 512, one thread, in microseconds per layer (median and best of
  * the repetitions). Prints a table, or one JSON object with --json; --attention runs (e) only.
@@ -114,6 +117,9 @@ struct shape {
 
 enum impl { IMPL_BLAS, IMPL_PACKED, IMPL_PACKED_GELU };
 
+static const char *const wtype_names[_DSA_WTYPE_MAX] = { "f32", "f16", "bf16", "bf16dot" };
+static const size_t typed_M[] = { 128, 8, 1 };
+
 static void run_gemm(enum impl impl, const struct shape *s, float *out, const float *x,
                      const float *w, const struct dsa_packed_f32 *pw) {
         if (impl == IMPL_BLAS)
@@ -123,8 +129,10 @@ static void run_gemm(enum impl impl, const struct shape *s, float *out, const fl
                                       impl == IMPL_PACKED_GELU ? DSA_EPILOGUE_GELU_ERF : DSA_EPILOGUE_NONE);
 }
 
-/* GFLOP/s of one implementation at one shape, best of the timed repetitions; -EDOM on NaN. */
-static int measure_gemm(enum impl impl, const struct shape *s, bool quick, double *ret_gflops) {
+/* GFLOP/s of one implementation at one shape, best of the timed repetitions, packed weights
+ * stored as wtype; -EDOM on NaN, -EOPNOTSUPP for a type this CPU has no loop for. */
+static int measure_gemm(enum impl impl, const struct shape *s, enum dsa_wtype wtype, bool quick,
+                        double *ret_gflops) {
         float *x = malloc(s->M * s->K * sizeof(float)), *w = malloc(s->N * s->K * sizeof(float));
         float *out = malloc(s->M * s->N * sizeof(float));
         double flops = 2.0 * s->M * s->N * s->K, best = 0, t_total = 0;
@@ -141,7 +149,7 @@ static int measure_gemm(enum impl impl, const struct shape *s, bool quick, doubl
                 w[i] = (float) ((i * 104729) % 1000) * 1e-3f - 0.5f;
 
         if (impl != IMPL_BLAS) {
-                r = dsa_packed_f32_new(w, s->N, s->K, &pw);
+                r = dsa_packed_f32_new_typed(w, s->N, s->K, wtype, &pw);
                 if (r < 0)
                         goto finish;
         }
@@ -246,6 +254,8 @@ int main(int argc, char **argv) {
         const char *isa = "none";
         int ncores = cpus_allowed(), threads[2] = { 1, 0 }, r;
         double gflops[ELEMENTSOF(shapes)][2], packed[ELEMENTSOF(shapes)], packed_gelu = 0;
+        /* 0 where the type is not supported here */
+        double typed[ELEMENTSOF(shapes)][ELEMENTSOF(typed_M)][_DSA_WTYPE_MAX] = { { { 0 } } };
         struct att_result att[ELEMENTSOF(att_T)];
 
         for (int i = 1; i < argc; i++) {
@@ -281,7 +291,7 @@ int main(int argc, char **argv) {
         for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
                 for (int t = 0; t < 2; t++) {
                         dsa_blas_set_threads(threads[t]);
-                        r = measure_gemm(IMPL_BLAS, &shapes[s], quick, &gflops[s][t]);
+                        r = measure_gemm(IMPL_BLAS, &shapes[s], DSA_WTYPE_F32, quick, &gflops[s][t]);
                         if (r < 0) {
                                 fprintf(stderr, "%s on %d thread(s): %s\n", shapes[s].name, threads[t],
                                         r == -EDOM ? "output has NaN or inf" : strerror(-r));
@@ -289,19 +299,36 @@ int main(int argc, char **argv) {
                         }
                 }
         for (size_t s = 0; s < ELEMENTSOF(shapes); s++) {
-                r = measure_gemm(IMPL_PACKED, &shapes[s], quick, &packed[s]);
+                r = measure_gemm(IMPL_PACKED, &shapes[s], DSA_WTYPE_F32, quick, &packed[s]);
                 if (r < 0) {
                         fprintf(stderr, "%s packed: %s\n", shapes[s].name,
                                 r == -EDOM ? "output has NaN or inf" : strerror(-r));
                         return 1;
                 }
         }
-        r = measure_gemm(IMPL_PACKED_GELU, ffn_up, quick, &packed_gelu);
+        r = measure_gemm(IMPL_PACKED_GELU, ffn_up, DSA_WTYPE_F32, quick, &packed_gelu);
         if (r < 0) {
                 fprintf(stderr, "%s packed + GELU: %s\n", ffn_up->name,
                         r == -EDOM ? "output has NaN or inf" : strerror(-r));
                 return 1;
         }
+
+        for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                for (size_t m = 0; m < ELEMENTSOF(typed_M); m++)
+                        for (int t = 0; t < _DSA_WTYPE_MAX; t++) {
+                                struct shape sh = shapes[s];
+                                sh.M = typed_M[m];
+                                r = measure_gemm(IMPL_PACKED, &sh, (enum dsa_wtype) t, quick, &typed[s][m][t]);
+                                if (r == -EOPNOTSUPP) {
+                                        typed[s][m][t] = 0;
+                                        continue;
+                                }
+                                if (r < 0) {
+                                        fprintf(stderr, "%s M=%zu packed %s: %s\n", shapes[s].name, sh.M,
+                                                wtype_names[t], r == -EDOM ? "output has NaN or inf" : strerror(-r));
+                                        return 1;
+                                }
+                        }
 
         if (json) {
                 struct json_object *o = json_object_new_object(), *arr = json_object_new_array();
@@ -347,6 +374,24 @@ int main(int argc, char **argv) {
                                        json_object_new_double(packed[1] > 0 ? packed_gelu / packed[1] : 0));
                 json_object_object_add(o, "packed_gelu", e);
                 arr = json_object_new_array();
+                for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                        for (size_t m = 0; m < ELEMENTSOF(typed_M); m++)
+                                for (int t = 0; t < _DSA_WTYPE_MAX; t++) {
+                                        if (typed[s][m][t] <= 0)
+                                                continue;
+                                        e = json_object_new_object();
+                                        json_object_object_add(e, "shape", json_object_new_string(shapes[s].name));
+                                        json_object_object_add(e, "M", json_object_new_int((int) typed_M[m]));
+                                        json_object_object_add(e, "K", json_object_new_int((int) shapes[s].K));
+                                        json_object_object_add(e, "N", json_object_new_int((int) shapes[s].N));
+                                        json_object_object_add(e, "wtype", json_object_new_string(wtype_names[t]));
+                                        json_object_object_add(e, "gflops", json_object_new_double(typed[s][m][t]));
+                                        json_object_object_add(e, "vs_f32",
+                                                               json_object_new_double(typed[s][m][0] > 0 ? typed[s][m][t] / typed[s][m][0] : 0));
+                                        json_object_array_add(arr, e);
+                                }
+                json_object_object_add(o, "packed_typed", arr);
+                arr = json_object_new_array();
                 for (size_t t = 0; t < ELEMENTSOF(att_T); t++) {
                         e = json_object_new_object();
                         json_object_object_add(e, "T", json_object_new_int((int) att[t].T));
@@ -380,6 +425,20 @@ int main(int argc, char **argv) {
         printf("%-36s %8d %10.1f %7.1f%% %7.2fx of no epilogue\n", "ffn up + GELU (erf) epilogue", 1,
                packed_gelu, peak > 0 ? 100 * packed_gelu / peak : 0.0,
                packed[1] > 0 ? packed_gelu / packed[1] : 0.0);
+        printf("%-36s %5s", "dsa_linear_packed_f32 by storage", "rows");
+        for (int t = 0; t < _DSA_WTYPE_MAX; t++)
+                printf(" %9s", wtype_names[t]);
+        printf("   GFLOP/s, 1 thread (- : not on this CPU)\n");
+        for (size_t s = 0; s < ELEMENTSOF(shapes); s++)
+                for (size_t m = 0; m < ELEMENTSOF(typed_M); m++) {
+                        printf("%-36s %5zu", shapes[s].name, typed_M[m]);
+                        for (int t = 0; t < _DSA_WTYPE_MAX; t++)
+                                if (typed[s][m][t] > 0)
+                                        printf(" %9.1f", typed[s][m][t]);
+                                else
+                                        printf(" %9s", "-");
+                        printf("\n");
+                }
         printf("%-36s %8s %10s %8s\n", "attention (12 heads of 64, in place)", "T", "median us", "best us");
         for (size_t t = 0; t < ELEMENTSOF(att_T); t++)
                 printf("%-36s %8zu %10.1f %8.1f\n", dsa_kernels()->name, att[t].T, att[t].median_us,

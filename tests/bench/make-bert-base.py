@@ -7,12 +7,24 @@ The ONNX graph is what a plain PyTorch export of BertModel looks like: standard 
 (Gather, LayerNormalization, MatMul on pre-transposed weights, Reshape/Transpose for the heads,
 Softmax, Erf-based GELU), no contrib ops; ONNX Runtime's own graph optimizer fuses them.
 
+--int8 qdq writes instead what ONNX Runtime's quantize_dynamic(per_channel=True,
+reduce_range=False, weight_type=QInt8) makes of that graph (the tool itself is Python-only and
+not packaged here): every MatMul with a weight initializer becomes DynamicQuantizeLinear on the
+activation (uint8, per tensor, one per input shared by Q, K and V), MatMulInteger with the int8
+weight (symmetric, one scale per output column, zero point 0), Cast to float and Mul by activation
+scale x column scale, before the bias Add. --int8 fused writes the com.microsoft
+DynamicQuantizeMatMul contrib op for each instead: one of the two fusions
+ORT's CPU optimizer makes of the first (the other, where Q, K and V share a quantized input, is
+MatMulIntegerToFloat).
+
 Needs only python3-numpy and python3-onnx (Debian). Usage:
   make-bert-base.py OUTDIR                    OUTDIR/hf/{config.json,model.safetensors,vocab.txt}
                                               and OUTDIR/bert.onnx
   make-bert-base.py --onnx-from HFDIR OUT.onnx   exports an existing HF BERT folder's weights
                                               (used to check the exporter against the reference
                                               outputs in ../shared/fixtures/hf/bert-base-model)
+  make-bert-base.py --onnx-from HFDIR --int8 qdq|fused OUT.onnx
+                                              the same, dynamically quantized to int8 as above
 """
 
 import argparse
@@ -154,11 +166,21 @@ def synthetic_vocab(n):
     return toks[:n]
 
 
-def export_onnx(w, cfg, path):
+def quantize_columns(wt):
+    """wt (K, N) -> int8 (K, N) and one scale per column: symmetric, max |w| / 127 (ORT's QInt8
+    range for symmetric weights is [-127, 127]), round half to even as numpy and ORT do."""
+    scale = np.abs(wt).max(axis=0).astype(np.float32) / np.float32(127)
+    scale[scale == 0] = np.float32(1)
+    q = np.clip(np.rint(wt / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def export_onnx(w, cfg, path, int8=None):
     C, NH = cfg["hidden_size"], cfg["num_attention_heads"]
     HS, eps = C // NH, float(cfg["layer_norm_eps"])
     nodes, inits = [], []
     counter = [0]
+    quantized = {}  # activation -> its DynamicQuantizeLinear outputs
 
     def init(name, arr):
         # np.require, not np.ascontiguousarray: the latter turns scalars into shape (1,)
@@ -172,9 +194,24 @@ def export_onnx(w, cfg, path):
         return out
 
     def linear(x, prefix):
-        wt = init(prefix + ".weight_t", w[prefix + ".weight"].T)  # (C, OC): y = x W^T + b
+        if not int8:
+            wt = init(prefix + ".weight_t", w[prefix + ".weight"].T)  # (C, OC): y = x W^T + b
+            b = init(prefix + ".bias", w[prefix + ".bias"])
+            return node("Add", [node("MatMul", [x, wt]), b])
+        q, scale = quantize_columns(np.ascontiguousarray(w[prefix + ".weight"].T))
+        wq = init(prefix + ".weight_t_quantized", q)
+        ws = init(prefix + ".weight_t_scale", scale)
+        wz = init(prefix + ".weight_t_zero_point", np.zeros(q.shape[1], np.int8))
         b = init(prefix + ".bias", w[prefix + ".bias"])
-        return node("Add", [node("MatMul", [x, wt]), b])
+        if int8 == "fused":
+            return node("DynamicQuantizeMatMul", [x, wq, ws, wz, b], domain="com.microsoft")
+        if x not in quantized:  # one per input, shared by Q, K and V, as quantize_dynamic does
+            quantized[x] = tuple(f"{x}_{n}" for n in ("quantized", "scale", "zero_point"))
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(quantized[x]),
+                                          name=f"DynamicQuantizeLinear_{x}"))
+        xq, xs, xz = quantized[x]
+        y = node("Cast", [node("MatMulInteger", [xq, wq, xz, wz])], to=TensorProto.FLOAT)
+        return node("Add", [node("Mul", [y, node("Mul", [xs, ws])]), b])
 
     def layernorm(x, prefix):
         g = init(prefix + ".weight", w[prefix + ".weight"])
@@ -236,7 +273,10 @@ def export_onnx(w, cfg, path):
          for n in ("input_ids", "attention_mask", "token_type_ids")],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, dims + [C])],
         inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    opsets = [helper.make_opsetid("", OPSET)]
+    if int8 == "fused":
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    model = helper.make_model(graph, opset_imports=opsets,
                               producer_name="dsa tests/bench/make-bert-base.py")
     model.ir_version = 8  # opset 17's IR; older runtimes refuse newer IR versions
     onnx.checker.check_model(model)
@@ -256,13 +296,17 @@ def main():
     ap.add_argument("--vocab", type=int, default=30522)
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--seed", type=int, default=20240611)
+    ap.add_argument("--int8", choices=("qdq", "fused"),
+                    help="with --onnx-from: ORT's dynamic int8 quantization of the graph")
     a = ap.parse_args()
 
     if a.onnx_from:
         with open(os.path.join(a.onnx_from, "config.json")) as f:
             cfg = json.load(f)
-        export_onnx(read_safetensors(a.onnx_from), cfg, a.out)
+        export_onnx(read_safetensors(a.onnx_from), cfg, a.out, a.int8)
         return
+    if a.int8:
+        sys.exit("make-bert-base.py: --int8 goes with --onnx-from")
 
     cfg = config_dict(a)
     if a.hidden % a.heads:

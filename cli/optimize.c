@@ -1,0 +1,272 @@
+/* dsactl optimize: makes a variant of a model (pruned, quantized, token-pruned) with
+ * dsa_model_optimize() and writes it as GGUF with what was done recorded under dsa.variant.*.
+ * Calibration texts come from --calib (a TSV with a text column, a plain text file, or a folder
+ * of them; tsv.h), the first --calib-max of them, hashed so the file says which data it saw. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/error.h"
+#include "basic/macro.h"
+#include "basic/sha256.h"
+#include "engine/model.h"
+#include "engine/variant.h"
+#include "tsv.h"
+#include "util.h"
+#include "verbs.h"
+
+static void optimize_usage(FILE *f) {
+        fputs("Usage: dsactl optimize -m MODEL -o OUT.gguf [--quant f32|f16|bf16|int8|mixed]\n"
+              "                       [--act dynamic|minmax|percentile] [--percentile P]\n"
+              "                       [--mixed-target F] [--prune-heads F] [--prune-ffn F]\n"
+              "                       [--sparsity F] [--sparsity-method magnitude|wanda|sparsegpt]\n"
+              "                       [--sparsity-pattern unstructured|2:4|block16]\n"
+              "                       [--token-keep F|auto] [--token-target F]\n"
+              "                       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
+              "Writes a variant of MODEL. --calib: a TSV with a text column, a text file (one\n"
+              "text per line) or a folder of them; needed by everything but f32/f16/bf16,\n"
+              "dynamic int8, magnitude pruning and a fixed --token-keep. See dsactl(1).\n",
+              f);
+}
+
+static int usage_error(const char *why) {
+        fprintf(stderr, "dsactl optimize: %s (see dsactl optimize --help)\n", why);
+        return 2;
+}
+
+static bool parse_fraction(const char *s, double lo, double hi, double *ret) {
+        char *end;
+        double v;
+
+        errno = 0;
+        v = strtod(s, &end);
+        if (errno || end == s || *end || !(v >= lo && v <= hi))
+                return false;
+        *ret = v;
+        return true;
+}
+
+struct calib_set {
+        char **texts, **pairs;
+        size_t n;
+        bool any_pair;
+};
+
+static void calib_set_clear(struct calib_set *c) {
+        for (size_t i = 0; i < c->n; i++) {
+                free(c->texts[i]);
+                free(c->pairs[i]);
+        }
+        free(c->texts);
+        free(c->pairs);
+}
+
+/* Reads at most max texts from path and hashes them into hex. */
+static int read_calib(const char *path, size_t max, struct calib_set *c, char hex[65]) {
+        _cleanup_(cli_text_source_freep) struct cli_text_source *src = NULL;
+        struct dsa_sha256 h;
+        const char *t, *p;
+        int r;
+
+        dsa_sha256_init(&h);
+        r = cli_text_source_open(path, &src);
+        if (r < 0)
+                return r;
+        c->texts = calloc(max, sizeof(char *));
+        c->pairs = calloc(max, sizeof(char *));
+        if (!c->texts || !c->pairs)
+                return -ENOMEM;
+        while (c->n < max && (r = cli_text_source_next(src, &t, &p)) > 0) {
+                c->texts[c->n] = strdup(t);
+                c->pairs[c->n] = p ? strdup(p) : NULL;
+                if (!c->texts[c->n] || (p && !c->pairs[c->n]))
+                        return -ENOMEM;
+                dsa_sha256_update(&h, t, strlen(t));
+                if (p) {
+                        dsa_sha256_update(&h, "\t", 1);
+                        dsa_sha256_update(&h, p, strlen(p));
+                        c->any_pair = true;
+                }
+                dsa_sha256_update(&h, "\n", 1);
+                c->n++;
+        }
+        if (r < 0)
+                return r;
+        if (c->n == 0)
+                return dsa__error(-ENODATA, "%s: no texts", path);
+        dsa_sha256_final_hex(&h, hex);
+        return 0;
+}
+
+static void log_line(void *userdata, const char *line) {
+        (void) userdata;
+        fprintf(stderr, "dsactl optimize: %s\n", line);
+}
+
+int verb_optimize(int argc, char **argv) {
+        static const struct option opts[] = {
+                { "model", required_argument, NULL, 'm' },
+                { "output", required_argument, NULL, 'o' },
+                { "quant", required_argument, NULL, 'q' },
+                { "act", required_argument, NULL, 'a' },
+                { "percentile", required_argument, NULL, 'P' },
+                { "mixed-target", required_argument, NULL, 'X' },
+                { "prune-heads", required_argument, NULL, 'H' },
+                { "prune-ffn", required_argument, NULL, 'F' },
+                { "sparsity", required_argument, NULL, 's' },
+                { "sparsity-method", required_argument, NULL, 'S' },
+                { "sparsity-pattern", required_argument, NULL, 'p' },
+                { "token-keep", required_argument, NULL, 'k' },
+                { "token-target", required_argument, NULL, 'K' },
+                { "calib", required_argument, NULL, 'c' },
+                { "calib-max", required_argument, NULL, 'C' },
+                { "threads", required_argument, NULL, 't' },
+                { "quiet", no_argument, NULL, 'Q' },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        struct dsa_optimize_opts o = {
+                .quant = DSA_WFORMAT_F32, .mixed_target = 0.995, .act = DSA_ACT_DYNAMIC, .act_percentile = 99.99,
+                .token_keep = -1, .token_target = 0.995, .log = log_line,
+        };
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        _cleanup_(calib_set_clear) struct calib_set cs = { 0 };
+        const char *model = NULL, *out = NULL, *calib = NULL;
+        unsigned long calib_max = 512, threads = 0;
+        char hex[65];
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "m:o:h", opts, NULL)) >= 0) {
+                switch (c) {
+                case 'm':
+                        model = optarg;
+                        break;
+                case 'o':
+                        out = optarg;
+                        break;
+                case 'q':
+                        if (!strcmp(optarg, "mixed"))
+                                o.mixed = true;
+                        else if (dsa_wformat_from_name(optarg, &o.quant) < 0 || o.quant == DSA_WFORMAT_SPARSE)
+                                return usage_error("--quant is one of f32, f16, bf16, int8, mixed");
+                        break;
+                case 'a':
+                        if (!strcmp(optarg, "dynamic"))
+                                o.act = DSA_ACT_DYNAMIC;
+                        else if (!strcmp(optarg, "minmax"))
+                                o.act = DSA_ACT_MINMAX;
+                        else if (!strcmp(optarg, "percentile"))
+                                o.act = DSA_ACT_PERCENTILE;
+                        else
+                                return usage_error("--act is one of dynamic, minmax, percentile");
+                        break;
+                case 'P':
+                        if (!parse_fraction(optarg, 50, 100, &o.act_percentile))
+                                return usage_error("--percentile is a number in [50, 100]");
+                        break;
+                case 'X':
+                        if (!parse_fraction(optarg, 0, 1, &o.mixed_target))
+                                return usage_error("--mixed-target is a fraction in [0, 1]");
+                        break;
+                case 'H':
+                        if (!parse_fraction(optarg, 0, 0.99, &o.prune_heads))
+                                return usage_error("--prune-heads is a fraction in [0, 0.99]");
+                        break;
+                case 'F':
+                        if (!parse_fraction(optarg, 0, 0.99, &o.prune_ffn))
+                                return usage_error("--prune-ffn is a fraction in [0, 0.99]");
+                        break;
+                case 's':
+                        if (!parse_fraction(optarg, 0, 0.99, &o.sparsity))
+                                return usage_error("--sparsity is a fraction in [0, 0.99]");
+                        break;
+                case 'S':
+                        if (!strcmp(optarg, "magnitude"))
+                                o.sparsity_method = DSA_PRUNE_MAGNITUDE;
+                        else if (!strcmp(optarg, "wanda"))
+                                o.sparsity_method = DSA_PRUNE_WANDA;
+                        else if (!strcmp(optarg, "sparsegpt"))
+                                o.sparsity_method = DSA_PRUNE_SPARSEGPT;
+                        else
+                                return usage_error("--sparsity-method is one of magnitude, wanda, sparsegpt");
+                        break;
+                case 'p':
+                        if (!strcmp(optarg, "unstructured"))
+                                o.sparsity_pattern = DSA_SPARSE_UNSTRUCTURED;
+                        else if (!strcmp(optarg, "2:4"))
+                                o.sparsity_pattern = DSA_SPARSE_2_4;
+                        else if (!strcmp(optarg, "block16"))
+                                o.sparsity_pattern = DSA_SPARSE_BLOCK16;
+                        else
+                                return usage_error("--sparsity-pattern is one of unstructured, 2:4, block16");
+                        break;
+                case 'k':
+                        if (!strcmp(optarg, "auto"))
+                                o.token_keep = 0;
+                        else if (!parse_fraction(optarg, 0.01, 1, &o.token_keep))
+                                return usage_error("--token-keep is 'auto' or a fraction in [0.01, 1]");
+                        break;
+                case 'K':
+                        if (!parse_fraction(optarg, 0, 1, &o.token_target))
+                                return usage_error("--token-target is a fraction in [0, 1]");
+                        break;
+                case 'c':
+                        calib = optarg;
+                        break;
+                case 'C':
+                        if (cli_parse_uint(optarg, 1000000, &calib_max) < 0)
+                                return usage_error("--calib-max is a positive integer");
+                        break;
+                case 't':
+                        if (cli_parse_uint(optarg, 4096, &threads) < 0)
+                                return usage_error("--threads is a positive integer");
+                        break;
+                case 'Q':
+                        o.log = NULL;
+                        break;
+                case 'h':
+                        optimize_usage(stdout);
+                        return 0;
+                default:
+                        optimize_usage(stderr);
+                        return 2;
+                }
+        }
+        if (optind < argc)
+                return usage_error("takes no positional arguments");
+        if (!model || !out)
+                return usage_error("-m MODEL and -o OUT.gguf are required");
+        if (o.sparsity_pattern == DSA_SPARSE_2_4 && o.sparsity > 0 && o.sparsity != 0.5)
+                return usage_error("the 2:4 pattern prunes exactly --sparsity 0.5");
+
+        if (calib) {
+                dsa_error_clear();
+                r = read_calib(calib, calib_max, &cs, hex);
+                if (r < 0) {
+                        fprintf(stderr, "dsactl: %s\n", dsa_error_message(r));
+                        return 1;
+                }
+                o.calib = (const char *const *) cs.texts;
+                o.calib_pairs = cs.any_pair ? (const char *const *) cs.pairs : NULL;
+                o.n_calib = cs.n;
+                o.calib_hash = hex;
+        }
+        o.parent = model;
+        if (cli_open_model(model, &m) < 0)
+                return 1;
+        if (cli_set_threads(m, (int) threads) < 0)
+                return 1;
+        dsa_error_clear();
+        r = dsa_model_optimize(m, &o);
+        if (r < 0)
+                return cli_error(r, model), 1;
+        r = dsa_model_save_variant(m, out);
+        if (r < 0)
+                return cli_error(r, out), 1;
+        if (o.log)
+                fprintf(stderr, "dsactl optimize: wrote %s (%s, weights %.1f MB)\n", out,
+                        dsa_model_info(m, "method"), (double) dsa_model_weight_bytes(m) / 1e6);
+        return 0;
+}

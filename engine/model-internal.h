@@ -1,0 +1,42 @@
+/* Private to engine/: the model object shared by model.c (open, run), model-save.c (GGUF
+ * writing) and variant.c (dsactl optimize), and the variant's recorded facts. */
+#pragma once
+
+#include <stddef.h>
+
+#include "bert.h"
+#include "model.h"
+
+/* A variant's facts as (name, value) strings, saved as GGUF keys "dsa.variant.<name>": what
+ * optimize did (method, quant, fractions, calibration hash) and what eval and bench measured. */
+#define DSA__INFO_PREFIX "dsa.variant."
+
+struct dsa__info {
+        char **keys, **values;
+        size_t n;
+};
+
+void dsa__info_clear(struct dsa__info *info);
+/* Sets (or replaces) name = value; copies both. */
+int dsa__info_set(struct dsa__info *info, const char *name, const char *value);
+/* Removes every fact whose name starts with prefix (a whole name removes just that one). */
+void dsa__info_remove(struct dsa__info *info, const char *prefix);
+/* The value of name, or NULL. */
+const char *dsa__info_get(const struct dsa__info *info, const char *name);
+
+struct dsa_model {
+        enum dsa_arch arch;
+        struct dsa_bert *bert;
+        struct dsa_tokenizer *tok;
+        char *source;
+        struct dsa__info info;
+};
+
+/* Runs n texts (pairs may be NULL) through the model in batches, calling hooks on each forward;
+ * ret_logits (n, n_labels) or NULL. For calibration: no token pruning while hooks are set. */
+int dsa__model_calibrate(const struct dsa_model *m, const char *const *texts, const char *const *pairs, size_t n,
+                         const struct dsa__bert_hooks *hooks, float *ret_logits);
+
+/* dsa_model_open() of a GGUF image in memory (data must outlive the call only), with one
+ * thread: the model loader's fuzz target (tests/fuzz/fuzz-model.c). */
+int dsa__model_open_gguf_memory(const void *data, size_t size, struct dsa_model **ret);
