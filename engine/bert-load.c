@@ -3,7 +3,7 @@
  * as linears (linear.h) in the format the file keeps them in: F32, F16 and BF16 stay so; I8
  * (with a per-channel ".scale" tensor and an optional ".input_scale") is the int8 variant;
  * Q8_0 (llama.cpp) is dequantized. Every tensor's shape is checked against the config and the
- * variant's layout (per-layer heads and FFN neurons) before a byte of it is read. */
+ * variant's layout (per-layer heads and FFN neurons), all of them before anything is allocated. */
 #define _GNU_SOURCE
 #include <assert.h>
 #include <errno.h>
@@ -236,9 +236,9 @@ static int load_q8_extras(const struct loader *l, const char *wname, size_t rows
 /* One linear made of the row blocks parts[0..n) stacked (Q, K, V fused, or one matrix): part i
  * is tensor names[i] of shape (in, rows[i]) in ggml order. All parts must share one storage
  * type, which picks the format: I8 -> Q8, F16/BF16 kept, the rest fp32 (sparse when the layout
- * says so). mat: scratch of sum(rows) x in floats. */
+ * says so). */
 static int load_linear(const struct loader *l, struct dsa__linear *lin, const char *const *names,
-                       const size_t *rows, size_t n, size_t in, float *mat) {
+                       const size_t *rows, size_t n, size_t in) {
         const struct dsa_tensor_view *v[3];
         size_t OC = 0;
         int r;
@@ -276,7 +276,11 @@ static int load_linear(const struct loader *l, struct dsa__linear *lin, const ch
                                        : v[0]->type == DSA_TYPE_BF16 ? DSA_WFORMAT_BF16
                                        : l->sparse                   ? DSA_WFORMAT_SPARSE
                                                                      : DSA_WFORMAT_F32;
+                /* OC x in floats: the tensors exist with these shapes, so the file bounds it. */
+                _cleanup_free_ float *mat = malloc(OC * in * sizeof(float) + 1);
                 size_t off = 0;
+                if (!mat)
+                        return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", OC, in);
                 for (size_t i = 0; i < n; i++) {
                         r = to_f32(v[i], names[i], mat + off * in);
                         if (r < 0)
@@ -333,6 +337,54 @@ static int load_embed(const struct loader *l, struct dsa__embed *e, size_t V, si
         return 0;
 }
 
+/* Every tensor the model needs, checked for presence and shape before anything is allocated:
+ * the sizes a file's keys claim are then backed by the file's own bytes, so a damaged config
+ * cannot make the loader ask for more memory than the file could fill. */
+static int check_shapes(const struct loader *l, const struct dsa_bert_config *cfg, const uint32_t *heads,
+                        const uint32_t *ffs) {
+        const size_t C = cfg->n_embd, HS = C / cfg->n_head;
+        const struct dsa_tensor_view *v;
+        char name[96];
+        int r;
+
+        if ((r = find_tensor(l, "token_embd.weight", C, cfg->n_vocab, true, &v)) < 0 ||
+            (r = find_tensor(l, "position_embd.weight", C, cfg->n_ctx, true, &v)) < 0 ||
+            (r = find_tensor(l, "token_types.weight", C, cfg->n_type, false, &v)) < 0 ||
+            (r = find_tensor(l, "token_embd_norm.weight", C, 0, true, &v)) < 0 ||
+            (r = find_tensor(l, "token_embd_norm.bias", C, 0, true, &v)) < 0)
+                return r;
+        for (size_t i = 0; i < cfg->n_layer; i++) {
+                const size_t A = (heads ? heads[i] : cfg->n_head) * HS, F = ffs ? ffs[i] : cfg->n_ff;
+                const struct {
+                        const char *name;
+                        size_t ne0, ne1;
+                } t[] = {
+                        { "attn_q.weight", C, A },       { "attn_k.weight", C, A },      { "attn_v.weight", C, A },
+                        { "attn_q.bias", A, 0 },         { "attn_k.bias", A, 0 },        { "attn_v.bias", A, 0 },
+                        { "attn_output.weight", A, C },  { "attn_output.bias", C, 0 },   { "ffn_up.weight", C, F },
+                        { "ffn_up.bias", F, 0 },         { "ffn_down.weight", F, C },    { "ffn_down.bias", C, 0 },
+                        { "attn_output_norm.weight", C, 0 }, { "attn_output_norm.bias", C, 0 },
+                        { "layer_output_norm.weight", C, 0 }, { "layer_output_norm.bias", C, 0 },
+                };
+                for (size_t j = 0; j < ELEMENTSOF(t); j++) {
+                        snprintf(name, sizeof(name), "blk.%zu.%s", i, t[j].name);
+                        if ((r = find_tensor(l, name, t[j].ne0, t[j].ne1, true, &v)) < 0)
+                                return r;
+                }
+        }
+        if (cfg->has_pooler && ((r = find_tensor(l, "cls.weight", C, C, true, &v)) < 0 ||
+                                (r = find_tensor(l, "cls.bias", C, 0, true, &v)) < 0))
+                return r;
+        if (cfg->n_labels > 0 && ((r = find_tensor(l, "cls.output.weight", C, cfg->n_labels, true, &v)) < 0 ||
+                                  (r = find_tensor(l, "cls.output.bias", cfg->n_labels, 0, true, &v)) < 0))
+                return r;
+        return 0;
+}
+
+/* Without a token_types tensor, the type count comes from a key alone: its zero rows are the
+ * only memory it costs, so keep it small. */
+#define BERT_MAX_TYPES_WITHOUT_TENSOR 1024u
+
 int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_layout *layout,
                    dsa__bert_lookup_fn lookup, void *userdata, struct dsa_bert **ret) {
         _cleanup_(dsa__bert_freep) struct dsa_bert *b = NULL;
@@ -364,17 +416,21 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
                                           (double) layout->token_keep[i]);
         }
 
-        /* Vectors: per layer at most 3C + C + 2C + F + C + 2C. */
+        r = check_shapes(&l, cfg, layout ? layout->n_head : NULL, layout ? layout->n_ff : NULL);
+        if (r < 0)
+                return r;
+        if (!lookup(userdata, "token_types.weight") && NT > BERT_MAX_TYPES_WITHOUT_TENSOR)
+                return dsa__error(-EBADMSG, "%zu token types but no token_types.weight tensor", NT);
+
+        /* Vectors: per layer 3A + C + 2C + F_l + C + 2C, A <= C; the layer matrices are checked
+         * against the file above, so these sums are bounded by its size. */
         bool ok = arena_add(&total, NCTX, C) && arena_add(&total, NT, C) && arena_add(&total, 2, C) &&
-                  arena_add(&total, L, 9 * C + F) && (!cfg->has_pooler || arena_add(&total, C + 1, C)) &&
-                  arena_add(&total, NL, C + 1);
+                  (!cfg->has_pooler || arena_add(&total, C + 1, C)) && arena_add(&total, NL, C + 1);
+        for (size_t i = 0; ok && i < L; i++)
+                ok = arena_add(&total, 1, 9 * C + (layout && layout->n_ff ? layout->n_ff[i] : F));
         size_t bytes;
         if (!ok || !size_mul_ok(total, sizeof(float), &bytes) || V > SIZE_MAX / 4 / C || MAX(3 * C, F) > SIZE_MAX / 4 / C)
                 return dsa__error(-EOVERFLOW, "BERT weights do not fit in memory");
-        /* One layer matrix at a time is read here, then packed: at most max(3C, F) x C. */
-        _cleanup_free_ float *mat = malloc(MAX(3 * C, F) * C * sizeof(float));
-        if (!mat)
-                return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", MAX(3 * C, F), C);
 
         b = calloc(1, sizeof(*b));
         if (!b)
@@ -436,7 +492,7 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
                         if (r < 0)
                                 return r;
                 }
-                r = load_linear(&l, &y->qkv, names, rows, 3, C, mat);
+                r = load_linear(&l, &y->qkv, names, rows, 3, C);
                 if (r < 0)
                         return r;
 
@@ -457,7 +513,7 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
                         snprintf(qn[0], sizeof(qn[0]), "blk.%zu.%s.weight", i, rest[j].name);
                         if (rest[j].lin) {
                                 const char *nm[1] = { qn[0] };
-                                r = load_linear(&l, rest[j].lin, nm, &rest[j].out, 1, rest[j].in, mat);
+                                r = load_linear(&l, rest[j].lin, nm, &rest[j].out, 1, rest[j].in);
                         } else
                                 r = load_tensor(&l, qn[0], rest[j].g, rest[j].in, 0, true, NULL);
                         if (r < 0)
@@ -484,6 +540,9 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
                         return r;
         }
         assert(cur <= b->arena + total);
+        b->ff_max = 0;
+        for (size_t i = 0; i < L; i++)
+                b->ff_max = MAX(b->ff_max, (size_t) b->layers[i].n_ff);
         b->arena_floats = (size_t) (cur - b->arena);
 
         *ret = TAKE_PTR(b);

@@ -386,7 +386,7 @@ static void hook(const struct dsa__bert_hooks *hooks, size_t l, enum dsa__bert_l
 int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace, const struct dsa__bert_hooks *hooks) {
         const struct dsa_bert_config *cfg = &bert->cfg;
-        const size_t B = b->B, T0 = b->T, C = cfg->n_embd, HS = C / cfg->n_head, F = cfg->n_ff;
+        const size_t B = b->B, T0 = b->T, C = cfg->n_embd, HS = C / cfg->n_head, F = bert->ff_max;
         const enum dsa_epilogue gelu = cfg->act == DSA_ACT_GELU_TANH ? DSA_EPILOGUE_GELU_TANH
                                                                      : DSA_EPILOGUE_GELU_ERF;
         const bool pruning = !trace && !hooks && prunes_tokens(bert);

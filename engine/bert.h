@@ -20,8 +20,8 @@ struct dsa__bert_scratch;
 
 /* The four matrices of a layer, each in its variant's weight format (linear.h). A layer keeps
  * n_head of the model's heads (structured pruning removes the others: Q/K/V have n_head * HS
- * rows, the output dense as many columns) and n_ff FFN neurons; either may be 0, and the layer
- * then adds only the biases. */
+ * rows, the output dense as many columns) and n_ff FFN neurons, at least one of each (a file
+ * with none is refused). */
 struct dsa_bert_layer {
         uint32_t n_head, n_ff;
         struct dsa__linear qkv;         /* (3 n_head HS, C): Q rows, then K, then V */
@@ -57,6 +57,7 @@ struct dsa_bert {
         float *wtt;   /* (n_type,C); zeros when the file has none */
         float *emb_ln_g, *emb_ln_b;
         struct dsa_bert_layer *layers;
+        size_t ff_max; /* the most FFN neurons of a layer: what activations are sized for */
         float *pool_w, *pool_b; /* (C,C), (C) or NULL */
         float *cls_w, *cls_b;   /* (n_labels,C), (n_labels) or NULL */
         char **labels;          /* n_labels names, owned */

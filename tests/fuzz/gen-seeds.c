@@ -1,6 +1,6 @@
-/* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB)
- * into OUTDIR/<target> (gguf, safetensors, tokenizer-json, hf-config, request) at build time,
- * so no binary files are committed. */
+/* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB;
+ * the tiny BERT models of "model" under 16 KB) into OUTDIR/<target> (gguf, safetensors,
+ * tokenizer-json, hf-config, request, model) at build time, so no binary files are committed. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +9,9 @@
 #include "basic/error.h"
 #include "dsa/ring.h"
 #include "engine/gguf.h"
+#include "engine/model.h"
+#include "engine/variant.h"
+#include "tiny-bert.h"
 
 static char path_buf[4096];
 
@@ -124,6 +127,68 @@ static int request(const char *p, uint32_t op, uint32_t flags, uint32_t pool, co
         return write_raw(p, buf, off);
 }
 
+/* The model loader's seeds: one tiny BERT per branch of the variant format, written directly
+ * (tiny-bert.c), and variants the engine itself made from the F32 one (dsa_model_optimize() +
+ * dsa_model_save_variant()), so the corpus also holds the files real tools write. */
+static int model_seeds(const char *dir) {
+        static const uint32_t heads[] = { 1, 2 }, ffs[] = { 8, 16 }, zero_heads[] = { 0, 2 }, zero_ffs[] = { 16, 0 };
+        static const float keep[] = { 0.5f, 1.0f };
+        static const char *const calib[] = { "the movie is great", "a bad film", "not good", "the films is great" };
+        const struct {
+                const char *name;
+                struct dsa_test_tiny_bert o;
+        } direct[] = {
+                { "f32.gguf", { .tokenizer = true } },
+                { "f16.gguf", { .wtype = DSA_TYPE_F16, .etype = DSA_TYPE_F16 } },
+                { "bf16.gguf", { .wtype = DSA_TYPE_BF16, .etype = DSA_TYPE_BF16 } },
+                { "int8.gguf", { .wtype = DSA_TYPE_I8, .etype = DSA_TYPE_I8, .input_scale = true } },
+                { "int8-dynamic.gguf", { .wtype = DSA_TYPE_I8 } },
+                { "pruned.gguf", { .heads = heads, .n_heads = 2, .ffs = ffs, .n_ffs = 2 } },
+                { "pruned-int8.gguf", { .wtype = DSA_TYPE_I8, .etype = DSA_TYPE_I8, .input_scale = true,
+                                        .heads = heads, .n_heads = 2, .ffs = ffs, .n_ffs = 2 } },
+                { "pruned-empty.gguf", { .heads = zero_heads, .n_heads = 2, .ffs = zero_ffs, .n_ffs = 2 } },
+                { "token-keep-sparse.gguf", { .sparse = true, .token_keep = keep, .n_token_keep = 2 } },
+        };
+        char p[4096];
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(direct); i++) {
+                r = dsa_test_tiny_bert_write(&direct[i].o, path(dir, "model", direct[i].name));
+                if (r < 0) {
+                        fprintf(stderr, "gen-seeds: cannot write seed %s\n", direct[i].name);
+                        return r;
+                }
+        }
+
+        /* What dsactl optimize writes: f16; dynamic int8 with token pruning; static int8 with
+         * heads and FFN pruned (calibrated on the tiny vocabulary); 16 x 1 block sparsity. */
+        const struct {
+                const char *name;
+                struct dsa_optimize_opts o;
+        } made[] = {
+                { "opt-f16.gguf", { .quant = DSA_WFORMAT_F16, .token_keep = -1 } },
+                { "opt-int8-keep.gguf", { .quant = DSA_WFORMAT_Q8, .token_keep = 0.5 } },
+                { "opt-int8-static-pruned.gguf",
+                  { .quant = DSA_WFORMAT_Q8, .act = DSA_ACT_MINMAX, .prune_heads = 0.5, .prune_ffn = 0.5,
+                    .token_keep = -1, .calib = calib, .n_calib = ELEMENTSOF(calib) } },
+                { "opt-sparse.gguf", { .quant = DSA_WFORMAT_F32, .sparsity = 0.5, .sparsity_pattern = DSA_SPARSE_BLOCK16,
+                                       .token_keep = -1 } },
+        };
+        snprintf(p, sizeof(p), "%s", path(dir, "model", "f32.gguf"));
+        for (size_t i = 0; i < ELEMENTSOF(made); i++) {
+                _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+                struct dsa_optimize_opts o = made[i].o;
+
+                o.act_percentile = 99.99;
+                if ((r = dsa_model_open(p, &m)) < 0 || (r = dsa_model_optimize(m, &o)) < 0 ||
+                    (r = dsa_model_save_variant(m, path(dir, "model", made[i].name))) < 0) {
+                        fprintf(stderr, "gen-seeds: cannot make seed %s\n", made[i].name);
+                        return r;
+                }
+        }
+        return 0;
+}
+
 int main(int argc, char **argv) {
         const char *dir;
         int r;
@@ -143,6 +208,8 @@ int main(int argc, char **argv) {
         snprintf(path_buf, sizeof(path_buf), "%s/hf-config", dir);
         mkdir(path_buf, 0755);
         snprintf(path_buf, sizeof(path_buf), "%s/request", dir);
+        mkdir(path_buf, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/model", dir);
         mkdir(path_buf, 0755);
 
         r = gguf_model(path(dir, "gguf", "model.gguf"));
@@ -225,6 +292,8 @@ int main(int argc, char **argv) {
                 if (r >= 0)
                         r = request(path(dir, "request", "nop.bin"), DSA_RING_OP_NOP, 0, 0, NULL, 0);
         }
+        if (r >= 0)
+                r = model_seeds(dir);
         if (r < 0) {
                 fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));
                 return 1;

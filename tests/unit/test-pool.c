@@ -99,10 +99,19 @@ static void test_null_and_single(void **state) {
         assert_int_equal(dsa_threadpool_new(0, &p), -EINVAL);
 }
 
-/* Slow enough per index that every worker gets a share. */
+/* Slow enough per index that every worker gets a share. On a loaded machine the workers may
+ * not be scheduled at all while the caller works through 64 short items, so the caller's
+ * chunks also wait (up to 2 s in all) until some worker has run one: a pool whose workers
+ * never take part still fails, a busy machine no longer does. */
 static void visit_slowly(void *arg, size_t begin, size_t end) {
+        struct visits *v = arg;
         struct timespec ts = { 0, 200000 };
+
         nanosleep(&ts, NULL);
+        for (int i = 0; i < 2000 && pthread_equal(pthread_self(), v->caller) && !atomic_load(&v->ran_elsewhere); i++) {
+                struct timespec ms = { 0, 1000000 };
+                nanosleep(&ms, NULL);
+        }
         visit(arg, begin, end);
 }
 
