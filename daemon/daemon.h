@@ -186,7 +186,6 @@ struct dsad_request {
         size_t n_texts;
         char **texts;   /* NUL-terminated copies, valid UTF-8 checked by the tokenizer */
         size_t *lens;
-        size_t total_tokens_hint; /* bytes of text, for batching by length */
         uint64_t enqueue_usec;
         struct dsad_request *next; /* scheduler queue */
 

@@ -141,7 +141,6 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
                         off += len;
                 }
                 r->n_texts = n;
-                r->total_tokens_hint = text_bytes;
         }
         *ret = r;
         return 0;

@@ -108,3 +108,9 @@ int bench_engine_embed(const struct bench_engine *e, const char *text, float *ou
 int bench_engine_classify(const struct bench_engine *e, const char *text, float *out) {
         return dsa_model_classify_texts(e->m, &text, NULL, 1, out);
 }
+
+int bench_engine_run(const struct bench_engine *e, const char *const *texts, size_t n, bool embed_cls, float *out) {
+        if (embed_cls)
+                return dsa_model_embed_texts(e->m, texts, n, DSA_POOL_CLS, out);
+        return dsa_model_classify_texts(e->m, texts, NULL, n, out);
+}

@@ -3,6 +3,7 @@
  * values) and cannot meet in one translation unit. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct bench_engine;
@@ -27,3 +28,7 @@ int bench_engine_embed(const struct bench_engine *e, const char *text, float *ou
 
 /* One text alone (batch of one): n_labels logits into out. */
 int bench_engine_classify(const struct bench_engine *e, const char *text, float *out);
+
+/* n texts in one call, as dsactl classify / embed run them (the engine packs up to 32 per
+ * forward): embed_cls, [CLS] embeddings (n, dim) into out; else logits (n, n_labels). */
+int bench_engine_run(const struct bench_engine *e, const char *const *texts, size_t n, bool embed_cls, float *out);

@@ -13,12 +13,19 @@
  *   memory  --clients threads, each with its own client and session, --requests requests each;
  *           dsad's VmRSS and smaps_rollup while every session is open, against the model file
  *   batch   --clients threads, each with its own client and session, synchronous one-text
- *           dsa_classify() in a loop for --seconds: requests/s
+ *           dsa_classify() in a loop for --seconds: requests/s; with --embed dsa_embed() with
+ *           DSA_POOL_CLS instead (for a model without a classifier head), same sentences;
+ *           with --dsad-pid also dsad's CPU time per request
+ *   inproc  the in-process ceiling of batch, no dsad (--file, --threads): the same sentences,
+ *           --clients of them per call (what dsad would get if every client's request joined
+ *           one batch) against one text per call, alternating for --rounds rounds of --seconds
+ *           each: texts/s and CPU ms per text of both; --embed as for batch
  *   stress  --clients threads x --requests asynchronous requests each (--depth in flight):
  *           every --classify-every-th a dsa_classify() of a short text checked against the
  *           in-process logits of that text (label exactly, logits within MAX_LOGIT_ERROR; bit
  *           differences counted), the others dsa_nop(); counts lost, duplicated, failed and
- *           mismatched requests, and checks dsad's own completion counter */
+ *           mismatched requests, and checks dsad's own completion counter
+ *   sentences prints the batch test's sentences, one a line (for dsactl) */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
@@ -31,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -85,6 +93,7 @@ static struct {
         long dsad_pid;
         unsigned threads, clients, requests, rounds, n, warmup, dbus_n, tokens, depth, classify_every;
         double seconds;
+        bool embed;
 } arg = {
         .threads = 0, .clients = 0, .requests = 0, .rounds = 3, .n = 0, .warmup = 0, .dbus_n = 0,
         .tokens = 128, .depth = 4, .classify_every = 4, .seconds = 3,
@@ -497,6 +506,36 @@ static int test_memory(void) {
 
 /* ---- batch: throughput of concurrent one-text requests */
 
+/* CPU seconds (user + system) process pid has used, from /proc/PID/stat; NAN when unreadable.
+ * On a machine shared with other jobs, wall-clock throughput follows their load; the CPU time
+ * a request costs does much less. */
+static double proc_cpu_s(long pid) {
+        char path[64], buf[1024];
+        unsigned long ut, st;
+        FILE *f;
+        size_t n;
+
+        snprintf(path, sizeof(path), "/proc/%ld/stat", pid);
+        f = fopen(path, "re");
+        if (!f)
+                return NAN;
+        n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *p = strrchr(buf, ')'); /* comm may hold spaces */
+        if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+                return NAN;
+        return (double) (ut + st) / (double) sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void) {
+        struct rusage ru;
+
+        if (getrusage(RUSAGE_SELF, &ru) < 0)
+                return NAN;
+        return (double) (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double) (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 static pthread_barrier_t batch_go;
 
 struct batch_thread {
@@ -508,27 +547,43 @@ struct batch_thread {
         int r;
 };
 
+/* Text i of client id in the batch test (and of the in-process ceiling, inproc). */
+static const char *batch_sentence(unsigned id, unsigned i) {
+        return sentences[(id * 7 + i) % N_SENTENCES];
+}
+
+/* One synchronous one-text request: dsa_classify(), or with --embed dsa_embed() of [CLS]. */
+static int batch_request(struct dsa_session *s, const char *text) {
+        const char *texts[] = { text };
+        int r;
+
+        if (arg.embed) {
+                float *emb = NULL;
+                size_t dim;
+                r = dsa_embed(s, texts, 1, DSA_POOL_CLS, &emb, &dim);
+                free(emb);
+        } else {
+                struct dsa_classify_result *res = NULL;
+                r = dsa_classify(s, texts, 1, &res);
+                dsa_classify_result_free(res);
+        }
+        return r;
+}
+
 static void *batch_worker(void *userdata) {
         struct batch_thread *t = userdata;
         struct dsa_client *c = NULL;
         struct dsa_session *s = NULL;
 
         t->r = connect_session(arg.model, 0, &c, &s);
-        for (unsigned i = 0; t->r >= 0 && i < 3; i++) { /* warm-up */
-                struct dsa_classify_result *res = NULL;
-                const char *texts[] = { sentences[(t->id + i) % N_SENTENCES] };
-                t->r = dsa_classify(s, texts, 1, &res);
-                dsa_classify_result_free(res);
-        }
+        for (unsigned i = 0; t->r >= 0 && i < 3; i++) /* warm-up */
+                t->r = batch_request(s, sentences[(t->id + i) % N_SENTENCES]);
         pthread_barrier_wait(&batch_go);
         for (unsigned i = 0; t->r >= 0 && now_ns() < t->deadline_ns; i++) {
-                struct dsa_classify_result *res = NULL;
-                const char *texts[] = { sentences[(t->id * 7 + i) % N_SENTENCES] };
                 uint64_t t0 = now_ns();
-                t->r = dsa_classify(s, texts, 1, &res);
-                dsa_classify_result_free(res);
+                t->r = batch_request(s, batch_sentence(t->id, i));
                 if (t->r < 0) {
-                        fail("dsa_classify", t->r, c);
+                        fail(arg.embed ? "dsa_embed" : "dsa_classify", t->r, c);
                         break;
                 }
                 if (t->n_lat < t->cap_lat)
@@ -565,6 +620,7 @@ static int test_batch(void) {
         for (unsigned i = 0; i < n; i++)
                 t[i].deadline_ns = UINT64_MAX;
         pthread_barrier_wait(&batch_go);
+        double cpu0 = arg.dsad_pid > 0 ? proc_cpu_s(arg.dsad_pid) : NAN;
         uint64_t t0 = now_ns();
         deadline = t0 + (uint64_t) (arg.seconds * 1e9);
         for (unsigned i = 0; i < n; i++)
@@ -577,6 +633,7 @@ static int test_batch(void) {
                         r = t[i].r;
         }
         double elapsed = (double) (now_ns() - t0) / 1e9;
+        double cpu = arg.dsad_pid > 0 ? proc_cpu_s(arg.dsad_pid) - cpu0 : NAN;
         all = calloc(n_all ? n_all : 1, sizeof(uint64_t));
         n_all = 0;
         for (unsigned i = 0; i < n; i++) {
@@ -584,15 +641,98 @@ static int test_batch(void) {
                 n_all += t[i].n_lat;
                 free(t[i].lat);
         }
-        printf("{\"test\":\"batch\",\"model\":\"%s\",\"clients\":%u,\"seconds\":%.3f,\"requests\":%lu,"
-               "\"requests_per_s\":%.1f,",
-               arg.model, n, elapsed, total, (double) total / elapsed);
+        printf("{\"test\":\"batch\",\"model\":\"%s\",\"op\":\"%s\",\"clients\":%u,\"seconds\":%.3f,"
+               "\"requests\":%lu,\"requests_per_s\":%.1f,",
+               arg.model, arg.embed ? "embed-cls" : "classify", n, elapsed, total, (double) total / elapsed);
+        if (isfinite(cpu)) /* --dsad-pid: dsad's CPU time over the run */
+                printf("\"dsad_cpu_s\":%.3f,\"dsad_cpu_ms_per_request\":%.3f,", cpu, 1e3 * cpu / (double) (total ? total : 1));
         if (n_all > 0)
                 print_pcts("latency", all, n_all);
         printf(",\"ok\":%s}\n", r < 0 ? "false" : "true");
         free(all), free(th), free(t);
         pthread_barrier_destroy(&batch_go);
         return r;
+}
+
+/* ---- inproc: the batch test's ceiling, the engine in this process */
+
+/* Step i gives client c's i-th text of the batch test to every one of --clients texts, run in
+ * one call (the engine packs them into one ragged forward) or one per call. The two sides
+ * alternate which goes first, round by round, so slow drift of the machine's load falls on
+ * both; texts/s is over every round. */
+static int test_inproc(void) {
+        unsigned n = arg.clients ? arg.clients : 16, rounds = arg.rounds;
+        const char **texts = calloc(n, sizeof(*texts));
+        double *round_tps[2] = { calloc(rounds, sizeof(double)), calloc(rounds, sizeof(double)) };
+        double secs[2] = { 0, 0 }, cpu[2] = { 0, 0 };
+        unsigned long done[2] = { 0, 0 };
+        struct bench_engine *e = NULL;
+        float *out = NULL;
+        size_t dim;
+        int r;
+
+        if (!texts || !round_tps[0] || !round_tps[1])
+                return -ENOMEM;
+        r = bench_engine_open(arg.file, arg.threads, &e);
+        if (r < 0)
+                return fail("bench_engine_open", r, NULL);
+        dim = arg.embed ? bench_engine_dim(e) : bench_engine_n_labels(e);
+        if (dim == 0) {
+                fprintf(stderr, "bench-dsad: the model has no classifier head: use --embed\n");
+                return -EINVAL;
+        }
+        out = calloc((size_t) n * dim, sizeof(float));
+        if (!out)
+                return -ENOMEM;
+        for (unsigned c = 0; c < n; c++)
+                texts[c] = batch_sentence(c, 0);
+        r = bench_engine_run(e, texts, n, arg.embed, out); /* warm-up: first touch of the weights */
+        if (r < 0)
+                return fail("in-process run", r, NULL);
+
+        unsigned step = 0;
+        for (unsigned k = 0; k < rounds; k++)
+                for (unsigned side = 0; side < 2; side++) {
+                        unsigned batched = (side + k) % 2 == 0; /* 1: n texts per call */
+                        unsigned long m = 0;
+                        double c0 = self_cpu_s();
+                        uint64_t t0 = now_ns(), deadline = t0 + (uint64_t) (arg.seconds * 1e9);
+
+                        do {
+                                for (unsigned c = 0; c < n; c++)
+                                        texts[c] = batch_sentence(c, step);
+                                if (batched)
+                                        r = bench_engine_run(e, texts, n, arg.embed, out);
+                                else
+                                        for (unsigned c = 0; c < n && r >= 0; c++)
+                                                r = bench_engine_run(e, &texts[c], 1, arg.embed, out + c * dim);
+                                if (r < 0)
+                                        return fail("in-process run", r, NULL);
+                                m += n;
+                                step++;
+                        } while (now_ns() < deadline);
+                        double el = (double) (now_ns() - t0) / 1e9;
+                        secs[batched] += el;
+                        cpu[batched] += self_cpu_s() - c0;
+                        done[batched] += m;
+                        round_tps[batched][k] = (double) m / el;
+                }
+        printf("{\"test\":\"inproc\",\"file\":\"%s\",\"op\":\"%s\",\"texts_per_call\":%u,\"threads\":%u,"
+               "\"rounds\":%u,\"batched_texts\":%lu,\"batched_texts_per_s\":%.2f,\"single_texts\":%lu,"
+               "\"single_texts_per_s\":%.2f,\"batched_cpu_ms_per_text\":%.3f,\"single_cpu_ms_per_text\":%.3f,"
+               "\"batched_round_texts_per_s\":[",
+               arg.file, arg.embed ? "embed-cls" : "classify", n, arg.threads, rounds, done[1],
+               (double) done[1] / secs[1], done[0], (double) done[0] / secs[0], 1e3 * cpu[1] / (double) done[1],
+               1e3 * cpu[0] / (double) done[0]);
+        for (unsigned k = 0; k < rounds; k++)
+                printf("%s%.2f", k ? "," : "", round_tps[1][k]);
+        printf("],\"single_round_texts_per_s\":[");
+        for (unsigned k = 0; k < rounds; k++)
+                printf("%s%.2f", k ? "," : "", round_tps[0][k]);
+        printf("]}\n");
+        free(out), free(texts), free(round_tps[0]), free(round_tps[1]);
+        bench_engine_free(e);
+        return 0;
 }
 
 /* ---- stress: nothing lost, duplicated or changed */
@@ -831,12 +971,16 @@ static int test_stress(void) {
 static void usage(void) {
         fprintf(stderr,
                 "Usage: bench-dsad --bus ADDRESS --model NAME [--file PATH] [--dsad-pid PID] TEST [OPTIONS]\n"
-                "Tests: nop, embed, memory, batch, stress (see the top of tests/bench/bench-dsad.c).\n"
+                "       bench-dsad --file PATH [--threads N] [--clients N] [--seconds S] [--embed] inproc\n"
+                "       bench-dsad sentences\n"
+                "Tests: nop, embed, memory, batch, inproc, stress, sentences (see the top of\n"
+                "tests/bench/bench-dsad.c).\n"
                 "  --threads N  in-process forward threads      --clients N   concurrent clients\n"
                 "  --requests N requests per client             --runs N      samples (nop: round trips per round)\n"
-                "  --warmup N   unmeasured first samples        --rounds N    nop rounds\n"
+                "  --warmup N   unmeasured first samples        --rounds N    nop, inproc rounds\n"
                 "  --dbus-n N   D-Bus calls per nop round       --tokens N    embed text length\n"
-                "  --seconds S  batch duration                  --depth N     stress: requests in flight\n"
+                "  --seconds S  batch duration (inproc: per side and round)\n"
+                "  --depth N    stress: requests in flight      --embed       batch, inproc: embed [CLS], not classify\n"
                 "  --classify-every N  stress: every Nth request a classify (0: none)\n");
 }
 
@@ -849,7 +993,8 @@ int main(int argc, char *argv[]) {
                 { "warmup", required_argument, NULL, 'w' },  { "rounds", required_argument, NULL, 'R' },
                 { "dbus-n", required_argument, NULL, 'D' },  { "tokens", required_argument, NULL, 'T' },
                 { "seconds", required_argument, NULL, 's' }, { "depth", required_argument, NULL, 'd' },
-                { "classify-every", required_argument, NULL, 'C' }, { "help", no_argument, NULL, 'h' },
+                { "classify-every", required_argument, NULL, 'C' }, { "embed", no_argument, NULL, 'E' },
+                { "help", no_argument, NULL, 'h' },
                 {},
         };
         const char *test;
@@ -873,15 +1018,34 @@ int main(int argc, char *argv[]) {
                 case 's': arg.seconds = strtod(optarg, NULL); break;
                 case 'd': arg.depth = v ? (unsigned) v : 1; break;
                 case 'C': arg.classify_every = (unsigned) v; break;
+                case 'E': arg.embed = true; break;
                 case 'h': usage(); return 0;
                 default: usage(); return 2;
                 }
         }
-        if (optind + 1 != argc || !arg.bus || !arg.model) {
+        if (optind + 1 != argc) {
                 usage();
                 return 2;
         }
         test = argv[optind];
+        if (strcmp(test, "sentences") == 0) {
+                for (size_t i = 0; i < N_SENTENCES; i++)
+                        puts(sentences[i]);
+                return fflush(stdout) == 0 ? 0 : 1;
+        }
+        if (strcmp(test, "inproc") == 0) {
+                if (!arg.file) {
+                        fprintf(stderr, "bench-dsad: inproc needs --file\n");
+                        return 2;
+                }
+                r = test_inproc();
+                fflush(stdout);
+                return r < 0 ? 1 : 0;
+        }
+        if (!arg.bus || !arg.model) {
+                usage();
+                return 2;
+        }
         if ((strcmp(test, "embed") == 0 || strcmp(test, "memory") == 0 || strcmp(test, "stress") == 0) && !arg.file) {
                 fprintf(stderr, "bench-dsad: %s needs --file (the model file in dsad's store)\n", test);
                 return 2;

@@ -7,19 +7,24 @@
 #      cores / W threads, daemon/registry.c; in process gets as many)
 #   3. dsad's memory with 64 sessions on one model vs the model file (BERT-base, bundled model)
 #   4. 16 concurrent clients on the bundled model: requests/s with batching on vs off
+#  4b. the same on BERT-base, where one short request streams every weight from memory
+#      (dsa_embed of [CLS]: the model has no classifier head). 4 and 4b also measure their
+#      ceiling in process: the engine given all 16 clients' texts in one call vs one text per
+#      call (bench-dsad inproc), and dsactl on a file of the same sentences (32 per forward)
 #   5. 64 clients x 1,000 requests: none lost, duplicated, failed or different from in process
 # Prints a table and, with --out, writes JSON. Never passes or fails on time: exit 1 only when
 # test 5 finds a bad request, dsad and the engine disagree, or a step does not work.
 #
 # Usage: tests/bench/dsad-bench.sh [BUILD_DIR] [--out FILE.json] [--workers W] [--rounds N]
-#                                  [--quick] [--nobatch-dsad BIN] [--model-dir DIR]
+#                                  [--quick] [--nobatch-dsad BIN] [--model-dir DIR] [--parts LIST]
 #   BUILD_DIR      a configured build (default ./build); dsad, dsactl and bench-dsad are built
 #   --workers      dsad's worker threads (default 1: one request at a time on every core)
-#   --rounds       batching on/off rounds, each on a fresh dsad (default 3)
+#   --rounds       batching on/off rounds of 4 and 4b, each on a fresh dsad (default 3)
 #   --quick        fewer samples everywhere (a smoke run, not figures to quote)
-#   --nobatch-dsad another dsad binary for test 4's one-request-at-a-time baseline (default:
+#   --nobatch-dsad another dsad binary for 4's and 4b's one-request-at-a-time baseline (default:
 #                  the same dsad with batch_max = 1 in its config)
 #   --model-dir    where the BERT-base model is cached (default tests/bench/out/bert-base)
+#   --parts        comma-separated parts to run, of 1,2,3,4,4b,5 (default all)
 set -euo pipefail
 
 export OPENBLAS_CORETYPE=Haswell # policy: same kernels on every x86 machine we measure
@@ -28,11 +33,11 @@ export LC_ALL=C
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 py=/usr/bin/python3
-build= out= workers=1 rounds=3 quick=0 nobatch_dsad= model_dir="$here/out/bert-base"
+build= out= workers=1 rounds=3 quick=0 nobatch_dsad= model_dir="$here/out/bert-base" parts=1,2,3,4,4b,5
 
 die() { echo "dsad-bench: $*" >&2; exit 1; }
 say() { echo "dsad-bench: $*" >&2; }
-usage() { sed -n '14,22s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '18,27s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
@@ -42,12 +47,14 @@ while [ $# -gt 0 ]; do
         --quick) quick=1; shift ;;
         --nobatch-dsad) nobatch_dsad=$2; shift 2 ;;
         --model-dir) model_dir=$2; shift 2 ;;
+        --parts) parts=$2; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "dsad-bench: unknown option '$1'" >&2; usage ;;
         *) [ -z "$build" ] || usage; build=$1; shift ;;
         esac
 done
 [ -n "$build" ] || build=$root/build
+part() { case ",$parts," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 cores=$(nproc)
 threads=$(( cores / workers )); [ "$threads" -ge 1 ] || threads=1 # daemon/registry.c model_threads()
 
@@ -150,44 +157,110 @@ run_bench() { # LABEL TEST ARGS...: one JSON line into results, tagged with LABE
 }
 
 if [ "$quick" = 1 ]; then
-        nop_n=5000 nop_warm=500 dbus_n=1000 emb_runs=3 emb_warm=1 batch_s=1 stress_req=200 rounds=1
+        nop_n=5000 nop_warm=500 dbus_n=1000 emb_runs=3 emb_warm=1 batch_s=1 bb_batch_s=2 stress_req=200 rounds=1
+        dsactl_n_sst2=256 dsactl_n_bertbase=64
 else
-        nop_n=20000 nop_warm=2000 dbus_n=5000 emb_runs=12 emb_warm=2 batch_s=3 stress_req=1000
+        nop_n=20000 nop_warm=2000 dbus_n=5000 emb_runs=12 emb_warm=2 batch_s=3 bb_batch_s=6 stress_req=1000
+        dsactl_n_sst2=2048 dsactl_n_bertbase=256
 fi
 status=0
 
+# in_process MODEL SECONDS [--embed]: the ceiling of a batching test, with no dsad running.
+# bench-dsad inproc: 16 texts per call vs one per call, rounds alternating. dsactl on files of
+# the same sentences (32 of them, then dsactl_n_MODEL, a multiple of 32): the larger file's
+# extra texts over its extra time, so the model's load and the first forward drop out.
+in_process() {
+        local m=$1 secs=$2 verb=classify pool= n_var=dsactl_n_$1 t0 t1 t2
+        shift 2
+        stop_dsad
+        run_bench "inproc-$m" --file "$store/$m.gguf" --threads "$threads" --clients 16 \
+                --seconds "$secs" --rounds "$rounds" "$@" inproc || status=1
+        [ "${1:-}" = --embed ] && verb=embed pool="--pool cls"
+        "$bench" sentences >"$tmp/sentences" || { status=1; return 0; }
+        for f in 32 "${!n_var}"; do
+                : >"$tmp/sentences-$f"
+                for _ in $(seq 1 $((f / 32))); do cat "$tmp/sentences" >>"$tmp/sentences-$f"; done
+        done
+        load "dsactl-$m"
+        t0=$(date +%s.%N)
+        "$dsactl" "$verb" -m "$store/$m.gguf" $pool --threads "$threads" <"$tmp/sentences-32" >/dev/null || status=1
+        t1=$(date +%s.%N)
+        "$dsactl" "$verb" -m "$store/$m.gguf" $pool --threads "$threads" <"$tmp/sentences-${!n_var}" >/dev/null ||
+                status=1
+        t2=$(date +%s.%N)
+        echo "{\"label\":\"dsactl-$m\",\"result\":{\"test\":\"dsactl\",\"verb\":\"$verb\",\"small\":32,\
+\"big\":${!n_var},\"small_s\":$(awk "BEGIN{print $t1 - $t0}"),\"big_s\":$(awk "BEGIN{print $t2 - $t1}")}}" >>"$results"
+}
+
 # 1 + 2: one dsad, the ring's latency and BERT-base latency
-say "1/5 ring vs D-Bus round trips (dsad --workers $workers)"
-start_dsad latency
-run_bench nop --model sst2 nop --runs "$nop_n" --warmup "$nop_warm" --dbus-n "$dbus_n" --rounds 3 || status=1
-say "2/5 BERT-base, 128 tokens, batch 1: dsad vs in process ($threads threads each)"
-run_bench embed --model bertbase --file "$store/bertbase.gguf" --threads "$threads" --tokens 128 \
-        --runs "$emb_runs" --warmup "$emb_warm" embed || status=1
+if part 1 || part 2; then
+        start_dsad latency
+fi
+if part 1; then
+        say "1/5 ring vs D-Bus round trips (dsad --workers $workers)"
+        load part1-before
+        run_bench nop --model sst2 nop --runs "$nop_n" --warmup "$nop_warm" --dbus-n "$dbus_n" --rounds 3 || status=1
+        load part1-after
+fi
+if part 2; then
+        say "2/5 BERT-base, 128 tokens, batch 1: dsad vs in process ($threads threads each)"
+        load part2-before
+        run_bench embed --model bertbase --file "$store/bertbase.gguf" --threads "$threads" --tokens 128 \
+                --runs "$emb_runs" --warmup "$emb_warm" embed || status=1
+        load part2-after
+fi
 
 # 3: memory, a fresh dsad per model so its RSS is that model's
-say "3/5 memory with 64 sessions"
-for m in bertbase sst2; do
-        start_dsad "memory-$m"
-        run_bench "memory-$m" --model "$m" --file "$store/$m.gguf" --dsad-pid "$dsad_pid" \
-                --clients 64 --requests 3 memory || status=1
-done
+if part 3; then
+        say "3/5 memory with 64 sessions"
+        load part3-before
+        for m in bertbase sst2; do
+                start_dsad "memory-$m"
+                run_bench "memory-$m" --model "$m" --file "$store/$m.gguf" --dsad-pid "$dsad_pid" \
+                        --clients 64 --requests 3 memory || status=1
+        done
+        load part3-after
+fi
 
-# 4: batching on vs off (batch_max = 1 in dsad.conf), alternating, a fresh dsad each
+# 4, 4b: batching on vs off (batch_max = 1 in dsad.conf), alternating, a fresh dsad each
 nobatch_dsad=${nobatch_dsad:-$dsad}
 nobatch_how="batch_max = 1"
-say "4/5 batching: 16 clients on the bundled model, on vs off ($nobatch_how)"
-for r in $(seq 1 "$rounds"); do
-        start_dsad batch-on
-        run_bench batch-on --model sst2 --clients 16 --seconds "$batch_s" batch || status=1
-        start_dsad batch-off "$nobatch_dsad" "$tmp/dsad-nobatch.conf"
-        run_bench batch-off --model sst2 --clients 16 --seconds "$batch_s" batch || status=1
-done
+if part 4; then
+        say "4/5 batching: 16 clients on the bundled model, on vs off ($nobatch_how)"
+        load part4-before
+        for r in $(seq 1 "$rounds"); do
+                start_dsad batch-on
+                run_bench batch-on --model sst2 --dsad-pid "$dsad_pid" --clients 16 --seconds "$batch_s" batch || status=1
+                start_dsad batch-off "$nobatch_dsad" "$tmp/dsad-nobatch.conf"
+                run_bench batch-off --model sst2 --dsad-pid "$dsad_pid" --clients 16 --seconds "$batch_s" batch || status=1
+        done
+        say "4/5 in process on the bundled model: 16 texts per call vs 1"
+        in_process sst2 "$batch_s"
+        load part4-after
+fi
+if part 4b; then
+        say "4b/5 batching: 16 clients on BERT-base (embed [CLS]), on vs off ($nobatch_how)"
+        load part4b-before
+        for r in $(seq 1 "$rounds"); do
+                start_dsad batchbb-on
+                run_bench batchbb-on --model bertbase --dsad-pid "$dsad_pid" --clients 16 --seconds "$bb_batch_s" --embed batch || status=1
+                start_dsad batchbb-off "$nobatch_dsad" "$tmp/dsad-nobatch.conf"
+                run_bench batchbb-off --model bertbase --dsad-pid "$dsad_pid" --clients 16 --seconds "$bb_batch_s" --embed batch || status=1
+        done
+        say "4b/5 in process on BERT-base: 16 texts per call vs 1"
+        in_process bertbase "$bb_batch_s" --embed
+        load part4b-after
+fi
 
 # 5: correctness under load
-say "5/5 64 clients x $stress_req requests: lost, duplicated, mismatched"
-start_dsad stress
-run_bench stress --model sst2 --file "$store/sst2.gguf" --threads "$threads" --clients 64 \
-        --requests "$stress_req" --depth 4 --classify-every 4 stress || status=1
+if part 5; then
+        say "5/5 64 clients x $stress_req requests: lost, duplicated, mismatched"
+        load part5-before
+        start_dsad stress
+        run_bench stress --model sst2 --file "$store/sst2.gguf" --threads "$threads" --clients 64 \
+                --requests "$stress_req" --depth 4 --classify-every 4 stress || status=1
+        load part5-after
+fi
 stop_dsad
 load end
 
@@ -237,24 +310,51 @@ for m in ("bertbase", "sst2"):
             f"{mb('pss_shmem_kb'):.1f})", "MiB", None, None, mb("model_file_kb"), x["pss_ratio"])
         fig(f"  Rss anon / file / shmem; VmHWM; before sessions", f"{mb('rss_anon_kb'):.1f} / {mb('rss_file_kb'):.1f} / "
             f"{mb('rss_shmem_kb'):.1f}; {mb('vmhwm_kb'):.1f}; {mb('rss_before_kb'):.1f}", "MiB")
-on = [x["requests_per_s"] for x in by.get("batch-on", [])]
-off = [x["requests_per_s"] for x in by.get("batch-off", [])]
-if on:
-    mon = statistics.median(on)
-    if off:
-        moff = statistics.median(off)
-        fig(f"16 clients on sst2, batching on (median of {len(on)})", mon, "req/s", ">= 1.5x off",
-            mon / moff >= 1.5, moff, mon / moff)
-        fig("  per round on / off", ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(on, off)), "req/s")
-    else:
-        fig(f"16 clients on sst2, batching on (median of {len(on)})", mon, "req/s", ">= 1.5x off", None)
-        fig("  batching off", "not measured: dsad has no switch (DSA_MAX_BATCH)", "")
-    lat = by["batch-on"][-1].get("latency")
-    if lat:
-        fig("  batching on, request latency p50 / p99", f"{lat['p50_us']/1e3:.2f} / {lat['p99_us']/1e3:.2f}", "ms")
-    if off and by["batch-off"][-1].get("latency"):
-        lat = by["batch-off"][-1]["latency"]
-        fig("  batching off, request latency p50 / p99", f"{lat['p50_us']/1e3:.2f} / {lat['p99_us']/1e3:.2f}", "ms")
+def batching(part, model, op, lab):
+    on = [x["requests_per_s"] for x in by.get(f"{lab}-on", [])]
+    off = [x["requests_per_s"] for x in by.get(f"{lab}-off", [])]
+    ip = by.get(f"inproc-{model}", [None])[0]
+    if not on and not off and not ip:
+        return
+    mon = statistics.median(on) if on else None
+    moff = statistics.median(off) if off else None
+    what = f"{part}. 16 clients on {model} ({op})"
+    if on and off:
+        fig(f"{what}, dsad batching on (median of {len(on)})", mon, "req/s", ">= 1.5x off", mon / moff >= 1.5,
+            moff, mon / moff)
+        fig(f"  dsad batching off ({nobatch_how}, median of {len(off)})", moff, "req/s")
+        fig("  per round on / off", ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(on, off)), "req/s")
+    elif on:
+        fig(f"{what}, dsad batching on (median of {len(on)})", mon, "req/s", ">= 1.5x off", None)
+    con = [x.get("dsad_cpu_ms_per_request") for x in by.get(f"{lab}-on", [])]
+    coff = [x.get("dsad_cpu_ms_per_request") for x in by.get(f"{lab}-off", [])]
+    if con and coff and None not in con + coff:
+        mcon, mcoff = statistics.median(con), statistics.median(coff)
+        fig("  dsad CPU per request, on (off / on: the gain in CPU time)", mcon, "ms", None, None, mcoff, mcoff / mcon)
+        fig("  dsad CPU ms per request per round on / off", ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(con, coff)), "ms")
+    for side in ("on", "off"):
+        lat = by.get(f"{lab}-{side}", [{}])[-1].get("latency")
+        if lat:
+            fig(f"  batching {side}, request latency p50 / p99", f"{lat['p50_us']/1e3:.2f} / {lat['p99_us']/1e3:.2f}", "ms")
+    if ip:
+        b, one = ip["batched_texts_per_s"], ip["single_texts_per_s"]
+        fig(f"  in process, 16 texts per call (the ceiling) / 1 per call", b, "txt/s", None, None, one, b / one)
+        fig("  in process per round, 16 per call / 1 per call", ", ".join(
+            f"{a:.1f}/{c:.1f}" for a, c in zip(ip["batched_round_texts_per_s"], ip["single_round_texts_per_s"])), "txt/s")
+        cb, c1 = ip["batched_cpu_ms_per_text"], ip["single_cpu_ms_per_text"]
+        fig("  in process CPU per text, 16 per call (1 per call / 16)", cb, "ms", None, None, c1, c1 / cb)
+        if on:
+            fig("  dsad batching on / in-process ceiling", mon, "req/s", None, None, b, mon / b)
+        if off:
+            fig("  dsad batching off / in process 1 per call", moff, "req/s", None, None, one, moff / one)
+    d = by.get(f"dsactl-{model}", [None])[0]
+    if d and d["big_s"] > d["small_s"]:
+        tps = (d["big"] - d["small"]) / (d["big_s"] - d["small_s"])
+        fig(f"  dsactl {d['verb']}, 32 per forward ({d['big']} - {d['small']} texts)", tps, "txt/s", None, None,
+            ip["batched_texts_per_s"] if ip else None, tps / ip["batched_texts_per_s"] if ip else None)
+
+batching("4", "sst2", "classify", "batch")
+batching("4b", "bertbase", "embed cls", "batchbb")
 for s in by.get("stress", []):
     fig(f"{s['clients']} clients x {s['requests_each']} requests ({s['classified']} classify): lost / dup / "
         f"failed / mismatched", f"{s['lost']} / {s['duplicated']} / {s['failed']} / {s['mismatched']}", "",
@@ -277,7 +377,8 @@ for f in F:
     goal = "" if f["goal"] is None else f"{f['goal']} ({'met' if f['meets_goal'] else 'NOT met' if f['meets_goal'] is False else '?'})"
     ratio = "" if f["ratio"] is None else f"{f['ratio']:.3f}"
     print(f"{f['what']:<66} {fmt(f['value']):>22} {f['unit']:<5} {fmt(f['baseline']):>9} {ratio:>7}  {goal}")
-print("1-min/5-min/15-min load average: " + "; ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}" for k, v in load.items()))
+print("1-min/5-min/15-min load average: " + "; ".join(f"{k} {v[0]:.2f}/{v[1]:.2f}/{v[2]:.2f}"
+                                                       for k, v in load.items() if k.startswith("part") or k == "end"))
 busy = max(v[0] for v in load.values()) if load else 0
 if busy > 0.5:
     print(f"WARNING: the machine was busy (1-min load up to {busy:.2f} on {cores} cores): compare ratios, not absolute figures")
