@@ -122,10 +122,7 @@ void dsa__gemm_panel_f32_ref(float *out, size_t ldo, const float *inp, size_t ld
                                 acc += inp[n * ldi + k] * b[k * NR + l];
                         out[n * ldo + l] = acc;
                 }
-                if (ep == DSA_EPILOGUE_GELU_ERF)
-                        dsa_gelu_erf_f32_ref(out + n * ldo, nr);
-                else if (ep == DSA_EPILOGUE_GELU_TANH)
-                        dsa_gelu_tanh_f32_ref(out + n * ldo, nr);
+                dsa__epilogue_f32(&dsa__kernels_ref, out + n * ldo, nr, ep);
         }
 }
 
@@ -188,10 +185,7 @@ void dsa__gemm_panel_bf16dot_ref(float *out, size_t ldo, const float *inp, size_
                         }
                         out[n * ldo + l] = acc;
                 }
-                if (ep == DSA_EPILOGUE_GELU_ERF)
-                        dsa_gelu_erf_f32_ref(out + n * ldo, nr);
-                else if (ep == DSA_EPILOGUE_GELU_TANH)
-                        dsa_gelu_tanh_f32_ref(out + n * ldo, nr);
+                dsa__epilogue_f32(&dsa__kernels_ref, out + n * ldo, nr, ep);
         }
 }
 
@@ -412,17 +406,6 @@ void dsa_packed_f32_unpack(const struct dsa_packed_f32 *p, float *weight) {
         }
 }
 
-/* The epilogue as a separate pass, for C = 0 only (out is the bias; no K block to fuse into). */
-static void epilogue(const struct dsa_packed_f32 *w, float *out, size_t ldo, size_t N, size_t cols,
-                     enum dsa_epilogue ep) {
-        void (*f)(float *, size_t) = ep == DSA_EPILOGUE_GELU_ERF ? w->k->gelu_erf_f32 : w->k->gelu_tanh_f32;
-
-        if (ep == DSA_EPILOGUE_NONE)
-                return;
-        for (size_t n = 0; n < N; n++)
-                f(out + n * ldo, cols);
-}
-
 /* inp (N,C) row stride ldi, packed weight (OC,C), bias (OC) or NULL -> out (N, ldo) columns
  * [oc0, oc1); see kernels.h. oc0 and oc1 on panel boundaries (or oc1 = OC), so a panel is never
  * shared between two callers splitting [0, OC). */
@@ -430,16 +413,15 @@ void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
                            const struct dsa_packed_f32 *w, const float *bias, size_t N, size_t oc0,
                            size_t oc1, enum dsa_epilogue ep) {
         const size_t C = w ? w->C : 0, NR = w ? w->nr : 1;
+        size_t p0, p1, nkb;
 
         assert(w);
-        assert(oc0 <= oc1 && oc1 <= w->OC);
-        assert((oc0 % NR == 0 || oc0 == oc1) && (oc1 % NR == 0 || oc1 == w->OC));
-        assert(N <= 1 || (ldo >= oc1 && ldi >= C));
-        assert((unsigned) ep <= DSA_EPILOGUE_GELU_TANH);
-
+        dsa__gemm_panels(N, C, w->OC, NR, ldo, ldi, oc0, oc1, ep, &p0, &p1);
         if (N == 0 || oc0 == oc1)
                 return;
 
+        /* C = 0: out is the bias through the epilogue, as a separate pass (no K block to fuse
+         * it into). */
         if (C == 0) {
                 for (size_t n = 0; n < N; n++) {
                         float *o = out + n * ldo + oc0;
@@ -447,15 +429,14 @@ void dsa_linear_packed_f32(float *out, size_t ldo, const float *inp, size_t ldi,
                                 memcpy(o, bias + oc0, (oc1 - oc0) * sizeof(float));
                         else
                                 memset(o, 0, (oc1 - oc0) * sizeof(float));
+                        dsa__epilogue_f32(w->k, o, oc1 - oc0, ep);
                 }
-                epilogue(w, out + oc0, ldo, N, oc1 - oc0, ep);
                 return;
         }
 
-        const size_t p0 = oc0 / NR, p1 = oc1 / NR + (oc1 % NR != 0);
-        /* K blocks of equal size, at most kc: C = 3072 as 4 x 768, C = 1000 as 2 x 500. For
-         * BF16_DOT even (w->kc is), so each block starts on a k pair. */
-        const size_t nkb = C / w->kc + (C % w->kc != 0), kc0 = C / nkb + (C % nkb != 0);
+        /* K blocks of equal size, at most w->kc; for BF16_DOT even (w->kc is), so each block
+         * starts on a k pair. */
+        const size_t kc0 = dsa__gemm_k_blocks(C, w->kc, &nkb);
         const size_t kc = w->type == DSA_WTYPE_BF16_DOT ? kc0 + (kc0 & 1) : kc0;
         const char *data = w->data;
 

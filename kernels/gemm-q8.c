@@ -147,10 +147,7 @@ void dsa__gemm_panel_q8_ref(float *out, size_t ldo, const int8_t *q, size_t ldq,
                                         acc += (int32_t) x[g * KG + i] * b[g * NR * KG + l * KG + i];
                         o[l] = fmaf((float) acc, sx[n] * sw[l], bias ? bias[l] : 0.0f);
                 }
-                if (ep == DSA_EPILOGUE_GELU_ERF)
-                        dsa_gelu_erf_f32_ref(o, nr);
-                else if (ep == DSA_EPILOGUE_GELU_TANH)
-                        dsa_gelu_tanh_f32_ref(o, nr);
+                dsa__epilogue_f32(&dsa__kernels_ref, o, nr, ep);
         }
 }
 
@@ -266,17 +263,14 @@ void dsa_linear_packed_q8(float *out, size_t ldo, const int8_t *q, size_t ldq, c
                           size_t oc1, enum dsa_epilogue ep) {
         const size_t K4 = w ? w->K4 : 0, S = K4 * KG;
         int32_t xsum[MC];
+        size_t p0, p1;
 
         assert(w);
-        assert(oc0 <= oc1 && oc1 <= w->OC);
-        assert((oc0 % NR == 0 || oc0 == oc1) && (oc1 % NR == 0 || oc1 == w->OC));
-        assert(N <= 1 || (ldo >= oc1 && ldq >= S));
-        assert((unsigned) ep <= DSA_EPILOGUE_GELU_TANH);
-
+        dsa__gemm_panels(N, S, w->OC, NR, ldo, ldq, oc0, oc1, ep, &p0, &p1);
         if (N == 0 || oc0 == oc1)
                 return;
 
-        const size_t p0 = oc0 / NR, p1 = oc1 / NR + (oc1 % NR != 0), step = w->width / NR;
+        const size_t step = w->width / NR;
 
         for (size_t n0 = 0; n0 < N; n0 += MC) {
                 const size_t nn = N - n0 < MC ? N - n0 : MC;

@@ -130,6 +130,15 @@ static inline void dsa__q8_scale(float max_abs, float fixed_scale, float *ret_sc
         *ret_inv = scale > 0 ? 1.0f / scale : 0.0f;
 }
 
+/* The 4 bytes of a k-group of an activation row as one int32, for the kernels' broadcast (a
+ * memcpy: the row is not 4-byte aligned when ldq is not a multiple of 4). */
+static inline int32_t dsa__q8_load4(const int8_t *p) {
+        int32_t v;
+
+        __builtin_memcpy(&v, p, sizeof(v));
+        return v;
+}
+
 static inline int8_t dsa__q8_one(float x, float inv) {
         float y = x * inv;
 

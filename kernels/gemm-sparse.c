@@ -43,10 +43,7 @@ void dsa__gemm_sparse_panel_f32_ref(float *out, size_t ldo, const float *inp, si
                                 acc += inp[n * ldi + idx[t]] * b[t * NR + l];
                         out[n * ldo + l] = acc;
                 }
-                if (ep == DSA_EPILOGUE_GELU_ERF)
-                        dsa_gelu_erf_f32_ref(out + n * ldo, nr);
-                else if (ep == DSA_EPILOGUE_GELU_TANH)
-                        dsa_gelu_tanh_f32_ref(out + n * ldo, nr);
+                dsa__epilogue_f32(&dsa__kernels_ref, out + n * ldo, nr, ep);
         }
 }
 
@@ -131,9 +128,8 @@ int dsa__packed_sparse_new_isa(enum dsa_isa isa, const float *weight, size_t OC,
                 return 0;
         }
 
-        /* K blocks of equal size, at most kc: C = 3072 as 4 x 768, as the dense driver. */
-        nkb = C == 0 ? 1 : C / v->kc + (C % v->kc != 0);
-        kc = C == 0 ? 0 : C / nkb + (C % nkb != 0);
+        /* K blocks of equal size, at most v->kc, as the dense driver. */
+        kc = dsa__gemm_k_blocks(C, v->kc, &nkb);
         p->nkb = nkb, p->mc = v->mc, p->panel = v->panel, p->kept = kept;
         p->idx = malloc((kept ? kept : 1) * sizeof(uint32_t));
         p->start = malloc((panels * nkb + 1) * sizeof(size_t));
@@ -247,20 +243,18 @@ void dsa_packed_sparse_unpack(const struct dsa_packed_sparse *p, float *weight) 
 void dsa_linear_packed_sparse(float *out, size_t ldo, const float *inp, size_t ldi,
                               const struct dsa_packed_sparse *w, const float *bias, size_t N,
                               size_t oc0, size_t oc1, enum dsa_epilogue ep) {
+        size_t p0, p1;
+
         assert(w);
         if (w->dense) {
                 dsa_linear_packed_f32(out, ldo, inp, ldi, w->dense, bias, N, oc0, oc1, ep);
                 return;
         }
-        assert(oc0 <= oc1 && oc1 <= w->OC);
-        assert((oc0 % NR == 0 || oc0 == oc1) && (oc1 % NR == 0 || oc1 == w->OC));
-        assert(N <= 1 || (ldo >= oc1 && ldi >= w->C));
-        assert((unsigned) ep <= DSA_EPILOGUE_GELU_TANH);
-
+        dsa__gemm_panels(N, w->C, w->OC, NR, ldo, ldi, oc0, oc1, ep, &p0, &p1);
         if (N == 0 || oc0 == oc1)
                 return;
 
-        const size_t p0 = oc0 / NR, p1 = oc1 / NR + (oc1 % NR != 0), nkb = w->nkb;
+        const size_t nkb = w->nkb;
 
         for (size_t n0 = 0; n0 < N; n0 += w->mc) {
                 const size_t nn = MIN(N - n0, w->mc);

@@ -3,6 +3,8 @@
  * helpers the SIMD files reuse for their tails. */
 #pragma once
 
+#include <assert.h>
+
 #include "kernels.h"
 
 /* Scalar references, ref.c. The SIMD variants are tested against these. */
@@ -151,3 +153,40 @@ int dsa__packed_new_isa_typed(enum dsa_isa isa, enum dsa_wtype type, const float
                               const uint16_t *weight_u16, size_t OC, size_t C,
                               struct dsa_packed_f32 **ret);
 enum dsa_isa dsa__packed_f32_isa(const struct dsa_packed_f32 *p);
+
+/* ---- Driver pieces shared by the packed GEMMs (gemm-packed.c, gemm-sparse.c, gemm-q8.c). */
+
+/* The argument checks of a packed GEMM call (our callers' invariants, hence asserts): columns
+ * [oc0, oc1) of OC on panel boundaries of NR columns (or oc1 = OC), so a panel is never shared
+ * between two callers splitting [0, OC); row strides ldo and ldi cover oc1 and the C values a
+ * row is read for; a known epilogue. Returns the panels [*ret_p0, *ret_p1) the columns cover. */
+static inline void dsa__gemm_panels(size_t N, size_t C, size_t OC, size_t NR, size_t ldo,
+                                    size_t ldi, size_t oc0, size_t oc1, enum dsa_epilogue ep,
+                                    size_t *ret_p0, size_t *ret_p1) {
+        assert(oc0 <= oc1 && oc1 <= OC);
+        assert((oc0 % NR == 0 || oc0 == oc1) && (oc1 % NR == 0 || oc1 == OC));
+        assert(N <= 1 || (ldo >= oc1 && ldi >= C));
+        assert((unsigned) ep <= DSA_EPILOGUE_GELU_TANH);
+        *ret_p0 = oc0 / NR;
+        *ret_p1 = oc1 / NR + (oc1 % NR != 0);
+}
+
+/* K blocks of equal size, at most kc_max: C = 3072 as 4 x 768, C = 1000 (kc_max 768) as
+ * 2 x 500; C = 0 as one empty block. Returns the block size, the number of blocks in
+ * *ret_nkb. */
+static inline size_t dsa__gemm_k_blocks(size_t C, size_t kc_max, size_t *ret_nkb) {
+        const size_t nkb = C == 0 ? 1 : C / kc_max + (C % kc_max != 0);
+
+        *ret_nkb = nkb;
+        return C / nkb + (C % nkb != 0);
+}
+
+/* ep on the n values of x with the GELUs of table k: the reference microkernels' epilogue on a
+ * finished row (k = &dsa__kernels_ref), and the dense driver's pass over out for C = 0. */
+static inline void dsa__epilogue_f32(const struct dsa_kernels *k, float *x, size_t n,
+                                     enum dsa_epilogue ep) {
+        if (ep == DSA_EPILOGUE_GELU_ERF)
+                k->gelu_erf_f32(x, n);
+        else if (ep == DSA_EPILOGUE_GELU_TANH)
+                k->gelu_tanh_f32(x, n);
+}

@@ -4,7 +4,8 @@
  * rows, then does 24 FMAs: 2 loads + 12 broadcasts per 24 FMAs fits two load ports under two
  * FMA ports, and 24 chains cover the FMA latency on both. 24 + 2 + 1 registers of 32. Ragged
  * columns use mask registers (masked loads and stores never touch the masked lanes). The GELU
- * epilogue runs on the accumulators of the last K block before the store (vecmath-avx512.h).
+ * epilogue runs on the accumulators of the last K block before the store; the tile's loads,
+ * epilogue and stores are gemm-tile-avx512.h's, shared with the sparse and int8 loops.
  *
  * Half and bfloat16 panels run the same loop with each weight vector widened on load
  * (vcvtph2ps; for bfloat16 one load, vpslld 16 and vpandd), exactly, so the sums are the
@@ -17,16 +18,12 @@
 #include <immintrin.h>
 
 #include "../kernels-internal.h"
-#include "vecmath-avx512.h"
+#include "gemm-tile-avx512.h"
 
 #define MR DSA__GEMM_MR_AVX512
 #define NR DSA__GEMM_NR_AVX512
 
 enum wt { WT_F32, WT_F16, WT_BF16 };
-
-static inline __mmask16 lanes(size_t n) {
-        return n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
-}
 
 /* k row k of a panel of type wt as two vectors of fp32, columns 0-15 and 16-31; a bfloat16
  * row holds dword i = (column i, column 16 + i), see gemm-avx2.c. */
@@ -46,115 +43,37 @@ static inline __attribute__((always_inline)) void load_w(const void *b, size_t k
         }
 }
 
-/* The accumulators of a tile: bias (first block) or the partial sums in c. */
-static inline __attribute__((always_inline)) void acc_load(__m512 acc[MR][2], const float *c,
-                                                           size_t ldc, size_t nr, const float *bias,
-                                                           bool first, const int mr) {
-        const __mmask16 m0 = lanes(nr), m1 = lanes(nr > 16 ? nr - 16 : 0);
-
-        if (first) {
-                __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-                if (bias) {
-                        b0 = _mm512_maskz_loadu_ps(m0, bias);
-                        b1 = _mm512_maskz_loadu_ps(m1, bias + 16);
-                }
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++)
-                        acc[r][0] = b0, acc[r][1] = b1;
-        } else {
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++) {
-                        acc[r][0] = _mm512_maskz_loadu_ps(m0, c + r * ldc);
-                        acc[r][1] = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
-                }
-        }
-}
-
-/* ep on the sums, then the masked store of nr columns (lanes past nr hold 0, not stored). */
-static inline __attribute__((always_inline)) void acc_store(__m512 acc[MR][2], float *c, size_t ldc,
-                                                            size_t nr, enum dsa_epilogue ep,
-                                                            const int mr) {
-        const __mmask16 m0 = lanes(nr), m1 = lanes(nr > 16 ? nr - 16 : 0);
-
-        if (ep == DSA_EPILOGUE_GELU_ERF) {
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++) {
-                        acc[r][0] = gelu_erf_ps(acc[r][0]);
-                        acc[r][1] = gelu_erf_ps(acc[r][1]);
-                }
-        } else if (ep == DSA_EPILOGUE_GELU_TANH) {
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++) {
-                        acc[r][0] = gelu_tanh_ps(acc[r][0]);
-                        acc[r][1] = gelu_tanh_ps(acc[r][1]);
-                }
-        }
-
-#pragma GCC unroll 12
-        for (int r = 0; r < mr; r++) {
-                _mm512_mask_storeu_ps(c + r * ldc, m0, acc[r][0]);
-                _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc[r][1]);
-        }
-}
-
 /* inp (mr, lda) x b (kc, NR) -> c (mr, ldc), nr <= NR columns, then ep on the sums; mr and wt
- * constants after inlining. */
+ * constants after inlining. Loads, epilogue and stores of the tile: gemm-tile-avx512.h. */
 static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, const float *a,
                                                        size_t lda, const void *b, size_t kc,
                                                        size_t nr, const float *bias, bool first,
                                                        enum dsa_epilogue ep, const int mr,
                                                        const enum wt wt) {
-        __m512 acc[MR][2];
+        __mmask16 m[2];
+        __m512 acc[MR * 2];
 
-        acc_load(acc, c, ldc, nr, bias, first, mr);
+        tile_masks(nr, m, 2);
+        tile_load(acc, c, ldc, m, bias, first, mr, 2);
 #pragma GCC unroll 2
         for (size_t k = 0; k < kc; k++) {
-                __m512 w0, w1;
-                load_w(b, k, &w0, &w1, wt);
-#pragma GCC unroll 12
-                for (int r = 0; r < mr; r++) {
-                        const __m512 x = _mm512_set1_ps(a[r * lda + k]);
-                        acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
-                        acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
-                }
+                __m512 w[2];
+                load_w(b, k, &w[0], &w[1], wt);
+                tile_fma(acc, a, lda, k, w, mr, 2);
         }
-
-        acc_store(acc, c, ldc, nr, ep, mr);
+        tile_store(acc, c, ldc, m, ep, mr, 2);
 }
 
 /* inp (N, ldi) x panel slice b (kc, 32) [+ bias] -> out (N, ldo), nr <= 32 columns; see
- * dsa__gemm_panel_f32_fn. Rows in tiles of 12, the last 1-11 rows in a narrower tile; the
- * next tile's rows of out are prefetched (see gemm-avx2.c). */
+ * dsa__gemm_panel_f32_fn. Rows in tiles of 12, the last 1-11 rows in a narrower tile, the next
+ * tile's rows of out prefetched when they are read back (TILE_ROWS_AVX512). */
 static inline __attribute__((always_inline)) void panel(float *out, size_t ldo, const float *inp,
                                                         size_t ldi, const void *b, size_t N,
                                                         size_t kc, size_t nr, const float *bias,
                                                         bool first, enum dsa_epilogue ep,
                                                         const enum wt wt) {
-        size_t n = 0;
-
-#define TILE(rows) tile(out + n * ldo, ldo, inp + n * ldi, ldi, b, kc, nr, bias, first, ep, rows, wt)
-        for (; n + MR <= N; n += MR) {
-                if (!first && n + 2 * MR <= N)
-                        for (int r = 0; r < MR; r++) {
-                                _mm_prefetch((const char *) (out + (n + MR + r) * ldo), _MM_HINT_T0);
-                                _mm_prefetch((const char *) (out + (n + MR + r) * ldo + 16), _MM_HINT_T0);
-                        }
-                TILE(MR);
-        }
-        switch (N - n) {
-        case 11: TILE(11); break;
-        case 10: TILE(10); break;
-        case 9: TILE(9); break;
-        case 8: TILE(8); break;
-        case 7: TILE(7); break;
-        case 6: TILE(6); break;
-        case 5: TILE(5); break;
-        case 4: TILE(4); break;
-        case 3: TILE(3); break;
-        case 2: TILE(2); break;
-        case 1: TILE(1); break;
-        default: break;
-        }
+#define TILE(n, rows) tile(out + (n) * ldo, ldo, inp + (n) * ldi, ldi, b, kc, nr, bias, first, ep, rows, wt)
+        TILE_ROWS_AVX512(N, TILE, out, ldo, !first, 2);
 #undef TILE
 }
 
@@ -190,9 +109,11 @@ static inline __attribute__((always_inline)) BF16DOT void tile_dot(float *c, siz
                                                                    size_t nr, const float *bias,
                                                                    bool first, enum dsa_epilogue ep,
                                                                    const int mr) {
-        __m512 acc[MR][2];
+        __mmask16 m[2];
+        __m512 acc[MR * 2];
 
-        acc_load(acc, c, ldc, nr, bias, first, mr);
+        tile_masks(nr, m, 2);
+        tile_load(acc, c, ldc, m, bias, first, mr, 2);
 #pragma GCC unroll 2
         for (size_t k = 0; k < kp; k++) {
                 const __m512bh w0 = (__m512bh) _mm512_load_si512(b + k * 2 * NR);
@@ -200,11 +121,11 @@ static inline __attribute__((always_inline)) BF16DOT void tile_dot(float *c, siz
 #pragma GCC unroll 12
                 for (int r = 0; r < mr; r++) {
                         const __m512bh x = (__m512bh) _mm512_set1_epi32((int) a[r * KP_MAX + k]);
-                        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, w0);
-                        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, w1);
+                        acc[2 * r] = _mm512_dpbf16_ps(acc[2 * r], x, w0);
+                        acc[2 * r + 1] = _mm512_dpbf16_ps(acc[2 * r + 1], x, w1);
                 }
         }
-        acc_store(acc, c, ldc, nr, ep, mr);
+        tile_store(acc, c, ldc, m, ep, mr, 2);
 }
 
 /* inp (rows, ldi), kc values a row -> a (rows, KP_MAX) bf16 pairs (x[2i] low, x[2i+1] high),

@@ -14,22 +14,16 @@
  * rows fit the 16 registers, plus the widening of both operands) at ~110. MR = 6 rows beat 4
  * and 5 by 2-3%, a 2x unrolled k loop gained nothing.
  * A 6 x 16 tile of out lives in 12 ymm int32 accumulators; the epilogue (int32 -> fp32, times
- * sx * sw, + bias, GELU from vecmath-avx2.h) runs in registers before the one store. */
+ * sx * sw, + bias, then the GELU and masked store of gemm-tile-avx2.h) runs in registers
+ * before the one store. */
 #include <immintrin.h>
 #include <string.h>
 
 #include "../gemm-q8.h"
-#include "vecmath-avx2.h"
+#include "gemm-tile-avx2.h"
 
 #define MR DSA__Q8_MR_AVX2
 #define NR DSA__Q8_NR
-
-static inline __m256i bcast4(const int8_t *p) {
-        int32_t v;
-
-        memcpy(&v, p, sizeof(v));
-        return _mm256_set1_epi32(v);
-}
 
 /* q (mr, lda) rows x panel b (K4 groups of 16 x 4) -> c (mr, ldc), nr <= 16 columns; mr a
  * constant after inlining. Lanes past nr compute on zero weights and scales and are not
@@ -40,7 +34,6 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                                                        const float *bias, size_t K4, size_t nr,
                                                        enum dsa_epilogue ep, const int mr) {
         const __m256i ones = _mm256_set1_epi16(1);
-        const bool full = nr == NR;
         __m256i acc[MR][2];
 
 #pragma GCC unroll 6
@@ -53,7 +46,7 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 const __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
 #pragma GCC unroll 6
                 for (int r = 0; r < mr; r++) {
-                        const __m256i x = bcast4(a + r * lda + g * 4);
+                        const __m256i x = _mm256_set1_epi32(dsa__q8_load4(a + r * lda + g * 4));
                         __m256i p0 = _mm256_maddubs_epi16(u0, _mm256_sign_epi8(x, w0));
                         __m256i p1 = _mm256_maddubs_epi16(u1, _mm256_sign_epi8(x, w1));
                         acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
@@ -61,66 +54,31 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 }
         }
 
-        const __m256i m0 = tail_mask(nr < 8 ? nr : 8), m1 = tail_mask(nr > 8 ? nr - 8 : 0);
+        __m256i m0, m1;
+        __m256 b0, b1;
+        tile_masks(nr, &m0, &m1);
         const __m256 sw0 = _mm256_load_ps(sw), sw1 = _mm256_load_ps(sw + 8);
-        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
-        if (bias && full) {
-                b0 = _mm256_loadu_ps(bias);
-                b1 = _mm256_loadu_ps(bias + 8);
-        } else if (bias) {
-                b0 = _mm256_maskload_ps(bias, m0);
-                b1 = _mm256_maskload_ps(bias + 8, m1);
-        }
+        tile_bias(bias, nr, m0, m1, &b0, &b1);
 
 #pragma GCC unroll 6
         for (int r = 0; r < mr; r++) {
                 const __m256 s = _mm256_set1_ps(sx[r]);
                 __m256 y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][0]), _mm256_mul_ps(s, sw0), b0);
                 __m256 y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][1]), _mm256_mul_ps(s, sw1), b1);
-                if (ep == DSA_EPILOGUE_GELU_ERF) {
-                        y0 = gelu_erf_ps(y0);
-                        y1 = gelu_erf_ps(y1);
-                } else if (ep == DSA_EPILOGUE_GELU_TANH) {
-                        y0 = gelu_tanh_ps(y0);
-                        y1 = gelu_tanh_ps(y1);
-                }
-                if (full) {
-                        _mm256_storeu_ps(c + r * ldc, y0);
-                        _mm256_storeu_ps(c + r * ldc + 8, y1);
-                } else {
-                        _mm256_maskstore_ps(c + r * ldc, m0, y0);
-                        _mm256_maskstore_ps(c + r * ldc + 8, m1, y1);
-                }
+                tile_epilogue_row(&y0, &y1, ep);
+                tile_store_row(c + r * ldc, nr, m0, m1, y0, y1);
         }
 }
 
 /* q (N, ldq) x panel b (K4, 16, 4) -> out (N, ldo), nr <= 16 columns; see
- * dsa__gemm_panel_q8_fn. Rows in tiles of 6, the ragged end in narrower ones. */
+ * dsa__gemm_panel_q8_fn. Rows in tiles of 6, the ragged end in narrower ones (TILE_ROWS_AVX2;
+ * no prefetch: out is written once). */
 void dsa__gemm_panel_q8_avx2(float *out, size_t ldo, const int8_t *q, size_t ldq, const float *sx,
                              const int32_t *xsum, const int8_t *b, const float *sw,
                              const float *bias, size_t N, size_t K4, size_t nr,
                              enum dsa_epilogue ep) {
-        size_t n = 0, rest;
-
-#define TILE(rows) tile(out + n * ldo, ldo, q + n * ldq, ldq, sx + n, b, sw, bias, K4, nr, ep, rows)
-        /* Stop one full tile early when 1-3 rows would be left: 6 + r rows as two tiles of 3-5
-         * rows share each k-group's loads and |w| among more rows than a lone 1-row tile. */
-        const size_t full = N % MR != 0 && N % MR < 4 && N >= MR ? N - MR - N % MR : N - N % MR;
-
-        for (; n < full; n += MR)
-                TILE(MR);
-        while ((rest = N - n) > 0) {
-                size_t rows = rest > MR ? rest - rest / 2 : rest;
-                switch (rows) {
-                case 6: TILE(6); break;
-                case 5: TILE(5); break;
-                case 4: TILE(4); break;
-                case 3: TILE(3); break;
-                case 2: TILE(2); break;
-                default: TILE(1); break;
-                }
-                n += rows;
-        }
+#define TILE(n, rows) tile(out + (n) * ldo, ldo, q + (n) * ldq, ldq, sx + (n), b, sw, bias, K4, nr, ep, rows)
+        TILE_ROWS_AVX2(N, TILE, out, ldo, false);
 #undef TILE
 }
 

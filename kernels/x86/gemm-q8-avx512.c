@@ -10,26 +10,18 @@
  * become 128) take the excess back out. Exact: the int32 arithmetic wraps modulo 2^32 and the
  * true dot fits an int32 (gemm-q8.h), so intermediate wrap-around cancels.
  * A 12 x 32 tile of out (two panels) lives in 24 zmm accumulators; 24 + 2 weights + 1 xor
- * constant of 32 registers. The epilogue runs in registers before one masked store per row. */
+ * constant of 32 registers. The epilogue (int32 -> fp32, times sx * sw, + bias, GELU) runs in
+ * registers before one masked store per row; masks and bias are gemm-tile-avx512.h's. The row's
+ * GELU and stores stay here rather than in tile_store: done per row, right after the
+ * conversion, they leave GCC the registers the narrower tiles' k loops need (fewer spills). */
 #include <immintrin.h>
 #include <string.h>
 
 #include "../gemm-q8.h"
-#include "vecmath-avx512.h"
+#include "gemm-tile-avx512.h"
 
 #define MR DSA__Q8_MR_AVX512
 #define NR DSA__Q8_NR
-
-static inline __m512i bcast4(const int8_t *p) {
-        int32_t v;
-
-        memcpy(&v, p, sizeof(v));
-        return _mm512_set1_epi32(v);
-}
-
-static inline __mmask16 lanes(size_t n) {
-        return n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
-}
 
 /* q (mr, lda) rows x panels b, b + K4*64 -> c (mr, ldc), nr <= 32 columns; mr a constant
  * after inlining. With nr <= 16 the second panel may not exist: the first is read twice
@@ -54,19 +46,17 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 const __m512i w1 = _mm512_xor_si512(_mm512_load_si512(b1 + g * 64), flip);
 #pragma GCC unroll 12
                 for (int r = 0; r < mr; r++) {
-                        const __m512i x = bcast4(a + r * lda + g * 4);
+                        const __m512i x = _mm512_set1_epi32(dsa__q8_load4(a + r * lda + g * 4));
                         acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, x);
                         acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, x);
                 }
         }
 
-        const __mmask16 m0 = lanes(nr), m1 = lanes(nr > NR ? nr - NR : 0);
-        const __m512 sw0 = _mm512_maskz_loadu_ps(m0, sw), sw1 = _mm512_maskz_loadu_ps(m1, sw + NR);
-        __m512 b0 = _mm512_setzero_ps(), b1v = _mm512_setzero_ps();
-        if (bias) {
-                b0 = _mm512_maskz_loadu_ps(m0, bias);
-                b1v = _mm512_maskz_loadu_ps(m1, bias + NR);
-        }
+        __mmask16 m[2];
+        __m512 bv[2];
+        tile_masks(nr, m, 2);
+        const __m512 sw0 = _mm512_maskz_loadu_ps(m[0], sw), sw1 = _mm512_maskz_loadu_ps(m[1], sw + NR);
+        tile_bias(bias, m, bv, 2);
 
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
@@ -74,8 +64,8 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                 const __m512 s = _mm512_set1_ps(sx[r]);
                 __m512 y0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], corr));
                 __m512 y1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], corr));
-                y0 = _mm512_fmadd_ps(y0, _mm512_mul_ps(s, sw0), b0);
-                y1 = _mm512_fmadd_ps(y1, _mm512_mul_ps(s, sw1), b1v);
+                y0 = _mm512_fmadd_ps(y0, _mm512_mul_ps(s, sw0), bv[0]);
+                y1 = _mm512_fmadd_ps(y1, _mm512_mul_ps(s, sw1), bv[1]);
                 if (ep == DSA_EPILOGUE_GELU_ERF) {
                         y0 = gelu_erf_ps(y0);
                         y1 = gelu_erf_ps(y1);
@@ -83,36 +73,20 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
                         y0 = gelu_tanh_ps(y0);
                         y1 = gelu_tanh_ps(y1);
                 }
-                _mm512_mask_storeu_ps(c + r * ldc, m0, y0);
-                _mm512_mask_storeu_ps(c + r * ldc + NR, m1, y1);
+                _mm512_mask_storeu_ps(c + r * ldc, m[0], y0);
+                _mm512_mask_storeu_ps(c + r * ldc + NR, m[1], y1);
         }
 }
 
 /* q (N, ldq) x panels b (2 x K4 x 16 x 4) -> out (N, ldo), nr <= 32 columns; see
- * dsa__gemm_panel_q8_fn. Rows in tiles of 12, the last 1-11 in one narrower tile. */
+ * dsa__gemm_panel_q8_fn. Rows in tiles of 12, the last 1-11 in one narrower tile
+ * (TILE_ROWS_AVX512; no prefetch: out is written once). */
 void dsa__gemm_panel_q8_avx512vnni(float *out, size_t ldo, const int8_t *q, size_t ldq,
                                    const float *sx, const int32_t *xsum, const int8_t *b,
                                    const float *sw, const float *bias, size_t N, size_t K4,
                                    size_t nr, enum dsa_epilogue ep) {
-        size_t n = 0;
-
-#define TILE(rows) tile(out + n * ldo, ldo, q + n * ldq, ldq, sx + n, xsum + n, b, sw, bias, K4, nr, ep, rows)
-        for (; n + MR <= N; n += MR)
-                TILE(MR);
-        switch (N - n) {
-        case 11: TILE(11); break;
-        case 10: TILE(10); break;
-        case 9: TILE(9); break;
-        case 8: TILE(8); break;
-        case 7: TILE(7); break;
-        case 6: TILE(6); break;
-        case 5: TILE(5); break;
-        case 4: TILE(4); break;
-        case 3: TILE(3); break;
-        case 2: TILE(2); break;
-        case 1: TILE(1); break;
-        default: break;
-        }
+#define TILE(n, rows) tile(out + (n) * ldo, ldo, q + (n) * ldq, ldq, sx + (n), xsum + (n), b, sw, bias, K4, nr, ep, rows)
+        TILE_ROWS_AVX512(N, TILE, out, ldo, false, 2);
 #undef TILE
 }
 

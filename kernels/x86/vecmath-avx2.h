@@ -1,4 +1,4 @@
-/* Vector math shared by the AVX2 + FMA kernel files (x86/avx2.c, x86/gemm-avx2.c), one copy of
+/* Vector math shared by the AVX2 + FMA kernel files (x86/avx2.c, x86/gemm-*avx2.c), one copy of
  * each helper: ragged-tail masks, horizontal reductions, exp() and the two GELUs. exp() is
  * Cephes-style (range reduction by ln 2, degree-5 polynomial, relative error ~1e-7); erf() is
  * Abramowitz-Stegun 7.1.26 (absolute error 1.5e-7), evaluated in its erfc form so GELU of

@@ -1,4 +1,4 @@
-/* Vector math shared by the AVX-512 kernel files (x86/avx512.c, x86/gemm-avx512.c), one copy of
+/* Vector math shared by the AVX-512 kernel files (x86/avx512.c, x86/gemm-*avx512.c), one copy of
  * each helper, the same algorithms as x86/vecmath-avx2.h: ragged-tail masks, exp() and the two
  * GELUs. Include only from files compiled with -mavx512f -mavx512dq -mavx512vl. */
 #pragma once
@@ -11,6 +11,11 @@
 /* Lanes [0, n) set, n in [0, 16]. */
 static inline __mmask16 tail_mask(size_t n) {
         return (__mmask16) ((1u << n) - 1);
+}
+
+/* Lanes [0, min(n, 16)) set, any n: the first vector's mask of a tail n long. */
+static inline __mmask16 lanes(size_t n) {
+        return n >= 16 ? (__mmask16) 0xffff : (__mmask16) ((1u << n) - 1);
 }
 
 /* e^x, as exp_ps in x86/vecmath-avx2.h: exactly 0 below ln(FLT_MIN), +inf above 88.72,

@@ -23,28 +23,19 @@
 
 #include "basic/macro.h"
 #include "kernels/kernels-internal.h"
+#include "gemm-check.h"
 #include "testutil.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-/* |got - want| <= GEMM_MAX_REL_ERR * sum_c |x_c w_c| (+ |bias|): fp32 accumulation in k order,
- * fused or not. After a GELU epilogue (slope at most 1.13) the SIMD GELU's own error is added:
- * EPILOGUE_MAX_ERR + EPILOGUE_MAX_RERR * |want|, as test-kernels allows it. */
-#define GEMM_MAX_REL_ERR 1e-5
-#define EPILOGUE_SLOPE 1.13
-#define EPILOGUE_MAX_ERR 1e-6
-#define EPILOGUE_MAX_RERR 2e-6
-#define GEMM_MAX_ABS_ERR 1e-7 /* for outputs whose magnitude sum is 0 */
-
+/* fp32, half and bfloat16 (on the rounded weights): DSA_TEST_GEMM_MAX_REL_ERR and the epilogue
+ * terms of gemm-check.h. */
 /* BF16_DOT sums exact products of bf16 pairs in fp32, two roundings per pair: the same bound
  * on the magnitude sum of the rounded products. */
 #define BF16_DOT_MAX_REL_ERR 1e-5
 
-#define SENTINEL 1234.5f
-
-static const char *const isa_names[_DSA_ISA_MAX] = { "ref", "avx2", "avx512" };
 static const char *const wtype_names[_DSA_WTYPE_MAX] = { "f32", "f16", "bf16", "bf16dot" };
 
 /* The ISAs to test: ref first, then every SIMD one this CPU runs; each with the types it has a
@@ -53,28 +44,6 @@ static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 static bool supported[_DSA_ISA_MAX][_DSA_WTYPE_MAX];
 static double worst[_DSA_ISA_MAX][_DSA_WTYPE_MAX]; /* worst error / tolerance seen */
-
-static float *falloc(size_t n) {
-        float *p = malloc((n ? n : 1) * sizeof(float));
-        assert_non_null(p);
-        return p;
-}
-
-static void fill(float *x, size_t n, float v) {
-        for (size_t i = 0; i < n; i++)
-                x[i] = v;
-}
-
-static double gelu_ref(double x, enum dsa_epilogue ep) {
-        switch (ep) {
-        case DSA_EPILOGUE_GELU_ERF:
-                return 0.5 * x * (1 + erf(x / sqrt(2.0)));
-        case DSA_EPILOGUE_GELU_TANH:
-                return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
-        default:
-                return x;
-        }
-}
 
 /* Exposes the out-of-memory path under ASan, whose allocator would otherwise abort on a
  * request past its maximum instead of returning NULL. */
@@ -122,11 +91,11 @@ static void problem_init(struct problem *p, struct dsa_test_rng *rng, enum dsa_w
                          enum dsa_epilogue ep) {
         *p = (struct problem) { .N = N, .C = C, .OC = OC, .ldi = C + pad_i, .ldo = OC + pad_o,
                                 .type = type, .ep = ep };
-        p->x = falloc(N * p->ldi);
-        p->w = falloc(OC * C);
-        p->bias = with_bias ? falloc(OC) : NULL;
+        p->x = dsa_test_falloc(N * p->ldi);
+        p->w = dsa_test_falloc(OC * C);
+        p->bias = with_bias ? dsa_test_falloc(OC) : NULL;
         /* inp's padding is NaN: a kernel that reads past C poisons its output. */
-        fill(p->x, N * p->ldi, NAN);
+        dsa_test_fill(p->x, N * p->ldi, NAN);
         for (size_t n = 0; n < N; n++)
                 dsa_test_rng_fill(rng, p->x + n * p->ldi, C, -1.0f, 1.0f);
         dsa_test_rng_fill(rng, p->w, OC * C, -1.0f, 1.0f);
@@ -150,7 +119,7 @@ static void problem_init(struct problem *p, struct dsa_test_rng *rng, enum dsa_w
                                 acc += t;
                                 mag += fabs(t);
                         }
-                        p->want[n * OC + o] = gelu_ref(acc, ep);
+                        p->want[n * OC + o] = dsa_test_gelu(acc, ep);
                         p->mag[n * OC + o] = mag;
                 }
 }
@@ -160,12 +129,9 @@ static void problem_done(struct problem *p) {
 }
 
 static double tolerance(const struct problem *p, size_t i) {
-        double rel = p->type == DSA_WTYPE_BF16_DOT ? BF16_DOT_MAX_REL_ERR : GEMM_MAX_REL_ERR;
-        double tol = rel * p->mag[i] + GEMM_MAX_ABS_ERR;
+        double rel = p->type == DSA_WTYPE_BF16_DOT ? BF16_DOT_MAX_REL_ERR : DSA_TEST_GEMM_MAX_REL_ERR;
 
-        if (p->ep != DSA_EPILOGUE_NONE)
-                tol = EPILOGUE_SLOPE * tol + EPILOGUE_MAX_ERR + EPILOGUE_MAX_RERR * fabs(p->want[i]);
-        return tol;
+        return dsa_test_gemm_tolerance(p->mag[i], p->want[i], rel, p->ep);
 }
 
 /* out (N, ldo) against the naive result in columns [oc0, oc1), sentinels elsewhere; and
@@ -181,9 +147,9 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const float *ou
                         float got = out[n * p->ldo + o];
                         double ratio;
                         if (o < oc0 || o >= oc1) {
-                                if (got != SENTINEL) {
+                                if (got != DSA_TEST_SENTINEL) {
                                         printf("FAIL %s/%s N=%zu C=%zu OC=%zu [%zu,%zu) ldo=%zu: wrote column %zu of row %zu\n",
-                                               isa_names[isa], wtype_names[p->type], p->N, p->C, p->OC, oc0, oc1, p->ldo, o, n);
+                                               dsa_test_isa_names[isa], wtype_names[p->type], p->N, p->C, p->OC, oc0, oc1, p->ldo, o, n);
                                         return false;
                                 }
                                 continue;
@@ -202,7 +168,7 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const float *ou
         if (worst_ratio > 1) {
                 size_t i = wn * p->OC + wo;
                 printf("FAIL %s/%s N=%zu C=%zu OC=%zu ldi=%zu ldo=%zu bias=%d ep=%d: [%zu,%zu] got %.9g want %.9g ref %.9g (tol %.3g)\n",
-                       isa_names[isa], wtype_names[p->type], p->N, p->C, p->OC, p->ldi, p->ldo, p->bias != NULL, p->ep, wn, wo,
+                       dsa_test_isa_names[isa], wtype_names[p->type], p->N, p->C, p->OC, p->ldi, p->ldo, p->bias != NULL, p->ep, wn, wo,
                        out[wn * p->ldo + wo], p->want[i], ref_out ? ref_out[wn * p->ldo + wo] : NAN,
                        tolerance(p, i));
                 return false;
@@ -274,16 +240,16 @@ static void test_shapes(void **state) {
                                                 if (!supported[isas[s]][t])
                                                         continue;
                                                 pw = pack(isas[s], (enum dsa_wtype) t, p.w, OC, C, case_no % 2);
-                                                out = falloc(N * p.ldo);
-                                                fill(out, N * p.ldo, SENTINEL);
+                                                out = dsa_test_falloc(N * p.ldo);
+                                                dsa_test_fill(out, N * p.ldo, DSA_TEST_SENTINEL);
                                                 dsa_linear_packed_f32(out, p.ldo, p.x, p.ldi, pw, p.bias, N, 0, OC, ep);
                                                 assert_true(check_out(&p, isas[s], out, ref_out, 0, OC));
                                                 if (t == DSA_WTYPE_F16 || t == DSA_WTYPE_BF16) {
                                                         /* Widening is exact: the fp32 loop's bits on the
                                                          * rounded weights. */
                                                         struct dsa_packed_f32 *p32 = pack(isas[s], DSA_WTYPE_F32, p.w, OC, C, false);
-                                                        float *o32 = falloc(N * p.ldo);
-                                                        fill(o32, N * p.ldo, SENTINEL);
+                                                        float *o32 = dsa_test_falloc(N * p.ldo);
+                                                        dsa_test_fill(o32, N * p.ldo, DSA_TEST_SENTINEL);
                                                         dsa_linear_packed_f32(o32, p.ldo, p.x, p.ldi, p32, p.bias, N, 0, OC, ep);
                                                         assert_memory_equal(o32, out, N * p.ldo * sizeof(float));
                                                         free(o32);
@@ -300,6 +266,18 @@ static void test_shapes(void **state) {
                                 }
 }
 
+struct subrange {
+        const struct problem *p;
+        const struct dsa_packed_f32 *pw;
+};
+
+static void run_subrange(void *userdata, float *out, size_t oc0, size_t oc1) {
+        const struct subrange *u = userdata;
+        const struct problem *p = u->p;
+
+        dsa_linear_packed_f32(out, p->ldo, p->x, p->ldi, u->pw, p->bias, p->N, oc0, oc1, p->ep);
+}
+
 /* Column sub-ranges on block boundaries: the full call's bits in [oc0, oc1), sentinels
  * elsewhere; and a split of [0, OC) into blocks, as a pool would, gives the full result. */
 static void test_subranges(void **state) {
@@ -314,8 +292,8 @@ static void test_subranges(void **state) {
                                 size_t N = shapes[si][0], C = shapes[si][1], OC = shapes[si][2];
                                 struct problem p;
                                 struct dsa_packed_f32 *pw;
-                                float *full, *part;
-                                size_t B;
+                                float *full;
+                                char name[64];
 
                                 /* The 16-bit types with one epilogue each (test_shapes has them
                                  * all): the quadratic walk over sub-ranges is the slow part. */
@@ -324,40 +302,17 @@ static void test_subranges(void **state) {
                                 problem_init(&p, &rng, (enum dsa_wtype) t, N, C, OC, 1, 2, ep != 1,
                                              (enum dsa_epilogue) ep);
                                 pw = pack(isas[s], (enum dsa_wtype) t, p.w, OC, C, ep == 2);
-                                B = dsa_packed_f32_block(pw);
-                                assert_true(B > 0);
-                                full = falloc(N * p.ldo);
-                                part = falloc(N * p.ldo);
-                                fill(full, N * p.ldo, SENTINEL);
+                                assert_true(dsa_packed_f32_block(pw) > 0);
+                                full = dsa_test_falloc(N * p.ldo);
+                                dsa_test_fill(full, N * p.ldo, DSA_TEST_SENTINEL);
                                 dsa_linear_packed_f32(full, p.ldo, p.x, p.ldi, pw, p.bias, N, 0, OC, p.ep);
                                 assert_true(check_out(&p, isas[s], full, NULL, 0, OC));
 
-                                for (size_t oc0 = 0; oc0 <= OC; oc0 += B)
-                                        for (size_t oc1 = oc0; oc1 <= OC; oc1 = oc1 + B > OC && oc1 < OC ? OC : oc1 + B) {
-                                                fill(part, N * p.ldo, SENTINEL);
-                                                dsa_linear_packed_f32(part, p.ldo, p.x, p.ldi, pw, p.bias, N, oc0, oc1, p.ep);
-                                                for (size_t n = 0; n < N; n++)
-                                                        for (size_t o = 0; o < p.ldo; o++) {
-                                                                float want = o >= oc0 && o < oc1 ? full[n * p.ldo + o] : SENTINEL;
-                                                                if (memcmp(&part[n * p.ldo + o], &want, sizeof(float)) != 0) {
-                                                                        printf("FAIL %s/%s sub-range [%zu,%zu) of N=%zu C=%zu OC=%zu: [%zu,%zu] got %.9g want %.9g\n",
-                                                                               isa_names[isas[s]], wtype_names[t], oc0, oc1, N, C, OC, n, o,
-                                                                               part[n * p.ldo + o], want);
-                                                                        fail();
-                                                                }
-                                                        }
-                                                if (oc1 == OC)
-                                                        break;
-                                        }
+                                snprintf(name, sizeof(name), "%s/%s C=%zu", dsa_test_isa_names[isas[s]], wtype_names[t], C);
+                                dsa_test_gemm_subranges(name, run_subrange, &(struct subrange) { &p, pw }, full, N, OC,
+                                                        p.ldo, dsa_packed_f32_block(pw), 0);
 
-                                /* Block by block into one buffer, as dsa_pool_for would split it. */
-                                fill(part, N * p.ldo, SENTINEL);
-                                for (size_t oc0 = 0; oc0 < OC; oc0 += B)
-                                        dsa_linear_packed_f32(part, p.ldo, p.x, p.ldi, pw, p.bias, N, oc0,
-                                                              MIN(oc0 + B, OC), p.ep);
-                                assert_memory_equal(part, full, N * p.ldo * sizeof(float));
-
-                                free(full), free(part);
+                                free(full);
                                 dsa_packed_f32_free(pw);
                                 problem_done(&p);
                         }
@@ -376,22 +331,22 @@ static void test_degenerate(void **state) {
                         continue;
                 pw = pack(isas[s], (enum dsa_wtype) t, NULL, 5, 0, false);
 
-                fill(out, ELEMENTSOF(out), SENTINEL);
+                dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                 dsa_linear_packed_f32(out, 6, NULL, 0, pw, bias, 2, 0, 5, DSA_EPILOGUE_NONE);
                 for (size_t n = 0; n < 2; n++) {
                         assert_memory_equal(out + n * 6, bias, sizeof(bias));
-                        assert_true(out[n * 6 + 5] == SENTINEL);
+                        assert_true(out[n * 6 + 5] == DSA_TEST_SENTINEL);
                 }
                 dsa_linear_packed_f32(out, 6, NULL, 0, pw, NULL, 2, 0, 5, DSA_EPILOGUE_GELU_ERF);
                 for (size_t n = 0; n < 2; n++)
                         for (size_t o = 0; o < 5; o++)
                                 assert_true(out[n * 6 + o] == 0.0f);
 
-                fill(out, ELEMENTSOF(out), SENTINEL);
+                dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                 dsa_linear_packed_f32(out, 6, NULL, 0, pw, bias, 0, 0, 5, DSA_EPILOGUE_NONE);
                 dsa_linear_packed_f32(out, 6, NULL, 0, pw, bias, 2, 5, 5, DSA_EPILOGUE_NONE);
                 for (size_t i = 0; i < ELEMENTSOF(out); i++)
-                        assert_true(out[i] == SENTINEL);
+                        assert_true(out[i] == DSA_TEST_SENTINEL);
                 dsa_packed_f32_free(pw);
 
                 pw = pack(isas[s], (enum dsa_wtype) t, NULL, 0, 7, true);
@@ -411,7 +366,7 @@ static void test_unpack(void **state) {
                 for (int t = 0; t < _DSA_WTYPE_MAX; t++)
                         for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
                                 size_t OC = shapes[si][0], C = shapes[si][1];
-                                float *w = falloc(OC * C), *back = falloc(OC * C), *want = falloc(OC * C);
+                                float *w = dsa_test_falloc(OC * C), *back = dsa_test_falloc(OC * C), *want = dsa_test_falloc(OC * C);
                                 uint16_t *h = malloc(OC * C * sizeof(uint16_t));
                                 struct dsa_packed_f32 *pw = NULL;
                                 uint32_t nan_payload = 0x7fc12345, denormal = 0x00000123;
@@ -437,7 +392,7 @@ static void test_unpack(void **state) {
                                                                                    NULL, OC, C, &pw), 0);
                                 for (size_t i = 0; i < OC * C; i++)
                                         want[i] = round_to((enum dsa_wtype) t, w[i]);
-                                fill(back, OC * C, SENTINEL);
+                                dsa_test_fill(back, OC * C, DSA_TEST_SENTINEL);
                                 dsa_packed_f32_unpack(pw, back);
                                 assert_memory_equal(back, want, OC * C * sizeof(float));
                                 dsa_packed_f32_free(pw);
@@ -451,7 +406,7 @@ static void test_unpack(void **state) {
                                         }
                                         assert_int_equal(dsa__packed_new_isa_typed(isas[s], (enum dsa_wtype) t, NULL,
                                                                                    h, OC, C, &pw), 0);
-                                        fill(back, OC * C, SENTINEL);
+                                        dsa_test_fill(back, OC * C, DSA_TEST_SENTINEL);
                                         dsa_packed_f32_unpack(pw, back);
                                         assert_memory_equal(back, want, OC * C * sizeof(float));
                                         dsa_packed_f32_free(pw);
@@ -684,20 +639,16 @@ int main(void) {
         };
         int r;
 
-        for (int isa = DSA_ISA_REF; isa < _DSA_ISA_MAX; isa++) {
-                if (!dsa_kernels_for((enum dsa_isa) isa)) {
-                        printf("SKIP variant %s: CPU lacks %s\n", isa_names[isa],
-                               isa == DSA_ISA_AVX512 ? "AVX-512" : "AVX2+FMA+F16C");
-                        continue;
-                }
-                isas[n_isas++] = (enum dsa_isa) isa;
+        n_isas = dsa_test_gemm_isas(isas);
+        for (size_t s = 0; s < n_isas; s++) {
+                const enum dsa_isa isa = isas[s];
                 for (int t = 0; t < _DSA_WTYPE_MAX; t++) {
                         struct dsa_packed_f32 *pw = NULL;
                         const float w[1] = { 1 };
-                        int q = dsa__packed_new_isa_typed((enum dsa_isa) isa, (enum dsa_wtype) t, w, NULL, 1, 1, &pw);
+                        int q = dsa__packed_new_isa_typed(isa, (enum dsa_wtype) t, w, NULL, 1, 1, &pw);
                         supported[isa][t] = q == 0;
                         if (q < 0)
-                                printf("SKIP variant %s/%s: %s\n", isa_names[isa], wtype_names[t],
+                                printf("SKIP variant %s/%s: %s\n", dsa_test_isa_names[isa], wtype_names[t],
                                        isa == DSA_ISA_AVX512 ? "CPU lacks AVX512-BF16" : "no such loop for this ISA");
                         dsa_packed_f32_free(pw);
                 }
@@ -711,6 +662,6 @@ int main(void) {
         for (size_t s = 0; s < n_isas; s++)
                 for (int t = 0; t < _DSA_WTYPE_MAX; t++)
                         if (supported[isas[s]][t])
-                                printf("  %-7s %-8s %.3g\n", isa_names[isas[s]], wtype_names[t], worst[isas[s]][t]);
+                                printf("  %-7s %-8s %.3g\n", dsa_test_isa_names[isas[s]], wtype_names[t], worst[isas[s]][t]);
         return r;
 }

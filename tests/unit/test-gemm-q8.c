@@ -23,12 +23,11 @@
 #include "basic/macro.h"
 #include "kernels/gemm-q8.h"
 #include "kernels/kernels-internal.h"
+#include "gemm-check.h"
 #include "testutil.h"
 
-/* After a GELU epilogue the SIMD GELU's own error, as test-kernels allows it:
- * |got - want| <= EPILOGUE_MAX_ERR + EPILOGUE_MAX_RERR * |want|. */
-#define EPILOGUE_MAX_ERR 1e-6
-#define EPILOGUE_MAX_RERR 2e-6
+/* After a GELU epilogue the SIMD GELU's own error, as test-kernels allows it (gemm-check.h):
+ * |got - want| <= DSA_TEST_EPILOGUE_MAX_ERR + DSA_TEST_EPILOGUE_MAX_RERR * |want|. */
 /* The int8 product against an fp32 GEMM of the same (dequantized) values: the int8 side is
  * exact up to three fp32 roundings in the epilogue, the fp32 side accumulates in fp32:
  * |q8 - f32| <= Q8_VS_F32_REL_ERR * sum_c |xd_c wd_c| + Q8_VS_F32_ABS_ERR. */
@@ -38,30 +37,16 @@
  * multiplying by the fp32 inverse instead of dividing (a few ulp of x/scale). */
 #define QUANT_MAX_ERR(v) (0.5 + 4e-7 * fabs(v))
 
-#define SENTINEL 1234.5f
-
-static const char *const isa_names[_DSA_ISA_MAX] = { "ref", "avx2", "avx512" };
 
 /* The ISAs to test: ref first, then every SIMD one this CPU runs. */
 static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 static double worst_gelu[_DSA_ISA_MAX]; /* worst error / tolerance after a GELU, per ISA */
 
-static float *falloc(size_t n) {
-        float *p = malloc((n ? n : 1) * sizeof(float));
-        assert_non_null(p);
-        return p;
-}
-
 static int8_t *balloc(size_t n) {
         int8_t *p = malloc(n ? n : 1);
         assert_non_null(p);
         return p;
-}
-
-static void fill(float *x, size_t n, float v) {
-        for (size_t i = 0; i < n; i++)
-                x[i] = v;
 }
 
 /* Values in [-127, 127]. */
@@ -74,17 +59,6 @@ static void fill_q8(struct dsa_test_rng *rng, int8_t *q, size_t n) {
 static void fill_garbage(struct dsa_test_rng *rng, int8_t *q, size_t n) {
         for (size_t i = 0; i < n; i++)
                 q[i] = (int8_t) (dsa_test_rng_u64(rng) & 0xff);
-}
-
-static double gelu_ref(double x, enum dsa_epilogue ep) {
-        switch (ep) {
-        case DSA_EPILOGUE_GELU_ERF:
-                return 0.5 * x * (1 + erf(x / sqrt(2.0)));
-        case DSA_EPILOGUE_GELU_TANH:
-                return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
-        default:
-                return x;
-        }
 }
 
 /* Exposes the out-of-memory path under ASan, whose allocator would otherwise abort on a
@@ -103,7 +77,7 @@ struct problem {
 };
 
 static void problem_want(struct problem *p) {
-        p->want = falloc(p->N * p->OC);
+        p->want = dsa_test_falloc(p->N * p->OC);
         for (size_t n = 0; n < p->N; n++)
                 for (size_t o = 0; o < p->OC; o++) {
                         int64_t dot = 0;
@@ -111,7 +85,7 @@ static void problem_want(struct problem *p) {
                                 dot += (int64_t) p->qx[n * p->ldq + c] * p->qw[o * p->C + c];
                         assert_true(dot >= INT32_MIN && dot <= INT32_MAX);
                         float y = fmaf((float) dot, p->sx[n] * p->sw[o], p->bias ? p->bias[o] : 0.0f);
-                        p->want[n * p->OC + o] = (float) gelu_ref(y, p->ep);
+                        p->want[n * p->OC + o] = (float) dsa_test_gelu(y, p->ep);
                 }
 }
 
@@ -122,9 +96,9 @@ static void problem_init(struct problem *p, struct dsa_test_rng *rng, size_t N, 
         *p = (struct problem) { .N = N, .C = C, .OC = OC, .S = S, .ldq = S + pad_q, .ldo = OC + pad_o, .ep = ep };
         p->qx = balloc(N * p->ldq);
         p->qw = balloc(OC * C);
-        p->sx = falloc(N);
-        p->sw = falloc(OC);
-        p->bias = with_bias ? falloc(OC) : NULL;
+        p->sx = dsa_test_falloc(N);
+        p->sw = dsa_test_falloc(OC);
+        p->bias = with_bias ? dsa_test_falloc(OC) : NULL;
         /* The padding of each row holds any byte: it meets zero weights. */
         fill_garbage(rng, p->qx, N * p->ldq);
         for (size_t n = 0; n < N; n++)
@@ -166,7 +140,7 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const char *ker
                         float got = out[n * p->ldo + o], want;
                         double ratio;
                         if (o < oc0 || o >= oc1) {
-                                if (got != SENTINEL) {
+                                if (got != DSA_TEST_SENTINEL) {
                                         printf("FAIL %s N=%zu C=%zu OC=%zu [%zu,%zu) ldo=%zu: wrote column %zu of row %zu\n",
                                                kernel, p->N, p->C, p->OC, oc0, oc1, p->ldo, o, n);
                                         return false;
@@ -177,7 +151,7 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const char *ker
                         if (p->ep == DSA_EPILOGUE_NONE)
                                 ratio = memcmp(&got, &want, sizeof(float)) == 0 ? 0 : INFINITY;
                         else
-                                ratio = fabs((double) got - want) / (EPILOGUE_MAX_ERR + EPILOGUE_MAX_RERR * fabs(want));
+                                ratio = fabs((double) got - want) / (DSA_TEST_EPILOGUE_MAX_ERR + DSA_TEST_EPILOGUE_MAX_RERR * fabs(want));
                         if (!(ratio <= worst_ratio)) { /* catches NaN */
                                 worst_ratio = isnan(ratio) ? INFINITY : ratio;
                                 wn = n, wo = o;
@@ -214,9 +188,9 @@ static void test_shapes(void **state) {
                                              (case_no / 3) % 2 == 0, ep);
                                 for (size_t s = 0; s < n_isas; s++) {
                                         struct dsa_packed_q8 *pw = pack(isas[s], p.qw, p.sw, OC, C);
-                                        float *out = falloc(N * p.ldo);
+                                        float *out = dsa_test_falloc(N * p.ldo);
 
-                                        fill(out, N * p.ldo, SENTINEL);
+                                        dsa_test_fill(out, N * p.ldo, DSA_TEST_SENTINEL);
                                         dsa_linear_packed_q8(out, p.ldo, p.qx, p.ldq, p.sx, pw, p.bias, N, 0, OC, ep);
                                         assert_true(check_out(&p, isas[s], dsa__packed_q8_kernel(pw), out, 0, OC));
                                         free(out);
@@ -224,6 +198,18 @@ static void test_shapes(void **state) {
                                 }
                                 problem_done(&p);
                         }
+}
+
+struct subrange {
+        const struct problem *p;
+        const struct dsa_packed_q8 *pw;
+};
+
+static void run_subrange(void *userdata, float *out, size_t oc0, size_t oc1) {
+        const struct subrange *u = userdata;
+        const struct problem *p = u->p;
+
+        dsa_linear_packed_q8(out, p->ldo, p->qx, p->ldq, p->sx, u->pw, p->bias, p->N, oc0, oc1, p->ep);
 }
 
 /* Column sub-ranges on block boundaries: the full call's bits in [oc0, oc1), sentinels
@@ -239,46 +225,22 @@ static void test_subranges(void **state) {
                                 size_t N = shapes[si][0], C = shapes[si][1], OC = shapes[si][2];
                                 struct problem p;
                                 struct dsa_packed_q8 *pw;
-                                float *full, *part;
-                                size_t B;
+                                float *full;
+                                char name[64];
 
                                 problem_init(&p, &rng, N, C, OC, 1, 2, ep != 1, (enum dsa_epilogue) ep);
                                 pw = pack(isas[s], p.qw, p.sw, OC, C);
-                                B = dsa_packed_q8_block(pw);
-                                assert_int_equal(B, DSA__Q8_NR);
-                                full = falloc(N * p.ldo);
-                                part = falloc(N * p.ldo);
-                                fill(full, N * p.ldo, SENTINEL);
+                                assert_int_equal(dsa_packed_q8_block(pw), DSA__Q8_NR);
+                                full = dsa_test_falloc(N * p.ldo);
+                                dsa_test_fill(full, N * p.ldo, DSA_TEST_SENTINEL);
                                 dsa_linear_packed_q8(full, p.ldo, p.qx, p.ldq, p.sx, pw, p.bias, N, 0, OC, p.ep);
                                 assert_true(check_out(&p, isas[s], dsa__packed_q8_kernel(pw), full, 0, OC));
 
-                                for (size_t oc0 = 0; oc0 <= OC; oc0 += B)
-                                        for (size_t oc1 = oc0; oc1 <= OC; oc1 = oc1 + B > OC && oc1 < OC ? OC : oc1 + B) {
-                                                fill(part, N * p.ldo, SENTINEL);
-                                                dsa_linear_packed_q8(part, p.ldo, p.qx, p.ldq, p.sx, pw, p.bias, N, oc0,
-                                                                     oc1, p.ep);
-                                                for (size_t n = 0; n < N; n++)
-                                                        for (size_t o = 0; o < p.ldo; o++) {
-                                                                float want = o >= oc0 && o < oc1 ? full[n * p.ldo + o] : SENTINEL;
-                                                                if (memcmp(&part[n * p.ldo + o], &want, sizeof(float)) != 0) {
-                                                                        printf("FAIL %s sub-range [%zu,%zu) of N=%zu C=%zu OC=%zu: [%zu,%zu] got %.9g want %.9g\n",
-                                                                               dsa__packed_q8_kernel(pw), oc0, oc1, N, C, OC, n, o,
-                                                                               part[n * p.ldo + o], want);
-                                                                        fail();
-                                                                }
-                                                        }
-                                                if (oc1 == OC)
-                                                        break;
-                                        }
+                                snprintf(name, sizeof(name), "%s C=%zu", dsa__packed_q8_kernel(pw), C);
+                                dsa_test_gemm_subranges(name, run_subrange, &(struct subrange) { &p, pw }, full, N, OC,
+                                                        p.ldo, DSA__Q8_NR, 0);
 
-                                /* Block by block into one buffer, as dsa_threadpool_for would split it. */
-                                fill(part, N * p.ldo, SENTINEL);
-                                for (size_t oc0 = 0; oc0 < OC; oc0 += B)
-                                        dsa_linear_packed_q8(part, p.ldo, p.qx, p.ldq, p.sx, pw, p.bias, N, oc0,
-                                                             MIN(oc0 + B, OC), p.ep);
-                                assert_memory_equal(part, full, N * p.ldo * sizeof(float));
-
-                                free(full), free(part);
+                                free(full);
                                 dsa_packed_q8_free(pw);
                                 problem_done(&p);
                         }
@@ -298,8 +260,8 @@ static void test_extremes(void **state) {
                 p.ldq = p.S;
                 p.qx = balloc(N * p.ldq);
                 p.qw = balloc(OC * C);
-                p.sx = falloc(N), p.sw = falloc(OC);
-                fill(p.sx, N, 1.0f), fill(p.sw, OC, 1.0f);
+                p.sx = dsa_test_falloc(N), p.sw = dsa_test_falloc(OC);
+                dsa_test_fill(p.sx, N, 1.0f), dsa_test_fill(p.sw, OC, 1.0f);
                 memset(p.qx, 0, N * p.ldq);
                 for (size_t n = 0; n < N; n++)
                         for (size_t c = 0; c < C; c++) {
@@ -320,9 +282,9 @@ static void test_extremes(void **state) {
 
                 for (size_t s = 0; s < n_isas; s++) {
                         struct dsa_packed_q8 *pw = pack(isas[s], p.qw, p.sw, OC, C);
-                        float *out = falloc(N * p.ldo);
+                        float *out = dsa_test_falloc(N * p.ldo);
 
-                        fill(out, N * p.ldo, SENTINEL);
+                        dsa_test_fill(out, N * p.ldo, DSA_TEST_SENTINEL);
                         dsa_linear_packed_q8(out, p.ldo, p.qx, p.ldq, p.sx, pw, NULL, N, 0, OC, DSA_EPILOGUE_NONE);
                         assert_true(check_out(&p, isas[s], dsa__packed_q8_kernel(pw), out, 0, OC));
                         free(out);
@@ -341,22 +303,22 @@ static void test_degenerate(void **state) {
                 struct dsa_packed_q8 *pw = pack(isas[s], NULL, sw, 5, 0);
                 float out[2 * 6];
 
-                fill(out, ELEMENTSOF(out), SENTINEL);
+                dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                 dsa_linear_packed_q8(out, 6, NULL, 0, sx, pw, bias, 2, 0, 5, DSA_EPILOGUE_NONE);
                 for (size_t n = 0; n < 2; n++) {
                         assert_memory_equal(out + n * 6, bias, sizeof(bias));
-                        assert_true(out[n * 6 + 5] == SENTINEL);
+                        assert_true(out[n * 6 + 5] == DSA_TEST_SENTINEL);
                 }
                 dsa_linear_packed_q8(out, 6, NULL, 0, sx, pw, NULL, 2, 0, 5, DSA_EPILOGUE_GELU_ERF);
                 for (size_t n = 0; n < 2; n++)
                         for (size_t o = 0; o < 5; o++)
                                 assert_true(out[n * 6 + o] == 0.0f);
 
-                fill(out, ELEMENTSOF(out), SENTINEL);
+                dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                 dsa_linear_packed_q8(out, 6, NULL, 0, sx, pw, bias, 0, 0, 5, DSA_EPILOGUE_NONE);
                 dsa_linear_packed_q8(out, 6, NULL, 0, sx, pw, bias, 2, 5, 5, DSA_EPILOGUE_NONE);
                 for (size_t i = 0; i < ELEMENTSOF(out); i++)
-                        assert_true(out[i] == SENTINEL);
+                        assert_true(out[i] == DSA_TEST_SENTINEL);
                 dsa_packed_q8_free(pw);
 
                 pw = pack(isas[s], NULL, NULL, 0, 7);
@@ -376,7 +338,7 @@ static void test_unpack(void **state) {
                 for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
                         size_t OC = shapes[si][0], C = shapes[si][1];
                         int8_t *q = balloc(OC * C), *back = balloc(OC * C);
-                        float *sc = falloc(OC), *sback = falloc(OC);
+                        float *sc = dsa_test_falloc(OC), *sback = dsa_test_falloc(OC);
                         struct dsa_packed_q8 *pw;
 
                         fill_q8(&rng, q, OC * C);
@@ -388,7 +350,7 @@ static void test_unpack(void **state) {
                         pw = pack(isas[s], q, sc, OC, C);
                         assert_true(dsa_packed_q8_bytes(pw) >= OC * C + OC * sizeof(float));
                         memset(back, 0x55, OC * C);
-                        fill(sback, OC, SENTINEL);
+                        dsa_test_fill(sback, OC, DSA_TEST_SENTINEL);
                         dsa_packed_q8_unpack(pw, back, sback);
                         assert_memory_equal(back, q, OC * C);
                         assert_memory_equal(sback, sc, OC * sizeof(float));
@@ -473,10 +435,10 @@ static void test_quantize_rows(void **state) {
         for (size_t ci = 0; ci < ELEMENTSOF(Cs); ci++)
                 for (size_t fi = 0; fi < ELEMENTSOF(fixed); fi++) {
                         const size_t C = Cs[ci], N = 6, ldx = C + ci % 3, S = dsa_q8_row_stride(C);
-                        float *x = falloc(N * ldx), sref[6], sgot[6];
+                        float *x = dsa_test_falloc(N * ldx), sref[6], sgot[6];
                         int8_t *qref = balloc(N * S), *qgot = balloc(N * S);
 
-                        fill(x, N * ldx, NAN); /* past C: a quantizer that reads it poisons its row */
+                        dsa_test_fill(x, N * ldx, NAN); /* past C: a quantizer that reads it poisons its row */
                         for (size_t n = 0; n < N; n++)
                                 dsa_test_rng_fill(&rng, x + n * ldx, C, -3.0f, 3.0f);
                         for (size_t c = 0; c < C; c++) {
@@ -508,13 +470,13 @@ static void test_quantize_rows(void **state) {
                                 dsa__quantize_rows_q8_fn *f = dsa__quantize_rows_q8_for(isas[s]);
                                 assert_non_null(f);
                                 fill_garbage(&rng, qgot, N * S);
-                                fill(sgot, N, SENTINEL);
+                                dsa_test_fill(sgot, N, DSA_TEST_SENTINEL);
                                 f(qgot, sgot, x, ldx, N, C, fixed[fi]);
                                 if (memcmp(qgot, qref, N * S) != 0 || memcmp(sgot, sref, sizeof(sref)) != 0) {
                                         for (size_t i = 0; i < N * S; i++)
                                                 if (qgot[i] != qref[i])
                                                         printf("FAIL quantizer %s C=%zu fixed=%g: byte %zu of row %zu: %d, ref %d\n",
-                                                               isa_names[isas[s]], C, fixed[fi], i % S, i / S, qgot[i], qref[i]);
+                                                               dsa_test_isa_names[isas[s]], C, fixed[fi], i % S, i / S, qgot[i], qref[i]);
                                         fail();
                                 }
                         }
@@ -528,11 +490,11 @@ static void test_quantize_rows(void **state) {
 static void test_quantize_weight(void **state) {
         const size_t OC = 9, C = 77;
         struct dsa_test_rng rng = { 26 };
-        float *w = falloc(OC * C), sc[9];
+        float *w = dsa_test_falloc(OC * C), sc[9];
         int8_t *q = balloc(OC * C);
 
         dsa_test_rng_fill(&rng, w, OC * C, -0.2f, 0.2f);
-        fill(w + 3 * C, C, 0); /* a zero row: scale 0, zeros */
+        dsa_test_fill(w + 3 * C, C, 0); /* a zero row: scale 0, zeros */
         dsa_quantize_weight_q8(q, sc, w, OC, C);
         for (size_t o = 0; o < OC; o++)
                 assert_true(check_quant_row(w + o * C, C, q + o * C, sc[o], 0));
@@ -549,8 +511,8 @@ static void test_vs_f32(void **state) {
 
         for (size_t si = 0; si < ELEMENTSOF(shapes); si++) {
                 const size_t N = shapes[si][0], C = shapes[si][1], OC = shapes[si][2], S = dsa_q8_row_stride(C);
-                float *x = falloc(N * C), *w = falloc(OC * C), *xd = falloc(N * C), *wd = falloc(OC * C);
-                float *bias = falloc(OC), *sx = falloc(N), *sw = falloc(OC), *ref = falloc(N * OC), *out = falloc(N * OC);
+                float *x = dsa_test_falloc(N * C), *w = dsa_test_falloc(OC * C), *xd = dsa_test_falloc(N * C), *wd = dsa_test_falloc(OC * C);
+                float *bias = dsa_test_falloc(OC), *sx = dsa_test_falloc(N), *sw = dsa_test_falloc(OC), *ref = dsa_test_falloc(N * OC), *out = dsa_test_falloc(N * OC);
                 int8_t *qx = balloc(N * S), *qw = balloc(OC * C);
                 struct dsa_packed_f32 *pf = NULL;
 
@@ -637,13 +599,7 @@ int main(void) {
         };
         int r;
 
-        for (int isa = DSA_ISA_REF; isa < _DSA_ISA_MAX; isa++) {
-                if (dsa_kernels_for((enum dsa_isa) isa))
-                        isas[n_isas++] = (enum dsa_isa) isa;
-                else
-                        printf("SKIP variant %s: CPU lacks %s\n", isa_names[isa],
-                               isa == DSA_ISA_AVX512 ? "AVX-512" : "AVX2+FMA+F16C");
-        }
+        n_isas = dsa_test_gemm_isas(isas);
         if (n_isas == _DSA_ISA_MAX && !(__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni")))
                 printf("SKIP kernel avx512vnni: CPU lacks AVX-512 VNNI (AVX-512 runs the avx2 kernel)\n");
 
@@ -651,6 +607,6 @@ int main(void) {
 
         printf("\nworst error / tolerance after a GELU epilogue, per variant:\n");
         for (size_t s = 0; s < n_isas; s++)
-                printf("  %-7s %.3g\n", isa_names[isas[s]], worst_gelu[isas[s]]);
+                printf("  %-7s %.3g\n", dsa_test_isa_names[isas[s]], worst_gelu[isas[s]]);
         return r;
 }

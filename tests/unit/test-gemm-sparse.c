@@ -21,47 +21,17 @@
 
 #include "basic/macro.h"
 #include "kernels/gemm-sparse.h"
+#include "gemm-check.h"
 #include "testutil.h"
 
-/* |got - want| <= GEMM_MAX_REL_ERR * sum_c |x_c w_c| (+ |bias|), as test-gemm-packed: fp32
- * accumulation in k order, fused or not; after a GELU epilogue the SIMD GELU's own error is
- * added. SIMD against ref: the same tolerance, twice (both are within it of the exact value). */
-#define GEMM_MAX_REL_ERR 1e-5
-#define EPILOGUE_SLOPE 1.13
-#define EPILOGUE_MAX_ERR 1e-6
-#define EPILOGUE_MAX_RERR 2e-6
-#define GEMM_MAX_ABS_ERR 1e-7 /* for outputs whose magnitude sum is 0 */
+/* The fp32 GEMM tolerance of gemm-check.h, as test-gemm-packed. SIMD against ref: the same
+ * tolerance, twice (both are within it of the exact value). */
 
-#define SENTINEL 1234.5f
 #define FORCE_SPARSE 2.0 /* max_density that never falls back */
-
-static const char *const isa_names[_DSA_ISA_MAX] = { "ref", "avx2", "avx512" };
 
 static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 static double worst[_DSA_ISA_MAX]; /* worst error / tolerance seen per ISA */
-
-static float *falloc(size_t n) {
-        float *p = malloc((n ? n : 1) * sizeof(float));
-        assert_non_null(p);
-        return p;
-}
-
-static void fill(float *x, size_t n, float v) {
-        for (size_t i = 0; i < n; i++)
-                x[i] = v;
-}
-
-static double gelu_ref(double x, enum dsa_epilogue ep) {
-        switch (ep) {
-        case DSA_EPILOGUE_GELU_ERF:
-                return 0.5 * x * (1 + erf(x / sqrt(2.0)));
-        case DSA_EPILOGUE_GELU_TANH:
-                return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
-        default:
-                return x;
-        }
-}
 
 /* Zeroes each 16x1 block (rows 16j..16j+15 at input k) with probability drop; returns the
  * number of blocks left with a nonzero value. */
@@ -90,11 +60,11 @@ struct problem {
 static void problem_init(struct problem *p, struct dsa_test_rng *rng, size_t N, size_t C, size_t OC,
                          size_t pad_i, size_t pad_o, bool with_bias, enum dsa_epilogue ep, float drop) {
         *p = (struct problem) { .N = N, .C = C, .OC = OC, .ldi = C + pad_i, .ldo = OC + pad_o, .ep = ep };
-        p->x = falloc(N * p->ldi);
-        p->w = falloc(OC * C);
-        p->bias = with_bias ? falloc(OC) : NULL;
+        p->x = dsa_test_falloc(N * p->ldi);
+        p->w = dsa_test_falloc(OC * C);
+        p->bias = with_bias ? dsa_test_falloc(OC) : NULL;
         /* inp's padding is NaN: a kernel that reads past C poisons its output. */
-        fill(p->x, N * p->ldi, NAN);
+        dsa_test_fill(p->x, N * p->ldi, NAN);
         for (size_t n = 0; n < N; n++)
                 dsa_test_rng_fill(rng, p->x + n * p->ldi, C, -1.0f, 1.0f);
         dsa_test_rng_fill(rng, p->w, OC * C, -1.0f, 1.0f);
@@ -114,7 +84,7 @@ static void problem_init(struct problem *p, struct dsa_test_rng *rng, size_t N, 
                                 acc += t;
                                 mag += fabs(t);
                         }
-                        p->want[n * OC + o] = gelu_ref(acc, ep);
+                        p->want[n * OC + o] = dsa_test_gelu(acc, ep);
                         p->mag[n * OC + o] = mag;
                 }
 }
@@ -124,11 +94,7 @@ static void problem_done(struct problem *p) {
 }
 
 static double tolerance(const struct problem *p, size_t i) {
-        double tol = GEMM_MAX_REL_ERR * p->mag[i] + GEMM_MAX_ABS_ERR;
-
-        if (p->ep != DSA_EPILOGUE_NONE)
-                tol = EPILOGUE_SLOPE * tol + EPILOGUE_MAX_ERR + EPILOGUE_MAX_RERR * fabs(p->want[i]);
-        return tol;
+        return dsa_test_gemm_tolerance(p->mag[i], p->want[i], DSA_TEST_GEMM_MAX_REL_ERR, p->ep);
 }
 
 /* out (N, ldo) against want (N, OC) (the naive result, or ref's output with twice the
@@ -143,9 +109,9 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const float *ou
                         float got = out[n * p->ldo + o];
                         double ratio, want;
                         if (o < oc0 || o >= oc1) {
-                                if (got != SENTINEL) {
+                                if (got != DSA_TEST_SENTINEL) {
                                         printf("FAIL %s N=%zu C=%zu OC=%zu [%zu,%zu) ldo=%zu: wrote column %zu of row %zu\n",
-                                               isa_names[isa], p->N, p->C, p->OC, oc0, oc1, p->ldo, o, n);
+                                               dsa_test_isa_names[isa], p->N, p->C, p->OC, oc0, oc1, p->ldo, o, n);
                                         return false;
                                 }
                                 continue;
@@ -162,7 +128,7 @@ static bool check_out(const struct problem *p, enum dsa_isa isa, const float *ou
         if (worst_ratio > 1) {
                 size_t i = wn * p->OC + wo;
                 printf("FAIL %s%s N=%zu C=%zu OC=%zu ldi=%zu ldo=%zu bias=%d ep=%d kept=%zu: [%zu,%zu] got %.9g want %.9g (tol %.3g)\n",
-                       isa_names[isa], ref ? " vs ref" : "", p->N, p->C, p->OC, p->ldi, p->ldo, p->bias != NULL,
+                       dsa_test_isa_names[isa], ref ? " vs ref" : "", p->N, p->C, p->OC, p->ldi, p->ldo, p->bias != NULL,
                        p->ep, p->kept, wn, wo, out[wn * p->ldo + wo], ref ? ref[wn * p->ldo + wo] : p->want[i],
                        tolerance(p, i));
                 return false;
@@ -203,14 +169,14 @@ static void test_shapes(void **state) {
                                              (case_no / 3) % 2 == 0, ep, drops[case_no % ELEMENTSOF(drops)]);
                                 for (size_t s = 0; s < n_isas; s++) {
                                         struct dsa_packed_sparse *pw = pack(isas[s], p.w, OC, C, FORCE_SPARSE);
-                                        float *out = falloc(N * p.ldo);
+                                        float *out = dsa_test_falloc(N * p.ldo);
                                         size_t panels = (OC + 15) / 16;
 
                                         assert_true(dsa_packed_sparse_is_sparse(pw));
                                         assert_int_equal(dsa_packed_sparse_block(pw), 16);
                                         assert_true(dsa_packed_sparse_density(pw) ==
                                                     (double) p.kept / ((double) panels * (double) C));
-                                        fill(out, N * p.ldo, SENTINEL);
+                                        dsa_test_fill(out, N * p.ldo, DSA_TEST_SENTINEL);
                                         dsa_linear_packed_sparse(out, p.ldo, p.x, p.ldi, pw, p.bias, N, 0, OC, ep);
                                         assert_true(check_out(&p, isas[s], out, NULL, 0, OC));
                                         if (isas[s] == DSA_ISA_REF)
@@ -226,8 +192,21 @@ static void test_shapes(void **state) {
                         }
 }
 
+struct subrange {
+        const struct problem *p;
+        const struct dsa_packed_sparse *pw;
+};
+
+static void run_subrange(void *userdata, float *out, size_t oc0, size_t oc1) {
+        const struct subrange *u = userdata;
+        const struct problem *p = u->p;
+
+        dsa_linear_packed_sparse(out, p->ldo, p->x, p->ldi, u->pw, p->bias, p->N, oc0, oc1, p->ep);
+}
+
 /* Column sub-ranges on block boundaries: the full call's bits in [oc0, oc1), sentinels
- * elsewhere; and a split of [0, OC) into blocks, as a pool would, gives the full result. */
+ * elsewhere (every pair on the small shapes, a diagonal band on the large); and a split of
+ * [0, OC) into blocks, as a pool would, gives the full result. */
 static void test_subranges(void **state) {
         static const size_t shapes[][3] = { { 7, 33, 100 }, { 13, 255, 768 }, { 37, 64, 129 },
                                             { 2, 800, 33 }, { 6, 17, 17 } };
@@ -239,47 +218,22 @@ static void test_subranges(void **state) {
                                 size_t N = shapes[si][0], C = shapes[si][1], OC = shapes[si][2];
                                 struct problem p;
                                 struct dsa_packed_sparse *pw;
-                                float *full, *part;
-                                size_t B;
+                                float *full;
+                                char name[64];
 
                                 problem_init(&p, &rng, N, C, OC, 1, 2, ep != 1, (enum dsa_epilogue) ep, 0.5f);
                                 pw = pack(isas[s], p.w, OC, C, FORCE_SPARSE);
-                                B = dsa_packed_sparse_block(pw);
-                                assert_int_equal(B, 16);
-                                full = falloc(N * p.ldo);
-                                part = falloc(N * p.ldo);
-                                fill(full, N * p.ldo, SENTINEL);
+                                assert_int_equal(dsa_packed_sparse_block(pw), 16);
+                                full = dsa_test_falloc(N * p.ldo);
+                                dsa_test_fill(full, N * p.ldo, DSA_TEST_SENTINEL);
                                 dsa_linear_packed_sparse(full, p.ldo, p.x, p.ldi, pw, p.bias, N, 0, OC, p.ep);
                                 assert_true(check_out(&p, isas[s], full, NULL, 0, OC));
 
-                                for (size_t oc0 = 0; oc0 <= OC; oc0 += B)
-                                        for (size_t oc1 = oc0; oc1 <= OC; oc1 = oc1 + B > OC && oc1 < OC ? OC : oc1 + B) {
-                                                fill(part, N * p.ldo, SENTINEL);
-                                                dsa_linear_packed_sparse(part, p.ldo, p.x, p.ldi, pw, p.bias, N, oc0, oc1, p.ep);
-                                                for (size_t n = 0; n < N; n++)
-                                                        for (size_t o = 0; o < p.ldo; o++) {
-                                                                float want = o >= oc0 && o < oc1 ? full[n * p.ldo + o] : SENTINEL;
-                                                                if (memcmp(&part[n * p.ldo + o], &want, sizeof(float)) != 0) {
-                                                                        printf("FAIL %s sub-range [%zu,%zu) of N=%zu C=%zu OC=%zu: [%zu,%zu] got %.9g want %.9g\n",
-                                                                               isa_names[isas[s]], oc0, oc1, N, C, OC, n, o,
-                                                                               part[n * p.ldo + o], want);
-                                                                        fail();
-                                                                }
-                                                        }
-                                                if (oc1 == OC)
-                                                        break;
-                                                /* Every pair on the small shapes, a diagonal band on the large. */
-                                                if (OC > 200 && oc1 >= oc0 + 3 * B)
-                                                        break;
-                                        }
+                                snprintf(name, sizeof(name), "%s C=%zu", dsa_test_isa_names[isas[s]], C);
+                                dsa_test_gemm_subranges(name, run_subrange, &(struct subrange) { &p, pw }, full, N, OC,
+                                                        p.ldo, 16, 3);
 
-                                fill(part, N * p.ldo, SENTINEL);
-                                for (size_t oc0 = 0; oc0 < OC; oc0 += B)
-                                        dsa_linear_packed_sparse(part, p.ldo, p.x, p.ldi, pw, p.bias, N, oc0,
-                                                                 MIN(oc0 + B, OC), p.ep);
-                                assert_memory_equal(part, full, N * p.ldo * sizeof(float));
-
-                                free(full), free(part);
+                                free(full);
                                 dsa_packed_sparse_free(pw);
                                 problem_done(&p);
                         }
@@ -295,7 +249,7 @@ static void test_fallback(void **state) {
                 struct problem p;
                 struct dsa_packed_sparse *pw = NULL;
                 struct dsa_packed_f32 *dense = NULL;
-                float *out = falloc(N * OC);
+                float *out = dsa_test_falloc(N * OC);
 
                 problem_init(&p, &rng, N, C, OC, 0, 0, true, DSA_EPILOGUE_GELU_ERF, sparse ? 0.6f : 0.0f);
                 assert_int_equal(dsa_packed_sparse_new(p.w, OC, C, &pw), 0);
@@ -311,7 +265,7 @@ static void test_fallback(void **state) {
                         assert_int_equal(dsa_packed_sparse_block(pw), dsa_packed_f32_block(dense));
                         assert_true(dsa_packed_sparse_bytes(pw) >= OC * C * sizeof(float));
                 }
-                fill(out, N * OC, SENTINEL);
+                dsa_test_fill(out, N * OC, DSA_TEST_SENTINEL);
                 dsa_linear_packed_sparse(out, OC, p.x, C, pw, p.bias, N, 0, OC, p.ep);
                 assert_true(check_out(&p, dsa_kernels()->isa, out, NULL, 0, OC));
                 free(out);
@@ -330,22 +284,22 @@ static void test_degenerate(void **state) {
                         struct dsa_packed_sparse *pw = pack(isas[s], NULL, 5, 0, force ? FORCE_SPARSE : -1.0);
                         float out[2 * 6];
 
-                        fill(out, ELEMENTSOF(out), SENTINEL);
+                        dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                         dsa_linear_packed_sparse(out, 6, NULL, 0, pw, bias, 2, 0, 5, DSA_EPILOGUE_NONE);
                         for (size_t n = 0; n < 2; n++) {
                                 assert_memory_equal(out + n * 6, bias, sizeof(bias));
-                                assert_true(out[n * 6 + 5] == SENTINEL);
+                                assert_true(out[n * 6 + 5] == DSA_TEST_SENTINEL);
                         }
                         dsa_linear_packed_sparse(out, 6, NULL, 0, pw, NULL, 2, 0, 5, DSA_EPILOGUE_GELU_ERF);
                         for (size_t n = 0; n < 2; n++)
                                 for (size_t o = 0; o < 5; o++)
                                         assert_true(out[n * 6 + o] == 0.0f);
 
-                        fill(out, ELEMENTSOF(out), SENTINEL);
+                        dsa_test_fill(out, ELEMENTSOF(out), DSA_TEST_SENTINEL);
                         dsa_linear_packed_sparse(out, 6, NULL, 0, pw, bias, 0, 0, 5, DSA_EPILOGUE_NONE);
                         dsa_linear_packed_sparse(out, 6, NULL, 0, pw, bias, 2, 5, 5, DSA_EPILOGUE_NONE);
                         for (size_t i = 0; i < ELEMENTSOF(out); i++)
-                                assert_true(out[i] == SENTINEL);
+                                assert_true(out[i] == DSA_TEST_SENTINEL);
                         dsa_packed_sparse_free(pw);
 
                         pw = pack(isas[s], NULL, 0, 7, force ? FORCE_SPARSE : -1.0);
@@ -364,7 +318,7 @@ static void test_unpack(void **state) {
                 for (size_t si = 0; si < ELEMENTSOF(shapes); si++)
                         for (int force = 0; force <= 1; force++) {
                                 size_t OC = shapes[si][0], C = shapes[si][1];
-                                float *w = falloc(OC * C), *back = falloc(OC * C);
+                                float *w = dsa_test_falloc(OC * C), *back = dsa_test_falloc(OC * C);
                                 struct dsa_packed_sparse *pw;
                                 uint32_t nan_payload = 0x7fc12345;
 
@@ -375,7 +329,7 @@ static void test_unpack(void **state) {
                                         w[1] = INFINITY, memcpy(&w[2], &nan_payload, sizeof(float));
                                 pw = pack(isas[s], w, OC, C, force ? FORCE_SPARSE : -1.0);
                                 assert_true(dsa_packed_sparse_is_sparse(pw) == (bool) force);
-                                fill(back, OC * C, SENTINEL);
+                                dsa_test_fill(back, OC * C, DSA_TEST_SENTINEL);
                                 dsa_packed_sparse_unpack(pw, back);
                                 assert_memory_equal(back, w, OC * C * sizeof(float));
                                 dsa_packed_sparse_free(pw);
@@ -393,14 +347,14 @@ static void test_extremes(void **state) {
                 for (int dense = 0; dense <= 1; dense++) {
                         struct problem p;
                         struct dsa_packed_sparse *pw;
-                        float *out = falloc(N * OC);
+                        float *out = dsa_test_falloc(N * OC);
 
                         problem_init(&p, &rng, N, C, OC, 0, 0, true, DSA_EPILOGUE_NONE, dense ? 0.0f : 1.0f);
                         pw = pack(isas[s], p.w, OC, C, FORCE_SPARSE);
                         assert_true(dsa_packed_sparse_density(pw) == (dense ? 1.0 : 0.0));
                         if (!dense)
                                 assert_true(dsa_packed_sparse_bytes(pw) < 64);
-                        fill(out, N * OC, SENTINEL);
+                        dsa_test_fill(out, N * OC, DSA_TEST_SENTINEL);
                         dsa_linear_packed_sparse(out, OC, p.x, C, pw, p.bias, N, 0, OC, DSA_EPILOGUE_NONE);
                         assert_true(check_out(&p, isas[s], out, NULL, 0, OC));
                         if (!dense)
@@ -450,18 +404,12 @@ int main(void) {
         };
         int r;
 
-        for (int isa = DSA_ISA_REF; isa < _DSA_ISA_MAX; isa++) {
-                if (dsa_kernels_for((enum dsa_isa) isa))
-                        isas[n_isas++] = (enum dsa_isa) isa;
-                else
-                        printf("SKIP variant %s: CPU lacks %s\n", isa_names[isa],
-                               isa == DSA_ISA_AVX512 ? "AVX-512" : "AVX2+FMA+F16C");
-        }
+        n_isas = dsa_test_gemm_isas(isas);
 
         r = cmocka_run_group_tests(tests, NULL, NULL);
 
         printf("\nworst error / tolerance per variant:\n");
         for (size_t s = 0; s < n_isas; s++)
-                printf("  %-7s %.3g\n", isa_names[isas[s]], worst[isas[s]]);
+                printf("  %-7s %.3g\n", dsa_test_isa_names[isas[s]], worst[isas[s]]);
         return r;
 }
