@@ -2,11 +2,8 @@
  * order that lets each see the model the next will run: structured pruning (heads, then FFN
  * neurons, scored on calibration text and physically removed), unstructured pruning (per
  * matrix, with the statistics of its own input in the already pruned model), the token-pruning
- * schedule, and last the weight format (int8 static scales are measured on the final model).
- *
- * Calibration statistics come from forward passes with hooks (bert.h): each linear's input,
- * padding rows dropped, feeds whatever the current step asks for (max |x|, a histogram of |x|,
- * per-feature sums of squares, the Hessian X^T X, head and neuron importance). */
+ * schedule, and last the weight format (int8 static scales are measured on the final model,
+ * without token pruning: calibration passes see every token). Calibration statistics: calib.c. */
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -15,197 +12,10 @@
 #include <string.h>
 
 #include "basic/error.h"
+#include "calib.h"
 #include "kernels/gemm-q8.h"
 #include "model-internal.h"
 #include "variant.h"
-
-#define HIST_BINS 4096
-
-enum {
-        WANT_ABSMAX = 1 << 0,
-        WANT_HIST = 1 << 1,
-        WANT_SQ = 1 << 2,
-        WANT_HESS = 1 << 3,
-        WANT_HEADS = 1 << 4,
-        WANT_FFN = 1 << 5,
-};
-
-struct lin_stats {
-        float absmax;
-        float hist_max; /* the histogram covers [0, hist_max] (from a previous absmax pass) */
-        uint64_t *hist; /* HIST_BINS */
-        double *sq;     /* (C) */
-        double *H;      /* (C,C), only for the layer being pruned */
-        size_t C;
-};
-
-struct calib {
-        struct dsa_bert *b;
-        unsigned want;
-        size_t hess_layer;
-        struct lin_stats (*lin)[_DSA__LIN_MAX]; /* (L) */
-        double **head_imp;                       /* (L)(n_head) */
-        double **ffn_imp;                        /* (L)(n_ff) */
-        float **wo;                              /* (L) the output dense (C, A), for head importance */
-        float *rows;                             /* compacted valid rows */
-        size_t rows_cap;
-        float *contrib;                          /* (C) */
-        int error;
-};
-
-static void calib_free(struct calib *c) {
-        const size_t L = c->b ? c->b->cfg.n_layer : 0;
-
-        for (size_t l = 0; c->lin && l < L; l++)
-                for (int j = 0; j < _DSA__LIN_MAX; j++) {
-                        free(c->lin[l][j].hist);
-                        free(c->lin[l][j].sq);
-                        free(c->lin[l][j].H);
-                }
-        for (size_t l = 0; l < L; l++) {
-                if (c->head_imp)
-                        free(c->head_imp[l]);
-                if (c->ffn_imp)
-                        free(c->ffn_imp[l]);
-                if (c->wo)
-                        free(c->wo[l]);
-        }
-        free(c->lin);
-        free(c->head_imp);
-        free(c->ffn_imp);
-        free(c->wo);
-        free(c->rows);
-        free(c->contrib);
-        *c = (struct calib) { 0 };
-}
-
-static void vlog(const struct dsa_optimize_opts *o, const char *fmt, ...) {
-        char line[256];
-        va_list ap;
-
-        if (!o->log)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(line, sizeof(line), fmt, ap);
-        va_end(ap);
-        o->log(o->userdata, line);
-}
-
-/* Head h's contribution to the output dense for each row: att[:, h] (N, HS) x Wo[:, h]^T. */
-static void add_head_importance(struct calib *c, size_t l, const float *x, size_t N) {
-        const struct dsa_bert_layer *y = &c->b->layers[l];
-        const size_t C = c->b->cfg.n_embd, HS = C / c->b->cfg.n_head, A = y->n_head * HS;
-        const float *wo = c->wo[l];
-
-        for (size_t n = 0; n < N; n++)
-                for (size_t h = 0; h < y->n_head; h++) {
-                        double s = 0;
-                        for (size_t o = 0; o < C; o++) {
-                                float acc = 0.0f;
-                                for (size_t k = 0; k < HS; k++)
-                                        acc += x[n * A + h * HS + k] * wo[o * A + h * HS + k];
-                                s += (double) acc * acc;
-                        }
-                        c->head_imp[l][h] += sqrt(s);
-                }
-}
-
-static void on_input(void *userdata, size_t l, enum dsa__bert_lin which, const float *x, size_t N, size_t C,
-                     const uint8_t *valid) {
-        struct calib *c = userdata;
-        struct lin_stats *s = &c->lin[l][which];
-        size_t n = 0;
-
-        if (c->error)
-                return;
-        if (N * C > c->rows_cap) {
-                free(c->rows);
-                c->rows = malloc(N * C * sizeof(float));
-                c->rows_cap = c->rows ? N * C : 0;
-                if (!c->rows) {
-                        c->error = -ENOMEM;
-                        return;
-                }
-        }
-        for (size_t i = 0; i < N; i++)
-                if (!valid || valid[i])
-                        memcpy(c->rows + n++ * C, x + i * C, C * sizeof(float));
-        x = c->rows;
-
-        if (c->want & (WANT_ABSMAX | WANT_HIST))
-                for (size_t i = 0; i < n * C; i++) {
-                        float a = fabsf(x[i]);
-                        if (a > s->absmax)
-                                s->absmax = a;
-                        if (s->hist && s->hist_max > 0.0f) {
-                                size_t bin = (size_t) (a / s->hist_max * (HIST_BINS - 1));
-                                s->hist[MIN(bin, (size_t) HIST_BINS - 1)]++;
-                        }
-                }
-        if (s->sq)
-                dsa_prune_stats_add(s->sq, (c->want & WANT_HESS) && l == c->hess_layer ? s->H : NULL, x, n, C);
-        if ((c->want & WANT_HEADS) && which == DSA__LIN_O)
-                add_head_importance(c, l, x, n);
-        if ((c->want & WANT_FFN) && which == DSA__LIN_DOWN) {
-                /* |gelu(up)_j| times the norm of W_down's column j (added below, once). */
-                for (size_t i = 0; i < n; i++)
-                        for (size_t j = 0; j < C; j++)
-                                c->ffn_imp[l][j] += fabsf(x[i * C + j]);
-        }
-}
-
-/* Sets up c for what, allocating per-linear buffers as needed. */
-static int calib_init(struct calib *c, struct dsa_bert *b, unsigned want, size_t hess_layer) {
-        const size_t L = b->cfg.n_layer, C = b->cfg.n_embd, HS = C / b->cfg.n_head;
-
-        *c = (struct calib) { .b = b, .want = want, .hess_layer = hess_layer };
-        c->lin = calloc(L, sizeof(*c->lin));
-        c->head_imp = calloc(L, sizeof(double *));
-        c->ffn_imp = calloc(L, sizeof(double *));
-        c->wo = calloc(L, sizeof(float *));
-        if (!c->lin || !c->head_imp || !c->ffn_imp || !c->wo)
-                return -ENOMEM;
-        for (size_t l = 0; l < L; l++) {
-                const struct dsa_bert_layer *y = &b->layers[l];
-                const size_t in[_DSA__LIN_MAX] = { C, y->n_head * HS, C, y->n_ff };
-                for (int j = 0; j < _DSA__LIN_MAX; j++) {
-                        struct lin_stats *s = &c->lin[l][j];
-                        s->C = in[j];
-                        if ((want & WANT_HIST) && !(s->hist = calloc(HIST_BINS, sizeof(uint64_t))))
-                                return -ENOMEM;
-                        if ((want & (WANT_SQ | WANT_HESS)) && !(s->sq = calloc(in[j] ? in[j] : 1, sizeof(double))))
-                                return -ENOMEM;
-                        if ((want & WANT_HESS) && l == hess_layer &&
-                            !(s->H = calloc(in[j] * in[j] + 1, sizeof(double))))
-                                return -ENOMEM;
-                }
-                if ((want & WANT_HEADS) &&
-                    (!(c->head_imp[l] = calloc(y->n_head + 1, sizeof(double))) ||
-                     !(c->wo[l] = malloc((C * y->n_head * HS + 1) * sizeof(float)))))
-                        return -ENOMEM;
-                if (want & WANT_HEADS)
-                        dsa__linear_unpack(&y->o, c->wo[l]);
-                if ((want & WANT_FFN) && !(c->ffn_imp[l] = calloc(y->n_ff + 1, sizeof(double))))
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
-/* One pass over the calibration texts with c's hooks. */
-static int calib_run(struct calib *c, struct dsa_model *m, const struct dsa_optimize_opts *o) {
-        struct dsa__bert_hooks h = { .userdata = c, .linear_input = on_input };
-        int r = dsa__model_calibrate(m, o->calib, o->calib_pairs, o->n_calib, &h, NULL);
-
-        if (r < 0)
-                return r;
-        return c->error;
-}
-
-static int need_calib(const struct dsa_optimize_opts *o, const char *what) {
-        if (!o->calib || o->n_calib == 0)
-                return dsa__error(-EINVAL, "%s: calibration texts are needed (--calib)", what);
-        return 0;
-}
 
 /* ---- structured pruning */
 
@@ -313,12 +123,12 @@ static int cmp_scored(const void *a, const void *b) {
 static int prune_heads(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         struct dsa_bert *b = m->bert;
         const size_t L = b->cfg.n_layer;
-        _cleanup_(calib_free) struct calib c = { 0 };
+        _cleanup_(dsa__calib_free) struct dsa__calib c = { 0 };
         size_t total = 0, n = 0;
         int r;
 
-        if ((r = need_calib(o, "--prune-heads")) < 0 || (r = calib_init(&c, b, WANT_HEADS, 0)) < 0 ||
-            (r = calib_run(&c, m, o)) < 0)
+        if ((r = dsa__calib_need(o, "--prune-heads")) < 0 || (r = dsa__calib_init(&c, b, DSA__WANT_HEADS, 0)) < 0 ||
+            (r = dsa__calib_run(&c, m, o)) < 0)
                 return r;
         for (size_t l = 0; l < L; l++)
                 total += b->layers[l].n_head;
@@ -355,7 +165,7 @@ static int prune_heads(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         for (size_t l = 0; l < L; l++) {
                 if ((r = remove_heads(b, l, keep + l * b->cfg.n_head)) < 0)
                         return r;
-                vlog(o, "layer %zu: %u heads kept", l, b->layers[l].n_head);
+                dsa__variant_log(o, "layer %zu: %u heads kept", l, b->layers[l].n_head);
         }
         return 0;
 }
@@ -365,11 +175,11 @@ static int prune_heads(struct dsa_model *m, const struct dsa_optimize_opts *o) {
 static int prune_ffn(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         struct dsa_bert *b = m->bert;
         const size_t L = b->cfg.n_layer, C = b->cfg.n_embd;
-        _cleanup_(calib_free) struct calib c = { 0 };
+        _cleanup_(dsa__calib_free) struct dsa__calib c = { 0 };
         int r;
 
-        if ((r = need_calib(o, "--prune-ffn")) < 0 || (r = calib_init(&c, b, WANT_FFN, 0)) < 0 ||
-            (r = calib_run(&c, m, o)) < 0)
+        if ((r = dsa__calib_need(o, "--prune-ffn")) < 0 || (r = dsa__calib_init(&c, b, DSA__WANT_FFN, 0)) < 0 ||
+            (r = dsa__calib_run(&c, m, o)) < 0)
                 return r;
         for (size_t l = 0; l < L; l++) {
                 const size_t F = b->layers[l].n_ff;
@@ -393,7 +203,7 @@ static int prune_ffn(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         keep[s[i].index] = false;
                 if ((r = remove_neurons(b, l, keep)) < 0)
                         return r;
-                vlog(o, "layer %zu: %u FFN neurons kept", l, b->layers[l].n_ff);
+                dsa__variant_log(o, "layer %zu: %u FFN neurons kept", l, b->layers[l].n_ff);
         }
         return 0;
 }
@@ -406,12 +216,12 @@ static const char *const lin_names[_DSA__LIN_MAX] = { "qkv", "attn_output", "ffn
  * (SparseGPT's sequential order), none for magnitude. */
 static int sparsify_layer(struct dsa_model *m, const struct dsa_optimize_opts *o, size_t l) {
         struct dsa_bert *b = m->bert;
-        _cleanup_(calib_free) struct calib c = { 0 };
+        _cleanup_(dsa__calib_free) struct dsa__calib c = { 0 };
         int r;
 
         if (o->sparsity_method != DSA_PRUNE_MAGNITUDE) {
-                unsigned want = o->sparsity_method == DSA_PRUNE_SPARSEGPT ? WANT_HESS : WANT_SQ;
-                if ((r = calib_init(&c, b, want, l)) < 0 || (r = calib_run(&c, m, o)) < 0)
+                unsigned want = o->sparsity_method == DSA_PRUNE_SPARSEGPT ? DSA__WANT_HESS : DSA__WANT_SQ;
+                if ((r = dsa__calib_init(&c, b, want, l)) < 0 || (r = dsa__calib_run(&c, m, o)) < 0)
                         return r;
         }
         for (int j = 0; j < _DSA__LIN_MAX; j++) {
@@ -450,7 +260,7 @@ static int sparsify_layer(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if (r < 0)
                         return r;
         }
-        vlog(o, "layer %zu: %.0f%% of weights pruned", l, o->sparsity * 100);
+        dsa__variant_log(o, "layer %zu: %.0f%% of weights pruned", l, o->sparsity * 100);
         return 0;
 }
 
@@ -524,10 +334,10 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
 
         if (o->token_keep > 0) {
                 set_keep(b, o->token_keep);
-                vlog(o, "token pruning: keep %.2f after each layer", o->token_keep);
+                dsa__variant_log(o, "token pruning: keep %.2f after each layer", o->token_keep);
                 return 0;
         }
-        if ((r = need_calib(o, "--token-keep auto")) < 0)
+        if ((r = dsa__calib_need(o, "--token-keep auto")) < 0)
                 return r;
         if (NL == 0)
                 return dsa__error(-EOPNOTSUPP, "searching a token-pruning schedule needs a classifier head");
@@ -562,7 +372,7 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if (best == L)
                         break;
                 keep[best] -= 0.1f;
-                vlog(o, "token pruning: layer %zu keeps %.1f (cost %.3f of unpruned, agreement %.4f)", best,
+                dsa__variant_log(o, "token pruning: layer %zu keeps %.1f (cost %.3f of unpruned, agreement %.4f)", best,
                      (double) keep[best], best_cost / (double) L, best_agree);
         }
         for (size_t l = 0; l < L; l++)
@@ -573,18 +383,18 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
 /* ---- weight formats */
 
 /* Static activation scale of one linear input from its statistics. */
-static float act_scale(const struct lin_stats *s, const struct dsa_optimize_opts *o) {
+static float act_scale(const struct dsa__lin_stats *s, const struct dsa_optimize_opts *o) {
         float top = s->absmax;
 
         if (o->act == DSA_ACT_PERCENTILE && s->hist) {
                 uint64_t total = 0, acc = 0;
-                for (size_t i = 0; i < HIST_BINS; i++)
+                for (size_t i = 0; i < DSA__HIST_BINS; i++)
                         total += s->hist[i];
                 const double want = (double) total * o->act_percentile / 100.0;
-                for (size_t i = 0; i < HIST_BINS; i++) {
+                for (size_t i = 0; i < DSA__HIST_BINS; i++) {
                         acc += s->hist[i];
                         if ((double) acc >= want) {
-                                top = s->hist_max * (float) (i + 1) / (HIST_BINS - 1);
+                                top = s->hist_max * (float) (i + 1) / (DSA__HIST_BINS - 1);
                                 break;
                         }
                 }
@@ -655,30 +465,30 @@ static int reformat_embed(struct dsa_bert *b, enum dsa_wformat fmt) {
 }
 
 /* Static int8 scales need max |x| (and for percentiles a histogram over [0, max]): two passes. */
-static int measure_ranges(struct dsa_model *m, const struct dsa_optimize_opts *o, struct calib *c) {
-        struct calib first = { 0 };
+static int measure_ranges(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa__calib *c) {
+        struct dsa__calib first = { 0 };
         int r;
 
-        if ((r = need_calib(o, "static int8 activation scales")) < 0)
+        if ((r = dsa__calib_need(o, "static int8 activation scales")) < 0)
                 return r;
         if (o->act == DSA_ACT_MINMAX)
-                return calib_init(c, m->bert, WANT_ABSMAX, 0) < 0 ? -ENOMEM : calib_run(c, m, o);
-        if ((r = calib_init(&first, m->bert, WANT_ABSMAX, 0)) < 0 || (r = calib_run(&first, m, o)) < 0 ||
-            (r = calib_init(c, m->bert, WANT_HIST, 0)) < 0) {
-                calib_free(&first);
+                return dsa__calib_init(c, m->bert, DSA__WANT_ABSMAX, 0) < 0 ? -ENOMEM : dsa__calib_run(c, m, o);
+        if ((r = dsa__calib_init(&first, m->bert, DSA__WANT_ABSMAX, 0)) < 0 || (r = dsa__calib_run(&first, m, o)) < 0 ||
+            (r = dsa__calib_init(c, m->bert, DSA__WANT_HIST, 0)) < 0) {
+                dsa__calib_free(&first);
                 return r;
         }
         for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
                 for (int j = 0; j < _DSA__LIN_MAX; j++)
                         c->lin[l][j].hist_max = first.lin[l][j].absmax;
-        calib_free(&first);
-        return calib_run(c, m, o);
+        dsa__calib_free(&first);
+        return dsa__calib_run(c, m, o);
 }
 
 static int quantize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         struct dsa_bert *b = m->bert;
         const size_t L = b->cfg.n_layer;
-        _cleanup_(calib_free) struct calib c = { 0 };
+        _cleanup_(dsa__calib_free) struct dsa__calib c = { 0 };
         int r;
 
         if (o->quant == DSA_WFORMAT_Q8 && o->act != DSA_ACT_DYNAMIC && (r = measure_ranges(m, o, &c)) < 0)
@@ -700,7 +510,7 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
         const size_t L = b->cfg.n_layer, NL = b->cfg.n_labels, n = o->n_calib, M = L * _DSA__LIN_MAX;
         int r;
 
-        if ((r = need_calib(o, "--quant mixed")) < 0)
+        if ((r = dsa__calib_need(o, "--quant mixed")) < 0)
                 return r;
         if (NL == 0)
                 return dsa__error(-EOPNOTSUPP, "mixed precision needs a classifier head to score");
@@ -716,7 +526,7 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
                         if ((r = reformat(b, l, j, DSA_WFORMAT_Q8, 0.0f)) < 0 || (r = predict(m, o, got)) < 0)
                                 return r;
                         s[l * _DSA__LIN_MAX + j] = (struct scored) { mean_kl(ref, got, n, NL), l, (size_t) j };
-                        vlog(o, "layer %zu %s: int8 alone costs KL %.2e", l, lin_names[j], s[l * _DSA__LIN_MAX + j].score);
+                        dsa__variant_log(o, "layer %zu %s: int8 alone costs KL %.2e", l, lin_names[j], s[l * _DSA__LIN_MAX + j].score);
                         if ((r = reformat(b, l, j, was, 0.0f)) < 0)
                                 return r;
                 }
@@ -729,7 +539,7 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if ((r = predict(m, o, got)) < 0)
                         return r;
                 agree = agreement(ref, got, n, NL);
-                vlog(o, "mixed: %zu of %zu matmuls int8, agreement %.4f", M - kept, M, agree);
+                dsa__variant_log(o, "mixed: %zu of %zu matmuls int8, agreement %.4f", M - kept, M, agree);
                 if (agree >= o->mixed_target || kept == M)
                         break;
                 const struct scored *worst = &s[M - 1 - kept];
@@ -790,7 +600,7 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         return r;
         }
         if (o->sparsity > 0) {
-                if (o->sparsity_method != DSA_PRUNE_MAGNITUDE && (r = need_calib(o, "Wanda and SparseGPT")) < 0)
+                if (o->sparsity_method != DSA_PRUNE_MAGNITUDE && (r = dsa__calib_need(o, "Wanda and SparseGPT")) < 0)
                         return r;
                 for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
                         if ((r = sparsify_layer(m, o, l)) < 0)
