@@ -54,22 +54,8 @@ ncpu=$(nproc)
 [ -n "$threads" ] || threads=$( [ "$ncpu" -gt 1 ] && echo "1 $ncpu" || echo 1 )
 
 # --- what is missing gets installed (Debian packages, and the npm package inside tests/bench)
-apt_install() {
-        say "installing $*"
-        if [ "$(id -u)" -eq 0 ]; then
-                DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
-        else
-                sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
-        fi
-}
-"$py" -c 'import numpy' 2>/dev/null || apt_install python3-numpy
-"$py" -c 'import onnx' 2>/dev/null || apt_install python3-onnx
-command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
-if [ ! -d "$here/node_modules/onnxruntime-node" ]; then
-        # The package's install script downloads GPU extras from a host we cannot reach; the
-        # CPU runtime ships inside the npm package itself.
-        (cd "$here" && npm install --ignore-scripts --no-audit --no-fund >&2)
-fi
+. "$here/ort-deps.sh"
+ort_deps compress-vs-ort
 
 # --- dsactl
 if [ -z "$dsactl" ]; then
