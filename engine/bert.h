@@ -143,6 +143,3 @@ int dsa__hf_parse_config(const char *json, size_t len, const char *label,
                          struct dsa_bert_config *ret_cfg, bool *ret_wants_head,
                          struct json_object **ret_json);
 
-/* fp32 -> IEEE half / bfloat16, round to nearest even (model.c, for saving). */
-uint16_t dsa__f32_to_f16(float f);
-uint16_t dsa__f32_to_bf16(float f);

@@ -11,6 +11,7 @@
 
 #include "basic/error.h"
 #include "gguf.h"
+#include "kernels/kernels.h"
 #include "model-internal.h"
 #include "tokenizer.h"
 
@@ -86,41 +87,6 @@ const char *dsa__info_get(const struct dsa__info *info, const char *name) {
         return NULL;
 }
 
-/* fp32 -> IEEE half, round to nearest even; overflow to inf, NaN stays NaN. */
-uint16_t dsa__f32_to_f16(float f) {
-        uint32_t x;
-        memcpy(&x, &f, sizeof(x));
-        uint16_t sign = (uint16_t) ((x >> 16) & 0x8000u);
-        uint32_t ax = x & 0x7fffffffu;
-
-        if (ax > 0x7f800000u)
-                return sign | 0x7e00u;
-        if (ax >= 0x47800000u) /* >= 65536 or inf */
-                return sign | 0x7c00u;
-        if (ax >= 0x38800000u) { /* normal half: rebias 127 -> 15, round the 13 dropped bits */
-                uint32_t r = ax - 0x38000000u;
-                r += 0x0fffu + ((r >> 13) & 1u);
-                return sign | (uint16_t) (r >> 13); /* a carry into the exponent is right, up to inf */
-        }
-        if (ax <= 0x33000000u) /* <= 2^-25: ties to even give 0 */
-                return sign;
-        /* Subnormal half: value = m * 2^-24 with m < 1024. */
-        uint32_t e = ax >> 23, mant = (ax & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1u), mid = 1u << (shift - 1u);
-        if (rem > mid || (rem == mid && (h & 1u)))
-                h++;
-        return sign | (uint16_t) h;
-}
-
-uint16_t dsa__f32_to_bf16(float f) {
-        uint32_t x;
-        memcpy(&x, &f, sizeof(x));
-        if ((x & 0x7fffffffu) > 0x7f800000u)
-                return (uint16_t) ((x >> 16) | 0x40u);
-        x += 0x7fffu + ((x >> 16) & 1u);
-        return (uint16_t) (x >> 16);
-}
-
 struct saver {
         struct dsa_gguf_writer *w;
         bool keep;           /* each matrix in its own format */
@@ -164,7 +130,7 @@ static int save_f32_as(struct saver *s, const char *name, const float *data, uin
         if (!o)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
-                o[i] = type == DSA_TYPE_F16 ? dsa__f32_to_f16(data[i]) : dsa__f32_to_bf16(data[i]);
+                o[i] = type == DSA_TYPE_F16 ? dsa_f32_to_f16(data[i]) : dsa_f32_to_bf16(data[i]);
         return add(s, name, type, ne0, ne1, o);
 }
 

@@ -450,8 +450,8 @@ static int reformat_embed(struct dsa_bert *b, enum dsa_wformat fmt) {
                 case DSA_WFORMAT_F16:
                 case DSA_WFORMAT_BF16:
                         for (size_t k = 0; k < C; k++)
-                                ((uint16_t *) n.data)[i * C + k] = fmt == DSA_WFORMAT_F16 ? dsa__f32_to_f16(row[k])
-                                                                                          : dsa__f32_to_bf16(row[k]);
+                                ((uint16_t *) n.data)[i * C + k] = fmt == DSA_WFORMAT_F16 ? dsa_f32_to_f16(row[k])
+                                                                                          : dsa_f32_to_bf16(row[k]);
                         break;
                 default:
                         memcpy((float *) n.data + i * C, row, C * sizeof(float));

@@ -44,7 +44,7 @@ struct dsa_packed_f32 {
  * rounded to 10 bits by adding 0xfff plus the kept lsb (a carry into the exponent is the right
  * answer); below 2^-14 the significand with its implicit bit is shifted into units of 2^-24
  * and rounded by hand. */
-uint16_t dsa__f32_to_f16_one(float f) {
+uint16_t dsa_f32_to_f16(float f) {
         uint32_t x, ax;
         uint16_t sign;
 
@@ -69,7 +69,7 @@ uint16_t dsa__f32_to_f16_one(float f) {
 }
 
 /* bfloat16 is the top half of an fp32: add 0x7fff plus the kept lsb, truncate. */
-uint16_t dsa__f32_to_bf16_one(float f) {
+uint16_t dsa_f32_to_bf16(float f) {
         uint32_t x;
 
         memcpy(&x, &f, sizeof(x));
@@ -84,7 +84,7 @@ uint16_t dsa__f32_to_bf16_dot_one(float f) {
         memcpy(&x, &f, sizeof(x));
         if ((x & 0x7f800000u) == 0) /* zero or denormal: signed zero (DAZ) */
                 return (uint16_t) ((x >> 16) & 0x8000);
-        return dsa__f32_to_bf16_one(f);
+        return dsa_f32_to_bf16(f);
 }
 
 static float bf16_to_f32(uint16_t h) {
@@ -233,7 +233,7 @@ static const struct variant *variant_of(enum dsa_isa isa) {
 static uint16_t source_u16(const float *wf, const uint16_t *wh, size_t i, enum dsa_wtype type) {
         if (wh)
                 return wh[i];
-        return type == DSA_WTYPE_F16 ? dsa__f32_to_f16_one(wf[i]) : dsa__f32_to_bf16_one(wf[i]);
+        return type == DSA_WTYPE_F16 ? dsa_f32_to_f16(wf[i]) : dsa_f32_to_bf16(wf[i]);
 }
 
 int dsa__packed_new_isa_typed(enum dsa_isa isa, enum dsa_wtype type, const float *weight_f32,

@@ -130,11 +130,6 @@ dsa__gemm_panel_u16_fn dsa__gemm_panel_bf16dot_avx512bf16;
 #define DSA__GEMM_KC_AVX2 768
 #define DSA__GEMM_KC_AVX512 512
 
-/* fp32 -> IEEE half / bfloat16, round to nearest even, IEEE semantics: subnormal results kept
- * (gradual underflow), overflow to inf, -0 kept, NaN stays NaN (quiet, top payload bits kept),
- * as F16C's vcvtps2ph with rounding mode 0 and PyTorch's float -> bfloat16. */
-uint16_t dsa__f32_to_f16_one(float f);
-uint16_t dsa__f32_to_bf16_one(float f);
 /* fp32 -> bfloat16 as vcvtneps2bf16 does (the activations of BF16_DOT): round to nearest
  * even, but a denormal input becomes a signed zero (DAZ); NaN quieted. */
 uint16_t dsa__f32_to_bf16_dot_one(float f);

@@ -63,6 +63,13 @@ struct dsa_kernels {
  * (about 2 T HS + 50 T); SIZE_MAX when that does not fit in a size_t. */
 size_t dsa_attention_scratch(size_t T, size_t HS);
 
+/* One fp32 -> IEEE half / bfloat16, round to nearest even, IEEE semantics: subnormal results
+ * kept (gradual underflow), overflow to inf, -0 kept, NaN stays NaN (quiet, top payload bits
+ * kept), as F16C's vcvtps2ph with rounding mode 0 and PyTorch's float -> bfloat16. Scalar:
+ * for packing and saving weights, not for hot loops. */
+uint16_t dsa_f32_to_f16(float f);
+uint16_t dsa_f32_to_bf16(float f);
+
 /* The best table this CPU can run; picked once, thread-safe. */
 const struct dsa_kernels *dsa_kernels(void);
 

@@ -64,10 +64,10 @@ static float bf16_widen(uint16_t h) {
 static float round_to(enum dsa_wtype type, float x) {
         switch (type) {
         case DSA_WTYPE_F16:
-                return dsa__f16_to_f32_one(dsa__f32_to_f16_one(x));
+                return dsa__f16_to_f32_one(dsa_f32_to_f16(x));
         case DSA_WTYPE_BF16:
         case DSA_WTYPE_BF16_DOT:
-                return bf16_widen(dsa__f32_to_bf16_one(x));
+                return bf16_widen(dsa_f32_to_bf16(x));
         default:
                 return x;
         }
@@ -75,7 +75,7 @@ static float round_to(enum dsa_wtype type, float x) {
 
 /* x as the storage bits of type (16-bit types only). */
 static uint16_t bits_of(enum dsa_wtype type, float x) {
-        return type == DSA_WTYPE_F16 ? dsa__f32_to_f16_one(x) : dsa__f32_to_bf16_one(x);
+        return type == DSA_WTYPE_F16 ? dsa_f32_to_f16(x) : dsa_f32_to_bf16(x);
 }
 
 struct problem {
@@ -478,7 +478,7 @@ static bool has_f16c(void) {
 
 static void check_convert(float f) {
         uint32_t x;
-        uint16_t h = dsa__f32_to_f16_one(f), b = dsa__f32_to_bf16_one(f), bd = dsa__f32_to_bf16_dot_one(f);
+        uint16_t h = dsa_f32_to_f16(f), b = dsa_f32_to_bf16(f), bd = dsa__f32_to_bf16_dot_one(f);
 
         memcpy(&x, &f, sizeof(x));
         if (isnan(f)) {
@@ -521,10 +521,10 @@ static void test_convert(void **state) {
         }
         /* Every half: widening then rounding gives it back (NaN: quieted). */
         for (uint32_t h = 0; h < 0x10000; h++) {
-                uint16_t back = dsa__f32_to_f16_one(dsa__f16_to_f32_one((uint16_t) h));
+                uint16_t back = dsa_f32_to_f16(dsa__f16_to_f32_one((uint16_t) h));
                 bool nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
                 assert_int_equal(back, nan ? h | 0x200 : h);
-                assert_int_equal(dsa__f32_to_bf16_one(bf16_widen((uint16_t) h)),
+                assert_int_equal(dsa_f32_to_bf16(bf16_widen((uint16_t) h)),
                                  (h & 0x7f80) == 0x7f80 && (h & 0x7f) ? h | 0x40 : h);
         }
         /* Random bits, and random values in the half's range and near its ties. */

@@ -695,22 +695,22 @@ static void test_f16_convert(void **state) {
         for (uint32_t h = 0; h < 0x10000; h++) {
                 float f = f16_back((uint16_t) h);
                 if (isnan(f))
-                        assert_true(isnan(f16_back(dsa__f32_to_f16(f))));
+                        assert_true(isnan(f16_back(dsa_f32_to_f16(f))));
                 else
-                        assert_int_equal(dsa__f32_to_f16(f), h);
+                        assert_int_equal(dsa_f32_to_f16(f), h);
         }
         /* Ties go to even; overflow to inf; tiny to zero. */
-        assert_int_equal(dsa__f32_to_f16(1.0f + 0x1p-11f), 0x3c00);             /* tie, even down */
-        assert_int_equal(dsa__f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);         /* tie, even up */
-        assert_int_equal(dsa__f32_to_f16(65520.0f), 0x7c00);
-        assert_int_equal(dsa__f32_to_f16(65519.0f), 0x7bff);
-        assert_int_equal(dsa__f32_to_f16(0x1p-25f), 0x0000);
-        assert_int_equal(dsa__f32_to_f16(0x1.1p-25f), 0x0001);
-        assert_int_equal(dsa__f32_to_f16(-0x1p-24f * 1.5f), 0x8002);
-        assert_int_equal(dsa__f32_to_bf16(1.0f), 0x3f80);
-        assert_int_equal(dsa__f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
-        assert_int_equal(dsa__f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);
-        assert_true(isnan(f16_back(dsa__f32_to_f16(NAN))));
+        assert_int_equal(dsa_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);             /* tie, even down */
+        assert_int_equal(dsa_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);         /* tie, even up */
+        assert_int_equal(dsa_f32_to_f16(65520.0f), 0x7c00);
+        assert_int_equal(dsa_f32_to_f16(65519.0f), 0x7bff);
+        assert_int_equal(dsa_f32_to_f16(0x1p-25f), 0x0000);
+        assert_int_equal(dsa_f32_to_f16(0x1.1p-25f), 0x0001);
+        assert_int_equal(dsa_f32_to_f16(-0x1p-24f * 1.5f), 0x8002);
+        assert_int_equal(dsa_f32_to_bf16(1.0f), 0x3f80);
+        assert_int_equal(dsa_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);
+        assert_int_equal(dsa_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);
+        assert_true(isnan(f16_back(dsa_f32_to_f16(NAN))));
 }
 
 int main(void) {
