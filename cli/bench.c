@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include "engine/model.h"
 #include "engine/variant.h"
 #include "engine/tokenizer.h"
+#include "util.h"
 #include "verbs.h"
 
 
@@ -322,22 +322,16 @@ int verb_bench(int argc, char **argv) {
         if (record) {
                 /* dsa.variant.bench.s<N>.b<B>.t<threads>.ms: the median, in the model file itself. */
                 char key[96], val[32];
-                struct stat st;
 
-                if (stat(model, &st) < 0 || !S_ISREG(st.st_mode)) {
-                        fprintf(stderr, "dsactl: %s: --record needs a GGUF file to write the result into\n", model);
-                        return 1;
-                }
                 snprintf(key, sizeof(key), "bench.s%ld.b%ld.t%ld.ms", seq, batch, threads);
                 snprintf(val, sizeof(val), "%.3f", med);
-                dsa_error_clear();
                 r = dsa_model_set_info(m, key, val);
-                if (r >= 0)
-                        r = dsa_model_save_variant(m, model);
                 if (r < 0) {
-                        fprintf(stderr, "dsactl: %s: %s\n", model, dsa_error_message(r));
+                        fprintf(stderr, "dsactl: %s: %s\n", model, strerror(-r));
                         return 1;
                 }
+                if (cli_record(m, model) < 0)
+                        return 1;
         }
         return 0;
 }

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <strings.h>
 #include <time.h>
 
@@ -200,16 +199,13 @@ static double f1_of(const struct eval *e, size_t c) {
 
 /* Records the result in the model file as dsa.variant.eval.<task>.* keys, rewriting it
  * atomically in the format it is held in (dsactl show lists them). */
+/* Records the result in the model file as dsa.variant.eval.<task>.* keys (dsactl show lists
+ * them). */
 static int record(struct dsa_model *m, const char *model, const char *task, double acc, double f1, bool has_f1,
                   size_t n, double eps) {
         char key[96], val[64];
-        struct stat st;
         int r = 0;
 
-        if (stat(model, &st) < 0 || !S_ISREG(st.st_mode)) {
-                fprintf(stderr, "dsactl: %s: --record needs a GGUF file to write the result into\n", model);
-                return -EINVAL;
-        }
 #define SET(name, ...)                                                                                    \
         do {                                                                                              \
                 snprintf(key, sizeof(key), "eval.%s.%s", task, name);                                    \
@@ -223,12 +219,9 @@ static int record(struct dsa_model *m, const char *model, const char *task, doub
         SET("examples", "%zu", n);
         SET("examples_per_second", "%.2f", eps);
 #undef SET
-        dsa_error_clear();
-        if (r >= 0)
-                r = dsa_model_save_variant(m, model);
         if (r < 0)
-                cli_error(r, model);
-        return r;
+                return cli_error(r, model);
+        return cli_record(m, model);
 }
 
 static void print_result(const struct eval *e, const char *model, const char *data, double secs, int threads,

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "basic/error.h"
@@ -103,4 +104,19 @@ struct json_object *cli_json_float(double v) {
 
         snprintf(buf, sizeof(buf), "%.7g", v);
         return json_object_new_double_s(v, buf);
+}
+
+int cli_record(struct dsa_model *m, const char *path) {
+        struct stat st;
+        int r;
+
+        if (stat(path, &st) < 0 || !S_ISREG(st.st_mode)) {
+                fprintf(stderr, "dsactl: %s: --record needs a GGUF file to write the result into\n", path);
+                return -EINVAL;
+        }
+        dsa_error_clear();
+        r = dsa_model_save_variant(m, path);
+        if (r < 0)
+                cli_error(r, path);
+        return r;
 }

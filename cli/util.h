@@ -20,6 +20,11 @@ int cli_error(int r, const char *what);
  * why. */
 int cli_set_threads(struct dsa_model *m, int n);
 
+/* --record of eval and bench: rewrites the GGUF file path (the model m was opened from) with the
+ * facts just set by dsa_model_set_info(), atomically, every matrix in the format it is held in.
+ * Prints why and returns -errno when path is no regular file or cannot be written. */
+int cli_record(struct dsa_model *m, const char *path);
+
 /* Parses a positive integer option value; -EINVAL when it is not one. */
 int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret);
 
