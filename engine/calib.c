@@ -140,8 +140,8 @@ int dsa__calib_init(struct dsa__calib *c, struct dsa_bert *b, unsigned want, siz
                     (!(c->head_imp[l] = calloc(y->n_head + 1, sizeof(double))) ||
                      !(c->wo[l] = malloc((C * y->n_head * HS + 1) * sizeof(float)))))
                         return -ENOMEM;
-                if (want & DSA__WANT_HEADS)
-                        dsa__linear_unpack(&y->o, c->wo[l]);
+                if ((want & DSA__WANT_HEADS) && dsa__linear_unpack(&y->o, c->wo[l]) < 0)
+                        return -ENOMEM;
                 if ((want & DSA__WANT_FFN) && !(c->ffn_imp[l] = calloc(y->n_ff + 1, sizeof(double))))
                         return -ENOMEM;
         }

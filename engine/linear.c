@@ -95,30 +95,25 @@ int dsa__linear_init_q8(struct dsa__linear *l, const int8_t *q, const float *sca
         return 0;
 }
 
-void dsa__linear_unpack(const struct dsa__linear *l, float *weight) {
+int dsa__linear_unpack(const struct dsa__linear *l, float *weight) {
         switch (l->fmt) {
         case DSA_WFORMAT_Q8: {
-                int8_t *q = malloc(l->OC * l->C + 1);
-                float *s = malloc((l->OC ? l->OC : 1) * sizeof(float));
-                /* Unpacking is for saving and tools; a failure here is reported by the caller's
-                 * own allocation checks, so fall back to zeros rather than crash. */
-                if (q && s) {
-                        dsa_packed_q8_unpack(l->q8, q, s);
-                        for (size_t o = 0; o < l->OC; o++)
-                                for (size_t c = 0; c < l->C; c++)
-                                        weight[o * l->C + c] = (float) q[o * l->C + c] * s[o];
-                } else
-                        memset(weight, 0, l->OC * l->C * sizeof(float));
-                free(q);
-                free(s);
-                return;
+                _cleanup_free_ int8_t *q = malloc(l->OC * l->C + 1);
+                _cleanup_free_ float *s = malloc((l->OC + 1) * sizeof(float));
+                if (!q || !s)
+                        return -ENOMEM;
+                dsa_packed_q8_unpack(l->q8, q, s);
+                for (size_t o = 0; o < l->OC; o++)
+                        for (size_t c = 0; c < l->C; c++)
+                                weight[o * l->C + c] = (float) q[o * l->C + c] * s[o];
+                return 0;
         }
         case DSA_WFORMAT_SPARSE:
                 dsa_packed_sparse_unpack(l->sparse, weight);
-                return;
+                return 0;
         default:
                 dsa_packed_f32_unpack(l->dense, weight);
-                return;
+                return 0;
         }
 }
 

@@ -48,8 +48,8 @@ int dsa__linear_init_q8(struct dsa__linear *l, const int8_t *q, const float *sca
 /* Frees what l holds; l is then empty (fmt F32, no matrix). */
 void dsa__linear_clear(struct dsa__linear *l);
 
-/* The weight as fp32 (OC,C) (dequantized for Q8). */
-void dsa__linear_unpack(const struct dsa__linear *l, float *weight);
+/* The weight as fp32 (OC,C) (dequantized for Q8); -ENOMEM when Q8's scratch cannot be had. */
+int dsa__linear_unpack(const struct dsa__linear *l, float *weight);
 /* Q8 only: the int8 values (OC,C) and scales (OC) exactly as held. */
 void dsa__linear_unpack_q8(const struct dsa__linear *l, int8_t *q, float *scales);
 /* Resident bytes of the weight. */

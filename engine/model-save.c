@@ -176,9 +176,8 @@ static int save_linear(struct saver *s, size_t layer, const struct dsa__linear *
                 return 0;
         }
         float *w = saver_alloc(s, OC * C * sizeof(float));
-        if (!w)
+        if (!w || dsa__linear_unpack(lin, w) < 0)
                 return -ENOMEM;
-        dsa__linear_unpack(lin, w);
         for (size_t i = 0; i < n; i++) {
                 snprintf(name, sizeof(name), "blk.%zu.%s.weight", layer, names[i]);
                 if ((r = save_f32_as(s, name, w + off * C, C, rows[i], type_of(s, lin->fmt))) < 0)

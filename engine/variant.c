@@ -36,8 +36,8 @@ static int remove_heads(struct dsa_bert *b, size_t l, const bool *keep) {
         _cleanup_free_ float *bias1 = malloc((3 * A1 + 1) * sizeof(float));
         if (!qkv || !o || !qkv1 || !o1 || !bias1)
                 return -ENOMEM;
-        dsa__linear_unpack(&y->qkv, qkv);
-        dsa__linear_unpack(&y->o, o);
+        if (dsa__linear_unpack(&y->qkv, qkv) < 0 || dsa__linear_unpack(&y->o, o) < 0)
+                return -ENOMEM;
         for (size_t p = 0; p < 3; p++) {
                 size_t h1 = 0;
                 for (size_t h = 0; h < y->n_head; h++) {
@@ -81,8 +81,8 @@ static int remove_neurons(struct dsa_bert *b, size_t l, const bool *keep) {
         _cleanup_free_ float *down1 = malloc((C * F1 + 1) * sizeof(float));
         if (!up || !down || !up1 || !down1)
                 return -ENOMEM;
-        dsa__linear_unpack(&y->up, up);
-        dsa__linear_unpack(&y->down, down);
+        if (dsa__linear_unpack(&y->up, up) < 0 || dsa__linear_unpack(&y->down, down) < 0)
+                return -ENOMEM;
         size_t j1 = 0;
         for (size_t j = 0; j < F; j++) {
                 if (!keep[j])
@@ -186,9 +186,8 @@ static int prune_ffn(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                 _cleanup_free_ float *down = malloc((C * F + 1) * sizeof(float));
                 _cleanup_free_ struct scored *s = calloc(F + 1, sizeof(*s));
                 _cleanup_free_ bool *keep = malloc(F + 1);
-                if (!down || !s || !keep)
+                if (!down || !s || !keep || dsa__linear_unpack(&b->layers[l].down, down) < 0)
                         return -ENOMEM;
-                dsa__linear_unpack(&b->layers[l].down, down);
                 for (size_t j = 0; j < F; j++) {
                         double nrm = 0;
                         for (size_t oc = 0; oc < C; oc++)
@@ -233,7 +232,8 @@ static int sparsify_layer(struct dsa_model *m, const struct dsa_optimize_opts *o
                         return -ENOMEM;
                 if (OC == 0 || C == 0)
                         continue;
-                dsa__linear_unpack(lin, w);
+                if (dsa__linear_unpack(lin, w) < 0)
+                        return -ENOMEM;
                 switch (o->sparsity_method) {
                 case DSA_PRUNE_MAGNITUDE:
                         r = dsa_prune_magnitude(w, OC, C, (float) o->sparsity, o->sparsity_pattern);
@@ -415,7 +415,8 @@ static int reformat(struct dsa_bert *b, size_t l, int j, enum dsa_wformat fmt, f
         /* A sparse matrix stays sparse unless it becomes int8. */
         if (lin->fmt == DSA_WFORMAT_SPARSE && fmt != DSA_WFORMAT_Q8)
                 return 0;
-        dsa__linear_unpack(lin, w);
+        if (dsa__linear_unpack(lin, w) < 0)
+                return -ENOMEM;
         dsa__linear_clear(lin);
         r = dsa__linear_init(lin, w, OC, C, fmt, scale);
         return r < 0 ? dsa__error(r, "cannot convert layer %zu %s to %s", l, lin_names[j], dsa_wformat_name(fmt)) : 0;
