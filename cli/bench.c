@@ -120,6 +120,9 @@ static int dump_hidden(const char *path, const float *h, size_t n) {
 }
 
 int verb_bench(int argc, char **argv) {
+        for (int i = 1; i < argc; i++)
+                if (!strcmp(argv[i], "--attention") || !strncmp(argv[i], "--attention=", 12))
+                        return bench_attention(argc, argv);
         enum { OPT_SEQ = 0x100, OPT_BATCH, OPT_THREADS, OPT_RUNS, OPT_WARMUP, OPT_JSON, OPT_DUMP, OPT_RECORD };
         static const struct option options[] = {
                 { "model", required_argument, NULL, 'm' },

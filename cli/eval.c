@@ -2,8 +2,8 @@
  * The TSV file is streamed through tsv.c, columns found by their header names, and classified
  * CLI_CHUNK rows at a time through dsa_model_classify_texts (sentence pairs as pairs), the very
  * path dsactl classify takes, so the two predict alike. Counts per class give accuracy, the F1 of
- * class 1 (MRPC's figure) and the macro F1. Language-model tasks (ppl, lambada) are named so a
- * script gets a clear refusal, not a number, until a decoder exists. */
+ * class 1 (MRPC's figure) and the macro F1. Perplexity (ppl) of decoders is eval-lm.c's; lambada
+ * is named so a script gets a clear refusal, not a number, until it exists. */
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
@@ -16,6 +16,7 @@
 #include "basic/error.h"
 #include "engine/model.h"
 #include "engine/variant.h"
+#include "eval-lm.h"
 #include "online.h"
 #include "tsv.h"
 #include "util.h"
@@ -382,9 +383,9 @@ int verb_eval(int argc, char **argv) {
         if (!model)
                 return usage("-m MODEL is required (a GGUF file or a Hugging Face folder)");
         if (!e.task)
-                return usage("--task is required (sst2, mrpc or rte)");
+                return usage("--task is required (sst2, mrpc, rte or ppl)");
         if (!data)
-                return usage("--data FILE is required (a GLUE dev.tsv)");
+                return usage("--data FILE is required (a GLUE dev.tsv; for ppl token ids or text)");
 
         if (!e.task->lm) {
                 dsa_error_clear();
@@ -399,8 +400,17 @@ int verb_eval(int argc, char **argv) {
         }
         if (cli_open_model(model, &m) < 0)
                 return 1;
-        if (e.task->lm) { /* every model dsa opens so far is a BERT encoder */
-                fprintf(stderr, "dsactl: %s: --task %s is not supported for this model (BERT encoder)\n", model,
+        if (e.task->lm) {
+                threads = cli_set_threads(m, threads);
+                if (threads < 0)
+                        return 1;
+                if (!strcmp(e.task->name, "ppl"))
+                        return eval_ppl(m, model, data, limit, json, rec, threads);
+                fprintf(stderr, "dsactl: %s: --task %s is not implemented yet\n", model, e.task->name);
+                return 1;
+        }
+        if (!dsa_model_bert_config(m)) {
+                fprintf(stderr, "dsactl: %s: --task %s needs a BERT classifier; this is a decoder\n", model,
                         e.task->name);
                 return 1;
         }

@@ -271,6 +271,11 @@ static int run_inference(int argc, char **argv,
                 return 1;
         if (cli_set_threads(m, o->threads) < 0)
                 return 1;
+        if (fn != tokenize_chunk && !dsa_model_bert_config(m)) {
+                fprintf(stderr, "dsactl: %s: %s needs a BERT encoder; this is a decoder (see eval --task ppl)\n",
+                        o->model, argv[0]);
+                return 1;
+        }
         if (fn == classify_chunk && dsa_model_bert_config(m)->n_labels == 0) {
                 fprintf(stderr, "dsactl: %s: model has no classification head\n", o->model);
                 return 1;

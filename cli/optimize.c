@@ -11,6 +11,7 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "basic/sha256.h"
+#include "engine/attention-variant.h"
 #include "engine/model.h"
 #include "engine/variant.h"
 #include "tsv.h"
@@ -24,10 +25,16 @@ static void optimize_usage(FILE *f) {
               "                       [--sparsity F] [--sparsity-method magnitude|wanda|sparsegpt]\n"
               "                       [--sparsity-pattern unstructured|2:4|block16]\n"
               "                       [--token-keep F|auto] [--token-target F]\n"
+              "                       [--attention dense|local|fixed|linear|dsa] [--att-block N]\n"
+              "                       [--att-window N] [--att-global N] [--att-random N]\n"
+              "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
+              "                       [--att-sparsity F] [--att-heuristic]\n"
+              "                       [--att-oracle] [--scorer-rank N]\n"
               "                       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
               "Writes a variant of MODEL. --calib: a TSV with a text column, a text file (one\n"
               "text per line) or a folder of them; needed by everything but f32/f16/bf16,\n"
-              "dynamic int8, magnitude pruning and a fixed --token-keep. See dsactl(1).\n",
+              "dynamic int8, magnitude pruning, a fixed --token-keep and attention variants\n"
+              "other than a newly fitted dsa. See dsactl(1).\n",
               f);
 }
 
@@ -106,6 +113,10 @@ static void log_line(void *userdata, const char *line) {
 }
 
 int verb_optimize(int argc, char **argv) {
+        enum {
+                OPT_ATTENTION = 0x100, OPT_ATT_BLOCK, OPT_ATT_WINDOW, OPT_ATT_GLOBAL, OPT_ATT_RANDOM, OPT_ATT_MASS,
+                OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_SCORER_RANK,
+        };
         static const struct option opts[] = {
                 { "model", required_argument, NULL, 'm' },
                 { "output", required_argument, NULL, 'o' },
@@ -124,6 +135,18 @@ int verb_optimize(int argc, char **argv) {
                 { "calib-max", required_argument, NULL, 'C' },
                 { "threads", required_argument, NULL, 't' },
                 { "quiet", no_argument, NULL, 'Q' },
+                { "attention", required_argument, NULL, OPT_ATTENTION },
+                { "att-block", required_argument, NULL, OPT_ATT_BLOCK },
+                { "att-window", required_argument, NULL, OPT_ATT_WINDOW },
+                { "att-global", required_argument, NULL, OPT_ATT_GLOBAL },
+                { "att-random", required_argument, NULL, OPT_ATT_RANDOM },
+                { "att-mass", required_argument, NULL, OPT_ATT_MASS },
+                { "att-cap", required_argument, NULL, OPT_ATT_CAP },
+                { "att-blocks", required_argument, NULL, OPT_ATT_BLOCKS },
+                { "att-sparsity", required_argument, NULL, OPT_ATT_SPARSITY },
+                { "att-heuristic", no_argument, NULL, OPT_ATT_HEURISTIC },
+                { "att-oracle", no_argument, NULL, OPT_ATT_ORACLE },
+                { "scorer-rank", required_argument, NULL, OPT_SCORER_RANK },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -134,9 +157,14 @@ int verb_optimize(int argc, char **argv) {
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         _cleanup_(calib_set_clear) struct calib_set cs = { 0 };
         const char *model = NULL, *out = NULL, *calib = NULL;
-        unsigned long calib_max = 512, threads = 0;
+        unsigned long calib_max = 512, threads = 0, v;
+        struct dsa__att att;
+        bool att_set = false, att_param = false;
+        double f;
         char hex[65];
         int c, r;
+
+        dsa__att_init(&att);
 
         while ((c = getopt_long(argc, argv, "m:o:h", opts, NULL)) >= 0) {
                 switch (c) {
@@ -226,6 +254,54 @@ int verb_optimize(int argc, char **argv) {
                 case 'Q':
                         o.log = NULL;
                         break;
+                case OPT_ATTENTION:
+                        if (dsa_att_kind_from_name(optarg, &att.kind) < 0)
+                                return usage_error("--attention is one of dense, local, fixed, linear, dsa");
+                        att_set = true;
+                        break;
+                case OPT_ATT_BLOCK:
+                case OPT_ATT_WINDOW:
+                case OPT_ATT_GLOBAL:
+                case OPT_ATT_RANDOM:
+                case OPT_ATT_CAP:
+                case OPT_ATT_BLOCKS:
+                case OPT_SCORER_RANK:
+                        if (cli_parse_uint(optarg, c == OPT_ATT_BLOCK ? DSA_ATT_MAX_BLOCK : c == OPT_SCORER_RANK ?
+                                                   DSA_ATT_MAX_RANK : 1u << 20, &v) < 0)
+                                return usage_error("--att-block/window/global/random/cap/blocks and --scorer-rank "
+                                                   "take a positive integer (block <= 256, rank <= 64)");
+                        if (c == OPT_ATT_BLOCK)
+                                att.block = (uint32_t) v;
+                        else if (c == OPT_ATT_WINDOW)
+                                att.window = (uint32_t) v;
+                        else if (c == OPT_ATT_GLOBAL)
+                                att.global = (uint32_t) v;
+                        else if (c == OPT_ATT_RANDOM)
+                                att.random = (uint32_t) v;
+                        else if (c == OPT_ATT_CAP)
+                                att.count = (uint32_t) v;
+                        else if (c == OPT_ATT_BLOCKS)
+                                att.count = (uint32_t) v, att.select = DSA_ATT_SELECT_COUNT;
+                        else
+                                o.scorer_rank = (uint32_t) v;
+                        att_param = true;
+                        break;
+                case OPT_ATT_MASS:
+                        if (!parse_fraction(optarg, 0.01, 1, &f))
+                                return usage_error("--att-mass is a fraction in [0.01, 1]");
+                        att.mass = (float) f, att_param = true;
+                        break;
+                case OPT_ATT_SPARSITY:
+                        if (!parse_fraction(optarg, 0, 0.99, &f))
+                                return usage_error("--att-sparsity is a fraction in [0, 0.99]");
+                        att.fraction = (float) (1 - f), att.select = DSA_ATT_SELECT_FRACTION, att_param = true;
+                        break;
+                case OPT_ATT_HEURISTIC:
+                        att.heuristic = true, att_param = true;
+                        break;
+                case OPT_ATT_ORACLE:
+                        att.oracle = true, att_param = true;
+                        break;
                 case 'h':
                         optimize_usage(stdout);
                         return 0;
@@ -240,6 +316,10 @@ int verb_optimize(int argc, char **argv) {
                 return usage_error("-m MODEL and -o OUT.gguf are required");
         if (o.sparsity_pattern == DSA_SPARSE_2_4 && o.sparsity > 0 && o.sparsity != 0.5)
                 return usage_error("the 2:4 pattern prunes exactly --sparsity 0.5");
+        if (att_param && !att_set)
+                return usage_error("the --att-* options need --attention");
+        if (att_set)
+                o.attention = &att;
 
         if (calib) {
                 dsa_error_clear();

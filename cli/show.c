@@ -124,6 +124,8 @@ int verb_show(int argc, char **argv) {
                 return 1;
 
         const struct dsa_bert_config *cfg = dsa_model_bert_config(m);
+        const struct dsa_llama_config *lc = dsa_model_llama_config(m);
+        const uint32_t n_layer = cfg ? cfg->n_layer : lc->n_layer;
         const char *src = dsa_model_source(m);
         _cleanup_(json_object_putp) struct json_object *j = json_object_new_object();
         struct json_object *layers = json_object_new_array(), *facts = json_object_new_object();
@@ -132,11 +134,16 @@ int verb_show(int argc, char **argv) {
         if (!json) {
                 printf("model      %s\n", model);
                 printf("source     %s\n", src ? src : "");
-                printf("shape      bert: %u layers, hidden %u, %u heads, ffn %u, vocab %u, %u labels\n", cfg->n_layer,
-                       cfg->n_embd, cfg->n_head, cfg->n_ff, cfg->n_vocab, cfg->n_labels);
+                if (cfg)
+                        printf("shape      bert: %u layers, hidden %u, %u heads, ffn %u, vocab %u, %u labels\n",
+                               cfg->n_layer, cfg->n_embd, cfg->n_head, cfg->n_ff, cfg->n_vocab, cfg->n_labels);
+                else
+                        printf("shape      llama: %u layers, hidden %u, %u heads (%u key/value) of %u, ffn %u, vocab "
+                               "%u, context %u\n", lc->n_layer, lc->n_embd, lc->n_head, lc->n_head_kv, lc->head_dim,
+                               lc->n_ff, lc->n_vocab, lc->n_ctx);
                 printf("weights    %.2f MB resident\n", (double) dsa_model_weight_bytes(m) / 1e6);
         }
-        for (size_t l = 0; l < cfg->n_layer; l++) {
+        for (size_t l = 0; l < n_layer; l++) {
                 dsa_model_describe_layer(m, l, line, sizeof(line));
                 if (json)
                         json_object_array_add(layers, json_object_new_string(line));

@@ -12,6 +12,8 @@ int verb_classify(int argc, char **argv);
 int verb_embed(int argc, char **argv);
 int verb_import(int argc, char **argv);
 int verb_bench(int argc, char **argv);
+/* dsactl bench --attention M1,M2,... (bench-attention.c), called by verb_bench. */
+int bench_attention(int argc, char **argv);
 /* eval.c: accuracy on a GLUE dev set. */
 int verb_eval(int argc, char **argv);
 /* optimize.c: make a variant; show.c: describe a model and its variants. */

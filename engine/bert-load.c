@@ -18,7 +18,7 @@
 #include "bert.h"
 #include "kernels/kernels.h"
 
-static void embed_clear(struct dsa__embed *e) {
+void dsa__embed_clear(struct dsa__embed *e) {
         free(e->data);
         free(e->scales);
         *e = (struct dsa__embed) { 0 };
@@ -36,7 +36,8 @@ struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
                         for (int j = 0; j < _DSA__LIN_MAX; j++)
                                 dsa__linear_clear(dsa__bert_linear(b, i, (enum dsa__bert_lin) j));
         free(b->layers);
-        embed_clear(&b->wte);
+        dsa__embed_clear(&b->wte);
+        dsa__att_clear(&b->att);
         free(b->arena);
         dsa_threadpool_free(b->pool);
         dsa__bert_scratch_free(b->scratch);
@@ -69,10 +70,16 @@ static unsigned usable_cpus(void) {
 }
 
 int dsa__bert_set_threads(struct dsa_bert *b, unsigned n) {
+        if (!b)
+                return -EINVAL;
+        return dsa__pool_set_threads(&b->pool, n);
+}
+
+int dsa__pool_set_threads(struct dsa_threadpool **pool, unsigned n) {
         struct dsa_threadpool *p = NULL;
         int r;
 
-        if (!b || n > 4096)
+        if (n > 4096)
                 return -EINVAL;
         if (n == 0)
                 n = usable_cpus();
@@ -81,8 +88,8 @@ int dsa__bert_set_threads(struct dsa_bert *b, unsigned n) {
                 if (r < 0)
                         return dsa__error(r, "cannot start %u threads", n);
         }
-        dsa_threadpool_free(b->pool);
-        b->pool = p;
+        dsa_threadpool_free(*pool);
+        *pool = p;
         /* The pool is the only parallelism: OpenBLAS (pooler, classifier) stays on one thread. */
         dsa_blas_set_threads(1);
         return (int) n;
@@ -150,11 +157,9 @@ struct loader {
         bool sparse;
 };
 
-/* The stored tensor called name, checked to have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml
- * order. Absent: -ENOENT with a reason when required, else 0 and *ret NULL. */
-static int find_tensor(const struct loader *l, const char *name, uint64_t ne0, uint64_t ne1, bool required,
-                       const struct dsa_tensor_view **ret) {
-        const struct dsa_tensor_view *v = l->lookup(l->userdata, name);
+int dsa__find_tensor(dsa__bert_lookup_fn lookup, void *userdata, const char *name, uint64_t ne0, uint64_t ne1,
+                     bool required, const struct dsa_tensor_view **ret) {
+        const struct dsa_tensor_view *v = lookup(userdata, name);
         uint64_t want[DSA_MAX_DIMS] = { ne0, ne1 ? ne1 : 1, 1, 1 };
 
         *ret = NULL;
@@ -182,6 +187,11 @@ static int find_tensor(const struct loader *l, const char *name, uint64_t ne0, u
         return 0;
 }
 
+static int find_tensor(const struct loader *l, const char *name, uint64_t ne0, uint64_t ne1, bool required,
+                       const struct dsa_tensor_view **ret) {
+        return dsa__find_tensor(l->lookup, l->userdata, name, ne0, ne1, required, ret);
+}
+
 static int to_f32(const struct dsa_tensor_view *v, const char *name, float *dst) {
         int r = dsa_tensor_to_f32(v, dst);
         if (r < 0) {
@@ -192,17 +202,21 @@ static int to_f32(const struct dsa_tensor_view *v, const char *name, float *dst)
         return 0;
 }
 
-/* Reads tensor name of that shape as fp32 into dst; see find_tensor(). */
-static int load_tensor(const struct loader *l, const char *name, float *dst, uint64_t ne0, uint64_t ne1,
-                       bool required, bool *ret_found) {
+int dsa__load_tensor_f32(dsa__bert_lookup_fn lookup, void *userdata, const char *name, float *dst, uint64_t ne0,
+                         uint64_t ne1, bool required, bool *ret_found) {
         const struct dsa_tensor_view *v;
-        int r = find_tensor(l, name, ne0, ne1, required, &v);
+        int r = dsa__find_tensor(lookup, userdata, name, ne0, ne1, required, &v);
 
         if (ret_found)
                 *ret_found = v != NULL;
         if (r < 0 || !v)
                 return r;
         return to_f32(v, name, dst);
+}
+
+static int load_tensor(const struct loader *l, const char *name, float *dst, uint64_t ne0, uint64_t ne1,
+                       bool required, bool *ret_found) {
+        return dsa__load_tensor_f32(l->lookup, l->userdata, name, dst, ne0, ne1, required, ret_found);
 }
 
 /* The int8 extras of tensor "blk.N.x.weight": "blk.N.x.scale" (rows) into scales, and the static
@@ -295,7 +309,8 @@ static int load_linear(const struct loader *l, struct dsa__linear *lin, const ch
 }
 
 /* The token embeddings in their stored type (I8 needs "token_embd.scale", one per row). */
-static int load_embed(const struct loader *l, struct dsa__embed *e, size_t V, size_t C) {
+int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C) {
+        const struct loader ll = { .lookup = lookup, .userdata = userdata }, *l = &ll;
         const struct dsa_tensor_view *v;
         size_t esize;
         int r;
@@ -436,6 +451,7 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
         if (!b)
                 return -ENOMEM;
         b->cfg = *cfg;
+        dsa__att_init(&b->att);
         b->default_pool = cfg->n_labels > 0 && cfg->has_pooler ? DSA_POOL_POOLER : DSA_POOL_CLS;
         b->layers = calloc(L, sizeof(*b->layers));
         if (!b->layers)
@@ -454,7 +470,7 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
         b->emb_ln_g = carve(&cur, C);
         b->emb_ln_b = carve(&cur, C);
 
-        if ((r = load_embed(&l, &b->wte, V, C)) < 0 ||
+        if ((r = dsa__embed_load(l.lookup, l.userdata, &b->wte, V, C)) < 0 ||
             (r = load_tensor(&l, "position_embd.weight", b->wpe, C, NCTX, true, NULL)) < 0 ||
             (r = load_tensor(&l, "token_types.weight", b->wtt, C, NT, false, &found)) < 0 ||
             (r = load_tensor(&l, "token_embd_norm.weight", b->emb_ln_g, C, 0, true, NULL)) < 0 ||

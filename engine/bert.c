@@ -23,6 +23,7 @@
 
 #include "basic/error.h"
 #include "bert.h"
+#include "kernels/attention.h"
 #include "kernels/kernels.h"
 
 /* Caps on sizes read from files: generous for any BERT, small enough that products of two or
@@ -155,6 +156,8 @@ struct fwd {
         const uint8_t *valid;
         const size_t *off, *len, *idx;
         size_t probs_stride; /* floats per (row, head) of probs */
+        size_t layer;
+        int err;             /* the first failure of a task */
         /* residual + LayerNorm */
         const float *g, *beta;
 };
@@ -198,6 +201,72 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                 f->k->attention_f32(f->att + row0 * A + h * HS, A, q, 3 * A, q + A, 3 * A, q + 2 * A, 3 * A, valid, T,
                                     HS, f->scale, f->probs ? f->probs + p * f->probs_stride : NULL,
                                     f->scratch + p * f->att_scratch);
+        }
+}
+
+/* (batch row, head) pairs [begin, end) under a sparse attention variant (packed layout only):
+ * per query block, the key blocks the variant picks (bidirectional), through the streaming
+ * kernel; linear attention over the whole row. */
+static void task_attention_sparse(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const struct dsa__att *at = &f->bert->att;
+        const struct dsa_attention_kernels *ak = dsa_attention_kernels();
+        const size_t A = f->A, NH = f->NH, HS = f->HS, bk = at->block;
+        size_t maxT = 0;
+
+        for (size_t p = begin; p < end; p++)
+                maxT = MAX(maxT, f->len[p / NH]);
+        const size_t nb = (maxT + bk - 1) / bk, D = at->heuristic || !at->wq ? HS : at->rank;
+        const size_t sel = dsa__att_select_scratch(at, nb), ks = MAX(dsa_attention_blocks_scratch(bk, HS),
+                                                                    dsa_attention_linear_scratch(HS));
+        _cleanup_free_ float *scratch = malloc((sel + ks + nb * (2 * HS + 2 * D + 1)) * sizeof(float));
+        _cleanup_free_ uint32_t *blocks = malloc(MAX(nb, (size_t) 1) * sizeof(uint32_t));
+        if (!scratch || !blocks) {
+                f->err = -ENOMEM;
+                return;
+        }
+        float *kscr = scratch + sel, *qbar = kscr + ks, *kbar = qbar + nb * HS, *qp = kbar + nb * HS, *kp = qp + nb * D;
+        float *nvis = kp + nb * D;
+
+        for (size_t p = begin; p < end; p++) {
+                const size_t bb = p / NH, h = p % NH, row0 = f->off[bb], T = f->len[bb], n_b = (T + bk - 1) / bk;
+                const float *q = f->qkv + row0 * 3 * A + h * HS, *k = q + A, *v = q + 2 * A;
+                float *out = f->att + row0 * A + h * HS;
+                int r = 0;
+
+                if (T == 0)
+                        continue;
+                if (at->kind == DSA_ATT_LINEAR) {
+                        r = ak->linear_f32(out, A, q, 3 * A, k, 3 * A, v, 3 * A, T, HS, false, kscr);
+                        if (r < 0)
+                                f->err = r;
+                        continue;
+                }
+                if (at->kind == DSA_ATT_DSA) {
+                        if ((r = ak->pool_blocks_f32(qbar, HS, q, 3 * A, T, bk, HS)) < 0 ||
+                            (r = ak->pool_blocks_f32(kbar, HS, k, 3 * A, T, bk, HS)) < 0) {
+                                f->err = r;
+                                continue;
+                        }
+                        dsa__att_project(at, f->layer, h, true, qbar, HS, n_b, qp);
+                        dsa__att_project(at, f->layer, h, false, kbar, HS, n_b, kp);
+                }
+                for (size_t qb = 0; qb < n_b && r >= 0; qb++) {
+                        const size_t t0 = qb * bk, nq = MIN(bk, T - t0);
+                        size_t n;
+                        if (at->kind == DSA_ATT_DSA) {
+                                for (size_t b = 0; b < n_b; b++)
+                                        nvis[b] = dsa__att_nvis(qb, b, bk, T, false);
+                                n = dsa__att_select(at, f->layer, h, qb, n_b, false, qp + qb * D, kp, D, nvis, f->scale,
+                                                    blocks, scratch);
+                        } else
+                                n = dsa__att_select(at, f->layer, h, qb, n_b, false, NULL, NULL, 0, NULL, f->scale,
+                                                    blocks, scratch);
+                        r = ak->blocks_f32(out + t0 * A, A, q + t0 * 3 * A, 3 * A, k, 3 * A, v, 3 * A, nq, t0, blocks, n,
+                                           bk, T, HS, f->scale, false, NULL, kscr);
+                }
+                if (r < 0)
+                        f->err = r;
         }
 }
 
@@ -390,7 +459,8 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
         const enum dsa_epilogue gelu = cfg->act == DSA_ACT_GELU_TANH ? DSA_EPILOGUE_GELU_TANH
                                                                      : DSA_EPILOGUE_GELU_ERF;
         const bool pruning = !trace && !hooks && prunes_tokens(bert);
-        const bool packed = !trace && (b->ragged || b->first_only || pruning);
+        const bool sparse = bert->att.kind != DSA_ATT_DENSE;
+        const bool packed = !trace && (b->ragged || b->first_only || pruning || sparse);
         struct dsa_threadpool *pool = bert->pool;
         size_t BT = 0, lin_bytes = 0;
         bool cached;
@@ -398,6 +468,10 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
 
         r = batch_check(cfg, b, &BT);
         if (r < 0)
+                return r;
+        if (sparse && trace)
+                return dsa__error(-EOPNOTSUPP, "traces (attention probabilities) need dense attention");
+        if (sparse && (r = dsa__att_check(&bert->att, cfg->n_layer, cfg->n_head, HS)) < 0)
                 return r;
         for (size_t l = 0; l < cfg->n_layer; l++)
                 for (int j = 0; j < _DSA__LIN_MAX; j++)
@@ -466,8 +540,26 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
                 }
                 hook(hooks, l, DSA__LIN_QKV, f.x, N, C, f.valid);
                 dsa__linear_forward(pool, &y->qkv, qkv, 3 * f.A, f.x, C, y->qkv_b, N, DSA_EPILOGUE_NONE, lin_scratch);
+                if (hooks && hooks->attention)
+                        for (size_t bb = 0; bb < B; bb++) {
+                                const size_t row0 = f.off ? f.off[bb] : bb * T0;
+                                size_t T = f.off ? f.len[bb] : T0;
+                                if (!f.off && f.valid)
+                                        for (T = 0; T < T0 && f.valid[bb * T0 + T]; T++)
+                                                ;
+                                hooks->attention(hooks->userdata, l, qkv + row0 * 3 * f.A, qkv + row0 * 3 * f.A + f.A,
+                                                 3 * f.A, T, f.NH);
+                        }
                 f.probs = prune_here ? probs_buf : trace && trace->attn ? trace->attn[l] : NULL;
-                dsa_threadpool_for(pool, B * f.NH, 1, task_attention, &f);
+                f.layer = l;
+                if (sparse && !prune_here) {
+                        dsa_threadpool_for(pool, B * f.NH, 1, task_attention_sparse, &f);
+                        if (f.err < 0) {
+                                r = f.err;
+                                goto out;
+                        }
+                } else
+                        dsa_threadpool_for(pool, B * f.NH, 1, task_attention, &f);
                 hook(hooks, l, DSA__LIN_O, att, N, f.A, f.valid);
                 dsa__linear_forward(pool, &y->o, tmp, C, att, f.A, y->o_b, N, DSA_EPILOGUE_NONE, lin_scratch);
                 f.g = y->ln1_g, f.beta = y->ln1_b;

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attention-variant.h"
 #include "basic/macro.h"
 #include "linear.h"
 #include "model.h"
@@ -62,6 +63,10 @@ struct dsa_bert {
         float *cls_w, *cls_b;   /* (n_labels,C), (n_labels) or NULL */
         char **labels;          /* n_labels names, owned */
         enum dsa_pool default_pool;
+        /* The attention variant (attention-variant.h), bidirectional; dense by default. Layers
+         * that prune tokens, and a first_only last layer, run dense attention (they need the
+         * probabilities, or attend from [CLS] alone). */
+        struct dsa__att att;
         struct dsa_threadpool *pool;        /* NULL: one thread; see dsa__bert_set_threads() */
         struct dsa__bert_scratch *scratch;  /* activations kept across forwards (bert.c) */
 };
@@ -76,13 +81,27 @@ struct dsa__bert_layout {
         bool sparse;
 };
 
+/* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
+typedef const struct dsa_tensor_view *(*dsa__bert_lookup_fn)(void *userdata, const char *name);
+
+/* token_embd.weight (V, C) in its stored format (F32, F16, BF16, I8 + token_embd.scale), owned;
+ * dsa__embed_clear() frees it. */
+int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C);
+void dsa__embed_clear(struct dsa__embed *e);
 /* Every row of the token embedding i as fp32 into out (cols). */
 void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);
 /* Resident bytes of the weights (matrices, embeddings, vectors). */
 size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
 
-/* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
-typedef const struct dsa_tensor_view *(*dsa__bert_lookup_fn)(void *userdata, const char *name);
+
+/* The stored tensor called name, checked to have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml
+ * order. Absent: -ENOENT with a reason when required, else 0 and *ret NULL. Shared by the BERT
+ * and Llama loaders. */
+int dsa__find_tensor(dsa__bert_lookup_fn lookup, void *userdata, const char *name, uint64_t ne0, uint64_t ne1,
+                     bool required, const struct dsa_tensor_view **ret);
+/* The same, read as fp32 into dst (F32, F16, BF16, Q8_0 stored). */
+int dsa__load_tensor_f32(dsa__bert_lookup_fn lookup, void *userdata, const char *name, float *dst, uint64_t ne0,
+                         uint64_t ne1, bool required, bool *ret_found);
 
 /* Checks cfg, allocates the arena and fills it from lookup: every tensor's shape is checked
  * against cfg before it is read. token_types.weight is optional (zeros); cls.* are read when
@@ -101,6 +120,8 @@ int dsa__bert_config_check(const struct dsa_bert_config *cfg);
 
 /* See dsa_model_set_threads(). */
 int dsa__bert_set_threads(struct dsa_bert *b, unsigned n);
+/* Replaces *pool with one of n threads (0: every usable core; 1: none), OpenBLAS at one. */
+int dsa__pool_set_threads(struct dsa_threadpool **pool, unsigned n);
 
 /* The four linears of a layer, for hooks and the variant tools. */
 enum dsa__bert_lin {
@@ -118,6 +139,11 @@ struct dsa__bert_hooks {
         void *userdata;
         void (*linear_input)(void *userdata, size_t layer, enum dsa__bert_lin which, const float *x,
                              size_t N, size_t C, const uint8_t *valid);
+        /* The queries and keys of one text in layer `layer`: q (T, ld) with head h at h HS, k at
+         * q + NH HS (the fused QKV rows); NULL to skip. Returns 0 or -errno (stops nothing: the
+         * first error is kept in *err of the caller's userdata). */
+        void (*attention)(void *userdata, size_t layer, const float *q, const float *k, size_t ld, size_t T,
+                          size_t NH);
 };
 
 struct dsa__linear *dsa__bert_linear(struct dsa_bert *b, size_t layer, enum dsa__bert_lin which);

@@ -13,6 +13,7 @@
 
 #include "basic/error.h"
 #include "bert.h"
+#include "llama.h"
 #include "safetensors.h"
 #include "tokenizer.h"
 #include "json-util.h"
@@ -182,11 +183,43 @@ int dsa__hf_parse_config(const char *json, size_t len, const char *label,
         return 0;
 }
 
+struct name_map {
+        const char *ll, *hf;
+};
+
+/* ll (a llama.cpp tensor name) -> out through the prefix tables: top-level names, then
+ * "blk.N.<rest>" as layer_fmt (with N) followed by the mapped rest. -ENOENT when none fits. */
+static int map_name(const struct name_map *top, size_t n_top, const struct name_map *blk, size_t n_blk,
+                    const char *layer_fmt, const char *ll, char *out, size_t n) {
+        char layer[48];
+        int k = -1;
+
+        for (size_t i = 0; i < n_top; i++) {
+                size_t p = strlen(top[i].ll);
+                if (strncmp(ll, top[i].ll, p) == 0) {
+                        k = snprintf(out, n, "%s%s", top[i].hf, ll + p);
+                        break;
+                }
+        }
+        if (k < 0 && strncmp(ll, "blk.", 4) == 0) {
+                char *end;
+                unsigned long L = strtoul(ll + 4, &end, 10);
+                snprintf(layer, sizeof(layer), layer_fmt, L);
+                if (*end == '.')
+                        for (size_t i = 0; i < n_blk; i++) {
+                                size_t p = strlen(blk[i].ll);
+                                if (strncmp(end + 1, blk[i].ll, p) == 0) {
+                                        k = snprintf(out, n, "%s%s%s", layer, blk[i].hf, end + 1 + p);
+                                        break;
+                                }
+                        }
+        }
+        return k >= 0 && (size_t) k < n ? 0 : -ENOENT;
+}
+
 /* Maps a llama.cpp BERT tensor name onto Hugging Face's, without the "bert." prefix. */
 static int hf_name(const char *ll, char *out, size_t n) {
-        static const struct {
-                const char *ll, *hf;
-        } top[] = {
+        static const struct name_map top[] = {
                 { "token_embd_norm.", "embeddings.LayerNorm." },
                 { "token_embd.", "embeddings.word_embeddings." },
                 { "position_embd.", "embeddings.position_embeddings." },
@@ -203,28 +236,7 @@ static int hf_name(const char *ll, char *out, size_t n) {
                 { "ffn_down.", "output.dense." },
                 { "layer_output_norm.", "output.LayerNorm." },
         };
-        int k = -1;
-
-        for (size_t i = 0; i < ELEMENTSOF(top); i++) {
-                size_t p = strlen(top[i].ll);
-                if (strncmp(ll, top[i].ll, p) == 0) {
-                        k = snprintf(out, n, "%s%s", top[i].hf, ll + p);
-                        break;
-                }
-        }
-        if (k < 0 && strncmp(ll, "blk.", 4) == 0) {
-                char *end;
-                unsigned long L = strtoul(ll + 4, &end, 10);
-                if (*end == '.')
-                        for (size_t i = 0; i < ELEMENTSOF(blk); i++) {
-                                size_t p = strlen(blk[i].ll);
-                                if (strncmp(end + 1, blk[i].ll, p) == 0) {
-                                        k = snprintf(out, n, "encoder.layer.%lu.%s%s", L, blk[i].hf, end + 1 + p);
-                                        break;
-                                }
-                        }
-        }
-        return k >= 0 && (size_t) k < n ? 0 : -ENOENT;
+        return map_name(top, ELEMENTSOF(top), blk, ELEMENTSOF(blk), "encoder.layer.%lu.", ll, out, n);
 }
 
 static const struct dsa_tensor_view *hf_find(const struct dsa_safetensors *st, const char *hf) {
@@ -398,6 +410,137 @@ int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_token
                                   dsa_tokenizer_n_vocab(tok), c.n_vocab);
 
         *ret_bert = TAKE_PTR(b);
+        *ret_tok = TAKE_PTR(tok);
+        return 0;
+}
+
+/* ---- Llama (LlamaForCausalLM) */
+
+int dsa__hf_llama_config(const struct json_object *jc, struct dsa_llama_config *ret) {
+        struct json_object *j = (struct json_object *) jc, *v, *rp;
+        struct dsa_llama_config c = { .eps = 1e-6f, .rope_theta = 10000.0f };
+        const char *s;
+        int r;
+
+        if ((r = cfg_u32(j, "hidden_size", true, &c.n_embd)) < 0 ||
+            (r = cfg_u32(j, "num_attention_heads", true, &c.n_head)) < 0 ||
+            (r = cfg_u32(j, "num_hidden_layers", true, &c.n_layer)) < 0 ||
+            (r = cfg_u32(j, "intermediate_size", true, &c.n_ff)) < 0 ||
+            (r = cfg_u32(j, "max_position_embeddings", true, &c.n_ctx)) < 0 ||
+            (r = cfg_u32(j, "vocab_size", true, &c.n_vocab)) < 0)
+                return r;
+        c.n_head_kv = c.n_head;
+        if ((r = cfg_u32(j, "num_key_value_heads", false, &c.n_head_kv)) < 0 && r != -ENOENT)
+                return r;
+        c.head_dim = c.n_head ? c.n_embd / c.n_head : 0;
+        if ((r = cfg_u32(j, "head_dim", false, &c.head_dim)) < 0 && r != -ENOENT)
+                return r;
+        if (json_object_object_get_ex(j, "rms_norm_eps", &v)) {
+                if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
+                        return dsa__error(-EBADMSG, "config.json: 'rms_norm_eps' is not a number");
+                c.eps = (float) json_object_get_double(v);
+        }
+        /* rope_theta at the top (transformers < 5) or in rope_parameters (>= 5) */
+        rp = NULL;
+        if (json_object_object_get_ex(j, "rope_parameters", &rp) && json_object_is_type(rp, json_type_object)) {
+                s = cfg_str(rp, "rope_type");
+                if (s && strcmp(s, "default") != 0)
+                        return dsa__error(-EOPNOTSUPP, "config.json: rope_type '%s' is not supported (only "
+                                          "'default')", s);
+        } else
+                rp = j;
+        if (json_object_object_get_ex(rp, "rope_theta", &v)) {
+                if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
+                        return dsa__error(-EBADMSG, "config.json: 'rope_theta' is not a number");
+                c.rope_theta = (float) json_object_get_double(v);
+        }
+        if (json_object_object_get_ex(j, "rope_scaling", &v) && !json_object_is_type(v, json_type_null))
+                return dsa__error(-EOPNOTSUPP, "config.json: rope_scaling is not supported");
+        s = cfg_str(j, "hidden_act");
+        if (s && strcmp(s, "silu") != 0)
+                return dsa__error(-EOPNOTSUPP, "config.json: hidden_act '%s' is not supported (only 'silu')", s);
+        if ((json_object_object_get_ex(j, "attention_bias", &v) && json_object_get_boolean(v)) ||
+            (json_object_object_get_ex(j, "mlp_bias", &v) && json_object_get_boolean(v)))
+                return dsa__error(-EOPNOTSUPP, "config.json: attention_bias / mlp_bias are not supported");
+        *ret = c;
+        return 0;
+}
+
+int dsa__hf_llama_name(const char *ll, char *out, size_t n) {
+        static const struct name_map top[] = {
+                { "token_embd.", "model.embed_tokens." },
+                { "output_norm.", "model.norm." },
+                { "output.", "lm_head." },
+        }, blk[] = {
+                { "attn_norm.", "input_layernorm." },   { "attn_q.", "self_attn.q_proj." },
+                { "attn_k.", "self_attn.k_proj." },      { "attn_v.", "self_attn.v_proj." },
+                { "attn_output.", "self_attn.o_proj." }, { "ffn_norm.", "post_attention_layernorm." },
+                { "ffn_gate.", "mlp.gate_proj." },       { "ffn_up.", "mlp.up_proj." },
+                { "ffn_down.", "mlp.down_proj." },
+        };
+        return map_name(top, ELEMENTSOF(top), blk, ELEMENTSOF(blk), "model.layers.%lu.", ll, out, n);
+}
+
+static const struct dsa_tensor_view *hf_llama_lookup(void *userdata, const char *ll) {
+        struct hf_source *src = userdata;
+        const struct dsa_tensor_view *v;
+        char hf[160];
+
+        if (dsa__hf_llama_name(ll, hf, sizeof(hf)) < 0)
+                return NULL;
+        v = dsa_safetensors_find(src->st, hf);
+        if (!v && strcmp(ll, "output.weight") != 0) /* lm_head may be tied */
+                snprintf(src->missed, sizeof(src->missed), "%s", hf);
+        return v;
+}
+
+bool dsa__hf_is_llama(const char *dir) {
+        _cleanup_(json_object_putp) struct json_object *j = NULL;
+        char path[4096];
+
+        if (path_join(path, sizeof(path), dir, "config.json") < 0)
+                return false;
+        if (parse_json_file(path, &j) < 0 || !json_object_is_type(j, json_type_object))
+                return false;
+        const char *s = cfg_str(j, "model_type");
+        return s && strcmp(s, "llama") == 0;
+}
+
+int dsa__hf_import_llama(const char *dir, struct dsa_llama **ret_llama, struct dsa_tokenizer **ret_tok) {
+        _cleanup_(json_object_putp) struct json_object *j = NULL;
+        _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *st = NULL;
+        _cleanup_(dsa__llama_freep) struct dsa_llama *l = NULL;
+        _cleanup_(dsa_tokenizer_freep) struct dsa_tokenizer *tok = NULL;
+        struct dsa_llama_config c;
+        char path[4096];
+        int r;
+
+        if ((r = path_join(path, sizeof(path), dir, "config.json")) < 0)
+                return r;
+        r = parse_json_file(path, &j);
+        if (r < 0)
+                return r;
+        if (!json_object_is_type(j, json_type_object))
+                return dsa__error(-EBADMSG, "config.json is not a JSON object");
+        r = dsa__hf_llama_config(j, &c);
+        if (r < 0)
+                return r;
+        r = dsa_safetensors_open_dir(dir, &st);
+        if (r < 0)
+                return r;
+        struct hf_source src = { .st = st };
+        r = dsa__llama_load(&c, hf_llama_lookup, &src, true, &l);
+        if (r == -ENOENT && src.missed[0])
+                return dsa__error(r, "tensor '%s' is missing", src.missed);
+        if (r < 0)
+                return r;
+        r = load_tokenizer(dir, &tok);
+        if (r < 0)
+                return r;
+        if (tok && dsa_tokenizer_n_vocab(tok) > c.n_vocab)
+                return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than the model's vocab_size %u",
+                                  dsa_tokenizer_n_vocab(tok), c.n_vocab);
+        *ret_llama = TAKE_PTR(l);
         *ret_tok = TAKE_PTR(tok);
         return 0;
 }

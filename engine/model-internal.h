@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 #include "bert.h"
+#include "llama.h"
 #include "model.h"
 
 /* A variant's facts as (name, value) strings, saved as GGUF keys "dsa.variant.<name>": what
@@ -26,7 +27,8 @@ const char *dsa__info_get(const struct dsa__info *info, const char *name);
 
 struct dsa_model {
         enum dsa_arch arch;
-        struct dsa_bert *bert;
+        struct dsa_bert *bert;   /* DSA_ARCH_BERT */
+        struct dsa_llama *llama; /* DSA_ARCH_LLAMA */
         struct dsa_tokenizer *tok;
         char *source;
         struct dsa__info info;
@@ -40,3 +42,11 @@ int dsa__model_calibrate(const struct dsa_model *m, const char *const *texts, co
 /* dsa_model_open() of a GGUF image in memory (data must outlive the call only), with one
  * thread: the model loader's fuzz target (tests/fuzz/fuzz-model.c). */
 int dsa__model_open_gguf_memory(const void *data, size_t size, struct dsa_model **ret);
+
+struct dsa_optimize_opts;
+/* dsa_model_optimize() of a decoder (variant-attention.c): the attention variant. */
+int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *o);
+/* The attention step of dsa_model_optimize(), either architecture: o->attention applied, the DSA
+ * scorer fitted on o's calibration texts under dense attention (or the model's scorer kept),
+ * "attention" and "scorer_kl" recorded. */
+int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts *o);

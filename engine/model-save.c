@@ -208,6 +208,25 @@ static int save_embed(struct saver *s, const struct dsa__embed *e) {
         return save_f32_as(s, "token_embd.weight", w, C, V, t);
 }
 
+/* The tokenizer and the recorded facts, any architecture. */
+static int save_common(const struct dsa_model *m, struct saver *s) {
+        char name[160];
+        int r;
+
+        if (m->tok) {
+                r = dsa_tokenizer_to_gguf(m->tok, s->w);
+                if (r < 0)
+                        return r;
+        }
+        for (size_t i = 0; i < m->info.n; i++) {
+                snprintf(name, sizeof(name), DSA__INFO_PREFIX "%s", m->info.keys[i]);
+                r = dsa_gguf_writer_set_str(s->w, name, m->info.values[i]);
+                if (r < 0)
+                        return dsa__error(r, "cannot set GGUF key '%s'", name);
+        }
+        return 0;
+}
+
 /* The per-layer keys, only when some layer differs from the config. */
 static int save_layout(struct saver *s, const struct dsa_bert *b) {
         const struct dsa_bert_config *c = &b->cfg;
@@ -288,18 +307,8 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
                 if (r < 0)
                         return dsa__error(r, "cannot set bert.classifier.output_labels");
         }
-        if (m->tok) {
-                r = dsa_tokenizer_to_gguf(m->tok, w);
-                if (r < 0)
-                        return r;
-        }
-
-        for (size_t i = 0; i < m->info.n; i++) {
-                snprintf(name, sizeof(name), DSA__INFO_PREFIX "%s", m->info.keys[i]);
-                r = dsa_gguf_writer_set_str(w, name, m->info.values[i]);
-                if (r < 0)
-                        return dsa__error(r, "cannot set GGUF key '%s'", name);
-        }
+        if ((r = save_common(m, s)) < 0 || (r = dsa__att_to_gguf(&b->att, w)) < 0)
+                return r;
         if ((r = save_layout(s, b)) < 0)
                 return r;
 
@@ -347,18 +356,72 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
         return 0;
 }
 
+/* llama.cpp's Llama names and keys (llama-load.c), the attention variant, tokenizer and facts. */
+static int save_llama(const struct dsa_model *m, struct saver *s) {
+        const struct dsa_llama *l = m->llama;
+        const struct dsa_llama_config *c = &l->cfg;
+        const size_t C = c->n_embd, NH = c->n_head, NKV = c->n_head_kv, HS = c->head_dim, F = c->n_ff;
+        struct dsa_gguf_writer *w = s->w;
+        char name[96];
+        int r;
+
+        if ((r = dsa_gguf_writer_set_str(w, "general.architecture", "llama")) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "general.file_type", LLAMA_FTYPE_ALL_F32)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.context_length", c->n_ctx)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.embedding_length", c->n_embd)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.block_count", c->n_layer)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.feed_forward_length", c->n_ff)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.attention.head_count", c->n_head)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.attention.head_count_kv", c->n_head_kv)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.attention.key_length", c->head_dim)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.attention.value_length", c->head_dim)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.rope.dimension_count", c->head_dim)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "llama.vocab_size", c->n_vocab)) < 0 ||
+            (r = dsa_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", c->eps)) < 0 ||
+            (r = dsa_gguf_writer_set_f32(w, "llama.rope.freq_base", c->rope_theta)) < 0 ||
+            (r = dsa_gguf_writer_set_str(w, "dsa.source", m->source ? m->source : "")) < 0)
+                return dsa__error(r, "cannot set GGUF metadata");
+        if ((r = save_common(m, s)) < 0 || (r = dsa__att_to_gguf(&l->att, w)) < 0)
+                return r;
+        if ((r = save_embed(s, &l->wte)) < 0 || (r = save_vector(s, "output_norm.weight", l->out_norm, C)) < 0)
+                return r;
+        float *head = saver_alloc(s, l->lm_head.OC * C * sizeof(float));
+        if (!head || dsa__linear_unpack(&l->lm_head, head) < 0)
+                return -ENOMEM;
+        if ((r = save_f32_as(s, "output.weight", head, C, l->lm_head.OC, type_of(s, l->lm_head.fmt))) < 0)
+                return r;
+        for (size_t i = 0; i < c->n_layer; i++) {
+                const struct dsa_llama_layer *y = &l->layers[i];
+                static const char *const qkv[] = { "attn_q", "attn_k", "attn_v" }, *const o[] = { "attn_output" };
+                static const char *const gu[] = { "ffn_gate", "ffn_up" }, *const dn[] = { "ffn_down" };
+                const size_t rq[3] = { NH * HS, NKV * HS, NKV * HS }, rc[1] = { C }, rf[2] = { F, F };
+
+                if ((r = save_linear(s, i, &y->qkv, qkv, rq, 3)) < 0 || (r = save_linear(s, i, &y->o, o, rc, 1)) < 0 ||
+                    (r = save_linear(s, i, &y->gate_up, gu, rf, 2)) < 0 ||
+                    (r = save_linear(s, i, &y->down, dn, rc, 1)) < 0)
+                        return r;
+                snprintf(name, sizeof(name), "blk.%zu.attn_norm.weight", i);
+                if ((r = save_vector(s, name, y->attn_norm, C)) < 0)
+                        return r;
+                snprintf(name, sizeof(name), "blk.%zu.ffn_norm.weight", i);
+                if ((r = save_vector(s, name, y->ffn_norm, C)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int save(const struct dsa_model *m, const char *path, bool keep, enum dsa_type wtype) {
         _cleanup_(dsa_gguf_writer_freep) struct dsa_gguf_writer *w = NULL;
         struct saver s = { .keep = keep, .wtype = wtype };
         int r;
 
-        if (!m || !m->bert || !path)
+        if (!m || (!m->bert && !m->llama) || !path)
                 return -EINVAL;
         w = dsa_gguf_writer_new();
         if (!w)
                 return -ENOMEM;
         s.w = w;
-        r = save_bert(m, &s);
+        r = m->llama ? save_llama(m, &s) : save_bert(m, &s);
         if (r >= 0)
                 r = dsa_gguf_writer_write(w, path);
         saver_clear(&s);

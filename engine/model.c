@@ -45,6 +45,7 @@ struct dsa_model *dsa_model_free(struct dsa_model *m) {
         if (!m)
                 return NULL;
         dsa__bert_free(m->bert);
+        dsa__llama_free(m->llama);
         dsa_tokenizer_free(m->tok);
         free(m->source);
         dsa__info_clear(&m->info);
@@ -154,6 +155,38 @@ static int info_from_gguf(const struct dsa_gguf *g, struct dsa__info *info) {
         return 0;
 }
 
+/* The source, tokenizer and recorded facts of any architecture. */
+static int open_gguf_common(const struct dsa_gguf *g, const char *path, struct dsa_model *m, size_t n_vocab) {
+        const char *s;
+        size_t n;
+        int r;
+
+        if (dsa_gguf_find(g, "tokenizer.ggml.tokens") >= 0) {
+                r = dsa_tokenizer_from_gguf(g, &m->tok);
+                if (r < 0)
+                        return r;
+                if (dsa_tokenizer_n_vocab(m->tok) > n_vocab)
+                        return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than token_embd's %zu rows",
+                                          dsa_tokenizer_n_vocab(m->tok), n_vocab);
+        }
+        r = info_from_gguf(g, &m->info);
+        if (r < 0)
+                return r;
+        if (dsa_gguf_get_str(g, "dsa.source", &s, &n) >= 0 && n < 4096)
+                m->source = strndup(s, n);
+        else
+                m->source = strdup(path);
+        return m->source ? 0 : -ENOMEM;
+}
+
+static int open_gguf_llama(const struct dsa_gguf *g, const char *path, struct dsa_model *m) {
+        int r = dsa__llama_open_gguf(g, &m->llama);
+        if (r < 0)
+                return r;
+        m->arch = DSA_ARCH_LLAMA;
+        return open_gguf_common(g, path, m, m->llama->cfg.n_vocab);
+}
+
 /* The model in g, opened from path (named in messages). */
 static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_model *m) {
         struct dsa_bert_config c = { 0 };
@@ -166,8 +199,10 @@ static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_mode
 
         if (dsa_gguf_get_str(g, "general.architecture", &s, &n) < 0)
                 return dsa__error(-EBADMSG, "'%s' has no general.architecture", path);
+        if (n == 5 && memcmp(s, "llama", 5) == 0)
+                return open_gguf_llama(g, path, m);
         if (n != 4 || memcmp(s, "bert", 4) != 0)
-                return dsa__error(-EOPNOTSUPP, "architecture '%.*s' is not supported (only 'bert')",
+                return dsa__error(-EOPNOTSUPP, "architecture '%.*s' is not supported (only 'bert' and 'llama')",
                                   (int) MIN(n, (size_t) 64), s);
 
         if ((r = gguf_u32(g, "bert.context_length", &c.n_ctx)) < 0 ||
@@ -248,27 +283,12 @@ static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_mode
         r = gguf_labels(g, m->bert);
         if (r < 0)
                 return r;
-
-        if (dsa_gguf_find(g, "tokenizer.ggml.tokens") >= 0) {
-                r = dsa_tokenizer_from_gguf(g, &m->tok);
-                if (r < 0)
-                        return r;
-                if (dsa_tokenizer_n_vocab(m->tok) > c.n_vocab)
-                        return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than token_embd's %u rows",
-                                          dsa_tokenizer_n_vocab(m->tok), c.n_vocab);
-        }
-
-        r = info_from_gguf(g, &m->info);
+        dsa__att_clear(&m->bert->att);
+        r = dsa__att_from_gguf(g, c.n_layer, c.n_head, c.n_embd / c.n_head, &m->bert->att);
         if (r < 0)
                 return r;
 
-        if (dsa_gguf_get_str(g, "dsa.source", &s, &n) >= 0 && n < 4096)
-                m->source = strndup(s, n);
-        else
-                m->source = strdup(path);
-        if (!m->source)
-                return -ENOMEM;
-        return 0;
+        return open_gguf_common(g, path, m, c.n_vocab);
 }
 
 int dsa_model_open(const char *path, struct dsa_model **ret) {
@@ -284,7 +304,15 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
         if (!m)
                 return -ENOMEM;
         m->arch = DSA_ARCH_BERT;
-        if (S_ISDIR(st.st_mode)) {
+        if (S_ISDIR(st.st_mode) && dsa__hf_is_llama(path)) {
+                m->arch = DSA_ARCH_LLAMA;
+                r = dsa__hf_import_llama(path, &m->llama, &m->tok);
+                if (r < 0)
+                        return r;
+                m->source = strdup(path);
+                if (!m->source)
+                        return -ENOMEM;
+        } else if (S_ISDIR(st.st_mode)) {
                 r = dsa__hf_import(path, &m->bert, &m->tok);
                 if (r < 0)
                         return r;
@@ -300,7 +328,7 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
                 if (r < 0)
                         return r;
         }
-        r = dsa__bert_set_threads(m->bert, 0);
+        r = dsa_model_set_threads(m, 0);
         if (r < 0)
                 return r;
         *ret = TAKE_PTR(m);
@@ -308,6 +336,8 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
 }
 
 int dsa_model_set_threads(struct dsa_model *m, unsigned n) {
+        if (m && m->llama)
+                return dsa__llama_set_threads(m->llama, n);
         if (!m || !m->bert)
                 return -EINVAL;
         return dsa__bert_set_threads(m->bert, n);
@@ -319,6 +349,10 @@ enum dsa_arch dsa_model_arch(const struct dsa_model *m) {
 
 const struct dsa_bert_config *dsa_model_bert_config(const struct dsa_model *m) {
         return m && m->bert ? &m->bert->cfg : NULL;
+}
+
+const struct dsa_llama_config *dsa_model_llama_config(const struct dsa_model *m) {
+        return m && m->llama ? &m->llama->cfg : NULL;
 }
 
 const struct dsa_tokenizer *dsa_model_tokenizer(const struct dsa_model *m) {
@@ -341,23 +375,42 @@ const char *dsa_model_source(const struct dsa_model *m) {
 
 /* ---- running */
 
+/* -EOPNOTSUPP with a reason when m is not an encoder (the BERT calls below), -EINVAL for NULL. */
+static int need_encoder(const struct dsa_model *m) {
+        if (!m)
+                return -EINVAL;
+        if (!m->bert)
+                return dsa__error(-EOPNOTSUPP, "'%s' is a decoder: it has no encoder forward, pooling or classifier",
+                                  m->source ? m->source : "model");
+        return 0;
+}
+
 int dsa_model_forward(const struct dsa_model *m, const struct dsa_batch *b, float *ret_hidden,
                       struct dsa_trace *trace) {
-        if (!m || !m->bert || !b || !ret_hidden)
+        int r = need_encoder(m);
+        if (r < 0)
+                return r;
+        if (!b || !ret_hidden)
                 return -EINVAL;
         return dsa__bert_forward(m->bert, b, ret_hidden, trace, NULL);
 }
 
 int dsa_model_pool(const struct dsa_model *m, const struct dsa_batch *b, const float *hidden,
                    enum dsa_pool mode, float *out) {
-        if (!m || !m->bert || !b || !hidden || !out)
+        int r = need_encoder(m);
+        if (r < 0)
+                return r;
+        if (!b || !hidden || !out)
                 return -EINVAL;
         return dsa__bert_pool(m->bert, b, hidden, mode, out);
 }
 
 int dsa_model_classify(const struct dsa_model *m, const struct dsa_batch *b, const float *hidden,
                        float *ret_logits) {
-        if (!m || !m->bert || !b || !hidden || !ret_logits)
+        int r = need_encoder(m);
+        if (r < 0)
+                return r;
+        if (!b || !hidden || !ret_logits)
                 return -EINVAL;
         return dsa__bert_classify(m->bert, b, hidden, ret_logits);
 }
@@ -474,8 +527,9 @@ static int run_texts(const struct dsa_model *m, const char *const *texts, const 
 
 int dsa_model_classify_texts(const struct dsa_model *m, const char *const *texts, const char *const *pairs,
                              size_t n, float *ret_logits) {
-        if (!m || !m->bert)
-                return -EINVAL;
+        int r = need_encoder(m);
+        if (r < 0)
+                return r;
         if (m->bert->cfg.n_labels == 0)
                 return dsa__error(-EOPNOTSUPP, "the model has no classifier head");
         return run_texts(m, texts, pairs, n, true, DSA_POOL_CLS, ret_logits, m->bert->cfg.n_labels, NULL);
@@ -483,8 +537,9 @@ int dsa_model_classify_texts(const struct dsa_model *m, const char *const *texts
 
 int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, size_t n, enum dsa_pool mode,
                           float *ret_emb) {
-        if (!m || !m->bert)
-                return -EINVAL;
+        int r = need_encoder(m);
+        if (r < 0)
+                return r;
         if (mode == DSA_POOL_NONE)
                 return dsa__error(-EINVAL, "pooling 'none' gives one vector per token: use dsa_model_forward()");
         if (mode == DSA_POOL_POOLER && !m->bert->pool_w)

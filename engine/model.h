@@ -15,6 +15,7 @@ struct dsa_tokenizer;
 
 enum dsa_arch {
         DSA_ARCH_BERT,
+        DSA_ARCH_LLAMA, /* decoder: RMSNorm, rotary positions, SwiGLU, grouped-query attention */
 };
 
 enum dsa_pool {
@@ -43,6 +44,20 @@ struct dsa_bert_config {
         uint32_t n_labels; /* 0: no classifier head */
 };
 
+/* A Llama-family decoder (LlamaForCausalLM; GGUF architecture "llama"). */
+struct dsa_llama_config {
+        uint32_t n_vocab;
+        uint32_t n_ctx;     /* max_position_embeddings: the longest sequence accepted */
+        uint32_t n_embd;    /* C */
+        uint32_t n_head;    /* NH query heads */
+        uint32_t n_head_kv; /* NKV key/value heads, NH % NKV == 0 (grouped-query attention) */
+        uint32_t head_dim;  /* HS, even (rotary pairs); NH * HS need not equal C */
+        uint32_t n_ff;      /* F, SwiGLU width */
+        uint32_t n_layer;
+        float eps;          /* rms_norm_eps */
+        float rope_theta;   /* rotary base */
+};
+
 struct dsa_model;
 
 /* path: a GGUF file or a Hugging Face folder. */
@@ -51,7 +66,9 @@ struct dsa_model *dsa_model_free(struct dsa_model *m);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_model *, dsa_model_free);
 
 enum dsa_arch dsa_model_arch(const struct dsa_model *m);
+/* The config of a BERT (NULL for other architectures), of a Llama decoder (NULL otherwise). */
 const struct dsa_bert_config *dsa_model_bert_config(const struct dsa_model *m);
+const struct dsa_llama_config *dsa_model_llama_config(const struct dsa_model *m);
 const struct dsa_tokenizer *dsa_model_tokenizer(const struct dsa_model *m);
 /* Label name of class i (config.json id2label or GGUF labels; "LABEL_i" when absent). */
 const char *dsa_model_label(const struct dsa_model *m, size_t i);
@@ -127,3 +144,30 @@ int dsa_model_classify_texts(const struct dsa_model *m, const char *const *texts
 /* emb: (n, C) for pooled modes. For DSA_POOL_NONE use dsa_model_forward directly. */
 int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, size_t n,
                           enum dsa_pool mode, float *ret_emb);
+
+/* ---- Decoders (DSA_ARCH_LLAMA); -EOPNOTSUPP for other architectures. */
+
+/* What a decoder forward measured: time in attention (scorer and block choice included), in the
+ * whole forward up to the final hidden states, and in the output head (logits or NLL); and how
+ * many (query block, key block) pairs the attention computed out of those the causal mask
+ * allows (all layers and heads; equal for dense). */
+struct dsa_lm_stats {
+        uint64_t attention_ns, forward_ns, head_ns;
+        uint64_t blocks_kept, blocks_visible;
+};
+
+/* One forward over ids (T tokens, 1 <= T <= n_ctx; values < n_vocab) with the model's attention
+ * variant. ret_logits (T, n_vocab) or NULL; ret_hidden (T, C) or NULL (the final normed state);
+ * stats or NULL (added to). */
+int dsa_model_lm_forward(const struct dsa_model *m, const int32_t *ids, size_t T, float *ret_logits,
+                         float *ret_hidden, struct dsa_lm_stats *stats);
+/* ret_nll (T - 1): -log p(ids[t + 1] | ids[0..t]) for t < T - 1 (natural log), T >= 2, without
+ * the (T, n_vocab) logits ever held at once. stats as above. */
+int dsa_model_lm_nll(const struct dsa_model *m, const int32_t *ids, size_t T, double *ret_nll,
+                     struct dsa_lm_stats *stats);
+/* Greedy decoding: appends n tokens to ids (T), ret (T + n) receives prompt and continuation;
+ * stops early at the tokenizer's end-of-text token when stop_at_eos. Returns the tokens written. */
+int dsa_model_lm_generate(const struct dsa_model *m, const int32_t *ids, size_t T, size_t n, bool stop_at_eos,
+                          int32_t *ret);
+/* Sequences longer than n_ctx (rotary positions extrapolated): for speed sweeps only. */
+int dsa_model_lm_allow_long(struct dsa_model *m, bool allow);

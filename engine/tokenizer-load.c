@@ -1,7 +1,9 @@
 /* Building the BERT tokenizer: from tokenizer.json, from vocab.txt with explicit options, and
  * from a GGUF (llama.cpp's "bert" convention: word-initial pieces carry U+2581, continuation
  * pieces have no "##"), and writing it back into GGUF in that same convention. Every input is
- * outside bytes: ids are range-checked, tokens must be unique. Encoding is tokenizer.c. */
+ * outside bytes: ids are range-checked, tokens must be unique. The parts every kind shares
+ * (vocabulary, added tokens, JSON and GGUF getters) are here too; byte-level BPE is built in
+ * tokenizer-bpe.c, which the entry points below hand BPE files to. Encoding is tokenizer.c. */
 #include <errno.h>
 #include <json-c/json.h>
 #include <limits.h>
@@ -17,14 +19,6 @@
 #define PHANTOM "\xe2\x96\x81" /* U+2581, llama.cpp's word-initial mark */
 #define PHANTOM_LEN 3
 
-/* llama.cpp's token types (llama_token_type). */
-enum {
-        TOKEN_TYPE_NORMAL = 1,
-        TOKEN_TYPE_UNKNOWN = 2,
-        TOKEN_TYPE_CONTROL = 3,
-        TOKEN_TYPE_USER_DEFINED = 4,
-};
-
 struct dsa_tokenizer *dsa_tokenizer_free(struct dsa_tokenizer *t) {
         if (!t)
                 return NULL;
@@ -33,25 +27,28 @@ struct dsa_tokenizer *dsa_tokenizer_free(struct dsa_tokenizer *t) {
         free(t->added);
         free(t->not_model);
         free(t->token_type);
+        dsa__bpe_done(&t->bpe);
+        dsa__pretok_done(&t->pretok);
         dsa__vocab_done(&t->vocab);
         free(t);
         return NULL;
 }
 
-static struct dsa_tokenizer *tokenizer_new(const struct dsa_tokenizer_options *opts) {
+struct dsa_tokenizer *dsa__tokenizer_new(enum dsa_tokenizer_kind kind, const struct dsa_tokenizer_options *opts) {
         struct dsa_tokenizer *t = calloc(1, sizeof(*t));
 
         if (!t)
                 return NULL;
+        t->kind = kind;
         t->cls_id = t->sep_id = t->pad_id = t->mask_id = t->unk_id = -ENOENT;
+        t->bos_id = t->eos_id = -ENOENT;
         strcpy(t->prefix, "##");
         t->wp.opts = *opts;
         t->wp.flavour = DSA__WPM_HF;
         return t;
 }
 
-/* Allocates the per-id arrays once the vocabulary size is known. */
-static int tokenizer_alloc(struct dsa_tokenizer *t, size_t n) {
+int dsa__tokenizer_alloc(struct dsa_tokenizer *t, size_t n) {
         int r = dsa__vocab_init(&t->vocab, n);
         if (r < 0)
                 return r == -E2BIG ? dsa__error(-EBADMSG, "vocabulary of %zu tokens is too large", n) : r;
@@ -60,7 +57,7 @@ static int tokenizer_alloc(struct dsa_tokenizer *t, size_t n) {
         if (!t->not_model || !t->token_type)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
-                t->token_type[i] = TOKEN_TYPE_NORMAL;
+                t->token_type[i] = DSA__TOKEN_NORMAL;
         return 0;
 }
 
@@ -87,10 +84,22 @@ static int tokenizer_finish(struct dsa_tokenizer *t) {
         return 0;
 }
 
-/* Registers an added token (its id already holds content in the vocabulary). Normalized ones
- * match the normalized text, so their content is normalized too, as HF does. */
-static int add_token(struct dsa_tokenizer *t, int32_t id, bool normalized, bool lstrip, bool rstrip,
-                     bool single_word) {
+/* A token may hold NUL bytes (GGUF strings can): copy all len of them, NUL-terminated. */
+static char *memdup_nul(const char *s, size_t len) {
+        char *c = malloc(len + 1);
+
+        if (!c)
+                return NULL;
+        memcpy(c, s, len);
+        c[len] = 0;
+        return c;
+}
+
+/* Normalized added tokens match the normalized text, so their content is normalized too, as HF
+ * does; byte-level BPE has no normalizer, so there it stays as it is. Those are matched in text
+ * that PCRE2 reads without checking it again, so they must be valid UTF-8. */
+int dsa__tokenizer_add_token(struct dsa_tokenizer *t, int32_t id, bool normalized, bool lstrip,
+                             bool rstrip, bool single_word) {
         const char *content = t->vocab.tokens[id];
         size_t len = t->vocab.lens[id];
         struct dsa__added_token *a, *v;
@@ -105,7 +114,18 @@ static int add_token(struct dsa_tokenizer *t, int32_t id, bool normalized, bool 
         a = &t->added[t->n_added];
         *a = (struct dsa__added_token) { .id = id, .normalized = normalized, .lstrip = lstrip,
                                     .rstrip = rstrip, .single_word = single_word };
-        if (normalized && t->wp.flavour == DSA__WPM_HF) {
+        if (t->kind == DSA_TOKENIZER_BPE) {
+                _cleanup_free_ uint32_t *cps = NULL;
+                size_t n;
+                r = dsa__utf8_decode(content, len, &cps, &n);
+                if (r < 0)
+                        return dsa__error(-EBADMSG, "added token %d is not valid UTF-8", id);
+                a->match = memdup_nul(content, len);
+                if (!a->match)
+                        return -ENOMEM;
+                a->len = len;
+                t->any_normalized |= normalized;
+        } else if (normalized && t->wp.flavour == DSA__WPM_HF) {
                 _cleanup_free_ uint32_t *cps = NULL, *norm = NULL;
                 size_t n, n_norm;
                 r = dsa__utf8_decode(content, len, &cps, &n);
@@ -124,7 +144,7 @@ static int add_token(struct dsa_tokenizer *t, int32_t id, bool normalized, bool 
                 t->any_normalized = true;
         } else {
                 a->normalized = false;
-                a->match = strndup(content, len);
+                a->match = memdup_nul(content, len);
                 if (!a->match)
                         return -ENOMEM;
                 a->len = len;
@@ -136,8 +156,8 @@ static int add_token(struct dsa_tokenizer *t, int32_t id, bool normalized, bool 
 
 /* ---- tokenizer.json */
 
-static int json_get(json_object *o, const char *key, json_type type, bool required,
-                    json_object **ret) {
+int dsa__json_get(json_object *o, const char *key, json_type type, bool required,
+                  json_object **ret) {
         json_object *v = NULL;
 
         if (!json_object_object_get_ex(o, key, &v) || !v) {
@@ -152,16 +172,16 @@ static int json_get(json_object *o, const char *key, json_type type, bool requir
         return 0;
 }
 
-static int json_get_bool(json_object *o, const char *key, bool def, bool *ret) {
+int dsa__json_get_bool(json_object *o, const char *key, bool def, bool *ret) {
         json_object *v = NULL;
-        int r = json_get(o, key, json_type_boolean, false, &v);
+        int r = dsa__json_get(o, key, json_type_boolean, false, &v);
         if (r < 0)
                 return r;
         *ret = v ? json_object_get_boolean(v) : def;
         return 0;
 }
 
-static int json_get_id(json_object *v, const char *what, int64_t max, int32_t *ret) {
+int dsa__json_get_id(json_object *v, const char *what, int64_t max, int32_t *ret) {
         int64_t id;
 
         if (!json_object_is_type(v, json_type_int))
@@ -178,7 +198,7 @@ static int parse_normalizer(json_object *root, struct dsa_tokenizer_options *o) 
         json_object *n, *type, *v;
         int r;
 
-        r = json_get(root, "normalizer", json_type_object, false, &n);
+        r = dsa__json_get(root, "normalizer", json_type_object, false, &n);
         if (r < 0)
                 return r;
         if (!n) {
@@ -186,19 +206,19 @@ static int parse_normalizer(json_object *root, struct dsa_tokenizer_options *o) 
                                                       .max_input_chars_per_word = 100 };
                 return 0;
         }
-        r = json_get(n, "type", json_type_string, true, &type);
+        r = dsa__json_get(n, "type", json_type_string, true, &type);
         if (r < 0)
                 return r;
         if (strcmp(json_object_get_string(type), "BertNormalizer") != 0)
                 return dsa__error(-EOPNOTSUPP, "tokenizer.json: normalizer '%s' is not supported, only BertNormalizer",
                                   json_object_get_string(type));
-        r = json_get_bool(n, "clean_text", true, &o->clean_text);
+        r = dsa__json_get_bool(n, "clean_text", true, &o->clean_text);
         if (r < 0)
                 return r;
-        r = json_get_bool(n, "handle_chinese_chars", true, &o->handle_chinese_chars);
+        r = dsa__json_get_bool(n, "handle_chinese_chars", true, &o->handle_chinese_chars);
         if (r < 0)
                 return r;
-        r = json_get_bool(n, "lowercase", true, &o->lowercase);
+        r = dsa__json_get_bool(n, "lowercase", true, &o->lowercase);
         if (r < 0)
                 return r;
         if (!json_object_object_get_ex(n, "strip_accents", &v) || !v)
@@ -217,10 +237,10 @@ static int parse_post_processor(json_object *root, struct dsa_tokenizer *t) {
         const char *ty;
         int r;
 
-        r = json_get(root, "post_processor", json_type_object, false, &p);
+        r = dsa__json_get(root, "post_processor", json_type_object, false, &p);
         if (r < 0 || !p)
                 return r;
-        r = json_get(p, "type", json_type_string, true, &type);
+        r = dsa__json_get(p, "type", json_type_string, true, &type);
         if (r < 0)
                 return r;
         ty = json_object_get_string(type);
@@ -228,12 +248,12 @@ static int parse_post_processor(json_object *root, struct dsa_tokenizer *t) {
                 const char *keys[2] = { "cls", "sep" };
                 int32_t *dst[2] = { &t->cls_id, &t->sep_id };
                 for (size_t i = 0; i < 2; i++) {
-                        r = json_get(p, keys[i], json_type_array, true, &v);
+                        r = dsa__json_get(p, keys[i], json_type_array, true, &v);
                         if (r < 0)
                                 return r;
                         if (json_object_array_length(v) != 2)
                                 return dsa__error(-EBADMSG, "tokenizer.json: BertProcessing \"%s\" is not [token, id]", keys[i]);
-                        r = json_get_id(json_object_array_get_idx(v, 1), keys[i], (int64_t) t->vocab.n, dst[i]);
+                        r = dsa__json_get_id(json_object_array_get_idx(v, 1), keys[i], (int64_t) t->vocab.n, dst[i]);
                         if (r < 0)
                                 return r;
                 }
@@ -244,10 +264,10 @@ static int parse_post_processor(json_object *root, struct dsa_tokenizer *t) {
                 const char *names[2] = {};
                 int32_t *dst[2] = { &t->cls_id, &t->sep_id };
                 size_t n;
-                r = json_get(p, "single", json_type_array, true, &single);
+                r = dsa__json_get(p, "single", json_type_array, true, &single);
                 if (r < 0)
                         return r;
-                r = json_get(p, "special_tokens", json_type_object, true, &specials);
+                r = dsa__json_get(p, "special_tokens", json_type_object, true, &specials);
                 if (r < 0)
                         return r;
                 n = json_object_array_length(single);
@@ -268,15 +288,15 @@ static int parse_post_processor(json_object *root, struct dsa_tokenizer *t) {
                         json_object *entry, *ids;
                         if (!names[i])
                                 continue;
-                        r = json_get(specials, names[i], json_type_object, true, &entry);
+                        r = dsa__json_get(specials, names[i], json_type_object, true, &entry);
                         if (r < 0)
                                 return r;
-                        r = json_get(entry, "ids", json_type_array, true, &ids);
+                        r = dsa__json_get(entry, "ids", json_type_array, true, &ids);
                         if (r < 0)
                                 return r;
                         if (json_object_array_length(ids) != 1)
                                 return dsa__error(-EOPNOTSUPP, "tokenizer.json: special token '%s' is not one id", names[i]);
-                        r = json_get_id(json_object_array_get_idx(ids, 0), names[i], (int64_t) t->vocab.n, dst[i]);
+                        r = dsa__json_get_id(json_object_array_get_idx(ids, 0), names[i], (int64_t) t->vocab.n, dst[i]);
                         if (r < 0)
                                 return r;
                 }
@@ -285,13 +305,98 @@ static int parse_post_processor(json_object *root, struct dsa_tokenizer *t) {
         return dsa__error(-EOPNOTSUPP, "tokenizer.json: post-processor '%s' is not supported", ty);
 }
 
+int dsa__tokenizer_json_vocab(struct dsa_tokenizer *t, json_object *root, json_object *model) {
+        json_object *vocab, *added;
+        size_t n_model, n_total, n_added = 0;
+        int r;
+
+        /* Ids: the model's vocabulary is 0..n_model-1; added tokens reuse those or follow. */
+        r = dsa__json_get(model, "vocab", json_type_object, true, &vocab);
+        if (r < 0)
+                return r;
+        n_model = (size_t) json_object_object_length(vocab);
+        r = dsa__json_get(root, "added_tokens", json_type_array, false, &added);
+        if (r < 0)
+                return r;
+        if (added)
+                n_added = json_object_array_length(added);
+        n_total = n_model;
+        for (size_t i = 0; i < n_added; i++) {
+                json_object *a = json_object_array_get_idx(added, i), *id;
+                int32_t k;
+                if (!json_object_is_type(a, json_type_object))
+                        return dsa__error(-EBADMSG, "tokenizer.json: added token %zu is not an object", i);
+                r = dsa__json_get(a, "id", json_type_int, true, &id);
+                if (r < 0)
+                        return r;
+                /* Dense ids: an added token can reach at most n_added past the model. */
+                r = dsa__json_get_id(id, "added token id", (int64_t) MIN(n_model + n_added, (size_t) INT32_MAX), &k);
+                if (r < 0)
+                        return r;
+                n_total = MAX(n_total, (size_t) k + 1);
+        }
+        r = dsa__tokenizer_alloc(t, n_total);
+        if (r < 0)
+                return r;
+
+        json_object_object_foreach(vocab, key, val) {
+                int32_t id;
+                r = dsa__json_get_id(val, "vocab id", (int64_t) n_model, &id);
+                if (r < 0)
+                        return r;
+                r = dsa__vocab_set(&t->vocab, id, key, strlen(key));
+                if (r == -EEXIST || r == -EINVAL)
+                        return dsa__error(-EBADMSG, "tokenizer.json: vocab id %d or token '%s' appears twice", id, key);
+                if (r < 0)
+                        return r;
+        }
+
+        for (size_t i = 0; i < n_added; i++) {
+                json_object *a = json_object_array_get_idx(added, i), *content, *id;
+                bool special, normalized, lstrip, rstrip, single_word;
+                const char *s;
+                size_t slen;
+                int32_t k;
+
+                r = dsa__json_get(a, "content", json_type_string, true, &content);
+                if (r < 0)
+                        return r;
+                json_object_object_get_ex(a, "id", &id);
+                k = (int32_t) json_object_get_int64(id);
+                if ((r = dsa__json_get_bool(a, "special", false, &special)) < 0 ||
+                    (r = dsa__json_get_bool(a, "normalized", !special, &normalized)) < 0 ||
+                    (r = dsa__json_get_bool(a, "lstrip", false, &lstrip)) < 0 ||
+                    (r = dsa__json_get_bool(a, "rstrip", false, &rstrip)) < 0 ||
+                    (r = dsa__json_get_bool(a, "single_word", false, &single_word)) < 0)
+                        return r;
+                s = json_object_get_string(content);
+                slen = (size_t) json_object_get_string_len(content);
+                if ((size_t) k < n_model) {
+                        if (t->vocab.lens[k] != slen || memcmp(t->vocab.tokens[k], s, slen) != 0)
+                                return dsa__error(-EBADMSG, "tokenizer.json: added token '%s' has id %d, which the vocabulary gives to '%s'",
+                                                  s, k, t->vocab.tokens[k]);
+                } else {
+                        r = dsa__vocab_set(&t->vocab, k, s, slen);
+                        if (r == -EEXIST || r == -EINVAL)
+                                return dsa__error(-EBADMSG, "tokenizer.json: added token '%s' (id %d) appears twice", s, k);
+                        if (r < 0)
+                                return r;
+                        t->not_model[k] = true;
+                }
+                t->token_type[k] = special ? DSA__TOKEN_CONTROL : DSA__TOKEN_USER_DEFINED;
+                r = dsa__tokenizer_add_token(t, k, normalized, lstrip, rstrip, single_word);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int dsa_tokenizer_from_hf_json(const char *json, size_t len, struct dsa_tokenizer **ret) {
         _cleanup_(dsa_tokenizer_freep) struct dsa_tokenizer *t = NULL;
         _cleanup_(json_object_putp) json_object *root = NULL;
         struct dsa_tokenizer_options opts = {};
-        json_object *model, *type, *vocab, *v, *added, *pre;
+        json_object *model, *type, *v, *pre;
         json_tokener *tok;
-        size_t n_model, n_total, n_added = 0;
         int64_t max_chars = 100;
         int r;
 
@@ -319,20 +424,22 @@ int dsa_tokenizer_from_hf_json(const char *json, size_t len, struct dsa_tokenize
         if (!json_object_is_type(root, json_type_object))
                 return dsa__error(-EBADMSG, "tokenizer.json: not a JSON object");
 
-        r = json_get(root, "model", json_type_object, true, &model);
+        r = dsa__json_get(root, "model", json_type_object, true, &model);
         if (r < 0)
                 return r;
-        r = json_get(model, "type", json_type_string, true, &type);
+        r = dsa__json_get(model, "type", json_type_string, true, &type);
         if (r < 0)
                 return r;
+        if (strcmp(json_object_get_string(type), "BPE") == 0)
+                return dsa__tokenizer_bpe_from_json(root, ret);
         if (strcmp(json_object_get_string(type), "WordPiece") != 0)
-                return dsa__error(-EOPNOTSUPP, "tokenizer.json: model '%s' is not supported, only WordPiece",
+                return dsa__error(-EOPNOTSUPP, "tokenizer.json: model '%s' is not supported, only WordPiece and BPE",
                                   json_object_get_string(type));
-        r = json_get(root, "pre_tokenizer", json_type_object, false, &pre);
+        r = dsa__json_get(root, "pre_tokenizer", json_type_object, false, &pre);
         if (r < 0)
                 return r;
         if (pre) {
-                r = json_get(pre, "type", json_type_string, true, &type);
+                r = dsa__json_get(pre, "type", json_type_string, true, &type);
                 if (r < 0)
                         return r;
                 if (strcmp(json_object_get_string(type), "BertPreTokenizer") != 0)
@@ -342,7 +449,7 @@ int dsa_tokenizer_from_hf_json(const char *json, size_t len, struct dsa_tokenize
         r = parse_normalizer(root, &opts);
         if (r < 0)
                 return r;
-        r = json_get(model, "max_input_chars_per_word", json_type_int, false, &v);
+        r = dsa__json_get(model, "max_input_chars_per_word", json_type_int, false, &v);
         if (r < 0)
                 return r;
         if (v) {
@@ -353,10 +460,10 @@ int dsa_tokenizer_from_hf_json(const char *json, size_t len, struct dsa_tokenize
         }
         opts.max_input_chars_per_word = (uint32_t) max_chars;
 
-        t = tokenizer_new(&opts);
+        t = dsa__tokenizer_new(DSA_TOKENIZER_WORDPIECE, &opts);
         if (!t)
                 return -ENOMEM;
-        r = json_get(model, "continuing_subword_prefix", json_type_string, false, &v);
+        r = dsa__json_get(model, "continuing_subword_prefix", json_type_string, false, &v);
         if (r < 0)
                 return r;
         if (v) {
@@ -365,91 +472,15 @@ int dsa_tokenizer_from_hf_json(const char *json, size_t len, struct dsa_tokenize
                 strcpy(t->prefix, json_object_get_string(v));
         }
 
-        /* Ids: the model's vocabulary is 0..n_model-1; added tokens reuse those or follow. */
-        r = json_get(model, "vocab", json_type_object, true, &vocab);
+        r = dsa__tokenizer_json_vocab(t, root, model);
         if (r < 0)
                 return r;
-        n_model = (size_t) json_object_object_length(vocab);
-        r = json_get(root, "added_tokens", json_type_array, false, &added);
-        if (r < 0)
-                return r;
-        if (added)
-                n_added = json_object_array_length(added);
-        n_total = n_model;
-        for (size_t i = 0; i < n_added; i++) {
-                json_object *a = json_object_array_get_idx(added, i), *id;
-                int32_t k;
-                if (!json_object_is_type(a, json_type_object))
-                        return dsa__error(-EBADMSG, "tokenizer.json: added token %zu is not an object", i);
-                r = json_get(a, "id", json_type_int, true, &id);
-                if (r < 0)
-                        return r;
-                /* Dense ids: an added token can reach at most n_added past the model. */
-                r = json_get_id(id, "added token id", (int64_t) MIN(n_model + n_added, (size_t) INT32_MAX), &k);
-                if (r < 0)
-                        return r;
-                n_total = MAX(n_total, (size_t) k + 1);
-        }
-        r = tokenizer_alloc(t, n_total);
-        if (r < 0)
-                return r;
-
-        json_object_object_foreach(vocab, key, val) {
-                int32_t id;
-                r = json_get_id(val, "vocab id", (int64_t) n_model, &id);
-                if (r < 0)
-                        return r;
-                r = dsa__vocab_set(&t->vocab, id, key, strlen(key));
-                if (r == -EEXIST || r == -EINVAL)
-                        return dsa__error(-EBADMSG, "tokenizer.json: vocab id %d or token '%s' appears twice", id, key);
-                if (r < 0)
-                        return r;
-        }
-
-        for (size_t i = 0; i < n_added; i++) {
-                json_object *a = json_object_array_get_idx(added, i), *content, *id;
-                bool special, normalized, lstrip, rstrip, single_word;
-                const char *s;
-                size_t slen;
-                int32_t k;
-
-                r = json_get(a, "content", json_type_string, true, &content);
-                if (r < 0)
-                        return r;
-                json_object_object_get_ex(a, "id", &id);
-                k = (int32_t) json_object_get_int64(id);
-                if ((r = json_get_bool(a, "special", false, &special)) < 0 ||
-                    (r = json_get_bool(a, "normalized", !special, &normalized)) < 0 ||
-                    (r = json_get_bool(a, "lstrip", false, &lstrip)) < 0 ||
-                    (r = json_get_bool(a, "rstrip", false, &rstrip)) < 0 ||
-                    (r = json_get_bool(a, "single_word", false, &single_word)) < 0)
-                        return r;
-                s = json_object_get_string(content);
-                slen = (size_t) json_object_get_string_len(content);
-                if ((size_t) k < n_model) {
-                        if (t->vocab.lens[k] != slen || memcmp(t->vocab.tokens[k], s, slen) != 0)
-                                return dsa__error(-EBADMSG, "tokenizer.json: added token '%s' has id %d, which the vocabulary gives to '%s'",
-                                                  s, k, t->vocab.tokens[k]);
-                } else {
-                        r = dsa__vocab_set(&t->vocab, k, s, slen);
-                        if (r == -EEXIST || r == -EINVAL)
-                                return dsa__error(-EBADMSG, "tokenizer.json: added token '%s' (id %d) appears twice", s, k);
-                        if (r < 0)
-                                return r;
-                        t->not_model[k] = true;
-                }
-                t->token_type[k] = special ? TOKEN_TYPE_CONTROL : TOKEN_TYPE_USER_DEFINED;
-                r = add_token(t, k, normalized, lstrip, rstrip, single_word);
-                if (r < 0)
-                        return r;
-        }
-
-        r = json_get(model, "unk_token", json_type_string, false, &v);
+        r = dsa__json_get(model, "unk_token", json_type_string, false, &v);
         if (r < 0)
                 return r;
         t->unk_id = dsa__tokenizer_find(t, v ? json_object_get_string(v) : "[UNK]");
-        if (t->unk_id >= 0 && t->token_type[t->unk_id] == TOKEN_TYPE_CONTROL)
-                t->token_type[t->unk_id] = TOKEN_TYPE_UNKNOWN;
+        if (t->unk_id >= 0 && t->token_type[t->unk_id] == DSA__TOKEN_CONTROL)
+                t->token_type[t->unk_id] = DSA__TOKEN_UNKNOWN;
         r = parse_post_processor(root, t);
         if (r < 0)
                 return r;
@@ -500,10 +531,10 @@ int dsa_tokenizer_from_vocab_txt(const char *path, const struct dsa_tokenizer_op
                 n += data[i] == '\n';
         if (size > 0 && data[size - 1] != '\n')
                 n++;
-        t = tokenizer_new(opts);
+        t = dsa__tokenizer_new(DSA_TOKENIZER_WORDPIECE, opts);
         if (!t)
                 return -ENOMEM;
-        r = tokenizer_alloc(t, n);
+        r = dsa__tokenizer_alloc(t, n);
         if (r < 0)
                 return r;
         for (size_t i = 0, id = 0; i < size; id++) {
@@ -523,8 +554,8 @@ int dsa_tokenizer_from_vocab_txt(const char *path, const struct dsa_tokenizer_op
                 int32_t id = dsa__tokenizer_find(t, bert_specials[i]);
                 if (id < 0)
                         continue;
-                t->token_type[id] = i == 1 ? TOKEN_TYPE_UNKNOWN : TOKEN_TYPE_CONTROL;
-                r = add_token(t, id, false, false, false, false);
+                t->token_type[id] = i == 1 ? DSA__TOKEN_UNKNOWN : DSA__TOKEN_CONTROL;
+                r = dsa__tokenizer_add_token(t, id, false, false, false, false);
                 if (r < 0)
                         return r;
         }
@@ -537,7 +568,7 @@ int dsa_tokenizer_from_vocab_txt(const char *path, const struct dsa_tokenizer_op
 
 /* ---- GGUF */
 
-static int gguf_get_id(const struct dsa_gguf *g, const char *key, size_t n, int32_t *ret) {
+int dsa__gguf_get_id(const struct dsa_gguf *g, const char *key, size_t n, int32_t *ret) {
         uint32_t v;
         int r = dsa_gguf_get_u32(g, key, &v);
 
@@ -582,8 +613,10 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
         r = dsa_gguf_get_str(g, "tokenizer.ggml.model", &model, &model_len);
         if (r < 0)
                 return dsa__error(r == -ENOENT ? -ENOENT : -EBADMSG, "GGUF: tokenizer.ggml.model is missing or not a string");
+        if (model_len == 4 && memcmp(model, "gpt2", 4) == 0)
+                return dsa__tokenizer_bpe_from_gguf(g, ret);
         if (model_len != 4 || memcmp(model, "bert", 4) != 0)
-                return dsa__error(-EOPNOTSUPP, "GGUF: tokenizer model '%.*s' is not supported, only bert",
+                return dsa__error(-EOPNOTSUPP, "GGUF: tokenizer model '%.*s' is not supported, only bert and gpt2",
                                   (int) MIN(model_len, 64), model);
         r = dsa_gguf_get_arr(g, "tokenizer.ggml.tokens", &vt, &n);
         if (r < 0 || vt != DSA_GGUF_STRING)
@@ -616,18 +649,18 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
         else if (r != -ENOENT)
                 return dsa__error(-EBADMSG, "GGUF: dsa.tokenizer.max_input_chars_per_word is not an unsigned integer");
 
-        t = tokenizer_new(&opts);
+        t = dsa__tokenizer_new(DSA_TOKENIZER_WORDPIECE, &opts);
         if (!t)
                 return -ENOMEM;
         t->wp.flavour = found ? DSA__WPM_HF : DSA__WPM_LLAMA;
-        r = tokenizer_alloc(t, n);
+        r = dsa__tokenizer_alloc(t, n);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < n; i++) {
                 _cleanup_free_ char *hf = NULL;
                 const char *s;
                 size_t len;
-                int32_t type = TOKEN_TYPE_NORMAL;
+                int32_t type = DSA__TOKEN_NORMAL;
 
                 r = dsa_gguf_get_arr_str(g, "tokenizer.ggml.tokens", i, &s, &len);
                 if (r < 0)
@@ -637,7 +670,7 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
                 t->token_type[i] = type;
                 /* Undo llama.cpp's convert_hf_to_gguf.py phantom(): "▁x" was "x", "[x]" and
                  * non-normal tokens are as they were, anything else was "##x". */
-                if (type != TOKEN_TYPE_NORMAL || (len >= 2 && s[0] == '[' && s[len - 1] == ']'))
+                if (type != DSA__TOKEN_NORMAL || (len >= 2 && s[0] == '[' && s[len - 1] == ']'))
                         r = dsa__vocab_set(&t->vocab, (int32_t) i, s, len);
                 else if (len >= PHANTOM_LEN && memcmp(s, PHANTOM, PHANTOM_LEN) == 0)
                         r = dsa__vocab_set(&t->vocab, (int32_t) i, s + PHANTOM_LEN, len - PHANTOM_LEN);
@@ -658,17 +691,17 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
         }
         /* llama.cpp matches control, user-defined and unknown tokens in the raw text. */
         for (size_t i = 0; i < n; i++)
-                if (t->token_type[i] == TOKEN_TYPE_UNKNOWN || t->token_type[i] == TOKEN_TYPE_CONTROL ||
-                    t->token_type[i] == TOKEN_TYPE_USER_DEFINED) {
-                        r = add_token(t, (int32_t) i, false, false, false, false);
+                if (t->token_type[i] == DSA__TOKEN_UNKNOWN || t->token_type[i] == DSA__TOKEN_CONTROL ||
+                    t->token_type[i] == DSA__TOKEN_USER_DEFINED) {
+                        r = dsa__tokenizer_add_token(t, (int32_t) i, false, false, false, false);
                         if (r < 0)
                                 return r;
                 }
-        if ((r = gguf_get_id(g, "tokenizer.ggml.cls_token_id", n, &t->cls_id)) < 0 ||
-            (r = gguf_get_id(g, "tokenizer.ggml.seperator_token_id", n, &t->sep_id)) < 0 ||
-            (r = gguf_get_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk_id)) < 0 ||
-            (r = gguf_get_id(g, "tokenizer.ggml.padding_token_id", n, &t->pad_id)) < 0 ||
-            (r = gguf_get_id(g, "tokenizer.ggml.mask_token_id", n, &t->mask_id)) < 0)
+        if ((r = dsa__gguf_get_id(g, "tokenizer.ggml.cls_token_id", n, &t->cls_id)) < 0 ||
+            (r = dsa__gguf_get_id(g, "tokenizer.ggml.seperator_token_id", n, &t->sep_id)) < 0 ||
+            (r = dsa__gguf_get_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk_id)) < 0 ||
+            (r = dsa__gguf_get_id(g, "tokenizer.ggml.padding_token_id", n, &t->pad_id)) < 0 ||
+            (r = dsa__gguf_get_id(g, "tokenizer.ggml.mask_token_id", n, &t->mask_id)) < 0)
                 return r;
         r = tokenizer_finish(t);
         if (r < 0)
@@ -698,6 +731,8 @@ int dsa_tokenizer_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_writer 
 
         if (!t || !w)
                 return -EINVAL;
+        if (t->kind == DSA_TOKENIZER_BPE)
+                return dsa__tokenizer_bpe_to_gguf(t, w);
         if (strcmp(t->prefix, "##") != 0)
                 return dsa__error(-EOPNOTSUPP, "llama.cpp's GGUF convention needs the \"##\" continuation prefix, not \"%s\"",
                                   t->prefix);
@@ -709,7 +744,7 @@ int dsa_tokenizer_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_writer 
         for (size_t i = 0; i < n; i++) {
                 const char *s = t->vocab.tokens[i];
                 size_t len = t->vocab.lens[i];
-                if (t->token_type[i] != TOKEN_TYPE_NORMAL || (len >= 2 && s[0] == '[' && s[len - 1] == ']'))
+                if (t->token_type[i] != DSA__TOKEN_NORMAL || (len >= 2 && s[0] == '[' && s[len - 1] == ']'))
                         strs[i] = strdup(s);
                 else if (len >= 2 && s[0] == '#' && s[1] == '#')
                         strs[i] = strdup(s + 2);

@@ -1,7 +1,9 @@
-/* BERT encoding with Hugging Face's order of work: split the raw text on added tokens (those
- * marked "normalized": false), normalize each remaining piece, split again on normalized added
- * tokens, pre-tokenize, run WordPiece, then add [CLS]/[SEP] and truncate longest_first. The
- * tokenizer itself is built in tokenizer-load.c. */
+/* Encoding with Hugging Face's order of work: split the raw text on added tokens (those marked
+ * "normalized": false), normalize each remaining piece, split again on normalized added tokens,
+ * pre-tokenize, run the model (WordPiece, or byte-level BPE over the regex's words), then
+ * truncate longest_first and apply the post-processor's template ([CLS]/[SEP] for BERT).
+ * Decoding, and the accessors. The tokenizer itself is built in tokenizer-load.c and
+ * tokenizer-bpe.c. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,12 +130,37 @@ static int encode_normalized(const struct dsa_tokenizer *t, const uint32_t *cps,
         return split_on_added(t, s, len, true, encode_wordpiece, out);
 }
 
+struct bpe_words {
+        const struct dsa_tokenizer *t;
+        struct dsa__bpe_scratch scratch;
+        struct dsa__ids *out;
+};
+
+static int bpe_word(void *userdata, const char *s, size_t len) {
+        struct bpe_words *w = userdata;
+        return dsa__bpe_encode(&w->t->bpe, s, len, &w->scratch, w->out);
+}
+
+/* Text between added tokens: valid UTF-8, since the text is and added tokens of a BPE
+ * tokenizer must be, which PCRE2 relies on. */
+static int encode_bpe(const struct dsa_tokenizer *t, const char *s, size_t len, struct dsa__ids *out) {
+        struct bpe_words w = { .t = t, .out = out };
+        int r = dsa__pretok_split(&t->pretok, s, len, bpe_word, &w);
+
+        dsa__bpe_scratch_done(&w.scratch);
+        return r;
+}
+
 static int encode_piece(const struct dsa_tokenizer *t, const char *s, size_t len,
                         struct dsa__ids *out) {
         _cleanup_free_ uint32_t *cps = NULL, *norm = NULL;
         size_t n, n_norm;
         int r;
 
+        /* No normalizer: the normalized added tokens match the same text. */
+        if (t->kind == DSA_TOKENIZER_BPE)
+                return t->any_normalized ? split_on_added(t, s, len, true, encode_bpe, out)
+                                         : encode_bpe(t, s, len, out);
         r = dsa__utf8_decode(s, len, &cps, &n);
         if (r < 0)
                 return r;
@@ -167,20 +194,83 @@ void dsa_encoding_clear(struct dsa_encoding *e) {
         *e = (struct dsa_encoding) {};
 }
 
+/* HF's truncate_encodings() with TruncationStrategy::LongestFirst: how many of the na and nb
+ * ids to keep so that with n_special more there are at most max_len. */
+static int truncate_longest_first(size_t *na, size_t *nb, bool pair, size_t n_special, size_t max_len) {
+        size_t m, n1 = *na, n2 = *nb;
+        bool swap = false;
+
+        if (max_len == 0 || *na + *nb + n_special <= max_len)
+                return 0;
+        if (max_len < n_special)
+                return dsa__error(-EINVAL, "max_len %zu leaves no room for the %zu special tokens",
+                                  max_len, n_special);
+        m = max_len - n_special;
+        if (!pair) {
+                *na = m;
+                return 0;
+        }
+        if (n1 > n2) {
+                swap = true;
+                n1 = *nb;
+                n2 = *na;
+        }
+        n2 = n1 > m ? n1 : MAX(n1, m - n1);
+        if (n1 + n2 > m) {
+                n1 = m / 2;
+                n2 = n1 + m % 2;
+        }
+        if (swap) {
+                size_t tmp = n1;
+                n1 = n2;
+                n2 = tmp;
+        }
+        *na = MIN(*na, n1);
+        *nb = MIN(*nb, n2);
+        return 0;
+}
+
+/* BERT's post-processor as a template: [CLS] A [SEP] (B [SEP]); without specials A (B), since
+ * a missing [CLS] or [SEP] is a negative errno that must not pass for a text's place. */
+static void bert_template(const struct dsa_tokenizer *t, bool pair, bool special, struct dsa__template *tp) {
+        if (special)
+                *tp = (struct dsa__template) {
+                        .id = { t->cls_id, DSA__TEMPLATE_A, t->sep_id, DSA__TEMPLATE_B, t->sep_id },
+                        .type_id = { 0, 0, 0, 1, 1 },
+                        .n = pair ? 5 : 3,
+                };
+        else
+                *tp = (struct dsa__template) {
+                        .id = { DSA__TEMPLATE_A, DSA__TEMPLATE_B },
+                        .type_id = { 0, 1 },
+                        .n = pair ? 2 : 1,
+                };
+}
+
 int dsa_tokenizer_encode(const struct dsa_tokenizer *t, const char *text, size_t len,
                          const char *pair, size_t pair_len, unsigned flags, size_t max_len,
                          struct dsa_encoding *ret) {
         _cleanup_free_ int32_t *a_ids = NULL, *b_ids = NULL;
         struct dsa__ids a = {}, b = {};
+        struct dsa__template bert;
+        const struct dsa__template *tp;
         bool special = flags & DSA_ENCODE_SPECIAL;
-        size_t n_special = special ? (pair ? 3 : 2) : 0, na, nb, n, k = 0;
+        size_t n_special = 0, na, nb, n = 0, k = 0;
         int32_t *ids, *types;
         int r;
 
         if (!t || (!text && len > 0) || !ret || (flags & ~(unsigned) DSA_ENCODE_SPECIAL))
                 return -EINVAL;
-        if (special && (t->cls_id < 0 || t->sep_id < 0))
-                return dsa__error(-ENOENT, "tokenizer has no [CLS] or [SEP] token");
+        if (t->kind == DSA_TOKENIZER_BPE)
+                tp = pair ? &t->pair : &t->single;
+        else {
+                if (special && (t->cls_id < 0 || t->sep_id < 0))
+                        return dsa__error(-ENOENT, "tokenizer has no [CLS] or [SEP] token");
+                bert_template(t, pair, special, &bert);
+                tp = &bert;
+        }
+        for (size_t i = 0; special && i < tp->n; i++)
+                n_special += tp->id[i] >= 0;
 
         r = encode_text(t, text, len, &a);
         a_ids = a.v;
@@ -194,39 +284,12 @@ int dsa_tokenizer_encode(const struct dsa_tokenizer *t, const char *text, size_t
         }
         na = a.n;
         nb = b.n;
+        r = truncate_longest_first(&na, &nb, pair, n_special, max_len);
+        if (r < 0)
+                return r;
 
-        /* HF's truncate_encodings() with TruncationStrategy::LongestFirst. */
-        if (max_len > 0 && na + nb + n_special > max_len) {
-                size_t m, n1 = na, n2 = nb;
-                bool swap = false;
-                if (max_len < n_special)
-                        return dsa__error(-EINVAL, "max_len %zu leaves no room for the %zu special tokens",
-                                          max_len, n_special);
-                m = max_len - n_special;
-                if (!pair)
-                        na = m;
-                else {
-                        if (n1 > n2) {
-                                swap = true;
-                                n1 = nb;
-                                n2 = na;
-                        }
-                        n2 = n1 > m ? n1 : MAX(n1, m - n1);
-                        if (n1 + n2 > m) {
-                                n1 = m / 2;
-                                n2 = n1 + m % 2;
-                        }
-                        if (swap) {
-                                size_t tmp = n1;
-                                n1 = n2;
-                                n2 = tmp;
-                        }
-                        na = MIN(na, n1);
-                        nb = MIN(nb, n2);
-                }
-        }
-
-        n = na + nb + n_special;
+        for (size_t i = 0; i < tp->n; i++)
+                n += tp->id[i] == DSA__TEMPLATE_A ? na : tp->id[i] == DSA__TEMPLATE_B ? nb : special;
         ids = malloc((n ? n : 1) * sizeof(int32_t));
         types = malloc((n ? n : 1) * sizeof(int32_t));
         if (!ids || !types) {
@@ -234,25 +297,105 @@ int dsa_tokenizer_encode(const struct dsa_tokenizer *t, const char *text, size_t
                 free(types);
                 return -ENOMEM;
         }
-#define PUT(id_, type_)                 \
-        do {                            \
-                ids[k] = (id_);         \
-                types[k++] = (type_);   \
-        } while (0)
-        if (special)
-                PUT(t->cls_id, 0);
-        for (size_t i = 0; i < na; i++)
-                PUT(a.v[i], 0);
-        if (special)
-                PUT(t->sep_id, 0);
-        if (pair) {
-                for (size_t i = 0; i < nb; i++)
-                        PUT(b.v[i], 1);
-                if (special)
-                        PUT(t->sep_id, 1);
+        /* HF's TemplateProcessing: without specials the texts still take the template's type ids. */
+        for (size_t i = 0; i < tp->n; i++) {
+                const int32_t *src = tp->id[i] == DSA__TEMPLATE_A ? a.v : tp->id[i] == DSA__TEMPLATE_B ? b.v : NULL;
+                size_t m = tp->id[i] == DSA__TEMPLATE_A ? na : tp->id[i] == DSA__TEMPLATE_B ? nb : special;
+                for (size_t j = 0; j < m; j++) {
+                        ids[k] = src ? src[j] : tp->id[i];
+                        types[k++] = tp->type_id[i];
+                }
         }
-#undef PUT
         *ret = (struct dsa_encoding) { .ids = ids, .type_ids = types, .n = k };
+        return 0;
+}
+
+/* ---- decoding */
+
+struct buf {
+        char *s;
+        size_t n;
+};
+
+static void buf_put(struct buf *b, const char *s, size_t len) {
+        memcpy(b->s + b->n, s, len);
+        b->n += len;
+}
+
+/* Rust's str::replace(from, to) in place, for a to no longer than from. */
+static size_t replace_all(char *s, size_t len, const char *from, const char *to) {
+        size_t fl = strlen(from), tl = strlen(to), w = 0;
+
+        for (size_t i = 0; i < len;)
+                if (len - i >= fl && memcmp(s + i, from, fl) == 0) {
+                        memmove(s + w, to, tl);
+                        w += tl;
+                        i += fl;
+                } else
+                        s[w++] = s[i++];
+        return w;
+}
+
+/* HF's WordPiece decoder with cleanup, one token (its joining space included) at a time. */
+static void decode_wordpiece(const struct dsa_tokenizer *t, const int32_t *ids, size_t n, struct buf *b) {
+        static const char *const cleanup[][2] = {
+                { " .", "." }, { " ?", "?" }, { " !", "!" }, { " ,", "," }, { " ' ", "'" },
+                { " n't", "n't" }, { " 'm", "'m" }, { " do not", " don't" }, { " 's", "'s" },
+                { " 've", "'ve" }, { " 're", "'re" },
+        };
+        size_t prefix_len = strlen(t->prefix);
+
+        for (size_t i = 0; i < n; i++) {
+                const char *s = t->vocab.tokens[ids[i]];
+                size_t len = t->vocab.lens[ids[i]], start = b->n;
+                if (i > 0 && prefix_len > 0 && len >= prefix_len && memcmp(s, t->prefix, prefix_len) == 0) {
+                        s += prefix_len;
+                        len -= prefix_len;
+                } else if (i > 0)
+                        buf_put(b, " ", 1);
+                buf_put(b, s, len);
+                for (size_t k = 0; k < ELEMENTSOF(cleanup); k++)
+                        b->n = start + replace_all(b->s + start, b->n - start, cleanup[k][0], cleanup[k][1]);
+        }
+}
+
+/* HF's ByteLevel decoder; added tokens as their text. */
+static void decode_bpe(const struct dsa_tokenizer *t, const int32_t *ids, size_t n, struct buf *b) {
+        for (size_t i = 0; i < n; i++) {
+                const char *s = t->vocab.tokens[ids[i]];
+                size_t len = t->vocab.lens[ids[i]], m;
+                if (t->token_type[ids[i]] != DSA__TOKEN_NORMAL ||
+                    dsa__bytelevel_decode(s, len, b->s + b->n, &m) < 0)
+                        buf_put(b, s, len);
+                else
+                        b->n += m;
+        }
+}
+
+int dsa_tokenizer_decode(const struct dsa_tokenizer *t, const int32_t *ids, size_t n, char **ret,
+                         size_t *ret_len) {
+        struct buf b = {};
+        size_t cap = 1;
+
+        if (!t || (!ids && n > 0) || !ret || !ret_len)
+                return -EINVAL;
+        /* Decoding never makes a token longer, save the space before a WordPiece word. */
+        for (size_t i = 0; i < n; i++) {
+                if (ids[i] < 0 || (size_t) ids[i] >= t->vocab.n)
+                        return dsa__error(-EINVAL, "id %d at %zu is outside the vocabulary", ids[i], i);
+                if (!size_add_ok(cap, t->vocab.lens[ids[i]] + 1, &cap))
+                        return -ENOMEM;
+        }
+        b.s = malloc(cap);
+        if (!b.s)
+                return -ENOMEM;
+        if (t->kind == DSA_TOKENIZER_BPE)
+                decode_bpe(t, ids, n, &b);
+        else
+                decode_wordpiece(t, ids, n, &b);
+        b.s[b.n] = 0;
+        *ret = b.s;
+        *ret_len = b.n;
         return 0;
 }
 
@@ -272,6 +415,18 @@ int32_t dsa_tokenizer_lookup(const struct dsa_tokenizer *t, const char *token) {
         if (!t || !token)
                 return -EINVAL;
         return dsa__tokenizer_find(t, token);
+}
+
+int dsa_tokenizer_kind(const struct dsa_tokenizer *t) {
+        return t ? (int) t->kind : -EINVAL;
+}
+
+int32_t dsa_tokenizer_bos_id(const struct dsa_tokenizer *t) {
+        return t ? t->bos_id : -EINVAL;
+}
+
+int32_t dsa_tokenizer_eos_id(const struct dsa_tokenizer *t) {
+        return t ? t->eos_id : -EINVAL;
 }
 
 int32_t dsa_tokenizer_cls_id(const struct dsa_tokenizer *t) {
@@ -297,6 +452,8 @@ int32_t dsa_tokenizer_mask_id(const struct dsa_tokenizer *t) {
 int dsa_tokenizer_get_options(const struct dsa_tokenizer *t, struct dsa_tokenizer_options *ret) {
         if (!t || !ret)
                 return -EINVAL;
+        if (t->kind != DSA_TOKENIZER_WORDPIECE)
+                return -EOPNOTSUPP;
         *ret = t->wp.opts;
         return t->wp.flavour == DSA__WPM_LLAMA;
 }

@@ -570,6 +570,8 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         char method[256] = "", prev[256] = "";
         int r;
 
+        if (m && m->llama && o)
+                return dsa__model_optimize_lm(m, o);
         if (!m || !m->bert || !o || (unsigned) o->quant >= _DSA_WFORMAT_MAX || o->quant == DSA_WFORMAT_SPARSE)
                 return -EINVAL;
         if (!(o->prune_heads >= 0 && o->prune_heads < 1) || !(o->prune_ffn >= 0 && o->prune_ffn < 1) ||
@@ -584,6 +586,8 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         dsa__info_remove(&m->info, "act_quant");
         dsa__info_remove(&m->info, "calib_sha256");
         dsa__info_remove(&m->info, "calib_texts");
+        if (o->attention)
+                dsa__info_remove(&m->info, "scorer_kl");
 
 #define APPEND(...) snprintf(method + strlen(method), sizeof(method) - strlen(method), __VA_ARGS__)
         if (o->prune_heads > 0) {
@@ -623,6 +627,11 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                 APPEND("%stokens-%s", *method ? "+" : "", sched);
                 if ((r = record(m, "token_keep", "%s", sched)) < 0)
                         return r;
+        }
+        if (o->attention) {
+                if ((r = dsa__model_set_attention(m, o)) < 0)
+                        return r;
+                APPEND("%sattention-%s", *method ? "+" : "", dsa__info_get(&m->info, "attention"));
         }
         if (o->mixed) {
                 if ((r = quantize_mixed(m, o)) < 0)
@@ -683,10 +692,23 @@ int dsa_model_info_at(const struct dsa_model *m, size_t i, const char **ret_name
 }
 
 size_t dsa_model_weight_bytes(const struct dsa_model *m) {
+        if (m && m->llama)
+                return dsa__llama_weight_bytes(m->llama);
         return m && m->bert ? dsa__bert_weight_bytes(m->bert) : 0;
 }
 
 int dsa_model_describe_layer(const struct dsa_model *m, size_t layer, char *buf, size_t size) {
+        if (m && m->llama && layer < m->llama->cfg.n_layer && buf && size > 0) {
+                const struct dsa_llama_config *c = &m->llama->cfg;
+                const struct dsa_llama_layer *y = &m->llama->layers[layer];
+                char att[160];
+                dsa__att_describe(&m->llama->att, att, sizeof(att));
+                snprintf(buf, size, "layer %zu: heads %u (key/value %u), ffn %u, qkv %s, out %s, gate/up %s, down %s, "
+                         "attention %s", layer, c->n_head, c->n_head_kv, c->n_ff, dsa_wformat_name(y->qkv.fmt),
+                         dsa_wformat_name(y->o.fmt), dsa_wformat_name(y->gate_up.fmt), dsa_wformat_name(y->down.fmt),
+                         att);
+                return 0;
+        }
         if (!m || !m->bert || layer >= m->bert->cfg.n_layer || !buf || size == 0)
                 return -EINVAL;
         const struct dsa_bert_layer *y = &m->bert->layers[layer];

@@ -12,6 +12,8 @@
 #include "model.h"
 #include "prune.h"
 
+struct dsa__att;
+
 enum dsa_prune_method {
         DSA_PRUNE_MAGNITUDE,
         DSA_PRUNE_WANDA,
@@ -55,6 +57,13 @@ struct dsa_optimize_opts {
         const char *const *calib_pairs;
         size_t n_calib;
         const char *calib_hash; /* recorded as dsa.variant.calib_sha256, or NULL */
+
+        /* Attention (decoders): the variant to run (attention-variant.h), or NULL to keep the
+         * model's. A fitted DSA variant gets its scorer (rank scorer_rank) fitted on the
+         * calibration texts, joined and cut into windows of the context length; without texts
+         * it keeps the scorer the model already has. */
+        const struct dsa__att *attention;
+        uint32_t scorer_rank;
 
         /* The model's path, recorded as dsa.variant.parent (NULL: its source). */
         const char *parent;

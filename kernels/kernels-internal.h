@@ -10,6 +10,8 @@
 /* Scalar references, ref.c. The SIMD variants are tested against these. */
 void dsa_layernorm_f32_ref(float *out, const float *inp, const float *gamma, const float *beta,
                            size_t N, size_t C, float eps);
+void dsa_rmsnorm_f32_ref(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_ref(float *x, size_t n);
 void dsa_gelu_tanh_f32_ref(float *x, size_t n);
 void dsa_softmax_f32_ref(float *x, size_t N, size_t C);
@@ -25,6 +27,8 @@ float dsa__f16_to_f32_one(uint16_t h);
 /* AVX2 + FMA + F16C, x86/avx2.c. */
 void dsa_layernorm_f32_avx2(float *out, const float *inp, const float *gamma, const float *beta,
                             size_t N, size_t C, float eps);
+void dsa_rmsnorm_f32_avx2(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_avx2(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx2(float *x, size_t n);
 void dsa_softmax_f32_avx2(float *x, size_t N, size_t C);
@@ -37,6 +41,8 @@ void dsa_attention_f32_avx2(float *out, size_t ldo, const float *q, size_t ldq, 
 /* AVX-512 F/BW/DQ/VL, x86/avx512.c. */
 void dsa_layernorm_f32_avx512(float *out, const float *inp, const float *gamma, const float *beta,
                               size_t N, size_t C, float eps);
+void dsa_rmsnorm_f32_avx512(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_avx512(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx512(float *x, size_t n);
 void dsa_softmax_f32_avx512(float *x, size_t N, size_t C);

@@ -28,6 +28,15 @@ struct dsa_kernels {
         void (*layernorm_f32)(float *out, const float *inp, const float *gamma, const float *beta,
                               size_t N, size_t C, float eps);
 
+        /* inp (N,C), gamma (C) -> out (N,C); out may alias inp. RMSNorm as Llama's:
+         * out = gamma * (x / sqrt(mean(x^2) + eps)). */
+        void (*rmsnorm_f32)(float *out, const float *inp, const float *gamma, size_t N, size_t C,
+                            float eps);
+
+        /* gate (n), up (n) -> out (n); out may alias either: out = silu(gate) * up, silu(x) =
+         * x / (1 + e^-x) (SwiGLU's gating, HF "silu"). */
+        void (*silu_mul_f32)(float *out, const float *gate, const float *up, size_t n);
+
         /* x (n) in place: exact GELU 0.5*x*(1+erf(x/sqrt(2))) (HF "gelu"). */
         void (*gelu_erf_f32)(float *x, size_t n);
 

@@ -33,6 +33,32 @@ void dsa_layernorm_f32_ref(float *out, const float *inp, const float *gamma, con
         }
 }
 
+/* inp (N,C), gamma (C) -> out (N,C), may alias: gamma * x / sqrt(mean(x^2) + eps), the mean in
+ * double (HF's LlamaRMSNorm: x * rsqrt(var + eps), then times the weight). */
+void dsa_rmsnorm_f32_ref(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps) {
+        for (size_t n = 0; n < N; n++) {
+                const float *x = inp + n * C;
+                float *y = out + n * C;
+                double ss = 0;
+
+                if (C == 0)
+                        continue;
+                for (size_t c = 0; c < C; c++)
+                        ss += (double) x[c] * x[c];
+                double r = 1.0 / sqrt(ss / (double) C + eps);
+                for (size_t c = 0; c < C; c++)
+                        y[c] = (float) (gamma[c] * (x[c] * r));
+        }
+}
+
+/* out (n) = gate / (1 + e^-gate) * up, in double; out may alias gate or up. */
+void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                double g = gate[i];
+                out[i] = (float) (g / (1.0 + exp(-g)) * up[i]);
+        }
+}
+
 /* x (n) in place: 0.5*x*(1+erf(x/sqrt(2))), in double. */
 void dsa_gelu_erf_f32_ref(float *x, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -185,6 +211,8 @@ const struct dsa_kernels dsa__kernels_ref = {
         .isa = DSA_ISA_REF,
         .name = "ref",
         .layernorm_f32 = dsa_layernorm_f32_ref,
+        .rmsnorm_f32 = dsa_rmsnorm_f32_ref,
+        .silu_mul_f32 = dsa_silu_mul_f32_ref,
         .gelu_erf_f32 = dsa_gelu_erf_f32_ref,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_ref,
         .softmax_f32 = dsa_softmax_f32_ref,

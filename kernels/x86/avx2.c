@@ -70,6 +70,60 @@ void dsa_layernorm_f32_avx2(float *out, const float *inp, const float *gamma, co
         }
 }
 
+/* x (N,C) rows: sum of squares, then gamma * x * rstd; see kernels.h. */
+void dsa_rmsnorm_f32_avx2(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps) {
+        const size_t rem = C % 8, body = C - rem;
+        const __m256i m = tail_mask(rem);
+
+        for (size_t n = 0; n < N; n++) {
+                const float *x = inp + n * C;
+                float *y = out + n * C;
+                __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+                size_t c = 0;
+
+                if (C == 0)
+                        continue;
+                for (; c + 16 <= body; c += 16) {
+                        __m256 a = _mm256_loadu_ps(x + c), b = _mm256_loadu_ps(x + c + 8);
+                        s0 = _mm256_fmadd_ps(a, a, s0);
+                        s1 = _mm256_fmadd_ps(b, b, s1);
+                }
+                for (; c < body; c += 8) {
+                        __m256 a = _mm256_loadu_ps(x + c);
+                        s0 = _mm256_fmadd_ps(a, a, s0);
+                }
+                if (rem) {
+                        __m256 a = _mm256_maskload_ps(x + body, m);
+                        s1 = _mm256_fmadd_ps(a, a, s1);
+                }
+                __m256 r = _mm256_set1_ps((float) (1.0 / sqrt((double) hsum(_mm256_add_ps(s0, s1)) / (double) C + eps)));
+                for (c = 0; c < body; c += 8)
+                        _mm256_storeu_ps(y + c, _mm256_mul_ps(_mm256_loadu_ps(gamma + c),
+                                                              _mm256_mul_ps(_mm256_loadu_ps(x + c), r)));
+                if (rem)
+                        _mm256_maskstore_ps(y + body, m, _mm256_mul_ps(_mm256_maskload_ps(gamma + body, m),
+                                                                       _mm256_mul_ps(_mm256_maskload_ps(x + body, m), r)));
+        }
+}
+
+/* silu(g) * u = g * u / (1 + e^-g); e^-g is +inf for g < -88.7, giving -0 * u, as the limit. */
+static inline __m256 silu_mul_ps(__m256 g, __m256 u) {
+        __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+        return _mm256_div_ps(_mm256_mul_ps(g, u), d);
+}
+
+void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n) {
+        size_t i = 0;
+
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(out + i, silu_mul_ps(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+        if (i < n) {
+                __m256i m = tail_mask(n - i);
+                _mm256_maskstore_ps(out + i, m, silu_mul_ps(_mm256_maskload_ps(gate + i, m),
+                                                            _mm256_maskload_ps(up + i, m)));
+        }
+}
+
 void dsa_gelu_erf_f32_avx2(float *x, size_t n) {
         size_t i = 0;
 
@@ -167,6 +221,8 @@ const struct dsa_kernels dsa__kernels_avx2 = {
         .isa = DSA_ISA_AVX2,
         .name = "avx2",
         .layernorm_f32 = dsa_layernorm_f32_avx2,
+        .rmsnorm_f32 = dsa_rmsnorm_f32_avx2,
+        .silu_mul_f32 = dsa_silu_mul_f32_avx2,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx2,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx2,
         .softmax_f32 = dsa_softmax_f32_avx2,

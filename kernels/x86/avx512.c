@@ -69,6 +69,61 @@ void dsa_layernorm_f32_avx512(float *out, const float *inp, const float *gamma, 
         }
 }
 
+/* x (N,C) rows: sum of squares, then gamma * x * rstd; see kernels.h. */
+void dsa_rmsnorm_f32_avx512(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps) {
+        const size_t rem = C % 16, body = C - rem;
+        const __mmask16 m = (__mmask16) ((1u << rem) - 1);
+
+        for (size_t n = 0; n < N; n++) {
+                const float *x = inp + n * C;
+                float *y = out + n * C;
+                __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+                size_t c = 0;
+
+                if (C == 0)
+                        continue;
+                for (; c + 32 <= body; c += 32) {
+                        __m512 a = _mm512_loadu_ps(x + c), b = _mm512_loadu_ps(x + c + 16);
+                        s0 = _mm512_fmadd_ps(a, a, s0);
+                        s1 = _mm512_fmadd_ps(b, b, s1);
+                }
+                for (; c < body; c += 16) {
+                        __m512 a = _mm512_loadu_ps(x + c);
+                        s0 = _mm512_fmadd_ps(a, a, s0);
+                }
+                if (rem) {
+                        __m512 a = _mm512_maskz_loadu_ps(m, x + body);
+                        s1 = _mm512_fmadd_ps(a, a, s1);
+                }
+                __m512 r = _mm512_set1_ps((float) (1.0 / sqrt((double) _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) /
+                                                                 (double) C + eps)));
+                for (c = 0; c < body; c += 16)
+                        _mm512_storeu_ps(y + c, _mm512_mul_ps(_mm512_loadu_ps(gamma + c),
+                                                              _mm512_mul_ps(_mm512_loadu_ps(x + c), r)));
+                if (rem)
+                        _mm512_mask_storeu_ps(y + body, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, gamma + body),
+                                                                         _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + body), r)));
+        }
+}
+
+/* silu(g) * u = g * u / (1 + e^-g); see the AVX2 version. */
+static inline __m512 silu_mul_ps(__m512 g, __m512 u) {
+        __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+        return _mm512_div_ps(_mm512_mul_ps(g, u), d);
+}
+
+void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, size_t n) {
+        size_t i = 0;
+
+        for (; i + 16 <= n; i += 16)
+                _mm512_storeu_ps(out + i, silu_mul_ps(_mm512_loadu_ps(gate + i), _mm512_loadu_ps(up + i)));
+        if (i < n) {
+                __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+                _mm512_mask_storeu_ps(out + i, m, silu_mul_ps(_mm512_maskz_loadu_ps(m, gate + i),
+                                                              _mm512_maskz_loadu_ps(m, up + i)));
+        }
+}
+
 void dsa_gelu_erf_f32_avx512(float *x, size_t n) {
         size_t i = 0;
 
@@ -170,6 +225,8 @@ const struct dsa_kernels dsa__kernels_avx512 = {
         .isa = DSA_ISA_AVX512,
         .name = "avx512",
         .layernorm_f32 = dsa_layernorm_f32_avx512,
+        .rmsnorm_f32 = dsa_rmsnorm_f32_avx512,
+        .silu_mul_f32 = dsa_silu_mul_f32_avx512,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx512,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx512,
         .softmax_f32 = dsa_softmax_f32_avx512,

@@ -1,7 +1,9 @@
-/* libFuzzer target: any bytes as a tokenizer.json. A file that loads must then encode fixed
- * texts, a pair with truncation, and the input bytes themselves as text, without crashing. */
+/* libFuzzer target: any bytes as a tokenizer.json (WordPiece or byte-level BPE). A file that
+ * loads must then encode fixed texts, a pair with truncation, and the input bytes themselves as
+ * text, and decode what it encoded, without crashing. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/tokenizer.h"
@@ -11,15 +13,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void encode(const struct dsa_tokenizer *t, const char *a, size_t a_len, const char *b,
                    size_t b_len, unsigned flags, size_t max_len) {
         struct dsa_encoding e = {};
+        char *s = NULL;
+        size_t len;
 
-        if (dsa_tokenizer_encode(t, a, a_len, b, b_len, flags, max_len, &e) >= 0)
-                dsa_encoding_clear(&e);
+        if (dsa_tokenizer_encode(t, a, a_len, b, b_len, flags, max_len, &e) < 0)
+                return;
+        if (dsa_tokenizer_decode(t, e.ids, e.n, &s, &len) >= 0)
+                free(s);
+        dsa_encoding_clear(&e);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static const char *const texts[] = {
                 "Hello, World! [CLS] [MASK] caf\xc3\xa9 \xe4\xb8\xad\xe6\x96\x87 \xc4\xb0 e\xcc\x81",
                 "unaffable\t\n\x01 \xef\xbf\xbd runs!!",
+                "<|begin_of_text|>it's 12345\r\n\n  hello world<|end_of_text|> \xe1\xa0\x8e!",
         };
         struct dsa_tokenizer *t = NULL;
 
@@ -32,6 +40,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         encode(t, (const char *) data, size, texts[0], strlen(texts[0]), DSA_ENCODE_SPECIAL, 16);
         for (int32_t id = -1; id < 3; id++)
                 (void) dsa_tokenizer_token(t, id);
+        (void) dsa_tokenizer_bos_id(t);
+        (void) dsa_tokenizer_eos_id(t);
         dsa_tokenizer_free(t);
         return 0;
 }

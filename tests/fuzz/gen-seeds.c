@@ -1,6 +1,7 @@
 /* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB;
  * the tiny BERT models of "model" under 16 KB) into OUTDIR/<target> (gguf, safetensors,
- * tokenizer-json, hf-config, request, model) at build time, so no binary files are committed. */
+ * tokenizer-json, hf-config, request, model) at build time, so no binary files are committed.
+ * The tokenizer seeds cover WordPiece and byte-level BPE, as tokenizer.json and as GGUF. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include "dsa/ring.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
+#include "engine/tokenizer.h"
 #include "engine/variant.h"
 #include "tiny-bert.h"
 
@@ -189,6 +191,59 @@ static int model_seeds(const char *dir) {
         return 0;
 }
 
+/* Byte-level BPE tokenizer.json files, Llama 3's pipeline (Split + ByteLevel, BOS template,
+ * [a, b] merges) and GPT-2's (ByteLevel with its regex, "a b" merges), over a few tokens. */
+#define BPE_VOCAB                                                                                   \
+        "\"vocab\":{\"<|begin_of_text|>\":0,\"<|end_of_text|>\":1,\"h\":2,\"e\":3,\"l\":4,\"o\":5,"   \
+        "\"\xc4\xa0\":6,\"w\":7,\"r\":8,\"d\":9,\"he\":10,\"ll\":11,\"llo\":12,\"\xc4\xa0w\":13,"     \
+        "\"or\":14,\"\xc4\xa0wor\":15,\"ld\":16,\"\xc4\xa0world\":17,\"\xc3\x83\":18,\"\xc2\xa9\":19," \
+        "\"\xc3\x83\xc2\xa9\":20,\"1\":21,\"2\":22,\"\xc4\x8a\":23}"
+#define BPE_ADDED                                                                                   \
+        "\"added_tokens\":[{\"id\":0,\"content\":\"<|begin_of_text|>\",\"single_word\":false,"          \
+        "\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":1,"           \
+        "\"content\":\"<|end_of_text|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"      \
+        "\"normalized\":false,\"special\":true}]"
+static const char bpe_llama3_json[] =
+        "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null," BPE_ADDED ",\"normalizer\":null,"
+        "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":{\"Regex\":"
+        "\"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*"
+        "|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"},\"behavior\":\"Isolated\",\"invert\":false},"
+        "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":false}]},"
+        "\"post_processor\":{\"type\":\"Sequence\",\"processors\":[{\"type\":\"ByteLevel\",\"add_prefix_space\":true,"
+        "\"trim_offsets\":false,\"use_regex\":true},{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":"
+        "{\"id\":\"<|begin_of_text|>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}}],\"pair\":["
+        "{\"SpecialToken\":{\"id\":\"<|begin_of_text|>\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},"
+        "{\"SpecialToken\":{\"id\":\"<|begin_of_text|>\",\"type_id\":1}},{\"Sequence\":{\"id\":\"B\",\"type_id\":1}}],"
+        "\"special_tokens\":{\"<|begin_of_text|>\":{\"id\":\"<|begin_of_text|>\",\"ids\":[0],\"tokens\":[\"<|begin_of_text|>\"]}}}]},"
+        "\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":true,\"use_regex\":true},"
+        "\"model\":{\"type\":\"BPE\",\"dropout\":null,\"unk_token\":null,\"continuing_subword_prefix\":null,"
+        "\"end_of_word_suffix\":null,\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":true," BPE_VOCAB ","
+        "\"merges\":[[\"h\",\"e\"],[\"l\",\"l\"],[\"ll\",\"o\"],[\"\xc4\xa0\",\"w\"],[\"o\",\"r\"],[\"\xc4\xa0w\",\"or\"],"
+        "[\"l\",\"d\"],[\"\xc4\xa0wor\",\"ld\"],[\"\xc3\x83\",\"\xc2\xa9\"]]}}";
+static const char bpe_gpt2_json[] =
+        "{\"version\":\"1.0\"," BPE_ADDED ",\"normalizer\":null,\"pre_tokenizer\":{\"type\":\"ByteLevel\","
+        "\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true},\"post_processor\":{\"type\":\"ByteLevel\","
+        "\"add_prefix_space\":true,\"trim_offsets\":false,\"use_regex\":true},\"decoder\":{\"type\":\"ByteLevel\"},"
+        "\"model\":{\"type\":\"BPE\",\"unk_token\":null," BPE_VOCAB ",\"merges\":[\"h e\",\"l l\",\"ll o\","
+        "\"\xc4\xa0 w\",\"o r\",\"\xc4\xa0w or\",\"l d\",\"\xc4\xa0wor ld\",\"\xc3\x83 \xc2\xa9\"]}}";
+
+/* The Llama 3 one again as GGUF, the way dsa_tokenizer_to_gguf() writes it. */
+static int gguf_bpe(const char *p) {
+        struct dsa_tokenizer *t = NULL;
+        struct dsa_gguf_writer *w;
+        int r = dsa_tokenizer_from_hf_json(bpe_llama3_json, sizeof(bpe_llama3_json) - 1, &t);
+
+        if (r < 0)
+                return r;
+        w = dsa_gguf_writer_new();
+        r = w ? dsa_tokenizer_to_gguf(t, w) : -ENOMEM;
+        if (r >= 0)
+                r = dsa_gguf_writer_write(w, p);
+        dsa_gguf_writer_free(w);
+        dsa_tokenizer_free(t);
+        return r;
+}
+
 int main(int argc, char **argv) {
         const char *dir;
         int r;
@@ -216,6 +271,8 @@ int main(int argc, char **argv) {
         if (r >= 0)
                 r = gguf_vocab(path(dir, "gguf", "vocab.gguf"));
         if (r >= 0)
+                r = gguf_bpe(path(dir, "gguf", "vocab-bpe.gguf"));
+        if (r >= 0)
                 r = write_raw(path(dir, "gguf", "empty-v2.gguf"),
                               "GGUF\2\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 24);
         if (r >= 0)
@@ -240,6 +297,11 @@ int main(int argc, char **argv) {
                 static const char tok_json[] = "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":0,\"content\":\"[PAD]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":1,\"content\":\"[UNK]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":2,\"content\":\"[CLS]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":3,\"content\":\"[SEP]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true},{\"id\":4,\"content\":\"[MASK]\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,\"normalized\":false,\"special\":true}],\"normalizer\":{\"type\":\"BertNormalizer\",\"clean_text\":true,\"handle_chinese_chars\":true,\"strip_accents\":null,\"lowercase\":true},\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"[CLS]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":0}}],\"pair\":[{\"SpecialToken\":{\"id\":\"[CLS]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"A\",\"type_id\":0}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":0}},{\"Sequence\":{\"id\":\"B\",\"type_id\":1}},{\"SpecialToken\":{\"id\":\"[SEP]\",\"type_id\":1}}],\"special_tokens\":{\"[CLS]\":{\"id\":\"[CLS]\",\"ids\":[2],\"tokens\":[\"[CLS]\"]},\"[SEP]\":{\"id\":\"[SEP]\",\"ids\":[3],\"tokens\":[\"[SEP]\"]}}},\"decoder\":{\"type\":\"WordPiece\",\"prefix\":\"##\",\"cleanup\":true},\"model\":{\"type\":\"WordPiece\",\"unk_token\":\"[UNK]\",\"continuing_subword_prefix\":\"##\",\"max_input_chars_per_word\":100,\"vocab\":{\"[PAD]\":0,\"[UNK]\":1,\"[CLS]\":2,\"[SEP]\":3,\"[MASK]\":4,\"hello\":5,\"world\":6,\"##s\":7,\"run\":8,\",\":9,\"!\":10,\"un\":11,\"##aff\":12,\"##able\":13}}}";
                 r = write_raw(path(dir, "tokenizer-json", "tokenizer.json"), tok_json, sizeof(tok_json) - 1);
         }
+        if (r >= 0)
+                r = write_raw(path(dir, "tokenizer-json", "bpe-llama3.json"), bpe_llama3_json,
+                              sizeof(bpe_llama3_json) - 1);
+        if (r >= 0)
+                r = write_raw(path(dir, "tokenizer-json", "bpe-gpt2.json"), bpe_gpt2_json, sizeof(bpe_gpt2_json) - 1);
         if (r >= 0) {
                 /* A BERT sequence classifier's config.json, as transformers writes one (the
                  * shape of bert-tiny's), with the null and float fields a parser meets. */

@@ -44,10 +44,11 @@ static const struct dsa_kernels *simd[_DSA_ISA_MAX];
 static size_t n_simd;
 
 /* Worst error seen per kernel and ISA, printed at the end. */
-enum { K_LAYERNORM, K_GELU_ERF, K_GELU_TANH, K_SOFTMAX, K_ATTENTION, K_PROBS, K_F16, K_BF16, _K_MAX };
+enum { K_LAYERNORM, K_GELU_ERF, K_GELU_TANH, K_SOFTMAX, K_ATTENTION, K_PROBS, K_F16, K_BF16, K_RMSNORM, K_SILU_MUL,
+       _K_MAX };
 static const char *const kernel_names[_K_MAX] = { "layernorm", "gelu_erf", "gelu_tanh", "softmax",
                                                   "attention", "attention probs", "f16_to_f32",
-                                                  "bf16_to_f32" };
+                                                  "bf16_to_f32", "rmsnorm", "silu_mul" };
 static double worst[_K_MAX][_DSA_ISA_MAX];
 
 /* Like dsa_test_check_tensor, but quiet on success (it runs thousands of times) and recording
@@ -124,6 +125,66 @@ static void test_layernorm_ref_oracle(void **state) {
 
         ref->layernorm_f32(x, x, g, b, 1, 4, 0.0f);
         assert_true(dsa_test_check_tensor("layernorm ref vs hand", x, want, 4, REF_ORACLE_MAX_ERR, 0));
+}
+
+static void test_rmsnorm(void **state) {
+        struct dsa_test_rng rng = { 7 };
+
+        for (size_t s = 0; s < n_simd; s++)
+                for (size_t ci = 0; ci < ELEMENTSOF(sizes); ci++) {
+                        size_t C = sizes[ci], N = 1 + dsa_test_rng_u64(&rng) % 5;
+                        float *x = falloc(N * C), *g = falloc(C), *want = falloc(N * C), *got = falloc(N * C);
+                        float eps = ci % 2 ? 1e-6f : 1e-5f;
+                        char shape[64];
+
+                        dsa_test_rng_fill(&rng, x, N * C, -3.0f, 5.0f);
+                        dsa_test_rng_fill(&rng, g, C, 0.5f, 1.5f);
+                        ref->rmsnorm_f32(want, x, g, N, C, eps);
+                        simd[s]->rmsnorm_f32(got, x, g, N, C, eps);
+                        snprintf(shape, sizeof(shape), "N=%zu C=%zu", N, C);
+                        assert_true(check(K_RMSNORM, simd[s]->isa, shape, got, want, N * C,
+                                          LAYERNORM_MAX_ERR, LAYERNORM_MAX_RERR));
+                        simd[s]->rmsnorm_f32(x, x, g, N, C, eps);
+                        assert_true(check(K_RMSNORM, simd[s]->isa, "in place", x, want, N * C,
+                                          LAYERNORM_MAX_ERR, LAYERNORM_MAX_RERR));
+                        free(x), free(g), free(want), free(got);
+                }
+}
+
+/* rmsnorm of (3, 4) with gamma 2: rms 2.5 -> 2*3/2.5. silu(0) = 0, silu(-100) * 1 = -0
+ * (within 1e-30), silu(1) * 2 = 2 / (1 + e^-1). */
+static void test_rmsnorm_silu_ref_oracle(void **state) {
+        float x[2] = { 3, 4 }, g[2] = { 2, 2 }, want[2] = { 2.0f * 3.0f / 3.5355339f, 2.0f * 4.0f / 3.5355339f };
+        float gate[3] = { 0.0f, -100.0f, 1.0f }, up[3] = { 5.0f, 1.0f, 2.0f }, out[3];
+        const float swant[3] = { 0.0f, 0.0f, 1.4621172f };
+
+        ref->rmsnorm_f32(x, x, g, 1, 2, 0.0f);
+        assert_true(dsa_test_check_tensor("rmsnorm ref vs hand", x, want, 2, REF_ORACLE_MAX_ERR, 0));
+        ref->silu_mul_f32(out, gate, up, 3);
+        assert_true(dsa_test_check_tensor("silu_mul ref vs hand", out, swant, 3, REF_ORACLE_MAX_ERR, 0));
+}
+
+static void test_silu_mul(void **state) {
+        struct dsa_test_rng rng = { 8 };
+
+        for (size_t s = 0; s < n_simd; s++)
+                for (size_t ci = 0; ci < ELEMENTSOF(sizes); ci++) {
+                        size_t n = sizes[ci] + 3;
+                        float *gt = falloc(n), *u = falloc(n), *want = falloc(n), *got = falloc(n);
+                        char shape[64];
+
+                        dsa_test_rng_fill(&rng, gt, n, -12.0f, 12.0f);
+                        dsa_test_rng_fill(&rng, u, n, -2.0f, 2.0f);
+                        if (n > 2)
+                                gt[0] = -100.0f, gt[1] = 100.0f;
+                        ref->silu_mul_f32(want, gt, u, n);
+                        simd[s]->silu_mul_f32(got, gt, u, n);
+                        snprintf(shape, sizeof(shape), "n=%zu", n);
+                        assert_true(check(K_SILU_MUL, simd[s]->isa, shape, got, want, n, 1e-6f, 2e-6f));
+                        simd[s]->silu_mul_f32(gt, gt, u, n);
+                        assert_true(check(K_SILU_MUL, simd[s]->isa, "in place", gt, want, n, 1e-6f, 2e-6f));
+                        free(gt), free(u), free(want), free(got);
+                }
 }
 
 static void fill_activation_input(struct dsa_test_rng *rng, float *x, size_t n) {
@@ -523,6 +584,9 @@ int main(void) {
                 cmocka_unit_test(test_dispatch),
                 cmocka_unit_test(test_layernorm_ref_oracle),
                 cmocka_unit_test(test_layernorm),
+                cmocka_unit_test(test_rmsnorm_silu_ref_oracle),
+                cmocka_unit_test(test_rmsnorm),
+                cmocka_unit_test(test_silu_mul),
                 cmocka_unit_test(test_gelu_ref_oracle),
                 cmocka_unit_test(test_gelu),
                 cmocka_unit_test(test_softmax_ref_oracle),

@@ -628,7 +628,12 @@ static void test_llama_gguf(void **state) {
         dsa_error_clear();
         assert_int_equal(dsa_model_open(path, &bad), -ENOENT);
         assert_non_null(strstr(dsa_error_message(-ENOENT), "blk.1.ffn_down.weight"));
+        /* BERT tensors under another architecture: llama's keys are missing; gpt2 is unknown */
         assert_int_equal(write_llama_gguf(path, "llama", NULL), 0);
+        dsa_error_clear();
+        assert_int_equal(dsa_model_open(path, &bad), -ENOENT);
+        assert_non_null(strstr(dsa_error_message(-ENOENT), "llama.context_length"));
+        assert_int_equal(write_llama_gguf(path, "gpt2", NULL), 0);
         assert_int_equal(dsa_model_open(path, &bad), -EOPNOTSUPP);
         assert_null(bad);
         dsa_model_free(hf);

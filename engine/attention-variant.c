@@ -1,0 +1,459 @@
+/* Attention variants: names, checks, GGUF storage, and the per-query-block choice of key blocks
+ * (attention.h has the formulas). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention-variant.h"
+#include "basic/error.h"
+#include "basic/macro.h"
+#include "gguf.h"
+#include "tensor.h"
+
+static const char *const kind_names[_DSA_ATT_MAX] = {
+        [DSA_ATT_DENSE] = "dense", [DSA_ATT_LOCAL] = "local", [DSA_ATT_FIXED] = "fixed",
+        [DSA_ATT_LINEAR] = "linear", [DSA_ATT_DSA] = "dsa",
+};
+
+static const char *const select_names[_DSA_ATT_SELECT_MAX] = {
+        [DSA_ATT_SELECT_MASS] = "mass", [DSA_ATT_SELECT_COUNT] = "count", [DSA_ATT_SELECT_FRACTION] = "fraction",
+};
+
+const char *dsa_att_kind_name(enum dsa_att_kind k) {
+        return (unsigned) k < _DSA_ATT_MAX ? kind_names[k] : NULL;
+}
+
+int dsa_att_kind_from_name(const char *s, enum dsa_att_kind *ret) {
+        for (unsigned k = 0; k < _DSA_ATT_MAX; k++)
+                if (s && strcmp(s, kind_names[k]) == 0) {
+                        *ret = k;
+                        return 0;
+                }
+        return -EINVAL;
+}
+
+const char *dsa_att_select_name(enum dsa_att_select s) {
+        return (unsigned) s < _DSA_ATT_SELECT_MAX ? select_names[s] : NULL;
+}
+
+void dsa__att_init(struct dsa__att *a) {
+        *a = (struct dsa__att) {
+                .kind = DSA_ATT_DENSE, .block = 64, .window = 2, .global = 1, .random = 2, .seed = 1,
+                .select = DSA_ATT_SELECT_MASS, .mass = 0.95f, .fraction = 0.5f,
+        };
+}
+
+void dsa__att_clear(struct dsa__att *a) {
+        free(a->wq);
+        free(a->wk);
+        free(a->bias);
+        a->wq = a->wk = a->bias = NULL;
+        a->rank = a->n_layer = a->n_head = a->head_dim = 0;
+}
+
+static size_t scorer_w_floats(const struct dsa__att *a) {
+        return (size_t) a->n_layer * a->n_head * a->rank * a->head_dim;
+}
+
+static size_t scorer_b_floats(const struct dsa__att *a) {
+        return (size_t) a->n_layer * a->n_head * DSA_ATT_NBINS;
+}
+
+int dsa__att_scorer_alloc(struct dsa__att *a, uint32_t rank, uint32_t n_layer, uint32_t n_head, uint32_t head_dim) {
+        if (rank == 0 || rank > DSA_ATT_MAX_RANK || n_layer == 0 || n_head == 0 || head_dim == 0 ||
+            head_dim > 4096 || n_layer > 4096 || n_head > 4096)
+                return -EINVAL;
+        dsa__att_clear(a);
+        a->rank = rank, a->n_layer = n_layer, a->n_head = n_head, a->head_dim = head_dim;
+        a->wq = calloc(scorer_w_floats(a), sizeof(float));
+        a->wk = calloc(scorer_w_floats(a), sizeof(float));
+        a->bias = calloc(scorer_b_floats(a), sizeof(float));
+        if (!a->wq || !a->wk || !a->bias) {
+                dsa__att_clear(a);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+int dsa__att_copy(struct dsa__att *dst, const struct dsa__att *src) {
+        struct dsa__att c = *src;
+        int r;
+
+        c.wq = c.wk = c.bias = NULL;
+        if (src->wq) {
+                r = dsa__att_scorer_alloc(&c, src->rank, src->n_layer, src->n_head, src->head_dim);
+                if (r < 0)
+                        return r;
+                memcpy(c.wq, src->wq, scorer_w_floats(src) * sizeof(float));
+                memcpy(c.wk, src->wk, scorer_w_floats(src) * sizeof(float));
+                memcpy(c.bias, src->bias, scorer_b_floats(src) * sizeof(float));
+        }
+        *dst = c;
+        return 0;
+}
+
+int dsa__att_check(const struct dsa__att *a, uint32_t n_layer, uint32_t n_head, uint32_t head_dim) {
+        if ((unsigned) a->kind >= _DSA_ATT_MAX)
+                return dsa__error(-EINVAL, "unknown attention kind %d", (int) a->kind);
+        if (a->block == 0 || a->block > DSA_ATT_MAX_BLOCK)
+                return dsa__error(-EINVAL, "attention block %u is not in [1, %d]", a->block, DSA_ATT_MAX_BLOCK);
+        if (a->window == 0 || a->window > 1u << 20 || a->global > 1u << 20 || a->random > 1u << 20)
+                return dsa__error(-EINVAL, "attention window must be >= 1 and window, global, random sane");
+        if ((unsigned) a->select >= _DSA_ATT_SELECT_MAX)
+                return dsa__error(-EINVAL, "unknown DSA selection %d", (int) a->select);
+        if (!(a->mass > 0.0f && a->mass <= 1.0f))
+                return dsa__error(-EINVAL, "DSA mass target %g is not in (0, 1]", (double) a->mass);
+        if (!(a->fraction > 0.0f && a->fraction <= 1.0f))
+                return dsa__error(-EINVAL, "DSA kept fraction %g is not in (0, 1]", (double) a->fraction);
+        if (a->select == DSA_ATT_SELECT_COUNT && a->count == 0)
+                return dsa__error(-EINVAL, "DSA with a fixed block count needs a count >= 1");
+        if (a->oracle && a->heuristic)
+                return dsa__error(-EINVAL, "the DSA scorer is either the oracle or the heuristic one");
+        if (a->kind == DSA_ATT_DSA && !a->heuristic && !a->oracle) {
+                if (!a->wq || !a->wk || !a->bias)
+                        return dsa__error(-EINVAL, "DSA attention needs a fitted scorer (--calib) or the "
+                                          "heuristic one");
+                if (a->n_layer != n_layer || a->n_head != n_head || a->head_dim != head_dim)
+                        return dsa__error(-EINVAL, "DSA scorer shape (%u layers, %u heads, head size %u) does "
+                                          "not match the model's (%u, %u, %u)", a->n_layer, a->n_head,
+                                          a->head_dim, n_layer, n_head, head_dim);
+        }
+        return 0;
+}
+
+void dsa__att_describe(const struct dsa__att *a, char *buf, size_t n) {
+        switch (a->kind) {
+        case DSA_ATT_DENSE:
+        case DSA_ATT_LINEAR:
+                snprintf(buf, n, "%s", kind_names[a->kind]);
+                break;
+        case DSA_ATT_LOCAL:
+                snprintf(buf, n, "local block=%u window=%u", a->block, a->window);
+                break;
+        case DSA_ATT_FIXED:
+                snprintf(buf, n, "fixed block=%u window=%u global=%u random=%u", a->block, a->window, a->global,
+                         a->random);
+                break;
+        case DSA_ATT_DSA: {
+                char sel[64];
+                if (a->select == DSA_ATT_SELECT_MASS && a->count)
+                        snprintf(sel, sizeof(sel), "mass=%g cap=%u", (double) a->mass, a->count);
+                else if (a->select == DSA_ATT_SELECT_MASS)
+                        snprintf(sel, sizeof(sel), "mass=%g", (double) a->mass);
+                else if (a->select == DSA_ATT_SELECT_COUNT)
+                        snprintf(sel, sizeof(sel), "count=%u", a->count);
+                else
+                        snprintf(sel, sizeof(sel), "fraction=%g", (double) a->fraction);
+                snprintf(buf, n, "dsa %s block=%u window=%u global=%u scorer=%s", sel, a->block, a->window,
+                         a->global, a->oracle ? "oracle" : a->heuristic ? "heuristic" : "fitted");
+                break;
+        }
+        default:
+                snprintf(buf, n, "?");
+        }
+}
+
+/* ---- GGUF */
+
+#define KEY "dsa.attention."
+
+int dsa__att_to_gguf(const struct dsa__att *a, struct dsa_gguf_writer *w) {
+        int r;
+
+        if (a->kind == DSA_ATT_DENSE)
+                return 0;
+        if ((r = dsa_gguf_writer_set_str(w, KEY "kind", kind_names[a->kind])) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, KEY "block", a->block)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, KEY "window", a->window)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, KEY "global", a->global)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, KEY "random", a->random)) < 0 ||
+            (r = dsa_gguf_writer_set_u64(w, KEY "seed", a->seed)) < 0 ||
+            (r = dsa_gguf_writer_set_str(w, KEY "select", select_names[a->select])) < 0 ||
+            (r = dsa_gguf_writer_set_f32(w, KEY "mass", a->mass)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, KEY "count", a->count)) < 0 ||
+            (r = dsa_gguf_writer_set_f32(w, KEY "fraction", a->fraction)) < 0 ||
+            (r = dsa_gguf_writer_set_bool(w, KEY "heuristic", a->heuristic)) < 0 ||
+            (r = dsa_gguf_writer_set_bool(w, KEY "oracle", a->oracle)) < 0)
+                return r;
+        if (!a->wq)
+                return 0;
+        if ((r = dsa_gguf_writer_set_u32(w, KEY "scorer_rank", a->rank)) < 0)
+                return r;
+        for (uint32_t l = 0; l < a->n_layer; l++) {
+                const size_t wl = (size_t) a->n_head * a->rank * a->head_dim, bl = (size_t) a->n_head * DSA_ATT_NBINS;
+                const uint64_t wne[3] = { a->head_dim, a->rank, a->n_head }, bne[2] = { DSA_ATT_NBINS, a->n_head };
+                char name[64];
+
+                snprintf(name, sizeof(name), "blk.%u.dsa_scorer_q.weight", l);
+                if ((r = dsa_gguf_writer_add_tensor(w, name, DSA_TYPE_F32, 3, wne, a->wq + l * wl)) < 0)
+                        return r;
+                snprintf(name, sizeof(name), "blk.%u.dsa_scorer_k.weight", l);
+                if ((r = dsa_gguf_writer_add_tensor(w, name, DSA_TYPE_F32, 3, wne, a->wk + l * wl)) < 0)
+                        return r;
+                snprintf(name, sizeof(name), "blk.%u.dsa_scorer_bias.weight", l);
+                if ((r = dsa_gguf_writer_add_tensor(w, name, DSA_TYPE_F32, 2, bne, a->bias + l * bl)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int get_u32(const struct dsa_gguf *g, const char *key, uint32_t *v) {
+        int r = dsa_gguf_get_u32(g, key, v);
+        return r == -ENOENT ? 0 : r < 0 ? dsa__error(r, "GGUF key '%s' is not an unsigned integer", key) : 0;
+}
+
+static int get_f32(const struct dsa_gguf *g, const char *key, float *v) {
+        int r = dsa_gguf_get_f32(g, key, v);
+        return r == -ENOENT ? 0 : r < 0 ? dsa__error(r, "GGUF key '%s' is not a number", key) : 0;
+}
+
+static int get_name(const struct dsa_gguf *g, const char *key, const char *const *names, unsigned n,
+                    unsigned *ret) {
+        const char *s;
+        size_t len;
+        int r = dsa_gguf_get_str(g, key, &s, &len);
+
+        if (r == -ENOENT)
+                return 0;
+        if (r < 0)
+                return dsa__error(r, "GGUF key '%s' is not a string", key);
+        for (unsigned i = 0; i < n; i++)
+                if (strlen(names[i]) == len && memcmp(names[i], s, len) == 0) {
+                        *ret = i;
+                        return 0;
+                }
+        return dsa__error(-EOPNOTSUPP, "GGUF key '%s': '%.*s' is not known", key, (int) MIN(len, (size_t) 64), s);
+}
+
+static int scorer_tensor(const struct dsa_gguf *g, const char *name, uint32_t n_dims, const uint64_t *ne,
+                         float *dst) {
+        const struct dsa_tensor_view *v = dsa_gguf_find_tensor(g, name);
+
+        if (!v)
+                return dsa__error(-ENOENT, "DSA scorer tensor '%s' is missing", name);
+        if (v->type != DSA_TYPE_F32 || v->n_dims != n_dims)
+                return dsa__error(-EBADMSG, "DSA scorer tensor '%s' is not an F32 tensor of %u dimensions", name,
+                                  n_dims);
+        for (uint32_t d = 0; d < n_dims; d++)
+                if (v->ne[d] != ne[d])
+                        return dsa__error(-EBADMSG, "DSA scorer tensor '%s' has the wrong shape", name);
+        memcpy(dst, v->data, v->nbytes);
+        for (uint64_t i = 0; i < v->nbytes / sizeof(float); i++)
+                if (!isfinite(dst[i]))
+                        return dsa__error(-EBADMSG, "DSA scorer tensor '%s' holds a NaN or infinity", name);
+        return 0;
+}
+
+int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_head, uint32_t head_dim,
+                       struct dsa__att *ret) {
+        struct dsa__att a;
+        unsigned kind = DSA_ATT_DENSE, sel = DSA_ATT_SELECT_MASS;
+        uint32_t rank = 0;
+        bool b;
+        int r;
+
+        dsa__att_init(&a);
+        if ((r = get_name(g, KEY "kind", kind_names, _DSA_ATT_MAX, &kind)) < 0 ||
+            (r = get_name(g, KEY "select", select_names, _DSA_ATT_SELECT_MAX, &sel)) < 0 ||
+            (r = get_u32(g, KEY "block", &a.block)) < 0 || (r = get_u32(g, KEY "window", &a.window)) < 0 ||
+            (r = get_u32(g, KEY "global", &a.global)) < 0 || (r = get_u32(g, KEY "random", &a.random)) < 0 ||
+            (r = get_f32(g, KEY "mass", &a.mass)) < 0 || (r = get_u32(g, KEY "count", &a.count)) < 0 ||
+            (r = get_f32(g, KEY "fraction", &a.fraction)) < 0 ||
+            (r = get_u32(g, KEY "scorer_rank", &rank)) < 0)
+                return r;
+        a.kind = kind, a.select = sel;
+        r = dsa_gguf_get_u64(g, KEY "seed", &a.seed);
+        if (r < 0 && r != -ENOENT)
+                return dsa__error(r, "GGUF key '" KEY "seed' is not an unsigned integer");
+        if (dsa_gguf_get_bool(g, KEY "heuristic", &b) >= 0)
+                a.heuristic = b;
+        if (dsa_gguf_get_bool(g, KEY "oracle", &b) >= 0)
+                a.oracle = b;
+
+        if (rank > 0) {
+                r = dsa__att_scorer_alloc(&a, rank, n_layer, n_head, head_dim);
+                if (r < 0)
+                        return r == -EINVAL ? dsa__error(-EBADMSG, "DSA scorer rank %u is not in [1, %d]", rank,
+                                                         DSA_ATT_MAX_RANK)
+                                            : r;
+                for (uint32_t l = 0; l < n_layer && r >= 0; l++) {
+                        const size_t wl = (size_t) n_head * rank * head_dim, bl = (size_t) n_head * DSA_ATT_NBINS;
+                        const uint64_t wne[3] = { head_dim, rank, n_head }, bne[2] = { DSA_ATT_NBINS, n_head };
+                        char name[64];
+
+                        snprintf(name, sizeof(name), "blk.%u.dsa_scorer_q.weight", l);
+                        r = scorer_tensor(g, name, 3, wne, a.wq + l * wl);
+                        if (r >= 0) {
+                                snprintf(name, sizeof(name), "blk.%u.dsa_scorer_k.weight", l);
+                                r = scorer_tensor(g, name, 3, wne, a.wk + l * wl);
+                        }
+                        if (r >= 0) {
+                                snprintf(name, sizeof(name), "blk.%u.dsa_scorer_bias.weight", l);
+                                r = scorer_tensor(g, name, 2, bne, a.bias + l * bl);
+                        }
+                }
+                if (r < 0) {
+                        dsa__att_clear(&a);
+                        return r;
+                }
+        }
+        r = dsa__att_check(&a, n_layer, n_head, head_dim);
+        if (r < 0) {
+                dsa__att_clear(&a);
+                return r == -EINVAL ? -EBADMSG : r;
+        }
+        *ret = a;
+        return 0;
+}
+
+/* ---- choosing blocks */
+
+size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb) {
+        (void) a;
+        return 3 * nkb + 16;
+}
+
+size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, bool query, const float *x, size_t ldx,
+                        size_t n, float *out) {
+        const size_t HS = a->head_dim, R = a->rank;
+
+        if (a->heuristic || a->oracle || !a->wq) {
+                for (size_t i = 0; i < n; i++)
+                        memcpy(out + i * HS, x + i * ldx, HS * sizeof(float));
+                return HS;
+        }
+        const float *W = (query ? a->wq : a->wk) + (layer * a->n_head + head) * R * HS;
+        for (size_t i = 0; i < n; i++)
+                for (size_t r = 0; r < R; r++) {
+                        float d = 0;
+                        for (size_t c = 0; c < HS; c++)
+                                d += W[r * HS + c] * x[i * ldx + c];
+                        out[i * R + r] = d;
+                }
+        return R;
+}
+
+void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nb, const float *u,
+                     const float *w, size_t D, const float *nvis, float scale, float *s) {
+        const bool fitted = !a->heuristic && a->wq;
+        const float *bias = fitted ? a->bias + (layer * a->n_head + head) * DSA_ATT_NBINS : NULL;
+
+        for (size_t b = 0; b < nb; b++) {
+                float d = 0;
+                if (nvis[b] <= 0) {
+                        s[b] = -INFINITY;
+                        continue;
+                }
+                for (size_t c = 0; c < D; c++)
+                        d += u[c] * w[b * D + c];
+                s[b] = (fitted ? d + bias[dsa__att_bin(qb, b)] : scale * d) + logf(nvis[b]);
+        }
+}
+
+/* splitmix64 */
+static uint64_t mix(uint64_t x) {
+        x += 0x9e3779b97f4a7c15ull;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+        return x ^ (x >> 31);
+}
+
+static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
+                            const float *u, const float *w, size_t D, const float *nvis, float scale, const float *given,
+                            uint32_t *blocks, float *scratch) {
+        const size_t nc = causal ? MIN(qb + 1, nkb) : nkb; /* candidate blocks [0, nc) */
+        uint8_t *keep = (uint8_t *) (scratch + 2 * nkb);   /* nc bytes, within the third nkb floats */
+        size_t n = 0, nkeep = 0;
+
+        if (a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR) {
+                for (size_t b = 0; b < nc; b++)
+                        blocks[n++] = (uint32_t) b;
+                return n;
+        }
+        memset(keep, 0, nc);
+        /* local window: the query's own block and the ones before it (and, bidirectional, after) */
+        for (size_t d = 0; d < a->window; d++) {
+                if (qb >= d && qb - d < nc && !keep[qb - d])
+                        keep[qb - d] = 1, nkeep++;
+                if (!causal && d > 0 && qb + d < nc && !keep[qb + d])
+                        keep[qb + d] = 1, nkeep++;
+        }
+        if (a->kind == DSA_ATT_LOCAL)
+                goto out;
+        for (size_t b = 0; b < a->global && b < nc; b++)
+                if (!keep[b])
+                        keep[b] = 1, nkeep++;
+        if (a->kind == DSA_ATT_FIXED) {
+                /* random blocks among those not kept yet, a fixed draw per (layer, head, block) */
+                uint64_t st = mix(a->seed ^ mix(layer * 1000003u + head * 7919u + qb));
+                for (uint32_t i = 0; i < a->random && nkeep < nc; i++) {
+                        size_t left = nc - nkeep, pick;
+                        st = mix(st);
+                        pick = st % left;
+                        for (size_t b = 0; b < nc; b++)
+                                if (!keep[b] && pick-- == 0) {
+                                        keep[b] = 1, nkeep++;
+                                        break;
+                                }
+                }
+                goto out;
+        }
+
+        /* DSA: the scorer's predicted mass, then the best remaining blocks until the target */
+        float *s = scratch, *p = scratch + nkb;
+        size_t want = nc;
+        double z = 0, got = 0, target;
+
+        if (given)
+                memcpy(s, given, nc * sizeof(float));
+        else
+                dsa__att_scores(a, layer, head, qb, nc, u, w, D, nvis, scale, s);
+        float mx = -INFINITY;
+        for (size_t b = 0; b < nc; b++)
+                mx = s[b] > mx ? s[b] : mx;
+        for (size_t b = 0; b < nc; b++) {
+                p[b] = isfinite(s[b]) ? expf(s[b] - mx) : 0.0f;
+                z += p[b];
+        }
+        for (size_t b = 0; b < nc; b++)
+                if (keep[b])
+                        got += p[b];
+        target = a->mass * z;
+        if (a->select == DSA_ATT_SELECT_COUNT)
+                want = a->count;
+        else if (a->select == DSA_ATT_SELECT_FRACTION)
+                want = (size_t) ceilf(a->fraction * (float) nc);
+        else if (a->count)
+                want = a->count;
+        want = MIN(MAX(want, nkeep), nc);
+        while (nkeep < want) {
+                size_t best = SIZE_MAX;
+                if (a->select == DSA_ATT_SELECT_MASS && a->mass < 1.0f && got >= target)
+                        break;
+                for (size_t b = 0; b < nc; b++)
+                        if (!keep[b] && (best == SIZE_MAX || s[b] > s[best]))
+                                best = b;
+                if (best == SIZE_MAX)
+                        break;
+                keep[best] = 1, nkeep++;
+                got += p[best];
+        }
+out:
+        for (size_t b = 0; b < nc; b++)
+                if (keep[b])
+                        blocks[n++] = (uint32_t) b;
+        return n;
+}
+
+size_t dsa__att_select(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
+                       const float *u, const float *w, size_t D, const float *nvis, float scale, uint32_t *blocks,
+                       float *scratch) {
+        return select_blocks(a, layer, head, qb, nkb, causal, u, w, D, nvis, scale, NULL, blocks, scratch);
+}
+
+size_t dsa__att_select_scored(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
+                              const float *s, uint32_t *blocks, float *scratch) {
+        return select_blocks(a, layer, head, qb, nkb, causal, NULL, NULL, 0, NULL, 0.0f, s, blocks, scratch);
+}

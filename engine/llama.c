@@ -1,0 +1,347 @@
+/* Llama decoder forward over one sequence (llm.c's order of steps):
+ *
+ *   x = token_embd[ids]                                              (T, C)
+ *   per layer:
+ *     qkv = rmsnorm(x) Wqkv^T                                        (T, NH HS + 2 NKV HS)
+ *     q, k = rotary(q, k)                   adjacent pairs, see llama.h
+ *     a = attention(q, k, v)                causal, query head h reads key/value head h / (NH/NKV)
+ *     x += a Wo^T
+ *     g|u = rmsnorm(x) Wgu^T                                         (T, 2F)
+ *     x += (silu(g) * u) Wdown^T
+ *   h = rmsnorm(x)                                                   (T, C)
+ *   logits = h Wout^T                                                (T, V), 256 rows at a time
+ *
+ * Attention is block-streamed: each (head, query block of `block` rows) task picks its key
+ * blocks (attention.c: all visible ones for dense, the variant's for local/fixed/DSA) and runs
+ * the exact online-softmax kernel over them; linear attention is one task per head. */
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "basic/error.h"
+#include "basic/macro.h"
+#include "basic/time-util.h"
+#include "kernels/attention.h"
+#include "kernels/kernels.h"
+#include "llama.h"
+
+#define HEAD_ROWS 256 /* rows of logits at a time */
+#define ROW_GRAIN 16
+
+struct fwd {
+        const struct dsa_llama *l;
+        const struct dsa_kernels *k;
+        const struct dsa_attention_kernels *ak;
+        const struct dsa__att *att;
+        const int32_t *ids;
+        size_t T, C, NH, NKV, HS, F, QKV, layer;
+        size_t bk, nb; /* block size, blocks in the sequence */
+        float scale;
+        float *x, *h, *qkv, *a, *ff;
+        float *qbar, *kbar; /* (nb, NH HS), (nb, NKV HS): DSA only */
+        float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
+        size_t D;
+        const float *norm;  /* rmsnorm weight of the step */
+        atomic_uint_fast64_t kept;
+        int err;
+        /* the output head */
+        float *logits;
+        size_t r0, rows, V;
+        double *nll;
+};
+
+static void task_embed(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        for (size_t t = begin; t < end; t++)
+                dsa__embed_row(&f->l->wte, (size_t) f->ids[t], f->x + t * f->C);
+}
+
+static void task_rmsnorm(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        f->k->rmsnorm_f32(f->h + begin * f->C, f->x + begin * f->C, f->norm, end - begin, f->C, f->l->cfg.eps);
+}
+
+/* Rotates pairs (2i, 2i+1) of each head of q and k in rows [begin, end). */
+static void task_rope(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const struct dsa_llama *l = f->l;
+        const size_t half = f->HS / 2, nrot = f->NH + f->NKV;
+        float cs_buf[512], sn_buf[512];
+
+        for (size_t t = begin; t < end; t++) {
+                const float *cs = l->rope_cos + t * half, *sn = l->rope_sin + t * half;
+                float *row = f->qkv + t * f->QKV;
+                if (t >= l->cfg.n_ctx) { /* allow_long: past the table */
+                        dsa__llama_rope_row(&l->cfg, t, cs_buf, sn_buf);
+                        cs = cs_buf, sn = sn_buf;
+                }
+                for (size_t h = 0; h < nrot; h++) {
+                        float *v = row + h * f->HS;
+                        for (size_t i = 0; i < half; i++) {
+                                float x0 = v[2 * i], x1 = v[2 * i + 1];
+                                v[2 * i] = x0 * cs[i] - x1 * sn[i];
+                                v[2 * i + 1] = x1 * cs[i] + x0 * sn[i];
+                        }
+                }
+        }
+}
+
+/* The DSA scorer's projections of every block's mean query and key, heads [begin, end). */
+static void task_project(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, G = f->NH / f->NKV;
+
+        for (size_t h = begin; h < end; h++) {
+                dsa__att_project(f->att, f->layer, h, true, f->qbar + h * HS, f->NH * HS, f->nb, f->qp + h * f->nb * f->D);
+                dsa__att_project(f->att, f->layer, h, false, f->kbar + (h / G) * HS, f->NKV * HS, f->nb,
+                                 f->kp + h * f->nb * f->D);
+        }
+}
+
+/* The oracle's choice for (head h, query block qb): the exact share of the dense attention on
+ * every visible block (the streaming kernel over all of them for the rows' log-sum-exp, then
+ * each block's mass), its log as the score. SIZE_MAX on failure (f->err set). */
+static size_t oracle_select(struct fwd *f, size_t h, size_t qb, const float *q, const float *k, const float *v,
+                            uint32_t *blocks, float *scratch, float *kscratch) {
+        const size_t HS = f->HS, t0 = qb * f->bk, nq = MIN(f->bk, f->T - t0), nc = qb + 1;
+        _cleanup_free_ float *tmp = malloc((nq * HS + nq + 2 * nc) * sizeof(float));
+        _cleanup_free_ uint32_t *all = malloc(nc * sizeof(uint32_t));
+
+        if (!tmp || !all) {
+                f->err = -ENOMEM;
+                return SIZE_MAX;
+        }
+        float *lse = tmp + nq * HS, *mass = lse + nq, *s = mass + nc;
+        for (size_t b = 0; b < nc; b++)
+                all[b] = (uint32_t) b, mass[b] = 0.0f;
+        if (f->ak->blocks_f32(tmp, HS, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, all, nc, f->bk, f->T, HS, f->scale, true,
+                              lse, kscratch) < 0 ||
+            f->ak->block_mass_f32(mass, q, f->QKV, k, f->QKV, nq, t0, all, nc, f->bk, f->T, HS, f->scale, true, lse,
+                                  kscratch) < 0) {
+                f->err = -EINVAL;
+                return SIZE_MAX;
+        }
+        for (size_t b = 0; b < nc; b++)
+                s[b] = mass[b] > 0 ? logf(mass[b]) : -INFINITY;
+        return dsa__att_select_scored(f->att, f->layer, h, qb, f->nb, true, s, blocks, scratch);
+}
+
+/* (head, query block) pairs [begin, end), heaviest (last) query blocks first. */
+static void task_attention(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, G = f->NH / f->NKV, QC = f->NH * HS, nb = f->nb;
+        const size_t sel = dsa__att_select_scratch(f->att, nb), ks = dsa_attention_blocks_scratch(f->bk, HS);
+        _cleanup_free_ float *scratch = malloc((sel + ks + 2 * nb) * sizeof(float));
+        _cleanup_free_ uint32_t *blocks = malloc(nb * sizeof(uint32_t));
+        uint64_t kept = 0;
+
+        if (!scratch || !blocks) {
+                f->err = -ENOMEM;
+                return;
+        }
+        float *nvis = scratch + sel + ks;
+        for (size_t p = begin; p < end; p++) {
+                const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G;
+                const size_t t0 = qb * f->bk, nq = MIN(f->bk, f->T - t0);
+                const float *q = f->qkv + t0 * f->QKV + h * HS;
+                const float *k = f->qkv + QC + kvh * HS, *v = k + f->NKV * HS;
+                size_t n;
+
+                if (f->att->kind == DSA_ATT_DSA && f->att->oracle) {
+                        n = oracle_select(f, h, qb, q, k, v, blocks, scratch, scratch + sel);
+                        if (n == SIZE_MAX)
+                                return;
+                } else if (f->att->kind == DSA_ATT_DSA) {
+                        for (size_t b = 0; b < nb; b++)
+                                nvis[b] = dsa__att_nvis(qb, b, f->bk, f->T, true);
+                        n = dsa__att_select(f->att, f->layer, h, qb, nb, true, f->qp + (h * nb + qb) * f->D,
+                                            f->kp + h * nb * f->D, f->D, nvis, f->scale, blocks, scratch);
+                } else
+                        n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
+                                            blocks, scratch);
+                kept += n;
+                f->ak->blocks_f32(f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, blocks, n,
+                                  f->bk, f->T, HS, f->scale, true, NULL, scratch + sel);
+        }
+        atomic_fetch_add(&f->kept, kept);
+}
+
+static void task_linear_attention(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, G = f->NH / f->NKV, QC = f->NH * HS;
+        _cleanup_free_ float *scratch = malloc(dsa_attention_linear_scratch(HS) * sizeof(float));
+
+        if (!scratch) {
+                f->err = -ENOMEM;
+                return;
+        }
+        for (size_t h = begin; h < end; h++) {
+                const float *k = f->qkv + QC + (h / G) * HS, *v = k + f->NKV * HS;
+                f->ak->linear_f32(f->a + h * HS, QC, f->qkv + h * HS, f->QKV, k, f->QKV, v, f->QKV, f->T, HS, true,
+                                  scratch);
+        }
+}
+
+static void task_swiglu(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        for (size_t t = begin; t < end; t++) {
+                float *row = f->ff + t * 2 * f->F;
+                f->k->silu_mul_f32(row, row, row + f->F, f->F);
+        }
+}
+
+/* ff rows are (2F) wide; after SwiGLU each row's first F hold the product. The down projection
+ * reads them with row stride 2F. */
+
+/* -log softmax(logits row)[ids[t + 1]] for rows [begin, end) of the chunk, through the vector
+ * softmax kernel in place: with m the row's max at index a, p_a = 1 / sum_j exp(z_j - m), so
+ * nll = (m - z_target) - log p_a, exact even where p_target underflows. */
+static void task_nll(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        for (size_t i = begin; i < end; i++) {
+                const size_t t = f->r0 + i;
+                float *z = f->logits + i * f->V;
+                size_t am = 0;
+                if (t + 1 >= f->T)
+                        continue;
+                for (size_t j = 1; j < f->V; j++)
+                        am = z[j] > z[am] ? j : am;
+                const double gap = (double) z[am] - (double) z[f->ids[t + 1]];
+                f->k->softmax_f32(z, 1, f->V);
+                f->nll[t] = gap - log((double) z[am]);
+        }
+}
+
+static uint64_t now_ns(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
+}
+
+int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, const struct dsa__att *att,
+                       float *ret_hidden, float *ret_logits, double *ret_nll, struct dsa_lm_stats *stats,
+                       const struct dsa__llama_hooks *hooks) {
+        const struct dsa_llama_config *c = &l->cfg;
+        struct dsa_threadpool *pool = l->pool;
+        struct fwd f = {
+                .l = l, .k = dsa_kernels(), .ak = dsa_attention_kernels(), .att = att ? att : &l->att, .ids = ids,
+                .T = T, .C = c->n_embd, .NH = c->n_head, .NKV = c->n_head_kv, .HS = c->head_dim, .F = c->n_ff,
+        };
+        const size_t C = f.C, QC = f.NH * f.HS;
+        uint64_t t_start = now_ns(), t_att = 0;
+        int r;
+
+        if (!ids || T == 0 || (T > c->n_ctx && !l->allow_long))
+                return dsa__error(-EINVAL, "sequence of %zu tokens: the model takes 1 to %u", T, c->n_ctx);
+        for (size_t t = 0; t < T; t++)
+                if (ids[t] < 0 || (uint32_t) ids[t] >= c->n_vocab)
+                        return dsa__error(-EINVAL, "token id %d at %zu is out of range", ids[t], t);
+        r = dsa__att_check(f.att, c->n_layer, c->n_head, c->head_dim);
+        if (r < 0)
+                return r;
+        f.QKV = QC + 2 * f.NKV * f.HS;
+        f.bk = f.att->block;
+        f.nb = (T + f.bk - 1) / f.bk;
+        f.scale = 1.0f / sqrtf((float) f.HS);
+
+        size_t lin = 0;
+        for (size_t i = 0; i < c->n_layer; i++) {
+                const struct dsa_llama_layer *y = &l->layers[i];
+                lin = MAX(lin, dsa__linear_scratch(&y->qkv, T));
+                lin = MAX(lin, dsa__linear_scratch(&y->o, T));
+                lin = MAX(lin, dsa__linear_scratch(&y->gate_up, T));
+                lin = MAX(lin, dsa__linear_scratch(&y->down, T));
+        }
+        lin = MAX(lin, dsa__linear_scratch(&l->lm_head, HEAD_ROWS));
+        _cleanup_free_ float *x = malloc(T * C * sizeof(float)), *h = malloc(T * C * sizeof(float));
+        _cleanup_free_ float *qkv = malloc(T * f.QKV * sizeof(float)), *a = malloc(T * QC * sizeof(float));
+        _cleanup_free_ float *ff = malloc(T * 2 * f.F * sizeof(float)), *pooled = NULL, *logits = NULL;
+        _cleanup_free_ void *lscratch = lin ? aligned_alloc(64, (lin + 63) / 64 * 64) : NULL;
+        if (!x || !h || !qkv || !a || !ff || (lin && !lscratch))
+                return -ENOMEM;
+        if (f.att->kind == DSA_ATT_DSA) {
+                f.D = f.att->heuristic || f.att->oracle ? f.HS : f.att->rank;
+                pooled = malloc(f.nb * (QC + f.NKV * f.HS + 2 * f.NH * f.D) * sizeof(float));
+                if (!pooled)
+                        return -ENOMEM;
+                f.qbar = pooled, f.kbar = f.qbar + f.nb * QC;
+                f.qp = f.kbar + f.nb * f.NKV * f.HS, f.kp = f.qp + f.nb * f.NH * f.D;
+        }
+        f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
+
+        dsa_threadpool_for(pool, T, ROW_GRAIN, task_embed, &f);
+        for (size_t i = 0; i < c->n_layer; i++) {
+                const struct dsa_llama_layer *y = &l->layers[i];
+                uint64_t t0;
+
+                f.layer = i;
+                f.norm = y->attn_norm;
+                dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
+                dsa__linear_forward(pool, &y->qkv, qkv, f.QKV, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
+                dsa_threadpool_for(pool, T, ROW_GRAIN, task_rope, &f);
+                if (hooks && hooks->attention) {
+                        r = hooks->attention(hooks->userdata, i, qkv, f.QKV, qkv + QC, f.QKV, T);
+                        if (r < 0)
+                                return r;
+                }
+                t0 = now_ns();
+                if (f.att->kind == DSA_ATT_LINEAR)
+                        dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
+                else {
+                        if (f.att->kind == DSA_ATT_DSA) { /* mean query and key of every block */
+                                f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC);
+                                f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk, f.NKV * f.HS);
+                                dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
+                        }
+                        dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
+                }
+                t_att += now_ns() - t0;
+                if (f.err < 0)
+                        return f.err;
+                /* x += a Wo^T: into h, then added (the packed GEMM writes, it does not accumulate) */
+                dsa__linear_forward(pool, &y->o, h, C, a, QC, NULL, T, DSA_EPILOGUE_NONE, lscratch);
+                for (size_t j = 0; j < T * C; j++)
+                        x[j] += h[j];
+                f.norm = y->ffn_norm;
+                dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
+                dsa__linear_forward(pool, &y->gate_up, ff, 2 * f.F, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
+                dsa_threadpool_for(pool, T, ROW_GRAIN, task_swiglu, &f);
+                dsa__linear_forward(pool, &y->down, h, C, ff, 2 * f.F, NULL, T, DSA_EPILOGUE_NONE, lscratch);
+                for (size_t j = 0; j < T * C; j++)
+                        x[j] += h[j];
+        }
+        f.norm = l->out_norm;
+        dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
+        uint64_t t_body = now_ns();
+        if (ret_hidden)
+                memcpy(ret_hidden, h, T * C * sizeof(float));
+
+        if (ret_logits)
+                dsa__linear_forward(pool, &l->lm_head, ret_logits, c->n_vocab, h, C, NULL, T, DSA_EPILOGUE_NONE,
+                                    lscratch);
+        if (ret_nll && T > 1) {
+                logits = malloc((size_t) HEAD_ROWS * c->n_vocab * sizeof(float));
+                if (!logits)
+                        return -ENOMEM;
+                f.logits = logits, f.V = c->n_vocab, f.nll = ret_nll;
+                for (size_t r0 = 0; r0 + 1 < T; r0 += HEAD_ROWS) {
+                        f.r0 = r0, f.rows = MIN((size_t) HEAD_ROWS, T - 1 - r0);
+                        dsa__linear_forward(pool, &l->lm_head, logits, c->n_vocab, h + r0 * C, C, NULL, f.rows,
+                                            DSA_EPILOGUE_NONE, lscratch);
+                        dsa_threadpool_for(pool, f.rows, 4, task_nll, &f);
+                }
+        }
+        if (stats) {
+                uint64_t vis = 0;
+                if (f.att->kind != DSA_ATT_LINEAR)
+                        vis = (uint64_t) f.nb * (f.nb + 1) / 2 * f.NH * c->n_layer;
+                stats->attention_ns += t_att;
+                stats->forward_ns += t_body - t_start;
+                stats->head_ns += now_ns() - t_body;
+                stats->blocks_kept += f.att->kind == DSA_ATT_LINEAR ? 0 : atomic_load(&f.kept);
+                stats->blocks_visible += vis;
+        }
+        return 0;
+}

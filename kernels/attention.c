@@ -1,0 +1,331 @@
+/* Long-context attention (attention.h): the scratch layout and argument checks every variant
+ * shares, the scalar references, the block pooling, and the tables per ISA. The SIMD variants
+ * live in x86/attention-*.c around the driver of x86/attention-stream.h.
+ *
+ * The references are written for obviousness, one query row at a time: visibility straight
+ * from the rule (j in a listed block, j < Tk, j <= pos0 + i when causal), scores as
+ * scale * dot(q, k), the online softmax update as in the flash-attention papers, and linear
+ * attention as a running sum over tokens with no chunking. */
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "attention.h"
+
+#define CHUNK DSA_ATT_LINEAR_CHUNK
+
+static size_t round_up(size_t n, size_t m) {
+        return (n + m - 1) / m * m;
+}
+
+void dsa__att_blocks_layout(struct dsa__att_layout *L, size_t bk, size_t HS) {
+        const size_t bkp = round_up(bk, 32), hsp = round_up(HS, 32);
+        size_t o = 0;
+
+        *L = (struct dsa__att_layout) { 0 };
+        L->kt = o, o += HS * bkp; /* bkp is a multiple of 16: every region stays aligned */
+        L->vp = o, o += hsp * bk;
+        o = round_up(o, 16);
+        L->s = o, o += DSA_ATT_BLOCK * bkp;
+        L->acc = o, o += round_up(DSA_ATT_BLOCK * HS, 16);
+        L->m = o, o += DSA_ATT_BLOCK;
+        L->l = o, o += DSA_ATT_BLOCK;
+        L->idx = o, o += round_up(2 * bk, 16);
+        L->total = o + 16;
+}
+
+void dsa__att_linear_layout(struct dsa__att_layout *L, size_t HS) {
+        const size_t hsp = round_up(HS, 32);
+        size_t o = 0;
+
+        *L = (struct dsa__att_layout) { 0 };
+        L->st = o, o += hsp * HS; /* a multiple of 32 */
+        L->z = o, o += hsp;
+        L->qf = o, o += round_up(CHUNK * HS, 16);
+        L->kf = o, o += round_up(CHUNK * HS, 16);
+        L->kt = o, o += HS * CHUNK;
+        L->kT = o, o += HS * CHUNK;
+        L->vp = o, o += hsp * CHUNK;
+        L->a = o, o += CHUNK * CHUNK;
+        L->den = o, o += CHUNK;
+        L->idx = o, o += 2 * CHUNK;
+        L->total = o + 16;
+}
+
+_Static_assert(sizeof(size_t) <= 2 * sizeof(float), "idx takes 2 floats of scratch a key");
+_Static_assert(DSA_ATT_LINEAR_CHUNK % 32 == 0, "chunks are whole panels of every NR");
+
+size_t dsa_attention_blocks_scratch(size_t bk, size_t HS) {
+        struct dsa__att_layout L;
+
+        if (bk == 0 || bk > DSA_ATT_MAX_BK || HS == 0 || HS > DSA_ATT_MAX_HS)
+                return SIZE_MAX;
+        dsa__att_blocks_layout(&L, bk, HS);
+        return L.total;
+}
+
+size_t dsa_attention_linear_scratch(size_t HS) {
+        struct dsa__att_layout L;
+
+        if (HS == 0 || HS > DSA_ATT_MAX_HS)
+                return SIZE_MAX;
+        dsa__att_linear_layout(&L, HS);
+        return L.total;
+}
+
+int dsa__att_blocks_check(const float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                          const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                          const float *scratch) {
+        if (bk == 0 || bk > DSA_ATT_MAX_BK || HS == 0 || HS > DSA_ATT_MAX_HS || nq > DSA_ATT_BLOCK)
+                return -EINVAL;
+        if (pos0 > SIZE_MAX - nq || (nb > 0 && !blocks))
+                return -EINVAL;
+        if (nq > 0 && (!q || !scratch || (out && ldo < HS && nq > 1) || ldq < (nq > 1 ? HS : 0)))
+                return -EINVAL;
+        if (nb > 0 && Tk > 0 && (!k || !v || (Tk > 1 && (ldk < HS || ldv < HS))))
+                return -EINVAL;
+        for (size_t t = 1; t < nb; t++)
+                if (blocks[t] <= blocks[t - 1])
+                        return -EINVAL;
+        return 0;
+}
+
+int dsa__att_linear_check(const float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
+                          const float *scratch) {
+        if (HS == 0 || HS > DSA_ATT_MAX_HS)
+                return -EINVAL;
+        if (T > 0 && (!out || !q || !k || !v || !scratch))
+                return -EINVAL;
+        if (T > 1 && (ldo < HS || ldq < HS || ldk < HS || ldv < HS))
+                return -EINVAL;
+        return 0;
+}
+
+static float dot(const float *a, const float *b, size_t n) {
+        float s = 0;
+
+        for (size_t i = 0; i < n; i++)
+                s += a[i] * b[i];
+        return s;
+}
+
+/* Key j (of a listed block, j < Tk) visible to the query at position p. */
+static bool visible(size_t j, size_t p, bool causal) {
+        return !causal || j <= p;
+}
+
+int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                                  size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                                  const uint32_t *blocks, size_t nb, size_t bk, size_t Tk,
+                                  size_t HS, float scale, bool causal, float *ret_lse,
+                                  float *scratch) {
+        struct dsa__att_layout L;
+        float *s, *acc;
+        int r;
+
+        r = dsa__att_blocks_check(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, nb, bk, Tk, HS,
+                                  scratch);
+        if (r < 0 || nq == 0)
+                return r;
+        if (!out)
+                return -EINVAL;
+        dsa__att_blocks_layout(&L, bk, HS);
+        s = dsa__att_align(scratch) + L.s;
+        acc = dsa__att_align(scratch) + L.acc;
+
+        for (size_t i = 0; i < nq; i++) {
+                const float *qi = q + i * ldq;
+                float m = -INFINITY, l = 0;
+
+                memset(acc, 0, HS * sizeof(float));
+                for (size_t t = 0; t < nb; t++) {
+                        const size_t j0 = (size_t) blocks[t] * bk;
+                        const size_t j1 = j0 < Tk ? (Tk - j0 < bk ? Tk : j0 + bk) : j0;
+                        float mx = -INFINITY, mn, alpha;
+                        size_t n = 0;
+
+                        /* s[0, n) the scores of the visible keys, in order from j0 */
+                        for (size_t j = j0; j < j1 && visible(j, pos0 + i, causal); j++) {
+                                s[n] = scale * dot(qi, k + j * ldk, HS);
+                                mx = fmaxf(mx, s[n++]);
+                        }
+                        if (n == 0)
+                                continue;
+                        mn = fmaxf(m, mx);
+                        alpha = expf(m - mn); /* 0 for the first block a row sees */
+                        l *= alpha;
+                        for (size_t d = 0; d < HS; d++)
+                                acc[d] *= alpha;
+                        for (size_t j = 0; j < n; j++) {
+                                const float e = expf(s[j] - mn), *vj = v + (j0 + j) * ldv;
+                                l += e;
+                                for (size_t d = 0; d < HS; d++)
+                                        acc[d] += e * vj[d];
+                        }
+                        m = mn;
+                }
+                for (size_t d = 0; d < HS; d++)
+                        out[i * ldo + d] = l > 0 ? acc[d] / l : 0.0f;
+                if (ret_lse)
+                        ret_lse[i] = l > 0 ? m + logf(l) : -INFINITY;
+        }
+        return 0;
+}
+
+int dsa__attention_block_mass_f32_ref(float *mass, const float *q, size_t ldq, const float *k,
+                                      size_t ldk, size_t nq, size_t pos0, const uint32_t *blocks,
+                                      size_t nb, size_t bk, size_t Tk, size_t HS, float scale,
+                                      bool causal, const float *lse, float *scratch) {
+        int r;
+
+        r = dsa__att_blocks_check(NULL, 0, q, ldq, k, ldk, k, ldk, nq, pos0, blocks, nb, bk, Tk, HS,
+                                  scratch);
+        if (r < 0)
+                return r;
+        if ((nb > 0 && !mass) || (nq > 0 && !lse))
+                return -EINVAL;
+
+        for (size_t t = 0; t < nb; t++) {
+                const size_t j0 = (size_t) blocks[t] * bk;
+                const size_t j1 = j0 < Tk ? (Tk - j0 < bk ? Tk : j0 + bk) : j0;
+                float sum = 0;
+
+                for (size_t i = 0; i < nq; i++) {
+                        if (lse[i] == -INFINITY)
+                                continue;
+                        for (size_t j = j0; j < j1 && visible(j, pos0 + i, causal); j++)
+                                sum += expf(scale * dot(q + i * ldq, k + j * ldk, HS) - lse[i]);
+                }
+                mass[t] += sum;
+        }
+        return 0;
+}
+
+/* elu(x) + 1 */
+static float phi(float x) {
+        return x > 0 ? x + 1.0f : expf(x);
+}
+
+int dsa__attention_linear_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                                  size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
+                                  bool causal, float *scratch) {
+        struct dsa__att_layout L;
+        float *S, *z, *fq, *fk;
+        int r;
+
+        r = dsa__att_linear_check(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, scratch);
+        if (r < 0 || T == 0)
+                return r;
+        dsa__att_linear_layout(&L, HS);
+        S = dsa__att_align(scratch) + L.st;
+        z = dsa__att_align(scratch) + L.z;
+        fq = dsa__att_align(scratch) + L.qf;
+        fk = dsa__att_align(scratch) + L.kf;
+        memset(S, 0, HS * HS * sizeof(float));
+        memset(z, 0, HS * sizeof(float));
+
+        /* Key j joins the state (S, z) before row j reads it (causal), or all keys before any
+         * row (not causal). */
+        for (size_t j = 0, i = 0; i < T; i++) {
+                for (; j < T && (!causal || j <= i); j++) {
+                        for (size_t d = 0; d < HS; d++)
+                                fk[d] = phi(k[j * ldk + d]);
+                        for (size_t d = 0; d < HS; d++) {
+                                z[d] += fk[d];
+                                for (size_t e = 0; e < HS; e++)
+                                        S[d * HS + e] += fk[d] * v[j * ldv + e];
+                        }
+                }
+                for (size_t d = 0; d < HS; d++)
+                        fq[d] = phi(q[i * ldq + d]);
+                const float den = dot(fq, z, HS);
+                for (size_t e = 0; e < HS; e++) {
+                        float num = 0;
+                        for (size_t d = 0; d < HS; d++)
+                                num += fq[d] * S[d * HS + e];
+                        out[i * ldo + e] = den > 0 ? num / den : 0.0f;
+                }
+        }
+        return 0;
+}
+
+int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
+                                       size_t bk, size_t HS) {
+        if (bk == 0 || HS == 0 || (T > 0 && (!out || !x)))
+                return -EINVAL;
+        if ((T > 1 && ldx < HS) || (T > bk && ldo < HS))
+                return -EINVAL;
+
+        for (size_t b = 0; b * bk < T; b++) {
+                const size_t j0 = b * bk, n = T - j0 < bk ? T - j0 : bk;
+                float *o = out + b * ldo;
+
+                for (size_t d = 0; d < HS; d++)
+                        o[d] = 0;
+                for (size_t j = j0; j < j0 + n; j++)
+                        for (size_t d = 0; d < HS; d++)
+                                o[d] += x[j * ldx + d];
+                for (size_t d = 0; d < HS; d++)
+                        o[d] /= (float) n;
+        }
+        return 0;
+}
+
+static const struct dsa_attention_kernels table_ref = {
+        .isa = DSA_ISA_REF,
+        .name = "ref",
+        .blocks_f32 = dsa__attention_blocks_f32_ref,
+        .block_mass_f32 = dsa__attention_block_mass_f32_ref,
+        .linear_f32 = dsa__attention_linear_f32_ref,
+        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
+};
+
+#if DSA_HAVE_X86
+static const struct dsa_attention_kernels table_avx2 = {
+        .isa = DSA_ISA_AVX2,
+        .name = "avx2",
+        .blocks_f32 = dsa__attention_blocks_f32_avx2,
+        .block_mass_f32 = dsa__attention_block_mass_f32_avx2,
+        .linear_f32 = dsa__attention_linear_f32_avx2,
+        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
+};
+
+static const struct dsa_attention_kernels table_avx512 = {
+        .isa = DSA_ISA_AVX512,
+        .name = "avx512",
+        .blocks_f32 = dsa__attention_blocks_f32_avx512,
+        .block_mass_f32 = dsa__attention_block_mass_f32_avx512,
+        .linear_f32 = dsa__attention_linear_f32_avx512,
+        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
+};
+#endif
+
+const struct dsa_attention_kernels *dsa_attention_kernels_for(enum dsa_isa isa) {
+        if ((unsigned) isa >= _DSA_ISA_MAX || !dsa_kernels_for(isa))
+                return NULL;
+        switch (isa) {
+        case DSA_ISA_REF:
+                return &table_ref;
+#if DSA_HAVE_X86
+        case DSA_ISA_AVX2:
+                return &table_avx2;
+        case DSA_ISA_AVX512:
+                return &table_avx512;
+#endif
+        default:
+                return NULL;
+        }
+}
+
+const struct dsa_attention_kernels *dsa_attention_kernels(void) {
+        static const struct dsa_attention_kernels *best; /* races write the same value */
+        const struct dsa_attention_kernels *t = __atomic_load_n(&best, __ATOMIC_RELAXED);
+
+        if (!t) {
+                t = dsa_attention_kernels_for(dsa_kernels()->isa);
+                __atomic_store_n(&best, t, __ATOMIC_RELAXED);
+        }
+        return t;
+}

@@ -1,0 +1,221 @@
+/* Long-context attention kernels for one head: exact softmax attention streamed over a chosen
+ * list of key blocks (flash-attention style online softmax, so dense attention is the list of
+ * all blocks and sparse attention a shorter one), the block mass that calibrates a block scorer
+ * against the exact attention, linear attention with the elu+1 feature map, and the mean of each
+ * key block's rows (a block summary a scorer can read).
+ *
+ * Shapes use llm.c's letters plus: nq query rows of one query block (nq <= DSA_ATT_BLOCK),
+ * Tk keys, bk keys per key block, nb blocks in a list. q, k, v and out are fp32 row-major with
+ * row strides ld*; a row of one head holds HS values at its start (the caller offsets the base
+ * by h*HS for head h of a fused QKV row). Every kernel reads exactly HS values per row of q, k,
+ * v and x, writes exactly HS values per row of out (never the columns past HS), never
+ * allocates, and takes its scratch from the caller (any alignment; sizes below). Single-
+ * threaded and reentrant: callers split heads and query blocks across a dsa_threadpool, each
+ * thread with its own scratch. Inputs must be finite.
+ *
+ * Each kernel has a scalar reference and AVX2 and AVX-512 variants, reached through a table
+ * per ISA (dsa_attention_kernels_for) like kernels.h's; dsa_attention_kernels() is the table of
+ * the ISA dsa_kernels() picked (so DSA_ISA forces it too). The variants agree with the
+ * reference to fp32 rounding (different summation orders, the vector exp's ~1e-7 relative
+ * error), not bit for bit. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* Query rows per call of the streaming kernels (the query block). */
+#define DSA_ATT_BLOCK 64
+/* Largest key block (bk) and head size (HS) the kernels accept. */
+#define DSA_ATT_MAX_BK 256
+#define DSA_ATT_MAX_HS 256
+/* Rows per chunk of causal linear attention. */
+#define DSA_ATT_LINEAR_CHUNK 64
+
+struct dsa_attention_kernels {
+        enum dsa_isa isa;
+        const char *name;
+
+        /* Exact softmax attention of one query block over a list of key blocks.
+         * q (nq, ldq), query row i at absolute position pos0 + i; k (Tk, ldk), v (Tk, ldv);
+         * out (nq, ldo); blocks (nb) strictly ascending block numbers, block b covering keys
+         * [b*bk, min(b*bk + bk, Tk)); ret_lse (nq) or NULL; scratch
+         * dsa_attention_blocks_scratch(bk, HS) floats. nq <= DSA_ATT_BLOCK, 1 <= bk <=
+         * DSA_ATT_MAX_BK, 1 <= HS <= DSA_ATT_MAX_HS; any bk in every variant (ragged key
+         * blocks are packed with zero padding).
+         * Key j is visible to row i when it lies in a listed block, j < Tk, and, if causal,
+         * j <= pos0 + i. out_i = sum_j softmax_j(scale q_i.k_j) v_j over the visible keys;
+         * ret_lse_i = log(sum_j exp(scale q_i.k_j)) (natural log, computed as m + log(l) from
+         * the running max m and sum l). A row that sees no key gets zeros and lse = -INFINITY
+         * (an empty list: every row). Blocks past Tk, and with causal those past the last
+         * query's position, hold no visible key and cost nothing; in a diagonal block only the
+         * rows and columns some query sees are computed.
+         * Method: per key block, K^T * scale and V are packed into scratch and the score tile
+         * and the weighted sum of values run on the register-blocked GEMM microkernel, with
+         * the running max, running sum and the rescaled accumulator of the online softmax kept
+         * in scratch: no (nq, Tk) matrix; scratch is O(bk*HS + nq*bk), independent of Tk.
+         * Dense causal attention of a sequence of T tokens is this over every query block
+         * (pos0 = 0, 64, ...) with blocks 0 .. ceil((pos0 + nq) / bk) - 1.
+         * 0, or -EINVAL (NULL pointers where data is needed, a size out of range, a row
+         * stride below HS with more than one row, blocks not strictly ascending, pos0 + nq
+         * past SIZE_MAX): then nothing is written. */
+        int (*blocks_f32)(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                          const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                          float scale, bool causal, float *ret_lse, float *scratch);
+
+        /* For calibrating a block scorer: the share of each listed block in the exact
+         * attention of one query block. q (nq, ldq), k (Tk, ldk), blocks (nb), the visibility
+         * rule, sizes and scratch of blocks_f32 (dsa_attention_blocks_scratch(bk, HS)); lse
+         * (nq) from blocks_f32 over every visible block (the full softmax's normalizer).
+         * mass (nb): mass[t] += sum over rows i of sum over visible keys j of block blocks[t]
+         * of exp(scale q_i.k_j - lse_i), indexed by list position t. Rows with lse = -INFINITY
+         * add nothing. Summed over all visible blocks the masses add up to the number of rows
+         * that see a key (nq in dense causal attention). 0 or -EINVAL (as blocks_f32, or NULL
+         * mass or lse); nothing is written on failure. */
+        int (*block_mass_f32)(float *mass, const float *q, size_t ldq, const float *k, size_t ldk,
+                              size_t nq, size_t pos0, const uint32_t *blocks, size_t nb,
+                              size_t bk, size_t Tk, size_t HS, float scale, bool causal,
+                              const float *lse, float *scratch);
+
+        /* Linear attention with phi(x) = elu(x) + 1 (elementwise: x + 1 for x > 0, e^x
+         * otherwise) over one head of T tokens: q, k, v (T, ld*) -> out (T, ldo),
+         *   out_i = phi(q_i)^T S_i / (phi(q_i)^T z_i),
+         *   S_i = sum_j phi(k_j) v_j^T (HS, HS),   z_i = sum_j phi(k_j) (HS),
+         * j over j <= i when causal, all of [0, T) otherwise. No scale: phi is applied to q and
+         * k as given (a caller wanting q/sqrt(HS) scales q first, which changes the features).
+         * A row whose denominator underflows to 0 gets zeros. Causal runs in chunks of
+         * DSA_ATT_LINEAR_CHUNK rows: masked products inside the chunk plus the running state
+         * (S, z) of the chunks before, so the cost is O(T * HS * (HS + chunk)) and never
+         * O(T^2). scratch: dsa_attention_linear_scratch(HS) floats. 1 <= HS <=
+         * DSA_ATT_MAX_HS. 0 or -EINVAL (NULL pointers with T > 0, HS out of range, a row
+         * stride below HS with T > 1); nothing is written on failure. */
+        int (*linear_f32)(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
+                          bool causal, float *scratch);
+
+        /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
+         * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
+         * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. The same scalar loop
+         * in every table (O(T*HS), memory bound). */
+        int (*pool_blocks_f32)(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
+                               size_t bk, size_t HS);
+};
+
+/* Floats of scratch blocks_f32 and block_mass_f32 need for key blocks of bk keys and head size
+ * HS, in every variant: about (2 HS + 64) * roundup(bk, 32) + 64 HS. SIZE_MAX when bk or HS is
+ * 0 or past its maximum. */
+size_t dsa_attention_blocks_scratch(size_t bk, size_t HS);
+
+/* Floats of scratch linear_f32 needs for head size HS, in every variant: about
+ * (HS + 64) * roundup(HS, 32) + 256 HS + 4096. SIZE_MAX when HS is 0 or past DSA_ATT_MAX_HS. */
+size_t dsa_attention_linear_scratch(size_t HS);
+
+/* The table of the ISA dsa_kernels() picked; thread-safe. */
+const struct dsa_attention_kernels *dsa_attention_kernels(void);
+
+/* The table of one ISA, or NULL when it was not built or this CPU cannot run it
+ * (dsa_kernels_for(isa) is NULL). */
+const struct dsa_attention_kernels *dsa_attention_kernels_for(enum dsa_isa isa);
+
+/* ---- Internal: the variants and the pieces they share, for kernels/ and the tests only. */
+
+/* The scratch layout, in floats from the first 64-byte boundary of scratch, every region
+ * starting 64-byte aligned. NR <= 32 in every variant (the widest GEMM panel), so key counts
+ * are rounded up to 32 and one layout serves all.
+ * Streaming (bk, HS), bkp = roundup(bk, 32), hsp = roundup(HS, 32):
+ *   kt  HS * bkp     K^T * scale of one key block in NR-wide panels (ref: unused)
+ *   vp  hsp * bk     V of one key block in NR-column panels (ref: unused)
+ *   s   64 * bkp     score / probability tile (ref: one row of bk scores)
+ *   acc 64 * HS      unnormalized output rows (ref: one row)
+ *   m, l  64 each    running max and sum
+ *   idx 2 * bk       key indices (size_t) for the packers
+ * Linear (HS), CH = DSA_ATT_LINEAR_CHUNK:
+ *   st  hsp * HS     state S in NR-column panels (ref: S (HS, HS))
+ *   z   hsp          state z
+ *   qf, kf  CH * HS  phi of a chunk of q and k rows (ref: one row each)
+ *   kt  HS * CH      phi(K)^T of the chunk in NR-wide panels
+ *   kT  HS * CH      phi(K)^T of the chunk, plain (HS, CH)
+ *   vp  hsp * CH     V of the chunk in NR-column panels
+ *   a   CH * CH      masked phi(Q) phi(K)^T
+ *   den CH           denominators
+ *   idx 2 * CH       key indices */
+struct dsa__att_layout {
+        size_t kt, vp, s, acc, m, l, idx;     /* streaming */
+        size_t st, z, qf, kf, kT, a, den;     /* linear (kt, vp, idx shared by name) */
+        size_t total;                         /* floats including 16 of alignment slack */
+};
+
+void dsa__att_blocks_layout(struct dsa__att_layout *L, size_t bk, size_t HS);
+void dsa__att_linear_layout(struct dsa__att_layout *L, size_t HS);
+
+/* scratch rounded up to its first 64-byte boundary. */
+static inline float *dsa__att_align(float *scratch) {
+        return (float *) (((uintptr_t) scratch + 63) & ~(uintptr_t) 63);
+}
+
+/* The argument checks every variant runs first: 0 or -EINVAL. */
+int dsa__att_blocks_check(const float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                          const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                          const float *scratch);
+int dsa__att_linear_check(const float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                          size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
+                          const float *scratch);
+
+/* The keys [*ret_j0, *ret_j0 + *ret_ncols) of block b some row of the query block sees, and
+ * the first such row *ret_r0 (rows are ascending positions, so rows [r0, nq) see the block).
+ * false when no row sees a key of it. With causal, row i >= r0 sees the first
+ * min(ncols, pos0 + i - j0 + 1) of them; otherwise all ncols. */
+static inline bool dsa__att_block_span(uint32_t b, size_t bk, size_t Tk, size_t nq, size_t pos0,
+                                       bool causal, size_t *ret_j0, size_t *ret_ncols,
+                                       size_t *ret_r0) {
+        const size_t j0 = (size_t) b * bk; /* b < 2^32, bk <= 256: no overflow */
+        size_t ncols, r0 = 0;
+
+        if (j0 >= Tk || nq == 0)
+                return false;
+        ncols = Tk - j0 < bk ? Tk - j0 : bk;
+        if (causal) {
+                if (j0 > pos0 + nq - 1)
+                        return false;
+                r0 = j0 > pos0 ? j0 - pos0 : 0;
+                if (pos0 + nq - j0 < ncols)
+                        ncols = pos0 + nq - j0;
+        }
+        *ret_j0 = j0, *ret_ncols = ncols, *ret_r0 = r0;
+        return true;
+}
+
+/* Keys of a block row i sees (i >= r0 of dsa__att_block_span). */
+static inline size_t dsa__att_row_keys(size_t i, size_t pos0, size_t j0, size_t ncols, bool causal) {
+        return causal && pos0 + i - j0 + 1 < ncols ? pos0 + i - j0 + 1 : ncols;
+}
+
+/* The variants: attention.c (ref), x86/attention-avx2.c, x86/attention-avx512.c; contracts
+ * as the table's fields of the same names. pool_blocks_f32 has only the reference. */
+typedef int dsa__att_blocks_fn(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                               size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                               const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                               float scale, bool causal, float *ret_lse, float *scratch);
+typedef int dsa__att_block_mass_fn(float *mass, const float *q, size_t ldq, const float *k,
+                                   size_t ldk, size_t nq, size_t pos0, const uint32_t *blocks,
+                                   size_t nb, size_t bk, size_t Tk, size_t HS, float scale,
+                                   bool causal, const float *lse, float *scratch);
+typedef int dsa__att_linear_fn(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                               size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
+                               bool causal, float *scratch);
+
+dsa__att_blocks_fn dsa__attention_blocks_f32_ref;
+dsa__att_blocks_fn dsa__attention_blocks_f32_avx2;
+dsa__att_blocks_fn dsa__attention_blocks_f32_avx512;
+dsa__att_block_mass_fn dsa__attention_block_mass_f32_ref;
+dsa__att_block_mass_fn dsa__attention_block_mass_f32_avx2;
+dsa__att_block_mass_fn dsa__attention_block_mass_f32_avx512;
+dsa__att_linear_fn dsa__attention_linear_f32_ref;
+dsa__att_linear_fn dsa__attention_linear_f32_avx2;
+dsa__att_linear_fn dsa__attention_linear_f32_avx512;
+int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
+                                       size_t bk, size_t HS);

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""dsactl on the long-context decoder (../shared/fixtures/trained/longlm-4l256) through the real
+binary: eval --task ppl matches transformers' per-document NLL (eval_docs.json) for the first
+documents, as token ids and (for a Hugging Face folder and our GGUF alike) in --json; optimize
+--attention makes local, fixed, linear and DSA variants (the DSA scorer fitted on WikiText-2)
+that load, record what was done and keep fewer blocks; eval of a DSA variant reports blocks kept
+per document; bench --attention prints one row per length and variant; bad options exit 2 and
+a BERT model refuses --task ppl with exit 1.
+
+Usage: test-attention.py DSACTL SOURCE_DIR SHARED
+Exit 77 when SHARED is missing.
+"""
+import json, os, subprocess, sys, tempfile
+
+dsactl, src, shared = sys.argv[1:4]
+model = os.path.join(shared, "fixtures/trained/longlm-4l256")
+docs = os.path.join(model, "eval_docs.safetensors")
+calib = os.path.join(shared, "data/wikitext2_raw/wiki.test.raw")
+bert = os.path.join(shared, "fixtures/trained/sst2-bert-4l256")
+if not os.path.isdir(model) or not os.path.isfile(calib):
+    print(f"SKIP: dsactl attention: {shared} not found (set DSA_SHARED)")
+    sys.exit(77)
+
+# Per-document mean NLL against transformers' (fp32 sums in another order).
+RTOL_NLL = 2e-5
+N_DOCS = 2
+failures = 0
+
+
+def run(*args):
+    p = subprocess.run([dsactl, *args], capture_output=True, text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr
+
+
+def check(cond, what):
+    global failures
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures += 1
+
+
+want = json.load(open(os.path.join(model, "eval_docs.json")))
+rc, out, err = run("eval", "-m", model, "--task", "ppl", "--data", docs, "--limit", str(N_DOCS), "--json")
+check(rc == 0, f"eval --task ppl exits 0 ({err.strip()})")
+dense = json.loads(out) if rc == 0 else {"docs": []}
+for i, d in enumerate(dense["docs"]):
+    ref = want[i]["nll"]
+    check(abs(d["nll"] - ref) <= RTOL_NLL * ref and d["tokens"] == want[i]["tokens"],
+          f"doc {i}: NLL {d['nll']:.7f} vs transformers {ref:.7f}, {d['tokens']} tokens")
+check(dense.get("blocks_kept") == 1.0, "dense computes every causal block")
+
+with tempfile.TemporaryDirectory() as tmp:
+    files = {}
+    for name, args in [("local", ["--attention", "local", "--att-window", "4"]),
+                       ("fixed", ["--attention", "fixed", "--att-random", "2"]),
+                       ("linear", ["--attention", "linear"]),
+                       ("dsa", ["--attention", "dsa", "--att-mass", "0.9", "--calib", calib, "--calib-max", "300"])]:
+        out_path = os.path.join(tmp, name + ".gguf")
+        rc, out, err = run("optimize", "-m", model, "-o", out_path, *args)
+        check(rc == 0 and os.path.isfile(out_path), f"optimize --attention {name} ({err.strip()[-200:]})")
+        files[name] = out_path
+    rc, out, err = run("show", "-m", files["dsa"])
+    check(rc == 0 and "attention = dsa" in out and "scorer_kl" in out, "show lists the DSA variant's facts")
+    # A DSA ablation reuses the fitted scorer without --calib.
+    abl = os.path.join(tmp, "dsa-count.gguf")
+    rc, out, err = run("optimize", "-m", files["dsa"], "-o", abl, "--attention", "dsa", "--att-blocks", "6")
+    check(rc == 0, f"an ablation reuses the scorer ({err.strip()[-200:]})")
+    rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "dsa")
+    check(rc == 1 and "calib" in err, "DSA without a scorer or --calib is refused")
+
+    for name in ("dsa", "local"):
+        rc, out, err = run("eval", "-m", files[name], "--task", "ppl", "--data", docs, "--limit", str(N_DOCS), "--json")
+        r = json.loads(out) if rc == 0 else {}
+        ok = rc == 0 and 0 < r["blocks_kept"] < 1 and all(0 < d["blocks_kept"] < 1 for d in r["docs"])
+        check(ok, f"eval of {name}: blocks kept {r.get('blocks_kept')}, ppl {r.get('ppl')} (dense {dense.get('ppl')})")
+        if name == "dsa" and rc == 0:
+            check(r["ppl"] < dense["ppl"] * 1.05, "DSA at mass 0.9 keeps perplexity within 5% on these documents")
+
+    rc, out, err = run("bench", "--attention", ",".join([files["local"], files["dsa"], files["linear"]]),
+                       "--lengths", "256,1024", "--data", docs, "--json")
+    r = json.loads(out) if rc == 0 else {"variants": []}
+    check(rc == 0 and len(r["variants"]) == 3 and all(len(v["results"]) == 2 for v in r["variants"]),
+          f"bench --attention: 3 variants x 2 lengths ({err.strip()[-200:]})")
+
+rc, out, err = run("bench", "--attention", model, "--lengths", "abc")
+check(rc == 2, "bench --attention with a bad length exits 2")
+rc, out, err = run("optimize", "-m", model, "-o", "/tmp/x.gguf", "--att-mass", "0.5")
+check(rc == 2, "--att-* without --attention exits 2")
+rc, out, err = run("optimize", "-m", model, "-o", "/tmp/x.gguf", "--attention", "sparse")
+check(rc == 2, "an unknown --attention kind exits 2")
+if os.path.isdir(bert):
+    rc, out, err = run("eval", "-m", bert, "--task", "ppl", "--data", docs)
+    check(rc == 1 and "decoder" in err, "a BERT model refuses --task ppl")
+
+print(f"{failures} failure(s)")
+sys.exit(1 if failures else 0)
