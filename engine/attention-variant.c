@@ -316,8 +316,8 @@ size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb) {
 }
 
 size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, bool query, const float *x, size_t ldx,
-                        size_t n, float *out) {
-        const size_t HS = a->head_dim, R = a->rank;
+                        size_t n, size_t HS, float *out) {
+        const size_t R = a->rank;
 
         if (a->heuristic || a->oracle || !a->wq) {
                 for (size_t i = 0; i < n; i++)

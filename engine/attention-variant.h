@@ -119,11 +119,12 @@ static inline unsigned dsa__att_bin(size_t a, size_t b) {
         return k < DSA_ATT_NBINS ? k : DSA_ATT_NBINS - 1;
 }
 
-/* The DSA scorer's projections of n block means x (n, ldx) of (layer, head) into out (n, D):
+/* The DSA scorer's projections of n block means x (n, ldx; HS, the model's head size, values
+ * each) of (layer, head) into out (n, D):
  * Wq x (query = true) or Wk x, D = rank; for the heuristic scorer x itself, D = head_dim.
  * Returns D. Computed once per layer and head, then shared by every query block's choice. */
 size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, bool query, const float *x, size_t ldx,
-                        size_t n, float *out);
+                        size_t n, size_t HS, float *out);
 
 /* Scratch floats dsa__att_select() needs for nkb key blocks. */
 size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb);

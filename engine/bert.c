@@ -248,8 +248,8 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
                                 f->err = r;
                                 continue;
                         }
-                        dsa__att_project(at, f->layer, h, true, qbar, HS, n_b, qp);
-                        dsa__att_project(at, f->layer, h, false, kbar, HS, n_b, kp);
+                        dsa__att_project(at, f->layer, h, true, qbar, HS, n_b, HS, qp);
+                        dsa__att_project(at, f->layer, h, false, kbar, HS, n_b, HS, kp);
                 }
                 for (size_t qb = 0; qb < n_b && r >= 0; qb++) {
                         const size_t t0 = qb * bk, nq = MIN(bk, T - t0);

@@ -77,6 +77,14 @@ size_t dsa__llama_weight_bytes(const struct dsa_llama *l) {
         return n;
 }
 
+/* -EBADMSG unless the n values read from tensor name are all finite. */
+static int check_finite(const float *x, size_t n, const char *name) {
+        for (size_t i = 0; i < n; i++)
+                if (!isfinite(x[i]))
+                        return dsa__error(-EBADMSG, "tensor '%s' holds a NaN or infinity", name);
+        return 0;
+}
+
 /* rows (HS per head, n heads) of a Hugging Face Q or K matrix (rows, C) -> llama.cpp's order:
  * row 2i + j of a head <- row j * HS/2 + i (convert_hf_to_gguf.py's permute()). */
 static void permute_heads(float *w, float *tmp, size_t n_head, size_t HS, size_t C) {
@@ -118,6 +126,8 @@ static int load_linear(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear 
                 r = dsa__load_tensor_f32(lookup, ud, names[i], w + at * C, C, rows[i], true, NULL);
                 if (r < 0)
                         return r;
+                if ((r = check_finite(w + at * C, rows[i] * C, names[i])) < 0)
+                        return r;
                 if (perm_heads && perm_heads[i]) {
                         if (!tmp && !(tmp = malloc(HS * C * sizeof(float))))
                                 return -ENOMEM;
@@ -125,10 +135,6 @@ static int load_linear(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear 
                 }
                 at += rows[i];
         }
-        for (size_t i = 0; i < OC * C; i++)
-                if (!isfinite(w[i]))
-                        return dsa__error(-EBADMSG, "tensor '%s' (or one stacked with it) holds a NaN or infinity",
-                                          names[0]);
         return dsa__linear_init(lin, w, OC, C, fmt, 0.0f);
 }
 
@@ -182,19 +188,35 @@ int dsa__llama_load(const struct dsa_llama_config *cfg, dsa__bert_lookup_fn look
                 return -ENOMEM;
         l->cfg = *cfg;
         dsa__att_init(&l->att);
-        floats = C * (2 * L + 1) + 2 * (size_t) cfg->n_ctx * half;
+        /* The rotary tables cover the first DSA_LLAMA_ROPE_TABLE positions (a 2^20 context in a
+         * small file must not cost gigabytes); the forward computes later ones on the fly. */
+        const size_t rope_n = MIN((size_t) cfg->n_ctx, (size_t) DSA_LLAMA_ROPE_TABLE);
+        floats = C * (2 * L + 1) + 2 * rope_n * half;
         l->arena = malloc(floats * sizeof(float));
         l->layers = calloc(L, sizeof(*l->layers));
         if (!l->arena || !l->layers)
                 return dsa__error(-ENOMEM, "cannot allocate the model (%zu floats)", floats);
         float *cur = l->arena;
         l->out_norm = cur, cur += C;
-        l->rope_cos = cur, cur += (size_t) cfg->n_ctx * half;
-        l->rope_sin = cur, cur += (size_t) cfg->n_ctx * half;
+        l->rope_n = rope_n;
+        l->rope_cos = cur, cur += rope_n * half;
+        l->rope_sin = cur, cur += rope_n * half;
 
         if ((r = dsa__embed_load(lookup, ud, &l->wte, V, C)) < 0 ||
-            (r = dsa__load_tensor_f32(lookup, ud, "output_norm.weight", l->out_norm, C, 0, true, NULL)) < 0)
+            (r = dsa__load_tensor_f32(lookup, ud, "output_norm.weight", l->out_norm, C, 0, true, NULL)) < 0 ||
+            (r = check_finite(l->out_norm, C, "output_norm.weight")) < 0)
                 return r;
+        /* Rows are read at run time: a NaN there would only show as NaN logits for some ids. */
+        {
+                _cleanup_free_ float *row = malloc(C * sizeof(float));
+                if (!row)
+                        return -ENOMEM;
+                for (size_t i = 0; i < V; i++) {
+                        dsa__embed_row(&l->wte, i, row);
+                        if ((r = check_finite(row, C, "token_embd.weight")) < 0)
+                                return r;
+                }
+        }
         {
                 const char *names[1] = { tied ? "token_embd.weight" : "output.weight" };
                 const size_t rows[1] = { V };
@@ -216,13 +238,14 @@ int dsa__llama_load(const struct dsa_llama_config *cfg, dsa__bert_lookup_fn look
                 y->ffn_norm = cur, cur += C;
                 if ((r = dsa__load_tensor_f32(lookup, ud, n[0], y->attn_norm, C, 0, true, NULL)) < 0 ||
                     (r = dsa__load_tensor_f32(lookup, ud, n[5], y->ffn_norm, C, 0, true, NULL)) < 0 ||
+                    (r = check_finite(y->attn_norm, C, n[0])) < 0 || (r = check_finite(y->ffn_norm, C, n[5])) < 0 ||
                     (r = load_linear(lookup, ud, &y->qkv, qkv, qkv_rows, permute_qk ? perm : NULL, 3, C, HS)) < 0 ||
                     (r = load_linear(lookup, ud, &y->o, o, o_rows, NULL, 1, NH * HS, HS)) < 0 ||
                     (r = load_linear(lookup, ud, &y->gate_up, gu, gu_rows, NULL, 2, C, HS)) < 0 ||
                     (r = load_linear(lookup, ud, &y->down, dn, dn_rows, NULL, 1, F, HS)) < 0)
                         return r;
         }
-        for (size_t p = 0; p < cfg->n_ctx; p++)
+        for (size_t p = 0; p < rope_n; p++)
                 dsa__llama_rope_row(cfg, p, l->rope_cos + p * half, l->rope_sin + p * half);
         *ret = TAKE_PTR(l);
         return 0;

@@ -73,7 +73,7 @@ static void task_rope(void *arg, size_t begin, size_t end) {
         for (size_t t = begin; t < end; t++) {
                 const float *cs = l->rope_cos + t * half, *sn = l->rope_sin + t * half;
                 float *row = f->qkv + t * f->QKV;
-                if (t >= l->cfg.n_ctx) { /* allow_long: past the table */
+                if (t >= l->rope_n) { /* past the table */
                         dsa__llama_rope_row(&l->cfg, t, cs_buf, sn_buf);
                         cs = cs_buf, sn = sn_buf;
                 }
@@ -94,8 +94,9 @@ static void task_project(void *arg, size_t begin, size_t end) {
         const size_t HS = f->HS, G = f->NH / f->NKV;
 
         for (size_t h = begin; h < end; h++) {
-                dsa__att_project(f->att, f->layer, h, true, f->qbar + h * HS, f->NH * HS, f->nb, f->qp + h * f->nb * f->D);
-                dsa__att_project(f->att, f->layer, h, false, f->kbar + (h / G) * HS, f->NKV * HS, f->nb,
+                dsa__att_project(f->att, f->layer, h, true, f->qbar + h * HS, f->NH * HS, f->nb, HS,
+                                 f->qp + h * f->nb * f->D);
+                dsa__att_project(f->att, f->layer, h, false, f->kbar + (h / G) * HS, f->NKV * HS, f->nb, HS,
                                  f->kp + h * f->nb * f->D);
         }
 }

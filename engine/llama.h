@@ -24,6 +24,9 @@ struct dsa_gguf;
 struct dsa_gguf_writer;
 struct json_object;
 
+/* Positions whose rotary cos/sin are tabled at load. */
+#define DSA_LLAMA_ROPE_TABLE 8192
+
 struct dsa_llama_layer {
         float *attn_norm;        /* (C) */
         struct dsa__linear qkv;  /* (NH HS + 2 NKV HS, C): Q rows, then K, then V */
@@ -40,7 +43,8 @@ struct dsa_llama {
         struct dsa_llama_layer *layers;
         float *out_norm;          /* (C) */
         struct dsa__linear lm_head; /* (V, C) */
-        float *rope_cos, *rope_sin; /* (n_ctx, HS/2) */
+        float *rope_cos, *rope_sin; /* (rope_n, HS/2): positions past rope_n are computed */
+        size_t rope_n;              /* min(n_ctx, DSA_LLAMA_ROPE_TABLE) */
         struct dsa__att att;      /* the attention variant and its fitted scorer */
         struct dsa_threadpool *pool;
         bool allow_long;          /* sequences past n_ctx (speed sweeps): rotary angles computed */

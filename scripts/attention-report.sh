@@ -9,7 +9,7 @@
 # Reports; never passes or fails on the goals. Exit 77 when the shared data is missing.
 #
 # Usage: scripts/attention-report.sh [--docs N] [--runs N] [--lengths L] [--out-dir DIR]
-#                                    [--work-dir DIR] [--dsactl PATH] [--threads N]
+#                                    [--work-dir DIR] [--dsactl PATH] [--threads N] [--reuse]
 #   --docs      evaluation documents (default 161, all)
 #   --runs      timing runs per length and variant, best kept (default 2)
 #   --lengths   sweep lengths (default 256,512,1024,2048,4096,8192)
@@ -17,6 +17,7 @@
 #   --work-dir  where the variant GGUF files are kept (default build/attention-variants)
 #   --dsactl    the dsactl binary (default build/cli/dsactl, building ./build when missing)
 #   --threads   threads (default: every online core)
+#   --reuse     keep the variants (and their perplexity) already in --work-dir; the sweep always runs
 #   $DSA_SHARED the shared folder (default ../shared next to the repo)
 set -euo pipefail
 
@@ -25,13 +26,13 @@ export LC_ALL=C
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 docs=161 runs=2 lengths=256,512,1024,2048,4096,8192 out_dir=$root/docs work_dir=$root/build/attention-variants
-dsactl='' threads=''
+dsactl='' threads='' reuse=0
 command_line=$(printf '%q ' "scripts/attention-report.sh" "$@")
 command_line=${command_line% }
 
 die() { echo "attention-report: $*" >&2; exit 1; }
 say() { echo "attention-report: $*" >&2; }
-usage() { sed -n '11,20s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '11,21s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
@@ -42,6 +43,7 @@ while [ $# -gt 0 ]; do
         --work-dir) work_dir=$2; shift 2 ;;
         --dsactl) dsactl=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
+        --reuse) reuse=1; shift ;;
         -h|--help) usage ;;
         *) echo "attention-report: unknown option $1" >&2; usage ;;
         esac
@@ -66,7 +68,8 @@ th=()
 [ -n "$threads" ] && th=(--threads "$threads")
 mkdir -p "$work_dir" "$out_dir"
 
-# name | optimize arguments (the DSA ablations reuse the fitted scorer of "dsa")
+# name | optimize arguments (the DSA ablations reuse the fitted scorer of "dsa"; the oracle rows
+# choose blocks by their exact dense mass, the bound for any scorer)
 variants=(
         "dense|--attention dense"
         "local|--attention local --att-window 4"
@@ -79,22 +82,34 @@ variants=(
         "dsa-heuristic|--attention dsa --att-mass 0.95 --att-heuristic"
         "dsa-s50|--attention dsa --att-sparsity 0.5"
         "dsa-s80|--attention dsa --att-sparsity 0.8"
+        "oracle-m95|--attention dsa --att-oracle --att-mass 0.95"
+        "oracle-m80|--attention dsa --att-oracle --att-mass 0.80"
 )
 files=()
 for v in "${variants[@]}"; do
         name=${v%%|*} args=${v#*|}
         src=$model
         case $name in dsa-*) src=$work_dir/dsa.gguf ;; esac
+        files+=("$work_dir/$name.gguf")
+        if [ "$reuse" = 1 ] && [ -s "$work_dir/eval-$name.json" ]; then
+                continue
+        fi
         say "optimize $name: $args"
         # shellcheck disable=SC2086
         "$dsactl" optimize -m "$src" -o "$work_dir/$name.gguf" $args "${th[@]}" --quiet
-        files+=("$work_dir/$name.gguf")
+        rm -f "$work_dir/eval-$name.json"
 done
 
 : > "$work_dir/evals.jsonl"
 for f in "${files[@]}"; do
-        say "eval --task ppl $(basename "$f") on $docs documents"
-        "$dsactl" eval -m "$f" --task ppl --data "$data" --limit "$docs" --json "${th[@]}" >> "$work_dir/evals.jsonl"
+        name=$(basename "$f" .gguf)
+        if [ ! -s "$work_dir/eval-$name.json" ]; then
+                say "eval --task ppl $name on $docs documents"
+                "$dsactl" eval -m "$f" --task ppl --data "$data" --limit "$docs" --json "${th[@]}" \
+                        > "$work_dir/eval-$name.json.tmp"
+                mv "$work_dir/eval-$name.json.tmp" "$work_dir/eval-$name.json"
+        fi
+        cat "$work_dir/eval-$name.json" >> "$work_dir/evals.jsonl"
 done
 say "bench --attention sweep ($lengths, best of $runs)"
 list=$(IFS=,; echo "${files[*]}")
@@ -141,7 +156,9 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       "|---|---|---|---|---|---|---|---|"] + [fmt(r) for r in rows]
 md += ["\nAblations (the paper's table): `dsa-count` is a fixed block count instead of the mass target "
        "(w/o dynamic patterns), `dsa-heuristic` has no fitted scorer (mean query . mean key), `dsa-s50` and "
-       "`dsa-s80` keep a fixed 50% / 20% of the visible blocks, chosen by the scorer.\n",
+       "`dsa-s80` keep a fixed 50% / 20% of the visible blocks, chosen by the scorer. `oracle-*` choose blocks by "
+       "their exact share of the dense attention, computed at run time (slower than dense: an analysis mode): the "
+       "perplexity any scorer could keep at that share of blocks.\n",
        "## Sweep (ms; attention / whole forward)\n",
        "| tokens | " + " | ".join(sw) + " |", "|---|" + "---|" * len(sw)]
 for T in L:

@@ -1,5 +1,5 @@
 /* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB;
- * the tiny BERT models of "model" under 16 KB) into OUTDIR/<target> (gguf, safetensors,
+ * the tiny BERT and Llama models of "model" under 16 KB) into OUTDIR/<target> (gguf, safetensors,
  * tokenizer-json, hf-config, request, model) at build time, so no binary files are committed.
  * The tokenizer seeds cover WordPiece and byte-level BPE, as tokenizer.json and as GGUF. */
 #include <errno.h>
@@ -14,6 +14,7 @@
 #include "engine/tokenizer.h"
 #include "engine/variant.h"
 #include "tiny-bert.h"
+#include "tiny-llama.h"
 
 static char path_buf[4096];
 
@@ -191,6 +192,43 @@ static int model_seeds(const char *dir) {
         return 0;
 }
 
+/* The decoder loader's seeds: tiny Llamas (tiny-llama.c) tied and untied, with each attention
+ * variant, F16 so that each stays under the fuzzers' 16 KB max_len (the byte-level tokenizer's
+ * 300-row embedding would not; the tokenizer itself is seeded under gguf), and what the engine
+ * writes back from the DSA one (dsa_model_save_variant()). */
+static int llama_seeds(const char *dir) {
+        const struct {
+                const char *name;
+                struct dsa_test_tiny_llama o;
+        } direct[] = {
+                { "llama-f16.gguf", { .wtype = DSA_TYPE_F16 } },
+                { "llama-f16-untied.gguf", { .wtype = DSA_TYPE_F16, .untied = true } },
+                { "llama-local.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_LOCAL } },
+                { "llama-fixed.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_FIXED } },
+                { "llama-linear.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_LINEAR } },
+                { "llama-dsa.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_DSA } },
+                { "llama-dsa-heuristic.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_DSA, .heuristic = true } },
+        };
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        char p[4096];
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(direct); i++) {
+                r = dsa_test_tiny_llama_write(&direct[i].o, path(dir, "model", direct[i].name));
+                if (r < 0) {
+                        fprintf(stderr, "gen-seeds: cannot write seed %s\n", direct[i].name);
+                        return r;
+                }
+        }
+        snprintf(p, sizeof(p), "%s", path(dir, "model", "llama-dsa.gguf"));
+        if ((r = dsa_model_open(p, &m)) < 0 ||
+            (r = dsa_model_save_variant(m, path(dir, "model", "llama-saved.gguf"))) < 0) {
+                fprintf(stderr, "gen-seeds: cannot make seed llama-saved.gguf\n");
+                return r;
+        }
+        return 0;
+}
+
 /* Byte-level BPE tokenizer.json files, Llama 3's pipeline (Split + ByteLevel, BOS template,
  * [a, b] merges) and GPT-2's (ByteLevel with its regex, "a b" merges), over a few tokens. */
 #define BPE_VOCAB                                                                                   \
@@ -356,6 +394,8 @@ int main(int argc, char **argv) {
         }
         if (r >= 0)
                 r = model_seeds(dir);
+        if (r >= 0)
+                r = llama_seeds(dir);
         if (r < 0) {
                 fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));
                 return 1;

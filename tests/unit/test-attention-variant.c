@@ -167,6 +167,23 @@ static void test_forward_and_gguf(void **state) {
         assert_memory_not_equal(z, dense, T * V * sizeof(float));
         free(z);
 
+        /* DSA with the heuristic scorer (mean query . mean key, no fit): every block at mass 1,
+         * fewer at 0.5, the same choice every run */
+        a.kind = DSA_ATT_DSA, a.heuristic = true, a.window = 1, a.mass = 1.0f;
+        assert_int_equal(optimize(m, &a, NULL, 0), 0);
+        z = logits_of(m, ids, T, NULL);
+        assert_memory_equal(z, dense16, T * V * sizeof(float));
+        free(z);
+        a.mass = 0.5f;
+        assert_int_equal(optimize(m, &a, NULL, 0), 0);
+        memset(&st, 0, sizeof(st));
+        z = logits_of(m, ids, T, &st);
+        float *z2 = logits_of(m, ids, T, NULL);
+        assert_true(st.blocks_kept < st.blocks_visible);
+        assert_memory_equal(z, z2, T * V * sizeof(float));
+        free(z), free(z2);
+        a.heuristic = false;
+
         /* DSA fitted on text: needs calibration */
         a.kind = DSA_ATT_DSA, a.window = 1, a.mass = 0.9f;
         assert_true(optimize(m, &a, NULL, 0) < 0);
