@@ -503,23 +503,13 @@ static int gguf_merges(const struct dsa_gguf *g, struct dsa_tokenizer *t) {
 int dsa__tokenizer_bpe_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret) {
         _cleanup_(dsa_tokenizer_freep) struct dsa_tokenizer *t = NULL;
         const struct dsa_tokenizer_options none = {};
-        const int32_t *types = NULL;
-        enum dsa_gguf_vtype vt;
+        const int32_t *types;
         bool llama3, add_bos, add_eos;
-        size_t n, nt;
+        size_t n;
         int r;
 
-        r = dsa_gguf_get_arr(g, "tokenizer.ggml.tokens", &vt, &n);
-        if (r < 0 || vt != DSA_GGUF_STRING)
-                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.tokens is missing or not a string array");
-        r = dsa_gguf_get_arr(g, "tokenizer.ggml.token_type", &vt, &nt);
-        if (r >= 0) {
-                if (vt != DSA_GGUF_INT32 || nt != n)
-                        return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not %zu int32s", n);
-                if ((r = dsa_gguf_get_arr_data(g, "tokenizer.ggml.token_type", (const void **) &types)) < 0)
-                        return r;
-        } else if (r != -ENOENT)
-                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not an array");
+        if ((r = dsa__gguf_get_vocab(g, &n, &types)) < 0)
+                return r;
 
         t = dsa__tokenizer_new(DSA_TOKENIZER_BPE, &none);
         if (!t)
@@ -541,15 +531,8 @@ int dsa__tokenizer_bpe_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer 
                 if (r < 0)
                         return r;
         }
-        /* llama.cpp matches control, user-defined and unknown tokens in the raw text. */
-        for (size_t i = 0; i < n; i++)
-                if (t->token_type[i] == DSA__TOKEN_UNKNOWN || t->token_type[i] == DSA__TOKEN_CONTROL ||
-                    t->token_type[i] == DSA__TOKEN_USER_DEFINED) {
-                        r = dsa__tokenizer_add_token(t, (int32_t) i, false, false, false, false);
-                        if (r < 0)
-                                return r;
-                }
-        if ((r = gguf_merges(g, t)) < 0 ||
+        if ((r = dsa__tokenizer_add_gguf_specials(t, n)) < 0 ||
+            (r = gguf_merges(g, t)) < 0 ||
             (r = gguf_get_bool(g, "dsa.tokenizer.ignore_merges", llama3, &t->bpe.ignore_merges)) < 0 ||
             (r = gguf_get_bool(g, "dsa.tokenizer.fuse_unk", false, &t->bpe.fuse_unk)) < 0 ||
             (r = gguf_get_bool(g, "dsa.tokenizer.add_prefix_space", false, &t->pretok.add_prefix_space)) < 0 ||
@@ -576,14 +559,6 @@ int dsa__tokenizer_bpe_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer 
                 return r;
         *ret = TAKE_PTR(t);
         return 0;
-}
-
-static void free_strv(char **v, size_t n) {
-        if (!v)
-                return;
-        for (size_t i = 0; i < n; i++)
-                free(v[i]);
-        free(v);
 }
 
 static int set_template(struct dsa_gguf_writer *w, const char *key, const struct dsa__template *tp) {
@@ -614,13 +589,13 @@ int dsa__tokenizer_bpe_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_wr
         for (size_t i = 0; i < n; i++) {
                 const char *a = t->vocab.tokens[t->bpe.merges[2 * i]], *b = t->vocab.tokens[t->bpe.merges[2 * i + 1]];
                 if (!a[0] || strchr(a + 1, ' ')) {
-                        free_strv(merges, n);
+                        dsa__strv_free(merges, n);
                         return dsa__error(-EOPNOTSUPP, "merge %zu: token '%.64s' is empty or has a space, which GGUF's \"a b\" merges cannot hold",
                                           i, a);
                 }
                 if (asprintf(&merges[i], "%s %s", a, b) < 0) {
                         merges[i] = NULL;
-                        free_strv(merges, n);
+                        dsa__strv_free(merges, n);
                         return -ENOMEM;
                 }
         }
@@ -633,7 +608,7 @@ int dsa__tokenizer_bpe_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_wr
                 r = dsa_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, t->token_type, t->vocab.n);
         if (r >= 0)
                 r = dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *) merges, n);
-        free_strv(merges, n);
+        dsa__strv_free(merges, n);
         if (r < 0)
                 return r;
         if ((t->bos_id >= 0 && (r = dsa_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t) t->bos_id)) < 0) ||

@@ -87,6 +87,15 @@ int dsa__json_get_bool(json_object *o, const char *key, bool def, bool *ret);
 int dsa__json_get_id(json_object *v, const char *what, int64_t max, int32_t *ret);
 /* GGUF key holding a token id below n; leaves *ret alone when the key is absent. */
 int dsa__gguf_get_id(const struct dsa_gguf *g, const char *key, size_t n, int32_t *ret);
+/* The vocabulary size of a GGUF tokenizer (tokenizer.ggml.tokens) and its llama.cpp token types
+ * (tokenizer.ggml.token_type, as many int32s in the file's mapping, not necessarily aligned;
+ * NULL when absent). */
+int dsa__gguf_get_vocab(const struct dsa_gguf *g, size_t *ret_n, const int32_t **ret_types);
+/* Registers each of the n ids whose GGUF token type is unknown, control or user-defined as an
+ * added token: llama.cpp matches those in the raw text. */
+int dsa__tokenizer_add_gguf_specials(struct dsa_tokenizer *t, size_t n);
+/* Frees the n strings of v (NULL ones too) and v; v may be NULL. */
+void dsa__strv_free(char **v, size_t n);
 
 /* Byte-level BPE (tokenizer-bpe.c): the rest of a tokenizer.json whose model is "BPE", a GGUF
  * whose tokenizer.ggml.model is "gpt2", and the GGUF keys that carry it. */

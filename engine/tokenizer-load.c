@@ -582,6 +582,48 @@ int dsa__gguf_get_id(const struct dsa_gguf *g, const char *key, size_t n, int32_
         return 0;
 }
 
+int dsa__gguf_get_vocab(const struct dsa_gguf *g, size_t *ret_n, const int32_t **ret_types) {
+        const int32_t *types = NULL;
+        enum dsa_gguf_vtype vt;
+        size_t n, nt;
+        int r;
+
+        r = dsa_gguf_get_arr(g, "tokenizer.ggml.tokens", &vt, &n);
+        if (r < 0 || vt != DSA_GGUF_STRING)
+                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.tokens is missing or not a string array");
+        r = dsa_gguf_get_arr(g, "tokenizer.ggml.token_type", &vt, &nt);
+        if (r >= 0) {
+                if (vt != DSA_GGUF_INT32 || nt != n)
+                        return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not %zu int32s", n);
+                r = dsa_gguf_get_arr_data(g, "tokenizer.ggml.token_type", (const void **) &types);
+                if (r < 0)
+                        return r;
+        } else if (r != -ENOENT)
+                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not an array");
+        *ret_n = n;
+        *ret_types = types;
+        return 0;
+}
+
+void dsa__strv_free(char **v, size_t n) {
+        if (!v)
+                return;
+        for (size_t i = 0; i < n; i++)
+                free(v[i]);
+        free(v);
+}
+
+int dsa__tokenizer_add_gguf_specials(struct dsa_tokenizer *t, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                if (t->token_type[i] == DSA__TOKEN_UNKNOWN || t->token_type[i] == DSA__TOKEN_CONTROL ||
+                    t->token_type[i] == DSA__TOKEN_USER_DEFINED) {
+                        int r = dsa__tokenizer_add_token(t, (int32_t) i, false, false, false, false);
+                        if (r < 0)
+                                return r;
+                }
+        return 0;
+}
+
 static int gguf_get_bool(const struct dsa_gguf *g, const char *key, bool *ret, bool *found) {
         int r = dsa_gguf_get_bool(g, key, ret);
 
@@ -600,10 +642,9 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
          * llama flavour has no word length limit); with some of the keys, the rest keep HF's
          * defaults. Both read the same values. */
         struct dsa_tokenizer_options opts = DSA_TOKENIZER_OPTIONS_BERT;
-        enum dsa_gguf_vtype vt;
-        const int32_t *types = NULL;
+        const int32_t *types;
         const char *model;
-        size_t model_len, n, nt;
+        size_t model_len, n;
         bool found = false;
         int64_t strip;
         int r;
@@ -618,18 +659,9 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
         if (model_len != 4 || memcmp(model, "bert", 4) != 0)
                 return dsa__error(-EOPNOTSUPP, "GGUF: tokenizer model '%.*s' is not supported, only bert and gpt2",
                                   (int) MIN(model_len, 64), model);
-        r = dsa_gguf_get_arr(g, "tokenizer.ggml.tokens", &vt, &n);
-        if (r < 0 || vt != DSA_GGUF_STRING)
-                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.tokens is missing or not a string array");
-        r = dsa_gguf_get_arr(g, "tokenizer.ggml.token_type", &vt, &nt);
-        if (r >= 0) {
-                if (vt != DSA_GGUF_INT32 || nt != n)
-                        return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not %zu int32s", n);
-                r = dsa_gguf_get_arr_data(g, "tokenizer.ggml.token_type", (const void **) &types);
-                if (r < 0)
-                        return r;
-        } else if (r != -ENOENT)
-                return dsa__error(-EBADMSG, "GGUF: tokenizer.ggml.token_type is not an array");
+        r = dsa__gguf_get_vocab(g, &n, &types);
+        if (r < 0)
+                return r;
 
         if ((r = gguf_get_bool(g, "dsa.tokenizer.lowercase", &opts.lowercase, &found)) < 0 ||
             (r = gguf_get_bool(g, "dsa.tokenizer.clean_text", &opts.clean_text, &found)) < 0 ||
@@ -689,15 +721,8 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
                 if (r < 0)
                         return r;
         }
-        /* llama.cpp matches control, user-defined and unknown tokens in the raw text. */
-        for (size_t i = 0; i < n; i++)
-                if (t->token_type[i] == DSA__TOKEN_UNKNOWN || t->token_type[i] == DSA__TOKEN_CONTROL ||
-                    t->token_type[i] == DSA__TOKEN_USER_DEFINED) {
-                        r = dsa__tokenizer_add_token(t, (int32_t) i, false, false, false, false);
-                        if (r < 0)
-                                return r;
-                }
-        if ((r = dsa__gguf_get_id(g, "tokenizer.ggml.cls_token_id", n, &t->cls_id)) < 0 ||
+        if ((r = dsa__tokenizer_add_gguf_specials(t, n)) < 0 ||
+            (r = dsa__gguf_get_id(g, "tokenizer.ggml.cls_token_id", n, &t->cls_id)) < 0 ||
             (r = dsa__gguf_get_id(g, "tokenizer.ggml.seperator_token_id", n, &t->sep_id)) < 0 ||
             (r = dsa__gguf_get_id(g, "tokenizer.ggml.unknown_token_id", n, &t->unk_id)) < 0 ||
             (r = dsa__gguf_get_id(g, "tokenizer.ggml.padding_token_id", n, &t->pad_id)) < 0 ||
@@ -708,14 +733,6 @@ int dsa_tokenizer_from_gguf(const struct dsa_gguf *g, struct dsa_tokenizer **ret
                 return r;
         *ret = TAKE_PTR(t);
         return 0;
-}
-
-static void free_strv(char **v, size_t n) {
-        if (!v)
-                return;
-        for (size_t i = 0; i < n; i++)
-                free(v[i]);
-        free(v);
 }
 
 int dsa_tokenizer_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_writer *w) {
@@ -753,14 +770,14 @@ int dsa_tokenizer_to_gguf(const struct dsa_tokenizer *t, struct dsa_gguf_writer 
                         memcpy(strs[i] + PHANTOM_LEN, s, len + 1);
                 }
                 if (!strs[i]) {
-                        free_strv(strs, n);
+                        dsa__strv_free(strs, n);
                         return -ENOMEM;
                 }
         }
         r = dsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "bert");
         if (r >= 0)
                 r = dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *) strs, n);
-        free_strv(strs, n);
+        dsa__strv_free(strs, n);
         if (r >= 0)
                 r = dsa_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, t->token_type, n);
         for (size_t i = 0; r >= 0 && i < ELEMENTSOF(keys); i++)

@@ -14,6 +14,8 @@
 
 #include "basic/error.h"
 #include "engine/model.h"
+#include "engine/safetensors.h"
+#include "engine/tokenizer.h"
 #include "testutil.h"
 
 const char *dsa_test_shared_dir(void) {
@@ -88,6 +90,51 @@ bool dsa_test_check_tensor(const char *name, const float *got, const float *want
         printf("%s %-40s n=%zu maxerr=%.3g at %zu (got %.7g want %.7g)\n", bad ? "FAIL" : "ok  ",
                name, n, maxerr, worst, n ? got[worst] : 0.f, n ? want[worst] : 0.f);
         return bad == 0;
+}
+
+const struct dsa_tensor_view *dsa_test_st_need(const struct dsa_safetensors *st, const char *name) {
+        const struct dsa_tensor_view *v = dsa_safetensors_find(st, name);
+
+        if (!v)
+                fprintf(stderr, "reference tensor '%s' is missing\n", name);
+        assert_non_null(v);
+        return v;
+}
+
+void dsa_test_expect_encode(const struct dsa_tokenizer *t, const char *text, size_t len, const char *pair,
+                            unsigned flags, size_t max_len, const int32_t *want, const int32_t *want_types) {
+        struct dsa_encoding e = {};
+        size_t n = 0;
+        int r;
+
+        r = dsa_tokenizer_encode(t, text, len, pair, pair ? strlen(pair) : 0, flags, max_len, &e);
+        if (r < 0)
+                fail_msg("encode '%s': %s", text, dsa_error_message(r));
+        while (want[n] >= 0)
+                n++;
+        if (e.n != n || memcmp(e.ids, want, n * sizeof(int32_t)) != 0) {
+                for (size_t i = 0; i < e.n; i++)
+                        print_message(" %d", e.ids[i]);
+                print_message("\n");
+                fail_msg("'%s': %zu ids, want %zu", text, e.n, n);
+        }
+        if (want_types)
+                assert_memory_equal(e.type_ids, want_types, n * sizeof(int32_t));
+        dsa_encoding_clear(&e);
+}
+
+size_t dsa_test_parse_ids(const char *s, int32_t *ids, size_t cap) {
+        size_t n = 0;
+
+        while (*s && n < cap) {
+                char *next;
+                long v = strtol(s, &next, 10);
+                if (next == s)
+                        break;
+                ids[n++] = (int32_t) v;
+                s = next;
+        }
+        return n;
 }
 
 int dsa_test_read_file(const char *path, char **ret, size_t *ret_size) {

@@ -1,43 +1,25 @@
 /* See tiny-bert.h. Weights are small deterministic pseudo-random values (LayerNorm gains 1), so
- * a forward gives finite outputs; every buffer the writer reads stays owned here until the file
+ * a forward gives finite outputs; tiny-gguf.c owns every buffer the writer reads until the file
  * is written. Tensors are added in the shapes dsa_model_save_variant() gives them. */
 #include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "basic/macro.h"
 #include "engine/gguf.h"
 #include "tiny-bert.h"
+#include "tiny-gguf.h"
 
 struct tb {
-        struct dsa_gguf_writer *w;
+        struct dsa_test_tiny_gguf *g;
         const struct dsa_test_tiny_bert *o;
-        void **bufs;
-        size_t n_bufs;
-        uint32_t rng;
 };
-
-static void *tb_alloc(struct tb *t, size_t n) {
-        void **b = realloc(t->bufs, (t->n_bufs + 1) * sizeof(void *));
-
-        if (!b)
-                return NULL;
-        t->bufs = b;
-        b[t->n_bufs] = calloc(1, n ? n : 1);
-        return b[t->n_bufs] ? b[t->n_bufs++] : NULL;
-}
-
-static float tb_rand(struct tb *t) {
-        t->rng = t->rng * 1664525u + 1013904223u;
-        return (float) (t->rng >> 8) / (float) (1u << 24) - 0.5f;
-}
 
 /* A vector (ne1 == 0) or an (ne1, ne0) row-major matrix, as the saver adds them. */
 static int tb_add(struct tb *t, const char *name, enum dsa_type type, uint64_t ne0, uint64_t ne1, const void *data) {
         const uint64_t ne[2] = { ne0, ne1 ? ne1 : 1 };
 
-        return dsa_gguf_writer_add_tensor(t->w, name, type, ne1 ? 2 : 1, ne, data);
+        return dsa_gguf_writer_add_tensor(t->g->w, name, type, ne1 ? 2 : 1, ne, data);
 }
 
 /* fp32 -> half / bfloat16 by truncation: the values here are small and need no rounding care. */
@@ -62,12 +44,12 @@ static uint16_t to_bf16(float f) {
 
 /* A vector of n values: gain (all 1), else small random ones. */
 static int tb_vector(struct tb *t, const char *name, size_t n, bool gain) {
-        float *v = tb_alloc(t, n * sizeof(float));
+        float *v = dsa_test_tiny_gguf_alloc(t->g, n * sizeof(float));
 
         if (!v)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
-                v[i] = gain ? 1.0f : 0.1f * tb_rand(t);
+                v[i] = gain ? 1.0f : 0.1f * dsa_test_tiny_gguf_rand(t->g);
         return tb_add(t, name, DSA_TYPE_F32, n, 0, v);
 }
 
@@ -83,13 +65,14 @@ static int tb_matrix(struct tb *t, const char *base, enum dsa_type type, size_t 
 
         snprintf(name, sizeof(name), "%s.weight", base);
         if (type == DSA_TYPE_I8) {
-                int8_t *q = tb_alloc(t, n);
-                float *s = tb_alloc(t, rows * sizeof(float)), *act = tb_alloc(t, sizeof(float));
+                int8_t *q = dsa_test_tiny_gguf_alloc(t->g, n);
+                float *s = dsa_test_tiny_gguf_alloc(t->g, rows * sizeof(float));
+                float *act = dsa_test_tiny_gguf_alloc(t->g, sizeof(float));
 
                 if (!q || !s || !act)
                         return -ENOMEM;
                 for (size_t i = 0; i < n; i++)
-                        q[i] = (int8_t) (tb_rand(t) * 254.0f);
+                        q[i] = (int8_t) (dsa_test_tiny_gguf_rand(t->g) * 254.0f);
                 for (size_t i = 0; i < rows; i++)
                         s[i] = 0.5f / 127.0f;
                 *act = 4.0f / 127.0f;
@@ -104,14 +87,14 @@ static int tb_matrix(struct tb *t, const char *base, enum dsa_type type, size_t 
                 return tb_add(t, name, DSA_TYPE_F32, 1, 0, act);
         }
 
-        float *w = tb_alloc(t, n * sizeof(float));
+        float *w = dsa_test_tiny_gguf_alloc(t->g, n * sizeof(float));
         if (!w)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
-                w[i] = zero_odd && (i % cols) % 2 ? 0.0f : tb_rand(t);
+                w[i] = zero_odd && (i % cols) % 2 ? 0.0f : dsa_test_tiny_gguf_rand(t->g);
         if (type == DSA_TYPE_F32)
                 return tb_add(t, name, type, cols, rows, w);
-        uint16_t *h = tb_alloc(t, n * sizeof(uint16_t));
+        uint16_t *h = dsa_test_tiny_gguf_alloc(t->g, n * sizeof(uint16_t));
         if (!h)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
@@ -127,50 +110,52 @@ static int tb_tokenizer(struct tb *t) {
                 "s", "ing", W "not", W "good", W "film",
         };
 #undef W
+        struct dsa_gguf_writer *w = t->g->w;
         int32_t types[DSA_TEST_TINY_V];
         int r = 0;
 
         for (size_t i = 0; i < DSA_TEST_TINY_V; i++)
                 types[i] = i == 1 ? 2 : i < 5 ? 3 : 1; /* unknown, control, normal */
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "tokenizer.ggml.model", "bert");
-        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(t->w, "tokenizer.ggml.tokens", tokens, DSA_TEST_TINY_V);
-        r = r < 0 ? r : dsa_gguf_writer_set_arr(t->w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, types,
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "bert");
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", tokens, DSA_TEST_TINY_V);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, types,
                                                 DSA_TEST_TINY_V);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.padding_token_id", 0);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.unknown_token_id", 1);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.cls_token_id", 2);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.seperator_token_id", 3);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.mask_token_id", 4);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 0);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 1);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.cls_token_id", 2);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.seperator_token_id", 3);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.mask_token_id", 4);
         return r;
 }
 
 static int tb_keys(struct tb *t) {
+        struct dsa_gguf_writer *w = t->g->w;
         static const char *const labels[DSA_TEST_TINY_LABELS] = { "negative", "positive" };
         const struct dsa_test_tiny_bert *o = t->o;
         int r = 0;
 
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "general.architecture", "bert");
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.context_length", DSA_TEST_TINY_CTX);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.embedding_length", DSA_TEST_TINY_C);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.feed_forward_length", DSA_TEST_TINY_F);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.block_count", DSA_TEST_TINY_L);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.attention.head_count", DSA_TEST_TINY_H);
-        r = r < 0 ? r : dsa_gguf_writer_set_f32(t->w, "bert.attention.layer_norm_epsilon", 1e-12f);
-        r = r < 0 ? r : dsa_gguf_writer_set_bool(t->w, "bert.attention.causal", false);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "bert.pooling_type", 4); /* rank: pooler + classifier */
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "dsa.bert.hidden_act", o->sparse ? "gelu_tanh" : "gelu");
-        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(t->w, "bert.classifier.output_labels", labels, DSA_TEST_TINY_LABELS);
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "dsa.variant.method", "fuzz seed");
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.architecture", "bert");
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.context_length", DSA_TEST_TINY_CTX);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.embedding_length", DSA_TEST_TINY_C);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.feed_forward_length", DSA_TEST_TINY_F);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.block_count", DSA_TEST_TINY_L);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.attention.head_count", DSA_TEST_TINY_H);
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, "bert.attention.layer_norm_epsilon", 1e-12f);
+        r = r < 0 ? r : dsa_gguf_writer_set_bool(w, "bert.attention.causal", false);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "bert.pooling_type", 4); /* rank: pooler + classifier */
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "dsa.bert.hidden_act", o->sparse ? "gelu_tanh" : "gelu");
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "bert.classifier.output_labels", labels, DSA_TEST_TINY_LABELS);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "dsa.variant.method", "fuzz seed");
         if (r >= 0 && o->heads)
-                r = dsa_gguf_writer_set_arr(t->w, "dsa.bert.head_count_per_layer", DSA_GGUF_UINT32, o->heads, o->n_heads);
+                r = dsa_gguf_writer_set_arr(w, "dsa.bert.head_count_per_layer", DSA_GGUF_UINT32, o->heads, o->n_heads);
         if (r >= 0 && o->ffs)
-                r = dsa_gguf_writer_set_arr(t->w, "dsa.bert.feed_forward_length_per_layer", DSA_GGUF_UINT32, o->ffs,
+                r = dsa_gguf_writer_set_arr(w, "dsa.bert.feed_forward_length_per_layer", DSA_GGUF_UINT32, o->ffs,
                                             o->n_ffs);
         if (r >= 0 && o->token_keep)
-                r = dsa_gguf_writer_set_arr(t->w, "dsa.prune.token_keep", DSA_GGUF_FLOAT32, o->token_keep,
+                r = dsa_gguf_writer_set_arr(w, "dsa.prune.token_keep", DSA_GGUF_FLOAT32, o->token_keep,
                                             o->n_token_keep);
         if (r >= 0 && o->sparse)
-                r = dsa_gguf_writer_set_bool(t->w, "dsa.prune.sparse_kernel", true);
+                r = dsa_gguf_writer_set_bool(w, "dsa.prune.sparse_kernel", true);
         if (r >= 0 && o->tokenizer)
                 r = tb_tokenizer(t);
         return r;
@@ -236,23 +221,15 @@ static int tb_tensors(struct tb *t) {
         return 0;
 }
 
-int dsa_test_tiny_bert_write(const struct dsa_test_tiny_bert *o, const char *path) {
-        struct tb t = { .o = o, .rng = 12345u };
-        int r;
+static int tb_fill(struct dsa_test_tiny_gguf *g, const void *userdata) {
+        struct tb t = { .g = g, .o = userdata };
+        int r = tb_keys(&t);
 
+        return r < 0 ? r : tb_tensors(&t);
+}
+
+int dsa_test_tiny_bert_write(const struct dsa_test_tiny_bert *o, const char *path) {
         if (!o || !path)
                 return -EINVAL;
-        t.w = dsa_gguf_writer_new();
-        if (!t.w)
-                return -ENOMEM;
-        r = tb_keys(&t);
-        if (r >= 0)
-                r = tb_tensors(&t);
-        if (r >= 0)
-                r = dsa_gguf_writer_write(t.w, path);
-        dsa_gguf_writer_free(t.w);
-        for (size_t i = 0; i < t.n_bufs; i++)
-                free(t.bufs[i]);
-        free(t.bufs);
-        return r;
+        return dsa_test_tiny_gguf_write(path, 12345u, tb_fill, o);
 }

@@ -1,16 +1,16 @@
 /* See tiny-llama.h. Weights are small deterministic pseudo-random values (RMSNorm gains 1), so a
- * forward gives finite logits; every buffer the writer reads stays owned here until the file is
+ * forward gives finite logits; tiny-gguf.c owns every buffer the writer reads until the file is
  * written. Keys and tensors are the ones llama.cpp's converter and dsa_model_save() write, the
  * attention variant's as dsa__att_to_gguf() writes them, spelled out here so that the reader is
  * checked against the format rather than against our own writer. */
 #include <errno.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "basic/macro.h"
 #include "engine/gguf.h"
 #include "kernels/kernels.h"
+#include "tiny-gguf.h"
 #include "tiny-llama.h"
 
 #define N_BYTES 256
@@ -23,27 +23,9 @@ static const char *const merged[] = { "he", "ll", "llo", "hello", G "w", "or", G
 #undef G
 
 struct tl {
-        struct dsa_gguf_writer *w;
+        struct dsa_test_tiny_gguf *g;
         const struct dsa_test_tiny_llama *o;
-        void **bufs;
-        size_t n_bufs;
-        uint32_t rng;
 };
-
-static void *tl_alloc(struct tl *t, size_t n) {
-        void **b = realloc(t->bufs, (t->n_bufs + 1) * sizeof(void *));
-
-        if (!b)
-                return NULL;
-        t->bufs = b;
-        b[t->n_bufs] = calloc(1, n ? n : 1);
-        return b[t->n_bufs] ? b[t->n_bufs++] : NULL;
-}
-
-static float tl_rand(struct tl *t) {
-        t->rng = t->rng * 1664525u + 1013904223u;
-        return (float) (t->rng >> 8) / (float) (1u << 24) - 0.5f;
-}
 
 uint32_t dsa_test_tiny_llama_n_vocab(const struct dsa_test_tiny_llama *o) {
         return o && o->tokenizer ? DSA_TEST_LLAMA_V_TOK : DSA_TEST_LLAMA_V;
@@ -57,19 +39,19 @@ static int tl_tensor(struct tl *t, const char *name, enum dsa_type type, uint32_
 
         for (uint32_t d = 0; d < n_dims; d++)
                 n *= ne[d];
-        float *v = tl_alloc(t, n * sizeof(float));
+        float *v = dsa_test_tiny_gguf_alloc(t->g, n * sizeof(float));
         if (!v)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
-                v[i] = gain ? 1.0f : scale * tl_rand(t);
+                v[i] = gain ? 1.0f : scale * dsa_test_tiny_gguf_rand(t->g);
         if (type == DSA_TYPE_F32)
-                return dsa_gguf_writer_add_tensor(t->w, name, type, n_dims, ne, v);
-        uint16_t *h = tl_alloc(t, n * sizeof(uint16_t));
+                return dsa_gguf_writer_add_tensor(t->g->w, name, type, n_dims, ne, v);
+        uint16_t *h = dsa_test_tiny_gguf_alloc(t->g, n * sizeof(uint16_t));
         if (!h)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++)
                 h[i] = dsa_f32_to_f16(v[i]);
-        return dsa_gguf_writer_add_tensor(t->w, name, type, n_dims, ne, h);
+        return dsa_gguf_writer_add_tensor(t->g->w, name, type, n_dims, ne, h);
 }
 
 /* A (rows, cols) matrix: ne = { cols, rows }. */
@@ -109,10 +91,11 @@ static void byte_symbol(unsigned b, char s[3]) {
 /* Tokens 0..255 the byte symbols, then the merges' results, BOS, EOS, and reserved control
  * tokens up to DSA_TEST_LLAMA_V_TOK, as Llama 3 lays its vocabulary out. */
 static int tl_tokenizer(struct tl *t) {
+        struct dsa_gguf_writer *w = t->g->w;
         const size_t V = DSA_TEST_LLAMA_V_TOK, NM = ELEMENTSOF(merges);
-        const char **tokens = tl_alloc(t, V * sizeof(char *));
-        char *syms = tl_alloc(t, N_BYTES * 3), *reserved = tl_alloc(t, V * 32);
-        int32_t *types = tl_alloc(t, V * sizeof(int32_t));
+        const char **tokens = dsa_test_tiny_gguf_alloc(t->g, V * sizeof(char *));
+        char *syms = dsa_test_tiny_gguf_alloc(t->g, N_BYTES * 3), *reserved = dsa_test_tiny_gguf_alloc(t->g, V * 32);
+        int32_t *types = dsa_test_tiny_gguf_alloc(t->g, V * sizeof(int32_t));
         int r = 0;
 
         _Static_assert(N_BYTES + ELEMENTSOF(merges) == DSA_TEST_LLAMA_BOS, "BOS follows the merges");
@@ -138,20 +121,21 @@ static int tl_tokenizer(struct tl *t) {
                         }
                 }
         }
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "tokenizer.ggml.model", "gpt2");
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "tokenizer.ggml.pre", "llama-bpe");
-        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(t->w, "tokenizer.ggml.tokens", tokens, V);
-        r = r < 0 ? r : dsa_gguf_writer_set_arr(t->w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, types, V);
-        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(t->w, "tokenizer.ggml.merges", merges, NM);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.bos_token_id", DSA_TEST_LLAMA_BOS);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "tokenizer.ggml.eos_token_id", DSA_TEST_LLAMA_EOS);
-        r = r < 0 ? r : dsa_gguf_writer_set_bool(t->w, "tokenizer.ggml.add_bos_token", true);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "tokenizer.ggml.pre", "llama-bpe");
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", tokens, V);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", DSA_GGUF_INT32, types, V);
+        r = r < 0 ? r : dsa_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", merges, NM);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", DSA_TEST_LLAMA_BOS);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", DSA_TEST_LLAMA_EOS);
+        r = r < 0 ? r : dsa_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true);
         return r;
 }
 
 #define KEY "dsa.attention."
 
 static int tl_attention(struct tl *t) {
+        struct dsa_gguf_writer *w = t->g->w;
         static const char *const kinds[] = {
                 [DSA_ATT_LOCAL] = "local", [DSA_ATT_FIXED] = "fixed", [DSA_ATT_LINEAR] = "linear",
                 [DSA_ATT_DSA] = "dsa",
@@ -164,43 +148,44 @@ static int tl_attention(struct tl *t) {
                 return 0;
         if ((unsigned) o->att >= ELEMENTSOF(kinds))
                 return -EINVAL;
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, KEY "kind", kinds[o->att]);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, KEY "block", DSA_TEST_LLAMA_BLOCK);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, KEY "window", 2);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, KEY "global", 1);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, KEY "random", 1);
-        r = r < 0 ? r : dsa_gguf_writer_set_u64(t->w, KEY "seed", 7);
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, KEY "select", "mass");
-        r = r < 0 ? r : dsa_gguf_writer_set_f32(t->w, KEY "mass", 0.9f);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, KEY "count", 0);
-        r = r < 0 ? r : dsa_gguf_writer_set_f32(t->w, KEY "fraction", 0.5f);
-        r = r < 0 ? r : dsa_gguf_writer_set_bool(t->w, KEY "heuristic", o->att == DSA_ATT_DSA && o->heuristic);
-        r = r < 0 ? r : dsa_gguf_writer_set_bool(t->w, KEY "oracle", false);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, KEY "kind", kinds[o->att]);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "block", DSA_TEST_LLAMA_BLOCK);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "window", 2);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "global", 1);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "random", 1);
+        r = r < 0 ? r : dsa_gguf_writer_set_u64(w, KEY "seed", 7);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, KEY "select", "mass");
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, KEY "mass", 0.9f);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "count", 0);
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, KEY "fraction", 0.5f);
+        r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "heuristic", o->att == DSA_ATT_DSA && o->heuristic);
+        r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "oracle", false);
         if (r >= 0 && fitted)
-                r = dsa_gguf_writer_set_u32(t->w, KEY "scorer_rank", DSA_TEST_LLAMA_RANK);
+                r = dsa_gguf_writer_set_u32(w, KEY "scorer_rank", DSA_TEST_LLAMA_RANK);
         return r;
 }
 
 static int tl_keys(struct tl *t) {
+        struct dsa_gguf_writer *w = t->g->w;
         const struct dsa_test_tiny_llama *o = t->o;
         int r = 0;
 
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "general.architecture", "llama");
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "general.name", "tiny-llama");
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "general.file_type", o->wtype == DSA_TYPE_F16 ? 1 : 0);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.context_length", DSA_TEST_LLAMA_CTX);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.embedding_length", DSA_TEST_LLAMA_C);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.block_count", DSA_TEST_LLAMA_L);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.feed_forward_length", DSA_TEST_LLAMA_F);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.attention.head_count", DSA_TEST_LLAMA_H);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.attention.head_count_kv", DSA_TEST_LLAMA_KV);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.attention.key_length", DSA_TEST_LLAMA_HS);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.attention.value_length", DSA_TEST_LLAMA_HS);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.rope.dimension_count", DSA_TEST_LLAMA_HS);
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(t->w, "llama.vocab_size", dsa_test_tiny_llama_n_vocab(o));
-        r = r < 0 ? r : dsa_gguf_writer_set_f32(t->w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-        r = r < 0 ? r : dsa_gguf_writer_set_f32(t->w, "llama.rope.freq_base", 10000.0f);
-        r = r < 0 ? r : dsa_gguf_writer_set_str(t->w, "dsa.variant.method", "fuzz seed");
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.architecture", "llama");
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.name", "tiny-llama");
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "general.file_type", o->wtype == DSA_TYPE_F16 ? 1 : 0);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.context_length", DSA_TEST_LLAMA_CTX);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.embedding_length", DSA_TEST_LLAMA_C);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.block_count", DSA_TEST_LLAMA_L);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.feed_forward_length", DSA_TEST_LLAMA_F);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.attention.head_count", DSA_TEST_LLAMA_H);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.attention.head_count_kv", DSA_TEST_LLAMA_KV);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.attention.key_length", DSA_TEST_LLAMA_HS);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.attention.value_length", DSA_TEST_LLAMA_HS);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.rope.dimension_count", DSA_TEST_LLAMA_HS);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.vocab_size", dsa_test_tiny_llama_n_vocab(o));
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+        r = r < 0 ? r : dsa_gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
+        r = r < 0 ? r : dsa_gguf_writer_set_str(w, "dsa.variant.method", "fuzz seed");
         r = r < 0 ? r : tl_attention(t);
         if (r >= 0 && o->tokenizer)
                 r = tl_tokenizer(t);
@@ -248,23 +233,15 @@ static int tl_tensors(struct tl *t) {
         return 0;
 }
 
-int dsa_test_tiny_llama_write(const struct dsa_test_tiny_llama *o, const char *path) {
-        struct tl t = { .o = o, .rng = 4242u };
-        int r;
+static int tl_fill(struct dsa_test_tiny_gguf *g, const void *userdata) {
+        struct tl t = { .g = g, .o = userdata };
+        int r = tl_keys(&t);
 
+        return r < 0 ? r : tl_tensors(&t);
+}
+
+int dsa_test_tiny_llama_write(const struct dsa_test_tiny_llama *o, const char *path) {
         if (!o || !path || (o->wtype != DSA_TYPE_F32 && o->wtype != DSA_TYPE_F16))
                 return -EINVAL;
-        t.w = dsa_gguf_writer_new();
-        if (!t.w)
-                return -ENOMEM;
-        r = tl_keys(&t);
-        if (r >= 0)
-                r = tl_tensors(&t);
-        if (r >= 0)
-                r = dsa_gguf_writer_write(t.w, path);
-        dsa_gguf_writer_free(t.w);
-        for (size_t i = 0; i < t.n_bufs; i++)
-                free(t.bufs[i]);
-        free(t.bufs);
-        return r;
+        return dsa_test_tiny_gguf_write(path, 4242u, tl_fill, o);
 }

@@ -38,14 +38,6 @@
 
 static const char *shared;
 
-static const struct dsa_tensor_view *need(const struct dsa_safetensors *st, const char *name) {
-        const struct dsa_tensor_view *v = dsa_safetensors_find(st, name);
-        if (!v)
-                fprintf(stderr, "reference tensor '%s' is missing\n", name);
-        assert_non_null(v);
-        return v;
-}
-
 static float *f32_copy(const struct dsa_tensor_view *v, size_t n) {
         assert_int_equal(v->type, DSA_TYPE_F32);
         assert_int_equal(dsa_tensor_nelems(v), n);
@@ -63,8 +55,9 @@ struct inputs {
 };
 
 static void inputs_load(const struct dsa_safetensors *st, struct inputs *in) {
-        const struct dsa_tensor_view *ids = need(st, "input_ids"), *types = need(st, "token_type_ids"),
-                                     *mask = need(st, "attention_mask");
+        const struct dsa_tensor_view *ids = dsa_test_st_need(st, "input_ids");
+        const struct dsa_tensor_view *types = dsa_test_st_need(st, "token_type_ids");
+        const struct dsa_tensor_view *mask = dsa_test_st_need(st, "attention_mask");
         assert_int_equal(ids->type, DSA_TYPE_I32);
         assert_int_equal(types->type, DSA_TYPE_I32);
         assert_int_equal(mask->type, DSA_TYPE_I32);
@@ -204,11 +197,11 @@ static void parity_one(const char *name) {
         char what[64];
         for (size_t l = 0; l <= o.L; l++) {
                 snprintf(what, sizeof(what), "hidden_states.%zu", l);
-                ok &= check(name, what, o.hidden[l], need(ref, what), B * T * C, ATOL_HIDDEN);
+                ok &= check(name, what, o.hidden[l], dsa_test_st_need(ref, what), B * T * C, ATOL_HIDDEN);
         }
         for (size_t l = 0; l < o.L; l++) {
                 snprintf(what, sizeof(what), "attentions.%zu", l);
-                ok &= check(name, what, o.attn[l], need(ref, what), B * o.NH * T * T, ATOL_ATTN);
+                ok &= check(name, what, o.attn[l], dsa_test_st_need(ref, what), B * o.NH * T * T, ATOL_ATTN);
         }
         const struct dsa_tensor_view *rl = dsa_safetensors_find(ref, "logits");
         assert_true((rl != NULL) == (c->n_labels > 0));
@@ -219,8 +212,8 @@ static void parity_one(const char *name) {
         assert_int_equal(dsa_safetensors_open(dsa_test_path(dir, "reference_pairs.safetensors"), &pairs), 0);
         inputs_load(pairs, &pin);
         run(m, &pin, &o2);
-        ok &= check(name, "pairs last_hidden", o2.hidden[o2.L], need(pairs, "last_hidden"), pin.B * pin.T * C,
-                    ATOL_HIDDEN);
+        ok &= check(name, "pairs last_hidden", o2.hidden[o2.L], dsa_test_st_need(pairs, "last_hidden"),
+                    pin.B * pin.T * C, ATOL_HIDDEN);
         outputs_free(&o2);
 
         check_tokenization(dir, m, &in);
@@ -257,7 +250,7 @@ static void parity_one(const char *name) {
         if (rl)
                 ok &= check(name, "F16 logits", o2.logits, rl, B * c->n_labels, ATOL_F16_LOGITS);
         snprintf(what, sizeof(what), "hidden_states.%zu", o.L);
-        ok &= check(name, "F16 last hidden", o2.hidden[o2.L], need(ref, what), B * T * C, ATOL_F16_HIDDEN);
+        ok &= check(name, "F16 last hidden", o2.hidden[o2.L], dsa_test_st_need(ref, what), B * T * C, ATOL_F16_HIDDEN);
         outputs_free(&o2);
         dsa_model_free(g);
         unlink(path);
@@ -327,7 +320,8 @@ static void test_sst2_teacher(void **state) {
         assert_int_equal(r, 0);
 
         assert_int_equal(dsa_safetensors_open(dsa_test_path(dir, "dev_logits.safetensors"), &ref), 0);
-        bool ok = check("sst2-bert-4l256", "dev logits", logits, need(ref, "logits"), n * 2, ATOL_SST2_LOGITS);
+        bool ok = check("sst2-bert-4l256", "dev logits", logits, dsa_test_st_need(ref, "logits"), n * 2,
+                        ATOL_SST2_LOGITS);
         size_t correct = 0;
         for (size_t i = 0; i < n; i++)
                 correct += (logits[2 * i + 1] > logits[2 * i]) == (labels[i] == 1);

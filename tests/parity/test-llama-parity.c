@@ -39,14 +39,6 @@
 
 static const char *shared;
 
-static const struct dsa_tensor_view *need(const struct dsa_safetensors *st, const char *name) {
-        const struct dsa_tensor_view *v = dsa_safetensors_find(st, name);
-        if (!v)
-                fprintf(stderr, "reference tensor '%s' is missing\n", name);
-        assert_non_null(v);
-        return v;
-}
-
 static int32_t *ids_copy(const struct dsa_tensor_view *v, size_t *n) {
         assert_int_equal(v->type, DSA_TYPE_I32);
         *n = dsa_tensor_nelems(v);
@@ -106,9 +98,9 @@ static void check_model(struct dsa_model *m, const struct dsa_safetensors *ref, 
                 size_t T, G;
 
                 snprintf(name, sizeof(name), "prompt.%zu.input_ids", p);
-                int32_t *ids = ids_copy(need(ref, name), &T);
+                int32_t *ids = ids_copy(dsa_test_st_need(ref, name), &T);
                 snprintf(name, sizeof(name), "prompt.%zu.greedy", p);
-                int32_t *greedy = ids_copy(need(ref, name), &G);
+                int32_t *greedy = ids_copy(dsa_test_st_need(ref, name), &G);
                 float *logits = malloc(T * V * sizeof(float)), *hidden = malloc(T * C * sizeof(float));
                 int32_t *out = malloc(G * sizeof(int32_t));
                 assert_true(logits && hidden && out);
@@ -139,11 +131,11 @@ static void check_model(struct dsa_model *m, const struct dsa_safetensors *ref, 
 
                 assert_int_equal(dsa_model_lm_forward(m, ids, T, logits, hidden, NULL), 0);
                 snprintf(name, sizeof(name), "prompt.%zu.logits", p);
-                const struct dsa_tensor_view *lv = need(ref, name);
+                const struct dsa_tensor_view *lv = dsa_test_st_need(ref, name);
                 assert_int_equal(dsa_tensor_nelems(lv), T * V);
                 assert_true(dsa_test_check_tensor(name, logits, lv->data, T * V, ATOL_LOGITS, 0));
                 snprintf(name, sizeof(name), "prompt.%zu.last_hidden", p);
-                const struct dsa_tensor_view *hv = need(ref, name);
+                const struct dsa_tensor_view *hv = dsa_test_st_need(ref, name);
                 assert_int_equal(dsa_tensor_nelems(hv), T * C);
                 assert_true(dsa_test_check_tensor(name, hidden, hv->data, T * C, ATOL_HIDDEN, 0));
 
@@ -220,7 +212,7 @@ static void test_longlm_nll(void **state) {
                 json_object *e = json_object_array_get_idx(want, pick[i]), *nv, *tv;
 
                 snprintf(name, sizeof(name), "doc.%zu", pick[i]);
-                int32_t *ids = ids_copy(need(docs, name), &T);
+                int32_t *ids = ids_copy(dsa_test_st_need(docs, name), &T);
                 assert_true(json_object_object_get_ex(e, "nll", &nv));
                 assert_true(json_object_object_get_ex(e, "tokens", &tv));
                 assert_int_equal(json_object_get_int(tv), (int) T);

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "basic/error.h"
+#include "basic/macro.h"
 #include "engine/gguf.h"
 #include "engine/tokenizer.h"
 #include "testutil.h"
@@ -167,7 +168,7 @@ static int run_llamacpp(const struct dsa_tokenizer *t, const char *name, const c
         for (char *end; (end = strstr(p, sep)); p = end + strlen(sep)) {
                 struct dsa_encoding e = {};
                 int32_t want[1024];
-                size_t n_want = 0;
+                size_t n_want;
                 char *nl = strchr(o, '\n');
                 bool same;
 
@@ -177,14 +178,7 @@ static int run_llamacpp(const struct dsa_tokenizer *t, const char *name, const c
                         return -EBADMSG;
                 }
                 *nl = 0;
-                for (char *q = o; *q && n_want < 1024;) {
-                        char *next;
-                        long v = strtol(q, &next, 10);
-                        if (next == q)
-                                break;
-                        want[n_want++] = (int32_t) v;
-                        q = next;
-                }
+                n_want = dsa_test_parse_ids(o, want, ELEMENTSOF(want));
                 o = nl + 1;
                 res->n++;
                 r = dsa_tokenizer_encode(t, p, strlen(p), NULL, 0, 0, 0, &e);

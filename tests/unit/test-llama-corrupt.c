@@ -6,7 +6,6 @@
  * must either fail with a negative errno and a reason, or load into a model whose forward runs;
  * the specific damage must fail with the reason it deserves, or, where the file is still
  * well-formed, give finite logits. Run under ASan+UBSan in CI. */
-#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -21,6 +20,7 @@
 
 #include "basic/error.h"
 #include "basic/macro.h"
+#include "corrupt.h"
 #include "engine/gguf.h"
 #include "engine/model-internal.h"
 #include "engine/tokenizer.h"
@@ -46,43 +46,7 @@ static const struct {
 };
 enum { SEED_F32, SEED_F16, SEED_TOK, SEED_LOCAL, SEED_FIXED, SEED_LINEAR, SEED_DSA, SEED_HEUR, N_SEEDS };
 
-struct file {
-        uint8_t *p;
-        size_t n;
-};
-
-static struct file files[N_SEEDS];
-
-static void write_file(const struct dsa_test_tiny_llama *o, const char *path) {
-        int r = dsa_test_tiny_llama_write(o, path);
-
-        if (r < 0)
-                fail_msg("cannot write a tiny Llama: %s", dsa_error_message(r));
-}
-
-/* The file o describes, in memory. */
-static struct file build(const struct dsa_test_tiny_llama *o) {
-        char path[] = "/tmp/dsa-test-llama-corrupt-XXXXXX";
-        struct file f = { 0 };
-        char *data = NULL;
-        int fd = mkstemp(path);
-
-        assert_true(fd >= 0);
-        close(fd);
-        write_file(o, path);
-        assert_int_equal(dsa_test_read_file(path, &data, &f.n), 0);
-        unlink(path);
-        f.p = (uint8_t *) data;
-        return f;
-}
-
-static struct file copy_of(size_t seed) {
-        struct file c = { malloc(files[seed].n), files[seed].n };
-
-        assert_non_null(c.p);
-        memcpy(c.p, files[seed].p, c.n);
-        return c;
-}
+static struct dsa_test_file files[N_SEEDS];
 
 static bool all_finite(const float *x, size_t n) {
         for (size_t i = 0; i < n; i++)
@@ -100,6 +64,7 @@ static bool run(const struct dsa_model *m) {
         bool finite;
         int r;
 
+        assert_int_equal(dsa_model_arch(m), DSA_ARCH_LLAMA);
         assert_non_null(c);
         if ((double) c->n_layer * c->n_embd * c->n_ff > 1e6 || (double) c->n_vocab * c->n_embd > 1e7)
                 return true;
@@ -125,120 +90,66 @@ static bool run(const struct dsa_model *m) {
         return finite;
 }
 
-/* Opens p; a failure must be a negative errno with a reason and no model, a success must run
- * (with finite outputs when want_finite). Returns the code; ret_finite (or NULL) whether the
- * outputs were finite. */
-static int try_model(const uint8_t *p, size_t n, bool want_finite, const char *what, bool *ret_finite) {
-        struct dsa_model *m = NULL;
-        bool finite = true;
-        int r;
-
-        /* An exact-size copy, so ASan sees a read past the end as one. */
-        uint8_t *copy = malloc(n ? n : 1);
-        assert_non_null(copy);
-        memcpy(copy, p, n);
-        dsa_error_clear();
-        r = dsa__model_open_gguf_memory(copy, n, &m);
-        if (r < 0) {
-                assert_null(m);
-                assert_true(r > -4096);
-                if (strlen(dsa_error_message(r)) == 0)
-                        fail_msg("%s: refused (%d) without a reason", what, r);
-        } else {
-                assert_int_equal(r, 0);
-                assert_non_null(m);
-                assert_int_equal(dsa_model_arch(m), DSA_ARCH_LLAMA);
-                finite = run(m);
-                if (!finite && want_finite)
-                        fail_msg("%s: loaded, but the forward gives a NaN or infinity", what);
-                dsa_model_free(m);
-        }
-        free(copy);
-        if (ret_finite)
-                *ret_finite = finite;
-        return r;
+static int write_llama(const void *o, const char *path) {
+        return dsa_test_tiny_llama_write(o, path);
 }
 
-/* A well-formed file that must load and run with finite outputs. */
-static void expect_ok(const struct file *f, const char *what) {
-        int r = try_model(f->p, f->n, true, what, NULL);
-
-        if (r < 0)
-                fail_msg("%s: refused: %s", what, dsa_error_message(r));
-}
-
-/* f must fail with a reason containing want. */
-static void expect_fail(const struct file *f, const char *what, const char *want) {
-        int r = try_model(f->p, f->n, true, what, NULL);
-
-        if (r >= 0)
-                fail_msg("%s: opened (want error '%s')", what, want);
-        if (!strstr(dsa_error_message(r), want))
-                fail_msg("%s: reason '%s' lacks '%s'", what, dsa_error_message(r), want);
-}
-
-/* Where the name of key (or tensor) name starts in the header: after its u64 length. */
-static size_t name_at(const struct file *f, const char *name) {
-        const size_t len = strlen(name);
-
-        for (size_t i = 8; i + len <= f->n; i++) {
-                uint64_t n;
-
-                memcpy(&n, f->p + i - 8, 8);
-                if (n == len && !memcmp(f->p + i, name, len))
-                        return i;
-        }
-        fail_msg("no key or tensor '%s'", name);
-        return 0;
-}
+static const struct dsa_test_file_kind llama = { "Llama", write_llama, run };
 
 /* Where the value of scalar key starts (after its name and u32 type; a string's u64 length). */
-static size_t value_at(const struct file *f, const char *key) {
-        return name_at(f, key) + strlen(key) + 4;
+static size_t value_at(const struct dsa_test_file *f, const char *key) {
+        return dsa_test_file_name_at(f, key) + strlen(key) + 4;
 }
 
 /* Where ne[0] of tensor name's info starts (after its name and u32 n_dims). */
-static size_t dims_at(const struct file *f, const char *name) {
-        return name_at(f, name) + strlen(name) + 4;
+static size_t dims_at(const struct dsa_test_file *f, const char *name) {
+        return dsa_test_file_name_at(f, name) + strlen(name) + 4;
 }
 
-/* Where the bytes of tensor name start in f. */
-static size_t tensor_at(const struct file *f, const char *name) {
-        struct dsa_gguf *g = NULL;
-        const struct dsa_tensor_view *v;
-        size_t at;
+/* A 2-D tensor's ne[0] and ne[1] swapped: the same bytes, the wrong shape. */
+static void expect_transposed(struct dsa_test_file *f, const char *name, const char *what, const char *want) {
+        const size_t at = dims_at(f, name);
+        uint64_t ne[2], sw[2];
 
-        assert_int_equal(dsa_gguf_open_memory(f->p, f->n, &g), 0);
-        v = dsa_gguf_find_tensor(g, name);
-        if (!v)
-                fail_msg("no tensor '%s'", name);
-        at = (size_t) ((const uint8_t *) v->data - f->p);
-        dsa_gguf_free(g);
-        return at;
+        memcpy(ne, f->p + at, 16);
+        sw[0] = ne[1], sw[1] = ne[0];
+        dsa_test_file_expect_patch(f, at, sw, 16, what, want);
 }
 
-/* Where the tensor data starts (the header ends before it) and the end of the last tensor's
- * bytes (every shorter file is incomplete). */
-static void data_range(const struct file *f, size_t *ret_start, size_t *ret_end) {
-        struct dsa_gguf *g = NULL;
-        size_t start = f->n, end = 0;
+/* A scalar key set to v: refused with a reason containing want, or (want NULL) loaded. */
+struct u32_key {
+        const char *key;
+        uint32_t v;
+        const char *want;
+};
+struct f32_key {
+        const char *key;
+        float v;
+        const char *want;
+};
 
-        assert_int_equal(dsa_gguf_open_memory(f->p, f->n, &g), 0);
-        for (size_t i = 0; i < dsa_gguf_n_tensors(g); i++) {
-                const struct dsa_tensor_view *v = dsa_gguf_tensor(g, i);
-                const size_t at = (size_t) ((const uint8_t *) v->data - f->p);
-                start = MIN(start, at);
-                end = MAX(end, at + v->nbytes);
+static void expect_u32_keys(struct dsa_test_file *f, const struct u32_key *keys, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char what[96];
+
+                snprintf(what, sizeof(what), "%s = %u", keys[i].key, keys[i].v);
+                dsa_test_file_expect_patch(f, value_at(f, keys[i].key), &keys[i].v, 4, what, keys[i].want);
         }
-        dsa_gguf_free(g);
-        *ret_start = start;
-        *ret_end = end;
+}
+
+static void expect_f32_keys(struct dsa_test_file *f, const struct f32_key *keys, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char what[96];
+
+                snprintf(what, sizeof(what), "%s = %g", keys[i].key, (double) keys[i].v);
+                dsa_test_file_expect_patch(f, value_at(f, keys[i].key), &keys[i].v, 4, what, keys[i].want);
+        }
 }
 
 static int setup(void **state) {
         (void) state;
         for (size_t i = 0; i < N_SEEDS; i++)
-                files[i] = build(&seeds[i].o);
+                files[i] = dsa_test_file_build(&llama, &seeds[i].o);
         return 0;
 }
 
@@ -267,7 +178,7 @@ static void test_valid(void **state) {
                 const uint32_t V = dsa_test_tiny_llama_n_vocab(o);
                 _cleanup_(dsa_model_freep) struct dsa_model *m = NULL, *back = NULL;
 
-                write_file(o, path);
+                dsa_test_file_write(&llama, o, path);
                 m = dsa_test_model_open(path);
                 const struct dsa_llama_config *c = dsa_model_llama_config(m);
                 assert_non_null(c);
@@ -377,7 +288,7 @@ static void test_combinations(void **state) {
                                 float *logits = malloc(T * V * sizeof(float));
 
                                 assert_non_null(logits);
-                                write_file(&o, path);
+                                dsa_test_file_write(&llama, &o, path);
                                 m = dsa_test_model_open(path);
                                 for (size_t t = 0; t < T; t++)
                                         ids[t] = (int32_t) ((t * 13 + w + bits) % V);
@@ -392,16 +303,8 @@ static void test_combinations(void **state) {
 
 static void test_truncated(void **state) {
         (void) state;
-        for (size_t i = 0; i < N_SEEDS; i++) {
-                const struct file *f = &files[i];
-                size_t start, end;
-
-                /* Every length through the header, then every 7th byte of the data. */
-                data_range(f, &start, &end);
-                for (size_t n = 0; n < end; n += n < start ? 1 : 7)
-                        if (try_model(f->p, n, false, seeds[i].name, NULL) >= 0)
-                                fail_msg("%s cut at %zu of %zu bytes opened", seeds[i].name, n, f->n);
-        }
+        for (size_t i = 0; i < N_SEEDS; i++)
+                dsa_test_file_check_truncated(&files[i], seeds[i].name);
 }
 
 /* Byte and bit flips: in the header, where the structure is, and anywhere, so keys, shapes, the
@@ -409,62 +312,23 @@ static void test_truncated(void **state) {
  * infinite logits; that is not the loader's to refuse, so finiteness is only counted here. */
 static void test_random(void **state) {
         struct dsa_test_rng rng = { SEED };
-        size_t ok = 0, bad = 0, generic = 0, nonfinite = 0;
+        struct dsa_test_flips n = { 0 };
 
         (void) state;
-        for (size_t i = 0; i < N_SEEDS; i++) {
-                const struct file *f = &files[i];
-                uint8_t *q = malloc(f->n);
-                size_t start, end;
-
-                assert_non_null(q);
-                data_range(f, &start, &end);
-                for (int it = 0; it < N_FLIPS; it++) {
-                        const int k = 1 + (int) (dsa_test_rng_u64(&rng) % 8);
-                        const bool bits = it % 2;
-                        size_t n = f->n;
-                        bool finite;
-                        int r;
-
-                        memcpy(q, f->p, f->n);
-                        for (int j = 0; j < k; j++) {
-                                const size_t at = dsa_test_rng_u64(&rng) % (j % 2 ? f->n : start);
-                                if (bits)
-                                        q[at] ^= (uint8_t) (1u << (dsa_test_rng_u64(&rng) % 8));
-                                else
-                                        q[at] ^= (uint8_t) (1 + dsa_test_rng_u64(&rng) % 255);
-                        }
-                        if (dsa_test_rng_u64(&rng) % 8 == 0)
-                                n = dsa_test_rng_u64(&rng) % (f->n + 1);
-                        r = try_model(q, n, false, seeds[i].name, &finite);
-                        if (r < 0) {
-                                bad++;
-                                /* A reason the engine did not write: only strerror() of the code. */
-                                if (!strcmp(dsa_error_message(r), strerror(-r)))
-                                        generic++;
-                                continue;
-                        }
-                        ok++;
-                        nonfinite += !finite;
-                }
-                free(q);
-        }
+        for (size_t i = 0; i < N_SEEDS; i++)
+                dsa_test_file_check_flips(&files[i], &rng, N_FLIPS, true, seeds[i].name, &n);
         print_message("llama: %zu damaged files loaded and ran (%zu with non-finite outputs), %zu rejected (%zu "
-                      "without a reason of their own)\n", ok, nonfinite, bad, generic);
-        assert_true(bad > 0 && ok > 0);
+                      "without a reason of their own)\n", n.ok, n.nonfinite, n.bad, n.generic);
+        assert_true(n.bad > 0 && n.ok > 0);
 }
 
-static void put_u32(struct file *f, size_t at, uint32_t v) {
-        memcpy(f->p + at, &v, 4);
-}
-
-static void put_f32(struct file *f, size_t at, float v) {
+static void put_u32(struct dsa_test_file *f, size_t at, uint32_t v) {
         memcpy(f->p + at, &v, 4);
 }
 
 /* Keys: missing, contradicting each other, or out of range. */
 static void test_keys(void **state) {
-        struct file c = copy_of(SEED_F32);
+        struct dsa_test_file c = dsa_test_file_copy(&files[SEED_F32]);
         size_t at;
 
         (void) state;
@@ -473,17 +337,9 @@ static void test_keys(void **state) {
                 "llama.block_count", "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
                 "llama.attention.head_count",
         };
-        for (size_t i = 0; i < ELEMENTSOF(required); i++) {
-                at = name_at(&c, required[i]) + strlen(required[i]) - 1;
-                c.p[at] ^= 0x20;
-                expect_fail(&c, required[i], required[i]);
-                c.p[at] ^= 0x20;
-        }
-        const struct {
-                const char *key;
-                uint32_t v;
-                const char *want;
-        } lies[] = {
+        for (size_t i = 0; i < ELEMENTSOF(required); i++)
+                dsa_test_file_expect_renamed(&c, required[i], strlen(required[i]) - 1, required[i], required[i]);
+        static const struct u32_key lies[] = {
                 { "llama.attention.head_count_kv", 3, "not a multiple of 3" },
                 { "llama.attention.head_count_kv", 0, "a size is zero" },
                 { "llama.attention.head_count_kv", 8, "not a multiple of 8" },
@@ -499,51 +355,32 @@ static void test_keys(void **state) {
                 { "llama.embedding_length", 8, "has shape" },
                 { "llama.feed_forward_length", UINT32_MAX, "past this engine's limits" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(lies); i++) {
-                char what[96];
-                uint32_t old;
-
-                at = value_at(&c, lies[i].key);
-                memcpy(&old, c.p + at, 4);
-                put_u32(&c, at, lies[i].v);
-                snprintf(what, sizeof(what), "%s = %u", lies[i].key, lies[i].v);
-                expect_fail(&c, what, lies[i].want);
-                put_u32(&c, at, old);
-        }
+        expect_u32_keys(&c, lies, ELEMENTSOF(lies));
 
         /* An odd head size, the rotary dimension agreeing with it. */
         at = value_at(&c, "llama.attention.key_length");
         const size_t at_rot = value_at(&c, "llama.rope.dimension_count");
         put_u32(&c, at, 3), put_u32(&c, at_rot, 3);
-        expect_fail(&c, "head size 3", "head size 3 is odd");
+        dsa_test_file_expect_fail(&c, "head size 3", "head size 3 is odd");
         /* A context of 2^20 with heads of 1024: the tensors do not have that head size, and nothing
          * is allocated for the context before they are checked (the rotary tables stop at
          * DSA_LLAMA_ROPE_TABLE positions whatever the context). */
         const size_t at_ctx = value_at(&c, "llama.context_length");
         put_u32(&c, at, 1024), put_u32(&c, at_rot, 1024), put_u32(&c, at_ctx, 1u << 20);
-        expect_fail(&c, "context 2^20 of head size 1024", "attn_q.weight");
+        dsa_test_file_expect_fail(&c, "context 2^20 of head size 1024", "attn_q.weight");
         put_u32(&c, at, 4), put_u32(&c, at_rot, 4);
-        expect_ok(&c, "context 2^20");
+        dsa_test_file_expect_ok(&c, "context 2^20");
         put_u32(&c, at_ctx, DSA_TEST_LLAMA_CTX);
 
         /* Out-of-range epsilon and rotary base. */
-        const struct {
-                const char *key;
-                float v;
-        } floats[] = {
-                { "llama.attention.layer_norm_rms_epsilon", 0.0f }, { "llama.attention.layer_norm_rms_epsilon", NAN },
-                { "llama.attention.layer_norm_rms_epsilon", 2.0f }, { "llama.rope.freq_base", 1.0f },
-                { "llama.rope.freq_base", INFINITY },
+        static const struct f32_key floats[] = {
+                { "llama.attention.layer_norm_rms_epsilon", 0.0f, "out of range" },
+                { "llama.attention.layer_norm_rms_epsilon", NAN, "out of range" },
+                { "llama.attention.layer_norm_rms_epsilon", 2.0f, "out of range" },
+                { "llama.rope.freq_base", 1.0f, "out of range" },
+                { "llama.rope.freq_base", INFINITY, "out of range" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(floats); i++) {
-                char what[96];
-
-                at = value_at(&c, floats[i].key);
-                put_f32(&c, at, floats[i].v);
-                snprintf(what, sizeof(what), "%s = %g", floats[i].key, (double) floats[i].v);
-                expect_fail(&c, what, "out of range");
-                put_f32(&c, at, floats[i].key[6] == 'a' ? 1e-5f : 10000.0f);
-        }
+        expect_f32_keys(&c, floats, ELEMENTSOF(floats));
 
         /* Optional keys removed: the defaults (head size C / NH, head_count_kv = head_count, the
          * rotary dimension the head size, epsilon 1e-5) still fit this model, except the
@@ -552,23 +389,15 @@ static void test_keys(void **state) {
                 "llama.attention.key_length", "llama.rope.dimension_count", "llama.attention.layer_norm_rms_epsilon",
                 "llama.rope.freq_base", "llama.vocab_size", "general.name",
         };
-        for (size_t i = 0; i < ELEMENTSOF(optional); i++) {
-                at = name_at(&c, optional[i]);
-                c.p[at] ^= 0x20;
-                expect_ok(&c, optional[i]);
-                c.p[at] ^= 0x20;
-        }
-        at = name_at(&c, "llama.attention.head_count_kv");
-        c.p[at] ^= 0x20;
-        expect_fail(&c, "no head_count_kv", "blk.0.attn_k.weight");
-        c.p[at] ^= 0x20;
+        for (size_t i = 0; i < ELEMENTSOF(optional); i++)
+                dsa_test_file_expect_renamed(&c, optional[i], 0, optional[i], NULL);
+        dsa_test_file_expect_renamed(&c, "llama.attention.head_count_kv", 0, "no head_count_kv", "blk.0.attn_k.weight");
 
         /* A key of the wrong type: block_count as a float32. */
-        at = value_at(&c, "llama.block_count");
-        put_u32(&c, at - 4, DSA_GGUF_FLOAT32);
-        expect_fail(&c, "block_count as float32", "llama.block_count");
-        put_u32(&c, at - 4, DSA_GGUF_UINT32);
-        expect_ok(&c, "restored");
+        const uint32_t f32type = DSA_GGUF_FLOAT32;
+        at = value_at(&c, "llama.block_count") - 4;
+        dsa_test_file_expect_patch(&c, at, &f32type, 4, "block_count as float32", "llama.block_count");
+        dsa_test_file_expect_ok(&c, "restored");
         free(c.p);
 }
 
@@ -577,32 +406,19 @@ static void test_tensors(void **state) {
         (void) state;
         for (size_t s = 0; s < 2; s++) { /* tied F32, untied F16 */
                 const size_t seed = s ? SEED_F16 : SEED_F32;
-                struct file c = copy_of(seed);
+                struct dsa_test_file c = dsa_test_file_copy(&files[seed]);
                 size_t at;
 
                 static const char *const names[] = {
                         "blk.1.ffn_gate.weight", "blk.0.attn_norm.weight", "output_norm.weight",
                         "blk.0.attn_v.weight",   "blk.1.ffn_norm.weight",  "token_embd.weight",
                 };
-                for (size_t i = 0; i < ELEMENTSOF(names); i++) {
-                        at = name_at(&c, names[i]);
-                        c.p[at] ^= 0x20;
-                        expect_fail(&c, names[i], names[i]);
-                        c.p[at] ^= 0x20;
-                }
-                /* ne[0] and ne[1] swapped: the same bytes, the wrong shape. */
+                for (size_t i = 0; i < ELEMENTSOF(names); i++)
+                        dsa_test_file_expect_renamed(&c, names[i], 0, names[i], names[i]);
                 static const char *const swapped[] = { "blk.0.attn_k.weight", "blk.1.ffn_down.weight",
                                                        "token_embd.weight" };
-                for (size_t i = 0; i < ELEMENTSOF(swapped); i++) {
-                        uint64_t ne[2], sw[2];
-
-                        at = dims_at(&c, swapped[i]);
-                        memcpy(ne, c.p + at, 16);
-                        sw[0] = ne[1], sw[1] = ne[0];
-                        memcpy(c.p + at, sw, 16);
-                        expect_fail(&c, swapped[i], i < 2 ? "has shape" : "token_embd.weight");
-                        memcpy(c.p + at, ne, 16);
-                }
+                for (size_t i = 0; i < ELEMENTSOF(swapped); i++)
+                        expect_transposed(&c, swapped[i], swapped[i], i < 2 ? "has shape" : "token_embd.weight");
                 /* NaN and infinity in matrices, norm gains and the embedding. */
                 const struct {
                         const char *tensor;
@@ -617,73 +433,58 @@ static void test_tensors(void **state) {
                         { "blk.1.ffn_norm.weight", 0, false, -INFINITY },
                 };
                 for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                        const size_t esize = bad[i].matrix && seed == SEED_F16 ? 2 : 4;
-                        uint8_t old[4];
+                        const bool f16 = bad[i].matrix && seed == SEED_F16;
+                        const uint16_t h = isnan(bad[i].v) ? 0x7e00 : bad[i].v > 0 ? 0x7c00 : 0xfc00;
                         char what[96];
 
-                        at = tensor_at(&c, bad[i].tensor) + esize * bad[i].index;
-                        memcpy(old, c.p + at, esize);
-                        if (esize == 2) {
-                                const uint16_t h = isnan(bad[i].v) ? 0x7e00 : bad[i].v > 0 ? 0x7c00 : 0xfc00;
-                                memcpy(c.p + at, &h, 2);
-                        } else
-                                put_f32(&c, at, bad[i].v);
+                        at = dsa_test_file_tensor_at(&c, bad[i].tensor) + (f16 ? 2 : 4) * bad[i].index;
                         snprintf(what, sizeof(what), "%s %s[%zu] = %g", seeds[seed].name, bad[i].tensor, bad[i].index,
                                  (double) bad[i].v);
-                        expect_fail(&c, what, bad[i].tensor);
-                        memcpy(c.p + at, old, esize);
+                        if (f16)
+                                dsa_test_file_expect_patch(&c, at, &h, 2, what, bad[i].tensor);
+                        else
+                                dsa_test_file_expect_patch(&c, at, &bad[i].v, 4, what, bad[i].tensor);
                 }
                 if (seed == SEED_F16) {
-                        at = tensor_at(&c, "output.weight") + 2 * 7;
                         const uint16_t h = 0x7e00;
-                        memcpy(c.p + at, &h, 2);
-                        expect_fail(&c, "NaN in output.weight", "output.weight");
-                        free(c.p);
-                        c = copy_of(seed);
+                        at = dsa_test_file_tensor_at(&c, "output.weight") + 2 * 7;
+                        dsa_test_file_expect_patch(&c, at, &h, 2, "NaN in output.weight", "output.weight");
                         /* Without output.weight the head is tied to token_embd. */
-                        c.p[name_at(&c, "output.weight")] ^= 0x20;
-                        expect_ok(&c, "untied made tied");
-                        c.p[name_at(&c, "Output.weight")] ^= 0x20;
+                        dsa_test_file_expect_renamed(&c, "output.weight", 0, "untied made tied", NULL);
                 }
                 /* A matrix of a type the loader cannot convert (I32 bytes of the same size). */
                 if (seed == SEED_F32) {
+                        const uint32_t i32 = DSA_TYPE_I32;
                         at = dims_at(&c, "blk.0.ffn_up.weight") + 16;
-                        put_u32(&c, at, DSA_TYPE_I32);
-                        expect_fail(&c, "ffn_up as I32", "blk.0.ffn_up.weight");
-                        put_u32(&c, at, DSA_TYPE_F32);
+                        dsa_test_file_expect_patch(&c, at, &i32, 4, "ffn_up as I32", "blk.0.ffn_up.weight");
                 }
-                expect_ok(&c, "restored");
+                dsa_test_file_expect_ok(&c, "restored");
                 free(c.p);
         }
 }
 
 /* The attention variant's keys and the DSA scorer's tensors. */
 static void test_attention(void **state) {
-        struct file c = copy_of(SEED_DSA);
+        struct dsa_test_file c = dsa_test_file_copy(&files[SEED_DSA]);
         size_t at;
 
         (void) state;
         /* Kinds: unknown, or another one (linear and dense ignore the scorer; local and fixed too). */
         at = value_at(&c, "dsa.attention.kind") + 8;
         assert_memory_equal(c.p + at, "dsa", 3);
-        c.p[at + 2] = 'x';
-        expect_fail(&c, "kind 'dsx'", "'dsx' is not known");
-        memcpy(c.p + at, "DSA", 3);
-        expect_fail(&c, "kind 'DSA'", "is not known");
-        memcpy(c.p + at, "dsa", 3);
+        dsa_test_file_expect_patch(&c, at + 2, "x", 1, "kind 'dsx'", "'dsx' is not known");
+        dsa_test_file_expect_patch(&c, at, "DSA", 3, "kind 'DSA'", "is not known");
         at = value_at(&c, "dsa.attention.select") + 8;
-        c.p[at] = 'M';
-        expect_fail(&c, "select 'Mass'", "dsa.attention.select");
-        c.p[at] = 'm';
+        dsa_test_file_expect_patch(&c, at, "M", 1, "select 'Mass'", "dsa.attention.select");
 
-        const struct {
-                const char *key;
-                uint32_t v;
-                const char *want;
-        } u32s[] = {
+        /* want NULL: a value that fits (block 1: one token per block; DSA_ATT_MAX_BLOCK: one block
+         * for the whole sequence). */
+        static const struct u32_key u32s[] = {
                 { "dsa.attention.block", 0, "attention block 0" },
                 { "dsa.attention.block", 100000, "attention block 100000" },
                 { "dsa.attention.block", DSA_ATT_MAX_BLOCK + 1, "is not in [1," },
+                { "dsa.attention.block", 1, NULL },
+                { "dsa.attention.block", DSA_ATT_MAX_BLOCK, NULL },
                 { "dsa.attention.window", 0, "window" },
                 { "dsa.attention.global", UINT32_MAX, "window" },
                 { "dsa.attention.scorer_rank", 0, "needs a fitted scorer" },
@@ -692,54 +493,26 @@ static void test_attention(void **state) {
                 { "dsa.attention.scorer_rank", DSA_ATT_MAX_RANK + 1, "rank 65" },
                 { "dsa.attention.scorer_rank", UINT32_MAX, "is not in [1, 64]" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(u32s); i++) {
-                char what[96];
-                uint32_t old;
-
-                at = value_at(&c, u32s[i].key);
-                memcpy(&old, c.p + at, 4);
-                put_u32(&c, at, u32s[i].v);
-                snprintf(what, sizeof(what), "%s = %u", u32s[i].key, u32s[i].v);
-                expect_fail(&c, what, u32s[i].want);
-                put_u32(&c, at, old);
-        }
-        /* Block sizes that fit: one block for the whole sequence, one token per block. */
-        at = value_at(&c, "dsa.attention.block");
-        put_u32(&c, at, 1);
-        expect_ok(&c, "block 1");
-        put_u32(&c, at, DSA_ATT_MAX_BLOCK);
-        expect_ok(&c, "block 256");
-        put_u32(&c, at, DSA_TEST_LLAMA_BLOCK);
-
-        const float masses[] = { 0.0f, 2.0f, -0.5f, NAN, INFINITY, 1.0000001f };
-        at = value_at(&c, "dsa.attention.mass");
-        for (size_t i = 0; i < ELEMENTSOF(masses); i++) {
-                char what[64];
-
-                put_f32(&c, at, masses[i]);
-                snprintf(what, sizeof(what), "mass %g", (double) masses[i]);
-                expect_fail(&c, what, "mass target");
-        }
-        put_f32(&c, at, 1.0f);
-        expect_ok(&c, "mass 1");
-        put_f32(&c, at, 1e-6f);
-        expect_ok(&c, "mass 1e-6");
-        put_f32(&c, at, 0.9f);
-        at = value_at(&c, "dsa.attention.fraction");
-        put_f32(&c, at, 0.0f);
-        expect_fail(&c, "fraction 0", "kept fraction");
-        put_f32(&c, at, 0.5f);
+        expect_u32_keys(&c, u32s, ELEMENTSOF(u32s));
+        static const struct f32_key f32s[] = {
+                { "dsa.attention.mass", 0.0f, "mass target" },      { "dsa.attention.mass", 2.0f, "mass target" },
+                { "dsa.attention.mass", -0.5f, "mass target" },     { "dsa.attention.mass", NAN, "mass target" },
+                { "dsa.attention.mass", INFINITY, "mass target" },  { "dsa.attention.mass", 1.0000001f, "mass target" },
+                { "dsa.attention.mass", 1.0f, NULL },               { "dsa.attention.mass", 1e-6f, NULL },
+                { "dsa.attention.fraction", 0.0f, "kept fraction" },
+        };
+        expect_f32_keys(&c, f32s, ELEMENTSOF(f32s));
 
         /* The oracle (the scorer is read and checked, then unused), the heuristic scorer with a
          * fitted one present (likewise), not both. */
         at = value_at(&c, "dsa.attention.oracle");
         c.p[at] = 1;
-        expect_ok(&c, "oracle");
+        dsa_test_file_expect_ok(&c, "oracle");
         const size_t at_h = value_at(&c, "dsa.attention.heuristic");
         c.p[at_h] = 1;
-        expect_fail(&c, "oracle and heuristic", "either the oracle or the heuristic");
+        dsa_test_file_expect_fail(&c, "oracle and heuristic", "either the oracle or the heuristic");
         c.p[at] = 0;
-        expect_ok(&c, "heuristic with a scorer");
+        dsa_test_file_expect_ok(&c, "heuristic with a scorer");
         c.p[at_h] = 0;
 
         /* The scorer: NaN and infinity, the wrong shape or type, missing for one layer. */
@@ -753,47 +526,32 @@ static void test_attention(void **state) {
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 char what[96];
-                float old;
 
-                at = tensor_at(&c, bad[i].tensor) + 4 * bad[i].index;
-                memcpy(&old, c.p + at, 4);
-                put_f32(&c, at, bad[i].v);
+                at = dsa_test_file_tensor_at(&c, bad[i].tensor) + 4 * bad[i].index;
                 snprintf(what, sizeof(what), "%s[%zu] = %g", bad[i].tensor, bad[i].index, (double) bad[i].v);
-                expect_fail(&c, what, "holds a NaN or infinity");
-                put_f32(&c, at, old);
+                dsa_test_file_expect_patch(&c, at, &bad[i].v, 4, what, "holds a NaN or infinity");
         }
         static const char *const scorer[] = { "blk.0.dsa_scorer_q.weight", "blk.1.dsa_scorer_k.weight",
                                               "blk.1.dsa_scorer_bias.weight" };
         for (size_t i = 0; i < ELEMENTSOF(scorer); i++) {
-                uint64_t ne[2], sw[2];
                 char what[96];
 
-                at = name_at(&c, scorer[i]) + strlen(scorer[i]) - 1;
-                c.p[at] ^= 0x20;
                 snprintf(what, sizeof(what), "%s missing", scorer[i]);
-                expect_fail(&c, what, "is missing");
-                c.p[at] ^= 0x20;
-
-                at = dims_at(&c, scorer[i]);
-                memcpy(ne, c.p + at, 16);
-                sw[0] = ne[1], sw[1] = ne[0];
-                memcpy(c.p + at, sw, 16);
+                dsa_test_file_expect_renamed(&c, scorer[i], strlen(scorer[i]) - 1, what, "is missing");
                 snprintf(what, sizeof(what), "%s transposed", scorer[i]);
-                expect_fail(&c, what, "wrong shape");
-                memcpy(c.p + at, ne, 16);
+                expect_transposed(&c, scorer[i], what, "wrong shape");
         }
+        const uint32_t i32 = DSA_TYPE_I32;
         at = dims_at(&c, "blk.1.dsa_scorer_q.weight") + 24;
-        put_u32(&c, at, DSA_TYPE_I32);
-        expect_fail(&c, "scorer as I32", "not an F32 tensor");
-        put_u32(&c, at, DSA_TYPE_F32);
-        expect_ok(&c, "restored");
+        dsa_test_file_expect_patch(&c, at, &i32, 4, "scorer as I32", "not an F32 tensor");
+        dsa_test_file_expect_ok(&c, "restored");
         free(c.p);
 
         /* The heuristic scorer needs no tensors; without the flag it would need them. */
-        c = copy_of(SEED_HEUR);
-        expect_ok(&c, "heuristic");
+        c = dsa_test_file_copy(&files[SEED_HEUR]);
+        dsa_test_file_expect_ok(&c, "heuristic");
         c.p[value_at(&c, "dsa.attention.heuristic")] = 0;
-        expect_fail(&c, "DSA with no scorer", "needs a fitted scorer");
+        dsa_test_file_expect_fail(&c, "DSA with no scorer", "needs a fitted scorer");
         free(c.p);
 }
 

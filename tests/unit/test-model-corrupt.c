@@ -5,7 +5,6 @@
  * about one variant key or scale at a time. Every damaged file must either load into a model
  * that runs, or fail with a negative errno and a reason; the lies must fail with the reason they
  * deserve. Run under ASan+UBSan in CI. */
-#define _GNU_SOURCE /* memmem */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -14,12 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cmocka.h>
 
 #include "basic/error.h"
 #include "basic/macro.h"
+#include "corrupt.h"
 #include "engine/gguf.h"
 #include "engine/model-internal.h"
 #include "testutil.h"
@@ -44,39 +43,17 @@ static const struct {
 };
 enum { SEED_F32, SEED_F16, SEED_INT8, SEED_PRUNED, SEED_KEEP, N_SEEDS };
 
-struct file {
-        uint8_t *p;
-        size_t n;
-};
+static struct dsa_test_file files[N_SEEDS];
 
-static struct file files[N_SEEDS];
-
-/* The file o describes, in memory. */
-static struct file build(const struct dsa_test_tiny_bert *o) {
-        char path[] = "/tmp/dsa-test-model-corrupt-XXXXXX";
-        struct file f = { 0 };
-        char *data = NULL;
-        int fd = mkstemp(path), r;
-
-        assert_true(fd >= 0);
-        close(fd);
-        r = dsa_test_tiny_bert_write(o, path);
-        if (r < 0)
-                fail_msg("cannot write a tiny BERT: %s", dsa_error_message(r));
-        assert_int_equal(dsa_test_read_file(path, &data, &f.n), 0);
-        unlink(path);
-        f.p = (uint8_t *) data;
-        return f;
-}
-
-/* A model that loaded must run: padded, then ragged with a padding token, then classify. */
-static void run(const struct dsa_model *m) {
+/* A model that loaded must run: padded, then ragged with a padding token, then classify. Its
+ * outputs need not be finite here (returns true). */
+static bool run(const struct dsa_model *m) {
         const struct dsa_bert_config *c = dsa_model_bert_config(m);
         const uint8_t full[N_TOK] = { 1, 1, 1, 1 }, pad[N_TOK] = { 1, 1, 1, 0 };
         int32_t ids[N_TOK];
 
         if ((double) c->n_layer * c->n_embd * c->n_ff > 1e6)
-                return;
+                return true;
         for (size_t t = 0; t < N_TOK; t++)
                 ids[t] = (int32_t) ((t * 5 + 2) % c->n_vocab);
         float *hidden = calloc((size_t) N_TOK * c->n_embd, sizeof(float));
@@ -91,105 +68,27 @@ static void run(const struct dsa_model *m) {
                 (void) dsa_model_classify(m, &rb, hidden, logits);
         free(hidden);
         free(logits);
+        return true;
 }
 
-/* Opens p; a failure must be a negative errno with a reason and no model, a success must run.
- * Returns the code. */
-static int try_model(const uint8_t *p, size_t n) {
-        struct dsa_model *m = NULL;
-        int r;
-
-        /* An exact-size copy, so ASan sees a read past the end as one. */
-        uint8_t *copy = malloc(n ? n : 1);
-        assert_non_null(copy);
-        memcpy(copy, p, n);
-        dsa_error_clear();
-        r = dsa__model_open_gguf_memory(copy, n, &m);
-        if (r < 0) {
-                assert_null(m);
-                assert_true(r > -4096);
-                assert_true(strlen(dsa_error_message(r)) > 0);
-        } else {
-                assert_int_equal(r, 0);
-                assert_non_null(m);
-                run(m);
-                dsa_model_free(m);
-        }
-        free(copy);
-        return r;
+static int write_bert(const void *o, const char *path) {
+        return dsa_test_tiny_bert_write(o, path);
 }
 
-/* A file of o must fail with a reason containing want. */
-static void expect_fail(const struct file *f, const char *what, const char *want) {
-        int r = try_model(f->p, f->n);
-
-        if (r >= 0)
-                fail_msg("%s: opened (want error '%s')", what, want);
-        if (!strstr(dsa_error_message(r), want))
-                fail_msg("%s: reason '%s' lacks '%s'", what, dsa_error_message(r), want);
-}
-
-static void expect_fail_o(const struct dsa_test_tiny_bert *o, const char *what, const char *want) {
-        struct file f = build(o);
-
-        expect_fail(&f, what, want);
-        free(f.p);
-}
-
-/* Where the bytes of tensor name start in f, and its size. */
-static size_t tensor_at(const struct file *f, const char *name, size_t *ret_nbytes) {
-        struct dsa_gguf *g = NULL;
-        const struct dsa_tensor_view *v;
-        size_t at;
-
-        assert_int_equal(dsa_gguf_open_memory(f->p, f->n, &g), 0);
-        v = dsa_gguf_find_tensor(g, name);
-        if (!v)
-                fail_msg("no tensor '%s'", name);
-        at = (size_t) ((const uint8_t *) v->data - f->p);
-        if (ret_nbytes)
-                *ret_nbytes = v->nbytes;
-        dsa_gguf_free(g);
-        return at;
-}
+static const struct dsa_test_file_kind bert = { "BERT", write_bert, run };
 
 /* Where the elements of numeric array key start in f (after name, type, element type, count). */
-static size_t array_at(const struct file *f, const char *key) {
-        const size_t len = strlen(key);
+static size_t array_at(const struct dsa_test_file *f, const char *key) {
+        const size_t at = dsa_test_file_name_at(f, key) + strlen(key) + 4 + 4 + 8;
 
-        for (size_t i = 8; i + len + 16 <= f->n; i++) {
-                uint64_t n;
-
-                memcpy(&n, f->p + i - 8, 8);
-                if (n == len && !memcmp(f->p + i, key, len))
-                        return i + len + 4 + 4 + 8;
-        }
-        fail_msg("no key '%s'", key);
-        return 0;
-}
-
-/* Where the tensor data starts (the header ends before it) and the end of the last tensor's
- * bytes (every shorter file is incomplete). */
-static void data_range(const struct file *f, size_t *ret_start, size_t *ret_end) {
-        struct dsa_gguf *g = NULL;
-        size_t start = f->n, end = 0;
-
-        assert_int_equal(dsa_gguf_open_memory(f->p, f->n, &g), 0);
-        for (size_t i = 0; i < dsa_gguf_n_tensors(g); i++) {
-                const struct dsa_tensor_view *v = dsa_gguf_tensor(g, i);
-                const size_t at = (size_t) ((const uint8_t *) v->data - f->p);
-                start = MIN(start, at);
-                end = MAX(end, at + v->nbytes);
-        }
-        dsa_gguf_free(g);
-        *ret_start = start;
-        *ret_end = end;
+        assert_true(at <= f->n);
+        return at;
 }
 
 static int setup(void **state) {
         (void) state;
         for (size_t i = 0; i < N_SEEDS; i++)
-                files[i] = build(&seeds[i].o);
+                files[i] = dsa_test_file_build(&bert, &seeds[i].o);
         return 0;
 }
 
@@ -256,121 +155,73 @@ static void test_valid(void **state) {
 
 static void test_truncated(void **state) {
         (void) state;
-        for (size_t i = 0; i < N_SEEDS; i++) {
-                const struct file *f = &files[i];
-                size_t start, end;
-
-                /* Every length through the header, then every 7th byte of the data. */
-                data_range(f, &start, &end);
-                for (size_t n = 0; n < end; n += n < start ? 1 : 7)
-                        if (try_model(f->p, n) >= 0)
-                                fail_msg("%s cut at %zu of %zu bytes opened", seeds[i].name, n, f->n);
-        }
+        for (size_t i = 0; i < N_SEEDS; i++)
+                dsa_test_file_check_truncated(&files[i], seeds[i].name);
 }
 
 static void test_random(void **state) {
         struct dsa_test_rng rng = { SEED };
-        size_t ok = 0, bad = 0, generic = 0;
+        struct dsa_test_flips n = { 0 };
 
         (void) state;
-        for (size_t i = 0; i < N_SEEDS; i++) {
-                const struct file *f = &files[i];
-                uint8_t *q = malloc(f->n);
-                size_t start, end;
-
-                data_range(f, &start, &end);
-
-                assert_non_null(q);
-                for (int it = 0; it < N_FLIPS; it++) {
-                        int k = 1 + (int) (dsa_test_rng_u64(&rng) % 8);
-                        size_t n = f->n;
-                        int r;
-
-                        memcpy(q, f->p, f->n);
-                        /* Half the flips in the header, where the structure is; the rest anywhere,
-                         * so scales, counts and weights get NaNs and huge values too. */
-                        for (int j = 0; j < k; j++) {
-                                size_t at = dsa_test_rng_u64(&rng) % (j % 2 ? f->n : start);
-                                q[at] ^= (uint8_t) (1 + dsa_test_rng_u64(&rng) % 255);
-                        }
-                        if (dsa_test_rng_u64(&rng) % 8 == 0)
-                                n = dsa_test_rng_u64(&rng) % (f->n + 1);
-                        r = try_model(q, n);
-                        if (r >= 0)
-                                ok++;
-                        else {
-                                bad++;
-                                /* A reason the engine did not write: only strerror() of the code. */
-                                if (!strcmp(dsa_error_message(r), strerror(-r)))
-                                        generic++;
-                        }
-                }
-                free(q);
-        }
+        for (size_t i = 0; i < N_SEEDS; i++)
+                dsa_test_file_check_flips(&files[i], &rng, N_FLIPS, false, seeds[i].name, &n);
         print_message("model: %zu damaged variants loaded and ran, %zu rejected (%zu without a reason of "
-                      "their own)\n", ok, bad, generic);
-        assert_true(bad > 0);
+                      "their own)\n", n.ok, n.bad, n.generic);
+        assert_true(n.bad > 0);
 }
 
 static void test_lies(void **state) {
-        struct file c;
+        struct dsa_test_file c;
         size_t at;
-        const float nan = NAN, neg = -1.0f, inf = INFINITY;
 
         (void) state;
-        /* A scale tensor removed by renaming it: int8 needs every ".scale". */
-        c = files[SEED_INT8], c.p = malloc(c.n), memcpy(c.p, files[SEED_INT8].p, c.n);
-        {
-                uint8_t *s = memmem(c.p, c.n, "blk.0.attn_k.scale", 18);
-                assert_non_null(s);
-                s[17] = 'f';
-                expect_fail(&c, "blk.0.attn_k.scale renamed", "blk.0.attn_k.scale");
-                s[17] = 'e';
-                s = memmem(c.p, c.n, "token_embd.scale", 16);
-                assert_non_null(s);
-                s[15] = 'f';
-                expect_fail(&c, "token_embd.scale renamed", "token_embd.scale");
-                s[15] = 'e';
-                /* An input scale is optional: without one the matrix quantizes its input
-                 * dynamically. */
-                s = memmem(c.p, c.n, "blk.1.ffn_up.input_scale", 24);
-                assert_non_null(s);
-                s[23] = 'f';
-                assert_int_equal(try_model(c.p, c.n), 0);
-                s[23] = 'e';
+        /* A scale tensor removed by renaming it: int8 needs every ".scale". An input scale is
+         * optional: without one the matrix quantizes its input dynamically. */
+        c = dsa_test_file_copy(&files[SEED_INT8]);
+        const struct {
+                const char *tensor;
+                const char *want; /* NULL: loads */
+        } renamed[] = {
+                { "blk.0.attn_k.scale", "blk.0.attn_k.scale" },
+                { "token_embd.scale", "token_embd.scale" },
+                { "blk.1.ffn_up.input_scale", NULL },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(renamed); i++) {
+                char what[64];
+
+                snprintf(what, sizeof(what), "%s renamed", renamed[i].tensor);
+                dsa_test_file_expect_renamed(&c, renamed[i].tensor, strlen(renamed[i].tensor) - 1, what,
+                                             renamed[i].want);
         }
 
         /* NaN, infinite and negative scales, per row, per input and per embedding row. */
         const struct {
                 const char *tensor;
                 size_t index;
-                const float *v;
+                float v;
                 const char *want;
         } scales[] = {
-                { "blk.1.ffn_down.scale", 3, &nan, "non-finite scale" },
-                { "blk.0.attn_q.scale", 0, &neg, "negative" },
-                { "blk.0.attn_v.scale", 1, &inf, "non-finite" },
-                { "blk.1.attn_output.input_scale", 0, &neg, "negative or not finite" },
-                { "blk.0.ffn_up.input_scale", 0, &nan, "not finite" },
-                { "token_embd.scale", 5, &nan, "non-finite" },
-                { "token_embd.scale", 0, &inf, "non-finite" },
+                { "blk.1.ffn_down.scale", 3, NAN, "non-finite scale" },
+                { "blk.0.attn_q.scale", 0, -1.0f, "negative" },
+                { "blk.0.attn_v.scale", 1, INFINITY, "non-finite" },
+                { "blk.1.attn_output.input_scale", 0, -1.0f, "negative or not finite" },
+                { "blk.0.ffn_up.input_scale", 0, NAN, "not finite" },
+                { "token_embd.scale", 5, NAN, "non-finite" },
+                { "token_embd.scale", 0, INFINITY, "non-finite" },
         };
         for (size_t i = 0; i < ELEMENTSOF(scales); i++) {
                 char what[96];
-                float old;
 
-                at = tensor_at(&c, scales[i].tensor, NULL) + 4 * scales[i].index;
-                memcpy(&old, c.p + at, 4);
-                memcpy(c.p + at, scales[i].v, 4);
-                snprintf(what, sizeof(what), "%s[%zu] = %g", scales[i].tensor, scales[i].index, (double) *scales[i].v);
-                expect_fail(&c, what, scales[i].want);
-                memcpy(c.p + at, &old, 4);
+                at = dsa_test_file_tensor_at(&c, scales[i].tensor) + 4 * scales[i].index;
+                snprintf(what, sizeof(what), "%s[%zu] = %g", scales[i].tensor, scales[i].index, (double) scales[i].v);
+                dsa_test_file_expect_patch(&c, at, &scales[i].v, 4, what, scales[i].want);
         }
-        assert_int_equal(try_model(c.p, c.n), 0);
+        dsa_test_file_expect_ok(&c, "restored");
         free(c.p);
 
         /* Per-layer head and FFN counts above the config's, or not matching the tensors. */
-        c = files[SEED_PRUNED], c.p = malloc(c.n), memcpy(c.p, files[SEED_PRUNED].p, c.n);
+        c = dsa_test_file_copy(&files[SEED_PRUNED]);
         const struct {
                 const char *key;
                 size_t index;
@@ -388,59 +239,55 @@ static void test_lies(void **state) {
         };
         for (size_t i = 0; i < ELEMENTSOF(counts); i++) {
                 char what[96];
-                uint32_t old;
 
                 at = array_at(&c, counts[i].key) + 4 * counts[i].index;
-                memcpy(&old, c.p + at, 4);
-                memcpy(c.p + at, &counts[i].v, 4);
                 snprintf(what, sizeof(what), "%s[%zu] = %u", counts[i].key, counts[i].index, counts[i].v);
-                expect_fail(&c, what, counts[i].want);
-                memcpy(c.p + at, &old, 4);
+                dsa_test_file_expect_patch(&c, at, &counts[i].v, 4, what, counts[i].want);
         }
-        assert_int_equal(try_model(c.p, c.n), 0);
+        dsa_test_file_expect_ok(&c, "restored");
+
+        /* The right length with the wrong element type: the head counts as float32. */
+        const uint32_t f32type = DSA_GGUF_FLOAT32;
+        at = array_at(&c, "dsa.bert.head_count_per_layer") - 12;
+        dsa_test_file_expect_patch(&c, at, &f32type, 4, "head counts as float32", "not an array of 2 uint32");
         free(c.p);
 
         /* Token keep fractions outside (0, 1]. */
-        c = files[SEED_KEEP], c.p = malloc(c.n), memcpy(c.p, files[SEED_KEEP].p, c.n);
+        c = dsa_test_file_copy(&files[SEED_KEEP]);
         const float keeps[] = { 0.0f, -0.0f, NAN, -0.5f, 1.0001f, INFINITY, -INFINITY };
+        at = array_at(&c, "dsa.prune.token_keep");
         for (size_t i = 0; i < ELEMENTSOF(keeps); i++) {
                 char what[64];
 
-                at = array_at(&c, "dsa.prune.token_keep");
-                memcpy(c.p + at + 4 * (i % 2), &keeps[i], 4);
                 snprintf(what, sizeof(what), "token_keep[%zu] = %g", i % 2, (double) keeps[i]);
-                expect_fail(&c, what, "not in (0, 1]");
-                memcpy(c.p + at, keep_half, sizeof(keep_half));
+                dsa_test_file_expect_patch(&c, at + 4 * (i % 2), &keeps[i], 4, what, "not in (0, 1]");
         }
-        assert_int_equal(try_model(c.p, c.n), 0);
+        dsa_test_file_expect_ok(&c, "restored");
         free(c.p);
 
         /* Per-layer arrays of the wrong length or element type (the tensors keep the config's
          * shapes, so only the key is wrong). */
         const uint32_t three[] = { 2, 2, 2 }, one[] = { 2 };
         const float keep3[] = { 1, 1, 1 }, keep1[] = { 1 };
-        struct dsa_test_tiny_bert o = { .heads = one, .n_heads = 1 };
-        expect_fail_o(&o, "1 head count for 2 layers", "dsa.bert.head_count_per_layer");
-        o = (struct dsa_test_tiny_bert) { .heads = three, .n_heads = 3 };
-        expect_fail_o(&o, "3 head counts for 2 layers", "not an array of 2 uint32");
-        o = (struct dsa_test_tiny_bert) { .heads = three, .n_heads = 0 };
-        expect_fail_o(&o, "0 head counts for 2 layers", "not an array of 2 uint32");
-        o = (struct dsa_test_tiny_bert) { .ffs = three, .n_ffs = 3 };
-        expect_fail_o(&o, "3 FFN sizes for 2 layers", "dsa.bert.feed_forward_length_per_layer");
-        o = (struct dsa_test_tiny_bert) { .ffs = one, .n_ffs = 1 };
-        expect_fail_o(&o, "1 FFN size for 2 layers", "not an array of 2 uint32");
-        o = (struct dsa_test_tiny_bert) { .token_keep = keep3, .n_token_keep = 3 };
-        expect_fail_o(&o, "3 keep fractions for 2 layers", "not an array of 2 float32");
-        o = (struct dsa_test_tiny_bert) { .token_keep = keep1, .n_token_keep = 1 };
-        expect_fail_o(&o, "1 keep fraction for 2 layers", "dsa.prune.token_keep");
-
-        /* The right length with the wrong element type: the head counts as float32. */
-        c = files[SEED_PRUNED], c.p = malloc(c.n), memcpy(c.p, files[SEED_PRUNED].p, c.n);
-        at = array_at(&c, "dsa.bert.head_count_per_layer");
-        uint32_t f32type = DSA_GGUF_FLOAT32;
-        memcpy(c.p + at - 12, &f32type, 4);
-        expect_fail(&c, "head counts as float32", "not an array of 2 uint32");
-        free(c.p);
+        const struct {
+                struct dsa_test_tiny_bert o;
+                const char *what;
+                const char *want;
+        } lengths[] = {
+                { { .heads = one, .n_heads = 1 }, "1 head count for 2 layers", "dsa.bert.head_count_per_layer" },
+                { { .heads = three, .n_heads = 3 }, "3 head counts for 2 layers", "not an array of 2 uint32" },
+                { { .heads = three, .n_heads = 0 }, "0 head counts for 2 layers", "not an array of 2 uint32" },
+                { { .ffs = three, .n_ffs = 3 }, "3 FFN sizes for 2 layers", "dsa.bert.feed_forward_length_per_layer" },
+                { { .ffs = one, .n_ffs = 1 }, "1 FFN size for 2 layers", "not an array of 2 uint32" },
+                { { .token_keep = keep3, .n_token_keep = 3 }, "3 keep fractions for 2 layers",
+                  "not an array of 2 float32" },
+                { { .token_keep = keep1, .n_token_keep = 1 }, "1 keep fraction for 2 layers", "dsa.prune.token_keep" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(lengths); i++) {
+                c = dsa_test_file_build(&bert, &lengths[i].o);
+                dsa_test_file_expect_fail(&c, lengths[i].what, lengths[i].want);
+                free(c.p);
+        }
 }
 
 int main(void) {

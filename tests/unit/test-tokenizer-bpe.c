@@ -180,33 +180,10 @@ static struct dsa_tokenizer *load(const char *pre, const char *post, const char 
         return load_json(json);
 }
 
-/* Encodes text (and pair) and compares with the expected ids, -1 terminated. */
-static void expect(const struct dsa_tokenizer *t, const char *text, size_t len, const char *pair,
-                   unsigned flags, size_t max_len, const int32_t *want, const int32_t *want_types) {
-        struct dsa_encoding e = {};
-        size_t n = 0;
-        int r;
-
-        r = dsa_tokenizer_encode(t, text, len, pair, pair ? strlen(pair) : 0, flags, max_len, &e);
-        if (r < 0)
-                fail_msg("encode '%s': %s", text, dsa_error_message(r));
-        while (want[n] >= 0)
-                n++;
-        if (e.n != n || memcmp(e.ids, want, n * sizeof(int32_t)) != 0) {
-                for (size_t i = 0; i < e.n; i++)
-                        print_message(" %d", e.ids[i]);
-                print_message("\n");
-                fail_msg("'%s': %zu ids, want %zu", text, e.n, n);
-        }
-        if (want_types)
-                assert_memory_equal(e.type_ids, want_types, n * sizeof(int32_t));
-        dsa_encoding_clear(&e);
-}
-
 #define IDS(...) ((const int32_t[]) { __VA_ARGS__, -1 })
 #define NONE ((const int32_t[]) { -1 })
 #define M(i) (N_BYTES + (i)) /* merged[i] */
-#define EXPECT(t, text, ...) expect(t, text, strlen(text), NULL, 0, 0, IDS(__VA_ARGS__), NULL)
+#define EXPECT(t, text, ...) dsa_test_expect_encode(t, text, strlen(text), NULL, 0, 0, IDS(__VA_ARGS__), NULL)
 
 /* decode(ids) must give text back, NUL-terminated. */
 static void expect_decode(const struct dsa_tokenizer *t, const int32_t *ids, size_t n, const char *text,
@@ -264,8 +241,8 @@ static void test_merges(void **state) {
         /* é is the two bytes "Ã" "©": merged (11), then "caf Ã©" (14). No merge takes the space. */
         EXPECT(t, "hello world café", M(1), M(4), M(9), ' ', M(14));
         EXPECT(t, "\tz", '\t', 'z');
-        expect(t, "", 0, NULL, 0, 0, NONE, NULL);
-        expect(t, "", 0, NULL, DSA_ENCODE_SPECIAL, 0, NONE, NULL);
+        dsa_test_expect_encode(t, "", 0, NULL, 0, 0, NONE, NULL);
+        dsa_test_expect_encode(t, "", 0, NULL, DSA_ENCODE_SPECIAL, 0, NONE, NULL);
         /* The same file with [a, b] merges. */
         EXPECT(u, "hello world café", M(1), M(4), M(9), ' ', M(14));
         EXPECT(u, "Hello", 'H', M(16));
@@ -299,14 +276,16 @@ static void test_template(void **state) {
 
         assert_int_equal(dsa_tokenizer_bos_id(t), BOS);
         assert_int_equal(dsa_tokenizer_eos_id(t), EOS);
-        expect(t, " the", 4, NULL, DSA_ENCODE_SPECIAL, 0, IDS(BOS, M(2)), NULL);
-        expect(t, " the", 4, NULL, 0, 0, IDS(M(2)), NULL);
-        expect(t, "", 0, NULL, DSA_ENCODE_SPECIAL, 0, IDS(BOS), NULL);
-        expect(t, " the", 4, "hello", DSA_ENCODE_SPECIAL, 0, IDS(BOS, M(2), BOS, M(1), M(4)), IDS(0, 0, 1, 1, 1));
-        expect(t, " the", 4, "hello", 0, 0, IDS(M(2), M(1), M(4)), IDS(0, 1, 1));
+        dsa_test_expect_encode(t, " the", 4, NULL, DSA_ENCODE_SPECIAL, 0, IDS(BOS, M(2)), NULL);
+        dsa_test_expect_encode(t, " the", 4, NULL, 0, 0, IDS(M(2)), NULL);
+        dsa_test_expect_encode(t, "", 0, NULL, DSA_ENCODE_SPECIAL, 0, IDS(BOS), NULL);
+        dsa_test_expect_encode(t, " the", 4, "hello", DSA_ENCODE_SPECIAL, 0, IDS(BOS, M(2), BOS, M(1), M(4)),
+                               IDS(0, 0, 1, 1, 1));
+        dsa_test_expect_encode(t, " the", 4, "hello", 0, 0, IDS(M(2), M(1), M(4)), IDS(0, 1, 1));
         /* longest_first: 5 ids, 2 specials, the longer text gives way first. */
-        expect(t, "a b c d", 7, "hello", DSA_ENCODE_SPECIAL, 5, IDS(BOS, 'a', ' ', BOS, M(1)), IDS(0, 0, 0, 1, 1));
-        expect(t, "a b c d", 7, NULL, DSA_ENCODE_SPECIAL, 3, IDS(BOS, 'a', ' '), NULL);
+        dsa_test_expect_encode(t, "a b c d", 7, "hello", DSA_ENCODE_SPECIAL, 5, IDS(BOS, 'a', ' ', BOS, M(1)),
+                               IDS(0, 0, 0, 1, 1));
+        dsa_test_expect_encode(t, "a b c d", 7, NULL, DSA_ENCODE_SPECIAL, 3, IDS(BOS, 'a', ' '), NULL);
         {
                 struct dsa_encoding e = {};
                 assert_int_equal(dsa_tokenizer_encode(t, "a", 1, "b", 1, DSA_ENCODE_SPECIAL, 1, &e), -EINVAL);
@@ -339,8 +318,8 @@ static void test_unk(void **state) {
                 struct dsa_tokenizer *t;
                 snprintf(json, sizeof(json), fmt, extra[i]);
                 t = load_json(json);
-                expect(t, "axyab", 5, NULL, 0, 0, i == 0 ? IDS(0, 3) : want[i], NULL);
-                expect(t, "abab", 4, NULL, 0, 0, want[0], NULL);
+                dsa_test_expect_encode(t, "axyab", 5, NULL, 0, 0, i == 0 ? IDS(0, 3) : want[i], NULL);
+                dsa_test_expect_encode(t, "abab", 4, NULL, 0, 0, want[0], NULL);
                 dsa_tokenizer_free(t);
         }
 }
@@ -415,17 +394,14 @@ static void test_invalid_utf8(void **state) {
                 assert_int_equal(dsa_tokenizer_encode(t, "ok", 2, bad[i], strlen(bad[i]), 0, 0, &e), -EILSEQ);
         }
         /* NUL is a character like any other. */
-        expect(t, "a\0b", 3, NULL, 0, 0, IDS('a', 0, 'b'), NULL);
+        dsa_test_expect_encode(t, "a\0b", 3, NULL, 0, 0, IDS('a', 0, 'b'), NULL);
         dsa_tokenizer_free(t);
 }
 
-/* One word of 1 MB (and other long runs) in well under a second: merging is O(n log n). */
+/* One word of 1 MB (and other long runs) tokenizes right and decodes back. Merging is O(n log n)
+ * (a quadratic merge would take minutes here); the time is printed, never asserted: tests do not
+ * fail on wall-clock time on a shared machine. */
 static void test_long_input(void **state) {
-#if defined(__SANITIZE_ADDRESS__)
-        const double limit = 20.0;
-#else
-        const double limit = 1.0;
-#endif
         static const char *const units[] = { "hello", "l", "a", " ", "7", "!", " \n", "\t\n ", "é" };
         const size_t size = 1 << 20;
         struct dsa_tokenizer *t[2] = { load(PRE_LLAMA3, POST_NONE, NULL), load(PRE_GPT2, POST_NONE, NULL) };
@@ -446,8 +422,8 @@ static void test_long_input(void **state) {
                         assert_true(e.n > 0);
                         if (u == 0 && k == 0) /* one word of "hello"s: "he", "llo" each */
                                 assert_int_equal(e.n, 2 * (len / 5));
-                        if (dt > limit)
-                                fail_msg("%zu bytes of '%s' took %.2f s", len, units[u], dt);
+                        printf("%zu bytes of '%s' (%s): %zu ids in %.3f s\n", len, units[u], k ? "gpt2" : "llama3",
+                               e.n, dt);
                         expect_decode(t[k], e.ids, e.n, text, len);
                         dsa_encoding_clear(&e);
                 }
@@ -506,7 +482,7 @@ static void test_decode_wordpiece(void **state) {
 
         /* Without [CLS] and [SEP], a pair without specials is just the two texts. */
         t = load_json("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{\"a\":0,\"b\":1}}}");
-        expect(t, "a", 1, "b a", 0, 0, IDS(0, 1, 0), IDS(0, 1, 1));
+        dsa_test_expect_encode(t, "a", 1, "b a", 0, 0, IDS(0, 1, 0), IDS(0, 1, 1));
         assert_int_equal(dsa_tokenizer_encode(t, "a", 1, NULL, 0, DSA_ENCODE_SPECIAL, 0, &e), -ENOENT);
         dsa_tokenizer_free(t);
 }
@@ -837,7 +813,7 @@ static void test_gguf_corrupt(void **state) {
                 write_gguf(path, G_GOOD);
                 assert_int_equal(dsa_gguf_open(path, &g), 0);
                 assert_int_equal(dsa_tokenizer_from_gguf(g, &t), 0);
-                expect(t, "abc<s> ab", 9, NULL, DSA_ENCODE_SPECIAL, 0, IDS(4, 5, 6, 3), NULL);
+                dsa_test_expect_encode(t, "abc<s> ab", 9, NULL, DSA_ENCODE_SPECIAL, 0, IDS(4, 5, 6, 3), NULL);
                 assert_int_equal(dsa_tokenizer_bos_id(t), 5);
                 assert_int_equal(dsa_tokenizer_eos_id(t), -ENOENT);
                 dsa_tokenizer_free(t);
@@ -857,8 +833,8 @@ static void test_gguf_corrupt(void **state) {
                 at[1] = 0;
                 assert_int_equal(dsa_gguf_open_memory(data, size, &g), 0);
                 assert_int_equal(dsa_tokenizer_from_gguf(g, &t), 0);
-                expect(t, "a<\0>b", 5, NULL, 0, 0, IDS(0, 5, 1), NULL);
-                expect(t, "a<", 2, NULL, 0, 0, IDS(0), NULL);
+                dsa_test_expect_encode(t, "a<\0>b", 5, NULL, 0, 0, IDS(0, 5, 1), NULL);
+                dsa_test_expect_encode(t, "a<", 2, NULL, 0, 0, IDS(0), NULL);
                 dsa_tokenizer_free(t);
                 dsa_gguf_free(g);
         }
@@ -1050,8 +1026,8 @@ static void test_gpt2(void **state) {
         json_object_put(root);
         assert_int_equal(dsa_tokenizer_bos_id(t), 50256);
         assert_int_equal(dsa_tokenizer_eos_id(t), 50256);
-        expect(t, " Hello world", 12, NULL, 0, 0, IDS(18435, 995), NULL);
-        expect(t, "a<|endoftext|>b", 15, NULL, 0, 0, IDS(64, 50256, 65), NULL);
+        dsa_test_expect_encode(t, " Hello world", 12, NULL, 0, 0, IDS(18435, 995), NULL);
+        dsa_test_expect_encode(t, "a<|endoftext|>b", 15, NULL, 0, 0, IDS(64, 50256, 65), NULL);
         assert_int_equal(run_jsonl(t, "gpt2", dsa_test_path(shared, "fixtures/hf/tokenizers/gpt2.jsonl")), 0);
         dsa_tokenizer_free(t);
 }
@@ -1083,20 +1059,13 @@ static void test_llamacpp_gpt2(void **state) {
         for (char *end; (end = strstr(p, sep)); p = end + strlen(sep)) {
                 struct dsa_encoding e = {};
                 int32_t want[1024];
-                size_t n_want = 0;
+                size_t n_want;
                 char *nl = strchr(o, '\n');
 
                 *end = 0;
                 assert_non_null(nl);
                 *nl = 0;
-                for (char *q = o; *q && n_want < 1024;) {
-                        char *next;
-                        long v = strtol(q, &next, 10);
-                        if (next == q)
-                                break;
-                        want[n_want++] = (int32_t) v;
-                        q = next;
-                }
+                n_want = dsa_test_parse_ids(o, want, ELEMENTSOF(want));
                 o = nl + 1;
                 n++;
                 assert_int_equal(dsa_tokenizer_encode(t, p, strlen(p), NULL, 0, DSA_ENCODE_SPECIAL, 0, &e), 0);
@@ -1148,8 +1117,7 @@ static void test_eval_docs(void **state) {
 
                 assert_true(json_object_object_get_ex(entry, "file", &file));
                 snprintf(name, sizeof(name), "doc.%zu", k);
-                v = dsa_safetensors_find(st, name);
-                assert_non_null(v);
+                v = dsa_test_st_need(st, name);
                 assert_int_equal(v->type, DSA_TYPE_I32);
                 n = v->ne[0];
                 assert_int_equal(dsa_test_read_file(dsa_test_path(docs, json_object_get_string(file)), &text, &len), 0);

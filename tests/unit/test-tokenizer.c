@@ -69,27 +69,10 @@ static struct dsa_tokenizer *load(const char *normalizer, int max_chars) {
         return t;
 }
 
-/* Encodes text (and pair) and compares with the expected ids, -1 terminated. */
-static void expect(const struct dsa_tokenizer *t, const char *text, const char *pair,
-                   unsigned flags, size_t max_len, const int32_t *want, const int32_t *want_types) {
-        struct dsa_encoding e = {};
-        size_t n = 0;
-        int r;
-
-        r = dsa_tokenizer_encode(t, text, strlen(text), pair, pair ? strlen(pair) : 0, flags, max_len, &e);
-        if (r < 0)
-                fail_msg("encode '%s': %s", text, dsa_error_message(r));
-        while (want[n] >= 0)
-                n++;
-        if (e.n != n || memcmp(e.ids, want, n * sizeof(int32_t)) != 0) {
-                for (size_t i = 0; i < e.n; i++)
-                        print_message(" %d", e.ids[i]);
-                print_message("\n");
-                fail_msg("'%s': %zu ids, want %zu", text, e.n, n);
-        }
-        if (want_types)
-                assert_memory_equal(e.type_ids, want_types, n * sizeof(int32_t));
-        dsa_encoding_clear(&e);
+/* dsa_test_expect_encode() of a NUL-terminated text. */
+static void expect(const struct dsa_tokenizer *t, const char *text, const char *pair, unsigned flags, size_t max_len,
+                   const int32_t *want, const int32_t *want_types) {
+        dsa_test_expect_encode(t, text, strlen(text), pair, flags, max_len, want, want_types);
 }
 
 #define IDS(...) ((const int32_t[]) { __VA_ARGS__, -1 })
