@@ -354,6 +354,20 @@ static int load_tokenizer(const char *dir, struct dsa_tokenizer **ret) {
         return dsa_tokenizer_from_vocab_txt(path, &o, ret);
 }
 
+/* The folder's tokenizer (NULL when it has none), no larger than the model's vocabulary. */
+static int load_tokenizer_for(const char *dir, uint32_t n_vocab, struct dsa_tokenizer **ret) {
+        _cleanup_(dsa_tokenizer_freep) struct dsa_tokenizer *tok = NULL;
+        int r = load_tokenizer(dir, &tok);
+
+        if (r < 0)
+                return r;
+        if (tok && dsa_tokenizer_n_vocab(tok) > n_vocab)
+                return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than the model's vocab_size %u",
+                                  dsa_tokenizer_n_vocab(tok), n_vocab);
+        *ret = TAKE_PTR(tok);
+        return 0;
+}
+
 int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_tokenizer **ret_tok) {
         _cleanup_(json_object_putp) struct json_object *j = NULL;
         _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *st = NULL;
@@ -402,12 +416,9 @@ int dsa__hf_import(const char *dir, struct dsa_bert **ret_bert, struct dsa_token
         r = load_labels(j, b);
         if (r < 0)
                 return r;
-        r = load_tokenizer(dir, &tok);
+        r = load_tokenizer_for(dir, c.n_vocab, &tok);
         if (r < 0)
                 return r;
-        if (tok && dsa_tokenizer_n_vocab(tok) > c.n_vocab)
-                return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than the model's vocab_size %u",
-                                  dsa_tokenizer_n_vocab(tok), c.n_vocab);
 
         *ret_bert = TAKE_PTR(b);
         *ret_tok = TAKE_PTR(tok);
@@ -534,12 +545,9 @@ int dsa__hf_import_llama(const char *dir, struct dsa_llama **ret_llama, struct d
                 return dsa__error(r, "tensor '%s' is missing", src.missed);
         if (r < 0)
                 return r;
-        r = load_tokenizer(dir, &tok);
+        r = load_tokenizer_for(dir, c.n_vocab, &tok);
         if (r < 0)
                 return r;
-        if (tok && dsa_tokenizer_n_vocab(tok) > c.n_vocab)
-                return dsa__error(-EBADMSG, "tokenizer has %zu tokens, more than the model's vocab_size %u",
-                                  dsa_tokenizer_n_vocab(tok), c.n_vocab);
         *ret_llama = TAKE_PTR(l);
         *ret_tok = TAKE_PTR(tok);
         return 0;
