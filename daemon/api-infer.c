@@ -133,6 +133,11 @@ static int submit(struct dsad *d, sd_bus_message *m, const char *name, char **te
         if (r < 0)
                 return dsad__api_model_error(r, name, error);
         cfg = dsa_model_bert_config(dsad_model_engine(model));
+        if (!cfg && op != DSA_RING_OP_TOKENIZE) {
+                dsad_model_unref(model);
+                return sd_bus_error_setf(error, ERROR_FAILED, "Model '%s' is a decoder: dsad classifies and embeds with "
+                                         "encoders only so far", name);
+        }
         if (op == DSA_RING_OP_CLASSIFY && (!cfg || cfg->n_labels == 0)) {
                 dsad_model_unref(model);
                 return sd_bus_error_setf(error, ERROR_FAILED, "Model '%s' has no classifier head", name);

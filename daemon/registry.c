@@ -291,13 +291,14 @@ int dsad_model_info(struct dsad_model *m, struct dsad_model_info *ret) {
                                 }
                         }
                 }
+                const struct dsa_llama_config *lc = dsa_model_llama_config(m->engine);
                 if (!m->arch) {
-                        m->arch = strdup("bert"); /* DSA_ARCH_BERT is the only one */
+                        m->arch = strdup(lc ? "llama" : "bert");
                         if (!m->arch)
                                 return -ENOMEM;
                 }
-                m->hidden_size = c ? c->n_embd : 0;
-                m->layers = c ? c->n_layer : 0;
+                m->hidden_size = c ? c->n_embd : lc ? lc->n_embd : 0;
+                m->layers = c ? c->n_layer : lc ? lc->n_layer : 0;
                 if (m->file_size == 0 && stat(m->path, &st) >= 0)
                         m->file_size = (uint64_t) st.st_size;
         } else

@@ -330,7 +330,8 @@ static ssize_t row_dim(const struct dsa_model *m, uint32_t op) {
         const struct dsa_bert_config *c = dsa_model_bert_config(m);
 
         if (!c)
-                return -EINVAL;
+                return dsa__error(-EOPNOTSUPP, "the model is a decoder: dsad classifies and embeds with encoders only "
+                                  "so far");
         if (op == DSA_RING_OP_CLASSIFY) {
                 if (c->n_labels == 0)
                         return dsa__error(-EOPNOTSUPP, "the model has no classifier head");
