@@ -163,8 +163,9 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                         n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
                                             blocks, scratch);
                 kept += n;
-                f->ak->blocks_f32(f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, blocks, n,
-                                  f->bk, f->T, HS, f->scale, true, NULL, scratch + sel);
+                if (f->ak->blocks_f32(f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, blocks, n,
+                                      f->bk, f->T, HS, f->scale, true, NULL, scratch + sel) < 0)
+                        f->err = -EINVAL;
         }
         atomic_fetch_add(&f->kept, kept);
 }
@@ -180,8 +181,9 @@ static void task_linear_attention(void *arg, size_t begin, size_t end) {
         }
         for (size_t h = begin; h < end; h++) {
                 const float *k = f->qkv + QC + (h / G) * HS, *v = k + f->NKV * HS;
-                f->ak->linear_f32(f->a + h * HS, QC, f->qkv + h * HS, f->QKV, k, f->QKV, v, f->QKV, f->T, HS, true,
-                                  scratch);
+                if (f->ak->linear_f32(f->a + h * HS, QC, f->qkv + h * HS, f->QKV, k, f->QKV, v, f->QKV, f->T, HS, true,
+                                      scratch) < 0)
+                        f->err = -EINVAL;
         }
 }
 
@@ -292,8 +294,10 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
                 else {
                         if (f.att->kind == DSA_ATT_DSA) { /* mean query and key of every block */
-                                f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC);
-                                f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk, f.NKV * f.HS);
+                                if (f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC) < 0 ||
+                                    f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk,
+                                                          f.NKV * f.HS) < 0)
+                                        return -EINVAL;
                                 dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         }
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
