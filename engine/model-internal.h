@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 
+#include "basic/macro.h"
 #include "bert.h"
 #include "llama.h"
 #include "model.h"
@@ -20,6 +21,8 @@ struct dsa__info {
 void dsa__info_clear(struct dsa__info *info);
 /* Sets (or replaces) name = value; copies both. */
 int dsa__info_set(struct dsa__info *info, const char *name, const char *value);
+/* The same with the value printf-formatted (at most 255 bytes). */
+int dsa__info_setf(struct dsa__info *info, const char *name, const char *fmt, ...) _printf_(3, 4);
 /* Removes every fact whose name starts with prefix (a whole name removes just that one). */
 void dsa__info_remove(struct dsa__info *info, const char *prefix);
 /* The value of name, or NULL. */

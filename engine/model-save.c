@@ -5,6 +5,7 @@
  * conversion, as one type (dsa_model_save); int8 matrices always as I8 with a per-row F32
  * ".scale" tensor and, when calibrated, a one-element ".input_scale". */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,16 @@ int dsa__info_set(struct dsa__info *info, const char *name, const char *value) {
         info->keys[info->n] = k;
         info->values[info->n++] = v;
         return 0;
+}
+
+int dsa__info_setf(struct dsa__info *info, const char *name, const char *fmt, ...) {
+        char v[256];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(v, sizeof(v), fmt, ap);
+        va_end(ap);
+        return dsa__info_set(info, name, v);
 }
 
 void dsa__info_remove(struct dsa__info *info, const char *prefix) {

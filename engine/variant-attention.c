@@ -5,41 +5,19 @@
  * dsa_model_optimize() for decoders, where the attention is all there is so far: weight
  * compression of decoders is refused, never ignored. */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "basic/error.h"
 #include "basic/macro.h"
+#include "calib.h"
 #include "model-internal.h"
 #include "tokenizer.h"
 #include "variant.h"
 
 #define FIT_MAX_SEQS 8
 #define FIT_MAX_LEN 4096
-
-static void say(const struct dsa_optimize_opts *o, const char *fmt, ...) {
-        char line[256];
-        va_list ap;
-
-        if (!o->log)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(line, sizeof(line), fmt, ap);
-        va_end(ap);
-        o->log(o->userdata, line);
-}
-
-static int set(struct dsa_model *m, const char *name, const char *fmt, ...) {
-        char v[256];
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(v, sizeof(v), fmt, ap);
-        va_end(ap);
-        return dsa__info_set(&m->info, name, v);
-}
 
 /* The calibration texts as token windows: *ret_ids holds them back to back. */
 static int calib_windows(const struct dsa_model *m, const struct dsa_optimize_opts *o, int32_t **ret_ids,
@@ -98,7 +76,7 @@ static int fit_bert(struct dsa_model *m, const struct dsa_optimize_opts *o, stru
         struct dsa__bert_hooks hooks = { .userdata = &bf, .attention = bert_hook };
         /* under dense attention, whatever the model ran before */
         dsa__att_init(&bert->att);
-        say(o, "fitting the DSA scorer (rank %u) on %zu texts", o->scorer_rank ? o->scorer_rank : 8, o->n_calib);
+        dsa__variant_log(o, "fitting the DSA scorer (rank %u) on %zu texts", o->scorer_rank ? o->scorer_rank : 8, o->n_calib);
         r = dsa__model_calibrate(m, o->calib, o->calib_pairs, o->n_calib, &hooks, NULL);
         bert->att = keep;
         if (r < 0)
@@ -126,7 +104,7 @@ static int fit_llama(struct dsa_model *m, const struct dsa_optimize_opts *o, str
         }
         if (n == 0)
                 return dsa__error(-EINVAL, "calibration text of %zu tokens is too short for the DSA scorer", total);
-        say(o, "fitting the DSA scorer (rank %u) on %zu windows, %zu tokens", o->scorer_rank ? o->scorer_rank : 8, n,
+        dsa__variant_log(o, "fitting the DSA scorer (rank %u) on %zu windows, %zu tokens", o->scorer_rank ? o->scorer_rank : 8, n,
             MIN(total, n * win));
         return dsa__att_fit(m->llama, seqs, lens, n, o->scorer_rank ? o->scorer_rank : 8, a, kl0, kl1);
 }
@@ -152,7 +130,7 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                         r = m->llama ? fit_llama(m, o, &a, &kl0, &kl1) : fit_bert(m, o, &a, &kl0, &kl1);
                         if (r < 0)
                                 goto fail;
-                        say(o, "scorer KL(dense block mass || predicted) per query block: %.4f at start, %.4f "
+                        dsa__variant_log(o, "scorer KL(dense block mass || predicted) per query block: %.4f at start, %.4f "
                             "fitted", kl0, kl1);
                 } else if (cur->wq && cur->block == a.block) {
                         struct dsa__att mine;
@@ -161,7 +139,7 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                                 goto fail;
                         a.rank = mine.rank, a.n_layer = mine.n_layer, a.n_head = mine.n_head;
                         a.head_dim = mine.head_dim, a.wq = mine.wq, a.wk = mine.wk, a.bias = mine.bias;
-                        say(o, "keeping the model's fitted DSA scorer (rank %u)", a.rank);
+                        dsa__variant_log(o, "keeping the model's fitted DSA scorer (rank %u)", a.rank);
                 } else {
                         r = dsa__error(-EINVAL, "DSA needs --calib to fit its scorer (or a model that has one of "
                                        "this block size, or the heuristic scorer)");
@@ -178,7 +156,7 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
         for (char *p = desc; *p; p++)
                 if (*p == ' ')
                         *p = ',';
-        if ((r = set(m, "attention", "%s", desc)) < 0 || (kl1 > 0 && (r = set(m, "scorer_kl", "%.5f", kl1)) < 0))
+        if ((r = dsa__info_setf(&m->info, "attention", "%s", desc)) < 0 || (kl1 > 0 && (r = dsa__info_setf(&m->info, "scorer_kl", "%.5f", kl1)) < 0))
                 return r;
         return 0;
 fail:
@@ -210,10 +188,10 @@ int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *
         if (plus)
                 *(plus > prev ? plus - 1 : plus) = 0;
         const bool fitted = l->att.kind == DSA_ATT_DSA && !l->att.heuristic && !l->att.oracle && o->n_calib;
-        if ((r = set(m, "method", "%s%sattention-%s", prev, *prev ? "+" : "", dsa__info_get(&m->info, "attention"))) < 0 ||
-            (o->calib_hash && fitted && (r = set(m, "calib_sha256", "%s", o->calib_hash)) < 0) ||
-            (r = set(m, "parent", "%s", o->parent ? o->parent : m->source ? m->source : "")) < 0 ||
-            (r = set(m, "weight_bytes", "%zu", dsa__llama_weight_bytes(l))) < 0)
+        if ((r = dsa__info_setf(&m->info, "method", "%s%sattention-%s", prev, *prev ? "+" : "", dsa__info_get(&m->info, "attention"))) < 0 ||
+            (o->calib_hash && fitted && (r = dsa__info_setf(&m->info, "calib_sha256", "%s", o->calib_hash)) < 0) ||
+            (r = dsa__info_setf(&m->info, "parent", "%s", o->parent ? o->parent : m->source ? m->source : "")) < 0 ||
+            (r = dsa__info_setf(&m->info, "weight_bytes", "%zu", dsa__llama_weight_bytes(l))) < 0)
                 return r;
         return 0;
 }

@@ -552,16 +552,6 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
 
 /* ---- the pipeline */
 
-static int record(struct dsa_model *m, const char *name, const char *fmt, ...) {
-        char v[256];
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(v, sizeof(v), fmt, ap);
-        va_end(ap);
-        return dsa__info_set(&m->info, name, v);
-}
-
 static const char *const method_names[] = { "magnitude", "wanda", "sparsegpt" };
 static const char *const pattern_names[] = { "unstructured", "2:4", "block16" };
 static const char *const act_names[] = { "dynamic", "minmax", "percentile" };
@@ -594,14 +584,14 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                 if ((r = prune_heads(m, o)) < 0)
                         return r;
                 APPEND("%sheads-%.0f%%", *method ? "+" : "", o->prune_heads * 100);
-                if ((r = record(m, "prune_heads", "%g", o->prune_heads)) < 0)
+                if ((r = dsa__info_setf(&m->info, "prune_heads", "%g", o->prune_heads)) < 0)
                         return r;
         }
         if (o->prune_ffn > 0) {
                 if ((r = prune_ffn(m, o)) < 0)
                         return r;
                 APPEND("%sffn-%.0f%%", *method ? "+" : "", o->prune_ffn * 100);
-                if ((r = record(m, "prune_ffn", "%g", o->prune_ffn)) < 0)
+                if ((r = dsa__info_setf(&m->info, "prune_ffn", "%g", o->prune_ffn)) < 0)
                         return r;
         }
         if (o->sparsity > 0) {
@@ -612,9 +602,9 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                                 return r;
                 APPEND("%s%s-%s-%.0f%%", *method ? "+" : "", method_names[o->sparsity_method],
                        pattern_names[o->sparsity_pattern], o->sparsity * 100);
-                if ((r = record(m, "sparsity", "%g", o->sparsity)) < 0 ||
-                    (r = record(m, "sparsity_method", "%s", method_names[o->sparsity_method])) < 0 ||
-                    (r = record(m, "sparsity_pattern", "%s", pattern_names[o->sparsity_pattern])) < 0)
+                if ((r = dsa__info_setf(&m->info, "sparsity", "%g", o->sparsity)) < 0 ||
+                    (r = dsa__info_setf(&m->info, "sparsity_method", "%s", method_names[o->sparsity_method])) < 0 ||
+                    (r = dsa__info_setf(&m->info, "sparsity_pattern", "%s", pattern_names[o->sparsity_pattern])) < 0)
                         return r;
         }
         if (o->token_keep >= 0) {
@@ -625,7 +615,7 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         snprintf(sched + strlen(sched), sizeof(sched) - strlen(sched), "%s%.2f", l ? "," : "",
                                  (double) m->bert->layers[l].token_keep);
                 APPEND("%stokens-%s", *method ? "+" : "", sched);
-                if ((r = record(m, "token_keep", "%s", sched)) < 0)
+                if ((r = dsa__info_setf(&m->info, "token_keep", "%s", sched)) < 0)
                         return r;
         }
         if (o->attention) {
@@ -655,14 +645,14 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                  sparse_f32 && o->quant != DSA_WFORMAT_F32 ? " (sparse matrices f32)" : "");
         char full[sizeof(prev) + sizeof(method) + 1];
         snprintf(full, sizeof(full), "%s%s%s", prev, *prev && *method ? "+" : "", method);
-        if ((r = record(m, "method", "%s", full)) < 0 ||
-            (r = record(m, "quant", "%s", quant)) < 0 ||
+        if ((r = dsa__info_setf(&m->info, "method", "%s", full)) < 0 ||
+            (r = dsa__info_setf(&m->info, "quant", "%s", quant)) < 0 ||
             ((o->mixed || o->quant == DSA_WFORMAT_Q8) &&
-             (r = record(m, "act_quant", "%s", o->mixed ? "dynamic" : act_names[o->act])) < 0) ||
-            (o->calib_hash && (r = record(m, "calib_sha256", "%s", o->calib_hash)) < 0) ||
-            (o->n_calib && (r = record(m, "calib_texts", "%zu", o->n_calib)) < 0) ||
-            (r = record(m, "parent", "%s", o->parent ? o->parent : m->source ? m->source : "")) < 0 ||
-            (r = record(m, "weight_bytes", "%zu", dsa__bert_weight_bytes(m->bert))) < 0)
+             (r = dsa__info_setf(&m->info, "act_quant", "%s", o->mixed ? "dynamic" : act_names[o->act])) < 0) ||
+            (o->calib_hash && (r = dsa__info_setf(&m->info, "calib_sha256", "%s", o->calib_hash)) < 0) ||
+            (o->n_calib && (r = dsa__info_setf(&m->info, "calib_texts", "%zu", o->n_calib)) < 0) ||
+            (r = dsa__info_setf(&m->info, "parent", "%s", o->parent ? o->parent : m->source ? m->source : "")) < 0 ||
+            (r = dsa__info_setf(&m->info, "weight_bytes", "%zu", dsa__bert_weight_bytes(m->bert))) < 0)
                 return r;
         return 0;
 }
