@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "basic/macro.h"
 #include "engine/model.h"
 #include "engine/variant.h"
@@ -67,19 +68,6 @@ static void make_ids(int32_t *ids, size_t B, size_t T, uint32_t V, int32_t cls, 
                         ids[b * T + t] = id;
                 }
         }
-}
-
-static double now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec * 1e3 + (double) ts.tv_nsec / 1e6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *) a, y = *(const double *) b;
-
-        return (x > y) - (x < y);
 }
 
 /* Nearest-rank quantile of sorted v (n >= 1): the smallest element with at least q*n at or
@@ -267,7 +255,7 @@ int verb_bench(int argc, char **argv) {
 
         struct dsa_batch b = { .B = B, .T = T, .ids = ids, .type_ids = NULL, .mask = mask };
         for (long i = 0; i < warmup + runs; i++) {
-                double t0 = now_ms();
+                double t0 = 1e3 * now_sec();
 
                 dsa_error_clear();
                 r = dsa_model_forward(m, &b, hidden, NULL);
@@ -276,7 +264,7 @@ int verb_bench(int argc, char **argv) {
                         return 1;
                 }
                 if (i >= warmup)
-                        ms[i - warmup] = now_ms() - t0;
+                        ms[i - warmup] = 1e3 * now_sec() - t0;
         }
         if (dump) {
                 r = dump_hidden(dump, hidden, n_hidden);
@@ -286,7 +274,7 @@ int verb_bench(int argc, char **argv) {
                 }
         }
 
-        qsort(ms, (size_t) runs, sizeof(*ms), cmp_double);
+        qsort(ms, (size_t) runs, sizeof(*ms), cli_cmp_double);
         med = median(ms, (size_t) runs);
         p90 = quantile(ms, (size_t) runs, 0.9);
         min = ms[0];

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "basic/macro.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
@@ -171,17 +172,6 @@ static int load_docs(const struct dsa_model *m, const char *path, struct docs *x
         return r;
 }
 
-static double now_s(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *) a, y = *(const double *) b;
-        return x < y ? -1 : x > y;
-}
-
 int eval_ppl(struct dsa_model *m, const char *model, const char *data, unsigned long limit, bool json, bool rec,
              int threads) {
         _cleanup_(docs_clear) struct docs docs = { 0 };
@@ -208,7 +198,7 @@ int eval_ppl(struct dsa_model *m, const char *model, const char *data, unsigned 
         if (!doc_nll || !kept || !sorted || !doc_tok || !nll)
                 return cli_error(-ENOMEM, "eval"), 1;
 
-        t0 = now_s();
+        t0 = now_sec();
         for (size_t i = 0; i < n_docs; i++) {
                 struct dsa_lm_stats st = { 0 };
                 double ds = 0;
@@ -235,12 +225,12 @@ int eval_ppl(struct dsa_model *m, const char *model, const char *data, unsigned 
         }
         if (!json && isatty(fileno(stderr)))
                 fputc('\n', stderr);
-        const double secs = now_s() - t0, mean_nll = tokens ? sum / (double) tokens : 0, ppl = exp(mean_nll);
+        const double secs = now_sec() - t0, mean_nll = tokens ? sum / (double) tokens : 0, ppl = exp(mean_nll);
         double doc_mean = 0;
         for (size_t i = 0; i < n_docs; i++)
                 doc_mean += doc_nll[i] / (double) n_docs;
         memcpy(sorted, kept, n_docs * sizeof(double));
-        qsort(sorted, n_docs, sizeof(double), cmp_double);
+        qsort(sorted, n_docs, sizeof(double), cli_cmp_double);
         const double frac = total.blocks_visible ? (double) total.blocks_kept / (double) total.blocks_visible : 1.0;
         const char *att = dsa_model_info(m, "attention");
 

@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "basic/error.h"
+#include "basic/time-util.h"
 #include "engine/model.h"
 #include "engine/variant.h"
 #include "eval-lm.h"
@@ -61,13 +62,6 @@ struct eval {
 static int usage(const char *msg) {
         fprintf(stderr, "dsactl eval: %s (see dsactl --help)\n", msg);
         return 2;
-}
-
-static double now_s(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
 }
 
 /* A class id from s: a decimal number, one of the task's class names, or one of the model's
@@ -438,7 +432,7 @@ int verb_eval(int argc, char **argv) {
                 e.pred = pred, e.pred_path = pred_path;
         }
 
-        t0 = now_s();
+        t0 = now_sec();
         r = eval_run(&e, limit);
         chunk_clear(&e);
         if (r < 0)
@@ -450,7 +444,7 @@ int verb_eval(int argc, char **argv) {
                         return 1;
                 }
         }
-        secs = now_s() - t0;
+        secs = now_sec() - t0;
         print_result(&e, model, data, secs, threads, json, &acc, &f1);
         if (rec && record(m, model, e.task->name, acc, f1, e.task->f1, e.n, secs > 0 ? (double) e.n / secs : 0) < 0)
                 return 1;

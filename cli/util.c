@@ -120,3 +120,8 @@ int cli_record(struct dsa_model *m, const char *path) {
                 cli_error(r, path);
         return r;
 }
+
+int cli_cmp_double(const void *a, const void *b) {
+        double x = *(const double *) a, y = *(const double *) b;
+        return x < y ? -1 : x > y;
+}

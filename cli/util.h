@@ -41,5 +41,8 @@ void cli_input_init(struct cli_input *in, int argc, char **argv);
 int cli_input_next(struct cli_input *in, size_t max, char ***ret_texts);
 void cli_texts_free(char **texts, size_t n);
 
+/* qsort comparator of doubles, ascending (medians and percentiles). */
+int cli_cmp_double(const void *a, const void *b);
+
 /* A JSON number written with 7 significant digits (enough for fp32, and short). */
 struct json_object *cli_json_float(double v);

@@ -217,12 +217,6 @@ static void task_nll(void *arg, size_t begin, size_t end) {
         }
 }
 
-static uint64_t now_ns(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000000u + (uint64_t) ts.tv_nsec;
-}
-
 int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, const struct dsa__att *att,
                        float *ret_hidden, float *ret_logits, double *ret_nll, struct dsa_lm_stats *stats,
                        const struct dsa__llama_hooks *hooks) {
@@ -233,7 +227,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 .T = T, .C = c->n_embd, .NH = c->n_head, .NKV = c->n_head_kv, .HS = c->head_dim, .F = c->n_ff,
         };
         const size_t C = f.C, QC = f.NH * f.HS;
-        uint64_t t_start = now_ns(), t_att = 0;
+        uint64_t t_start = now_nsec(), t_att = 0;
         int r;
 
         if (!ids || T == 0 || (T > c->n_ctx && !l->allow_long))
@@ -289,7 +283,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         if (r < 0)
                                 return r;
                 }
-                t0 = now_ns();
+                t0 = now_nsec();
                 if (f.att->kind == DSA_ATT_LINEAR)
                         dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
                 else {
@@ -302,7 +296,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         }
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }
-                t_att += now_ns() - t0;
+                t_att += now_nsec() - t0;
                 if (f.err < 0)
                         return f.err;
                 /* x += a Wo^T: into h, then added (the packed GEMM writes, it does not accumulate) */
@@ -319,7 +313,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         }
         f.norm = l->out_norm;
         dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
-        uint64_t t_body = now_ns();
+        uint64_t t_body = now_nsec();
         if (ret_hidden)
                 memcpy(ret_hidden, h, T * C * sizeof(float));
 
@@ -344,7 +338,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         vis = (uint64_t) f.nb * (f.nb + 1) / 2 * f.NH * c->n_layer;
                 stats->attention_ns += t_att;
                 stats->forward_ns += t_body - t_start;
-                stats->head_ns += now_ns() - t_body;
+                stats->head_ns += now_nsec() - t_body;
                 stats->blocks_kept += f.att->kind == DSA_ATT_LINEAR ? 0 : atomic_load(&f.kept);
                 stats->blocks_visible += vis;
         }
