@@ -1,7 +1,7 @@
 /* dsactl bench --attention M1,M2,...: the attention scaling sweep of decoder variants. Every
  * variant file (the first is the baseline, normally dense) runs one forward per sequence length
- * on the same tokens (--data: token ids or text, repeated to the length; without it a fixed
- * pseudo-random sequence), and the best of --runs gives the time spent in attention and in the
+ * on the same tokens (--data: the documents eval --task ppl reads, back to back and repeated to
+ * the length; without it a fixed pseudo-random sequence), and the best of --runs gives the time spent in attention and in the
  * whole forward (up to the final hidden states; the output head is not timed), with the share of
  * (query block, key block) pairs computed. Lengths past a model's context run with extrapolated
  * rotary positions: timing only. Speed-ups are against the baseline in the same run. */
@@ -15,9 +15,8 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
-#include "engine/tokenizer.h"
 #include "engine/variant.h"
+#include "eval-lm.h"
 #include "util.h"
 #include "verbs.h"
 
@@ -28,7 +27,7 @@ struct result {
         double att_ms, fwd_ms, kept;
 };
 
-/* The first n tokens of data (repeated) into ids. */
+/* The first n tokens of data's documents (repeated) into ids. */
 static int load_tokens(const struct dsa_model *m, const char *data, size_t n, int32_t *ids) {
         size_t have = 0;
         int r;
@@ -42,39 +41,14 @@ static int load_tokens(const struct dsa_model *m, const char *data, size_t n, in
                 }
                 return 0;
         }
-        size_t len = strlen(data);
-        if (len > 12 && strcmp(data + len - 12, ".safetensors") == 0) {
-                _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *st = NULL;
-                if ((r = dsa_safetensors_open(data, &st)) < 0)
-                        return r;
-                /* tensors in file order; doc.0 first when named so */
-                const struct dsa_tensor_view *first = dsa_safetensors_find(st, "doc.0");
-                for (size_t i = 0; have < n && i <= dsa_safetensors_n_tensors(st); i++) {
-                        const struct dsa_tensor_view *v = i == 0 ? first : dsa_safetensors_tensor(st, i - 1);
-                        if (!v || v->type != DSA_TYPE_I32 || v->n_dims != 1 || (i > 0 && v == first))
-                                continue;
-                        size_t k = MIN((size_t) v->ne[0], n - have);
-                        memcpy(ids + have, v->data, k * sizeof(int32_t));
-                        have += k;
-                }
-        } else {
-                _cleanup_free_ char *text = NULL;
-                FILE *f = fopen(data, "re");
-                if (!f)
-                        return dsa__error(-errno, "%s: %m", data);
-                text = malloc(1 << 22);
-                size_t got = text ? fread(text, 1, 1 << 22, f) : 0;
-                fclose(f);
-                if (!text)
-                        return -ENOMEM;
-                struct dsa_encoding e = { 0 };
-                if (!dsa_model_tokenizer(m))
-                        return dsa__error(-EINVAL, "the model has no tokenizer for text data");
-                if ((r = dsa_tokenizer_encode(dsa_model_tokenizer(m), text, got, NULL, 0, 0, 0, &e)) < 0)
-                        return r;
-                have = MIN(e.n, n);
-                memcpy(ids, e.ids, have * sizeof(int32_t));
-                dsa_encoding_clear(&e);
+        /* the documents eval --task ppl reads, back to back */
+        _cleanup_(cli_lm_docs_clear) struct cli_lm_docs docs = { 0 };
+        if ((r = cli_lm_docs_load(m, data, &docs)) < 0)
+                return r;
+        for (size_t i = 0; i < docs.n && have < n; i++) {
+                size_t k = MIN(docs.d[i].n, n - have);
+                memcpy(ids + have, docs.d[i].ids, k * sizeof(int32_t));
+                have += k;
         }
         if (have == 0)
                 return dsa__error(-ENODATA, "%s has no tokens", data);

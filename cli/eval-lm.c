@@ -29,18 +29,7 @@
 #include "eval-lm.h"
 #include "util.h"
 
-struct doc {
-        char *name;
-        int32_t *ids;
-        size_t n;
-};
-
-struct docs {
-        struct doc *d;
-        size_t n;
-};
-
-static void docs_clear(struct docs *x) {
+void cli_lm_docs_clear(struct cli_lm_docs *x) {
         for (size_t i = 0; i < x->n; i++) {
                 free(x->d[i].name);
                 free(x->d[i].ids);
@@ -48,8 +37,8 @@ static void docs_clear(struct docs *x) {
         free(x->d);
 }
 
-static int docs_add(struct docs *x, const char *name, const int32_t *ids, size_t n) {
-        struct doc *d = realloc(x->d, (x->n + 1) * sizeof(*d));
+static int docs_add(struct cli_lm_docs *x, const char *name, const int32_t *ids, size_t n) {
+        struct cli_lm_doc *d = realloc(x->d, (x->n + 1) * sizeof(*d));
         if (!d)
                 return -ENOMEM;
         x->d = d;
@@ -81,14 +70,14 @@ static long name_index(const char *s) {
 }
 
 static int cmp_doc(const void *a, const void *b) {
-        const struct doc *x = a, *y = b;
+        const struct cli_lm_doc *x = a, *y = b;
         long i = name_index(x->name), j = name_index(y->name);
         if (i >= 0 && j >= 0 && i != j)
                 return i < j ? -1 : 1;
         return strcmp(x->name, y->name);
 }
 
-static int load_safetensors(const char *path, struct docs *x) {
+static int load_safetensors(const char *path, struct cli_lm_docs *x) {
         _cleanup_(dsa_safetensors_freep) struct dsa_safetensors *st = NULL;
         int r = dsa_safetensors_open(path, &st);
 
@@ -107,7 +96,7 @@ static int load_safetensors(const char *path, struct docs *x) {
         return 0;
 }
 
-static int load_text(const struct dsa_model *m, const char *path, const char *name, struct docs *x) {
+static int load_text(const struct dsa_model *m, const char *path, const char *name, struct cli_lm_docs *x) {
         _cleanup_free_ char *buf = NULL;
         size_t len = 0;
         FILE *f = fopen(path, "re");
@@ -140,7 +129,7 @@ static int filter_name(const struct dirent *d) {
         return d->d_name[0] != '.';
 }
 
-static int load_docs(const struct dsa_model *m, const char *path, struct docs *x) {
+int cli_lm_docs_load(const struct dsa_model *m, const char *path, struct cli_lm_docs *x) {
         struct stat st;
         size_t n = strlen(path);
         int r = 0;
@@ -174,7 +163,7 @@ static int load_docs(const struct dsa_model *m, const char *path, struct docs *x
 
 int eval_ppl(struct dsa_model *m, const char *model, const char *data, unsigned long limit, bool json, bool rec,
              int threads) {
-        _cleanup_(docs_clear) struct docs docs = { 0 };
+        _cleanup_(cli_lm_docs_clear) struct cli_lm_docs docs = { 0 };
         const struct dsa_llama_config *c = dsa_model_llama_config(m);
         struct dsa_lm_stats total = { 0 };
         double sum = 0, t0;
@@ -187,7 +176,7 @@ int eval_ppl(struct dsa_model *m, const char *model, const char *data, unsigned 
                 return 1;
         }
         dsa_error_clear();
-        r = load_docs(m, data, &docs);
+        r = cli_lm_docs_load(m, data, &docs);
         if (r < 0)
                 return cli_error(r, data), 1;
         n_docs = MIN(docs.n, (size_t) limit);
