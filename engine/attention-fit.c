@@ -228,12 +228,10 @@ static int fit_head(struct dsa__att *att, size_t layer, size_t head, const struc
         return 0;
 }
 
-/* splitmix64 -> uniform [-1, 1) */
+/* The next of the sequence s -> uniform [-1, 1). */
 static float rnd(uint64_t *s) {
-        uint64_t x = (*s += 0x9e3779b97f4a7c15ull);
-        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-        x ^= x >> 31;
+        uint64_t x = dsa__splitmix64(*s);
+        *s += 0x9e3779b97f4a7c15ull;
         return (float) ((double) (x >> 11) / 4503599627370496.0 - 1.0);
 }
 

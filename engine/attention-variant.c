@@ -352,14 +352,6 @@ void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t
         }
 }
 
-/* splitmix64 */
-static uint64_t mix(uint64_t x) {
-        x += 0x9e3779b97f4a7c15ull;
-        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-        return x ^ (x >> 31);
-}
-
 static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                             const float *u, const float *w, size_t D, const float *nvis, float scale, const float *given,
                             uint32_t *blocks, float *scratch) {
@@ -387,10 +379,10 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
                         keep[b] = 1, nkeep++;
         if (a->kind == DSA_ATT_FIXED) {
                 /* random blocks among those not kept yet, a fixed draw per (layer, head, block) */
-                uint64_t st = mix(a->seed ^ mix(layer * 1000003u + head * 7919u + qb));
+                uint64_t st = dsa__splitmix64(a->seed ^ dsa__splitmix64(layer * 1000003u + head * 7919u + qb));
                 for (uint32_t i = 0; i < a->random && nkeep < nc; i++) {
                         size_t left = nc - nkeep, pick;
-                        st = mix(st);
+                        st = dsa__splitmix64(st);
                         pick = st % left;
                         for (size_t b = 0; b < nc; b++)
                                 if (!keep[b] && pick-- == 0) {
