@@ -21,6 +21,8 @@ static const struct verb {
         { "eval", verb_eval },
         { "optimize", verb_optimize },
         { "show", verb_show },
+        { "train", verb_train },
+        { "distill", verb_distill },
         { "list", verb_list },
         { "ps", verb_ps },
         { "status", verb_status },
@@ -67,9 +69,27 @@ void dsactl_help(FILE *f) {
               "       [--att-block N] [--att-window N] [--att-global N] [--att-random N]\n"
               "       [--att-mass F] [--att-cap N] [--att-blocks N] [--att-sparsity F]\n"
               "       [--att-heuristic] [--att-oracle] [--scorer-rank N]\n"
+              "       [--head-importance output|grad] [--recover TRAIN.tsv --recover-task T\n"
+              "       --recover-steps N [--recover-lr F]]\n"
               "       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
               "                         Write a pruned / quantized / sparse-attention variant\n"
               "  show -m MODEL [--json]  Describe MODEL and list its variants in the same folder\n"
+              "\n"
+              "Training verbs (BERT classifiers; TRAIN.tsv and DEV.tsv as GLUE ships them):\n"
+              "  train -m MODEL --task sst2|mrpc|rte --data TRAIN.tsv [--eval DEV.tsv] -o OUT.gguf\n"
+              "       [--epochs N] [--batch N] [--lr F] [--warmup F] [--weight-decay F] [--clip F]\n"
+              "       [--dropout F] [--seed N] [--max-len N] [--max-steps N] [--limit N]\n"
+              "       [--qat int8] [--checkpoint FILE] [--checkpoint-every N] [--resume FILE]\n"
+              "       [--threads N] [--json]\n"
+              "                         Fine-tune MODEL (AdamW, warmup + linear decay); --qat int8\n"
+              "                         trains through int8 and writes the int8 variant\n"
+              "  distill --teacher MODEL (--student-config SPEC | --student MODEL) --task T\n"
+              "       --data TRAIN.tsv [--eval DEV.tsv] -o OUT.gguf\n"
+              "       [--loss response,feature,relation] [--temperature F] [--w-soft F]\n"
+              "       [--w-hard F] [--w-feature F] [--w-relation F] [--fresh]\n"
+              "       [the options of train]\n"
+              "                         Train a smaller student from the teacher; SPEC is\n"
+              "                         \"layers=2,hidden=128,heads=4,ffn=512\"\n"
               "\n"
               "dsad verbs:\n"
               "  list [--json]          Models in dsad's store: name, loaded, arch, hidden, labels\n"

@@ -18,33 +18,14 @@
 #include "engine/model.h"
 #include "engine/variant.h"
 #include "eval-lm.h"
+#include "glue.h"
 #include "online.h"
 #include "tsv.h"
 #include "util.h"
 #include "verbs.h"
 
-#define COLS(...) ((const char *const[]) { __VA_ARGS__, NULL })
-
-/* Columns by their names in GLUE's files, then in Hugging Face's glue layout; class names as
- * GLUE numbers them (a numeric label is used as is). */
-static const struct task {
-        const char *name;
-        const char *const *text, *const *pair, *const *label;
-        const char *const *classes;
-        bool f1; /* report the F1 of class 1, the positive class */
-        bool lm; /* a language-model task: needs a decoder */
-} tasks[] = {
-        { "sst2", COLS("sentence"), NULL, COLS("label"), COLS("negative", "positive"), false, false },
-        { "mrpc", COLS("#1 String", "sentence1"), COLS("#2 String", "sentence2"), COLS("Quality", "label"),
-          COLS("not_equivalent", "equivalent"), true, false },
-        { "rte", COLS("sentence1"), COLS("sentence2"), COLS("label"), COLS("entailment", "not_entailment"),
-          false, false },
-        { "ppl", .lm = true },
-        { "lambada", .lm = true },
-};
-
 struct eval {
-        const struct task *task;
+        const struct cli_task *task;
         const struct dsa_model *m;
         struct cli_tsv *tsv;
         int col_text, col_pair, col_label;
@@ -62,42 +43,6 @@ struct eval {
 static int usage(const char *msg) {
         fprintf(stderr, "dsactl eval: %s (see dsactl --help)\n", msg);
         return 2;
-}
-
-/* A class id from s: a decimal number, one of the task's class names, or one of the model's
- * label names (any case). Prints the reason, naming file and line, and returns -EINVAL when s is
- * none of these or out of the model's range. */
-static int parse_label(const struct eval *e, const char *s, int *ret) {
-        const char *path = cli_tsv_path(e->tsv);
-        size_t line = cli_tsv_line(e->tsv);
-        long id = -1;
-
-        if (*s >= '0' && *s <= '9') {
-                char *end;
-                errno = 0;
-                id = strtol(s, &end, 10);
-                if (errno || *end)
-                        id = -1;
-        } else {
-                for (size_t i = 0; e->task->classes[i] && id < 0; i++)
-                        if (!strcmp(s, e->task->classes[i]))
-                                id = (long) i;
-                for (size_t i = 0; i < e->L && id < 0; i++)
-                        if (!strcasecmp(s, dsa_model_label(e->m, i)))
-                                id = (long) i;
-        }
-        if (id < 0) {
-                fprintf(stderr, "dsactl: %s:%zu: bad label '%.40s' (want a class id 0..%zu, %s or %s)\n", path,
-                        line, s, e->L - 1, e->task->classes[0], e->task->classes[1]);
-                return -EINVAL;
-        }
-        if ((size_t) id >= e->L) {
-                fprintf(stderr, "dsactl: %s:%zu: label %ld is out of the model's range (0..%zu)\n", path, line, id,
-                        e->L - 1);
-                return -ERANGE;
-        }
-        *ret = (int) id;
-        return 0;
 }
 
 static void chunk_clear(struct eval *e) {
@@ -175,7 +120,8 @@ static int read_row(struct eval *e) {
         }
         if (r == 0)
                 return 0;
-        r = parse_label(e, f[e->col_label], &e->labels[k]);
+        r = cli_task_parse_label(e->task, e->m, e->L, cli_tsv_path(e->tsv), cli_tsv_line(e->tsv), f[e->col_label],
+                                 &e->labels[k]);
         if (r < 0)
                 return r;
         e->texts[k] = strdup(f[e->col_text]);
@@ -259,28 +205,6 @@ static void print_result(const struct eval *e, const char *model, const char *da
         printf("speed:     %.1f examples/s, %.2f s, %d threads\n", eps, secs, threads);
 }
 
-/* Finds the task's columns in the header; prints which is missing. */
-static int find_columns(struct eval *e) {
-        const struct task *t = e->task;
-        const char *const *missing = NULL;
-        char cols[256];
-
-        e->col_text = cli_tsv_column(e->tsv, t->text);
-        e->col_pair = t->pair ? cli_tsv_column(e->tsv, t->pair) : -1;
-        e->col_label = cli_tsv_column(e->tsv, t->label);
-        if (e->col_text < 0)
-                missing = t->text;
-        else if (t->pair && e->col_pair < 0)
-                missing = t->pair;
-        else if (e->col_label < 0)
-                missing = t->label;
-        if (!missing)
-                return 0;
-        fprintf(stderr, "dsactl: %s:1: no '%s' column for --task %s (header: %s)\n", cli_tsv_path(e->tsv),
-                missing[0], t->name, cli_tsv_header_string(e->tsv, cols, sizeof(cols)));
-        return -ENOENT;
-}
-
 static int eval_run(struct eval *e, unsigned long limit) {
         int r;
 
@@ -336,9 +260,7 @@ int verb_eval(int argc, char **argv) {
                         model = optarg;
                         break;
                 case OPT_TASK:
-                        for (size_t i = 0; i < ELEMENTSOF(tasks); i++)
-                                if (!strcmp(optarg, tasks[i].name))
-                                        e.task = &tasks[i];
+                        e.task = cli_task_find(optarg);
                         if (!e.task)
                                 return usage("--task takes sst2, mrpc, rte, ppl or lambada");
                         break;
@@ -389,7 +311,7 @@ int verb_eval(int argc, char **argv) {
                         return 1;
                 }
                 e.tsv = tsv;
-                if (find_columns(&e) < 0)
+                if (cli_task_columns(e.task, tsv, &e.col_text, &e.col_pair, &e.col_label) < 0)
                         return 1;
         }
         if (cli_open_model(model, &m) < 0)

@@ -14,6 +14,7 @@
 #include "engine/attention-variant.h"
 #include "engine/model.h"
 #include "engine/variant.h"
+#include "glue.h"
 #include "tsv.h"
 #include "util.h"
 #include "verbs.h"
@@ -30,6 +31,9 @@ static void optimize_usage(FILE *f) {
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
               "                       [--att-sparsity F] [--att-heuristic]\n"
               "                       [--att-oracle] [--scorer-rank N]\n"
+              "                       [--head-importance output|grad] [--recover TRAIN.tsv]\n"
+              "                       [--recover-task sst2|mrpc|rte] [--recover-steps N]\n"
+              "                       [--recover-lr F]\n"
               "                       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
               "Writes a variant of MODEL. --calib: a TSV with a text column, a text file (one\n"
               "text per line) or a folder of them; needed by everything but f32/f16/bf16,\n"
@@ -116,6 +120,7 @@ int verb_optimize(int argc, char **argv) {
         enum {
                 OPT_ATTENTION = 0x100, OPT_ATT_BLOCK, OPT_ATT_WINDOW, OPT_ATT_GLOBAL, OPT_ATT_RANDOM, OPT_ATT_MASS,
                 OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_SCORER_RANK,
+                OPT_HEAD_IMPORTANCE, OPT_RECOVER, OPT_RECOVER_TASK, OPT_RECOVER_STEPS, OPT_RECOVER_LR,
         };
         static const struct option opts[] = {
                 { "model", required_argument, NULL, 'm' },
@@ -147,6 +152,11 @@ int verb_optimize(int argc, char **argv) {
                 { "att-heuristic", no_argument, NULL, OPT_ATT_HEURISTIC },
                 { "att-oracle", no_argument, NULL, OPT_ATT_ORACLE },
                 { "scorer-rank", required_argument, NULL, OPT_SCORER_RANK },
+                { "head-importance", required_argument, NULL, OPT_HEAD_IMPORTANCE },
+                { "recover", required_argument, NULL, OPT_RECOVER },
+                { "recover-task", required_argument, NULL, OPT_RECOVER_TASK },
+                { "recover-steps", required_argument, NULL, OPT_RECOVER_STEPS },
+                { "recover-lr", required_argument, NULL, OPT_RECOVER_LR },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -156,7 +166,9 @@ int verb_optimize(int argc, char **argv) {
         };
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         _cleanup_(calib_set_clear) struct calib_set cs = { 0 };
-        const char *model = NULL, *out = NULL, *calib = NULL;
+        _cleanup_(cli_labelled_clear) struct cli_labelled rec = { 0 };
+        const struct cli_task *rec_task = NULL;
+        const char *model = NULL, *out = NULL, *calib = NULL, *rec_path = NULL;
         unsigned long calib_max = 512, threads = 0, v;
         struct dsa__att att;
         bool att_set = false, att_param = false;
@@ -302,6 +314,29 @@ int verb_optimize(int argc, char **argv) {
                 case OPT_ATT_ORACLE:
                         att.oracle = true, att_param = true;
                         break;
+                case OPT_HEAD_IMPORTANCE:
+                        if (strcmp(optarg, "grad") && strcmp(optarg, "output"))
+                                return usage_error("--head-importance is output or grad");
+                        o.head_grad = !strcmp(optarg, "grad");
+                        break;
+                case OPT_RECOVER:
+                        rec_path = optarg;
+                        break;
+                case OPT_RECOVER_TASK:
+                        rec_task = cli_task_find(optarg);
+                        if (!rec_task || rec_task->lm)
+                                return usage_error("--recover-task is sst2, mrpc or rte");
+                        break;
+                case OPT_RECOVER_STEPS:
+                        if (cli_parse_uint(optarg, 1000000, &v) < 0)
+                                return usage_error("--recover-steps takes a positive number");
+                        o.recover_steps = v;
+                        break;
+                case OPT_RECOVER_LR:
+                        if (!parse_fraction(optarg, 1e-9, 1, &f))
+                                return usage_error("--recover-lr takes a number in (0, 1]");
+                        o.recover_lr = (float) f;
+                        break;
                 case 'h':
                         optimize_usage(stdout);
                         return 0;
@@ -320,6 +355,8 @@ int verb_optimize(int argc, char **argv) {
                 return usage_error("the --att-* options need --attention");
         if (att_set)
                 o.attention = &att;
+        if (!rec_path != !rec_task || (rec_path && !o.recover_steps))
+                return usage_error("--recover TRAIN.tsv, --recover-task and --recover-steps go together");
 
         if (calib) {
                 dsa_error_clear();
@@ -338,6 +375,14 @@ int verb_optimize(int argc, char **argv) {
                 return 1;
         if (cli_set_threads(m, (int) threads) < 0)
                 return 1;
+        if (rec_path) {
+                if (cli_labelled_load(rec_task, m, rec_path, (size_t) -1, &rec) < 0)
+                        return 1;
+                o.recover_texts = (const char *const *) rec.texts;
+                o.recover_pairs = (const char *const *) rec.pairs;
+                o.recover_labels = rec.labels;
+                o.n_recover = rec.n;
+        }
         dsa_error_clear();
         r = dsa_model_optimize(m, &o);
         if (r < 0)

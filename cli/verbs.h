@@ -19,6 +19,9 @@ int verb_eval(int argc, char **argv);
 /* optimize.c: make a variant; show.c: describe a model and its variants. */
 int verb_optimize(int argc, char **argv);
 int verb_show(int argc, char **argv);
+/* train.c: fine-tuning (and QAT) and distillation of a BERT classifier. */
+int verb_train(int argc, char **argv);
+int verb_distill(int argc, char **argv);
 /* online.c: dsad's control verbs. */
 int verb_list(int argc, char **argv);
 int verb_ps(int argc, char **argv);

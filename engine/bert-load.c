@@ -60,7 +60,7 @@ struct dsa__linear *dsa__bert_linear(struct dsa_bert *b, size_t layer, enum dsa_
         }
 }
 
-static unsigned usable_cpus(void) {
+unsigned dsa__usable_cpus(void) {
         cpu_set_t set;
 
         if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
@@ -82,7 +82,7 @@ int dsa__pool_set_threads(struct dsa_threadpool **pool, unsigned n) {
         if (n > 4096)
                 return -EINVAL;
         if (n == 0)
-                n = usable_cpus();
+                n = dsa__usable_cpus();
         if (n > 1) {
                 r = dsa_threadpool_new(n, &p);
                 if (r < 0)

@@ -90,6 +90,8 @@ int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embe
 void dsa__embed_clear(struct dsa__embed *e);
 /* Every row of the token embedding i as fp32 into out (cols). */
 void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);
+/* Re-stores b's token embedding table as fmt (Q8: int8 per row, symmetric) (variant.c). */
+int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt);
 /* Resident bytes of the weights (matrices, embeddings, vectors). */
 size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
 
@@ -118,6 +120,8 @@ struct dsa__bert_scratch *dsa__bert_scratch_free(struct dsa__bert_scratch *s);
 /* Checks the values of a config read from a file: nonzero sizes, C % NH == 0, sane caps. */
 int dsa__bert_config_check(const struct dsa_bert_config *cfg);
 
+/* The cores this process may run on (sched_getaffinity), at least 1. */
+unsigned dsa__usable_cpus(void);
 /* See dsa_model_set_threads(). */
 int dsa__bert_set_threads(struct dsa_bert *b, unsigned n);
 /* Replaces *pool with one of n threads (0: every usable core; 1: none), OpenBLAS at one. */

@@ -33,6 +33,7 @@ struct dsa_model {
         struct dsa_bert *bert;   /* DSA_ARCH_BERT */
         struct dsa_llama *llama; /* DSA_ARCH_LLAMA */
         struct dsa_tokenizer *tok;
+        bool tok_borrowed; /* tok belongs to another model that outlives this one (a trainer's export) */
         char *source;
         struct dsa__info info;
 };
@@ -46,9 +47,20 @@ int dsa__model_calibrate(const struct dsa_model *m, const char *const *texts, co
  * thread: the model loader's fuzz target (tests/fuzz/fuzz-model.c). */
 int dsa__model_open_gguf_memory(const void *data, size_t size, struct dsa_model **ret);
 
+struct dsa_gguf_writer;
+/* dsa_model_save() as fp32, with extra(w, userdata) adding keys and tensors before the file is
+ * written (a trainer's checkpoint state); tensor data must live until the call returns. */
+int dsa__model_save_with(const struct dsa_model *m, const char *path,
+                         int (*extra)(struct dsa_gguf_writer *w, void *userdata), void *userdata);
+
 struct dsa_optimize_opts;
 /* dsa_model_optimize() of a decoder (variant-attention.c): the attention variant. */
 int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *o);
+/* variant-train.c: head importance |dL/d mask_h| over o's calibration texts (the model's own
+ * predictions as labels), added into ret_imp (one per head of every layer, layer-major); and
+ * recovery fine-tuning of m in place on o's recover_* set. */
+int dsa__head_importance_grad(const struct dsa_model *m, const struct dsa_optimize_opts *o, double *ret_imp);
+int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o);
 /* The attention step of dsa_model_optimize(), either architecture: o->attention applied, the DSA
  * scorer fitted on o's calibration texts under dense attention (or the model's scorer kept),
  * "attention" and "scorer_kl" recorded. */

@@ -421,7 +421,8 @@ static int save_llama(const struct dsa_model *m, struct saver *s) {
         return 0;
 }
 
-static int save(const struct dsa_model *m, const char *path, bool keep, enum dsa_type wtype) {
+static int save(const struct dsa_model *m, const char *path, bool keep, enum dsa_type wtype,
+                int (*extra)(struct dsa_gguf_writer *w, void *userdata), void *userdata) {
         _cleanup_(dsa_gguf_writer_freep) struct dsa_gguf_writer *w = NULL;
         struct saver s = { .keep = keep, .wtype = wtype };
         int r;
@@ -433,6 +434,8 @@ static int save(const struct dsa_model *m, const char *path, bool keep, enum dsa
                 return -ENOMEM;
         s.w = w;
         r = m->llama ? save_llama(m, &s) : save_bert(m, &s);
+        if (r >= 0 && extra)
+                r = extra(w, userdata);
         if (r >= 0)
                 r = dsa_gguf_writer_write(w, path);
         saver_clear(&s);
@@ -443,9 +446,14 @@ int dsa_model_save(const struct dsa_model *m, const char *path, enum dsa_type wt
         if (wtype != DSA_TYPE_F32 && wtype != DSA_TYPE_F16 && wtype != DSA_TYPE_BF16)
                 return dsa__error(-EOPNOTSUPP, "cannot save weights as %s (F32, F16 or BF16)",
                                   dsa_type_name(wtype) ? dsa_type_name(wtype) : "an unknown type");
-        return save(m, path, false, wtype);
+        return save(m, path, false, wtype, NULL, NULL);
 }
 
 int dsa_model_save_variant(const struct dsa_model *m, const char *path) {
-        return save(m, path, true, DSA_TYPE_F32);
+        return save(m, path, true, DSA_TYPE_F32, NULL, NULL);
+}
+
+int dsa__model_save_with(const struct dsa_model *m, const char *path,
+                         int (*extra)(struct dsa_gguf_writer *w, void *userdata), void *userdata) {
+        return save(m, path, false, DSA_TYPE_F32, extra, userdata);
 }

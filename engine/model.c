@@ -46,7 +46,8 @@ struct dsa_model *dsa_model_free(struct dsa_model *m) {
                 return NULL;
         dsa__bert_free(m->bert);
         dsa__llama_free(m->llama);
-        dsa_tokenizer_free(m->tok);
+        if (!m->tok_borrowed)
+                dsa_tokenizer_free(m->tok);
         free(m->source);
         dsa__info_clear(&m->info);
         free(m);

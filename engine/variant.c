@@ -127,11 +127,21 @@ static int prune_heads(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         size_t total = 0, n = 0;
         int r;
 
-        if ((r = dsa__calib_need(o, "--prune-heads")) < 0 || (r = dsa__calib_init(&c, b, DSA__WANT_HEADS, 0)) < 0 ||
-            (r = dsa__calib_run(&c, m, o)) < 0)
+        if ((r = dsa__calib_need(o, "--prune-heads")) < 0 || (r = dsa__calib_init(&c, b, DSA__WANT_HEADS, 0)) < 0)
                 return r;
         for (size_t l = 0; l < L; l++)
                 total += b->layers[l].n_head;
+        if (o->head_grad) {
+                _cleanup_free_ double *g = calloc(total, sizeof(double));
+                if (!g)
+                        return -ENOMEM;
+                if ((r = dsa__head_importance_grad(m, o, g)) < 0)
+                        return r;
+                for (size_t l = 0, k = 0; l < L; l++)
+                        for (size_t h = 0; h < b->layers[l].n_head; h++)
+                                c.head_imp[l][h] = g[k++];
+        } else if ((r = dsa__calib_run(&c, m, o)) < 0)
+                return r;
         _cleanup_free_ struct scored *s = calloc(total + 1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -423,7 +433,7 @@ static int reformat(struct dsa_bert *b, size_t l, int j, enum dsa_wformat fmt, f
 }
 
 /* The token embedding table as fmt (Q8: int8 per row, symmetric). */
-static int reformat_embed(struct dsa_bert *b, enum dsa_wformat fmt) {
+int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt) {
         struct dsa__embed *e = &b->wte, n = { .fmt = fmt, .rows = e->rows, .cols = e->cols };
         const size_t V = e->rows, C = e->cols;
         _cleanup_free_ float *row = malloc(C * sizeof(float));
@@ -500,7 +510,7 @@ static int quantize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         if ((r = reformat(b, l, j, o->quant, s)) < 0)
                                 return r;
                 }
-        return reformat_embed(b, o->quant);
+        return dsa__embed_reformat(b, o->quant);
 }
 
 /* Mixed precision: each matmul's sensitivity is the mean logit KL when it alone is int8; all
@@ -547,7 +557,7 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if ((r = reformat(b, worst->layer, (int) worst->index, DSA_WFORMAT_F32, 0.0f)) < 0)
                         return r;
         }
-        return reformat_embed(b, DSA_WFORMAT_Q8);
+        return dsa__embed_reformat(b, DSA_WFORMAT_Q8);
 }
 
 /* ---- the pipeline */
@@ -594,6 +604,17 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                 if ((r = dsa__info_setf(&m->info, "prune_ffn", "%g", o->prune_ffn)) < 0)
                         return r;
         }
+        if (o->recover_steps > 0) {
+                if (o->prune_heads <= 0 && o->prune_ffn <= 0)
+                        return dsa__error(-EINVAL, "recovery fine-tuning follows structured pruning (heads, FFN)");
+                if ((r = dsa__model_recover(m, o)) < 0)
+                        return r;
+                APPEND("+recovered");
+                if ((r = dsa__info_setf(&m->info, "recover_steps", "%llu", (unsigned long long) o->recover_steps)) < 0)
+                        return r;
+        }
+        if (o->head_grad && o->prune_heads > 0 && (r = dsa__info_set(&m->info, "head_importance", "gradient")) < 0)
+                return r;
         if (o->sparsity > 0) {
                 if (o->sparsity_method != DSA_PRUNE_MAGNITUDE && (r = dsa__calib_need(o, "Wanda and SparseGPT")) < 0)
                         return r;

@@ -39,6 +39,18 @@ struct dsa_optimize_opts {
         double act_percentile; /* e.g. 99.99 */
 
         double prune_heads; /* fraction of all heads removed, by calibration importance */
+        /* Head importance from gradients, |dL/d mask_h| summed over the calibration texts (Michel
+         * et al. 2019), the loss the cross-entropy against the model's own predictions, instead
+         * of the mean norm of each head's contribution to the output. */
+        bool head_grad;
+        /* Recovery fine-tuning after structured pruning (heads, FFN): recover_steps AdamW steps
+         * (batches of 32, lr recover_lr, 10% warmup) on the labelled recover_texts (pairs or
+         * NULL). 0 steps: none. */
+        const char *const *recover_texts, *const *recover_pairs;
+        const int32_t *recover_labels;
+        size_t n_recover;
+        uint64_t recover_steps;
+        float recover_lr;
         double prune_ffn;   /* fraction of each layer's FFN neurons removed */
 
         double sparsity; /* fraction of each matrix's weights zeroed */

@@ -7,7 +7,8 @@ set -eu
 pkgs="build-essential cmake pkg-config libopenblas-dev libjson-c-dev libutf8proc-dev libpcre2-dev
       libuv1-dev libsystemd-dev liburing-dev libinih-dev dbus"
 if [ "${1:-}" = "--test" ]; then
-        pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev python3 libglib2.0-dev libglib2.0-bin systemd"
+        pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev python3 libglib2.0-dev libglib2.0-bin systemd
+              python3-torch python3-numpy"
 fi
 
 missing=""
