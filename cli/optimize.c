@@ -31,9 +31,9 @@ static void optimize_usage(FILE *f) {
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
               "                       [--att-sparsity F] [--att-heuristic]\n"
               "                       [--att-oracle] [--scorer-rank N]\n"
-              "                       [--head-importance output|grad] [--recover TRAIN.tsv]\n"
-              "                       [--recover-task sst2|mrpc|rte] [--recover-steps N]\n"
-              "                       [--recover-lr F]\n"
+              "                       [--head-importance output|grad] [--recover TRAIN.tsv\n"
+              "                       --recover-task sst2|mrpc|rte --recover-steps N\n"
+              "                       [--recover-lr F]]\n"
               "                       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
               "Writes a variant of MODEL. --calib: a TSV with a text column, a text file (one\n"
               "text per line) or a folder of them; needed by everything but f32/f16/bf16,\n"
@@ -355,7 +355,7 @@ int verb_optimize(int argc, char **argv) {
                 return usage_error("the --att-* options need --attention");
         if (att_set)
                 o.attention = &att;
-        if (!rec_path != !rec_task || (rec_path && !o.recover_steps))
+        if (!rec_path != !rec_task || !rec_path != !o.recover_steps || (!rec_path && o.recover_lr > 0))
                 return usage_error("--recover TRAIN.tsv, --recover-task and --recover-steps go together");
 
         if (calib) {

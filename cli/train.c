@@ -87,9 +87,10 @@ static int on_step(void *userdata, uint64_t step, float loss, float lr, size_t e
         return 0;
 }
 
-/* Trains t on s for the run's steps (fn NULL: fine-tuning). */
+/* Trains t on s for the run's steps (fn NULL: fine-tuning); *ret_eps: training examples/s. */
 static int loop(const struct run *run, struct dsa_trainer *t, const struct dsa_train_set *s,
-                int (*fn)(void *, const struct dsa_batch *, const int32_t *, float *), void *userdata) {
+                int (*fn)(void *, const struct dsa_batch *, const int32_t *, float *), void *userdata,
+                double *ret_eps) {
         struct progress p = {
                 .run = run, .t = t, .tty = isatty(fileno(stderr)) && !run->json, .first = dsa_trainer_steps_done(t),
                 .total = run->o.total_steps, .t0 = now_sec(), .ema = -1.0f,
@@ -101,6 +102,10 @@ static int loop(const struct run *run, struct dsa_trainer *t, const struct dsa_t
         };
         dsa_error_clear();
         int r = dsa_trainer_fit(t, s, &f);
+        *ret_eps = p.seen ? (double) p.seen / (now_sec() - p.t0) : 0.0;
+        /* The last state too, so a finished run can be continued with more steps. */
+        if (r >= 0 && run->checkpoint && (!run->ckpt_every || dsa_trainer_steps_done(t) % run->ckpt_every))
+                r = dsa_trainer_save_checkpoint(t, run->checkpoint);
         if (r < 0)
                 fprintf(stderr, "%sdsactl %s: %s\n", p.tty ? "\n" : "", run->verb, dsa_error_message(r));
         return r;
@@ -108,7 +113,7 @@ static int loop(const struct run *run, struct dsa_trainer *t, const struct dsa_t
 
 /* Scores the exported model on the dev set, records what was done, writes it. */
 static int finish(const struct run *run, struct dsa_trainer *t, const struct dsa_model *ref, const char *method,
-                  double secs) {
+                  double secs, double eps) {
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         struct cli_labelled dev = { 0 };
         double acc = -1, f1 = -1;
@@ -145,6 +150,8 @@ static int finish(const struct run *run, struct dsa_trainer *t, const struct dsa
         dsa_model_set_info(m, "train.lr", v);
         snprintf(v, sizeof(v), "%llu", (unsigned long long) run->o.seed);
         dsa_model_set_info(m, "train.seed", v);
+        snprintf(v, sizeof(v), "%zu", dsa_model_weight_bytes(m));
+        dsa_model_set_info(m, "weight_bytes", v);
         dsa_error_clear();
         if ((r = dsa_model_save_variant(m, run->out)) < 0)
                 return cli_error(r, run->out);
@@ -154,6 +161,7 @@ static int finish(const struct run *run, struct dsa_trainer *t, const struct dsa
                 json_object_object_add(o, "task", json_object_new_string(run->task->name));
                 json_object_object_add(o, "steps", json_object_new_int64((int64_t) dsa_trainer_steps_done(t)));
                 json_object_object_add(o, "seconds", cli_json_float(secs));
+                json_object_object_add(o, "examples_per_second", cli_json_float(eps));
                 if (acc >= 0)
                         json_object_object_add(o, "accuracy", cli_json_float(acc));
                 if (acc >= 0 && run->task->f1)
@@ -179,7 +187,7 @@ enum {
         OPT_TASK = 0x100, OPT_DATA, OPT_EVAL, OPT_EPOCHS, OPT_BATCH, OPT_LR, OPT_WARMUP, OPT_WD, OPT_CLIP,
         OPT_DROPOUT, OPT_SEED, OPT_MAXLEN, OPT_MAXSTEPS, OPT_LIMIT, OPT_THREADS, OPT_CKPT, OPT_CKPT_EVERY, OPT_RESUME,
         OPT_JSON, OPT_QAT, OPT_TEACHER, OPT_STUDENT_CONFIG, OPT_STUDENT, OPT_LOSS, OPT_TEMP, OPT_W_SOFT, OPT_W_HARD,
-        OPT_W_FEATURE, OPT_W_RELATION, OPT_FRESH,
+        OPT_W_FEATURE, OPT_W_RELATION, OPT_FRESH, OPT_REINIT_HEAD,
 };
 
 #define COMMON_OPTIONS                                                                                        \
@@ -337,20 +345,29 @@ static int prepare(struct run *run, const struct dsa_model *m, struct dsa_train_
 }
 
 int verb_train(int argc, char **argv) {
-        static const struct option options[] = { { "model", required_argument, NULL, 'm' }, COMMON_OPTIONS, {} };
+        static const struct option options[] = {
+                { "model", required_argument, NULL, 'm' },
+                { "fresh", no_argument, NULL, OPT_FRESH },
+                { "reinit-head", no_argument, NULL, OPT_REINIT_HEAD },
+                COMMON_OPTIONS,
+                {},
+        };
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         _cleanup_(dsa_trainer_freep) struct dsa_trainer *t = NULL;
         struct run run = { .verb = "train", .epochs = 3, .warmup = 0.1 };
         _cleanup_(dsa_train_set_freep) struct dsa_train_set *s = NULL;
         const char *model = NULL;
+        bool fresh = false, reinit = false;
         int c, r;
 
         dsa_train_opts_default(&run.o);
         run.o.lr = 5e-5f;
         opterr = 0;
         while ((c = getopt_long(argc, argv, ":m:o:h", options, NULL)) >= 0) {
-                if (c == 'm') {
-                        model = optarg;
+                if (c == 'm' || c == OPT_FRESH || c == OPT_REINIT_HEAD) {
+                        model = c == 'm' ? optarg : model;
+                        fresh |= c == OPT_FRESH;
+                        reinit |= c == OPT_REINIT_HEAD;
                         continue;
                 }
                 r = common_option(&run, c, optarg);
@@ -370,20 +387,23 @@ int verb_train(int argc, char **argv) {
         if ((r = prepare(&run, m, &s)) < 0)
                 return 1;
         dsa_error_clear();
-        if ((r = dsa_trainer_new(m, &run.o, &t)) < 0 ||
+        if ((r = fresh ? dsa_trainer_new_fresh(m, dsa_model_bert_config(m), &run.o, &t) : dsa_trainer_new(m, &run.o, &t)) <
+                    0 ||
             (run.resume && (r = dsa_trainer_load_checkpoint(t, run.resume)) < 0)) {
                 cli_error(r, run.resume && t ? run.resume : model);
                 return 1;
         }
+        if (reinit && !run.resume)
+                dsa_trainer_reinit_head(t);
         if (!run.json)
                 fprintf(stderr, "train: %zu examples, %llu steps of %lu, lr %g%s\n", dsa_train_set_size(s),
                         (unsigned long long) run.o.total_steps, run.batch, (double) run.o.lr,
                         run.qat ? ", QAT int8" : "");
-        double t0 = now_sec();
-        r = loop(&run, t, s, NULL, NULL);
+        double t0 = now_sec(), eps;
+        r = loop(&run, t, s, NULL, NULL, &eps);
         if (r < 0)
                 return 1;
-        return finish(&run, t, m, run.qat ? "qat" : "finetune", now_sec() - t0) < 0 ? 1 : 0;
+        return finish(&run, t, m, run.qat ? "qat" : "finetune", now_sec() - t0, eps) < 0 ? 1 : 0;
 }
 
 struct distill_ctx {
@@ -497,6 +517,8 @@ int verb_distill(int argc, char **argv) {
                 return usage(&run, "--teacher MODEL is required");
         if (!spec == !student_path)
                 return usage(&run, "one of --student-config SPEC or --student MODEL is required");
+        if (fresh && student_path)
+                return usage(&run, "--fresh starts a --student-config student, not a --student one");
         if ((r = check_common(&run)) != 0)
                 return r;
         /* Explicit weights override --loss's ones (and turn a loss on). */
@@ -553,11 +575,11 @@ int verb_distill(int argc, char **argv) {
                         dopt.w_feature > 0 ? " feature" : "", dopt.w_relation > 0 ? " relation" : "");
         }
         struct distill_ctx x = { d };
-        double t0 = now_sec();
-        r = loop(&run, student, s, distill_batch, &x);
+        double t0 = now_sec(), eps;
+        r = loop(&run, student, s, distill_batch, &x, &eps);
         if (r < 0)
                 return 1;
-        return finish(&run, student, tm, run.qat ? "qat" : "distill", now_sec() - t0) < 0 ? 1 : 0;
+        return finish(&run, student, tm, run.qat ? "qat" : "distill", now_sec() - t0, eps) < 0 ? 1 : 0;
 fail:
         cli_error(r, "distill");
         return 1;

@@ -206,7 +206,7 @@ int dsa_distill_student_new(struct dsa_trainer *teacher, const struct dsa_bert_c
 
         if (!teacher || !scfg || !ret || (n && (!batches || !labels)))
                 return -EINVAL;
-        if ((r = dsa__trainer_new_fresh(teacher->model, scfg, o, &s)) < 0)
+        if ((r = dsa_trainer_new_fresh(teacher->model, scfg, o, &s)) < 0)
                 return r;
         const size_t Ct = teacher->cfg.n_embd, Cs = scfg->n_embd, Lt = teacher->cfg.n_layer;
         if (!from_teacher) {

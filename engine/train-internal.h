@@ -94,10 +94,6 @@ float *dsa__tg(const struct dsa_trainer *t, size_t i);
 int dsa__trainer_find(const struct dsa_trainer *t, const char *name);
 /* Copies the weights of m (same shape) into t. */
 int dsa__trainer_import(struct dsa_trainer *t, const struct dsa_model *m);
-/* A trainer for a fresh model of config cfg (HF's initial values from opts' seed), sharing m's
- * tokenizer and labels (same label count). */
-int dsa__trainer_new_fresh(const struct dsa_model *m, const struct dsa_bert_config *cfg,
-                           const struct dsa_train_opts *o, struct dsa_trainer **ret);
 /* The schedule's learning rate at step (0-based). */
 float dsa__trainer_lr(const struct dsa_trainer *t, uint64_t step);
 

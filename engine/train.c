@@ -241,7 +241,7 @@ int dsa_trainer_new(const struct dsa_model *m, const struct dsa_train_opts *o, s
         return 0;
 }
 
-int dsa__trainer_new_fresh(const struct dsa_model *m, const struct dsa_bert_config *cfg,
+int dsa_trainer_new_fresh(const struct dsa_model *m, const struct dsa_bert_config *cfg,
                            const struct dsa_train_opts *o, struct dsa_trainer **ret) {
         _cleanup_(dsa_trainer_freep) struct dsa_trainer *t = NULL;
         int r;
@@ -259,6 +259,16 @@ int dsa__trainer_new_fresh(const struct dsa_model *m, const struct dsa_bert_conf
         init_fresh(t);
         *ret = TAKE_PTR(t);
         return 0;
+}
+
+void dsa_trainer_reinit_head(struct dsa_trainer *t) {
+        if (!t)
+                return;
+        uint64_t s = t->opts.seed ^ 0x4ead;
+        float *w = dsa__tw(t, t->cls.w);
+        for (size_t i = 0; i < t->cls.in * t->cls.out; i++)
+                w[i] = 0.02f * dsa__randn(&s);
+        memset(dsa__tw(t, t->cls.b), 0, t->cls.out * sizeof(float));
 }
 
 static void acts_free(struct dsa__tacts *a, size_t L) {

@@ -51,6 +51,14 @@ void dsa_train_opts_default(struct dsa_train_opts *o);
  * format m holds them in. m is only read; it must outlive the trainer (its tokenizer and labels
  * are shared). -EOPNOTSUPP for other models, with a reason. */
 int dsa_trainer_new(const struct dsa_model *m, const struct dsa_train_opts *o, struct dsa_trainer **ret);
+/* A trainer for a fresh model of config cfg (no pretraining: HF's initial values, N(0, 0.02)
+ * matrices and embeddings, from o's seed), sharing m's tokenizer and labels (cfg has m's label
+ * count). */
+int dsa_trainer_new_fresh(const struct dsa_model *m, const struct dsa_bert_config *cfg,
+                          const struct dsa_train_opts *o, struct dsa_trainer **ret);
+/* Re-initialises the classifier (N(0, 0.02) weights, zero bias), keeping the encoder and
+ * pooler: to fine-tune a classifier's encoder on another task. */
+void dsa_trainer_reinit_head(struct dsa_trainer *t);
 struct dsa_trainer *dsa_trainer_free(struct dsa_trainer *t);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_trainer *, dsa_trainer_free);
 

@@ -64,6 +64,15 @@ int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o) {
 
         if (!o->recover_texts || !o->recover_labels || o->n_recover == 0)
                 return dsa__error(-EINVAL, "recovery fine-tuning needs labelled training texts");
+        /* It trains and writes back fp32 weights: a quantized, sparse or token-pruned input
+         * would silently lose what it was. */
+        for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
+                for (int j = 0; j < _DSA__LIN_MAX; j++) {
+                        enum dsa_wformat f = dsa__bert_linear(m->bert, l, (enum dsa__bert_lin) j)->fmt;
+                        if (f == DSA_WFORMAT_Q8 || f == DSA_WFORMAT_SPARSE || m->bert->layers[l].token_keep < 1.0f)
+                                return dsa__error(-EINVAL, "recovery fine-tuning needs a model that is not int8, "
+                                                           "sparse or token-pruned (layer %zu)", l);
+                }
         dsa_train_opts_default(&to);
         to.lr = o->recover_lr > 0.0f ? o->recover_lr : 5e-5f;
         to.total_steps = o->recover_steps;

@@ -99,7 +99,14 @@ class Bert:
         act = cfg.get("hidden_act", "gelu")
         if act != "gelu":
             raise ValueError(f"hidden_act {act} is not modelled here")
-        raw = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+        raw = {}
+        index = os.path.join(model_dir, "model.safetensors.index.json")
+        if os.path.exists(index):  # sharded: every file the index names
+            with open(index) as f:
+                for shard in sorted(set(json.load(f)["weight_map"].values())):
+                    raw.update(read_safetensors(os.path.join(model_dir, shard)))
+        else:
+            raw = read_safetensors(os.path.join(model_dir, "model.safetensors"))
         self.p = {}
         for k, v in raw.items():
             name = k if k.startswith(("bert.", "classifier.")) else "bert." + k

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Turns scripts/train-report.sh's measurements (JSON Lines) into docs/training.json and the
+tables of docs/training.md. Usage: train-report.py RESULTS.jsonl OUT.json OUT.md"""
+import json
+import sys
+
+TEACHER_ACC = None
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def fmt_pct(x):
+    return f"{100 * x:.1f}%"
+
+
+def main():
+    src, out_json, out_md = sys.argv[1:4]
+    rows = load(src)
+    by = {r["name"]: r for r in rows}
+    with open(out_json, "w") as f:
+        json.dump(rows, f, indent=1)
+        f.write("\n")
+    t = by.get("teacher")
+    md = ["# Training: distillation, quantization-aware training, GLUE fine-tuning", "",
+          "Made by `scripts/train-report.sh` (which ran every command below and measured each model with",
+          "`dsactl eval` on the GLUE dev set and `dsactl bench --seq 64`, one thread, teacher and students",
+          "in the same run); the raw figures are in `docs/training.json`. Teacher: `../shared`'s",
+          "sst2-bert-4l256 (4 layers, hidden 256, 8 heads, FFN 1024, fp32).", ""]
+    if t:
+        md += ["## Distillation (SST-2)", "",
+               "Student `layers=2,hidden=128,heads=4,ffn=512`, started from the teacher's most important",
+               "channels, heads and neurons of layers 1 and 3 (`--fresh`: HF's random start instead), one",
+               "epoch over SST-2 train (2,105 steps of 32), lr 3e-4, temperature 2.", "",
+               "| losses | dev accuracy | kept | file size | smaller | dev examples/s | faster | latency (seq 64) |",
+               "|---|---|---|---|---|---|---|---|",
+               f"| teacher (fp32) | {t['accuracy']:.4f} | 100% | {t['file_bytes'] / 1e6:.1f} MB | 1.0x | "
+               f"{t['eval_examples_per_s']:.0f} | 1.0x | {t['latency_ms_seq64']:.2f} ms |"]
+        for name, label in [("distill response", "response"), ("distill response+feature", "response + feature"),
+                            ("distill response+relation", "response + relation"),
+                            ("distill response+feature+relation", "response + feature + relation"),
+                            ("distill response, fresh student", "response, fresh student")]:
+            r = by.get(name)
+            if not r:
+                continue
+            md.append(f"| {label} | {r['accuracy']:.4f} | {fmt_pct(r['accuracy'] / t['accuracy'])} | "
+                      f"{r['file_bytes'] / 1e6:.1f} MB | {t['file_bytes'] / r['file_bytes']:.2f}x | "
+                      f"{r['eval_examples_per_s']:.0f} | {r['eval_examples_per_s'] / t['eval_examples_per_s']:.2f}x | "
+                      f"{r['latency_ms_seq64']:.2f} ms |")
+        md.append("")
+    q = by.get("int8 QAT")
+    if q:
+        base = t or by.get("teacher")
+        md += ["## INT8: quantization-aware training against post-training quantization (SST-2)", "",
+               "QAT: `dsactl train --qat int8`, 1,000 steps of 32 at lr 1e-5 from the fp32 teacher;",
+               "post-training: `dsactl optimize --quant int8` (dynamic activation scales) and",
+               "`--act minmax --calib train.tsv` (static).", "",
+               "| model | dev accuracy | kept | file size | latency (seq 64) |", "|---|---|---|---|---|"]
+        for name in ["teacher", "int8 post-training, dynamic", "int8 post-training, static min/max", "int8 QAT"]:
+            r = by.get(name)
+            if r:
+                kept = fmt_pct(r["accuracy"] / base["accuracy"]) if base else "-"
+                md.append(f"| {name} | {r['accuracy']:.4f} | {kept} | {r['file_bytes'] / 1e6:.1f} MB | "
+                          f"{r['latency_ms_seq64']:.2f} ms |")
+        md.append("")
+    glue = [r for r in rows if r["task"] in ("mrpc", "rte")]
+    if glue:
+        md += ["## MRPC and RTE fine-tuning (teacher's shape)", "",
+               "Three epochs; fresh start (`--fresh`, no pretraining, lr 1e-4) and from the SST-2 teacher's",
+               "encoder (`--reinit-head`: its classifier re-initialised, lr 3e-5).", "",
+               "| run | dev accuracy | F1 |", "|---|---|---|"]
+        for r in glue:
+            f1 = f"{r['f1']:.4f}" if r.get("f1") is not None else "-"
+            md.append(f"| {r['name']} | {r['accuracy']:.4f} | {f1} |")
+        md.append("")
+    tt = by.get("torch throughput")
+    if tt:
+        md += ["## Training throughput against PyTorch", "",
+               f"`tests/bench/train-vs-torch.py`: the teacher's shape, batch {tt['batch']}, {tt['threads']} threads,",
+               f"{tt['steps']} steps on SST-2 train, both in one run: dsa {tt['dsa_examples_per_s']:.1f} examples/s,",
+               f"PyTorch {tt['torch_examples_per_s']:.1f} examples/s: **{tt['ratio']:.2f}x**.", ""]
+    with open(out_md, "w") as f:
+        f.write("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+#!/bin/sh
+# Runs the training measurements of docs/training.md with dsactl, from ../shared's GLUE sets and
+# SST-2 teacher, and writes docs/training.json (one JSON object per measured model) and
+# docs/training.md (the tables):
+#   - distillation into layers=2,hidden=128,heads=4,ffn=512 with response only, + feature,
+#     + relation and all three (each from the same start, the same steps);
+#   - SST-2 int8: post-training (dynamic, static min/max) against quantization-aware training;
+#   - MRPC and RTE fine-tuning of the teacher's shape from a fresh start (no pretraining) and
+#     from the SST-2 teacher's encoder;
+#   - training throughput against PyTorch (tests/bench/train-vs-torch.py).
+# Accuracy comes from dsactl eval on the dev sets; speed from dsactl eval's examples/s over the
+# SST-2 dev set and dsactl bench, teacher and student measured in this same run, one thread.
+# Usage: scripts/train-report.sh [--epochs E] [--work DIR] [--only distill|qat|glue|torch] [--reuse]
+#   --reuse keeps models already in the work folder (re-measures them only).
+set -eu
+cd "$(dirname "$0")/.."
+export OPENBLAS_CORETYPE=Haswell
+epochs=1
+work=build/train-report
+only=""
+reuse=0
+while [ $# -gt 0 ]; do
+        case "$1" in
+        --epochs) epochs=$2; shift 2 ;;
+        --work) work=$2; shift 2 ;;
+        --only) only=$2; shift 2 ;;
+        --reuse) reuse=1; shift ;;
+        *) echo "usage: $0 [--epochs E] [--work DIR] [--only distill|qat|glue] [--reuse]" >&2; exit 2 ;;
+        esac
+done
+shared=${DSA_SHARED:-../shared}
+teacher=$shared/fixtures/trained/sst2-bert-4l256
+glue=$shared/data
+[ -d "$teacher" ] || { echo "train-report: $teacher not found (set DSA_SHARED)" >&2; exit 1; }
+dsactl=./build/cli/dsactl
+[ -x "$dsactl" ] || { echo "train-report: build first (cmake --build build)" >&2; exit 1; }
+mkdir -p "$work" docs
+json=$work/results.jsonl
+# --only appends to the results of earlier runs; a full run starts them afresh.
+[ -n "$only" ] || : > "$json"
+student="layers=2,hidden=128,heads=4,ffn=512"
+
+# measure NAME MODEL TASK: dev accuracy (and F1), dev examples/s and bench latency, as one line.
+measure() {
+        name=$1 model=$2 task=$3
+        ev=$($dsactl eval -m "$model" --task "$task" --data "$glue/glue_$task/dev.tsv" --threads 1 --json)
+        be=$($dsactl bench -m "$model" --seq 64 --runs 50 --threads 1 --json 2>/dev/null)
+        size=$(stat -c %s "$model")
+        python3 - "$name" "$task" "$model" "$size" "$ev" "$be" >> "$json" <<'EOF'
+import json, sys
+name, task, model, size, ev, be = sys.argv[1:7]
+e, b = json.loads(ev), json.loads(be)
+print(json.dumps({"name": name, "task": task, "model": model, "file_bytes": int(size),
+                  "accuracy": e["accuracy"], "f1": e.get("f1"), "eval_examples_per_s": e["examples_per_second"],
+                  "latency_ms_seq64": b["latency_ms_median"]}))
+EOF
+        tail -n 1 "$json" >&2
+}
+
+run() { # run OUT ARGS...: skips when --reuse and OUT exists
+        out=$1
+        shift
+        if [ "$reuse" = 1 ] && [ -f "$out" ]; then return 0; fi
+        "$dsactl" "$@" -o "$out"
+}
+
+sst=$glue/glue_sst2
+if [ -z "$only" ] || [ "$only" = distill ]; then
+        run "$work/teacher-f32.gguf" import "$teacher"
+        measure teacher "$work/teacher-f32.gguf" sst2
+        for losses in response response,feature response,relation response,feature,relation; do
+                tag=$(echo "$losses" | tr ',' '+')
+                run "$work/student-$tag.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
+                        --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss "$losses"
+                measure "distill $tag" "$work/student-$tag.gguf" sst2
+        done
+        run "$work/student-scratch.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
+                --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss response --fresh
+        measure "distill response, fresh student" "$work/student-scratch.gguf" sst2
+fi
+if [ -z "$only" ] || [ "$only" = qat ]; then
+        run "$work/teacher-f32.gguf" import "$teacher"
+        run "$work/ptq-dynamic.gguf" optimize -m "$teacher" --quant int8
+        measure "int8 post-training, dynamic" "$work/ptq-dynamic.gguf" sst2
+        run "$work/ptq-minmax.gguf" optimize -m "$teacher" --quant int8 --act minmax --calib "$sst/train.tsv" \
+                --calib-max 512
+        measure "int8 post-training, static min/max" "$work/ptq-minmax.gguf" sst2
+        run "$work/qat.gguf" train -m "$teacher" --task sst2 --data "$sst/train.tsv" --eval "$sst/dev.tsv" \
+                --qat int8 --epochs 1 --max-steps 1000 --lr 1e-5 --warmup 0.05
+        measure "int8 QAT" "$work/qat.gguf" sst2
+fi
+if [ -z "$only" ] || [ "$only" = glue ]; then
+        for task in mrpc rte; do
+                d=$glue/glue_$task
+                run "$work/$task-fresh.gguf" train -m "$teacher" --fresh --task $task --data "$d/train.tsv" \
+                        --eval "$d/dev.tsv" --epochs 3 --lr 1e-4
+                measure "$task fresh start" "$work/$task-fresh.gguf" $task
+                run "$work/$task-from-sst2.gguf" train -m "$teacher" --reinit-head --task $task --data "$d/train.tsv" \
+                        --eval "$d/dev.tsv" --epochs 3 --lr 3e-5
+                measure "$task from the SST-2 teacher's encoder" "$work/$task-from-sst2.gguf" $task
+        done
+fi
+if [ -z "$only" ] || [ "$only" = torch ]; then
+        # Debian's torch is under /usr/bin/python3 (a pyenv python3 on PATH may lack it).
+        py=${DSA_PYTHON:-/usr/bin/python3}
+        "$py" tests/bench/train-vs-torch.py "$dsactl" "$teacher" "$sst/train.tsv" --steps 60 --threads 2 |
+                tail -n 1 | python3 -c 'import json,sys; d=json.load(sys.stdin); d["name"]="torch throughput"; d["task"]="sst2"; print(json.dumps(d))' >> "$json"
+fi
+python3 scripts/train-report.py "$json" docs/training.json docs/training.md
