@@ -45,6 +45,8 @@ int dsa_student_config_parse(const char *spec, const struct dsa_bert_config *tea
                 else
                         return dsa__error(-EINVAL, "student config: unknown key '%s' (layers, hidden, heads, ffn)",
                                           key);
+                if (*end == ',' && !end[1])
+                        return dsa__error(-EINVAL, "student config: a trailing ',' in '%s'", spec);
                 p = *end ? end + 1 : end;
         }
         if (c.n_embd % c.n_head)

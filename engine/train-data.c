@@ -47,7 +47,8 @@ int dsa_train_set_new(const struct dsa_model *m, const char *const *texts, const
         s->labels = malloc((n ? n : 1) * sizeof(int32_t));
         if (!s->off || !s->labels)
                 return -ENOMEM;
-        memcpy(s->labels, labels, n * sizeof(int32_t));
+        if (n)
+                memcpy(s->labels, labels, n * sizeof(int32_t));
         for (size_t i = 0; i < n; i++) {
                 struct dsa_encoding e;
                 const char *p = pairs ? pairs[i] : NULL;

@@ -60,7 +60,7 @@ struct dsa__tacts {
         struct dsa__tlacts *l;
         float *cls_x, *pool_pre, *pool_out, *pool_keep, *pool_d; /* (B,C) */
         float *xq_pool, *xq_cls;                                 /* unused: head stays fp32 */
-        float *logits, *probs, *dlogits_ext;                     /* (B,L) */
+        float *logits, *probs, *dlogits_ext, *dlogits;           /* (B,L) */
         float loss;
         /* Backward scratch. */
         float *d0, *d1, *d2; /* (N,C) */

@@ -202,17 +202,19 @@ int dsa_trainer_save_checkpoint(const struct dsa_trainer *t, const char *path) {
         return r;
 }
 
-/* Reads tensor name (ne0 x ne1 F32) of g into dst. */
-static int ckpt_tensor(const struct dsa_gguf *g, const char *name, float *dst, size_t ne0, size_t ne1) {
+/* 0 when g has the F32 tensor name of ne0 x ne1 values; -EBADMSG when it is missing or not
+ * F32, -EINVAL when its shape is another model's; with a reason. */
+static int ckpt_tensor(const struct dsa_gguf *g, const char *name, size_t ne0, size_t ne1) {
         const struct dsa_tensor_view *v = dsa_gguf_find_tensor(g, name);
-        if (!v)
-                return dsa__error(-EBADMSG, "checkpoint: tensor '%s' is missing", name);
-        if (v->type != DSA_TYPE_F32 || dsa_tensor_nelems(v) != ne0 * ne1 || v->ne[0] != ne0)
-                return dsa__error(-EBADMSG, "checkpoint: tensor '%s' has the wrong type or shape", name);
-        memcpy(dst, v->data, ne0 * ne1 * sizeof(float));
+        if (!v || v->type != DSA_TYPE_F32)
+                return dsa__error(-EBADMSG, "checkpoint: tensor '%s' is missing or not F32", name);
+        if (dsa_tensor_nelems(v) != ne0 * ne1 || v->ne[0] != ne0)
+                return dsa__error(-EINVAL, "checkpoint: tensor '%s' is of another model shape", name);
         return 0;
 }
 
+/* Everything is checked before anything of t changes, so a refused checkpoint leaves t as it was
+ * (the weights' import checks the model's shape before it copies). */
 int dsa_trainer_load_checkpoint(struct dsa_trainer *t, const char *path) {
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
@@ -221,17 +223,9 @@ int dsa_trainer_load_checkpoint(struct dsa_trainer *t, const char *path) {
 
         if (!t || !path)
                 return -EINVAL;
-        if ((r = dsa_model_open(path, &m)) < 0)
-                return r;
-        const struct dsa_bert_config *c = &t->cfg, *mc = dsa_model_bert_config(m);
-        if (!mc || mc->n_embd != c->n_embd || mc->n_layer != c->n_layer || mc->n_vocab != c->n_vocab ||
-            mc->n_ctx != c->n_ctx || mc->n_type != c->n_type || mc->n_labels != c->n_labels ||
-            mc->has_pooler != c->has_pooler)
-                return dsa__error(-EINVAL, "checkpoint '%s' is of another model shape", path);
-        if ((r = dsa__trainer_import(t, m)) < 0)
-                return r;
         if ((r = dsa_gguf_open(path, &g)) < 0)
                 return r;
+        const struct dsa_bert_config *c = &t->cfg;
         uint64_t step, rng;
         bool qat;
         enum dsa_gguf_vtype vt;
@@ -241,30 +235,49 @@ int dsa_trainer_load_checkpoint(struct dsa_trainer *t, const char *path) {
             dsa_gguf_get_bool(g, "dsa.train.qat", &qat) < 0 ||
             dsa_gguf_get_arr(g, "dsa.train.qat_range", &vt, &n) < 0 || vt != DSA_GGUF_FLOAT32 ||
             n != 4 * (size_t) c->n_layer || dsa_gguf_get_arr_data(g, "dsa.train.qat_range", &ranges) < 0)
-                return dsa__error(-EBADMSG, "'%s' is not a training checkpoint (dsa.train.* keys)", path);
+                return dsa__error(-EBADMSG, "'%s' is not a training checkpoint of this model (dsa.train.* keys)",
+                                  path);
         if (qat != t->opts.qat)
                 return dsa__error(-EINVAL, "checkpoint '%s' was %s QAT; resume it the same way", path,
                                   qat ? "made with" : "made without");
+        float rr[4 * c->n_layer];
+        memcpy(rr, ranges, sizeof(rr));
+        for (size_t j = 0; j < 4 * c->n_layer; j++)
+                if (!isfinite(rr[j]) || rr[j] < 0.0f)
+                        return dsa__error(-EBADMSG, "checkpoint: QAT range out of bounds");
         for (size_t i = 0; i < t->n_p; i++) {
-                struct dsa__tparam *p = &t->p[i];
+                const struct dsa__tparam *p = &t->p[i];
                 snprintf(name, sizeof(name), CKPT_M "%s", p->name);
-                if ((r = ckpt_tensor(g, name, p->m, p->ne0, p->ne1)) < 0)
+                if ((r = ckpt_tensor(g, name, p->ne0, p->ne1)) < 0)
                         return r;
                 snprintf(name, sizeof(name), CKPT_V "%s", p->name);
-                if ((r = ckpt_tensor(g, name, p->v, p->ne0, p->ne1)) < 0)
+                if ((r = ckpt_tensor(g, name, p->ne0, p->ne1)) < 0)
                         return r;
                 snprintf(name, sizeof(name), CKPT_X "%s", p->name);
-                if (i >= t->n_main && (r = ckpt_tensor(g, name, p->w, p->ne0, p->ne1)) < 0)
+                if (i >= t->n_main && (r = ckpt_tensor(g, name, p->ne0, p->ne1)) < 0)
                         return r;
+        }
+        if ((r = dsa_model_open(path, &m)) < 0)
+                return r;
+        if (!dsa_model_bert_config(m))
+                return dsa__error(-EINVAL, "checkpoint '%s' is not a BERT model", path);
+        if ((r = dsa__trainer_import(t, m)) < 0)
+                return r;
+        for (size_t i = 0; i < t->n_p; i++) {
+                struct dsa__tparam *p = &t->p[i];
+                const size_t bytes = p->ne0 * p->ne1 * sizeof(float);
+                snprintf(name, sizeof(name), CKPT_M "%s", p->name);
+                memcpy(p->m, dsa_gguf_find_tensor(g, name)->data, bytes);
+                snprintf(name, sizeof(name), CKPT_V "%s", p->name);
+                memcpy(p->v, dsa_gguf_find_tensor(g, name)->data, bytes);
+                snprintf(name, sizeof(name), CKPT_X "%s", p->name);
+                if (i >= t->n_main)
+                        memcpy(p->w, dsa_gguf_find_tensor(g, name)->data, bytes);
         }
         for (size_t l = 0; l < c->n_layer; l++) {
                 struct dsa__tlayer *y = &t->layers[l];
-                float rr[4];
-                memcpy(rr, (const char *) ranges + sizeof(rr) * l, sizeof(rr));
-                for (size_t j = 0; j < 4; j++)
-                        if (!isfinite(rr[j]) || rr[j] < 0.0f)
-                                return dsa__error(-EBADMSG, "checkpoint: QAT range out of bounds");
-                y->qkv.range = rr[0], y->o.range = rr[1], y->up.range = rr[2], y->down.range = rr[3];
+                y->qkv.range = rr[4 * l], y->o.range = rr[4 * l + 1];
+                y->up.range = rr[4 * l + 2], y->down.range = rr[4 * l + 3];
         }
         t->step = step;
         t->rng = rng;

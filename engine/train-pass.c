@@ -76,6 +76,7 @@ static int ensure_acts(struct dsa_trainer *t, size_t B, size_t T) {
             (r = grow(&a->pool_out, B * C)) < 0 || (r = grow(&a->pool_keep, B * C)) < 0 ||
             (r = grow(&a->pool_d, B * C)) < 0 || (r = grow(&a->logits, B * NL)) < 0 ||
             (r = grow(&a->probs, B * NL)) < 0 || (r = grow(&a->dlogits_ext, B * NL)) < 0 ||
+            (r = grow(&a->dlogits, B * NL)) < 0 ||
             (r = grow(&a->d0, N * C)) < 0 || (r = grow(&a->d1, N * C)) < 0 || (r = grow(&a->d2, N * C)) < 0 ||
             (r = grow(&a->dF, N * Fmax)) < 0 || (r = grow(&a->dF2, N * MAX(Fmax, Amax))) < 0 ||
             (r = grow(&a->dA, N * 3 * Amax)) < 0 || (r = grow(&a->datt, NHmax * TT)) < 0)
@@ -350,8 +351,10 @@ int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
         const bool train = a->train, tanh_gelu = c->act == DSA_ACT_GELU_TANH;
         const bool drop_h = train && t->opts.dropout > 0.0f, drop_a = train && t->opts.attn_dropout > 0.0f;
 
-        /* d logits: the extra gradient plus the mean cross-entropy's. */
-        float *dl = a->dlogits_ext;
+        /* d logits: the extra gradient plus the mean cross-entropy's (in scratch, so a second
+         * backward of the same forward adds the same gradients again). */
+        float *dl = a->dlogits;
+        memcpy(dl, a->dlogits_ext, B * NL * sizeof(float));
         if (a->have_labels)
                 for (size_t i = 0; i < B; i++)
                         for (size_t k = 0; k < NL; k++)

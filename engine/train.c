@@ -151,6 +151,13 @@ int dsa__trainer_import(struct dsa_trainer *t, const struct dsa_model *m) {
         const size_t C = c->n_embd;
         int r;
 
+        if (b->cfg.n_embd != C || b->cfg.n_head != c->n_head || b->cfg.n_layer != c->n_layer ||
+            b->cfg.n_vocab != c->n_vocab || b->cfg.n_ctx != c->n_ctx || b->cfg.n_type != c->n_type ||
+            b->cfg.n_labels != c->n_labels || b->cfg.has_pooler != c->has_pooler)
+                return dsa__error(-EINVAL, "the model's shape differs from the trainer's");
+        for (size_t l = 0; l < c->n_layer; l++)
+                if (b->layers[l].n_head != t->layers[l].NH || b->layers[l].n_ff != t->layers[l].F)
+                        return dsa__error(-EINVAL, "layer %zu: the model's shape differs from the trainer's", l);
         for (size_t i = 0; i < c->n_vocab; i++)
                 dsa__embed_row(&b->wte, i, dsa__tw(t, t->g_wte) + i * C);
         memcpy(dsa__tw(t, t->g_wpe), b->wpe, (size_t) c->n_ctx * C * sizeof(float));
@@ -160,8 +167,6 @@ int dsa__trainer_import(struct dsa_trainer *t, const struct dsa_model *m) {
         for (size_t l = 0; l < c->n_layer; l++) {
                 const struct dsa_bert_layer *x = &b->layers[l];
                 struct dsa__tlayer *y = &t->layers[l];
-                if (x->n_head != y->NH || x->n_ff != y->F)
-                        return dsa__error(-EINVAL, "layer %zu: the model's shape changed", l);
                 if ((r = dsa__linear_unpack(&x->qkv, dsa__tw(t, y->qkv.w))) < 0 ||
                     (r = dsa__linear_unpack(&x->o, dsa__tw(t, y->o.w))) < 0 ||
                     (r = dsa__linear_unpack(&x->up, dsa__tw(t, y->up.w))) < 0 ||
@@ -288,7 +293,7 @@ static void acts_free(struct dsa__tacts *a, size_t L) {
         free(a->emb_in), free(a->emb_mean), free(a->emb_rstd), free(a->emb_ln), free(a->emb_keep);
         free(a->cls_x), free(a->pool_pre), free(a->pool_out), free(a->pool_keep), free(a->pool_d);
         free(a->xq_pool), free(a->xq_cls);
-        free(a->logits), free(a->probs), free(a->dlogits_ext), free(a->labels);
+        free(a->logits), free(a->probs), free(a->dlogits_ext), free(a->dlogits), free(a->labels);
         free(a->d0), free(a->d1), free(a->d2), free(a->dF), free(a->dF2), free(a->dA), free(a->datt);
         free(a->ids), free(a->types), free(a->mask);
         *a = (struct dsa__tacts) { 0 };

@@ -1,6 +1,7 @@
 /* Writes the fuzzers' seed corpus (a few valid files of each format, each well under 10 KB;
- * the tiny BERT and Llama models of "model" under 16 KB) into OUTDIR/<target> (gguf, safetensors,
- * tokenizer-json, hf-config, request, model) at build time, so no binary files are committed.
+ * the tiny BERT and Llama models of "model" under 16 KB, the tiny BERT's training checkpoints
+ * of "checkpoint" under 32 KB) into OUTDIR/<target> (gguf, safetensors, tokenizer-json,
+ * hf-config, request, model, checkpoint) at build time, so no binary files are committed.
  * The tokenizer seeds cover WordPiece and byte-level BPE, as tokenizer.json and as GGUF. */
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
+#include "engine/train.h"
 #include "engine/variant.h"
 #include "tiny-bert.h"
 #include "tiny-llama.h"
@@ -229,6 +231,46 @@ static int llama_seeds(const char *dir) {
         return 0;
 }
 
+/* The checkpoint fuzzer's seeds (fuzz-checkpoint.c resumes them into a trainer of the F32 tiny
+ * BERT): checkpoints of that model after two training steps (moments, step count and dropout
+ * state all set), without and with QAT (its ranges; the fuzzer's trainer refuses that one until
+ * a mutation clears the flag), and the plain model file, which is no checkpoint. */
+static int checkpoint_seeds(const char *dir) {
+        static const int32_t ids[] = { 2, 5, 7, 3, 2, 14, 3, 0 }, labels[] = { 0, 1 };
+        static const uint8_t mask[] = { 1, 1, 1, 1, 1, 1, 1, 0 };
+        const struct dsa_batch b = { .B = 2, .T = 4, .ids = ids, .mask = mask };
+        _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
+        char p[4096];
+        int r;
+
+        snprintf(p, sizeof(p), "%s", path(dir, "model", "f32.gguf"));
+        if ((r = dsa_model_open(p, &m)) < 0 ||
+            (r = dsa_model_save(m, path(dir, "checkpoint", "plain.gguf"), DSA_TYPE_F32)) < 0)
+                return r;
+        for (int qat = 0; qat < 2; qat++) {
+                _cleanup_(dsa_trainer_freep) struct dsa_trainer *t = NULL;
+                struct dsa_train_opts o;
+
+                dsa_train_opts_default(&o);
+                o.threads = 1;
+                o.total_steps = 10;
+                o.qat = qat;
+                if ((r = dsa_trainer_new(m, &o, &t)) < 0)
+                        return r;
+                for (int step = 0; step < 2 && r >= 0; step++)
+                        if ((r = dsa_trainer_forward(t, &b, labels, true, NULL, NULL)) >= 0 &&
+                            (r = dsa_trainer_backward(t, NULL)) >= 0)
+                                r = dsa_trainer_step(t, NULL, NULL);
+                if (r >= 0)
+                        r = dsa_trainer_save_checkpoint(t, path(dir, "checkpoint", qat ? "qat.gguf" : "fp32.gguf"));
+                if (r < 0) {
+                        fprintf(stderr, "gen-seeds: cannot make a%s checkpoint\n", qat ? " QAT" : "");
+                        return r;
+                }
+        }
+        return 0;
+}
+
 /* Byte-level BPE tokenizer.json files, Llama 3's pipeline (Split + ByteLevel, BOS template,
  * [a, b] merges) and GPT-2's (ByteLevel with its regex, "a b" merges), over a few tokens. */
 #define BPE_VOCAB                                                                                   \
@@ -303,6 +345,8 @@ int main(int argc, char **argv) {
         snprintf(path_buf, sizeof(path_buf), "%s/request", dir);
         mkdir(path_buf, 0755);
         snprintf(path_buf, sizeof(path_buf), "%s/model", dir);
+        mkdir(path_buf, 0755);
+        snprintf(path_buf, sizeof(path_buf), "%s/checkpoint", dir);
         mkdir(path_buf, 0755);
 
         r = gguf_model(path(dir, "gguf", "model.gguf"));
@@ -396,6 +440,8 @@ int main(int argc, char **argv) {
                 r = model_seeds(dir);
         if (r >= 0)
                 r = llama_seeds(dir);
+        if (r >= 0)
+                r = checkpoint_seeds(dir);
         if (r < 0) {
                 fprintf(stderr, "gen-seeds: %s\n", dsa_error_message(r));
                 return 1;
