@@ -306,7 +306,18 @@ static int common_option(struct run *run, int c, const char *arg) {
         }
 }
 
-static int check_common(struct run *run) {
+/* An option the verb's own loop did not take: -1 when it was one of both verbs' options, else
+ * the exit code to return (0 after --help, 2 after a usage error). */
+static int other_option(struct run *run, int c, const char *arg) {
+        int r = common_option(run, c, arg);
+        if (r == 0)
+                return usage(run, "unknown option");
+        return r >= 2 ? (r == 3 ? 0 : r) : -1;
+}
+
+static int check_common(struct run *run, int argc) {
+        if (optind < argc)
+                return usage(run, "takes no arguments");
         if (!run->task)
                 return usage(run, "--task is required (sst2, mrpc or rte)");
         if (!run->data)
@@ -370,17 +381,12 @@ int verb_train(int argc, char **argv) {
                         reinit |= c == OPT_REINIT_HEAD;
                         continue;
                 }
-                r = common_option(&run, c, optarg);
-                if (r == 0)
-                        return usage(&run, "unknown option");
-                if (r >= 2)
-                        return r == 3 ? 0 : r;
+                if ((r = other_option(&run, c, optarg)) >= 0)
+                        return r;
         }
-        if (optind < argc)
-                return usage(&run, "takes no arguments");
         if (!model)
                 return usage(&run, "-m MODEL is required");
-        if ((r = check_common(&run)) != 0)
+        if ((r = check_common(&run, argc)) != 0)
                 return r;
         if (cli_open_model(model, &m) < 0)
                 return 1;
@@ -505,21 +511,16 @@ int verb_distill(int argc, char **argv) {
                 default:
                         break;
                 }
-                r = common_option(&run, c, optarg);
-                if (r == 0)
-                        return usage(&run, "unknown option");
-                if (r >= 2)
-                        return r == 3 ? 0 : r;
+                if ((r = other_option(&run, c, optarg)) >= 0)
+                        return r;
         }
-        if (optind < argc)
-                return usage(&run, "takes no arguments");
         if (!teacher_path)
                 return usage(&run, "--teacher MODEL is required");
         if (!spec == !student_path)
                 return usage(&run, "one of --student-config SPEC or --student MODEL is required");
         if (fresh && student_path)
                 return usage(&run, "--fresh starts a --student-config student, not a --student one");
-        if ((r = check_common(&run)) != 0)
+        if ((r = check_common(&run, argc)) != 0)
                 return r;
         /* Explicit weights override --loss's ones (and turn a loss on). */
         if (w_soft >= 0)

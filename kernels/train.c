@@ -312,6 +312,15 @@ void dsa_scores_softmax_backward_f32(float *da, float *dc, const float *datt, co
         free(ds);
 }
 
+/* The probabilities after dropout: P itself without keep K, else P * K into tmp (n). */
+static const float *kept(float *tmp, const float *P, const float *K, size_t n) {
+        if (!K)
+                return P;
+        for (size_t e = 0; e < n; e++)
+                tmp[e] = P[e] * K[e];
+        return tmp;
+}
+
 /* att, keep (B,H,T,T), v (B,T,ldv) -> out (B,T,ldo), head h at column h D: out_bh = (att keep)
  * v_bh, the product of att and keep formed in a (T,T) scratch when there is a keep. */
 void dsa_attn_values_forward_f32(float *out, size_t ldo, const float *att, const float *keep, const float *v,
@@ -342,10 +351,8 @@ void dsa_attn_values_forward_f32(float *out, size_t ldo, const float *att, const
                                 }
                                 continue;
                         }
-                        if (K)
-                                for (size_t e = 0; e < T * T; e++)
-                                        pk[e] = P[e] * K[e];
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bl(T), bl(D), bl(T), 1.0f, K ? pk : P,
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bl(T), bl(D), bl(T), 1.0f,
+                                    kept(pk, P, K, T * T),
                                     bl(T), vb, bl(ldv), 0.0f, ob, bl(ldo));
                 }
         free(pk);
@@ -400,10 +407,8 @@ void dsa_attn_values_backward_f32(float *datt, float *dv, size_t ldv, const floa
                         }
                         if (!dvb)
                                 continue;
-                        if (K)
-                                for (size_t e = 0; e < T * T; e++)
-                                        tmp[e] = P[e] * K[e];
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bl(T), bl(D), bl(T), 1.0f, K ? tmp : P,
+                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bl(T), bl(D), bl(T), 1.0f,
+                                    kept(tmp, P, K, T * T),
                                     bl(T), dob, bl(ldo), 1.0f, dvb, bl(ldv));
                 }
         free(tmp);

@@ -35,39 +35,6 @@ tstep = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tstep)
 
 
-def torch_forward(m, ids, mask, types, p):
-    """tstep.Bert.forward with HF's dropout placements (training mode)."""
-    P, C, eps = m.p, m.C, m.eps
-    B, T = ids.shape
-    e = "bert.embeddings."
-    x = (P[e + "word_embeddings.weight"][ids] + P[e + "position_embeddings.weight"][:T][None]
-         + P[e + "token_type_embeddings.weight"][types])
-    x = F.dropout(F.layer_norm(x, (C,), P[e + "LayerNorm.weight"], P[e + "LayerNorm.bias"], eps), p)
-    ext = (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
-    D = C // m.H
-    for l in range(m.L):
-        k = f"bert.encoder.layer.{l}."
-        A = P[k + "attention.self.query.weight"].shape[0]
-        NH = A // D
-
-        def heads(t):
-            return t.view(B, T, NH, D).transpose(1, 2)
-
-        q = heads(F.linear(x, P[k + "attention.self.query.weight"], P[k + "attention.self.query.bias"]))
-        kk = heads(F.linear(x, P[k + "attention.self.key.weight"], P[k + "attention.self.key.bias"]))
-        v = heads(F.linear(x, P[k + "attention.self.value.weight"], P[k + "attention.self.value.bias"]))
-        s = q @ kk.transpose(-1, -2) / (D ** 0.5) + ext
-        ctx = (F.dropout(torch.softmax(s, dim=-1), p) @ v).transpose(1, 2).reshape(B, T, A)
-        a = F.dropout(F.linear(ctx, P[k + "attention.output.dense.weight"], P[k + "attention.output.dense.bias"]), p)
-        x = F.layer_norm(a + x, (C,), P[k + "attention.output.LayerNorm.weight"],
-                         P[k + "attention.output.LayerNorm.bias"], eps)
-        h = F.gelu(F.linear(x, P[k + "intermediate.dense.weight"], P[k + "intermediate.dense.bias"]))
-        o = F.dropout(F.linear(h, P[k + "output.dense.weight"], P[k + "output.dense.bias"]), p)
-        x = F.layer_norm(o + x, (C,), P[k + "output.LayerNorm.weight"], P[k + "output.LayerNorm.bias"], eps)
-    pooled = torch.tanh(F.linear(x[:, 0], P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"]))
-    return F.linear(F.dropout(pooled, p), P["classifier.weight"], P["classifier.bias"])
-
-
 def batches(examples, B, seed):
     rng = random.Random(seed)
     order = list(range(len(examples)))
@@ -130,7 +97,7 @@ def main():
             ids[r, :len(e)] = torch.tensor(e)
             mask[r, :len(e)] = 1
         y = torch.tensor([examples[i][1] for i in idx])
-        loss = F.cross_entropy(torch_forward(m, ids, mask, torch.zeros_like(ids), 0.1), y)
+        loss = F.cross_entropy(m.forward(ids, mask, torch.zeros_like(ids), dropout=0.1), y)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -12,31 +12,18 @@ Exit 77 when SHARED is missing.
 """
 import json, os, subprocess, sys, tempfile
 
-dsactl, src, shared = sys.argv[1:4]
+import clitest
+from clitest import check, run
+
+dsactl, src, shared = clitest.args('dsactl attention', 'fixtures/trained/longlm-4l256', 'data/wikitext2_raw/wiki.test.raw')
 model = os.path.join(shared, "fixtures/trained/longlm-4l256")
 docs = os.path.join(model, "eval_docs.safetensors")
 calib = os.path.join(shared, "data/wikitext2_raw/wiki.test.raw")
 bert = os.path.join(shared, "fixtures/trained/sst2-bert-4l256")
-if not os.path.isdir(model) or not os.path.isfile(calib):
-    print(f"SKIP: dsactl attention: {shared} not found (set DSA_SHARED)")
-    sys.exit(77)
 
 # Per-document mean NLL against transformers' (fp32 sums in another order).
 RTOL_NLL = 2e-5
 N_DOCS = 2
-failures = 0
-
-
-def run(*args):
-    p = subprocess.run([dsactl, *args], capture_output=True, text=True, timeout=600)
-    return p.returncode, p.stdout, p.stderr
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures += 1
 
 
 want = json.load(open(os.path.join(model, "eval_docs.json")))
@@ -92,5 +79,4 @@ if os.path.isdir(bert):
     rc, out, err = run("eval", "-m", bert, "--task", "ppl", "--data", docs)
     check(rc == 1 and "decoder" in err, "a BERT model refuses --task ppl")
 
-print(f"{failures} failure(s)")
-sys.exit(1 if failures else 0)
+clitest.done()

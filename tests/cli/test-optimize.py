@@ -12,13 +12,13 @@ Exit 77 when SHARED (../shared) is missing.
 """
 import array, csv, hashlib, json, math, os, re, struct, subprocess, sys, tempfile
 
-dsactl, src, shared = sys.argv[1:4]
+import clitest
+from clitest import check, run
+
+dsactl, src, shared = clitest.args('dsactl optimize', 'fixtures/trained/sst2-bert-4l256', 'data/glue_sst2/dev.tsv', 'data/glue_sst2/train.tsv')
 teacher = os.path.join(shared, "fixtures/trained/sst2-bert-4l256")
 dev = os.path.join(shared, "data/glue_sst2/dev.tsv")
 train = os.path.join(shared, "data/glue_sst2/train.tsv")
-if not os.path.isdir(teacher) or not os.path.isfile(dev) or not os.path.isfile(train):
-    print(f"SKIP: dsactl optimize: {shared} not found (set DSA_SHARED)")
-    sys.exit(77)
 
 # The teacher's fp32 SST-2 dev accuracy (dsactl eval; tests/cli/test-eval.py checks it).
 REF = 0.8383
@@ -33,20 +33,6 @@ TOL_STRUCTURED = 0.97
 RATIO_16BIT = (0.49, 0.53)
 RATIO_INT8 = (0.25, 0.29)
 CALIB_MAX = 200
-
-failures = 0
-
-
-def run(*args, stdin=None):
-    p = subprocess.run([dsactl, *args], input=stdin, capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures += 1
 
 
 def expect_fail(code, args, what, want=(), first_line_only=False):
@@ -483,5 +469,4 @@ with tempfile.TemporaryDirectory() as tmp:
 print("accuracy on SST-2 dev (teacher fp32 %.4f):" % REF)
 for k, v in results.items():
     print(f"  {k:24s} {v:.4f}  ({v / REF * 100:.1f}% kept)")
-print(f"{failures} failed")
-sys.exit(1 if failures else 0)
+clitest.done()

@@ -14,31 +14,17 @@ Exit 77 when SHARED (../shared) is missing.
 """
 import json, os, struct, subprocess, sys, tempfile
 
-dsactl, src, shared = sys.argv[1:4]
+import clitest
+from clitest import check, run
+
+dsactl, src, shared = clitest.args('dsactl train', 'fixtures/hf/bert-tiny', 'data/glue_sst2/train.tsv', 'data/glue_sst2/dev.tsv')
 model = os.path.join(shared, "fixtures/hf/bert-tiny")
 train = os.path.join(shared, "data/glue_sst2/train.tsv")
 dev = os.path.join(shared, "data/glue_sst2/dev.tsv")
-if not os.path.isdir(model) or not os.path.isfile(train) or not os.path.isfile(dev):
-    print(f"SKIP: dsactl train: {shared} not found (set DSA_SHARED)")
-    sys.exit(77)
 
 # Every run: 512 training examples, one thread (the same numbers on every machine), a few steps.
 COMMON = ["--task", "sst2", "--data", train, "--limit", "512", "--threads", "1"]
 STEPS = 30
-
-failures = 0
-
-
-def run(*args):
-    p = subprocess.run([dsactl, *args], capture_output=True, text=True, timeout=300)
-    return p.returncode, p.stdout, p.stderr
-
-
-def check(cond, what):
-    global failures
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures += 1
 
 
 def run_json(what, *args):
@@ -227,5 +213,4 @@ with tempfile.TemporaryDirectory() as tmp:
         e = run_json("eval of the pruned model", "eval", "-m", pruned, "--task", "sst2", "--data", dev)
         check(0 <= e.get("accuracy", -1) <= 1, f"eval of the pruned model: accuracy {e.get('accuracy')}")
 
-print(f"{failures} failure(s)")
-sys.exit(1 if failures else 0)
+clitest.done()

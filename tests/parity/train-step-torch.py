@@ -115,13 +115,19 @@ class Bert:
             self.p[name] = torch.tensor(v, requires_grad=True)
         self.initial = {k: v.detach().clone() for k, v in self.p.items()}
 
-    def forward(self, ids, mask, types, trace=None):
+    def forward(self, ids, mask, types, trace=None, dropout=0.0):
+        """Logits (B, labels). dropout > 0: HF's training-mode dropout (embeddings, attention
+        probabilities, both dense outputs, the pooled vector), as tests/bench/train-vs-torch.py
+        trains it."""
+        def drop(t):
+            return F.dropout(t, dropout) if dropout > 0 else t
+
         P, C, eps = self.p, self.C, self.eps
         B, T = ids.shape
         e = "bert.embeddings."
         x = (P[e + "word_embeddings.weight"][ids] + P[e + "position_embeddings.weight"][:T][None]
              + P[e + "token_type_embeddings.weight"][types])
-        x = F.layer_norm(x, (C,), P[e + "LayerNorm.weight"], P[e + "LayerNorm.bias"], eps)
+        x = drop(F.layer_norm(x, (C,), P[e + "LayerNorm.weight"], P[e + "LayerNorm.bias"], eps))
         if trace is not None:
             trace.append(x)
         ext = (1.0 - mask[:, None, None, :].to(torch.float32)) * torch.finfo(torch.float32).min
@@ -138,19 +144,19 @@ class Bert:
             kk = heads(F.linear(x, P[k + "attention.self.key.weight"], P[k + "attention.self.key.bias"]))
             v = heads(F.linear(x, P[k + "attention.self.value.weight"], P[k + "attention.self.value.bias"]))
             s = q @ kk.transpose(-1, -2) / math.sqrt(D) + ext
-            ctx = (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(B, T, A)
-            a = F.linear(ctx, P[k + "attention.output.dense.weight"], P[k + "attention.output.dense.bias"])
+            ctx = (drop(torch.softmax(s, dim=-1)) @ v).transpose(1, 2).reshape(B, T, A)
+            a = drop(F.linear(ctx, P[k + "attention.output.dense.weight"], P[k + "attention.output.dense.bias"]))
             x = F.layer_norm(a + x, (C,), P[k + "attention.output.LayerNorm.weight"],
                              P[k + "attention.output.LayerNorm.bias"], eps)
             h = F.gelu(F.linear(x, P[k + "intermediate.dense.weight"], P[k + "intermediate.dense.bias"]))
-            o = F.linear(h, P[k + "output.dense.weight"], P[k + "output.dense.bias"])
+            o = drop(F.linear(h, P[k + "output.dense.weight"], P[k + "output.dense.bias"]))
             x = F.layer_norm(o + x, (C,), P[k + "output.LayerNorm.weight"], P[k + "output.LayerNorm.bias"], eps)
             if trace is not None:
                 trace.append(x)
         pooled = x[:, 0]
         if "bert.pooler.dense.weight" in P:
             pooled = torch.tanh(F.linear(pooled, P["bert.pooler.dense.weight"], P["bert.pooler.dense.bias"]))
-        return F.linear(pooled, P["classifier.weight"], P["classifier.bias"])
+        return F.linear(drop(pooled), P["classifier.weight"], P["classifier.bias"])
 
 
 class Report:
