@@ -10,7 +10,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$here/build}
 dsad=$build/daemon/dsad
 dsactl=$build/cli/dsactl
-model=$here/models/sst2-bert-4l256.gguf
+model=$here/models/sst2-distilled-int8.gguf
 [ $# -gt 0 ] || set -- "a gorgeous, witty, seductive movie." "the worst film i have ever seen."
 
 for f in "$dsad" "$dsactl"; do

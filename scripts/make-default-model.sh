@@ -6,7 +6,7 @@
 #   - models/sst2-distilled-int8.gguf, the default model README's first command serves, made by
 #     dsa's trainer:
 #   1. dsactl distill: a student layers=2,hidden=128,heads=4,ffn=512 from the teacher (started
-#      from its most important parts), response + feature losses, one epoch of SST-2 train;
+#      from its most important parts), response + feature + relation losses, one epoch of SST-2 train;
 #   2. dsactl distill --student ... --qat int8: quantization-aware distillation of that student,
 #      which writes the real int8 variant (int8 matrices with trained static input ranges, int8
 #      token embeddings);
@@ -29,7 +29,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 $dsactl distill --teacher "$teacher" --student-config layers=2,hidden=128,heads=4,ffn=512 --task sst2 \
-        --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs 1 --loss response,feature -o "$tmp/student.gguf"
+        --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs 1 --loss response,feature,relation -o "$tmp/student.gguf"
 $dsactl distill --teacher "$teacher" --student "$tmp/student.gguf" --task sst2 --data "$sst/train.tsv" \
         --eval "$sst/dev.tsv" --qat int8 --epochs 1 --max-steps 1000 --lr 5e-5 --warmup 0.05 --loss response \
         -o "$tmp/student-int8.gguf"

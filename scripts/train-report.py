@@ -59,11 +59,15 @@ def main():
     if q:
         base = t or by.get("teacher")
         md += ["## INT8: quantization-aware training against post-training quantization (SST-2)", "",
-               "QAT: `dsactl train --qat int8`, 1,000 steps of 32 at lr 1e-5 from the fp32 teacher;",
-               "post-training: `dsactl optimize --quant int8` (dynamic activation scales) and",
-               "`--act minmax --calib train.tsv` (static).", "",
+               "Post-training: `dsactl optimize --quant int8` (dynamic activation scales) and",
+               "`--act minmax --calib train.tsv` (static). QAT on the labels: `dsactl train --qat int8`,",
+               "1,000 steps of 32 at lr 1e-5 from the fp32 teacher. QAT by self-distillation: `dsactl distill",
+               "--teacher T --student T --qat int8 --loss response,feature --w-hard 0 --dropout 0`, 300 steps",
+               "at lr 1e-5: the int8 model learns the fp32 model's logits and hidden states. Every int8",
+               "model here also stores its token embeddings as int8.", "",
                "| model | dev accuracy | kept | file size | latency (seq 64) |", "|---|---|---|---|---|"]
-        for name in ["teacher", "int8 post-training, dynamic", "int8 post-training, static min/max", "int8 QAT"]:
+        for name in ["teacher", "int8 post-training, dynamic", "int8 post-training, static min/max", "int8 QAT",
+                     "int8 QAT, self-distilled"]:
             r = by.get(name)
             if r:
                 kept = fmt_pct(r["accuracy"] / base["accuracy"]) if base else "-"
@@ -79,6 +83,18 @@ def main():
         for r in glue:
             f1 = f"{r['f1']:.4f}" if r.get("f1") is not None else "-"
             md.append(f"| {r['name']} | {r['accuracy']:.4f} | {f1} |")
+        md.append("")
+    pr = [r for r in rows if r["name"].startswith("heads 50%")]
+    if pr and t:
+        md += ["## Structured pruning: gradient head importance and recovery fine-tuning (SST-2)", "",
+               "Half of the teacher's 32 heads removed (`dsactl optimize --prune-heads 0.5`), scored on the",
+               "first 512 SST-2 train sentences by the mean norm of each head's output (`output`) or by",
+               "|dL/d mask_h| (`grad`, Michel et al.); then, where marked, 300 recovery steps on SST-2 train",
+               "(`--recover ... --recover-steps 300 --recover-lr 3e-5`).", "",
+               "| variant | dev accuracy | kept | latency (seq 64) |", "|---|---|---|---|"]
+        for r in pr:
+            md.append(f"| {r['name']} | {r['accuracy']:.4f} | {fmt_pct(r['accuracy'] / t['accuracy'])} | "
+                      f"{r['latency_ms_seq64']:.2f} ms |")
         md.append("")
     tt = by.get("torch throughput")
     if tt:

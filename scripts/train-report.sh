@@ -7,10 +7,12 @@
 #   - SST-2 int8: post-training (dynamic, static min/max) against quantization-aware training;
 #   - MRPC and RTE fine-tuning of the teacher's shape from a fresh start (no pretraining) and
 #     from the SST-2 teacher's encoder;
+#   - structured pruning of half the heads: gradient against output-norm importance, with and
+#     without recovery fine-tuning;
 #   - training throughput against PyTorch (tests/bench/train-vs-torch.py).
 # Accuracy comes from dsactl eval on the dev sets; speed from dsactl eval's examples/s over the
 # SST-2 dev set and dsactl bench, teacher and student measured in this same run, one thread.
-# Usage: scripts/train-report.sh [--epochs E] [--work DIR] [--only distill|qat|glue|torch] [--reuse]
+# Usage: scripts/train-report.sh [--epochs E] [--work DIR] [--only distill|qat|glue|prune|torch] [--reuse]
 #   --reuse keeps models already in the work folder (re-measures them only).
 set -eu
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
         --work) work=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --reuse) reuse=1; shift ;;
-        *) echo "usage: $0 [--epochs E] [--work DIR] [--only distill|qat|glue] [--reuse]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--epochs E] [--work DIR] [--only distill|qat|glue|prune|torch] [--reuse]" >&2; exit 2 ;;
         esac
 done
 shared=${DSA_SHARED:-../shared}
@@ -88,6 +90,12 @@ if [ -z "$only" ] || [ "$only" = qat ]; then
         run "$work/qat.gguf" train -m "$teacher" --task sst2 --data "$sst/train.tsv" --eval "$sst/dev.tsv" \
                 --qat int8 --epochs 1 --max-steps 1000 --lr 1e-5 --warmup 0.05
         measure "int8 QAT" "$work/qat.gguf" sst2
+        # QAT by self-distillation: the int8 model learns the fp32 model's logits and hidden
+        # states (identity projections) instead of the labels, so it does not drift from it.
+        run "$work/qat-self.gguf" distill --teacher "$teacher" --student "$teacher" --task sst2 \
+                --data "$sst/train.tsv" --eval "$sst/dev.tsv" --qat int8 --loss response,feature --w-hard 0 \
+                --dropout 0 --lr 1e-5 --max-steps 300
+        measure "int8 QAT, self-distilled" "$work/qat-self.gguf" sst2
 fi
 if [ -z "$only" ] || [ "$only" = glue ]; then
         for task in mrpc rte; do
@@ -98,6 +106,19 @@ if [ -z "$only" ] || [ "$only" = glue ]; then
                 run "$work/$task-from-sst2.gguf" train -m "$teacher" --reinit-head --task $task --data "$d/train.tsv" \
                         --eval "$d/dev.tsv" --epochs 3 --lr 3e-5
                 measure "$task from the SST-2 teacher's encoder" "$work/$task-from-sst2.gguf" $task
+        done
+fi
+if [ -z "$only" ] || [ "$only" = prune ]; then
+        # 50% of the heads removed: the gradient importance against the output-norm one, and a
+        # recovery fine-tuning of 300 steps after each.
+        for imp in output grad; do
+                run "$work/heads50-$imp.gguf" optimize -m "$teacher" --prune-heads 0.5 --head-importance $imp \
+                        --calib "$sst/train.tsv" --calib-max 512 --quiet
+                measure "heads 50%, $imp importance" "$work/heads50-$imp.gguf" sst2
+                run "$work/heads50-$imp-recovered.gguf" optimize -m "$teacher" --prune-heads 0.5 --head-importance $imp \
+                        --calib "$sst/train.tsv" --calib-max 512 --recover "$sst/train.tsv" --recover-task sst2 \
+                        --recover-steps 300 --recover-lr 3e-5 --quiet
+                measure "heads 50%, $imp importance, recovered" "$work/heads50-$imp-recovered.gguf" sst2
         done
 fi
 if [ -z "$only" ] || [ "$only" = torch ]; then

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """SST-2 dev accuracy through `dsactl classify --json`, against the reference.
 
-Usage: sst2-accuracy.py DSACTL MODEL SHARED ACC_TOL LOGIT_TOL
+Usage: sst2-accuracy.py DSACTL MODEL SHARED ACC_TOL LOGIT_TOL [WANT]
 Pipes every sentence of SHARED/data/glue_sst2/dev.tsv through dsactl, checks the accuracy is
-within ACC_TOL of train_info.json's dev_accuracy and (LOGIT_TOL > 0) that every logit is within
-LOGIT_TOL of dev_logits.safetensors. Prints the figures; exit 1 on a miss, 77 without SHARED.
+within ACC_TOL of train_info.json's dev_accuracy (or of WANT, for a model of our own such as
+the distilled default model, whose accuracy scripts/make-default-model.sh measured) and
+(LOGIT_TOL > 0) that every logit is within LOGIT_TOL of dev_logits.safetensors. Prints the
+figures; exit 1 on a miss, 77 without SHARED.
 """
 import json, os, struct, subprocess, sys
 
@@ -27,6 +29,8 @@ for r, t in zip(res, texts):
     assert set(r) == {"text", "label", "label_id", "logits", "probs"}, r.keys()
 acc = sum(r["label_id"] == y for r, y in zip(res, labels)) / len(labels)
 want = json.load(open(os.path.join(teacher, "train_info.json")))["dev_accuracy"]
+if len(sys.argv) > 6:
+    want = float(sys.argv[6])
 ok = abs(acc - want) <= acc_tol
 print(f"sst2 dev accuracy {acc:.4f} (reference {want:.4f}, tolerance {acc_tol})")
 
