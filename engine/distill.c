@@ -298,12 +298,15 @@ int dsa_distiller_new(struct dsa_trainer *teacher, struct dsa_trainer *student, 
                         free(init);
                         return -ENOMEM;
                 }
+                /* The channel selection the student started from, the identity for a student as
+                 * wide as the teacher (QAT by self-distillation), else random. */
+                const bool select = student->src_channels || Cs == Ct;
                 uint64_t rng = student->opts.seed ^ 0xfea7u;
                 for (size_t i = 0; i < Ct * Cs; i++)
-                        init[i] = student->src_channels ? 0.0f : dsa__randn(&rng) / sqrtf((float) Cs);
-                if (student->src_channels)
+                        init[i] = select ? 0.0f : dsa__randn(&rng) / sqrtf((float) Cs);
+                if (select)
                         for (size_t i = 0; i < Cs; i++)
-                                init[(size_t) student->src_channels[i] * Cs + i] = 1.0f;
+                                init[(size_t) (student->src_channels ? student->src_channels[i] : i) * Cs + i] = 1.0f;
                 for (size_t m = 0; m < d->M; m++) {
                         char name[64];
                         snprintf(name, sizeof(name), "distill.proj.%zu", m);

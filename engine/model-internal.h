@@ -58,9 +58,13 @@ struct dsa_optimize_opts;
 int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *o);
 /* variant-train.c: head importance |dL/d mask_h| over o's calibration texts (the model's own
  * predictions as labels), added into ret_imp (one per head of every layer, layer-major); and
- * recovery fine-tuning of m in place on o's recover_* set. */
+ * recovery of m in place after structured pruning: distilled on o's recover_* texts from
+ * `unpruned`, a trainer holding m's weights from before the pruning (dsa__recover_teacher(),
+ * which also checks m can be recovered). */
+struct dsa_trainer;
 int dsa__head_importance_grad(const struct dsa_model *m, const struct dsa_optimize_opts *o, double *ret_imp);
-int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o);
+int dsa__recover_teacher(const struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer **ret);
+int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer *unpruned);
 /* The attention step of dsa_model_optimize(), either architecture: o->attention applied, the DSA
  * scorer fitted on o's calibration texts under dense attention (or the model's scorer kept),
  * "attention" and "scorer_kl" recorded. */

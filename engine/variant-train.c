@@ -8,6 +8,7 @@
 #include "model-internal.h"
 #include "train.h"
 #include "calib.h"
+#include "distill.h"
 #include "variant.h"
 
 #define GRAD_BATCH 32
@@ -55,15 +56,13 @@ int dsa__head_importance_grad(const struct dsa_model *m, const struct dsa_optimi
         return r < 0 ? r : 0;
 }
 
-int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o) {
-        _cleanup_(dsa_trainer_freep) struct dsa_trainer *t = NULL;
-        _cleanup_(dsa_train_set_freep) struct dsa_train_set *s = NULL;
-        _cleanup_(dsa_model_freep) struct dsa_model *out = NULL;
+int dsa__recover_teacher(const struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer **ret) {
         struct dsa_train_opts to;
-        int r;
 
         if (!o->recover_texts || !o->recover_labels || o->n_recover == 0)
                 return dsa__error(-EINVAL, "recovery fine-tuning needs labelled training texts");
+        if (o->prune_heads <= 0 && o->prune_ffn <= 0)
+                return dsa__error(-EINVAL, "recovery fine-tuning follows structured pruning (heads, FFN)");
         /* It trains and writes back fp32 weights: a quantized, sparse or token-pruned input
          * would silently lose what it was. */
         for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
@@ -74,14 +73,47 @@ int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                                                            "sparse or token-pruned (layer %zu)", l);
                 }
         dsa_train_opts_default(&to);
+        return dsa_trainer_new(m, &to, ret);
+}
+
+static int recover_batch(void *userdata, const struct dsa_batch *b, const int32_t *labels, float *ret_loss) {
+        struct dsa_distill_losses l;
+        int r = dsa_distiller_batch(userdata, b, labels, &l);
+        if (r >= 0)
+                *ret_loss = l.total;
+        return r;
+}
+
+/* The labels' cross-entropy alone pulls an already fine-tuned model away from what it learnt
+ * (on SST-2 it cost 1.7 points where distillation kept them), so the pruned model learns the
+ * unpruned one's softened logits and hidden states (identity projections: same width). */
+int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer *unpruned) {
+        _cleanup_(dsa_trainer_freep) struct dsa_trainer *t = NULL;
+        _cleanup_(dsa_distiller_freep) struct dsa_distiller *d = NULL;
+        _cleanup_(dsa_train_set_freep) struct dsa_train_set *s = NULL;
+        _cleanup_(dsa_model_freep) struct dsa_model *out = NULL;
+        struct dsa_train_opts to;
+        struct dsa_distill_opts dop;
+        int r;
+
+        if (!unpruned)
+                return -EINVAL;
+        dsa_train_opts_default(&to);
         to.lr = o->recover_lr > 0.0f ? o->recover_lr : 5e-5f;
         to.total_steps = o->recover_steps;
         to.warmup_steps = o->recover_steps / 10;
-        if ((r = dsa_trainer_new(m, &to, &t)) < 0 ||
+        to.dropout = to.attn_dropout = 0.0f;
+        dsa_distill_opts_default(&dop);
+        dop.w_hard = 0.0f;
+        dop.w_feature = 1.0f;
+        if ((r = dsa_trainer_new(m, &to, &t)) < 0 || (r = dsa_distiller_new(unpruned, t, &dop, &d)) < 0 ||
             (r = dsa_train_set_new(m, o->recover_texts, o->recover_pairs, o->recover_labels, o->n_recover, GRAD_MAX_LEN,
                                    &s)) < 0)
                 return r;
-        const struct dsa_fit f = { .batch = GRAD_BATCH, .total_steps = o->recover_steps, .seed = to.seed };
+        const struct dsa_fit f = {
+                .batch = GRAD_BATCH, .total_steps = o->recover_steps, .seed = to.seed, .batch_fn = recover_batch,
+                .batch_userdata = d,
+        };
         if ((r = dsa_trainer_fit(t, s, &f)) < 0 || (r = dsa_trainer_export(t, &out)) < 0)
                 return r;
         /* The trained encoder replaces m's; its tokenizer stays m's own. */
@@ -91,7 +123,7 @@ int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         dsa__att_init(&m->bert->att);
         dsa__bert_free(m->bert);
         m->bert = b;
-        dsa__variant_log(o, "recovery fine-tuning: %llu steps on %zu examples", (unsigned long long) o->recover_steps,
-                         o->n_recover);
+        dsa__variant_log(o, "recovery: %llu steps distilled from the unpruned model on %zu examples",
+                         (unsigned long long) o->recover_steps, o->n_recover);
         return 0;
 }

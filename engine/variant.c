@@ -15,6 +15,7 @@
 #include "calib.h"
 #include "kernels/gemm-q8.h"
 #include "model-internal.h"
+#include "train.h"
 #include "variant.h"
 
 /* ---- structured pruning */
@@ -590,6 +591,10 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                 dsa__info_remove(&m->info, "scorer_kl");
 
 #define APPEND(...) snprintf(method + strlen(method), sizeof(method) - strlen(method), __VA_ARGS__)
+        /* Recovery distils the pruned model from the model as it was: keep a copy first. */
+        _cleanup_(dsa_trainer_freep) struct dsa_trainer *unpruned = NULL;
+        if (o->recover_steps > 0 && (r = dsa__recover_teacher(m, o, &unpruned)) < 0)
+                return r;
         if (o->prune_heads > 0) {
                 if ((r = prune_heads(m, o)) < 0)
                         return r;
@@ -605,9 +610,7 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         return r;
         }
         if (o->recover_steps > 0) {
-                if (o->prune_heads <= 0 && o->prune_ffn <= 0)
-                        return dsa__error(-EINVAL, "recovery fine-tuning follows structured pruning (heads, FFN)");
-                if ((r = dsa__model_recover(m, o)) < 0)
+                if ((r = dsa__model_recover(m, o, unpruned)) < 0)
                         return r;
                 APPEND("+recovered");
                 if ((r = dsa__info_setf(&m->info, "recover_steps", "%llu", (unsigned long long) o->recover_steps)) < 0)

@@ -43,9 +43,10 @@ struct dsa_optimize_opts {
          * et al. 2019), the loss the cross-entropy against the model's own predictions, instead
          * of the mean norm of each head's contribution to the output. */
         bool head_grad;
-        /* Recovery fine-tuning after structured pruning (heads, FFN): recover_steps AdamW steps
-         * (batches of 32, lr recover_lr, 10% warmup) on the labelled recover_texts (pairs or
-         * NULL). 0 steps: none. */
+        /* Recovery after structured pruning (heads, FFN): recover_steps AdamW steps (batches of
+         * 32, lr recover_lr, 10% warmup, no dropout) distilling the pruned model from the
+         * unpruned one (softened logits and hidden states) on recover_texts (pairs or NULL;
+         * the labels are not used by the loss). 0 steps: none. */
         const char *const *recover_texts, *const *recover_pairs;
         const int32_t *recover_labels;
         size_t n_recover;

@@ -46,7 +46,9 @@ def main():
         for name, label in [("distill response", "response"), ("distill response+feature", "response + feature"),
                             ("distill response+relation", "response + relation"),
                             ("distill response+feature+relation", "response + feature + relation"),
-                            ("distill response, fresh student", "response, fresh student")]:
+                            ("distill response, fresh student", "response, fresh student"),
+                            ("default model (distilled, QAT int8)",
+                             "bundled default: all three, then QAT int8 (`scripts/make-default-model.sh`)")]:
             r = by.get(name)
             if not r:
                 continue
@@ -84,10 +86,11 @@ def main():
             f1 = f"{r['f1']:.4f}" if r.get("f1") is not None else "-"
             md.append(f"| {r['name']} | {r['accuracy']:.4f} | {f1} |")
         md.append("")
-    pr = [r for r in rows if r["name"].startswith("heads 50%")]
+    pr = [r for r in rows if r["name"].startswith("heads ")]
     if pr and t:
         md += ["## Structured pruning: gradient head importance and recovery fine-tuning (SST-2)", "",
-               "Half of the teacher's 32 heads removed (`dsactl optimize --prune-heads 0.5`), scored on the",
+               "Half or three quarters of the teacher's 32 heads removed (`dsactl optimize --prune-heads 0.5`",
+               "or `0.75`), scored on the",
                "first 512 SST-2 train sentences by the mean norm of each head's output (`output`) or by",
                "|dL/d mask_h| (`grad`, Michel et al.); then, where marked, 300 recovery steps on SST-2 train",
                "(`--recover ... --recover-steps 300 --recover-lr 3e-5`).", "",

@@ -7,8 +7,8 @@
 #   - SST-2 int8: post-training (dynamic, static min/max) against quantization-aware training;
 #   - MRPC and RTE fine-tuning of the teacher's shape from a fresh start (no pretraining) and
 #     from the SST-2 teacher's encoder;
-#   - structured pruning of half the heads: gradient against output-norm importance, with and
-#     without recovery fine-tuning;
+#   - structured pruning of half and three quarters of the heads: gradient against output-norm
+#     importance, with and without recovery fine-tuning;
 #   - training throughput against PyTorch (tests/bench/train-vs-torch.py).
 # Accuracy comes from dsactl eval on the dev sets; speed from dsactl eval's examples/s over the
 # SST-2 dev set and dsactl bench, teacher and student measured in this same run, one thread.
@@ -76,6 +76,7 @@ if [ -z "$only" ] || [ "$only" = distill ]; then
                         --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss "$losses"
                 measure "distill $tag" "$work/student-$tag.gguf" sst2
         done
+        measure "default model (distilled, QAT int8)" models/sst2-distilled-int8.gguf sst2
         run "$work/student-scratch.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
                 --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss response --fresh
         measure "distill response, fresh student" "$work/student-scratch.gguf" sst2
@@ -109,16 +110,20 @@ if [ -z "$only" ] || [ "$only" = glue ]; then
         done
 fi
 if [ -z "$only" ] || [ "$only" = prune ]; then
-        # 50% of the heads removed: the gradient importance against the output-norm one, and a
-        # recovery fine-tuning of 300 steps after each.
-        for imp in output grad; do
-                run "$work/heads50-$imp.gguf" optimize -m "$teacher" --prune-heads 0.5 --head-importance $imp \
-                        --calib "$sst/train.tsv" --calib-max 512 --quiet
-                measure "heads 50%, $imp importance" "$work/heads50-$imp.gguf" sst2
-                run "$work/heads50-$imp-recovered.gguf" optimize -m "$teacher" --prune-heads 0.5 --head-importance $imp \
-                        --calib "$sst/train.tsv" --calib-max 512 --recover "$sst/train.tsv" --recover-task sst2 \
-                        --recover-steps 300 --recover-lr 3e-5 --quiet
-                measure "heads 50%, $imp importance, recovered" "$work/heads50-$imp-recovered.gguf" sst2
+        # Half and three quarters of the heads removed: the gradient importance against the
+        # output-norm one, and a recovery fine-tuning of 300 steps after each.
+        for frac in 50 75; do
+                for imp in output grad; do
+                        v=heads$frac-$imp
+                        run "$work/$v.gguf" optimize -m "$teacher" --prune-heads 0.$frac --head-importance $imp \
+                                --calib "$sst/train.tsv" --calib-max 512 --quiet
+                        measure "heads $frac%, $imp importance" "$work/$v.gguf" sst2
+                        run "$work/$v-recovered.gguf" optimize -m "$teacher" --prune-heads 0.$frac \
+                                --head-importance $imp --calib "$sst/train.tsv" --calib-max 512 \
+                                --recover "$sst/train.tsv" --recover-task sst2 --recover-steps 300 --recover-lr 3e-5 \
+                                --quiet
+                        measure "heads $frac%, $imp importance, recovered" "$work/$v-recovered.gguf" sst2
+                done
         done
 fi
 if [ -z "$only" ] || [ "$only" = torch ]; then
