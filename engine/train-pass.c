@@ -411,13 +411,17 @@ int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
                         double *hi = head_importance;
                         for (size_t k = 0; k < l; k++)
                                 hi += t->layers[k].NH;
-                        for (size_t h = 0; h < NH; h++) {
-                                double s = 0.0;
-                                for (size_t n = 0; n < N; n++)
-                                        for (size_t d = 0; d < HS; d++)
-                                                s += (double) dctx[n * A + h * HS + d] * ya->ctx[n * A + h * HS + d];
-                                hi[h] += fabs(s);
-                        }
+                        /* Per example, as Michel et al. average |dL(x)/d mask_h| over examples x:
+                         * the signs of different examples must not cancel. */
+                        for (size_t bb = 0; bb < B; bb++)
+                                for (size_t h = 0; h < NH; h++) {
+                                        double s = 0.0;
+                                        for (size_t n = bb * T; n < (bb + 1) * T; n++)
+                                                for (size_t d = 0; d < HS; d++)
+                                                        s += (double) dctx[n * A + h * HS + d] *
+                                                             ya->ctx[n * A + h * HS + d];
+                                        hi[h] += fabs(s);
+                                }
                 }
                 float *dqkv = a->dA;
                 memcpy(dqkv, ya->dqkv_ext, N * 3 * A * sizeof(float));

@@ -90,9 +90,10 @@ void dsa_trainer_set_ce_weight(struct dsa_trainer *t, float w);
 
 /* Backpropagates the last forward's loss (and the extra gradients) into the parameter
  * gradients, which accumulate until dsa_trainer_step() or dsa_trainer_zero_grad(). When
- * head_importance is not NULL (one per head of every layer, layer-major), adds |dL/d mask_h|
- * of this batch: the gradient of a multiplier on each head's context output (Michel et al.
- * 2019). -EINVAL without a forward. */
+ * head_importance is not NULL (one per head of every layer, layer-major), adds, for each example
+ * b of the batch, |dL/d mask_h| restricted to b's tokens: the gradient of a multiplier on each
+ * head's context output (Michel et al. 2019), L being the batch's mean loss. -EINVAL without a
+ * forward. */
 int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance);
 void dsa_trainer_zero_grad(struct dsa_trainer *t);
 

@@ -312,6 +312,23 @@ static struct tbatch *batch_new(struct dsa_test_rng *rng, size_t B, size_t T) {
         return x;
 }
 
+/* Row e of x as a batch of its own (same padding). */
+static struct tbatch *batch_slice(const struct tbatch *x, size_t e) {
+        const size_t T = x->b.T;
+        struct tbatch *y = malloc(sizeof(*y));
+        assert_non_null(y);
+        assert_true(e < x->b.B);
+        memcpy(y->ids, x->ids + e * T, T * sizeof(int32_t));
+        memcpy(y->mask, x->mask + e * T, T);
+        y->labels[0] = x->labels[e];
+        y->b = x->b;
+        y->b.B = 1;
+        y->b.ids = y->ids;
+        y->b.mask = y->mask;
+        y->b.type_ids = NULL;
+        return y;
+}
+
 static struct dsa_train_opts opts(bool dropout, bool qat) {
         struct dsa_train_opts o;
 
@@ -734,7 +751,9 @@ static void test_head_importance(void **state) {
         const struct dsa_bert_config *c = dsa_trainer_config(t);
         const size_t L = c->n_layer, NH = c->n_head, C = c->n_embd, HS = C / NH;
         struct dsa_test_rng rng = { 5 };
-        struct tbatch *x = batch_new(&rng, 8, T_MAX);
+        /* One example: its importance is |dL/d alpha| of its own loss, which a finite difference
+         * checks; the batch of 8 below then checks the per-example sum. */
+        struct tbatch *x = batch_new(&rng, 1, T_MAX), *x8 = batch_new(&rng, 8, T_MAX);
         double imp[L * NH], again[L * NH], top = 0;
         char name[64];
 
@@ -800,6 +819,29 @@ static void test_head_importance(void **state) {
         assert_int_equal(dsa_trainer_backward(t, again), 0);
         for (size_t i = 0; i < L * NH; i++)
                 assert_true(fabs(again[i] - 2 * imp[i]) <= 1e-6 * imp[i] + 1e-15);
+        /* A batch adds |dL/d mask_h| per example (signs of different examples do not cancel):
+         * with the mean loss of 8 examples, it is the mean of their importances one by one. */
+        double batch[L * NH], mean[L * NH];
+        memset(batch, 0, sizeof(batch));
+        memset(mean, 0, sizeof(mean));
+        dsa_trainer_zero_grad(t);
+        assert_int_equal(dsa_trainer_forward(t, &x8->b, x8->labels, false, NULL, NULL), 0);
+        assert_int_equal(dsa_trainer_backward(t, batch), 0);
+        for (size_t e = 0; e < 8; e++) {
+                struct tbatch *one = batch_slice(x8, e);
+                double single[L * NH];
+                memset(single, 0, sizeof(single));
+                dsa_trainer_zero_grad(t);
+                assert_int_equal(dsa_trainer_forward(t, &one->b, one->labels, false, NULL, NULL), 0);
+                assert_int_equal(dsa_trainer_backward(t, single), 0);
+                for (size_t i = 0; i < L * NH; i++)
+                        mean[i] += single[i] / 8;
+                free(one);
+        }
+        for (size_t i = 0; i < L * NH; i++)
+                if (fabs(batch[i] - mean[i]) > 1e-4 * mean[i] + 1e-12)
+                        fail_msg("head %zu: batch importance %g, mean of the examples' %g", i, batch[i], mean[i]);
+        free(x8);
         free(x);
         dsa_trainer_free(t);
 }
