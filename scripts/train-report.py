@@ -61,6 +61,26 @@ def main():
                       f"{r['eval_examples_per_s']:.0f} | {r['eval_examples_per_s'] / t['eval_examples_per_s']:.2f}x | "
                       f"{r['latency_ms_seq64']:.2f} ms |")
         md.append("")
+        # The same runs with other seeds (scripts/train-report.sh --seeds "42 7"): the spread
+        # says how much of the differences above is noise.
+        seeded = {}
+        for r in rows:
+            for tag in ["response", "response+feature", "response+relation", "response+feature+relation"]:
+                if r["name"] == f"distill {tag}" or r["name"].startswith(f"distill {tag} (seed "):
+                    seed = r["name"].split("(seed ")[1].rstrip(")") if "(seed " in r["name"] else "42"
+                    seeded.setdefault(tag, {})[seed] = r["accuracy"]
+        seeds = sorted({sd for v in seeded.values() for sd in v}, key=int)
+        if len(seeds) > 1:
+            md += ["Across seeds (`--seed`: dropout masks, data order and the importance batches' order):", "",
+                   "| losses | " + " | ".join(f"seed {sd}" for sd in seeds) + " | mean | kept |",
+                   "|---|" + "---|" * (len(seeds) + 2)]
+            for tag, v in seeded.items():
+                vals = [v.get(sd) for sd in seeds]
+                got = [x for x in vals if x is not None]
+                mean = sum(got) / len(got)
+                md.append(f"| {tag.replace('+', ' + ')} | " + " | ".join(f"{x:.4f}" if x is not None else "-" for x in vals)
+                          + f" | {mean:.4f} | {fmt_pct(mean / t['accuracy'])} |")
+            md.append("")
     q = by.get("int8 QAT")
     if q:
         base = t or by.get("teacher")

@@ -13,6 +13,7 @@
 # Accuracy comes from dsactl eval on the dev sets; speed from dsactl eval's examples/s over the
 # SST-2 dev set and dsactl bench, teacher and student measured in this same run, one thread.
 # Usage: scripts/train-report.sh [--epochs E] [--work DIR] [--only distill|qat|glue|prune|torch] [--reuse]
+#                                [--seeds "42 7"]   (distillation runs, one student per seed and loss set)
 #   --reuse keeps models already in the work folder (re-measures them only).
 set -eu
 cd "$(dirname "$0")/.."
@@ -21,13 +22,16 @@ epochs=1
 work=build/train-report
 only=""
 reuse=0
+seeds=42
 while [ $# -gt 0 ]; do
         case "$1" in
         --epochs) epochs=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --reuse) reuse=1; shift ;;
-        *) echo "usage: $0 [--epochs E] [--work DIR] [--only distill|qat|glue|prune|torch] [--reuse]" >&2; exit 2 ;;
+        --seeds) seeds=$2; shift 2 ;;
+        *) echo "usage: $0 [--epochs E] [--work DIR] [--only distill|qat|glue|prune|torch] [--reuse] [--seeds LIST]" >&2
+           exit 2 ;;
         esac
 done
 shared=${DSA_SHARED:-../shared}
@@ -70,11 +74,16 @@ sst=$glue/glue_sst2
 if [ -z "$only" ] || [ "$only" = distill ]; then
         run "$work/teacher-f32.gguf" import "$teacher"
         measure teacher "$work/teacher-f32.gguf" sst2
-        for losses in response response,feature response,relation response,feature,relation; do
-                tag=$(echo "$losses" | tr ',' '+')
-                run "$work/student-$tag.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
-                        --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss "$losses"
-                measure "distill $tag" "$work/student-$tag.gguf" sst2
+        for seed in $seeds; do
+                for losses in response response,feature response,relation response,feature,relation; do
+                        tag=$(echo "$losses" | tr ',' '+')
+                        v=student-$tag name="distill $tag"
+                        [ "$seed" = 42 ] || v=$v-s$seed name="$name (seed $seed)"
+                        run "$work/$v.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
+                                --data "$sst/train.tsv" --eval "$sst/dev.tsv" --epochs "$epochs" --loss "$losses" \
+                                --seed "$seed"
+                        measure "$name" "$work/$v.gguf" sst2
+                done
         done
         measure "default model (distilled, QAT int8)" models/sst2-distilled-int8.gguf sst2
         run "$work/student-scratch.gguf" distill --teacher "$teacher" --student-config "$student" --task sst2 \
