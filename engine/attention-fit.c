@@ -230,9 +230,7 @@ static int fit_head(struct dsa__att *att, size_t layer, size_t head, const struc
 
 /* The next of the sequence s -> uniform [-1, 1). */
 static float rnd(uint64_t *s) {
-        uint64_t x = dsa__splitmix64(*s);
-        *s += 0x9e3779b97f4a7c15ull;
-        return (float) ((double) (x >> 11) / 4503599627370496.0 - 1.0);
+        return (float) ((double) (dsa_rng_next(s) >> 11) / 4503599627370496.0 - 1.0);
 }
 
 int dsa__att_fitter_fit(struct dsa__att_fitter *f, uint32_t rank, struct dsa__att *att, double *ret_kl_before,

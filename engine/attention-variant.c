@@ -379,10 +379,10 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
                         keep[b] = 1, nkeep++;
         if (a->kind == DSA_ATT_FIXED) {
                 /* random blocks among those not kept yet, a fixed draw per (layer, head, block) */
-                uint64_t st = dsa__splitmix64(a->seed ^ dsa__splitmix64(layer * 1000003u + head * 7919u + qb));
+                uint64_t st = dsa_splitmix64(a->seed ^ dsa_splitmix64(layer * 1000003u + head * 7919u + qb));
                 for (uint32_t i = 0; i < a->random && nkeep < nc; i++) {
                         size_t left = nc - nkeep, pick;
-                        st = dsa__splitmix64(st);
+                        st = dsa_splitmix64(st);
                         pick = st % left;
                         for (size_t b = 0; b < nc; b++)
                                 if (!keep[b] && pick-- == 0) {

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "basic/macro.h"
+#include "basic/rng.h"
 
 struct dsa_gguf;
 struct dsa_gguf_writer;
@@ -101,15 +102,6 @@ int dsa__att_to_gguf(const struct dsa__att *a, struct dsa_gguf_writer *w);
  * shape is checked against the model's. */
 int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_head, uint32_t head_dim,
                        struct dsa__att *ret);
-
-/* splitmix64's output function of x (x advanced by its constant first): the fixed pattern's
- * random blocks and the scorer fit's initial values. */
-static inline uint64_t dsa__splitmix64(uint64_t x) {
-        x += 0x9e3779b97f4a7c15ull;
-        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-        x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-        return x ^ (x >> 31);
-}
 
 /* The scorer's bias bin of query block a and key block b <= a. */
 static inline unsigned dsa__att_bin(size_t a, size_t b) {

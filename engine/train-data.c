@@ -132,7 +132,7 @@ static void epoch_order(const struct dsa_train_set *s, size_t B, uint64_t seed, 
         for (size_t i = 0; i < s->n; i++)
                 order[i] = i;
         for (size_t i = s->n; i > 1; i--) {
-                size_t j = (size_t) (dsa__rng_next(&st) % i), x = order[i - 1];
+                size_t j = (size_t) (dsa_rng_next(&st) % i), x = order[i - 1];
                 order[i - 1] = order[j], order[j] = x;
         }
         const size_t run = 50 * B;
@@ -148,7 +148,7 @@ static void epoch_order(const struct dsa_train_set *s, size_t B, uint64_t seed, 
         for (size_t i = 0; i < nb; i++)
                 perm[i] = i;
         for (size_t i = nb; i > 1; i--) {
-                size_t j = (size_t) (dsa__rng_next(&st) % i), x = perm[i - 1];
+                size_t j = (size_t) (dsa_rng_next(&st) % i), x = perm[i - 1];
                 perm[i - 1] = perm[j], perm[j] = x;
         }
 }

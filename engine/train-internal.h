@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "attention-variant.h"
+#include "basic/rng.h"
 #include "bert.h"
 #include "train.h"
 
@@ -97,11 +98,6 @@ int dsa__trainer_import(struct dsa_trainer *t, const struct dsa_model *m);
 /* The schedule's learning rate at step (0-based). */
 float dsa__trainer_lr(const struct dsa_trainer *t, uint64_t step);
 
-static inline uint64_t dsa__rng_next(uint64_t *s) {
-        uint64_t x = dsa__splitmix64(*s);
-        *s += 0x9e3779b97f4a7c15ull;
-        return x;
-}
 float dsa__randn(uint64_t *s);
 
 static inline unsigned dsa__cores(unsigned n) {

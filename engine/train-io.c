@@ -74,13 +74,12 @@ static void views_clear(struct views *s) {
         free(s->names);
 }
 
-int dsa_trainer_export(const struct dsa_trainer *t, struct dsa_model **ret) {
+/* The model with t's weights; int8: as the QAT int8 variant, else fp32. */
+static int export(const struct dsa_trainer *t, bool int8, struct dsa_model **ret) {
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         struct views s = { 0 };
         int r;
 
-        if (!t || !ret)
-                return -EINVAL;
         const struct dsa_bert_config *c = &t->cfg;
         const struct dsa_bert *src = t->model->bert;
         uint32_t heads[c->n_layer], ffs[c->n_layer];
@@ -108,7 +107,7 @@ int dsa_trainer_export(const struct dsa_trainer *t, struct dsa_model **ret) {
         for (size_t i = 0; i < c->n_labels; i++)
                 if (!(m->bert->labels[i] = strdup(dsa_model_label(t->model, i))))
                         return -ENOMEM;
-        if (t->opts.qat) {
+        if (int8) {
                 /* The real INT8 variant: weights on the grid QAT trained through, inputs with the
                  * trained static ranges. */
                 for (size_t l = 0; l < c->n_layer; l++) {
@@ -131,6 +130,12 @@ int dsa_trainer_export(const struct dsa_trainer *t, struct dsa_model **ret) {
         }
         *ret = TAKE_PTR(m);
         return 0;
+}
+
+int dsa_trainer_export(const struct dsa_trainer *t, struct dsa_model **ret) {
+        if (!t || !ret)
+                return -EINVAL;
+        return export(t, t->opts.qat, ret);
 }
 
 /* ---- checkpoints */
@@ -183,12 +188,7 @@ int dsa_trainer_save_checkpoint(const struct dsa_trainer *t, const char *path) {
                 return -EINVAL;
         /* The checkpoint's model is the raw fp32 one, also with QAT (its ranges are saved
          * beside it), so training resumes from exactly these values. */
-        struct dsa_train_opts o = t->opts;
-        struct dsa_trainer *tt = (struct dsa_trainer *) t;
-        tt->opts.qat = false;
-        r = dsa_trainer_export(t, &m);
-        tt->opts = o;
-        if (r < 0)
+        if ((r = export(t, false, &m)) < 0)
                 return r;
         struct ckpt k = { .t = t };
         k.ranges = calloc(4 * t->cfg.n_layer + 1, sizeof(float));

@@ -101,6 +101,12 @@ static float *dropout(struct dsa_trainer *t, float *keep, size_t n, float p) {
         return keep;
 }
 
+/* out = x keep (keep NULL: 1), n values; out may be x. */
+static void mul_into(float *out, const float *x, const float *keep, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                out[i] = keep ? x[i] * keep[i] : x[i];
+}
+
 /* out = x + y * keep (keep NULL: 1), n values. */
 static void residual(float *out, const float *x, const float *y, const float *keep, size_t n) {
         for (size_t i = 0; i < n; i++)
@@ -248,9 +254,7 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
         }
         dsa_layernorm_forward_f32(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb_in, dsa__tw(t, t->g_eln_g),
                                   dsa__tw(t, t->g_eln_b), N, C, c->eps);
-        const float *keep = dropout(t, a->emb_keep, N * C, t->opts.dropout);
-        for (size_t i = 0; i < N * C; i++)
-                a->h[0][i] = keep ? a->emb_ln[i] * keep[i] : a->emb_ln[i];
+        mul_into(a->h[0], a->emb_ln, dropout(t, a->emb_keep, N * C, t->opts.dropout), N * C);
 
         const bool tanh_gelu = c->act == DSA_ACT_GELU_TANH;
         for (size_t l = 0; l < L; l++) {
@@ -283,12 +287,7 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
                 dsa_tanh_forward_f32(a->pool_out, a->pool_pre, B * C);
         } else
                 memcpy(a->pool_out, a->cls_x, B * C * sizeof(float));
-        keep = dropout(t, a->pool_keep, B * C, t->opts.dropout);
-        for (size_t i = 0; i < B * C; i++)
-                a->pool_d[i] = keep ? a->pool_out[i] * keep[i] : a->pool_out[i];
-        if (!keep)
-                for (size_t i = 0; i < B * C; i++)
-                        a->pool_keep[i] = 1.0f;
+        mul_into(a->pool_d, a->pool_out, dropout(t, a->pool_keep, B * C, t->opts.dropout), B * C);
         dsa_matmul_forward_f32(a->logits, a->pool_d, dsa__tw(t, t->cls.w), dsa__tw(t, t->cls.b), B, C, NL);
         dsa_softmax_rows_f32(a->probs, a->logits, B, NL, 1.0f);
         double loss = 0.0;
@@ -337,10 +336,6 @@ float *dsa_trainer_grad_logits(struct dsa_trainer *t) {
 
 /* ---- backward */
 
-static void mul_into(float *out, const float *x, const float *keep, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                out[i] = keep ? x[i] * keep[i] : x[i];
-}
 
 int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
         if (!t || !t->a.valid)
@@ -365,8 +360,7 @@ int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
         memset(dpool, 0, B * C * sizeof(float));
         dsa_matmul_backward_f32(dpool, dsa__tg(t, t->cls.w), dsa__tg(t, t->cls.b), dl, a->pool_d, dsa__tw(t, t->cls.w),
                                 B, C, NL);
-        for (size_t i = 0; i < B * C; i++)
-                dpool[i] *= a->pool_keep[i];
+        mul_into(dpool, dpool, drop_h ? a->pool_keep : NULL, B * C);
         memset(dcls, 0, B * C * sizeof(float));
         if (c->has_pooler) {
                 float *dpre = a->d0;
@@ -438,9 +432,7 @@ int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
         }
 
         /* Embeddings: dropout, LayerNorm, then the three tables. */
-        if (train && t->opts.dropout > 0.0f)
-                for (size_t i = 0; i < N * C; i++)
-                        dh[i] *= a->emb_keep[i];
+        mul_into(dh, dh, drop_h ? a->emb_keep : NULL, N * C);
         memset(dres, 0, N * C * sizeof(float));
         dsa_layernorm_backward_f32(dres, dsa__tg(t, t->g_eln_g), dsa__tg(t, t->g_eln_b), dh, a->emb_in,
                                    dsa__tw(t, t->g_eln_g), a->emb_mean, a->emb_rstd, N, C);

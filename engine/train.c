@@ -139,7 +139,7 @@ static void init_fresh(struct dsa_trainer *t) {
 
 float dsa__randn(uint64_t *s) {
         /* Box-Muller on two splitmix64 draws. */
-        uint64_t a = dsa__rng_next(s), b = dsa__rng_next(s);
+        uint64_t a = dsa_rng_next(s), b = dsa_rng_next(s);
         double u1 = ((a >> 11) + 1.0) * 0x1.0p-53, u2 = (b >> 11) * 0x1.0p-53;
         return (float) (sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
@@ -211,7 +211,7 @@ static int trainer_alloc(const struct dsa_model *m, const struct dsa_bert_config
                 t->opts = *o;
         else
                 dsa_train_opts_default(&t->opts);
-        t->rng = t->opts.seed * 0x9E3779B97F4A7C15ULL + 1;
+        t->rng = t->opts.seed * DSA_SPLITMIX64_GAMMA + 1;
         t->ce_weight = 1.0f;
         if ((r = layout_params(t, heads, ffs)) < 0)
                 return r;

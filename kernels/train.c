@@ -11,6 +11,8 @@
 
 #include <cblas.h>
 
+#include "basic/rng.h"
+
 #include "kernels.h"
 #include "train.h"
 
@@ -437,16 +439,6 @@ void dsa_softmax_rows_f32(float *probs, const float *logits, size_t N, size_t L,
         }
 }
 
-/* splitmix64: the output function of the state advanced by its constant (the same sequence as
- * engine/train-internal.h's dsa__rng_next). */
-static inline uint64_t splitmix64_next(uint64_t *s) {
-        uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        return z ^ (z >> 31);
-}
-
 /* keep (n): one draw per value, its top 24 bits a uniform u in [0,1) exact in float; dropped
  * when u < p. p <= 0 keeps everything and leaves the state alone; p >= 1 drops everything. */
 void dsa_dropout_mask_f32(float *keep, size_t n, float p, uint64_t *state) {
@@ -459,7 +451,7 @@ void dsa_dropout_mask_f32(float *keep, size_t n, float p, uint64_t *state) {
         const float scale = p < 1.0f ? (float) (1.0 / (1.0 - (double) p)) : 0.0f;
         uint64_t s = *state;
         for (size_t i = 0; i < n; i++)
-                keep[i] = (float) (splitmix64_next(&s) >> 40) * 0x1p-24f < p ? 0.0f : scale;
+                keep[i] = (float) (dsa_rng_next(&s) >> 40) * 0x1p-24f < p ? 0.0f : scale;
         *state = s;
 }
 
