@@ -28,6 +28,7 @@ static const struct verb {
         { "status", verb_status },
         { "load", verb_load },
         { "unload", verb_unload },
+        { "policy", verb_policy },
 };
 
 void dsactl_help(FILE *f) {
@@ -42,10 +43,16 @@ void dsactl_help(FILE *f) {
               "Inference verbs:\n"
               "  tokenize -m MODEL [--no-special] [--json] [TEXT...]\n"
               "                         Print token ids and tokens of each text\n"
-              "  classify -m MODEL [--json] [--threads N] [TEXT...]\n"
+              "  classify -m MODEL [--json] [--threads N] [HINTS] [TEXT...]\n"
               "                         Print the predicted label of each text\n"
-              "  embed -m MODEL [--pool cls|mean|pooler|none] [--json] [--threads N] [TEXT...]\n"
+              "  embed -m MODEL [--pool cls|mean|pooler|none] [--json] [--threads N] [HINTS]\n"
+              "        [TEXT...]\n"
               "                         Print an embedding of each text (default --pool mean)\n"
+              "  HINTS (a model of dsad's only): [--min-accuracy F] [--max-latency MS]\n"
+              "        [--priority high|normal|low]\n"
+              "                         Ask dsad's adaptive policy for a variant that keeps at\n"
+              "                         least F of the base's accuracy, for an answer within MS,\n"
+              "                         and to queue ahead of or behind other requests\n"
               "\n"
               "Offline verbs (in-process only):\n"
               "  import SRC -o OUT.gguf [--type f32|f16|bf16]\n"
@@ -94,9 +101,14 @@ void dsactl_help(FILE *f) {
               "dsad verbs:\n"
               "  list [--json]          Models in dsad's store: name, loaded, arch, hidden, labels\n"
               "  ps [--json]            Open sessions: id, owner, uid, requests, failures, shm bytes\n"
-              "  status [--json]        dsad's version, models, sessions, queue, counters\n"
+              "  status [--json]        dsad's version, models, sessions, queue, counters, and its\n"
+              "                         policy, power and each loaded model's variant\n"
               "  load NAME              Map a model in dsad\n"
-              "  unload NAME            Unmap a model in dsad\n"
+              "  unload NAME            Unmap a model in dsad\n"              "  policy show [--json]   dsad's adaptive policy, power and load, and every loaded\n"
+              "                         model's variants: accuracy, latency, energy, served\n"
+              "  policy set [--latency-target MS] [--power-budget W] [--min-accuracy F]\n"
+              "       [--mode adaptive|fixed:VARIANT]\n"
+              "                         Change dsad's policy (root, or polkit's org.dsa.policy)\n"
               "\n"
               "Options:\n"
               "  -m, --model MODEL      GGUF file, Hugging Face folder, or name of dsad's model\n"

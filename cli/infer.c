@@ -5,6 +5,7 @@
  * print.c. */
 #include <getopt.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "engine/tokenizer.h"
 #include "online.h"
 #include "print.h"
+#include "basic/parse-util.h"
 #include "util.h"
 #include "verbs.h"
 
@@ -26,6 +28,9 @@ enum {
         ARG_THREADS,
         ARG_TYPE,
         ARG_BUS,
+        ARG_MIN_ACCURACY,
+        ARG_MAX_LATENCY,
+        ARG_PRIORITY,
 };
 
 struct common_opts {
@@ -37,12 +42,12 @@ struct common_opts {
         const char *pool_name;
         const char *output;
         enum dsa_type type;
+        /* online classify and embed: hints for dsad's adaptive policy (see online.h) */
+        double min_accuracy;
+        unsigned long max_latency_ms;
+        const char *priority;
+        bool has_hints;
 };
-
-static int usage(const char *verb, const char *msg) {
-        fprintf(stderr, "dsactl %s: %s (see dsactl --help)\n", verb, msg);
-        return 2;
-}
 
 /* Parses the options every inference verb shares; returns optind, -1 after printing --help, or
  * -2 for usage errors. */
@@ -56,10 +61,14 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                 { "output", required_argument, NULL, 'o' },
                 { "type", required_argument, NULL, ARG_TYPE },
                 { "bus", required_argument, NULL, ARG_BUS },
+                { "min-accuracy", required_argument, NULL, ARG_MIN_ACCURACY },
+                { "max-latency", required_argument, NULL, ARG_MAX_LATENCY },
+                { "priority", required_argument, NULL, ARG_PRIORITY },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
         const char *verb = argv[0];
+        bool hint_verb = !strcmp(verb, "classify") || !strcmp(verb, "embed");
         unsigned long v;
         int c;
 
@@ -71,7 +80,7 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                         break;
                 case 'o':
                         if (strcmp(verb, "import"))
-                                return usage(verb, "-o is an option of import"), -2;
+                                return cli_usage(verb, "-o is an option of import"), -2;
                         o->output = optarg;
                         break;
                 case ARG_JSON:
@@ -79,12 +88,12 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                         break;
                 case ARG_NO_SPECIAL:
                         if (strcmp(verb, "tokenize"))
-                                return usage(verb, "--no-special is an option of tokenize"), -2;
+                                return cli_usage(verb, "--no-special is an option of tokenize"), -2;
                         o->no_special = true;
                         break;
                 case ARG_POOL:
                         if (strcmp(verb, "embed"))
-                                return usage(verb, "--pool is an option of embed"), -2;
+                                return cli_usage(verb, "--pool is an option of embed"), -2;
                         if (!strcmp(optarg, "cls"))
                                 o->pool = DSA_POOL_CLS;
                         else if (!strcmp(optarg, "mean"))
@@ -94,22 +103,22 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                         else if (!strcmp(optarg, "none"))
                                 o->pool = DSA_POOL_NONE;
                         else
-                                return usage(verb, "--pool takes cls, mean, pooler or none"), -2;
+                                return cli_usage(verb, "--pool takes cls, mean, pooler or none"), -2;
                         o->pool_name = optarg;
                         break;
                 case ARG_BUS:
                         if (!strcmp(verb, "import"))
-                                return usage(verb, "--bus is not an option of import"), -2;
+                                return cli_usage(verb, "--bus is not an option of import"), -2;
                         cli_bus = optarg;
                         break;
                 case ARG_THREADS:
                         if (cli_parse_uint(optarg, 1024, &v) < 0)
-                                return usage(verb, "--threads takes a positive number"), -2;
+                                return cli_usage(verb, "--threads takes a positive number"), -2;
                         o->threads = (int) v;
                         break;
                 case ARG_TYPE:
                         if (strcmp(verb, "import"))
-                                return usage(verb, "--type is an option of import"), -2;
+                                return cli_usage(verb, "--type is an option of import"), -2;
                         if (!strcmp(optarg, "f32"))
                                 o->type = DSA_TYPE_F32;
                         else if (!strcmp(optarg, "f16"))
@@ -117,13 +126,30 @@ static int parse_common(int argc, char **argv, struct common_opts *o) {
                         else if (!strcmp(optarg, "bf16"))
                                 o->type = DSA_TYPE_BF16;
                         else
-                                return usage(verb, "--type takes f32, f16 or bf16"), -2;
+                                return cli_usage(verb, "--type takes f32, f16 or bf16"), -2;
+                        break;
+                case ARG_MIN_ACCURACY:
+                case ARG_MAX_LATENCY:
+                case ARG_PRIORITY:
+                        if (!hint_verb)
+                                return cli_usage(verb, "--min-accuracy, --max-latency and --priority are options of "
+                                                       "classify and embed"), -2;
+                        if (c == ARG_MIN_ACCURACY && dsa_parse_double(optarg, 0, 1, &o->min_accuracy) < 0)
+                                return cli_usage(verb, "--min-accuracy takes a fraction 0..1 of the base's"), -2;
+                        if (c == ARG_MAX_LATENCY && cli_parse_uint(optarg, UINT32_MAX, &o->max_latency_ms) < 0)
+                                return cli_usage(verb, "--max-latency takes milliseconds > 0"), -2;
+                        if (c == ARG_PRIORITY && strcmp(optarg, "high") && strcmp(optarg, "normal") &&
+                            strcmp(optarg, "low"))
+                                return cli_usage(verb, "--priority takes high, normal or low"), -2;
+                        if (c == ARG_PRIORITY)
+                                o->priority = optarg;
+                        o->has_hints = true;
                         break;
                 case 'h':
                         dsactl_help(stdout);
                         return -1;
                 default:
-                        return usage(verb, "unknown option or missing value"), -2;
+                        return cli_usage(verb, "unknown option or missing value"), -2;
                 }
         }
         return optind;
@@ -190,7 +216,7 @@ static int classify_chunk(const struct dsa_model *m, const struct common_opts *o
         if (r < 0)
                 return cli_error(r, "classify");
         for (size_t i = 0; i < n; i++)
-                cli_print_classify(texts[i], logits + i * L, L, labels, o->json);
+                cli_print_classify(texts[i], logits + i * L, L, labels, NULL, o->json);
         return 0;
 }
 
@@ -259,14 +285,18 @@ static int run_inference(int argc, char **argv,
         if (idx < 0)
                 return idx == -1 ? 0 : 2;
         if (!o->model)
-                return usage(argv[0], "-m MODEL is required (a GGUF file, a Hugging Face folder, or a model of dsad's)");
+                return cli_usage(argv[0], "-m MODEL is required (a GGUF file, a Hugging Face folder, or a model of dsad's)");
         if (!cli_model_is_local(o->model)) {
                 struct cli_online_opts oo = {
                         .verb = argv[0], .model = o->model, .json = o->json,
                         .no_special = o->no_special, .pool = o->pool_name,
+                        .min_accuracy = o->min_accuracy, .max_latency_ms = o->max_latency_ms,
+                        .priority = o->priority,
                 };
                 return cli_online_infer(&oo, argc - idx, argv + idx);
         }
+        if (o->has_hints)
+                return cli_usage(argv[0], "--min-accuracy, --max-latency and --priority need a model dsad serves");
         if (cli_open_model(o->model, &m) < 0)
                 return 1;
         if (cli_set_threads(m, o->threads) < 0)
@@ -308,9 +338,9 @@ int verb_import(int argc, char **argv) {
         if (idx < 0)
                 return idx == -1 ? 0 : 2;
         if (o.model || argc - idx != 1)
-                return usage("import", "takes exactly one SRC (a Hugging Face folder or a GGUF file)");
+                return cli_usage("import", "takes exactly one SRC (a Hugging Face folder or a GGUF file)");
         if (!o.output)
-                return usage("import", "-o OUT.gguf is required");
+                return cli_usage("import", "-o OUT.gguf is required");
         if (cli_open_model(argv[idx], &m) < 0)
                 return 1;
         dsa_error_clear();

@@ -58,8 +58,7 @@ static const char *reason_of(int r) {
         }
 }
 
-/* Prints "dsactl: what: reason (dsad's message)" and returns 1, the exit code. */
-static int online_error(struct dsa_client *c, int r, const char *what) {
+int cli_online_error(struct dsa_client *c, int r, const char *what) {
         const char *msg = c ? dsa_client_error_message(c) : NULL;
 
         if (msg && *msg)
@@ -69,7 +68,7 @@ static int online_error(struct dsa_client *c, int r, const char *what) {
         return 1;
 }
 
-static int connect_bus(struct dsa_client **ret) {
+int cli_online_connect(struct dsa_client **ret) {
         const char *env = getenv("DSA_BUS_ADDRESS");
         const char *bus = cli_bus ? cli_bus : env && *env ? env : "system";
         int r = dsa_client_new(cli_bus, ret);
@@ -79,11 +78,6 @@ static int connect_bus(struct dsa_client **ret) {
                 return r;
         }
         return 0;
-}
-
-static int usage(const char *verb, const char *msg) {
-        fprintf(stderr, "dsactl %s: %s (see dsactl --help)\n", verb, msg);
-        return 2;
 }
 
 /* ---- classify, embed, tokenize */
@@ -109,7 +103,8 @@ static int run_texts(struct online *x, char **texts, size_t n) {
                 if (r >= 0) {
                         for (size_t i = 0; i < n; i++)
                                 cli_print_classify(texts[i], res[i].logits, res[i].n_labels,
-                                                   x->n_labels == res[i].n_labels ? x->labels : NULL, o->json);
+                                                   x->n_labels == res[i].n_labels ? x->labels : NULL,
+                                                   res[i].variant, o->json);
                         dsa_classify_result_free(res);
                 }
         } else if (!strcmp(o->verb, "tokenize")) {
@@ -164,14 +159,28 @@ int cli_online_infer(const struct cli_online_opts *opts, int argc, char **argv) 
                 x.pool = DSA_POOL_CLS;
         else if (!strcmp(oo.pool, "pooler"))
                 x.pool = DSA_POOL_POOLER;
-        if (connect_bus(&x.c) < 0)
+        if (cli_online_connect(&x.c) < 0)
                 return 1;
         r = dsa_session_open(x.c, o->model, 1, SESSION_SLOT_SIZE, &x.s);
         if (r < 0) {
-                online_error(x.c, r, o->model);
+                cli_online_error(x.c, r, o->model);
                 goto out;
         }
         (void) dsa_session_set_timeout(x.s, 0); /* dsad's death still ends every wait */
+        if (o->min_accuracy > 0 || o->max_latency_ms > 0 || o->priority) {
+                struct dsa_hints h = {
+                        .min_accuracy = o->min_accuracy,
+                        .max_latency_ms = (uint32_t) o->max_latency_ms,
+                        .priority = !o->priority || !strcmp(o->priority, "normal") ? DSA_PRIORITY_NORMAL
+                                    : !strcmp(o->priority, "high")                  ? DSA_PRIORITY_HIGH
+                                                                                     : DSA_PRIORITY_LOW,
+                };
+                r = dsa_session_set_hints(x.s, &h);
+                if (r < 0) {
+                        cli_online_error(x.c, r, "hints");
+                        goto out;
+                }
+        }
         r = dsa_session_get_labels(x.s, &x.labels);
         x.n_labels = r > 0 ? (size_t) r : 0;
 
@@ -191,7 +200,7 @@ int cli_online_infer(const struct cli_online_opts *opts, int argc, char **argv) 
                         if (r == -EOPNOTSUPP && !strcmp(o->verb, "classify"))
                                 fprintf(stderr, "dsactl: %s: model has no classification head\n", o->model);
                         else
-                                online_error(x.c, r, o->model);
+                                cli_online_error(x.c, r, o->model);
                         goto out;
                 }
                 fflush(stdout);
@@ -226,7 +235,7 @@ static int parse_control(int argc, char **argv, bool *json) {
                 switch (c) {
                 case ARG_JSON:
                         if (!json)
-                                return usage(argv[0], "--json is not an option of this verb"), -2;
+                                return cli_usage(argv[0], "--json is not an option of this verb"), -2;
                         *json = true;
                         break;
                 case ARG_BUS:
@@ -236,26 +245,19 @@ static int parse_control(int argc, char **argv, bool *json) {
                         dsactl_help(stdout);
                         return -1;
                 default:
-                        return usage(verb, "unknown option or missing value"), -2;
+                        return cli_usage(verb, "unknown option or missing value"), -2;
                 }
         return optind;
 }
 
-static void print_json(struct json_object *o) {
-        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
-}
-
-/* The start of the verbs without arguments: options, then the bus. -1 when the verb goes on
- * with the client in *ret, else the exit status to return. */
-static int control_open(int argc, char **argv, const char *verb, bool *json, struct dsa_client **ret) {
+int cli_online_control_open(int argc, char **argv, const char *verb, bool *json, struct dsa_client **ret) {
         int idx = parse_control(argc, argv, json);
 
         if (idx < 0)
                 return idx == -1 ? 0 : 2;
         if (idx != argc)
-                return usage(verb, "takes no arguments");
-        if (connect_bus(ret) < 0)
+                return cli_usage(verb, "takes no arguments");
+        if (cli_online_connect(ret) < 0)
                 return 1;
         return -1;
 }
@@ -267,12 +269,12 @@ int verb_list(int argc, char **argv) {
         size_t n = 0;
         int r;
 
-        r = control_open(argc, argv, "list", &json, &c);
+        r = cli_online_control_open(argc, argv, "list", &json, &c);
         if (r >= 0)
                 return r;
         r = dsa_client_list_models(c, &m, &n);
         if (r < 0) {
-                online_error(c, r, "list");
+                cli_online_error(c, r, "list");
                 dsa_client_free(c);
                 return 1;
         }
@@ -286,7 +288,7 @@ int verb_list(int argc, char **argv) {
                         json_object_object_add(o, "architecture", json_object_new_string(m[i].architecture));
                         json_object_object_add(o, "hidden_size", json_object_new_int64(m[i].hidden_size));
                         json_object_object_add(o, "labels", json_object_new_int64(m[i].n_labels));
-                        print_json(o);
+                        cli_json_print(o);
                 } else
                         printf("%-24s %-6s %-6s %6" PRIu32 " %6" PRIu32 "\n", m[i].name, m[i].loaded ? "yes" : "no",
                                m[i].architecture && *m[i].architecture ? m[i].architecture : "-", m[i].hidden_size,
@@ -304,12 +306,12 @@ int verb_ps(int argc, char **argv) {
         size_t n = 0;
         int r;
 
-        r = control_open(argc, argv, "ps", &json, &c);
+        r = cli_online_control_open(argc, argv, "ps", &json, &c);
         if (r >= 0)
                 return r;
         r = dsa_client_list_sessions(c, &s, &n);
         if (r < 0) {
-                online_error(c, r, "ps");
+                cli_online_error(c, r, "ps");
                 dsa_client_free(c);
                 return 1;
         }
@@ -324,7 +326,7 @@ int verb_ps(int argc, char **argv) {
                         json_object_object_add(o, "requests", json_object_new_uint64(s[i].requests_completed));
                         json_object_object_add(o, "failures", json_object_new_uint64(s[i].requests_failed));
                         json_object_object_add(o, "shm_bytes", json_object_new_uint64(s[i].shm_bytes));
-                        print_json(o);
+                        cli_json_print(o);
                 } else
                         printf("%-8s %-12s %8" PRIu32 " %10" PRIu64 " %10" PRIu64 " %12" PRIu64 "\n", s[i].id,
                                s[i].owner, s[i].uid, s[i].requests_completed, s[i].requests_failed, s[i].shm_bytes);
@@ -338,14 +340,14 @@ int verb_status(int argc, char **argv) {
         struct dsa_client *c = NULL;
         struct dsa_status *st = NULL;
         bool json = false;
-        int r;
+        int r, ret;
 
-        r = control_open(argc, argv, "status", &json, &c);
+        r = cli_online_control_open(argc, argv, "status", &json, &c);
         if (r >= 0)
                 return r;
         r = dsa_client_status(c, &st);
         if (r < 0) {
-                online_error(c, r, "status");
+                cli_online_error(c, r, "status");
                 dsa_client_free(c);
                 return 1;
         }
@@ -360,8 +362,12 @@ int verb_status(int argc, char **argv) {
                 json_object_object_add(o, "requests_completed", json_object_new_uint64(st->requests_completed));
                 json_object_object_add(o, "requests_failed", json_object_new_uint64(st->requests_failed));
                 json_object_object_add(o, "uptime_seconds", json_object_new_uint64(st->uptime_seconds));
-                print_json(o);
-        } else
+                ret = cli_policy_status(c, o);
+                if (ret == 0)
+                        cli_json_print(o);
+                else
+                        json_object_put(o);
+        } else {
                 printf("Version: %s\n"
                        "Models: %" PRIu32 " (%" PRIu32 " loaded)\n"
                        "Sessions: %" PRIu32 "\n"
@@ -372,9 +378,11 @@ int verb_status(int argc, char **argv) {
                        st->version ? st->version : "?", st->models, st->loaded_models, st->sessions,
                        st->queue_depth, st->workers, st->requests_completed, st->requests_failed,
                        st->uptime_seconds);
+                ret = cli_policy_status(c, NULL);
+        }
         dsa_status_free(st);
         dsa_client_free(c);
-        return 0;
+        return ret;
 }
 
 static int load_unload(int argc, char **argv, bool load) {
@@ -385,12 +393,12 @@ static int load_unload(int argc, char **argv, bool load) {
         if (idx < 0)
                 return idx == -1 ? 0 : 2;
         if (argc - idx != 1)
-                return usage(argv[0], "takes exactly one model NAME");
-        if (connect_bus(&c) < 0)
+                return cli_usage(argv[0], "takes exactly one model NAME");
+        if (cli_online_connect(&c) < 0)
                 return 1;
         r = load ? dsa_client_load_model(c, argv[idx]) : dsa_client_unload_model(c, argv[idx]);
         if (r < 0)
-                online_error(c, r, argv[idx]);
+                cli_online_error(c, r, argv[idx]);
         dsa_client_free(c);
         return r < 0 ? 1 : 0;
 }

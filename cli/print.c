@@ -7,11 +7,6 @@
 #include "print.h"
 #include "util.h"
 
-static void print_json(struct json_object *o) {
-        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-        json_object_put(o);
-}
-
 static void print_vector(const float *v, size_t C) {
         for (size_t j = 0; j < C; j++)
                 printf("%s%.7g", j ? " " : "", v[j]);
@@ -39,7 +34,7 @@ void cli_print_tokens(const char *text, const int32_t *ids, const char *const *t
                 json_object_object_add(obj, "text", json_object_new_string(text));
                 json_object_object_add(obj, "ids", jids);
                 json_object_object_add(obj, "tokens", jtoks);
-                print_json(obj);
+                cli_json_print(obj);
                 return;
         }
         for (size_t j = 0; j < n; j++)
@@ -62,7 +57,7 @@ static void softmax(const float *logits, size_t L, double *probs) {
 }
 
 void cli_print_classify(const char *text, const float *logits, size_t L, const char *const *labels,
-                        bool json) {
+                        const char *variant, bool json) {
         double probs_small[16], *probs = L <= 16 ? probs_small : malloc(L * sizeof(double));
         char fallback[32];
         const char *label;
@@ -96,7 +91,9 @@ void cli_print_classify(const char *text, const float *logits, size_t L, const c
                 json_object_object_add(obj, "label_id", json_object_new_int((int) best));
                 json_object_object_add(obj, "logits", jl);
                 json_object_object_add(obj, "probs", jp);
-                print_json(obj);
+                if (variant)
+                        json_object_object_add(obj, "variant", json_object_new_string(variant));
+                cli_json_print(obj);
         } else
                 printf("%s\t%.4f\t%s\n", label, probs[best], text);
         if (probs != probs_small)
@@ -109,7 +106,7 @@ void cli_print_embedding(const char *text, const float *v, size_t C, bool json) 
 
                 json_object_object_add(obj, "text", json_object_new_string(text));
                 json_object_object_add(obj, "embedding", json_vector(v, C));
-                print_json(obj);
+                cli_json_print(obj);
         } else
                 print_vector(v, C);
 }
@@ -123,7 +120,7 @@ void cli_print_hidden(const char *text, const float *hidden, size_t T, size_t C,
                         json_object_array_add(rows, json_vector(hidden + t * C, C));
                 json_object_object_add(obj, "text", json_object_new_string(text));
                 json_object_object_add(obj, "hidden", rows);
-                print_json(obj);
+                cli_json_print(obj);
         } else
                 for (size_t t = 0; t < T; t++)
                         print_vector(hidden + t * C, C);

@@ -1,5 +1,6 @@
 /* See util.h. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,11 @@
 int cli_error(int r, const char *what) {
         fprintf(stderr, "dsactl: %s: %s\n", what, dsa_error_message(r));
         return r;
+}
+
+int cli_usage(const char *verb, const char *msg) {
+        fprintf(stderr, "dsactl %s: %s (see dsactl --help)\n", verb, msg);
+        return 2;
 }
 
 int cli_open_model(const char *path, struct dsa_model **ret) {
@@ -45,6 +51,7 @@ int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret) {
         *ret = v;
         return 0;
 }
+
 
 void cli_input_init(struct cli_input *in, int argc, char **argv) {
         *in = (struct cli_input) { .argc = argc, .argv = argv, .use_stdin = argc == 0 };
@@ -104,6 +111,11 @@ struct json_object *cli_json_float(double v) {
 
         snprintf(buf, sizeof(buf), "%.7g", v);
         return json_object_new_double_s(v, buf);
+}
+
+void cli_json_print(struct json_object *o) {
+        puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(o);
 }
 
 int cli_record(struct dsa_model *m, const char *path) {

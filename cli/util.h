@@ -15,6 +15,9 @@ int cli_open_model(const char *path, struct dsa_model **ret);
 /* Prints "dsactl: what: reason" for error r (the engine's stored reason when there is one). */
 int cli_error(int r, const char *what);
 
+/* Prints "dsactl VERB: msg (see dsactl --help)" and returns 2, the exit code of usage errors. */
+int cli_usage(const char *verb, const char *msg);
+
 /* Sets the model's thread pool (dsa_model_set_threads: OpenBLAS stays on one thread): n > 0 as
  * given, else every core the process may use. Returns the count used, or -errno after printing
  * why. */
@@ -27,6 +30,7 @@ int cli_record(struct dsa_model *m, const char *path);
 
 /* Parses a positive integer option value; -EINVAL when it is not one. */
 int cli_parse_uint(const char *s, unsigned long max, unsigned long *ret);
+
 
 /* Reads the next chunk of at most max texts: from args (when argc > 0) or standard input, one
  * per line (trailing \n and \r removed). *ret_texts holds malloc'd strings the caller frees
@@ -46,3 +50,6 @@ int cli_cmp_double(const void *a, const void *b);
 
 /* A JSON number written with 7 significant digits (enough for fp32, and short). */
 struct json_object *cli_json_float(double v);
+
+/* Prints o as one line of JSON on stdout and drops the reference. */
+void cli_json_print(struct json_object *o);

@@ -28,3 +28,5 @@ int verb_ps(int argc, char **argv);
 int verb_status(int argc, char **argv);
 int verb_load(int argc, char **argv);
 int verb_unload(int argc, char **argv);
+/* policy.c: dsad's adaptive policy (policy show, policy set). */
+int verb_policy(int argc, char **argv);

@@ -26,6 +26,7 @@ struct api_call {
         struct dsad_model *model; /* referenced: labels for the reply */
         uint32_t op;
         int status;
+        uint32_t variant; /* 1 + the rung that ran it, 0 none */
         char *error;    /* reason, copied on the worker */
         uint8_t *payload;
         size_t len;
@@ -93,6 +94,7 @@ static void call_done(struct dsad_request *req, int status, const void *payload,
         struct dsad_api *api = c->api;
 
         c->status = status;
+        c->variant = req->variant;
         if (status < 0)
                 c->error = strdup(dsa_error_message(status));
         else if (len > 0) {
@@ -206,6 +208,8 @@ static int submit(struct dsad *d, sd_bus_message *m, const char *name, char **te
 static int append_response(struct api_call *c, sd_bus_message *reply) {
         const uint8_t *p = c->payload, *end = c->payload + c->len;
         const struct dsa_model *engine = dsad_model_engine(c->model);
+        const struct dsad_ladder *ladder = dsad_model_ladder(c->model);
+        const char *variant = ladder && c->variant > 0 && c->variant <= ladder->n ? ladder->rungs[c->variant - 1].name : "";
         uint32_t n, w;
         int r;
 
@@ -235,7 +239,7 @@ static int append_response(struct api_call *c, sd_bus_message *reply) {
                                 name = label < w ? dsa_model_label(engine, label) : NULL;
                                 r = sd_bus_message_open_container(reply, 'r', "susad");
                                 if (r >= 0)
-                                        r = sd_bus_message_append(reply, "sus", name ? name : "", label, "");
+                                        r = sd_bus_message_append(reply, "sus", name ? name : "", label, variant);
                                 if (r < 0)
                                         return r;
                         }

@@ -53,6 +53,16 @@ char *dsad__api_model_path(const char *name);
 /* Adds the org.dsa.Model1 fallback vtable and the node enumerator under MODELS_PATH. */
 int dsad__api_model_add(struct dsad *d, struct dsad_api *api);
 
+/* ---- api-policy.c: handlers api.c and api-model.c put in their vtables. */
+int dsad__api_method_get_policy(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int dsad__api_method_get_variants(sd_bus_message *m, void *userdata, sd_bus_error *error);
+int dsad__api_policy_get(sd_bus *bus, const char *path, const char *interface, const char *property,
+                         sd_bus_message *reply, void *userdata, sd_bus_error *error);
+int dsad__api_policy_set(sd_bus *bus, const char *path, const char *interface, const char *property,
+                         sd_bus_message *value, void *userdata, sd_bus_error *error);
+/* Model1's Variants, CurrentVariant and VariantReason of model. */
+int dsad__api_model_policy_get(struct dsad_model *model, const char *property, sd_bus_message *reply);
+
 /* ---- api-infer.c */
 int dsad__api_method_classify(sd_bus_message *m, void *userdata, sd_bus_error *error);
 int dsad__api_method_embed(sd_bus_message *m, void *userdata, sd_bus_error *error);

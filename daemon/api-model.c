@@ -52,6 +52,9 @@ static int model_property_get(sd_bus *bus, const char *path, const char *interfa
         struct dsad_model_info i;
         int r;
 
+        if (strcmp(property, "Variants") == 0 || strcmp(property, "CurrentVariant") == 0 ||
+            strcmp(property, "VariantReason") == 0)
+                return dsad__api_model_policy_get(userdata, property, reply);
         r = dsad_model_info(userdata, &i);
         if (r < 0)
                 return r;
@@ -132,6 +135,9 @@ static const sd_bus_vtable model_vtable[] = {
         SD_BUS_PROPERTY("Layers", "u", model_property_get, 0, 0),
         SD_BUS_PROPERTY("Labels", "as", model_property_get, 0, 0),
         SD_BUS_PROPERTY("FileSize", "t", model_property_get, 0, 0),
+        SD_BUS_PROPERTY("Variants", "as", model_property_get, 0, 0),
+        SD_BUS_PROPERTY("CurrentVariant", "s", model_property_get, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("VariantReason", "s", model_property_get, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_VTABLE_END,
 };
 

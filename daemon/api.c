@@ -263,6 +263,19 @@ static const sd_bus_vtable daemon_vtable[] = {
         SD_BUS_PROPERTY("LoadedModels", "as", property_get_loaded_models, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("QueueDepth", "u", property_get_queue_depth, 0, 0),
         SD_BUS_PROPERTY("Workers", "u", property_get_workers, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        /* The adaptive policy (api-policy.c). */
+        SD_BUS_WRITABLE_PROPERTY("Policy", "s", dsad__api_policy_get, dsad__api_policy_set, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("LatencyTarget", "d", dsad__api_policy_get, dsad__api_policy_set, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("PowerBudget", "d", dsad__api_policy_get, dsad__api_policy_set, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("MinAccuracy", "d", dsad__api_policy_get, dsad__api_policy_set, 0,
+                                 SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE | SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("OnBattery", "b", dsad__api_policy_get, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("BatteryPercentage", "d", dsad__api_policy_get, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("PowerProfile", "s", dsad__api_policy_get, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Power", "d", dsad__api_policy_get, 0, 0),
 
         SD_BUS_METHOD_WITH_ARGS("ListModels",
                                 SD_BUS_NO_ARGS,
@@ -305,6 +318,16 @@ static const sd_bus_vtable daemon_vtable[] = {
                                 SD_BUS_RESULT("a{sv}", status),
                                 method_get_status, SD_BUS_VTABLE_UNPRIVILEGED),
 
+        SD_BUS_METHOD_WITH_ARGS("GetPolicy",
+                                SD_BUS_NO_ARGS,
+                                SD_BUS_RESULT("a{sv}", policy),
+                                dsad__api_method_get_policy, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("GetVariants",
+                                SD_BUS_ARGS("s", model),
+                                SD_BUS_RESULT("a(sbddttda(ud))", variants),
+                                dsad__api_method_get_variants, SD_BUS_VTABLE_UNPRIVILEGED),
+
+        SD_BUS_SIGNAL_WITH_ARGS("VariantChanged", SD_BUS_ARGS("s", model, "s", variant, "s", reason), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelLoaded", SD_BUS_ARGS("s", name), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ModelUnloaded", SD_BUS_ARGS("s", name), 0),
 

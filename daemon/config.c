@@ -1,4 +1,4 @@
-/* dsad.conf: the [daemon] section of an INI file read with inih. Unknown keys and sections are
+/* dsad.conf: the [daemon], [policy], [battery] and [power] sections of an INI file read with inih. Unknown keys and sections are
  * warned about and ignored, so an older dsad reads a newer file; a bad value is an error that
  * names file:line, so a typo never silently runs with a default. inih does not hand the line
  * number to the handler (Debian builds it without INI_HANDLER_LINENO), so the reader below
@@ -6,11 +6,13 @@
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 
+#include "basic/parse-util.h"
 #include "daemon.h"
 
 #define DEFAULT_STORE "/var/lib/dsa/models"
@@ -55,6 +57,78 @@ static char *reader(char *buf, int size, void *stream) {
         return r;
 }
 
+static int set_string(char **field, const char *value) {
+        char *s = strdup(value);
+        if (!s)
+                return -ENOMEM;
+        free(*field);
+        *field = s;
+        return 0;
+}
+
+/* [policy], [battery] and [power]: man/dsad.conf.5. */
+static int handle_policy(struct parse_state *p, const char *section, const char *name, const char *value) {
+        static const struct {
+                const char *section, *name;
+                size_t offset; /* into struct dsad_policy_settings */
+                double lo, hi;
+        } keys[] = {
+                { "policy", "latency_target_ms", offsetof(struct dsad_policy_settings, latency_target_ms), 0.001, 3.6e6 },
+                { "policy", "power_budget_watts", offsetof(struct dsad_policy_settings, power_budget_w), 0, 1e5 },
+                { "policy", "min_accuracy", offsetof(struct dsad_policy_settings, min_accuracy), 0, 1 },
+                { "policy", "hysteresis_seconds", offsetof(struct dsad_policy_settings, hysteresis_s), 0, 3600 },
+                { "policy", "core_watts", offsetof(struct dsad_policy_settings, core_watts), 0.01, 1000 },
+                { "policy", "idle_watts", offsetof(struct dsad_policy_settings, idle_watts), 0, 10000 },
+                { "battery", "power_budget_watts", offsetof(struct dsad_policy_settings, battery_power_budget_w), 0, 1e5 },
+                { "battery", "min_accuracy", offsetof(struct dsad_policy_settings, battery_min_accuracy), 0, 1 },
+                { "battery", "low_percent", offsetof(struct dsad_policy_settings, battery_low_percent), 0, 100 },
+        };
+        double v;
+        int r;
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
+                if (strcmp(section, keys[i].section) == 0 && strcmp(name, keys[i].name) == 0) {
+                        r = dsa_parse_double(value, keys[i].lo, keys[i].hi, &v);
+                        if (r < 0)
+                                dsad_log(LOG_ERR, "%s:%u: %s= wants a number from %g to %g: '%s'", p->path, p->lineno,
+                                         name, keys[i].lo, keys[i].hi, value);
+                        else
+                                *(double *) (void *) ((char *) &p->c.policy + keys[i].offset) = v;
+                        return r;
+                }
+        if (strcmp(section, "policy") == 0 && strcmp(name, "mode") == 0) {
+                if (strcmp(value, "adaptive") == 0) {
+                        p->c.policy.fixed = false;
+                        return 0;
+                }
+                if (strncmp(value, "fixed:", 6) == 0 && strlen(value + 6) >= 1 &&
+                    strlen(value + 6) <= DSAD_VARIANT_NAME_MAX) {
+                        p->c.policy.fixed = true;
+                        snprintf(p->c.policy.fixed_variant, sizeof(p->c.policy.fixed_variant), "%s", value + 6);
+                        return 0;
+                }
+                dsad_log(LOG_ERR, "%s:%u: mode= wants adaptive or fixed:VARIANT: '%s'", p->path, p->lineno, value);
+                return -EINVAL;
+        }
+        if (strcmp(section, "policy") == 0 && strcmp(name, "tick_seconds") == 0) {
+                r = dsa_parse_double(value, 0.01, 60, &p->c.tick_s);
+                if (r < 0)
+                        dsad_log(LOG_ERR, "%s:%u: tick_seconds= wants 0.01 to 60: '%s'", p->path, p->lineno, value);
+                return r;
+        }
+        if (strcmp(section, "power") == 0 && strcmp(name, "bus") == 0)
+                return set_string(&p->c.power_bus, value);
+        if (strcmp(section, "power") == 0 && strcmp(name, "root") == 0) {
+                if (value[0] != '/') {
+                        dsad_log(LOG_ERR, "%s:%u: root= must be an absolute path: '%s'", p->path, p->lineno, value);
+                        return -EINVAL;
+                }
+                return set_string(&p->c.sysfs_root, value);
+        }
+        dsad_log(LOG_WARNING, "%s:%u: unknown key '%s' in [%s], ignoring.", p->path, p->lineno, name, section);
+        return 0;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value) {
         struct parse_state *p = user;
         unsigned long v;
@@ -62,12 +136,14 @@ static int handler(void *user, const char *section, const char *name, const char
 
         if (!name) /* a section header on its own */
                 return 1;
-        if (strcmp(section, "daemon") != 0) {
+        if (strcmp(section, "policy") == 0 || strcmp(section, "battery") == 0 || strcmp(section, "power") == 0)
+                r = handle_policy(p, section, name, value);
+        else if (strcmp(section, "daemon") != 0) {
                 dsad_log(LOG_WARNING, "%s:%u: unknown section [%s], ignoring.", p->path, p->lineno, section);
                 return 1;
         }
 
-        if (strcmp(name, "store") == 0) {
+        else if (strcmp(name, "store") == 0) {
                 if (value[0] != '/') {
                         dsad_log(LOG_ERR, "%s:%u: store= must be an absolute path: '%s'", p->path, p->lineno, value);
                         r = -EINVAL;
@@ -121,18 +197,24 @@ static int handler(void *user, const char *section, const char *name, const char
 /* ---- API */
 
 int dsad_config_defaults(struct dsad_config *c) {
-        char *s = strdup(DEFAULT_STORE);
+        char *s = strdup(DEFAULT_STORE), *bus = strdup("system");
 
-        if (!s)
+        if (!s || !bus) {
+                free(s);
+                free(bus);
                 return -ENOMEM;
-        free(c->store);
+        }
+        dsad_config_clear(c);
         *c = (struct dsad_config){
                 .store = s,
                 .workers = 0,
                 .idle_unload_seconds = 0,
                 .queue_max = DEFAULT_QUEUE_MAX,
                 .batch_max = DSAD_BATCH_MAX,
+                .power_bus = bus,
+                .tick_s = 0.25,
         };
+        dsad_policy_settings_defaults(&c->policy);
         return 0;
 }
 
@@ -140,6 +222,8 @@ void dsad_config_clear(struct dsad_config *c) {
         if (!c)
                 return;
         free(c->store);
+        free(c->power_bus);
+        free(c->sysfs_root);
         *c = (struct dsad_config){};
 }
 
@@ -156,8 +240,11 @@ int dsad_config_load(const char *path, struct dsad_config *c) {
         /* Parse into a copy so a bad file leaves the running configuration alone. */
         p.c = *c;
         p.c.store = c->store ? strdup(c->store) : NULL;
-        if (c->store && !p.c.store) {
+        p.c.power_bus = c->power_bus ? strdup(c->power_bus) : NULL;
+        p.c.sysfs_root = c->sysfs_root ? strdup(c->sysfs_root) : NULL;
+        if ((c->store && !p.c.store) || (c->power_bus && !p.c.power_bus) || (c->sysfs_root && !p.c.sysfs_root)) {
                 fclose(p.f);
+                dsad_config_clear(&p.c);
                 return -ENOMEM;
         }
 

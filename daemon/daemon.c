@@ -113,6 +113,7 @@ static void on_sighup(uv_signal_t *s, int signum) {
                 d->config = c;
                 (void) dsad_registry_scan(d);
                 dsad_registry_config_changed(d);
+                dsad_adaptive_settings_changed(d);
                 dsad_log(LOG_INFO, "Reloaded the configuration: store %s, idle unload %us.", d->config.store,
                          d->config.idle_unload_seconds);
         }
@@ -222,6 +223,9 @@ int dsad_new(const struct dsad_options *o, struct dsad **ret) {
                          strerror(-r));
         dsad_registry_config_changed(d);
 
+        r = dsad_adaptive_start(d);
+        if (r < 0)
+                return dsad_log_errno(LOG_ERR, r, "Failed to start the adaptive policy: %m");
         r = dsad_scheduler_new(d, d->config.workers, d->config.queue_max, d->config.batch_max, &d->scheduler);
         if (r < 0)
                 return dsad_log_errno(LOG_ERR, r, "Failed to start %u workers: %m", d->config.workers);
@@ -265,8 +269,10 @@ struct dsad *dsad_free(struct dsad *d) {
                 if (dsad_session_close(d, d->sessions) < 0)
                         break;
         d->uring = dsad_uring_free(d->uring);
+        dsad_adaptive_stop(d);
         dsad_bus_detach(d); /* replies to calls finished by the drain, then closes */
         dsad_registry_free_all(d);
+        d->policy = dsad_policy_free(d->policy);
 
         if (l) {
                 uv_close((uv_handle_t *) &l->sigterm, on_loop_closed);

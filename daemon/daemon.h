@@ -12,7 +12,12 @@
  *   session.c    OpenSession: sealed memfd ring, submit eventfd, complete pipe; lifetime tied to the D-Bus peer
  *   uring.c      io_uring multishot polls on every session's submit eventfd
  *   request.c    copies a request out of shared memory and validates it (fuzzed); responses
- *   scheduler.c  bounded queue, worker pool, batching by model and length */
+ *   scheduler.c  bounded queue, worker pool, batching by model and length; asks the policy
+ *                which variant runs each batch
+ *   ladder.c policy.c adaptive.c   variants and the adaptive policy (policy.h)
+ *   power.c      RAPL, PSI and CPU-time readers (power.h)
+ *   powerbus.c   UPower and power-profiles-daemon on the system bus (powerbus.h)
+ *   polkit.c     polkit authorization of admin calls (polkit.h) */
 #pragma once
 
 /* basic/macro.h before <uv.h>: uv.h pulls in <sys/param.h>, whose MIN/MAX may then redefine
@@ -27,6 +32,7 @@
 
 #include "dsa/ring.h"
 #include "engine/model.h"
+#include "policy.h"
 
 struct dsad_model;
 struct dsad_session;
@@ -40,6 +46,10 @@ struct dsad_config {
         unsigned idle_unload_seconds; /* 0 = never */
         unsigned queue_max;           /* requests waiting, across sessions */
         unsigned batch_max;           /* requests run together in one engine call, 1..DSAD_BATCH_MAX */
+        struct dsad_policy_settings policy; /* [policy] and [battery] */
+        char *power_bus;              /* [power] bus=: where UPower and power-profiles-daemon are */
+        char *sysfs_root;             /* [power] root=: prefix of /sys and /proc (tests) */
+        double tick_s;                /* [policy] tick_seconds= */
 };
 
 #define DSAD_BATCH_MAX 64u
@@ -59,6 +69,9 @@ struct dsad {
         /* scheduler.c, uring.c */
         struct dsad_scheduler *scheduler;
         struct dsad_uring *uring;
+        /* policy.c (decisions), adaptive.c (its loop side) */
+        struct dsad_policy *policy;
+        struct dsad_adaptive *adaptive;
 
         uint64_t requests_completed, requests_failed; /* atomics: updated by workers */
         uint64_t start_usec;
@@ -83,8 +96,10 @@ int dsad_registry_unload(struct dsad *d, const char *name);
 /* Rescans the store folder (new files appear, deleted ones that are not loaded disappear). */
 int dsad_registry_scan(struct dsad *d);
 void dsad_registry_free_all(struct dsad *d);
-/* A loaded model's engine handle; stays valid while a reference is held. */
+/* A loaded model's engine handle (its base rung); stays valid while a reference is held. */
 const struct dsa_model *dsad_model_engine(const struct dsad_model *m);
+/* A loaded model's variant ladder (NULL when not loaded); valid while a reference is held. */
+struct dsad_ladder *dsad_model_ladder(const struct dsad_model *m);
 const char *dsad_model_name(const struct dsad_model *m);
 struct dsad_model *dsad_model_ref(struct dsad_model *m);   /* thread-safe */
 void dsad_model_unref(struct dsad_model *m);               /* thread-safe */
@@ -188,6 +203,9 @@ struct dsad_request {
         size_t *lens;
         uint64_t enqueue_usec;
         struct dsad_request *next; /* scheduler queue */
+        struct dsad_hints hints;   /* for the policy, from the SQE or D-Bus */
+        unsigned tokens;           /* estimated tokens of all texts (dsad_policy_tokens) */
+        uint32_t variant;          /* 1 + the rung that ran it (set by the scheduler); 0 none */
 
         /* ---- added by the control plane: requests from D-Bus (Classify/Embed/Tokenize).
          * api.c builds them with dsad_request_decode() (n_slots 1, slot 0), then sets model
@@ -244,10 +262,31 @@ int dsad_api_register(struct dsad *d);
 /* Emits PropertiesChanged for Sessions / LoadedModels (loop thread). */
 void dsad_api_sessions_changed(struct dsad *d);
 void dsad_api_models_changed(struct dsad *d, const char *name, bool loaded);
+/* ---- api-policy.c: VariantChanged + Model1 CurrentVariant/VariantReason; Daemon1's
+ * OnBattery / BatteryPercentage / PowerProfile changed. Loop thread. */
+void dsad_api_variant_changed(struct dsad *d, const char *model, const char *variant, const char *reason);
+void dsad_api_power_changed(struct dsad *d, bool battery, bool percent, bool profile);
 /* ---- api.c, added by the control plane. */
 void dsad_api_unregister(struct dsad *d);
 /* Sends sd_notify STATUS=Serving N models, M sessions. */
 void dsad_api_notify_status(struct dsad *d);
+
+/* ---- adaptive.c: the policy's loop side. */
+int dsad_adaptive_start(struct dsad *d);
+void dsad_adaptive_stop(struct dsad *d);
+/* Settings changed (SIGHUP, D-Bus): re-evaluate now. Loop thread. */
+void dsad_adaptive_settings_changed(struct dsad *d);
+/* Any thread: a ladder's level changed; the loop announces it soon. */
+void dsad_adaptive_wake(struct dsad *d);
+/* A model was loaded or unloaded: its ladder joins or leaves the ticks. Loop thread. */
+void dsad_adaptive_models_changed(struct dsad *d);
+/* What the tick measured last (GetPolicy). Loop thread. */
+struct dsad_adaptive_state {
+        double power_w, package_w, core_watts, cpu_pressure, arrival_rate;
+        bool measured;                  /* package_w from RAPL */
+        const char *power_source;       /* "rapl" or "model" */
+};
+void dsad_adaptive_state(struct dsad *d, struct dsad_adaptive_state *ret);
 
 /* ---- config.c */
 int dsad_config_load(const char *path, struct dsad_config *c);

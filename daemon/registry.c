@@ -26,7 +26,8 @@ struct dsad_model {
         atomic_bool loaded;
         atomic_uint_fast64_t idle_since_usec; /* when the count last fell to the registry's one */
         char *name, *path;
-        struct dsa_model *engine; /* set once on the loop thread before any reference leaves it */
+        struct dsad_ladder *ladder; /* set once on the loop thread before any reference leaves it */
+        struct dsa_model *engine;   /* the ladder's base */
         struct dsad_model *next;  /* d->models */
         bool seen;                /* scan mark */
 
@@ -67,7 +68,7 @@ static void meta_clear(struct dsad_model *m) {
 static struct dsad_model *model_free(struct dsad_model *m) {
         if (!m)
                 return NULL;
-        dsa_model_free(m->engine);
+        dsad_ladder_free(m->ladder);
         meta_clear(m);
         free(m->name);
         free(m->path);
@@ -202,6 +203,7 @@ static void unload(struct dsad *d, struct dsad_model *m) {
         atomic_store(&m->loaded, false);
         dsad_log(LOG_INFO, "Unloaded model %s.", m->name);
         dsad_api_models_changed(d, m->name, false);
+        dsad_adaptive_models_changed(d);
         dsad_model_unref(m);
 }
 
@@ -259,6 +261,10 @@ bool dsad_model_loaded(const struct dsad_model *m) {
 
 const struct dsa_model *dsad_model_engine(const struct dsad_model *m) {
         return m ? m->engine : NULL;
+}
+
+struct dsad_ladder *dsad_model_ladder(const struct dsad_model *m) {
+        return m ? m->ladder : NULL;
 }
 
 const char *dsad_model_name(const struct dsad_model *m) {
@@ -413,7 +419,7 @@ int dsad_registry_find(struct dsad *d, const char *name, struct dsad_model **ret
 
 int dsad_registry_load(struct dsad *d, const char *name, struct dsad_model **ret) {
         struct dsad_model *m;
-        struct dsa_model *engine = NULL;
+        struct dsad_ladder *ladder = NULL;
         int r;
 
         r = dsad_registry_find(d, name, &m);
@@ -422,23 +428,22 @@ int dsad_registry_load(struct dsad *d, const char *name, struct dsad_model **ret
         if (!atomic_load(&m->loaded)) {
                 /* Blocks the loop while the file is mapped and checked: a GGUF is used in place,
                  * so this costs page-table work, not a read of the weights. */
+                /* Every rung of the ladder: the base, then NAME@VARIANT.gguf files. */
                 dsa_error_clear();
-                r = dsa_model_open(m->path, &engine);
+                r = dsad_ladder_open(d->config.store, name, model_threads(d), &ladder);
                 if (r < 0) {
                         dsad_log(LOG_WARNING, "Failed to load model %s from %s: %s", name, m->path,
                                  dsa_error_message(r));
                         return r;
                 }
-                r = dsa_model_set_threads(engine, model_threads(d));
-                if (r < 0)
-                        dsad_log(LOG_WARNING, "Failed to set %u threads for model %s: %s, ignoring.",
-                                 model_threads(d), name, dsa_error_message(r));
                 meta_clear(m); /* from now on the engine answers */
-                m->engine = engine;
+                m->ladder = ladder;
+                m->engine = dsad_ladder_base(ladder);
                 atomic_store(&m->idle_since_usec, now_usec());
                 atomic_store(&m->loaded, true);
                 dsad_log(LOG_INFO, "Loaded model %s from %s.", name, m->path);
                 dsad_api_models_changed(d, name, true);
+                dsad_adaptive_models_changed(d);
         }
         *ret = dsad_model_ref(m);
         return 0;

@@ -74,6 +74,10 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
         for (size_t i = 0; i < ELEMENTSOF(sqe->reserved); i++)
                 if (sqe->reserved[i] != 0)
                         return dsa__error(-EINVAL, "reserved SQE field %zu is not zero", i);
+        if (sqe->min_accuracy > 10000)
+                return dsa__error(-EINVAL, "min_accuracy %u above 10000", sqe->min_accuracy);
+        if (sqe->priority > DSA_RING_PRIORITY_LOW)
+                return dsa__error(-EINVAL, "unknown priority %u", sqe->priority);
         if (sqe->slot >= n_slots)
                 return dsa__error(-EINVAL, "slot %u out of range (%u slots)", sqe->slot, n_slots);
         if (sqe->len != payload_len)
@@ -118,6 +122,11 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
         r->flags = sqe->flags;
         r->pool = sqe->pool;
         r->slot = sqe->slot;
+        r->hints = (struct dsad_hints){
+                .min_accuracy = sqe->min_accuracy / 10000.0,
+                .max_latency_ms = sqe->max_latency_us / 1000.0,
+                .priority = sqe->priority,
+        };
         if (n > 0) {
                 size_t block = n * (sizeof(char *) + sizeof(size_t)) + text_bytes + n;
                 char *p;
@@ -139,6 +148,7 @@ int dsad_request_decode(const struct dsa_ring_sqe *sqe, const uint8_t *payload, 
                         r->lens[i] = len;
                         p += len + 1;
                         off += len;
+                        r->tokens += dsad_policy_tokens(len);
                 }
                 r->n_texts = n;
         }

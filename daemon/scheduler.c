@@ -1,7 +1,9 @@
 /* The scheduler: one bounded FIFO shared by every session and the D-Bus methods, and a pool of
  * worker threads. A worker takes the oldest request and, when it is a CLASSIFY or EMBED, every
  * other waiting request for the same model, op and pool (up to BATCH_TEXTS_MAX texts), and runs
- * them in one engine call (the engine sorts the texts by length inside it). Responses go to
+ * them in one engine call (the engine sorts the texts by length inside it), on the rung of the
+ * model's variant ladder the policy picks (policy.h). High-priority requests queue ahead of
+ * normal ones, low ones behind everything. Responses go to
  * dsad_session_complete() for ring requests and to req->done for D-Bus ones; the worker then
  * frees the request, which drops its session and model references. */
 #include <errno.h>
@@ -38,7 +40,12 @@ static bool batchable(const struct dsad_request *a, const struct dsad_request *b
         /* EMBED without pooling runs one forward per text anyway: nothing to gain. */
         return (a->op == DSA_RING_OP_CLASSIFY || (a->op == DSA_RING_OP_EMBED && a->pool != DSA_RING_POOL_NONE)) &&
                a->model == b->model &&
-               a->op == b->op && a->pool == b->pool && a->flags == b->flags;
+               a->op == b->op && a->pool == b->pool && a->flags == b->flags &&
+               a->hints.min_accuracy == b->hints.min_accuracy && a->hints.max_latency_ms == b->hints.max_latency_ms;
+}
+
+static bool runs_model(const struct dsad_request *r) {
+        return r->op == DSA_RING_OP_CLASSIFY || r->op == DSA_RING_OP_EMBED;
 }
 
 /* Under the lock: unlinks the oldest request and what can run with it, into batch[]. */
@@ -65,6 +72,30 @@ static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) 
                 s->tail = r;
         __atomic_store_n(&s->depth, s->depth - (unsigned) n, __ATOMIC_RELAXED);
         return n;
+}
+
+/* Under the lock: FIFO within a priority; high before normal before low. */
+static void enqueue(struct dsad_scheduler *s, struct dsad_request *req) {
+        struct dsad_request **pp = &s->head;
+
+        if (req->hints.priority == DSA_RING_PRIORITY_LOW || !s->tail ||
+            s->tail->hints.priority == req->hints.priority ||
+            (req->hints.priority == DSA_RING_PRIORITY_NORMAL && s->tail->hints.priority == DSA_RING_PRIORITY_HIGH)) {
+                if (s->tail)
+                        s->tail->next = req;
+                else
+                        s->head = req;
+                s->tail = req;
+                return;
+        }
+        /* Before the first request it outranks. */
+        while (*pp && !(req->hints.priority == DSA_RING_PRIORITY_HIGH ? (*pp)->hints.priority != DSA_RING_PRIORITY_HIGH
+                                                                        : (*pp)->hints.priority == DSA_RING_PRIORITY_LOW))
+                pp = &(*pp)->next;
+        req->next = *pp;
+        *pp = req;
+        if (!req->next)
+                s->tail = req;
 }
 
 /* Every request ends here exactly once, on a worker. */
@@ -98,7 +129,27 @@ static void run_batch(struct dsad_scheduler *s, struct dsad_request **batch, siz
         if (k == 0)
                 return;
         dsa_error_clear();
-        dsad_request_run_batch(dsad_model_engine(run[0]->model), run, k, finish, s);
+
+        /* The policy picks the rung for requests that run the model; the wall time of the call
+         * goes back into its latency table. */
+        struct dsad_ladder *l = dsad_model_ladder(run[0]->model);
+        if (!l || !runs_model(run[0]) || !s->d->policy) {
+                dsad_request_run_batch(dsad_model_engine(run[0]->model), run, k, finish, s);
+                return;
+        }
+        uint64_t now = now_usec(), t0;
+        unsigned tokens = 0;
+        for (size_t i = 0; i < k; i++)
+                tokens += run[i]->tokens;
+        size_t rung = dsad_policy_choose(s->d->policy, l, &run[0]->hints, (unsigned) k, tokens,
+                                         now - run[0]->enqueue_usec, dsad_scheduler_depth(s), now);
+        if (!__atomic_load_n(&l->announced, __ATOMIC_RELAXED))
+                dsad_adaptive_wake(s->d);
+        for (size_t i = 0; i < k; i++)
+                run[i]->variant = (uint32_t) rung + 1;
+        t0 = now_usec();
+        dsad_request_run_batch(l->rungs[rung].engine, run, k, finish, s);
+        dsad_policy_observe(l, rung, (unsigned) k, tokens, (double) (now_usec() - t0) / 1000.0);
 }
 
 static void *worker(void *userdata) {
@@ -184,13 +235,11 @@ int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req) {
         }
         req->next = NULL;
         req->enqueue_usec = now_usec();
-        if (s->tail)
-                s->tail->next = req;
-        else
-                s->head = req;
-        s->tail = req;
+        enqueue(s, req);
         __atomic_store_n(&s->depth, s->depth + 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&s->lock);
+        if (runs_model(req) && dsad_model_ladder(req->model))
+                dsad_policy_arrival(dsad_model_ladder(req->model));
         /* Signalled after unlocking, so the woken worker does not block at once on our lock. */
         pthread_cond_signal(&s->work);
         return 0;

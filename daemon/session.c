@@ -187,8 +187,8 @@ bool dsad__session_closed(const struct dsad_session *s) {
 
 /* Pushes one CQE (and the response into the slot). Any thread; dropped once closed. */
 static void ring_push(struct dsad_session *s, uint64_t user_data, uint32_t slot, int status,
-                      const void *payload, size_t len) {
-        struct dsa_ring_cqe cqe = { .user_data = user_data, .slot = slot };
+                      const void *payload, size_t len, uint32_t variant) {
+        struct dsa_ring_cqe cqe = { .user_data = user_data, .slot = slot, .variant = status < 0 ? 0 : variant };
 
         if (status == 0 && len > 0 && (slot >= s->g.n_slots || len > s->g.slot_size || !payload))
                 status = -ENOBUFS; /* the run was told the cap; this is a second line only */
@@ -220,7 +220,7 @@ void dsad_session_complete(struct dsad_request *req, int status, const void *pay
         if (!req || !req->session)
                 return;
         s = req->session;
-        ring_push(s, req->user_data, req->slot, status, payload, len);
+        ring_push(s, req->user_data, req->slot, status, payload, len, req->variant);
         atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_seq_cst);
         /* Pairs with the store-then-recheck in drain(): one side always sees the other. */
         if (atomic_exchange_explicit(&s->stalled, false, memory_order_seq_cst) && !dsad__session_closed(s))
@@ -229,7 +229,7 @@ void dsad_session_complete(struct dsad_request *req, int status, const void *pay
 
 /* Loop thread: an SQE the request never got past. Counts as failed for the daemon too. */
 static void complete_now(struct dsad_session *s, const struct dsa_ring_sqe *sqe, int status) {
-        ring_push(s, sqe->user_data, sqe->slot, status, NULL, 0);
+        ring_push(s, sqe->user_data, sqe->slot, status, NULL, 0, 0);
         __atomic_fetch_add(&s->d->requests_failed, 1, __ATOMIC_RELAXED);
 }
 
@@ -262,7 +262,7 @@ static void handle_sqe(struct dsad_session *s, const struct dsa_ring_sqe *sqe) {
                 /* No work: answered here on the loop thread. Through the worker queue it cost two
                  * more wake-ups and ~13 us at p50 (tests/bench/dsad-bench.sh). */
                 dsad_request_free(req);
-                ring_push(s, sqe->user_data, sqe->slot, 0, NULL, 0);
+                ring_push(s, sqe->user_data, sqe->slot, 0, NULL, 0, 0);
                 __atomic_fetch_add(&s->d->requests_completed, 1, __ATOMIC_RELAXED);
                 return;
         }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "basic/error.h"
+#include "basic/io-util.h"
 #include "basic/macro.h"
 #include "safetensors.h"
 #include "tensor-internal.h"
@@ -343,7 +344,8 @@ static int read_index(int dfd, const char *dir, struct json_object **ret) {
         _cleanup_close_ int fd = -EBADF;
         _cleanup_free_ char *text = NULL;
         struct stat st;
-        size_t got = 0;
+        ssize_t k;
+        size_t got;
 
         fd = openat(dfd, "model.safetensors.index.json", O_RDONLY | O_CLOEXEC);
         if (fd < 0)
@@ -356,17 +358,10 @@ static int read_index(int dfd, const char *dir, struct json_object **ret) {
         text = malloc(st.st_size + 1);
         if (!text)
                 return -ENOMEM;
-        while (got < (size_t) st.st_size) {
-                ssize_t k = read(fd, text + got, st.st_size - got);
-
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        return -errno;
-                if (k == 0)
-                        break;
-                got += k;
-        }
+        k = dsa_read_full(fd, text, (size_t) st.st_size);
+        if (k < 0)
+                return (int) k;
+        got = (size_t) k;
         return json_parse(text, got, "model.safetensors.index.json", ret);
 }
 

@@ -1,6 +1,7 @@
 /* The D-Bus half of libdsa: the connection to dsad, the control methods of org.dsa.Daemon1
  * (docs/dbus-api.md), the mapping of its errors to errnos, and watching dsad's name so that
  * sessions learn of its death. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -165,20 +166,38 @@ DSA_EXPORT const char *dsa_client_error_message(const struct dsa_client *c) {
         return c ? c->error_message : NULL;
 }
 
-/* Calls a method of org.dsa.Daemon1; the reply in *ret when ret is not NULL. Processes what the
- * call queued afterwards, so a NameOwnerChanged read meanwhile still reaches the sessions. */
-int dsa__client_call(struct dsa_client *c, const char *method, sd_bus_message **ret,
-                     const char *types, ...) {
-        _cleanup_bus_error_ sd_bus_error e = SD_BUS_ERROR_NULL;
-        _cleanup_bus_message_ sd_bus_message *m = NULL, *reply = NULL;
-        va_list ap;
-        int r;
-
+/* A new method call to dsad (the caller appends the arguments). */
+static int client_new_call(struct dsa_client *c, const char *path, const char *iface,
+                           const char *method, sd_bus_message **ret) {
         dsa__client_clear_error(c);
         if (c->bus_error < 0)
                 return c->bus_error;
-        r = sd_bus_message_new_method_call(c->bus, &m, DSA__BUS_NAME, DSA__BUS_PATH,
-                                           DSA__BUS_IFACE, method);
+        return sd_bus_message_new_method_call(c->bus, ret, DSA__BUS_NAME, path, iface, method);
+}
+
+/* Sends m and waits for the reply, in *ret when ret is not NULL. Processes what the call queued
+ * afterwards, so a NameOwnerChanged read meanwhile still reaches the sessions. */
+static int client_send(struct dsa_client *c, sd_bus_message *m, sd_bus_message **ret) {
+        _cleanup_bus_error_ sd_bus_error e = SD_BUS_ERROR_NULL;
+        _cleanup_bus_message_ sd_bus_message *reply = NULL;
+        int r;
+
+        r = sd_bus_call(c->bus, m, 0, &e, &reply);
+        (void) dsa__client_process(c);
+        if (r < 0)
+                return dsa__client_fail(c, &e, r);
+        if (ret)
+                *ret = DSA__TAKE_PTR(reply);
+        return 0;
+}
+
+int dsa__client_call(struct dsa_client *c, const char *method, sd_bus_message **ret,
+                     const char *types, ...) {
+        _cleanup_bus_message_ sd_bus_message *m = NULL;
+        va_list ap;
+        int r;
+
+        r = client_new_call(c, DSA__BUS_PATH, DSA__BUS_IFACE, method, &m);
         if (r < 0)
                 return r;
         if (types) {
@@ -188,13 +207,7 @@ int dsa__client_call(struct dsa_client *c, const char *method, sd_bus_message **
                 if (r < 0)
                         return r;
         }
-        r = sd_bus_call(c->bus, m, 0, &e, &reply);
-        (void) dsa__client_process(c);
-        if (r < 0)
-                return dsa__client_fail(c, &e, r);
-        if (ret)
-                *ret = DSA__TAKE_PTR(reply);
-        return 0;
+        return client_send(c, m, ret);
 }
 
 static char *strdup_or_null(const char *s, bool *oom) {
@@ -294,23 +307,104 @@ DSA_EXPORT struct dsa_status *dsa_status_free(struct dsa_status *s) {
         return NULL;
 }
 
-/* Reads a variant holding the given basic type into p, or skips it when dsad sent another. */
+/* Reads a variant holding the given basic type into p (1), or skips it when dsad sent another
+ * (0). */
 static int read_variant(sd_bus_message *m, char type, void *p) {
         const char sig[2] = { type, 0 };
         int r;
 
         r = sd_bus_message_enter_container(m, 'v', sig);
-        if (r == -ENXIO || r == 0)
-                return sd_bus_message_skip(m, "v");
+        if (r == -ENXIO || r == 0) {
+                r = sd_bus_message_skip(m, "v");
+                return r < 0 ? r : 0;
+        }
         if (r < 0)
                 return r;
         r = sd_bus_message_read_basic(m, type, p);
         if (r < 0)
                 return r;
+        r = sd_bus_message_exit_container(m);
+        return r < 0 ? r : 1;
+}
+
+/* One key of an a{sv} dictionary dsad sends and where it goes in a struct: type 's' a char *
+ * (strdup'ed; the first of duplicate keys wins), 'b' an int, 'u' a uint32_t, 'U' a D-Bus u
+ * into an int64_t, 't' a uint64_t, 'd' a double. */
+struct dict_field {
+        const char *key;
+        char type;
+        size_t offset;
+};
+
+static int read_dict_field(sd_bus_message *m, const struct dict_field *f, void *base) {
+        void *p = (uint8_t *) base + f->offset;
+        const char *str = NULL;
+        uint32_t u;
+        int r;
+
+        switch (f->type) {
+        case 's':
+                r = read_variant(m, 's', &str);
+                if (r > 0 && !*(char **) p && !(*(char **) p = strdup(str)))
+                        r = -ENOMEM;
+                return r;
+        case 'U':
+                r = read_variant(m, 'u', &u);
+                if (r > 0)
+                        *(int64_t *) p = u;
+                return r;
+        default:
+                return read_variant(m, f->type, p);
+        }
+}
+
+/* Reads the a{sv} dictionary at m's position into base as fields[] says; other keys are
+ * skipped. */
+static int read_dict(sd_bus_message *m, const struct dict_field *fields, size_t n_fields, void *base) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "{sv}");
+        if (r < 0)
+                return r;
+        for (;;) {
+                const struct dict_field *f = NULL;
+                const char *key;
+
+                r = sd_bus_message_enter_container(m, 'e', "sv");
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                r = sd_bus_message_read_basic(m, 's', &key);
+                if (r < 0)
+                        return r;
+                for (size_t i = 0; i < n_fields && !f; i++)
+                        if (strcmp(key, fields[i].key) == 0)
+                                f = &fields[i];
+                r = f ? read_dict_field(m, f, base) : sd_bus_message_skip(m, "v");
+                if (r < 0)
+                        return r;
+                r = sd_bus_message_exit_container(m);
+                if (r < 0)
+                        return r;
+        }
         return sd_bus_message_exit_container(m);
 }
 
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
 DSA_EXPORT int dsa_client_status(struct dsa_client *c, struct dsa_status **ret) {
+        static const struct dict_field fields[] = {
+                { "Version", 's', offsetof(struct dsa_status, version) },
+                { "Models", 'u', offsetof(struct dsa_status, models) },
+                { "LoadedModels", 'u', offsetof(struct dsa_status, loaded_models) },
+                { "Sessions", 'u', offsetof(struct dsa_status, sessions) },
+                { "QueueDepth", 'u', offsetof(struct dsa_status, queue_depth) },
+                { "Workers", 'u', offsetof(struct dsa_status, workers) },
+                { "RequestsCompleted", 't', offsetof(struct dsa_status, requests_completed) },
+                { "RequestsFailed", 't', offsetof(struct dsa_status, requests_failed) },
+                { "UptimeSeconds", 't', offsetof(struct dsa_status, uptime_seconds) },
+        };
         _cleanup_bus_message_ sd_bus_message *reply = NULL;
         struct dsa_status *s;
         int r;
@@ -323,54 +417,13 @@ DSA_EXPORT int dsa_client_status(struct dsa_client *c, struct dsa_status **ret) 
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
-        r = sd_bus_message_enter_container(reply, 'a', "{sv}");
-        if (r < 0)
-                goto fail;
-        for (;;) {
-                const char *key;
-
-                r = sd_bus_message_enter_container(reply, 'e', "sv");
-                if (r < 0)
-                        goto fail;
-                if (r == 0)
-                        break;
-                r = sd_bus_message_read_basic(reply, 's', &key);
-                if (r < 0)
-                        goto fail;
-                if (strcmp(key, "Version") == 0) {
-                        const char *v = NULL;
-                        r = read_variant(reply, 's', &v);
-                        if (r >= 0 && v && !s->version && !(s->version = strdup(v)))
-                                r = -ENOMEM;
-                } else if (strcmp(key, "Models") == 0)
-                        r = read_variant(reply, 'u', &s->models);
-                else if (strcmp(key, "LoadedModels") == 0)
-                        r = read_variant(reply, 'u', &s->loaded_models);
-                else if (strcmp(key, "Sessions") == 0)
-                        r = read_variant(reply, 'u', &s->sessions);
-                else if (strcmp(key, "QueueDepth") == 0)
-                        r = read_variant(reply, 'u', &s->queue_depth);
-                else if (strcmp(key, "Workers") == 0)
-                        r = read_variant(reply, 'u', &s->workers);
-                else if (strcmp(key, "RequestsCompleted") == 0)
-                        r = read_variant(reply, 't', &s->requests_completed);
-                else if (strcmp(key, "RequestsFailed") == 0)
-                        r = read_variant(reply, 't', &s->requests_failed);
-                else if (strcmp(key, "UptimeSeconds") == 0)
-                        r = read_variant(reply, 't', &s->uptime_seconds);
-                else
-                        r = sd_bus_message_skip(reply, "v");
-                if (r < 0)
-                        goto fail;
-                r = sd_bus_message_exit_container(reply);
-                if (r < 0)
-                        goto fail;
+        r = read_dict(reply, fields, ELEMENTSOF(fields), s);
+        if (r < 0) {
+                dsa_status_free(s);
+                return r;
         }
         *ret = s;
         return 0;
-fail:
-        dsa_status_free(s);
-        return r;
 }
 
 DSA_EXPORT struct dsa_session_info *dsa_session_info_free(struct dsa_session_info *s, size_t n) {
@@ -437,4 +490,256 @@ DSA_EXPORT int dsa_client_list_sessions(struct dsa_client *c, struct dsa_session
 fail:
         dsa_session_info_free(v, n);
         return r;
+}
+
+/* ---- The adaptive policy */
+
+DSA_EXPORT struct dsa_policy *dsa_policy_free(struct dsa_policy *p) {
+        if (p) {
+                free(p->mode);
+                free(p->power_profile);
+                free(p->power_source);
+                free(p);
+        }
+        return NULL;
+}
+
+DSA_EXPORT int dsa_client_get_policy(struct dsa_client *c, struct dsa_policy **ret) {
+        static const struct dict_field fields[] = {
+                { "Policy", 's', offsetof(struct dsa_policy, mode) },
+                { "LatencyTarget", 'd', offsetof(struct dsa_policy, latency_target_ms) },
+                { "PowerBudget", 'd', offsetof(struct dsa_policy, power_budget_w) },
+                { "MinAccuracy", 'd', offsetof(struct dsa_policy, min_accuracy) },
+                { "OnBattery", 'b', offsetof(struct dsa_policy, on_battery) },
+                { "BatteryPercentage", 'd', offsetof(struct dsa_policy, battery_percentage) },
+                { "PowerProfile", 's', offsetof(struct dsa_policy, power_profile) },
+                { "Power", 'd', offsetof(struct dsa_policy, power_w) },
+                { "PackagePower", 'd', offsetof(struct dsa_policy, package_power_w) },
+                { "PowerSource", 's', offsetof(struct dsa_policy, power_source) },
+                { "CoreWatts", 'd', offsetof(struct dsa_policy, core_watts) },
+                { "CpuPressure", 'd', offsetof(struct dsa_policy, cpu_pressure) },
+                { "ArrivalRate", 'd', offsetof(struct dsa_policy, arrival_rate) },
+                { "QueueDepth", 'U', offsetof(struct dsa_policy, queue_depth) },
+        };
+        _cleanup_bus_message_ sd_bus_message *reply = NULL;
+        struct dsa_policy *p;
+        int r;
+
+        if (!c || !ret)
+                return -EINVAL;
+        r = dsa__client_call(c, "GetPolicy", &reply, NULL);
+        if (r < 0)
+                return r;
+        p = malloc(sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        *p = (struct dsa_policy) {
+                .latency_target_ms = -1, .power_budget_w = -1, .min_accuracy = -1,
+                .on_battery = -1, .battery_percentage = -1, .power_w = -1,
+                .package_power_w = -1, .core_watts = -1, .cpu_pressure = -1,
+                .arrival_rate = -1, .queue_depth = -1,
+        };
+        r = read_dict(reply, fields, ELEMENTSOF(fields), p);
+        if (r < 0) {
+                dsa_policy_free(p);
+                return r;
+        }
+        *ret = p;
+        return 0;
+}
+
+/* Sets a property of org.dsa.Daemon1 to value, of D-Bus basic type type. */
+static int set_property(struct dsa_client *c, const char *property, char type, const void *value) {
+        _cleanup_bus_message_ sd_bus_message *m = NULL;
+        const char sig[2] = { type, 0 };
+        int r;
+
+        r = client_new_call(c, DSA__BUS_PATH, "org.freedesktop.DBus.Properties", "Set", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "ss", DSA__BUS_IFACE, property);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(m, 'v', sig);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append_basic(m, type, value);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_close_container(m);
+        if (r < 0)
+                return r;
+        return client_send(c, m, NULL);
+}
+
+DSA_EXPORT int dsa_client_set_latency_target(struct dsa_client *c, double ms) {
+        if (!c || !(ms > 0 && isfinite(ms)))
+                return -EINVAL;
+        return set_property(c, "LatencyTarget", 'd', &ms);
+}
+
+DSA_EXPORT int dsa_client_set_power_budget(struct dsa_client *c, double watts) {
+        if (!c || !(watts >= 0 && isfinite(watts)))
+                return -EINVAL;
+        return set_property(c, "PowerBudget", 'd', &watts);
+}
+
+DSA_EXPORT int dsa_client_set_min_accuracy(struct dsa_client *c, double accuracy) {
+        if (!c || !(accuracy >= 0 && accuracy <= 1))
+                return -EINVAL;
+        return set_property(c, "MinAccuracy", 'd', &accuracy);
+}
+
+DSA_EXPORT int dsa_client_set_policy_mode(struct dsa_client *c, const char *mode) {
+        if (!c || !mode || (strcmp(mode, "adaptive") != 0 && strncmp(mode, "fixed:", 6) != 0))
+                return -EINVAL;
+        return set_property(c, "Policy", 's', mode);
+}
+
+DSA_EXPORT struct dsa_variant_info *dsa_variant_info_free(struct dsa_variant_info *v, size_t n) {
+        if (!v)
+                return NULL;
+        for (size_t i = 0; i < n; i++) {
+                free(v[i].name);
+                free(v[i].latency);
+        }
+        free(v);
+        return NULL;
+}
+
+/* The a(ud) latency table of one rung. */
+static int read_latency(sd_bus_message *m, struct dsa_variant_info *v) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, 'a', "(ud)");
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct dsa_variant_latency l, *nl;
+
+                r = sd_bus_message_read(m, "(ud)", &l.tokens, &l.ms);
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        break;
+                nl = reallocarray(v->latency, v->n_latency + 1, sizeof(*nl));
+                if (!nl)
+                        return -ENOMEM;
+                v->latency = nl;
+                v->latency[v->n_latency++] = l;
+        }
+        return sd_bus_message_exit_container(m);
+}
+
+DSA_EXPORT int dsa_client_get_variants(struct dsa_client *c, const char *model,
+                                       struct dsa_variant_info **ret, size_t *ret_n) {
+        _cleanup_bus_message_ sd_bus_message *reply = NULL;
+        struct dsa_variant_info *v = NULL;
+        size_t n = 0;
+        int r;
+
+        if (!c || !model || !ret || !ret_n)
+                return -EINVAL;
+        r = dsa__client_call(c, "GetVariants", &reply, "s", model);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(reply, 'a', "(sbddttda(ud))");
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct dsa_variant_info *nv;
+                const char *name;
+                int current;
+
+                r = sd_bus_message_enter_container(reply, 'r', "sbddttda(ud)");
+                if (r < 0)
+                        goto fail;
+                if (r == 0)
+                        break;
+                nv = reallocarray(v, n + 1, sizeof(*v));
+                if (!nv) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                v = nv;
+                v[n] = (struct dsa_variant_info) {};
+                r = sd_bus_message_read(reply, "sbddttd", &name, &current, &v[n].accuracy_kept,
+                                        &v[n].accuracy, &v[n].weight_bytes, &v[n].requests,
+                                        &v[n].energy_j);
+                if (r < 0)
+                        goto fail;
+                v[n].current = current;
+                /* Counted now, so that a failure below frees what this entry holds. */
+                n++;
+                v[n - 1].name = strdup(name);
+                if (!v[n - 1].name) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                r = read_latency(reply, &v[n - 1]);
+                if (r < 0)
+                        goto fail;
+                r = sd_bus_message_exit_container(reply);
+                if (r < 0)
+                        goto fail;
+        }
+        *ret = v;
+        *ret_n = n;
+        return 0;
+fail:
+        dsa_variant_info_free(v, n);
+        return r;
+}
+
+/* Reads a string property of model's org.dsa.Model1 object into *ret (may be NULL: skipped). */
+static int get_model_string(struct dsa_client *c, const char *model, const char *property,
+                            char **ret) {
+        _cleanup_bus_message_ sd_bus_message *m = NULL, *reply = NULL;
+        _cleanup_free_ char *path = NULL;
+        const char *v;
+        char *d;
+        int r;
+
+        if (!ret)
+                return 0;
+        r = sd_bus_path_encode(DSA__MODEL_PATH, model, &path);
+        if (r < 0)
+                return r;
+        r = client_new_call(c, path, "org.freedesktop.DBus.Properties", "Get", &m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "ss", DSA__MODEL_IFACE, property);
+        if (r < 0)
+                return r;
+        r = client_send(c, m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(reply, "v", "s", &v);
+        if (r < 0)
+                return r;
+        d = strdup(v);
+        if (!d)
+                return -ENOMEM;
+        *ret = d;
+        return 0;
+}
+
+DSA_EXPORT int dsa_client_get_current_variant(struct dsa_client *c, const char *model,
+                                              char **ret_variant, char **ret_reason) {
+        _cleanup_free_ char *variant = NULL, *reason = NULL;
+        int r;
+
+        if (!c || !model || !model[0])
+                return -EINVAL;
+        r = get_model_string(c, model, "CurrentVariant", ret_variant ? &variant : NULL);
+        if (r < 0)
+                return r;
+        r = get_model_string(c, model, "VariantReason", ret_reason ? &reason : NULL);
+        if (r < 0)
+                return r;
+        if (ret_variant)
+                *ret_variant = DSA__TAKE_PTR(variant);
+        if (ret_reason)
+                *ret_reason = DSA__TAKE_PTR(reason);
+        return 0;
 }

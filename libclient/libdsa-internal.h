@@ -48,6 +48,8 @@ static inline void dsa__closep(int *fd) {
 #define DSA__MAX_QUEUE_ENTRIES 65536u
 #define DSA__MAX_LABELS 65536u
 #define DSA__MAX_DIM (1u << 20)
+/* Variants of one model (ladder rungs) a session believes dsad's Variants property about. */
+#define DSA__MAX_VARIANTS 1024u
 
 /* The ring's geometry as libdsa checked it at open: never read back from shared memory. */
 struct dsa__ring_geometry {
@@ -68,6 +70,27 @@ int dsa__ring_validate(const struct dsa_ring_header *h, uint64_t file_size, int 
  * status 0 or a plausible negative errno. 0 or -EPROTO. */
 int dsa__cqe_validate(const struct dsa_ring_cqe *cqe, const struct dsa__ring_geometry *g);
 
+/* Checks the variant of a CQE that dsa__cqe_validate() accepted against the n_variants names of
+ * the session's model: 0 (none) or 1..n_variants. 0 or -EPROTO (the request then fails with
+ * it: the CQE is attributable, only its content is impossible). */
+int dsa__cqe_validate_variant(const struct dsa_ring_cqe *cqe, size_t n_variants);
+
+/* A session's hints as the SQE carries them (include/dsa/ring.h). */
+struct dsa__ring_hints {
+        uint32_t min_accuracy;   /* 1/10000 of the base's accuracy, <= 10000 */
+        uint32_t max_latency_us;
+        uint32_t priority;       /* enum dsa_ring_priority */
+};
+
+/* Encodes the public hints (NULL: none) for the ring: min_accuracy rounded to 1/10000,
+ * max_latency_ms * 1000 capped to UINT32_MAX, the priority mapped. -EINVAL for min_accuracy
+ * outside [0, 1] or NaN, or an unknown priority. */
+int dsa__hints_encode(const struct dsa_hints *h, struct dsa__ring_hints *ret);
+
+/* The SQE of one request, hints included, reserved fields zero. */
+void dsa__sqe_init(struct dsa_ring_sqe *sqe, uint64_t user_data, uint32_t op, uint32_t flags,
+                   uint32_t slot, uint32_t len, uint32_t pool, const struct dsa__ring_hints *hints);
+
 /* Encodes a CLASSIFY/EMBED/TOKENIZE request into buf (cap bytes). -EINVAL for n outside
  * 1..1024, a NULL text or one over 1 MiB; -E2BIG when it does not fit cap. Returns the length. */
 int dsa__request_encode(uint8_t *buf, size_t cap, const char *const *texts, size_t n,
@@ -75,9 +98,11 @@ int dsa__request_encode(uint8_t *buf, size_t cap, const char *const *texts, size
 
 /* Decoders of response payloads (private copies, len bytes). Each checks the counts against
  * what was asked (n texts) and that the payload is exactly as long as the counts say; -EPROTO
- * otherwise. labels: the session's label names (n_labels_names of them), may be NULL. */
+ * otherwise. labels: the session's label names (n_labels_names of them), may be NULL; variant:
+ * the name of the variant that ran the request, or NULL (both copied into the results). */
 int dsa__classify_decode(const uint8_t *p, size_t len, size_t n, const char *const *labels,
-                         size_t n_label_names, struct dsa_classify_result **ret);
+                         size_t n_label_names, const char *variant,
+                         struct dsa_classify_result **ret);
 int dsa__embed_decode(const uint8_t *p, size_t len, size_t n, float **ret, size_t *ret_dim);
 /* TOKENIZE: ids and token strings; a token holding NUL is -EPROTO. */
 int dsa__tokenize_decode(const uint8_t *p, size_t len, size_t n, struct dsa_tokens **ret);

@@ -122,6 +122,13 @@ static void session_reap(struct dsa_session *s) {
                         sl->state = SLOT_DONE;
                         sl->status = cqe.status;
                         sl->len = cqe.len;
+                        sl->variant = cqe.variant;
+                        /* A variant the model does not have: the request fails, the ring
+                         * goes on. */
+                        if (dsa__cqe_validate_variant(&cqe, s->n_variants) < 0) {
+                                sl->status = -EPROTO;
+                                sl->variant = 0;
+                        }
                         if (sl->callback)
                                 fifo_push(s, cqe.slot);
                         break;
@@ -181,7 +188,7 @@ void dsa__session_process(struct dsa_session *s) {
 int dsa__session_submit(struct dsa_session *s, uint32_t op, const char *const *texts, size_t n,
                         uint32_t flags, uint32_t pool, dsa_callback_t callback, void *userdata,
                         uint32_t *ret_slot, uint64_t *ret_id) {
-        struct dsa_ring_sqe sqe = {};
+        struct dsa_ring_sqe sqe;
         struct slot *sl = NULL;
         uint32_t idx = 0, head, used;
         size_t len = 0;
@@ -229,14 +236,7 @@ int dsa__session_submit(struct dsa_session *s, uint32_t op, const char *const *t
                 .callback = callback,
                 .userdata = userdata,
         };
-        sqe = (struct dsa_ring_sqe) {
-                .user_data = sl->id,
-                .op = op,
-                .flags = flags,
-                .slot = idx,
-                .len = (uint32_t) len,
-                .pool = pool,
-        };
+        dsa__sqe_init(&sqe, sl->id, op, flags, idx, (uint32_t) len, pool, &s->hints);
         memcpy((uint8_t *) s->map + s->g.sq_offset +
                        (uint64_t) (s->sq_tail & (s->g.sq_entries - 1)) * sizeof(sqe),
                &sqe, sizeof(sqe));
@@ -258,7 +258,12 @@ static int slot_decode(struct dsa_session *s, uint32_t idx, struct dsa_result *r
         const struct slot *sl = &s->slots[idx];
         _cleanup_free_ uint8_t *buf = NULL;
 
-        *res = (struct dsa_result) { .op = (enum dsa_op) sl->op, .n_texts = sl->n_texts };
+        *res = (struct dsa_result) {
+                .op = (enum dsa_op) sl->op,
+                .n_texts = sl->n_texts,
+                /* Checked against n_variants when the CQE came. */
+                .variant = sl->variant ? s->variants[sl->variant - 1] : NULL,
+        };
         if (sl->op == DSA_RING_OP_NOP)
                 return sl->len == 0 ? 0 : -EPROTO;
         /* Copied out first: dsad could rewrite the slot while we decode. len <= slot_size was
@@ -271,7 +276,7 @@ static int slot_decode(struct dsa_session *s, uint32_t idx, struct dsa_result *r
         case DSA_RING_OP_CLASSIFY:
                 return dsa__classify_decode(buf, sl->len, sl->n_texts,
                                             (const char *const *) s->labels, s->n_labels,
-                                            &res->classify);
+                                            res->variant, &res->classify);
         case DSA_RING_OP_EMBED:
                 if (sl->pool == DSA_RING_POOL_NONE) {
                         int r = dsa__embed_tokens_decode(buf, sl->len, sl->n_texts, &res->token_embeddings);

@@ -27,6 +27,7 @@ struct slot {
         void *userdata;
         int32_t status;
         uint32_t len;
+        uint32_t variant;       /* the CQE's, checked against the session's names */
 };
 
 struct dsa_session {
@@ -35,6 +36,9 @@ struct dsa_session {
         char *id, *model, *daemon; /* daemon: dsad's unique bus name when the session opened */
         char **labels;
         size_t n_labels;
+        char **variants;             /* the model's Variants: CQE variant i names variants[i - 1] */
+        size_t n_variants;
+        struct dsa__ring_hints hints; /* what every SQE carries */
 
         int ring_fd, submit_fd, complete_fd, timer_fd, epoll_fd, bus_fd, wake_fd;
         uint8_t *map;

@@ -124,6 +124,26 @@ DSA_EXPORT int dsa_session_get_labels(const struct dsa_session *s, const char *c
         return (int) s->n_labels;
 }
 
+DSA_EXPORT int dsa_session_set_hints(struct dsa_session *s, const struct dsa_hints *h) {
+        struct dsa__ring_hints hints;
+        int r;
+
+        if (!s)
+                return -EINVAL;
+        r = dsa__hints_encode(h, &hints);
+        if (r < 0)
+                return r;
+        s->hints = hints;
+        return 0;
+}
+
+DSA_EXPORT int dsa_session_get_variants(const struct dsa_session *s, const char *const **ret_names) {
+        if (!s || !ret_names)
+                return -EINVAL;
+        *ret_names = (const char *const *) s->variants;
+        return (int) s->n_variants;
+}
+
 static void strv_free(char **l) {
         if (l)
                 for (char **p = l; *p; p++)
@@ -181,6 +201,7 @@ void dsa__session_destroy(struct dsa_session *s) {
         free(s->model);
         free(s->daemon);
         strv_free(s->labels);
+        strv_free(s->variants);
         dsa__client_unref(s->client);
         free(s);
 }
@@ -196,9 +217,10 @@ DSA_EXPORT struct dsa_session *dsa_session_free(struct dsa_session *s) {
         return NULL;
 }
 
-/* The model's label names, for classify results. Not fatal: a model without them (or a dsad
- * that does not say) gives results with label NULL. */
-static void session_fetch_labels(struct dsa_session *s) {
+/* A string-array property of the session's model (at most max strings). Not fatal: a model
+ * without it (or a dsad that does not say) leaves *ret_l NULL and *ret_n 0. */
+static void session_fetch_strv(struct dsa_session *s, const char *property, size_t max,
+                               char ***ret_l, size_t *ret_n) {
         sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_free_ char *path = NULL;
         char **l = NULL;
@@ -207,7 +229,7 @@ static void session_fetch_labels(struct dsa_session *s) {
         if (sd_bus_path_encode(DSA__MODEL_PATH, s->model, &path) < 0)
                 return;
         if (sd_bus_get_property_strv(s->client->bus, DSA__BUS_NAME, path, DSA__MODEL_IFACE,
-                                     "Labels", &e, &l) < 0) {
+                                     property, &e, &l) < 0) {
                 sd_bus_error_free(&e);
                 (void) dsa__client_process(s->client);
                 return;
@@ -215,12 +237,12 @@ static void session_fetch_labels(struct dsa_session *s) {
         (void) dsa__client_process(s->client);
         while (l && l[n])
                 n++;
-        if (n > DSA__MAX_LABELS) {
+        if (n > max) {
                 strv_free(l);
                 return;
         }
-        s->labels = l;
-        s->n_labels = n;
+        *ret_l = l;
+        *ret_n = n;
 }
 
 static int session_map(struct dsa_session *s, uint32_t want_slots, uint32_t want_slot_size) {
@@ -367,7 +389,10 @@ DSA_EXPORT int dsa_session_open(struct dsa_client *c, const char *model, uint32_
         r = session_setup_fds(s);
         if (r < 0)
                 goto fail;
-        session_fetch_labels(s);
+        /* Labels for classify results (label NULL without them); variant names for every
+         * result (a dsad without them sends variant 0: NULL). */
+        session_fetch_strv(s, "Labels", DSA__MAX_LABELS, &s->labels, &s->n_labels);
+        session_fetch_strv(s, "Variants", DSA__MAX_VARIANTS, &s->variants, &s->n_variants);
 
         s->next = c->sessions;
         if (c->sessions)

@@ -99,6 +99,51 @@ int dsa__cqe_validate(const struct dsa_ring_cqe *cqe, const struct dsa__ring_geo
         return 0;
 }
 
+int dsa__cqe_validate_variant(const struct dsa_ring_cqe *cqe, size_t n_variants) {
+        return cqe->variant <= n_variants ? 0 : -EPROTO;
+}
+
+int dsa__hints_encode(const struct dsa_hints *h, struct dsa__ring_hints *ret) {
+        static const uint32_t priorities[] = {
+                [DSA_PRIORITY_NORMAL] = DSA_RING_PRIORITY_NORMAL,
+                [DSA_PRIORITY_HIGH] = DSA_RING_PRIORITY_HIGH,
+                [DSA_PRIORITY_LOW] = DSA_RING_PRIORITY_LOW,
+        };
+        uint64_t us;
+
+        if (!h) {
+                *ret = (struct dsa__ring_hints) {};
+                return 0;
+        }
+        /* Written so that NaN fails too. */
+        if (!(h->min_accuracy >= 0.0 && h->min_accuracy <= 1.0))
+                return -EINVAL;
+        if ((unsigned) h->priority >= sizeof(priorities) / sizeof(priorities[0]))
+                return -EINVAL;
+        us = (uint64_t) h->max_latency_ms * 1000u;
+        *ret = (struct dsa__ring_hints) {
+                .min_accuracy = (uint32_t) lround(h->min_accuracy * 10000.0),
+                .max_latency_us = us > UINT32_MAX ? UINT32_MAX : (uint32_t) us,
+                .priority = priorities[h->priority],
+        };
+        return 0;
+}
+
+void dsa__sqe_init(struct dsa_ring_sqe *sqe, uint64_t user_data, uint32_t op, uint32_t flags,
+                   uint32_t slot, uint32_t len, uint32_t pool, const struct dsa__ring_hints *hints) {
+        *sqe = (struct dsa_ring_sqe) {
+                .user_data = user_data,
+                .op = op,
+                .flags = flags,
+                .slot = slot,
+                .len = len,
+                .pool = pool,
+                .min_accuracy = hints->min_accuracy,
+                .max_latency_us = hints->max_latency_us,
+                .priority = hints->priority,
+        };
+}
+
 int dsa__request_encode(uint8_t *buf, size_t cap, const char *const *texts, size_t n,
                         size_t *ret_len) {
         size_t off = 4;
@@ -135,11 +180,12 @@ static float f32_le(const uint8_t *p) {
 }
 
 int dsa__classify_decode(const uint8_t *p, size_t len, size_t n, const char *const *labels,
-                         size_t n_label_names, struct dsa_classify_result **ret) {
+                         size_t n_label_names, const char *variant,
+                         struct dsa_classify_result **ret) {
         struct dsa_classify_result *r;
-        size_t L, per_text, need, names_bytes = 0;
+        size_t L, per_text, need, names_bytes = 0, variant_bytes = variant ? strlen(variant) + 1 : 0;
         float *f;
-        char *names_at;
+        char *names_at, *variant_at = NULL;
         const char **names = NULL;
 
         if (len < 8)
@@ -161,15 +207,20 @@ int dsa__classify_decode(const uint8_t *p, size_t len, size_t n, const char *con
         else
                 labels = NULL;
 
-        /* One block: results, then logits and probs (2 * n * L floats), then the name pointers
-         * and the names, so the array outlives the session. Sizes are bounded by len. */
+        /* One block: results, then logits and probs (2 * n * L floats), then the name pointers,
+         * the names and the variant's name, so the array outlives the session. Sizes are bounded
+         * by len (and the variant's name by what the session accepted from dsad). */
         size_t floats_at = n * sizeof(*r);
         size_t names_ptr_at = floats_at + 2 * n * L * sizeof(float);
         size_t strings_at = names_ptr_at + (labels ? L * sizeof(char *) : 0);
-        r = malloc(strings_at + names_bytes);
+        r = malloc(strings_at + names_bytes + variant_bytes);
         if (!r)
                 return -ENOMEM;
         f = (float *) ((uint8_t *) r + floats_at);
+        if (variant) {
+                variant_at = (char *) r + strings_at + names_bytes;
+                memcpy(variant_at, variant, variant_bytes);
+        }
         if (labels) {
                 names = (const char **) ((uint8_t *) r + names_ptr_at);
                 names_at = (char *) r + strings_at;
@@ -197,6 +248,7 @@ int dsa__classify_decode(const uint8_t *p, size_t len, size_t n, const char *con
                         .n_labels = L,
                         .logits = f + 2 * i * L,
                         .probs = f + 2 * i * L + L,
+                        .variant = variant_at,
                 };
                 for (size_t k = 0; k < L; k++) {
                         r[i].logits[k] = f32_le(q + 4 + 4 * k);
@@ -377,6 +429,11 @@ int dsa__errno_from_bus_error(const char *name, int fallback) {
                 { "org.freedesktop.DBus.Error.Timeout", ETIMEDOUT },
                 { "org.freedesktop.DBus.Error.AccessDenied", EACCES },
                 { "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired", EACCES },
+                /* A dsad older than the call: */
+                { "org.freedesktop.DBus.Error.UnknownMethod", EOPNOTSUPP },
+                { "org.freedesktop.DBus.Error.UnknownInterface", EOPNOTSUPP },
+                { "org.freedesktop.DBus.Error.UnknownProperty", EOPNOTSUPP },
+                { "org.freedesktop.DBus.Error.UnknownObject", ENOENT },
         };
 
         if (name)

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Re-creates the two bundled models from ../shared (the SST-2 teacher sst2-bert-4l256 and GLUE
 # SST-2) with dsa's own tools:
-#   - models/sst2-bert-4l256.gguf, the teacher as fp16 (dsactl import --type f16), which the
-#     tests and the variant ladder use;
+#   - models/sst2-bert-4l256.gguf, the teacher as fp16 (dsactl import --type f16) with its SST-2
+#     dev accuracy recorded (dsactl eval --record), which the tests and the variant ladder use
+#     (dsad ranks a model's variants by accuracy kept against it);
 #   - models/sst2-distilled-int8.gguf, the default model README's first command serves, made by
 #     dsa's trainer:
 #   1. dsactl distill: a student layers=2,hidden=128,heads=4,ffn=512 from the teacher (started
@@ -23,6 +24,7 @@ dsactl=./build/cli/dsactl
 [ -d "$teacher" ] || { echo "make-default-model: $teacher not found (set DSA_SHARED)" >&2; exit 1; }
 [ -x "$dsactl" ] || { echo "make-default-model: build first (cmake --build build)" >&2; exit 1; }
 $dsactl import "$teacher" -o models/sst2-bert-4l256.gguf --type f16
+$dsactl eval -m models/sst2-bert-4l256.gguf --task sst2 --data "$sst/dev.tsv" --record
 ls -l models/sst2-bert-4l256.gguf
 [ "${1:-}" != --teacher-only ] || exit 0
 tmp=$(mktemp -d)

@@ -20,11 +20,14 @@
  *   -EACCES, Failed -EIO; dsad not running (no owner of org.dsa.Daemon1) -ECONNREFUSED; the bus
  *   connection closed -ENOTCONN; dsad died while a session was open -ECONNRESET; no answer in
  *   time -ETIMEDOUT; dsad broke the ring protocol (a forged header, an impossible completion or
- *   response) -EPROTO. dsa_client_error_message() gives the daemon's one-line reason.
+ *   response) -EPROTO; a dsad too old to have the method or property called (D-Bus
+ *   UnknownMethod, UnknownInterface, UnknownProperty) -EOPNOTSUPP. dsa_client_error_message()
+ *   gives the daemon's one-line reason.
  * - A call that takes a callback and fails never invokes the callback.
  * - Structs returned by the library are part of the LIBDSA_0 ABI and, once released, never
  *   change; new fields come with new functions. (Before the first release, 0.1, struct
- *   dsa_tokens gained tokens and struct dsa_result token_embeddings.) */
+ *   dsa_tokens gained tokens, struct dsa_result token_embeddings and variant, and struct
+ *   dsa_classify_result variant.) */
 #pragma once
 
 #include <stdbool.h>
@@ -126,6 +129,82 @@ DSA_EXPORT int dsa_client_list_sessions(struct dsa_client *c, struct dsa_session
 /* Accepts NULL; returns NULL. Any thread. */
 DSA_EXPORT struct dsa_session_info *dsa_session_info_free(struct dsa_session_info *s, size_t n);
 
+/* ---- The adaptive policy (docs/dbus-api.md, "The adaptive policy"): dsad runs each request on
+ * one variant ("rung") of its model, chosen to meet a latency target, a power budget and a
+ * minimum accuracy. These calls read and set that policy; dsa_session_set_hints() below adds
+ * per-request wishes. A dsad without the policy fails them with -EOPNOTSUPP. */
+
+/* dsad's live picture of its policy (GetPolicy). Fields dsad did not send keep these defaults:
+ * -1 for numbers, NULL for strings. */
+struct dsa_policy {
+        char *mode;                /* Policy: "adaptive", or "fixed:VARIANT" */
+        double latency_target_ms;  /* LatencyTarget: ms from submission to result */
+        double power_budget_w;     /* PowerBudget in force (battery rules applied), 0 = none */
+        double min_accuracy;       /* MinAccuracy in force: accuracy kept, 0..1 of the base's */
+        int on_battery;            /* OnBattery: 1 or 0 (0 also without UPower), -1 not sent */
+        double battery_percentage; /* BatteryPercentage: 0..100, -1 unknown */
+        char *power_profile;       /* PowerProfile: power-profiles-daemon's, "" without it */
+        double power_w;            /* Power: watts attributed to dsad now */
+        double package_power_w;    /* PackagePower: RAPL package watts, -1 without RAPL */
+        char *power_source;        /* PowerSource: "rapl" or "model" (CPU-time model) */
+        double core_watts;         /* CoreWatts: watts per busy core the estimate uses */
+        double cpu_pressure;       /* CpuPressure: PSI cpu "some" avg10, -1 without PSI */
+        double arrival_rate;       /* ArrivalRate: requests per second, all models */
+        int64_t queue_depth;       /* QueueDepth: requests waiting */
+};
+
+/* Reads dsad's policy. Keys dsad sends that libdsa does not know are ignored. On success *ret
+ * is a new struct freed with dsa_policy_free(). */
+DSA_EXPORT int dsa_client_get_policy(struct dsa_client *c, struct dsa_policy **ret);
+/* Accepts NULL; returns NULL. Any thread. */
+DSA_EXPORT struct dsa_policy *dsa_policy_free(struct dsa_policy *p);
+
+/* Set dsad's writable policy properties (LatencyTarget, PowerBudget, MinAccuracy, Policy).
+ * They need the polkit action org.dsa.policy (uid 0 always has it): -EACCES otherwise. -EINVAL
+ * for a value out of range, checked here first: ms > 0, watts >= 0 (0 = no budget), accuracy
+ * 0..1 (of the base model's), all finite; mode "adaptive" or "fixed:VARIANT" (dsad judges
+ * VARIANT). The new value applies to requests dsad picks a variant for afterwards. */
+DSA_EXPORT int dsa_client_set_latency_target(struct dsa_client *c, double ms);
+DSA_EXPORT int dsa_client_set_power_budget(struct dsa_client *c, double watts);
+DSA_EXPORT int dsa_client_set_min_accuracy(struct dsa_client *c, double accuracy);
+DSA_EXPORT int dsa_client_set_policy_mode(struct dsa_client *c, const char *mode);
+
+/* One latency bucket of a variant: requests of about this many tokens took this long (an
+ * exponentially weighted mean of what dsad measured). */
+struct dsa_variant_latency {
+        uint32_t tokens;
+        double ms;
+};
+
+/* One variant ("rung") of a loaded model (GetVariants), most accurate first. */
+struct dsa_variant_info {
+        char *name;              /* "base" (the model itself) or VARIANT of NAME@VARIANT.gguf */
+        bool current;            /* the rung the model's requests run on now */
+        double accuracy_kept;    /* recorded accuracy over the base's, -1 unknown */
+        double accuracy;         /* recorded eval accuracy, -1 unknown */
+        uint64_t weight_bytes;
+        uint64_t requests;       /* requests it served */
+        double energy_j;         /* joules per request of 32 tokens (dsad's power model) */
+        size_t n_latency;
+        struct dsa_variant_latency *latency; /* n_latency buckets measured so far, by tokens */
+};
+
+/* Lists the variants of a loaded model. On success *ret is an array of *ret_n entries, freed
+ * with dsa_variant_info_free(*ret, *ret_n). Errors: -ENOENT no such model, -EALREADY not
+ * loaded. */
+DSA_EXPORT int dsa_client_get_variants(struct dsa_client *c, const char *model,
+                                       struct dsa_variant_info **ret, size_t *ret_n);
+/* Frees an array from dsa_client_get_variants(), n its length. Accepts NULL; returns NULL. Any
+ * thread. */
+DSA_EXPORT struct dsa_variant_info *dsa_variant_info_free(struct dsa_variant_info *v, size_t n);
+
+/* The variant a model's requests run on now and why dsad chose it (the CurrentVariant and
+ * VariantReason properties of its org.dsa.Model1 object; "" for a model not loaded, and for a
+ * reason dsad did not give). On success *ret_variant and *ret_reason (either may be NULL when
+ * not wanted) are new strings the caller frees with free(). Errors: -ENOENT no such model. */
+DSA_EXPORT int dsa_client_get_current_variant(struct dsa_client *c, const char *model,
+                                              char **ret_variant, char **ret_reason);
+
 /* ---- Session: a shared-memory ring bound to one model */
 
 /* Opens a session on model (OpenSession): n_slots requests in flight at most, each request and
@@ -134,9 +213,10 @@ DSA_EXPORT struct dsa_session_info *dsa_session_info_free(struct dsa_session_inf
  * it before use: magic and version, the geometry it asked for, power-of-two queue sizes, every
  * region inside the file, the file sealed against shrinking; -EPROTO (reason in
  * dsa_client_error_message()) when anything is off. Also fetches the model's label names for
- * dsa_classify(). The session holds a reference on c: freeing c first is allowed. On success
- * *ret is a new session freed with dsa_session_free(). Errors: -ENOENT no such model, -EBADMSG
- * bad model, -EINVAL bad arguments or caps exceeded, -ECONNREFUSED dsad not running, -EPROTO. */
+ * dsa_classify() and its variant names (dsa_session_get_variants()). The session holds a
+ * reference on c: freeing c first is allowed. On success *ret is a new session freed with
+ * dsa_session_free(). Errors: -ENOENT no such model, -EBADMSG bad model, -EINVAL bad arguments
+ * or caps exceeded, -ECONNREFUSED dsad not running, -EPROTO. */
 DSA_EXPORT int dsa_session_open(struct dsa_client *c, const char *model, uint32_t n_slots,
                                 uint32_t slot_size, struct dsa_session **ret);
 
@@ -165,6 +245,33 @@ DSA_EXPORT const char *dsa_session_get_id(const struct dsa_session *s);
  * returns their number (0 for a model without a classifier, or when dsad did not say). */
 DSA_EXPORT int dsa_session_get_labels(const struct dsa_session *s, const char *const **ret_labels);
 
+enum dsa_priority {
+        DSA_PRIORITY_NORMAL = 0,
+        DSA_PRIORITY_HIGH = 1, /* queued ahead of normal requests */
+        DSA_PRIORITY_LOW = 2,  /* queued behind every other request */
+};
+
+/* What a session's requests ask of dsad's adaptive policy. Zero in a field: no wish. */
+struct dsa_hints {
+        double min_accuracy;         /* 0..1: run on a variant that keeps at least this share of
+                                      * the base model's accuracy, even over the power budget
+                                      * (sent in steps of 1/10000, rounded to the nearest) */
+        uint32_t max_latency_ms;     /* submission to result: a cheaper variant when the model's
+                                      * current one would take longer */
+        enum dsa_priority priority;
+};
+
+/* Every request submitted on s from now on (synchronous or not) carries *h in its SQE; h NULL
+ * resets to no hints (the default). Requests already submitted keep theirs. Errors: -EINVAL
+ * for min_accuracy outside [0, 1] or NaN, or an unknown priority. */
+DSA_EXPORT int dsa_session_set_hints(struct dsa_session *s, const struct dsa_hints *h);
+
+/* The names of the model's variants (its Variants property, read once at open; "base" is the
+ * model itself): *ret_names is owned by s and lives as long as s; returns their number (0 when
+ * dsad did not say, as a dsad without the adaptive policy does not). Results name the variant
+ * that ran them by these strings. */
+DSA_EXPORT int dsa_session_get_variants(const struct dsa_session *s, const char *const **ret_names);
+
 /* ---- Results */
 
 /* One classified text. */
@@ -174,6 +281,9 @@ struct dsa_classify_result {
         size_t n_labels;
         float *logits;        /* n_labels raw scores, as dsad computed them */
         float *probs;         /* n_labels softmax(logits), computed by libdsa */
+        const char *variant;  /* the variant that ran the request (its name as
+                               * dsa_session_get_variants() lists it, copied into this array's
+                               * allocation); NULL when dsad did not say */
 };
 
 /* The tokens of one text. */
@@ -268,6 +378,10 @@ struct dsa_result {
         /* EMBED from dsa_session_submit_embed_tokens(): n_texts entries (and embeddings NULL;
          * dim is set too). */
         struct dsa_token_embeddings *token_embeddings;
+        /* The variant that ran the request: one of dsa_session_get_variants()'s names, owned by
+         * the session (valid while it lives); NULL when dsad did not say (NOP, TOKENIZE, a dsad
+         * without the adaptive policy). */
+        const char *variant;
 };
 
 /* Invoked from dsa_session_dispatch() (and from dsa_session_free() with -ECANCELED), on the

@@ -43,7 +43,8 @@
  * What dsad rejects (CQE status -EINVAL unless said otherwise): slot >= n_slots (-EBADSLT);
  * len > slot_size; an unknown op; flags other than DSA_RING_SQE_NO_SPECIAL, or flags on an op
  * other than TOKENIZE; pool other than 0 on an op other than EMBED, or an unknown pool; any
- * reserved SQE field not zero (so later versions can give them meaning); a NOP with len != 0;
+ * reserved SQE field not zero (so later versions can give them meaning); min_accuracy > 10000 or
+ * a priority outside enum dsa_ring_priority; a NOP with len != 0;
  * a payload whose counts or lengths disagree with len (0 or more than 1024 texts, a length
  * past the end, trailing bytes); a text that is not UTF-8 or contains NUL.
  *
@@ -64,7 +65,8 @@
 #include <stdint.h>
 
 #define DSA_RING_MAGIC 0x52415344u /* "DSAR" */
-#define DSA_RING_VERSION 2u /* 2: TOKENIZE responses carry token strings; EMBED pool NONE */
+#define DSA_RING_VERSION 3u /* 2: TOKENIZE responses carry token strings; EMBED pool NONE;
+                              * 3: policy hints in the SQE, the variant in the CQE */
 #define DSA_RING_HEADER_SIZE 4096u
 
 enum dsa_ring_op {
@@ -82,6 +84,12 @@ enum dsa_ring_pool {
         DSA_RING_POOL_NONE = 4,    /* no pooling: every token's hidden state (see EMBED below) */
 };
 
+enum dsa_ring_priority {
+        DSA_RING_PRIORITY_NORMAL = 0,
+        DSA_RING_PRIORITY_HIGH = 1, /* queued ahead of normal requests */
+        DSA_RING_PRIORITY_LOW = 2,  /* queued behind every other request */
+};
+
 enum dsa_ring_sqe_flags {
         DSA_RING_SQE_NO_SPECIAL = 1u << 0, /* TOKENIZE: no [CLS]/[SEP] */
 };
@@ -94,7 +102,11 @@ struct dsa_ring_sqe {
         uint32_t slot;      /* data slot holding the request payload; the response goes there */
         uint32_t len;       /* request payload bytes in the slot */
         uint32_t pool;      /* EMBED: enum dsa_ring_pool */
-        uint32_t reserved[9]; /* zero */
+        /* Hints for dsad's adaptive policy (docs/dbus-api.md), 0 = none: */
+        uint32_t min_accuracy;   /* lowest accuracy kept, in 1/10000 of the base model's (<= 10000) */
+        uint32_t max_latency_us; /* submission to result */
+        uint32_t priority;       /* enum dsa_ring_priority */
+        uint32_t reserved[6]; /* zero */
 };
 
 /* One completion, 32 bytes. */
@@ -106,7 +118,9 @@ struct dsa_ring_cqe {
                              * (no classifier head, no pooler), -ENOMEM, -EIO engine */
         uint32_t slot;      /* the SQE's slot */
         uint32_t len;       /* response payload bytes in the slot */
-        uint32_t reserved[3];
+        uint32_t variant;   /* 1 + the index in the model's Variants property of the rung that ran
+                             * the request; 0 when none did (NOP, TOKENIZE, errors) */
+        uint32_t reserved[2];
 };
 
 /* The first page of the memfd. dsad writes the geometry once at creation; afterwards only the
@@ -140,9 +154,11 @@ _Static_assert(__builtin_offsetof(struct dsa_ring_sqe, op) == 8, "SQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_sqe, slot) == 16, "SQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_sqe, len) == 20, "SQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_sqe, pool) == 24, "SQE layout");
+_Static_assert(__builtin_offsetof(struct dsa_ring_sqe, priority) == 36, "SQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_cqe, status) == 8, "CQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_cqe, slot) == 12, "CQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_cqe, len) == 16, "CQE layout");
+_Static_assert(__builtin_offsetof(struct dsa_ring_cqe, variant) == 20, "CQE layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_header, sq_offset) == 24, "header layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_header, total_size) == 48, "header layout");
 _Static_assert(__builtin_offsetof(struct dsa_ring_header, sq_head) == 64, "header layout");

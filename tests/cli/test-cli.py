@@ -45,7 +45,7 @@ for o in sorted(opts - {"help"}):
 check(run()[0] == 2, "no verb -> 2")
 rc, out, _ = run("--help")
 check(rc == 0 and all(v in out for v in ("tokenize", "classify", "embed", "import", "bench", "list", "ps",
-                                         "status", "load", "unload")),
+                                         "status", "load", "unload", "policy")),
       "--help lists every verb")
 expect_fail(2, ["frobnicate"], "unknown verb")
 expect_fail(2, ["classify", "x"], "classify without -m")
@@ -60,12 +60,26 @@ expect_fail(2, ["list", "extra"], "list with an argument")
 expect_fail(2, ["status", "--bogus"], "status with an unknown option")
 expect_fail(2, ["load", "--json", "sst2"], "load --json")
 expect_fail(2, ["import", model, "-o", "x.gguf", "--bus", "session"], "import --bus")
+expect_fail(2, ["policy"], "policy without show or set")
+expect_fail(2, ["policy", "frobnicate"], "policy with an unknown subverb")
+expect_fail(2, ["policy", "show", "extra"], "policy show with an argument")
+expect_fail(2, ["policy", "set"], "policy set without a setting")
+expect_fail(2, ["policy", "set", "--min-accuracy", "1.5"], "policy set --min-accuracy 1.5")
+expect_fail(2, ["policy", "set", "--latency-target", "0"], "policy set --latency-target 0")
+expect_fail(2, ["policy", "set", "--power-budget", "-1"], "policy set --power-budget -1")
+expect_fail(2, ["policy", "set", "--mode", "fixed:"], "policy set --mode fixed:")
+expect_fail(2, ["classify", "-m", model, "--priority", "high", "x"], "hints on an in-process model")
+expect_fail(2, ["classify", "-m", "sst2", "--priority", "urgent", "x"], "bad --priority")
+expect_fail(2, ["embed", "-m", "sst2", "--min-accuracy", "nan", "x"], "--min-accuracy nan")
+expect_fail(2, ["tokenize", "-m", "sst2", "--max-latency", "5", "x"], "hints on tokenize")
 
 # dsad's verbs on a bus that is not there: one line, exit 1 (global and per-verb --bus, and
 # DSA_BUS_ADDRESS). A -m that names no file goes to dsad.
 nobus = "unix:path=/nonexistent/dsa-test-bus"
 expect_fail(1, ["--bus", nobus, "list"], "list, no bus")
 expect_fail(1, ["status", "--bus", nobus], "status --bus, no bus")
+expect_fail(1, ["--bus", nobus, "policy", "show"], "policy show, no bus")
+expect_fail(1, ["policy", "set", "--bus", nobus, "--power-budget", "5"], "policy set --bus, no bus")
 expect_fail(1, ["--bus=" + nobus, "classify", "-m", "sst2", "x"], "classify -m NAME, no bus")
 os.environ["DSA_BUS_ADDRESS"] = nobus
 expect_fail(1, ["ps"], "ps, DSA_BUS_ADDRESS without a bus")

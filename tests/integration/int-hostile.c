@@ -395,11 +395,26 @@ int main(void) {
                       -EINVAL, "pool on classify");
         expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_EMBED, .pool = 99, .slot = 0, .len = ok_len },
                       -EINVAL, "unknown pool");
-        for (int i = 0; i < 9; i++) {
+        for (size_t i = 0; i < sizeof(sqe.reserved) / sizeof(sqe.reserved[0]); i++) {
                 sqe = (struct dsa_ring_sqe) { .op = DSA_RING_OP_CLASSIFY, .slot = 0, .len = ok_len };
                 sqe.reserved[i] = 1u << i;
                 expect_status(&h, sqe, -EINVAL, "reserved field set");
         }
+        /* The hints, on a valid payload (slot 0 holds the first classify's response by now), so
+         * that only they can be the reason. */
+        payload(&h, 2, 1, ok_text);
+        expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_CLASSIFY, .min_accuracy = 10001, .slot = 2,
+                                                  .len = ok_len },
+                      -EINVAL, "min_accuracy > 10000");
+        expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_CLASSIFY, .min_accuracy = UINT32_MAX, .slot = 2,
+                                                  .len = ok_len },
+                      -EINVAL, "min_accuracy 2^32-1");
+        expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_CLASSIFY, .priority = 3, .slot = 2, .len = ok_len },
+                      -EINVAL, "unknown priority");
+        expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_CLASSIFY, .min_accuracy = 10000,
+                                                  .max_latency_us = UINT32_MAX, .priority = DSA_RING_PRIORITY_LOW,
+                                                  .slot = 2, .len = ok_len },
+                      0, "every hint at its limit");
         expect_status(&h, (struct dsa_ring_sqe) { .op = DSA_RING_OP_NOP, .slot = 0, .len = 4 }, -EINVAL, "NOP with len");
         {
                 uint8_t *p = slot_ptr(&h, 1);
@@ -453,8 +468,11 @@ int main(void) {
                                 sqe.op = (uint32_t) (w[1] % 4);
                                 sqe.slot = (uint32_t) (w[2] % h.g.n_slots);
                                 sqe.len = (uint32_t) (w[3] % 64);
-                                if (round % 4 == 1)
+                                if (round % 4 == 1) { /* valid fields but the payload */
                                         memset(sqe.reserved, 0, sizeof(sqe.reserved)), sqe.flags = 0, sqe.pool = 0;
+                                        sqe.min_accuracy %= 10001;
+                                        sqe.priority %= DSA_RING_PRIORITY_LOW + 1;
+                                }
                                 for (uint32_t k = 0; k < 64; k += 8) {
                                         uint64_t x = rnd();
                                         memcpy(slot_ptr(&h, sqe.slot) + k, &x, 8);

@@ -1,6 +1,7 @@
 /* libdsa's checks on what dsad writes into shared memory, and its payload codecs, without dsad:
- * forged ring headers (by hand and from a seeded RNG), CQEs that lie, responses whose counts
- * lie, and request/response round trips in ring.h's byte layout. */
+ * forged ring headers (by hand and from a seeded RNG), CQEs that lie (variants included),
+ * responses whose counts lie, request/response round trips in ring.h's byte layout, and the
+ * policy hints as the SQE carries them. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -146,6 +147,88 @@ static void test_cqe(void **state) {
         assert_int_equal(dsa__cqe_validate(&c, &g), -EPROTO);
 }
 
+/* CQE.variant: 0 (none) or 1 + an index into the model's Variants. */
+static void test_cqe_variant(void **state) {
+        struct dsa_ring_cqe c = { .user_data = 7, .slot = 0, .len = 0 };
+
+        assert_int_equal(dsa__cqe_validate_variant(&c, 0), 0);
+        assert_int_equal(dsa__cqe_validate_variant(&c, 3), 0);
+        c.variant = 1;
+        assert_int_equal(dsa__cqe_validate_variant(&c, 0), -EPROTO); /* dsad named no variants */
+        assert_int_equal(dsa__cqe_validate_variant(&c, 1), 0);
+        c.variant = 3;
+        assert_int_equal(dsa__cqe_validate_variant(&c, 3), 0);
+        c.variant = 4;
+        assert_int_equal(dsa__cqe_validate_variant(&c, 3), -EPROTO);
+        c.variant = UINT32_MAX;
+        assert_int_equal(dsa__cqe_validate_variant(&c, DSA__MAX_VARIANTS), -EPROTO);
+}
+
+/* Hints through the SQE writer, read back at ring.h's byte offsets. */
+static void test_hints_sqe(void **state) {
+        const struct dsa__ring_hints none = {};
+        struct dsa__ring_hints rh;
+        struct dsa_ring_sqe sqe;
+        uint8_t b[sizeof(sqe)];
+
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = 0.85, .max_latency_ms = 250,
+                                                                 .priority = DSA_PRIORITY_HIGH },
+                                           &rh),
+                         0);
+        dsa__sqe_init(&sqe, 0x1122334455667788ull, DSA_RING_OP_CLASSIFY, 0, 3, 40, 0, &rh);
+        memcpy(b, &sqe, sizeof(b));
+        assert_int_equal(dsa__u32_le(b + 8), DSA_RING_OP_CLASSIFY);
+        assert_int_equal(dsa__u32_le(b + 16), 3);
+        assert_int_equal(dsa__u32_le(b + 20), 40);
+        assert_int_equal(dsa__u32_le(b + 28), 8500);   /* min_accuracy, 1/10000 */
+        assert_int_equal(dsa__u32_le(b + 32), 250000); /* max_latency_us */
+        assert_int_equal(dsa__u32_le(b + 36), DSA_RING_PRIORITY_HIGH);
+        for (size_t k = 40; k < sizeof(b); k++)
+                assert_int_equal(b[k], 0); /* reserved */
+        /* Back: what dsad reads is what was asked, to the SQE's resolution. */
+        assert_true(fabs(sqe.min_accuracy / 10000.0 - 0.85) <= 0.5e-4);
+        assert_int_equal(sqe.max_latency_us / 1000, 250);
+
+        /* Rounding to the nearest 1/10000, the bounds, LOW. */
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = 0.33333,
+                                                                 .priority = DSA_PRIORITY_LOW },
+                                           &rh),
+                         0);
+        assert_int_equal(rh.min_accuracy, 3333);
+        assert_int_equal(rh.priority, DSA_RING_PRIORITY_LOW);
+        assert_int_equal(rh.max_latency_us, 0);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = 1.0 }, &rh), 0);
+        assert_int_equal(rh.min_accuracy, 10000);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = 0.99996 }, &rh), 0);
+        assert_int_equal(rh.min_accuracy, 10000);
+        /* max_latency_ms * 1000 capped to what 32 bits hold. */
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .max_latency_ms = 4294967 }, &rh), 0);
+        assert_int_equal(rh.max_latency_us, 4294967000u);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .max_latency_ms = 4294968 }, &rh), 0);
+        assert_int_equal(rh.max_latency_us, UINT32_MAX);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .max_latency_ms = UINT32_MAX }, &rh), 0);
+        assert_int_equal(rh.max_latency_us, UINT32_MAX);
+
+        /* NULL: none, and an SQE without hints is all zero past pool. */
+        rh.priority = 2;
+        assert_int_equal(dsa__hints_encode(NULL, &rh), 0);
+        assert_memory_equal(&rh, &none, sizeof(rh));
+        dsa__sqe_init(&sqe, 1, DSA_RING_OP_NOP, 0, 0, 0, 0, &rh);
+        memcpy(b, &sqe, sizeof(b));
+        for (size_t k = 28; k < sizeof(b); k++)
+                assert_int_equal(b[k], 0);
+
+        /* Out of range: rejected, *ret untouched. */
+        rh = (struct dsa__ring_hints) { .min_accuracy = 77 };
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = NAN }, &rh), -EINVAL);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = -0.01 }, &rh), -EINVAL);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = 1.0001 }, &rh), -EINVAL);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .min_accuracy = INFINITY }, &rh), -EINVAL);
+        assert_int_equal(dsa__hints_encode(&(struct dsa_hints) { .priority = (enum dsa_priority) 3 }, &rh),
+                         -EINVAL);
+        assert_int_equal(rh.min_accuracy, 77);
+}
+
 static void test_request_encode(void **state) {
         const char *texts[] = { "hello", "", "wörld" };
         uint8_t buf[64];
@@ -194,7 +277,7 @@ static void test_classify_decode(void **state) {
         uint8_t p[256];
         size_t len = put_classify(p, 2, 2, ids, logits);
 
-        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 2, &r), 0);
+        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 2, NULL, &r), 0);
         assert_int_equal(r[0].label_id, 1);
         assert_string_equal(r[0].label, "positive");
         assert_string_equal(r[1].label, "negative");
@@ -204,33 +287,50 @@ static void test_classify_decode(void **state) {
         assert_true(fabsf(r[0].probs[1] - 1.0f / (1.0f + expf(-3.5f))) < 1e-6f);
         dsa_classify_result_free(r);
 
+        /* The variant's name is copied into the results' block: it outlives the caller's. */
+        char variant[] = "int8";
+        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 2, variant, &r), 0);
+        memset(variant, 'x', 4);
+        assert_string_equal(r[0].variant, "int8");
+        assert_ptr_equal(r[0].variant, r[1].variant);
+        assert_ptr_not_equal(r[0].variant, variant);
+        assert_string_equal(r[1].label, "negative");
+        dsa_classify_result_free(r);
+        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, "base", &r), 0);
+        assert_string_equal(r[1].variant, "base");
+        assert_null(r[1].label);
+        dsa_classify_result_free(r);
+        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 2, NULL, &r), 0);
+        assert_null(r[0].variant);
+        dsa_classify_result_free(r);
+
         /* Names only when the model names as many labels as dsad scored. */
-        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 1, &r), 0);
+        assert_int_equal(dsa__classify_decode(p, len, 2, labels, 1, NULL, &r), 0);
         assert_null(r[0].label);
         dsa_classify_result_free(r);
-        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, &r), 0);
+        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, NULL, &r), 0);
         assert_null(r[1].label);
         dsa_classify_result_free(r);
 
         /* Huge logits do not overflow the softmax. */
         const float big[] = { 1e30f, 1e30f };
         len = put_classify(p, 1, 2, ids, big);
-        assert_int_equal(dsa__classify_decode(p, len, 1, NULL, 0, &r), 0);
+        assert_int_equal(dsa__classify_decode(p, len, 1, NULL, 0, NULL, &r), 0);
         assert_true(fabsf(r[0].probs[0] - 0.5f) < 1e-6f);
         dsa_classify_result_free(r);
 
         /* Lies. */
         len = put_classify(p, 2, 2, ids, logits);
         r = NULL;
-        assert_int_equal(dsa__classify_decode(p, len, 3, NULL, 0, &r), -EPROTO);     /* n */
-        assert_int_equal(dsa__classify_decode(p, len - 1, 2, NULL, 0, &r), -EPROTO); /* short */
-        assert_int_equal(dsa__classify_decode(p, len + 4, 2, NULL, 0, &r), -EPROTO); /* trailing */
-        assert_int_equal(dsa__classify_decode(p, 7, 2, NULL, 0, &r), -EPROTO);
+        assert_int_equal(dsa__classify_decode(p, len, 3, NULL, 0, NULL, &r), -EPROTO);     /* n */
+        assert_int_equal(dsa__classify_decode(p, len - 1, 2, NULL, 0, NULL, &r), -EPROTO); /* short */
+        assert_int_equal(dsa__classify_decode(p, len + 4, 2, NULL, 0, NULL, &r), -EPROTO); /* trailing */
+        assert_int_equal(dsa__classify_decode(p, 7, 2, NULL, 0, NULL, &r), -EPROTO);
         dsa__put_u32_le(p + 4, 0x40000000); /* n_labels whose size overflows */
-        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, &r), -EPROTO);
+        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, NULL, &r), -EPROTO);
         const uint32_t bad_ids[] = { 2, 0 };
         len = put_classify(p, 2, 2, bad_ids, logits);
-        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, &r), -EPROTO);
+        assert_int_equal(dsa__classify_decode(p, len, 2, NULL, 0, NULL, &r), -EPROTO);
         assert_null(r);
 }
 
@@ -412,6 +512,12 @@ static void test_errno_map(void **state) {
         assert_int_equal(dsa__errno_from_bus_error("org.freedesktop.DBus.Error.Disconnected", -ECONNRESET),
                          -ENOTCONN);
         assert_int_equal(dsa__errno_from_bus_error("org.example.Other", -EPERM), -EPERM);
+        /* A dsad older than the call. */
+        assert_int_equal(dsa__errno_from_bus_error("org.freedesktop.DBus.Error.UnknownMethod", -EBADR),
+                         -EOPNOTSUPP);
+        assert_int_equal(dsa__errno_from_bus_error("org.freedesktop.DBus.Error.UnknownProperty", -ENOENT),
+                         -EOPNOTSUPP);
+        assert_int_equal(dsa__errno_from_bus_error("org.freedesktop.DBus.Error.UnknownObject", -EBADR), -ENOENT);
         assert_int_equal(dsa__errno_from_bus_error(NULL, 0), -EIO);
 }
 
@@ -434,6 +540,27 @@ static void test_public_args(void **state) {
         assert_null(dsa_model_info_free(NULL, 3));
         assert_null(dsa_session_info_free(NULL, 3));
         assert_null(dsa_status_free(NULL));
+        assert_int_equal(dsa_session_set_hints(NULL, NULL), -EINVAL);
+        assert_int_equal(dsa_session_get_variants(NULL, (const char *const **) &c), -EINVAL);
+        assert_int_equal(dsa_client_get_policy(NULL, (struct dsa_policy **) &c), -EINVAL);
+        assert_int_equal(dsa_client_get_variants(NULL, "m", (struct dsa_variant_info **) &c, (size_t *) &c),
+                         -EINVAL);
+        assert_int_equal(dsa_client_get_current_variant(NULL, "m", NULL, NULL), -EINVAL);
+        assert_int_equal(dsa_client_set_latency_target(NULL, 100), -EINVAL);
+        assert_int_equal(dsa_client_set_power_budget(NULL, 10), -EINVAL);
+        assert_int_equal(dsa_client_set_min_accuracy(NULL, 0.9), -EINVAL);
+        assert_int_equal(dsa_client_set_policy_mode(NULL, "adaptive"), -EINVAL);
+        /* Values out of range fail before any bus traffic (c is not a real client). */
+        assert_int_equal(dsa_client_set_latency_target(c, 0), -EINVAL);
+        assert_int_equal(dsa_client_set_latency_target(c, NAN), -EINVAL);
+        assert_int_equal(dsa_client_set_power_budget(c, -1), -EINVAL);
+        assert_int_equal(dsa_client_set_power_budget(c, INFINITY), -EINVAL);
+        assert_int_equal(dsa_client_set_min_accuracy(c, 1.5), -EINVAL);
+        assert_int_equal(dsa_client_set_min_accuracy(c, NAN), -EINVAL);
+        assert_int_equal(dsa_client_set_policy_mode(c, NULL), -EINVAL);
+        assert_int_equal(dsa_client_set_policy_mode(c, "fastest"), -EINVAL);
+        assert_null(dsa_policy_free(NULL));
+        assert_null(dsa_variant_info_free(NULL, 3));
 }
 
 int main(void) {
@@ -442,6 +569,8 @@ int main(void) {
                 cmocka_unit_test(test_header_forged),
                 cmocka_unit_test(test_header_random),
                 cmocka_unit_test(test_cqe),
+                cmocka_unit_test(test_cqe_variant),
+                cmocka_unit_test(test_hints_sqe),
                 cmocka_unit_test(test_request_encode),
                 cmocka_unit_test(test_classify_decode),
                 cmocka_unit_test(test_embed_decode),

@@ -41,6 +41,12 @@ bool dsad_model_loaded(const struct dsad_model *m) {
 int dsad_registry_load(struct dsad *d, const char *name, struct dsad_model **ret) {
         return -ENOENT;
 }
+/* No variant ladder: the scheduler runs the model's engine as it is. */
+struct dsad_ladder *dsad_model_ladder(const struct dsad_model *m) {
+        return NULL;
+}
+void dsad_adaptive_wake(struct dsad *d) {
+}
 void dsad_api_sessions_changed(struct dsad *d) {
 }
 void dsad_log(int priority, const char *fmt, ...) {
@@ -200,7 +206,7 @@ static void test_decode_lies(void **state) {
         WITH(DSA_RING_OP_CLASSIFY, { sqe.pool = DSA_RING_POOL_CLS; });
         WITH(DSA_RING_OP_CLASSIFY, { sqe.slot = 4; });
         WITH(DSA_RING_OP_CLASSIFY, { sqe.slot = 0xffffffffu; });
-        WITH(DSA_RING_OP_CLASSIFY, { sqe.reserved[8] = 1; });
+        WITH(DSA_RING_OP_CLASSIFY, { sqe.reserved[5] = 1; });
         /* text bytes: NUL inside, invalid UTF-8 (bad lead, truncated, overlong, surrogate, > U+10FFFF) */
         WITH(DSA_RING_OP_CLASSIFY, { b.b[10] = 0; });
         WITH(DSA_RING_OP_CLASSIFY, { b.b[10] = (uint8_t) 0xff; });

@@ -59,6 +59,12 @@ bool dsad_model_loaded(const struct dsad_model *m) {
 int dsad_registry_load(struct dsad *d, const char *name, struct dsad_model **ret) {
         return -ENOENT;
 }
+/* No variant ladder: the scheduler runs the model's engine as it is. */
+struct dsad_ladder *dsad_model_ladder(const struct dsad_model *m) {
+        return NULL;
+}
+void dsad_adaptive_wake(struct dsad *d) {
+}
 void dsad_api_sessions_changed(struct dsad *d) {
 }
 void dsad_log(int priority, const char *fmt, ...) {
