@@ -7,8 +7,8 @@
  * stays below 90% of the workers. Predicted latency = the time the batch already waited + its
  * own engine call + the queue behind it run as one batch spread over the workers, each at that
  * rung's measured speed. The level (what normal requests run on) goes down at once when the prediction says
- * so, and back up (as far as the margin allows, one step at a time) only after hysteresis_s
- * without such pressure, with a 20% margin on the latency and on the workers' load, and while
+ * so, and back up (as far as the margin allows, steps a quarter of hysteresis_s apart) only
+ * after hysteresis_s without such pressure, with a 20% margin on the latency and on the workers' load, and while
  * the CPU pressure (PSI) stays below 50%, so a load near the edge does not flap. Hints narrow
  * the choice for their own request only.
  *
@@ -322,6 +322,7 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
                                   l->rungs[best].name, 100 * utilization(l, best, per_req, w));
                 l->pressure_usec = now_usec;
         } else if (best < l->level && now_usec - l->pressure_usec >= (uint64_t) (s.hysteresis_s * 1e6) &&
+                   now_usec - l->recover_usec >= (uint64_t) (s.hysteresis_s * 1e6 / 4) &&
                    !(g.cpu_pressure > PSI_RECOVER_MAX)) {
                 /* Up to the most accurate rung that meets the target with the margin, which may
                  * be short of best (under a burst, one step up but not all the way). */
@@ -332,7 +333,7 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
                                 continue;
                         set_level(l, i, "recovered: %s predicts %.0f ms <= %.0f ms at %.1f req/s", l->rungs[i].name,
                                   ms, RECOVER_MARGIN * e.latency_target_ms, l->rate);
-                        l->pressure_usec = now_usec; /* the next step up waits again */
+                        l->recover_usec = now_usec; /* the next step up waits a quarter of it */
                         break;
                 }
         }
@@ -437,6 +438,7 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
                 if (target > l->floor) {
                         l->floor = target;
                         l->floor_ok_usec = 0;
+                        l->mix_bias = 0;
                 } else if (target < l->floor) {
                         /* Up only with a margin, after hysteresis_s. */
                         double pw = dsad_policy_power_w(l, target, rate, l->tokens, g.core_watts) * l->power_scale;
@@ -447,6 +449,7 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
                         else if (now_usec - l->floor_ok_usec >= (uint64_t) (s.hysteresis_s * 1e6)) {
                                 l->floor = target;
                                 l->floor_ok_usec = 0;
+                                l->mix_bias = 0;
                         }
                 } else
                         l->floor_ok_usec = 0;
@@ -462,10 +465,12 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
                                 if (pu > pf) {
                                         /* What the model predicts, corrected by the integral of
                                          * what the meter says the budget still leaves. */
+                                        double model = (share - pf) / (pu - pf);
                                         if (!isnan(g.power_w) && n == 1)
-                                                l->mix_bias = clamp(l->mix_bias + MIX_GAIN * (e.power_budget_w - g.power_w) /
-                                                                                    (pu - pf), -1.0, 1.0);
-                                        l->mix = clamp((share - pf) / (pu - pf) + l->mix_bias, 0.0, 1.0);
+                                                l->mix_bias += MIX_GAIN * (e.power_budget_w - g.power_w) / (pu - pf);
+                                        /* No wind-up: the correction never pushes past 0 or 1. */
+                                        l->mix_bias = clamp(l->mix_bias, -clamp(model, 0.0, 1.0), 1.0 - clamp(model, 0.0, 1.0));
+                                        l->mix = clamp(model + l->mix_bias, 0.0, 1.0);
                                 }
                         }
                 } else

@@ -53,6 +53,7 @@ struct dsad_ladder {
         size_t level;            /* the rung normal requests run on */
         size_t floor;            /* most accurate rung the power budget allows */
         uint64_t pressure_usec;  /* last time latency pushed the level down */
+        uint64_t recover_usec;   /* last step back up */
         uint64_t floor_ok_usec;  /* since when a higher floor would fit the budget (0: not) */
         char reason[192];
         bool announced;          /* level and reason were signalled */

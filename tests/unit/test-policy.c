@@ -128,6 +128,21 @@ static void test_burst_and_hysteresis(void **state) {
         dsad_policy_free(p);
 }
 
+static void test_recovery_steps(void **state) {
+        struct dsad_policy *p = policy(100, 0);
+        struct dsad_ladder *l = ladder();
+
+        /* A deep queue sends the level to tiny; with 7 waiting, base predicts 20 + 70 = 90 ms,
+         * int8 45: after the hysteresis the first step goes to int8 (the most accurate within
+         * the 20% margin), the next one not before a quarter of the hysteresis. */
+        assert_int_equal(choose(p, l, 100, 10 * SEC), 3);
+        assert_int_equal(choose(p, l, 7, 12.1 * SEC), 1);
+        assert_int_equal(choose(p, l, 2, 12.3 * SEC), 1);
+        assert_int_equal(choose(p, l, 2, 12.7 * SEC), 0);
+        ladder_free(l);
+        dsad_policy_free(p);
+}
+
 static void test_waited_batch_catches_up(void **state) {
         struct dsad_policy *p = policy(100, 0);
         struct dsad_ladder *l = ladder();
@@ -317,6 +332,7 @@ int main(void) {
                 cmocka_unit_test(test_service_estimates),
                 cmocka_unit_test(test_idle_runs_most_accurate),
                 cmocka_unit_test(test_burst_and_hysteresis),
+                cmocka_unit_test(test_recovery_steps),
                 cmocka_unit_test(test_waited_batch_catches_up),
                 cmocka_unit_test(test_load_utilization),
                 cmocka_unit_test(test_min_accuracy_and_unknown),
