@@ -41,11 +41,9 @@ static size_t loaded_ladders(struct dsad *d, struct dsad_ladder **ladders, struc
         return n;
 }
 
-/* Signals the changes workers or the tick made. */
-static void announce(struct dsad_adaptive *a) {
-        struct dsad_ladder *ladders[LADDERS_MAX];
-        struct dsad_model *models[LADDERS_MAX];
-        size_t n = loaded_ladders(a->d, ladders, models);
+/* Signals the changes workers or the tick made to the n loaded models' ladders. */
+static void announce_ladders(struct dsad_adaptive *a, struct dsad_ladder *const *ladders,
+                             struct dsad_model *const *models, size_t n) {
         char variant[DSAD_VARIANT_NAME_MAX + 1], reason[192];
 
         for (size_t i = 0; i < n; i++)
@@ -55,6 +53,13 @@ static void announce(struct dsad_adaptive *a) {
                                 dsad_log(LOG_INFO, "Model %s now runs %s: %s.", name, variant, reason);
                         dsad_api_variant_changed(a->d, name, variant, reason);
                 }
+}
+
+static void announce(struct dsad_adaptive *a) {
+        struct dsad_ladder *ladders[LADDERS_MAX];
+        struct dsad_model *models[LADDERS_MAX];
+
+        announce_ladders(a, ladders, models, loaded_ladders(a->d, ladders, models));
 }
 
 static void run_tick(struct dsad_adaptive *a) {
@@ -77,7 +82,6 @@ static void run_tick(struct dsad_adaptive *a) {
                 a->state.power_w = ps.dsad_watts;
                 a->state.package_w = ps.measured ? ps.package_watts : -1;
                 a->state.core_watts = ps.core_watts;
-                a->state.measured = ps.measured;
                 a->state.power_source = ps.calibrated ? "rapl" : "model";
         }
         double psi;
@@ -94,7 +98,7 @@ static void run_tick(struct dsad_adaptive *a) {
         a->state.arrival_rate = 0;
         for (size_t i = 0; i < n; i++)
                 a->state.arrival_rate += ladders[i]->rate;
-        announce(a);
+        announce_ladders(a, ladders, models, n);
 }
 
 static void on_tick(uv_timer_t *t) {

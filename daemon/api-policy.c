@@ -15,13 +15,6 @@
 
 /* ---- helpers */
 
-static void policy_mode(const struct dsad_policy_settings *s, char *buf, size_t size) {
-        if (s->fixed)
-                snprintf(buf, size, "fixed:%s", s->fixed_variant);
-        else
-                snprintf(buf, size, "adaptive");
-}
-
 /* The ladder of a loaded model, or NULL with NotLoaded/NoSuchModel in error. */
 static struct dsad_ladder *loaded_ladder(struct dsad *d, const char *name, struct dsad_model **ret,
                                          sd_bus_error *error) {
@@ -59,7 +52,7 @@ int dsad__api_method_get_policy(sd_bus_message *m, void *userdata, sd_bus_error 
         dsad_policy_get_signals(d->policy, &g);
         dsad_policy_effective(d->policy, &e);
         dsad_adaptive_state(d, &st);
-        policy_mode(&s, mode, sizeof(mode));
+        dsad_policy_format_mode(&s, mode, sizeof(mode));
         r = sd_bus_message_new_method_return(m, &reply);
         if (r < 0)
                 return r;
@@ -143,7 +136,7 @@ int dsad__api_policy_get(sd_bus *bus, const char *path, const char *interface, c
         dsad_policy_get_settings(d->policy, &s);
         dsad_policy_get_signals(d->policy, &g);
         if (strcmp(property, "Policy") == 0) {
-                policy_mode(&s, mode, sizeof(mode));
+                dsad_policy_format_mode(&s, mode, sizeof(mode));
                 return sd_bus_message_append(reply, "s", mode);
         }
         if (strcmp(property, "LatencyTarget") == 0)
@@ -176,13 +169,7 @@ int dsad__api_policy_set(sd_bus *bus, const char *path, const char *interface, c
                 r = sd_bus_message_read(value, "s", &mode);
                 if (r < 0)
                         return r;
-                if (strcmp(mode, "adaptive") == 0)
-                        s.fixed = false;
-                else if (strncmp(mode, "fixed:", 6) == 0 && strlen(mode + 6) >= 1 &&
-                         strlen(mode + 6) <= DSAD_VARIANT_NAME_MAX) {
-                        s.fixed = true;
-                        snprintf(s.fixed_variant, sizeof(s.fixed_variant), "%s", mode + 6);
-                } else
+                if (dsad_policy_parse_mode(mode, &s) < 0)
                         return sd_bus_error_setf(error, ERROR_INVALID_ARGS,
                                                  "Policy must be 'adaptive' or 'fixed:VARIANT', not '%.80s'", mode);
         } else {

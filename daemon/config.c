@@ -97,18 +97,11 @@ static int handle_policy(struct parse_state *p, const char *section, const char 
                         return r;
                 }
         if (strcmp(section, "policy") == 0 && strcmp(name, "mode") == 0) {
-                if (strcmp(value, "adaptive") == 0) {
-                        p->c.policy.fixed = false;
-                        return 0;
-                }
-                if (strncmp(value, "fixed:", 6) == 0 && strlen(value + 6) >= 1 &&
-                    strlen(value + 6) <= DSAD_VARIANT_NAME_MAX) {
-                        p->c.policy.fixed = true;
-                        snprintf(p->c.policy.fixed_variant, sizeof(p->c.policy.fixed_variant), "%s", value + 6);
-                        return 0;
-                }
-                dsad_log(LOG_ERR, "%s:%u: mode= wants adaptive or fixed:VARIANT: '%s'", p->path, p->lineno, value);
-                return -EINVAL;
+                r = dsad_policy_parse_mode(value, &p->c.policy);
+                if (r < 0)
+                        dsad_log(LOG_ERR, "%s:%u: mode= wants adaptive or fixed:VARIANT: '%s'", p->path, p->lineno,
+                                 value);
+                return r;
         }
         if (strcmp(section, "policy") == 0 && strcmp(name, "tick_seconds") == 0) {
                 r = dsa_parse_double(value, 0.01, 60, &p->c.tick_s);

@@ -283,7 +283,6 @@ void dsad_adaptive_models_changed(struct dsad *d);
 /* What the tick measured last (GetPolicy). Loop thread. */
 struct dsad_adaptive_state {
         double power_w, package_w, core_watts, cpu_pressure, arrival_rate;
-        bool measured;                  /* package_w from RAPL */
         const char *power_source;       /* "rapl" or "model" */
 };
 void dsad_adaptive_state(struct dsad *d, struct dsad_adaptive_state *ret);

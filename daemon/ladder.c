@@ -15,6 +15,7 @@
 
 #include "basic/error.h"
 #include "basic/macro.h"
+#include "basic/parse-util.h"
 #include "basic/time-util.h"
 #include "daemon.h"
 #include "engine/model.h"
@@ -37,15 +38,6 @@ static void rung_clear(struct dsad_rung *r) {
         *r = (struct dsad_rung){ 0 };
 }
 
-static bool variant_name_valid(const char *s, size_t n) {
-        if (n == 0 || n > DSAD_VARIANT_NAME_MAX || s[0] == '.')
-                return false;
-        for (size_t i = 0; i < n; i++)
-                if (!strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-", s[i]) || !s[i])
-                        return false;
-        return true;
-}
-
 /* The first task the base recorded an accuracy for ("sst2" from "eval.sst2.accuracy"). */
 static void pick_task(const struct dsa_model *base, char *task, size_t size) {
         task[0] = 0;
@@ -66,17 +58,13 @@ static void pick_task(const struct dsa_model *base, char *task, size_t size) {
 static double recorded_accuracy(const struct dsa_model *m, const char *task) {
         char key[64];
         const char *v;
-        char *end;
         double a;
 
         if (!task[0])
                 return NAN;
         snprintf(key, sizeof(key), "eval.%s.accuracy", task);
         v = dsa_model_info(m, key);
-        if (!v)
-                return NAN;
-        a = strtod(v, &end);
-        return end != v && *end == 0 && a > 0 && a <= 1 ? a : NAN;
+        return v && dsa_parse_double(v, 0, 1, &a) >= 0 && a > 0 ? a : NAN;
 }
 
 /* A variant runs requests of its base only when it answers in the same terms. */
@@ -215,7 +203,13 @@ int dsad_ladder_open(const char *store, const char *name, unsigned threads, stru
                     strcmp(f + len - 5, ".gguf") != 0)
                         continue;
                 vlen = len - nlen - 1 - 5;
-                if (!variant_name_valid(v, vlen) || (vlen == 4 && strncmp(v, "base", 4) == 0)) {
+                vname = strndup(v, vlen);
+                if (!vname) {
+                        r = -ENOMEM;
+                        break;
+                }
+                /* Variant names follow model names' rules, shorter, and "base" is the base's. */
+                if (vlen > DSAD_VARIANT_NAME_MAX || !dsad_model_name_valid(vname) || strcmp(vname, "base") == 0) {
                         dsad_log(LOG_WARNING, "Variant file %s/%s: bad variant name, ignoring.", store, f);
                         continue;
                 }
@@ -223,8 +217,7 @@ int dsad_ladder_open(const char *store, const char *name, unsigned threads, stru
                         dsad_log(LOG_WARNING, "Model %s: more than %u variants, ignoring %s.", name, MAX_RUNGS, f);
                         continue;
                 }
-                vname = strndup(v, vlen);
-                if (!vname || asprintf(&path, "%s/%s", store, f) < 0) {
+                if (asprintf(&path, "%s/%s", store, f) < 0) {
                         r = -ENOMEM;
                         break;
                 }
@@ -305,11 +298,4 @@ struct dsad_ladder *dsad_ladder_free(struct dsad_ladder *l) {
 
 struct dsa_model *dsad_ladder_base(const struct dsad_ladder *l) {
         return l ? l->rungs[l->base].engine : NULL;
-}
-
-int dsad_ladder_find(const struct dsad_ladder *l, const char *name) {
-        for (size_t i = 0; l && i < l->n; i++)
-                if (strcmp(l->rungs[i].name, name) == 0)
-                        return (int) i;
-        return -ENOENT;
 }

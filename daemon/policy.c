@@ -112,6 +112,14 @@ static size_t eligible_near(const struct dsad_ladder *l, size_t i, double min_ac
         return l->base;
 }
 
+/* The nearest eligible rung more accurate than i, not above lo; i itself when there is none. */
+static size_t more_accurate(const struct dsad_ladder *l, size_t i, size_t lo, double min_acc) {
+        for (size_t k = i; k > lo; k--)
+                if (dsad_policy_eligible(l, k - 1, min_acc))
+                        return k - 1;
+        return i;
+}
+
 /* What the batch waited, its own call, and the queue behind it, which the next free worker
  * takes as one batch too: its call, shared among the workers. */
 static double predict_ms(const struct dsad_ladder *l, size_t i, double waited_ms, unsigned tokens,
@@ -140,6 +148,16 @@ static size_t first_meeting(const struct dsad_ladder *l, size_t lo, double min_a
                         return i;
         }
         return SIZE_MAX;
+}
+
+/* What l's level draws at its smoothed rate, as the meter's scale corrects it. Takes l's lock. */
+static double level_power(struct dsad_ladder *l, double core_watts) {
+        double w;
+
+        pthread_mutex_lock(&l->lock);
+        w = dsad_policy_power_w(l, l->level, l->rate, l->tokens, core_watts) * l->power_scale;
+        pthread_mutex_unlock(&l->lock);
+        return w;
 }
 
 static void set_level(struct dsad_ladder *l, size_t level, const char *fmt, ...) _printf_(3, 4);
@@ -219,6 +237,39 @@ void dsad_policy_effective(struct dsad_policy *p, struct dsad_policy_effective *
         pthread_mutex_unlock(&p->lock);
 }
 
+int dsad_policy_parse_mode(const char *mode, struct dsad_policy_settings *s) {
+        size_t n;
+
+        if (strcmp(mode, "adaptive") == 0) {
+                s->fixed = false;
+                return 0;
+        }
+        if (strncmp(mode, "fixed:", 6) != 0)
+                return -EINVAL;
+        n = strlen(mode + 6);
+        if (n < 1 || n > DSAD_VARIANT_NAME_MAX)
+                return -EINVAL;
+        s->fixed = true;
+        memcpy(s->fixed_variant, mode + 6, n + 1);
+        return 0;
+}
+
+void dsad_policy_format_mode(const struct dsad_policy_settings *s, char *buf, size_t size) {
+        if (s->fixed)
+                snprintf(buf, size, "fixed:%s", s->fixed_variant);
+        else
+                snprintf(buf, size, "adaptive");
+}
+
+/* Here rather than in ladder.c, so the scheduler's users link the decisions without the loader
+ * (and the registry it needs). */
+int dsad_ladder_find(const struct dsad_ladder *l, const char *name) {
+        for (size_t i = 0; l && i < l->n; i++)
+                if (strcmp(l->rungs[i].name, name) == 0)
+                        return (int) i;
+        return -ENOENT;
+}
+
 bool dsad_policy_eligible(const struct dsad_ladder *l, size_t i, double min_accuracy) {
         const struct dsad_rung *r = &l->rungs[i];
         return i == l->base || (!isnan(r->kept) && r->kept >= min_accuracy - 1e-9);
@@ -274,7 +325,7 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
         struct dsad_policy_settings s;
         struct dsad_policy_signals g;
         struct dsad_policy_effective e;
-        double waited_ms = (double) waited_usec / 1000.0, waited_ms_batch, per_req, w;
+        double waited_ms = (double) waited_usec / 1000.0, per_req, w;
         size_t run, lo, best;
 
         pthread_mutex_lock(&p->lock);
@@ -304,18 +355,13 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
         best = first_meeting(l, lo, e.min_accuracy, e.latency_target_ms, 0, tokens, per_req, depth, w, true);
         if (best == SIZE_MAX)
                 best = cheapest_from(l, lo, e.min_accuracy);
-        waited_ms_batch = waited_ms;
-        waited_ms = 0;
         if (best > l->level) {
-                size_t up = best;
-                while (up > lo && !dsad_policy_eligible(l, up - 1, e.min_accuracy))
-                        up--;
-                up = up > lo ? up - 1 : up;
-                double ms = predict_ms(l, up, waited_ms, tokens, per_req, depth, w);
+                size_t up = more_accurate(l, best, lo, e.min_accuracy);
+                double ms = predict_ms(l, up, 0, tokens, per_req, depth, w);
                 if (ms > e.latency_target_ms)
                         set_level(l, best, "latency: %s predicts %.0f ms > %.0f ms target (queue %u, %.1f req/s); %s %.0f ms",
                                   l->rungs[up].name, ms, e.latency_target_ms, depth, l->rate, l->rungs[best].name,
-                                  predict_ms(l, best, waited_ms, tokens, per_req, depth, w));
+                                  predict_ms(l, best, 0, tokens, per_req, depth, w));
                 else
                         set_level(l, best, "load: %s would keep the workers %.0f%% busy at %.1f req/s; %s %.0f%%",
                                   l->rungs[up].name, 100 * utilization(l, up, per_req, w), l->rate,
@@ -327,7 +373,7 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
                 /* Up to the most accurate rung that meets the target with the margin, which may
                  * be short of best (under a burst, one step up but not all the way). */
                 for (size_t i = best; i < l->level; i++) {
-                        double ms = predict_ms(l, i, waited_ms, tokens, per_req, depth, w);
+                        double ms = predict_ms(l, i, 0, tokens, per_req, depth, w);
                         if (!dsad_policy_eligible(l, i, e.min_accuracy) || ms > RECOVER_MARGIN * e.latency_target_ms ||
                             utilization(l, i, per_req, w) > RECOVER_MARGIN * UTIL_MAX)
                                 continue;
@@ -341,30 +387,27 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
 
         /* A batch that waited too long for the level's rung to meet the target: the most
          * accurate rung that still does, else the cheapest, to catch up with the queue. */
-        if (predict_ms(l, run, waited_ms_batch, tokens, per_req, depth, w) > e.latency_target_ms) {
-                size_t k = first_meeting(l, run, e.min_accuracy, e.latency_target_ms, waited_ms_batch, tokens,
+        if (predict_ms(l, run, waited_ms, tokens, per_req, depth, w) > e.latency_target_ms) {
+                size_t k = first_meeting(l, run, e.min_accuracy, e.latency_target_ms, waited_ms, tokens,
                                          per_req, depth, w, false);
                 run = k == SIZE_MAX ? cheapest_from(l, run, e.min_accuracy) : k;
         }
 
         /* Power mix: some requests one eligible rung up, as far as the budget lets them. */
-        if (l->mix > 0 && run == l->level && run == l->floor && run > 0) {
-                size_t up = run;
-                while (up > 0 && !dsad_policy_eligible(l, up - 1, e.min_accuracy))
-                        up--;
-                if (up > 0) {
+        if (l->mix > 0 && run == l->level && run == l->floor) {
+                size_t up = more_accurate(l, run, 0, e.min_accuracy);
+                if (up < run) {
                         l->mix_acc += l->mix * n; /* a share of requests, not of calls */
-                        if (l->mix_acc >= n &&
-                            predict_ms(l, up - 1, waited_ms, tokens, per_req, depth, w) <= e.latency_target_ms) {
+                        if (l->mix_acc >= n && predict_ms(l, up, 0, tokens, per_req, depth, w) <= e.latency_target_ms) {
                                 l->mix_acc -= n;
-                                run = up - 1;
+                                run = up;
                         }
                 }
         }
 
         /* Hints, for this request only. */
         if (h && h->max_latency_ms > 0 && h->max_latency_ms < e.latency_target_ms) {
-                size_t k = first_meeting(l, lo, e.min_accuracy, h->max_latency_ms, waited_ms_batch, tokens, per_req,
+                size_t k = first_meeting(l, lo, e.min_accuracy, h->max_latency_ms, waited_ms, tokens, per_req,
                                          depth, w, false);
                 run = MAX(run, k == SIZE_MAX ? cheapest_from(l, lo, e.min_accuracy) : k);
         }
@@ -395,8 +438,8 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
                 pthread_mutex_lock(&l->lock);
                 l->rate_now = (double) k / interval_s;
                 l->rate = (1 - a) * l->rate + a * l->rate_now;
-                predicted_total += dsad_policy_power_w(l, l->level, l->rate, l->tokens, g.core_watts) * l->power_scale;
                 pthread_mutex_unlock(&l->lock);
+                predicted_total += level_power(l, g.core_watts);
         }
         /* What the meter measured against what the model predicted, when there is load enough
          * to tell. */
@@ -411,8 +454,7 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
 
                 for (size_t o = 0; o < n; o++)
                         if (o != m)
-                                others += dsad_policy_power_w(ladders[o], ladders[o]->level, ladders[o]->rate,
-                                                              ladders[o]->tokens, g.core_watts) * ladders[o]->power_scale;
+                                others += level_power(ladders[o], g.core_watts);
                 pthread_mutex_lock(&l->lock);
                 before = l->level;
                 if (scale != 1)
@@ -456,12 +498,10 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
 
                 /* The fraction of requests one rung above the floor that the budget still pays. */
                 if (e.power_budget_w > 0 && l->floor > 0 && l->level == l->floor) {
-                        size_t up = l->floor;
-                        while (up > 0 && !dsad_policy_eligible(l, up - 1, e.min_accuracy))
-                                up--;
-                        if (up > 0) {
+                        size_t up = more_accurate(l, l->floor, 0, e.min_accuracy);
+                        if (up < l->floor) {
                                 double pf = dsad_policy_power_w(l, l->floor, rate, l->tokens, g.core_watts) * l->power_scale;
-                                double pu = dsad_policy_power_w(l, up - 1, rate, l->tokens, g.core_watts) * l->power_scale;
+                                double pu = dsad_policy_power_w(l, up, rate, l->tokens, g.core_watts) * l->power_scale;
                                 if (pu > pf) {
                                         /* What the model predicts, corrected by the integral of
                                          * what the meter says the budget still leaves. */

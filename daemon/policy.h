@@ -94,6 +94,10 @@ struct dsad_policy_settings {
         double core_watts, idle_watts;      /* CPU-time power model (RAPL calibrates core_watts) */
 };
 void dsad_policy_settings_defaults(struct dsad_policy_settings *s);
+/* "adaptive" or "fixed:VARIANT" (VARIANT 1..DSAD_VARIANT_NAME_MAX characters) into s's fixed and
+ * fixed_variant; -EINVAL, s untouched, for anything else. The format writes it back. */
+int dsad_policy_parse_mode(const char *mode, struct dsad_policy_settings *s);
+void dsad_policy_format_mode(const struct dsad_policy_settings *s, char *buf, size_t size);
 
 /* What the loop knows about the machine. */
 struct dsad_policy_signals {

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "basic/rng.h"
 #include "dsa/dsa.h"
 
 #define MAX_SEGMENTS 64
@@ -61,12 +62,7 @@ static double now_s(void) {
 
 static uint64_t rng_state = 42;
 static double rng_uniform(void) {
-        /* splitmix64 */
-        uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        z ^= z >> 31;
-        return ((double) (z >> 11) + 0.5) / 9007199254740992.0;
+        return ((double) (dsa_rng_next(&rng_state) >> 11) + 0.5) / 9007199254740992.0;
 }
 
 static int parse_trace(const char *spec, struct segment *seg, size_t *ret_n) {
