@@ -184,9 +184,12 @@ def main():
 
             # A power budget lowered at run time, under a steady load base handles even under
             # ASan (40/s of a few ms: about 1 W in the CPU-time model, distilled about 0.1 W).
-            b = burst(d, tsv, "12:40", target=200)
-            deadline = time.monotonic() + 9
-            while current(d) != "base" and time.monotonic() < deadline:  # the burst's rate decays
+            b = burst(d, tsv, "20:40", target=200)
+            # The burst's arrival rate decays first (2-s smoothing): until it is near 40/s, a slow
+            # (ASan) base may still be pushed down for load, which would hide the power change.
+            deadline = time.monotonic() + 15
+            while (current(d) != "base" or d.call("GetPolicy")[0]["ArrivalRate"]["data"] > 60) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.1)
             check(current(d) == "base", f"base under light load: {current(d)}")
             set_prop(d, "PowerBudget", "d", 0.05)
