@@ -89,6 +89,17 @@ static int read_texts(sd_bus_message *m, char ***ret, size_t *ret_n, sd_bus_erro
 }
 
 /* Worker thread: keep the result, wake the loop. */
+/* The caller's uid from the bus, for [limits] queue_share; a caller whose uid cannot be learned
+ * counts as uid UINT32_MAX, limited like any other. */
+static uint32_t sender_uid(sd_bus_message *m) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        uid_t uid;
+
+        if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds) < 0 || sd_bus_creds_get_euid(creds, &uid) < 0)
+                return UINT32_MAX;
+        return (uint32_t) uid;
+}
+
 static void call_done(struct dsad_request *req, int status, const void *payload, size_t len) {
         struct api_call *c = req->userdata;
         struct dsad_api *api = c->api;
@@ -190,13 +201,17 @@ static int submit(struct dsad *d, sd_bus_message *m, const char *name, char **te
         req->userdata = c;
         req->reply_cap = MIN(cap, (size_t) REPLY_BYTES_MAX);
         req->enqueue_usec = now_usec();
+        req->uid = sender_uid(m);
 
+        dsa_error_clear();
         r = dsad_scheduler_submit(d->scheduler, req);
         if (r < 0) {
                 dsad_request_free(req);
                 call_free(c);
                 if (r == -EBUSY)
                         return sd_bus_error_set(error, ERROR_BUSY, "The request queue is full; try again later");
+                if (r == -EDQUOT)
+                        return sd_bus_error_setf(error, ERROR_BUSY, "%s; try again later", dsa_error_message(r));
                 return sd_bus_error_setf(error, ERROR_FAILED, "Failed to queue the request: %s", strerror(-r));
         }
         api->n_pending++;

@@ -21,6 +21,7 @@
 #define ERROR_BUSY "org.dsa.Error.Busy"
 #define ERROR_FAILED "org.dsa.Error.Failed"
 #define ERROR_ACCESS_DENIED "org.dsa.Error.AccessDenied"
+#define ERROR_LIMIT_EXCEEDED "org.dsa.Error.LimitExceeded"
 
 struct api_call;
 

@@ -12,6 +12,10 @@
 #include "api-internal.h"
 #include "basic/error.h"
 #include "basic/time-util.h"
+#include "polkit.h"
+
+/* polkit action of LoadModel and UnloadModel (packaging/org.dsa.Daemon1.policy). */
+#define MANAGE_MODELS_ACTION "org.dsa.manage-models"
 
 /* ---- helpers */
 
@@ -73,6 +77,9 @@ static int method_load_model(sd_bus_message *m, void *userdata, sd_bus_error *er
         r = read_model_name(m, &name, error);
         if (r < 0)
                 return r;
+        r = dsad_polkit_check(sd_bus_message_get_bus(m), m, MANAGE_MODELS_ACTION, error);
+        if (r < 0)
+                return r;
         dsa_error_clear();
         r = dsad_registry_load(d, name, &model);
         if (r < 0)
@@ -87,6 +94,9 @@ static int method_unload_model(sd_bus_message *m, void *userdata, sd_bus_error *
         int r;
 
         r = read_model_name(m, &name, error);
+        if (r < 0)
+                return r;
+        r = dsad_polkit_check(sd_bus_message_get_bus(m), m, MANAGE_MODELS_ACTION, error);
         if (r < 0)
                 return r;
         r = dsad_registry_unload(d, name);
@@ -118,6 +128,8 @@ static int method_open_session(sd_bus_message *m, void *userdata, sd_bus_error *
                                          dsa_error_message(r));
         if (r == -EBUSY || r == -EMFILE || r == -ENFILE)
                 return sd_bus_error_setf(error, ERROR_BUSY, "Too many sessions: %s", dsa_error_message(r));
+        if (r == -EDQUOT)
+                return sd_bus_error_setf(error, ERROR_LIMIT_EXCEEDED, "Per-user limit: %s", dsa_error_message(r));
         if (r == -ENOMEM)
                 return r;
         if (r < 0)

@@ -1,4 +1,4 @@
-/* dsad.conf: the [daemon], [policy], [battery] and [power] sections of an INI file read with inih. Unknown keys and sections are
+/* dsad.conf: the [daemon], [limits], [policy], [battery] and [power] sections of an INI file read with inih. Unknown keys and sections are
  * warned about and ignored, so an older dsad reads a newer file; a bad value is an error that
  * names file:line, so a typo never silently runs with a default. inih does not hand the line
  * number to the handler (Debian builds it without INI_HANDLER_LINENO), so the reader below
@@ -17,6 +17,9 @@
 
 #define DEFAULT_STORE "/var/lib/dsa/models"
 #define DEFAULT_QUEUE_MAX 256u
+#define DEFAULT_SESSIONS_PER_UID 32u
+#define DEFAULT_SHM_BYTES_PER_UID (512ull << 20)
+#define DEFAULT_QUEUE_SHARE 0.5
 
 struct parse_state {
         const char *path;
@@ -41,6 +44,31 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *ret) {
         if (*end)
                 return -EINVAL;
         *ret = v;
+        return 0;
+}
+
+/* Bytes, optionally with a binary suffix K, M, G or T (1024-based). */
+static int parse_bytes(const char *s, uint64_t *ret) {
+        static const char suffixes[] = "KMGT";
+        unsigned long long v;
+        char *end;
+        unsigned shift = 0;
+
+        if (!s || *s < '0' || *s > '9')
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, 10);
+        if (errno == ERANGE)
+                return -ERANGE;
+        if (*end) {
+                const char *x = strchr(suffixes, *end);
+                if (!x || end[1])
+                        return -EINVAL;
+                shift = 10u * (unsigned) (x - suffixes + 1);
+        }
+        if (v > (UINT64_MAX >> shift))
+                return -ERANGE;
+        *ret = (uint64_t) v << shift;
         return 0;
 }
 
@@ -122,6 +150,43 @@ static int handle_policy(struct parse_state *p, const char *section, const char 
         return 0;
 }
 
+/* [limits]: man/dsad.conf.5. */
+static int handle_limits(struct parse_state *p, const char *name, const char *value) {
+        unsigned long v;
+        int r;
+
+        if (strcmp(name, "sessions_per_uid") == 0) {
+                r = parse_uint(value, 1u << 20, &v);
+                if (r >= 0)
+                        p->c.limits.sessions_per_uid = (unsigned) v;
+                else
+                        dsad_log(LOG_ERR, "%s:%u: sessions_per_uid= wants 0 (no limit) to 1048576: '%s'", p->path,
+                                 p->lineno, value);
+                return r;
+        }
+        if (strcmp(name, "shm_bytes_per_uid") == 0) {
+                r = parse_bytes(value, &p->c.limits.shm_bytes_per_uid);
+                if (r < 0)
+                        dsad_log(LOG_ERR, "%s:%u: shm_bytes_per_uid= wants bytes, with K, M, G or T after them if "
+                                 "you like (0 = no limit): '%s'", p->path, p->lineno, value);
+                return r;
+        }
+        if (strcmp(name, "queue_share") == 0) {
+                double x;
+                r = dsa_parse_double(value, 0, 1, &x);
+                if (r >= 0 && x == 0)
+                        r = -ERANGE;
+                if (r >= 0)
+                        p->c.limits.queue_share = x;
+                else
+                        dsad_log(LOG_ERR, "%s:%u: queue_share= wants a fraction above 0, at most 1: '%s'", p->path,
+                                 p->lineno, value);
+                return r;
+        }
+        dsad_log(LOG_WARNING, "%s:%u: unknown key '%s' in [limits], ignoring.", p->path, p->lineno, name);
+        return 0;
+}
+
 static int handler(void *user, const char *section, const char *name, const char *value) {
         struct parse_state *p = user;
         unsigned long v;
@@ -131,6 +196,8 @@ static int handler(void *user, const char *section, const char *name, const char
                 return 1;
         if (strcmp(section, "policy") == 0 || strcmp(section, "battery") == 0 || strcmp(section, "power") == 0)
                 r = handle_policy(p, section, name, value);
+        else if (strcmp(section, "limits") == 0)
+                r = handle_limits(p, name, value);
         else if (strcmp(section, "daemon") != 0) {
                 dsad_log(LOG_WARNING, "%s:%u: unknown section [%s], ignoring.", p->path, p->lineno, section);
                 return 1;
@@ -206,6 +273,11 @@ int dsad_config_defaults(struct dsad_config *c) {
                 .batch_max = DSAD_BATCH_MAX,
                 .power_bus = bus,
                 .tick_s = 0.25,
+                .limits = {
+                        .sessions_per_uid = DEFAULT_SESSIONS_PER_UID,
+                        .shm_bytes_per_uid = DEFAULT_SHM_BYTES_PER_UID,
+                        .queue_share = DEFAULT_QUEUE_SHARE,
+                },
         };
         dsad_policy_settings_defaults(&c->policy);
         return 0;

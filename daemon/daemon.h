@@ -50,6 +50,11 @@ struct dsad_config {
         char *power_bus;              /* [power] bus=: where UPower and power-profiles-daemon are */
         char *sysfs_root;             /* [power] root=: prefix of /sys and /proc (tests) */
         double tick_s;                /* [policy] tick_seconds= */
+        struct dsad_limits {          /* [limits]: per client uid, dsad's own uid exempt */
+                unsigned sessions_per_uid;  /* open sessions; 0 = no limit */
+                uint64_t shm_bytes_per_uid; /* bytes of their rings together; 0 = no limit */
+                double queue_share;         /* of queue_max one uid's requests may fill, (0, 1] */
+        } limits;
 };
 
 #define DSAD_BATCH_MAX 64u
@@ -185,8 +190,10 @@ int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, uns
                        struct dsad_scheduler **ret);
 /* Drains in-flight work then stops the workers. */
 struct dsad_scheduler *dsad_scheduler_free(struct dsad_scheduler *s);
-/* Takes ownership of req; -EBUSY when the queue is full (the caller completes it with -EBUSY).
- * On failure req stays the caller's and is never completed by the scheduler. */
+/* Takes ownership of req; -EBUSY when the queue is full, -EDQUOT (reason in dsa_error_message())
+ * when req->uid already has its share of the queue waiting ([limits] queue_share; dsad's own
+ * uid has none). On failure req stays the caller's and is never completed by the scheduler.
+ * Loop thread. */
 int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req);
 unsigned dsad_scheduler_depth(const struct dsad_scheduler *s);
 
@@ -206,6 +213,7 @@ struct dsad_request {
         struct dsad_hints hints;   /* for the policy, from the SQE or D-Bus */
         unsigned tokens;           /* estimated tokens of all texts (dsad_policy_tokens) */
         uint32_t variant;          /* 1 + the rung that ran it (set by the scheduler); 0 none */
+        uint32_t uid;              /* the client's, for [limits] queue_share; set before submitting */
 
         /* ---- added by the control plane: requests from D-Bus (Classify/Embed/Tokenize).
          * api.c builds them with dsad_request_decode() (n_slots 1, slot 0), then sets model
@@ -290,7 +298,8 @@ void dsad_adaptive_state(struct dsad *d, struct dsad_adaptive_state *ret);
 /* ---- config.c */
 int dsad_config_load(const char *path, struct dsad_config *c);
 void dsad_config_clear(struct dsad_config *c);
-/* Fills the built-in defaults (store /var/lib/dsa/models, workers 0, idle 0, queue_max 256).
+/* Fills the built-in defaults (store /var/lib/dsa/models, workers 0, idle 0, queue_max 256;
+ * limits: 32 sessions, 512 MiB of rings, half the queue per uid).
  * dsad_config_load() returns -ENOENT (not logged) when the file is missing, -EINVAL after
  * logging file:line for a bad value, and leaves c untouched on failure. */
 int dsad_config_defaults(struct dsad_config *c);

@@ -1,10 +1,11 @@
 /* polkit's CheckAuthorization for admin calls, asked synchronously (see polkit.h for why), with
- * root let through without a round trip. */
+ * root and dsad's own uid let through without a round trip. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include "basic/macro.h"
 #include "polkit.h"
@@ -13,7 +14,8 @@
 #define POLKIT_TIMEOUT_USEC (5u * 1000u * 1000u)
 #define POLKIT_ALLOW_USER_INTERACTION 1u
 
-static bool sender_is_root(sd_bus_message *m) {
+/* Root, or the uid dsad runs as (the user who started a session-bus dsad owns it). */
+static bool sender_is_privileged(sd_bus_message *m) {
         _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         uid_t euid;
 
@@ -22,7 +24,7 @@ static bool sender_is_root(sd_bus_message *m) {
         /* Augmented credentials come from /proc, racily: never trust them for authorization. */
         if (sd_bus_creds_get_augmented_mask(creds) & SD_BUS_CREDS_EUID)
                 return false;
-        return sd_bus_creds_get_euid(creds, &euid) >= 0 && euid == 0;
+        return sd_bus_creds_get_euid(creds, &euid) >= 0 && (euid == 0 || euid == geteuid());
 }
 
 _printf_(2, 3) static int deny(sd_bus_error *ret_error, const char *fmt, ...) {
@@ -47,7 +49,7 @@ int dsad_polkit_check(sd_bus *bus, sd_bus_message *m, const char *action_id, sd_
         sender = sd_bus_message_get_sender(m);
         if (!sender)
                 return deny(ret_error, "not authorized for %s: the call has no sender", action_id);
-        if (sender_is_root(m))
+        if (sender_is_privileged(m))
                 return 0;
 
         r = sd_bus_message_new_method_call(bus, &call, "org.freedesktop.PolicyKit1",
@@ -64,7 +66,8 @@ int dsad_polkit_check(sd_bus *bus, sd_bus_message *m, const char *action_id, sd_
                 if (r == -ENOMEM)
                         return r;
                 if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
-                        return deny(ret_error, "polkit is not running, only root may perform %s", action_id);
+                        return deny(ret_error, "polkit is not running, only root and dsad's own user may perform %s",
+                                    action_id);
                 return deny(ret_error, "not authorized for %s: polkit did not answer (%s)", action_id,
                             error.message ? error.message : strerror(-r));
         }

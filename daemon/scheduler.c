@@ -5,8 +5,11 @@
  * model's variant ladder the policy picks (policy.h). High-priority requests queue ahead of
  * normal ones, low ones behind everything. Responses go to
  * dsad_session_complete() for ring requests and to req->done for D-Bus ones; the worker then
- * frees the request, which drops its session and model references. */
+ * frees the request, which drops its session and model references. Each client uid but dsad's
+ * own may have at most [limits] queue_share of queue_max requests waiting, so one user cannot
+ * fill the queue and turn everyone else away. */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
@@ -29,6 +32,12 @@ struct dsad_scheduler {
         unsigned queue_max;
         unsigned batch_max; /* <= BATCH_REQS_MAX */
         bool stopping;
+        uid_t self;  /* dsad's own uid: not counted */
+        struct uid_waiting {
+                uint32_t uid;
+                unsigned n;
+        } *waiting;  /* requests waiting per client uid, only uids with some; under lock */
+        size_t n_waiting, cap_waiting;
         pthread_t *threads;
         unsigned n_threads;
 };
@@ -48,6 +57,35 @@ static bool runs_model(const struct dsad_request *r) {
         return r->op == DSA_RING_OP_CLASSIFY || r->op == DSA_RING_OP_EMBED;
 }
 
+/* Under the lock: req's uid's entry in waiting[], added when add (NULL without memory). */
+static struct uid_waiting *uid_entry(struct dsad_scheduler *s, uint32_t uid, bool add) {
+        for (size_t i = 0; i < s->n_waiting; i++)
+                if (s->waiting[i].uid == uid)
+                        return &s->waiting[i];
+        if (!add)
+                return NULL;
+        if (s->n_waiting == s->cap_waiting) {
+                size_t cap = s->cap_waiting ? 2 * s->cap_waiting : 8;
+                struct uid_waiting *w = reallocarray(s->waiting, cap, sizeof(*w));
+                if (!w)
+                        return NULL;
+                s->waiting = w;
+                s->cap_waiting = cap;
+        }
+        s->waiting[s->n_waiting] = (struct uid_waiting){ .uid = uid };
+        return &s->waiting[s->n_waiting++];
+}
+
+/* Under the lock: req left the queue. */
+static void uid_left(struct dsad_scheduler *s, const struct dsad_request *req) {
+        struct uid_waiting *w;
+
+        if (req->uid == (uint32_t) s->self || !(w = uid_entry(s, req->uid, false)))
+                return;
+        if (--w->n == 0)
+                *w = s->waiting[--s->n_waiting];
+}
+
 /* Under the lock: unlinks the oldest request and what can run with it, into batch[]. */
 static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) {
         struct dsad_request *first = s->head, **pp;
@@ -56,6 +94,7 @@ static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) 
         s->head = first->next;
         first->next = NULL;
         batch[0] = first;
+        uid_left(s, first);
         pp = &s->head;
         while (*pp && n < s->batch_max && texts < BATCH_TEXTS_MAX) {
                 struct dsad_request *r = *pp;
@@ -64,6 +103,7 @@ static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) 
                         r->next = NULL;
                         batch[n++] = r;
                         texts += r->n_texts;
+                        uid_left(s, r);
                 } else
                         pp = &r->next;
         }
@@ -186,6 +226,7 @@ int dsad_scheduler_new(struct dsad *d, unsigned workers, unsigned queue_max, uns
         if (!s)
                 return -ENOMEM;
         s->d = d;
+        s->self = geteuid();
         s->queue_max = queue_max ? queue_max : QUEUE_MAX_DEFAULT;
         s->batch_max = batch_max ? MIN(batch_max, BATCH_REQS_MAX) : BATCH_REQS_MAX;
         pthread_mutex_init(&s->lock, NULL);
@@ -219,6 +260,7 @@ struct dsad_scheduler *dsad_scheduler_free(struct dsad_scheduler *s) {
                 pthread_join(s->threads[i], NULL);
         /* No worker ever started (allocation failure): nothing can be queued either. */
         free(s->threads);
+        free(s->waiting);
         pthread_cond_destroy(&s->work);
         pthread_mutex_destroy(&s->lock);
         free(s);
@@ -226,12 +268,32 @@ struct dsad_scheduler *dsad_scheduler_free(struct dsad_scheduler *s) {
 }
 
 int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req) {
+        double share;
+        unsigned most;
+
         if (!s || !req)
                 return -EINVAL;
+        /* Read here, on the loop thread that owns the configuration (SIGHUP changes it). */
+        share = s->d->config.limits.queue_share;
+        most = share > 0 && share < 1 ? MAX(1u, (unsigned) (share * s->queue_max)) : UINT_MAX;
         pthread_mutex_lock(&s->lock);
         if (s->stopping || s->depth >= s->queue_max) {
                 pthread_mutex_unlock(&s->lock);
                 return -EBUSY;
+        }
+        if (req->uid != (uint32_t) s->self) {
+                struct uid_waiting *w = uid_entry(s, req->uid, true);
+                if (!w) {
+                        pthread_mutex_unlock(&s->lock);
+                        return -ENOMEM;
+                }
+                if (w->n >= most) { /* most >= 1, so the entry is not a fresh empty one */
+                        unsigned n = w->n;
+                        pthread_mutex_unlock(&s->lock);
+                        return dsa__error(-EDQUOT, "uid %u has %u requests waiting, its share of the queue "
+                                          "(queue_share %g of %u)", req->uid, n, share, s->queue_max);
+                }
+                w->n++;
         }
         req->next = NULL;
         req->enqueue_usec = now_usec();

@@ -102,7 +102,7 @@ static void eventfd_clear(int fd) {
         if (fl >= 0 && !(fl & O_NONBLOCK))
                 (void) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
         if (poll(&p, 1, 0) == 1 && (p.revents & POLLIN))
-                (void) read(fd, &v, sizeof(v));
+                (void) !read(fd, &v, sizeof(v));
 }
 
 static void eventfd_signal(int fd) {
@@ -114,7 +114,7 @@ static void eventfd_signal(int fd) {
                 (void) fcntl(fd, F_SETFL, fl | O_NONBLOCK);
         /* Not writable: the counter is saturated, so the reader has a wake-up pending anyway. */
         if (poll(&p, 1, 0) == 1 && (p.revents & POLLOUT))
-                (void) write(fd, &one, sizeof(one));
+                (void) !write(fd, &one, sizeof(one));
 }
 
 /* The completion doorbell: one byte into our own non-blocking write end, which the client
@@ -270,13 +270,14 @@ static void handle_sqe(struct dsad_session *s, const struct dsa_ring_sqe *sqe) {
         req->model = dsad_model_ref(s->model);
         req->reply_cap = s->g.slot_size;
         req->enqueue_usec = now_usec();
+        req->uid = s->uid;
 
         atomic_fetch_add_explicit(&s->in_flight, 1, memory_order_seq_cst);
         r = s->d->scheduler ? dsad_scheduler_submit(s->d->scheduler, req) : -EBUSY;
         if (r < 0) {
                 atomic_fetch_sub_explicit(&s->in_flight, 1, memory_order_seq_cst);
                 dsad_request_free(req);
-                complete_now(s, sqe, r == -EBUSY ? -EBUSY : -EIO);
+                complete_now(s, sqe, r == -EBUSY || r == -EDQUOT ? -EBUSY : -EIO);
         }
 }
 
@@ -367,6 +368,7 @@ int dsad__session_new(struct dsad *d, struct dsad_model *model, uint32_t slots, 
         s->d = d;
         s->model = model;
         s->g = g;
+        s->uid = (uint32_t) geteuid(); /* no peer: dsad's own, which [limits] leave alone */
         s->ring_fd = s->submit_fd = s->complete_fd = s->complete_wfd = -EBADF;
         pthread_mutex_init(&s->lock, NULL);
 
@@ -425,6 +427,32 @@ static int on_peer_gone(sd_bus_track *t, void *userdata) {
         return 0;
 }
 
+/* [limits] for one more session of uid with a ring of `bytes`: -EDQUOT with the reason when it
+ * would pass sessions_per_uid or shm_bytes_per_uid. dsad's own uid has no limits. */
+static int check_limits(struct dsad *d, uid_t uid, uint64_t bytes) {
+        const struct dsad_limits *l = &d->config.limits;
+        uint64_t total = bytes;
+        unsigned n = 0;
+
+        if (uid == geteuid())
+                return 0;
+        for (struct dsad_session *s = d->sessions; s; s = s->next)
+                if (s->uid == (uint32_t) uid) {
+                        n++;
+                        total += s->g.total_size;
+                }
+        if (l->sessions_per_uid > 0 && n >= l->sessions_per_uid)
+                return dsa__error(-EDQUOT, "uid %u has %u sessions open, the most sessions_per_uid allows",
+                                  (unsigned) uid, n);
+        if (l->shm_bytes_per_uid > 0 && total > l->shm_bytes_per_uid)
+                return dsa__error(-EDQUOT,
+                                  "uid %u's rings would take %llu bytes with this one (%llu), more than "
+                                  "shm_bytes_per_uid (%llu)",
+                                  (unsigned) uid, (unsigned long long) total, (unsigned long long) bytes,
+                                  (unsigned long long) l->shm_bytes_per_uid);
+        return 0;
+}
+
 int dsad_session_open(struct dsad *d, sd_bus_message *m, const char *model, uint32_t slots,
                       uint32_t slot_size, struct dsad_session **ret) {
         sd_bus_creds *creds = NULL;
@@ -448,6 +476,9 @@ int dsad_session_open(struct dsad *d, sd_bus_message *m, const char *model, uint
                 return r;
         r = sd_bus_creds_get_euid(creds, &uid);
         sd_bus_creds_unref(creds);
+        if (r < 0)
+                return r;
+        r = check_limits(d, uid, g.total_size);
         if (r < 0)
                 return r;
 

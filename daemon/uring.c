@@ -3,13 +3,16 @@
  * many sessions costs the loop one wake-up and one pass over the CQ. Each poll's user_data is a
  * small watch record; unwatching marks it dead and cancels the poll, and the record is freed only
  * when the poll's last CQE (the one without IORING_CQE_F_MORE) has been seen, so a CQE still in
- * flight never reaches a closed session. Where io_uring is unavailable (seccomp, old kernels)
- * each session gets a plain uv_poll instead. */
+ * flight never reaches a closed session. The ring is locked to the two operations it needs
+ * (poll add and poll remove; no registrations) before it is enabled, because io_uring operations
+ * pass by seccomp and the unit's address-family rules. Where io_uring is unavailable (seccomp,
+ * old kernels) each session gets a plain uv_poll instead. */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <syslog.h>
 #include <unistd.h>
 
@@ -120,7 +123,7 @@ static void on_efd(uv_poll_t *p, int status, int events) {
         struct dsad_uring *u = p->data;
         uint64_t v;
 
-        (void) read(u->efd, &v, sizeof(v)); /* ours alone, non-blocking */
+        (void) !read(u->efd, &v, sizeof(v)); /* ours alone, non-blocking */
         drain_cq(u);
 }
 
@@ -129,6 +132,22 @@ static void on_fallback_poll(uv_poll_t *p, int status, int events) {
 
         if (w->s)
                 dsad_session_doorbell(w->s);
+}
+
+/* Only poll add and poll remove, no SQE flags, no registrations from here on; then enabled. */
+static int restrict_ring(struct io_uring *ring) {
+        struct io_uring_restriction res[2] = {
+                { .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_POLL_ADD },
+                { .opcode = IORING_RESTRICTION_SQE_OP, .sqe_op = IORING_OP_POLL_REMOVE },
+        };
+
+        /* Raw io_uring_register(): Debian 12's liburing 2.3 declares the wrappers but does not
+         * export them. */
+        if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_RESTRICTIONS, res, ELEMENTSOF(res)) < 0)
+                return -errno;
+        if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+                return -errno;
+        return 0;
 }
 
 int dsad_uring_new(struct dsad *d, struct dsad_uring **ret) {
@@ -143,9 +162,10 @@ int dsad_uring_new(struct dsad *d, struct dsad_uring **ret) {
         u->d = d;
         u->efd = -EBADF;
 
-        r = io_uring_queue_init(URING_ENTRIES, &u->ring, IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER);
-        if (r == -EINVAL) /* kernels before 6.0 do not know these flags */
-                r = io_uring_queue_init(URING_ENTRIES, &u->ring, 0);
+        r = io_uring_queue_init(URING_ENTRIES, &u->ring,
+                                IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_R_DISABLED);
+        if (r == -EINVAL) /* kernels before 6.0 do not know the first two flags */
+                r = io_uring_queue_init(URING_ENTRIES, &u->ring, IORING_SETUP_R_DISABLED);
         if (r < 0) {
                 dsad_log_errno(LOG_WARNING, r, "io_uring unavailable (%m), falling back to epoll");
                 *ret = u;
@@ -158,6 +178,9 @@ int dsad_uring_new(struct dsad *d, struct dsad_uring **ret) {
                 goto fail;
         }
         r = io_uring_register_eventfd(&u->ring, u->efd);
+        if (r < 0)
+                goto fail;
+        r = restrict_ring(&u->ring);
         if (r < 0)
                 goto fail;
         r = uv_poll_init(d->loop, &u->efd_poll, u->efd);

@@ -422,6 +422,7 @@ int dsa__errno_from_bus_error(const char *name, int fallback) {
                 { "org.dsa.Error.Busy", EBUSY },
                 { "org.dsa.Error.Failed", EIO },
                 { "org.dsa.Error.AccessDenied", EACCES },
+                { "org.dsa.Error.LimitExceeded", EDQUOT },
                 { "org.freedesktop.DBus.Error.ServiceUnknown", ECONNREFUSED },
                 { "org.freedesktop.DBus.Error.NameHasNoOwner", ECONNREFUSED },
                 { "org.freedesktop.DBus.Error.Disconnected", ENOTCONN },

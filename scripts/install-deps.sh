@@ -8,7 +8,7 @@ pkgs="build-essential cmake pkg-config libopenblas-dev libjson-c-dev libutf8proc
       libuv1-dev libsystemd-dev liburing-dev libinih-dev dbus"
 if [ "${1:-}" = "--test" ]; then
         pkgs="$pkgs libcmocka-dev clang libclang-rt-14-dev python3 libglib2.0-dev libglib2.0-bin systemd
-              python3-torch python3-numpy"
+              python3-torch python3-numpy bash-completion"
 fi
 
 missing=""

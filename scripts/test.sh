@@ -1,8 +1,10 @@
 #!/bin/sh
 # Builds dsa and runs the whole test suite: the normal build (warnings are errors; every label but
 # bench, integration included), the unit, parity and integration suites again under ASan + UBSan
-# (integration: the real dsad on a private dbus-daemon, tests/integration/), and the libFuzzer
-# targets for a bounded time each.
+# (integration: the real dsad on a private dbus-daemon, tests/integration/), the libFuzzer
+# targets for a bounded time each; then, as root, the packages: both built (scripts/package.sh),
+# the .debs installed on this machine and dsad run as the system service would, checked as an
+# unprivileged user, then purged (tests/packaging/install-test.sh; skipped when not root).
 # Benchmarks (ctest label "bench") are not run here: see tests/bench/.
 # Tests that need ../shared (reference fixtures) skip when it is absent; set DSA_SHARED to
 # point elsewhere.
@@ -27,3 +29,7 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 ctest --test-dir build-asan --output-on-failure -j"$jobs" -L 'unit|parity|integration'
 ctest --test-dir build-fuzz --output-on-failure -L fuzz
 ctest --test-dir build --output-on-failure -j"$jobs" -LE bench
+
+rc=0
+./tests/packaging/install-test.sh || rc=$?
+[ $rc -eq 0 ] || [ $rc -eq 77 ] || exit $rc

@@ -17,7 +17,7 @@
  *   returned data) may be called from any thread.
  * - Errors from dsad map to errnos: org.dsa.Error.NoSuchModel and NoSuchSession -ENOENT,
  *   BadModel -EBADMSG, NotLoaded -EALREADY, Busy -EBUSY, InvalidArgs -EINVAL, AccessDenied
- *   -EACCES, Failed -EIO; dsad not running (no owner of org.dsa.Daemon1) -ECONNREFUSED; the bus
+ *   -EACCES, LimitExceeded (a per-user limit of dsad.conf's [limits]) -EDQUOT, Failed -EIO; dsad not running (no owner of org.dsa.Daemon1) -ECONNREFUSED; the bus
  *   connection closed -ENOTCONN; dsad died while a session was open -ECONNRESET; no answer in
  *   time -ETIMEDOUT; dsad broke the ring protocol (a forged header, an impossible completion or
  *   response) -EPROTO; a dsad too old to have the method or property called (D-Bus
@@ -87,11 +87,13 @@ DSA_EXPORT struct dsa_model_info *dsa_model_info_free(struct dsa_model_info *m, 
 
 /* Maps a model in dsad (idempotent). Needs no session. Errors: -ENOENT no such model, -EBADMSG
  * the file is not a model dsad can run (reason in dsa_client_error_message()), -EINVAL bad
- * name, -EACCES refused by policy. */
+ * name, -EACCES not authorized (only root, dsad's own uid and callers polkit authorizes for
+ * org.dsa.manage-models may). */
 DSA_EXPORT int dsa_client_load_model(struct dsa_client *c, const char *name);
 
 /* Unmaps a model once no request uses it; sessions on it get -ENOENT completions afterwards.
- * Errors: -ENOENT no such model, -EALREADY not loaded, -EACCES refused by policy. */
+ * Errors: -ENOENT no such model, -EALREADY not loaded, -EACCES not authorized (as
+ * dsa_client_load_model()). */
 DSA_EXPORT int dsa_client_unload_model(struct dsa_client *c, const char *name);
 
 /* dsad's GetStatus. Fields dsad did not send are 0 (version NULL). */
@@ -216,7 +218,8 @@ DSA_EXPORT int dsa_client_get_current_variant(struct dsa_client *c, const char *
  * dsa_classify() and its variant names (dsa_session_get_variants()). The session holds a
  * reference on c: freeing c first is allowed. On success *ret is a new session freed with
  * dsa_session_free(). Errors: -ENOENT no such model, -EBADMSG bad model, -EINVAL bad arguments
- * or caps exceeded, -ECONNREFUSED dsad not running, -EPROTO. */
+ * or caps exceeded, -EDQUOT a per-user limit of dsad (sessions or bytes of shared memory per
+ * uid; reason in dsa_client_error_message()), -ECONNREFUSED dsad not running, -EPROTO. */
 DSA_EXPORT int dsa_session_open(struct dsa_client *c, const char *model, uint32_t n_slots,
                                 uint32_t slot_size, struct dsa_session **ret);
 

@@ -18,6 +18,7 @@
 #include "itest.h"
 
 static struct itest *current;
+static pid_t owner; /* the process that set up: a forked child's exit tears nothing down */
 
 uint64_t itest_now_ms(void) {
         struct timespec ts;
@@ -85,7 +86,7 @@ static void rm_rf(const char *path) {
 }
 
 static void on_exit_teardown(void) {
-        if (current)
+        if (current && getpid() == owner)
                 (void) itest_teardown(current);
 }
 
@@ -101,12 +102,42 @@ static void on_fatal_signal(int sig) {
         raise(sig);
 }
 
-static void start_bus(struct itest *t) {
+/* A session-type bus every uid may connect to (the limits and polkit tests' other users). */
+static void write_any_user_config(struct itest *t, char *ret_path, size_t size) {
+        FILE *f;
+
+        snprintf(ret_path, size, "%s/bus.conf", t->dir);
+        f = fopen(ret_path, "we");
+        if (!f)
+                itest_fail(t, __FILE__, __LINE__, "fopen", "%s: %m", ret_path);
+        fprintf(f, "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+                   " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+                   "<busconfig>\n"
+                   "  <type>session</type>\n"
+                   "  <listen>unix:dir=%s</listen>\n"
+                   "  <auth>EXTERNAL</auth>\n"
+                   "  <policy context=\"default\">\n"
+                   "    <allow user=\"*\"/>\n"
+                   "    <allow send_destination=\"*\" eavesdrop=\"true\"/>\n"
+                   "    <allow eavesdrop=\"true\"/>\n"
+                   "    <allow own=\"*\"/>\n"
+                   "  </policy>\n"
+                   "</busconfig>\n",
+                t->dir);
+        fclose(f);
+        if (chmod(t->dir, 0755) < 0)
+                itest_fail(t, __FILE__, __LINE__, "chmod", "%s: %m", t->dir);
+}
+
+static void start_bus(struct itest *t, bool any_user) {
+        char conf[400] = "";
         int pfd[2];
         char buf[512];
         size_t n = 0;
         pid_t pid;
 
+        if (any_user)
+                write_any_user_config(t, conf, sizeof(conf));
         if (pipe2(pfd, O_CLOEXEC) < 0)
                 itest_fail(t, __FILE__, __LINE__, "pipe", "%m");
         pid = fork();
@@ -126,8 +157,14 @@ static void start_bus(struct itest *t) {
                 dup2(null, 0);
                 if (lfd >= 0)
                         dup2(lfd, 2);
-                execlp("dbus-daemon", "dbus-daemon", "--session", "--nofork", "--nopidfile", addr, fdarg,
-                       (char *) NULL);
+                if (conf[0]) {
+                        char conf_arg[450];
+                        snprintf(conf_arg, sizeof(conf_arg), "--config-file=%s", conf);
+                        execlp("dbus-daemon", "dbus-daemon", conf_arg, "--nofork", "--nopidfile", fdarg,
+                               (char *) NULL);
+                } else
+                        execlp("dbus-daemon", "dbus-daemon", "--session", "--nofork", "--nopidfile", addr, fdarg,
+                               (char *) NULL);
                 _exit(127);
         }
         close(pfd[1]);
@@ -151,7 +188,7 @@ static void start_bus(struct itest *t) {
         setenv("DSA_BUS_ADDRESS", t->address, 1);
 }
 
-void itest_init(struct itest *t, const char *const *dsad_args) {
+static void init(struct itest *t, const char *const *dsad_args, bool any_user) {
         char path[600];
         const char *tmp = getenv("TMPDIR");
 
@@ -181,11 +218,20 @@ void itest_init(struct itest *t, const char *const *dsad_args) {
                 snprintf(t->dsad_args[t->n_args++], sizeof(t->dsad_args[0]), "%s", dsad_args[i]);
 
         current = t;
+        owner = getpid();
         atexit(on_exit_teardown);
         signal(SIGTERM, on_fatal_signal);
         signal(SIGINT, on_fatal_signal);
         signal(SIGPIPE, SIG_IGN);
-        start_bus(t);
+        start_bus(t, any_user);
+}
+
+void itest_init(struct itest *t, const char *const *dsad_args) {
+        init(t, dsad_args, false);
+}
+
+void itest_init_any_user(struct itest *t, const char *const *dsad_args) {
+        init(t, dsad_args, true);
 }
 
 int itest_bus_open(const char *address, sd_bus **ret) {

@@ -20,7 +20,7 @@ struct itest {
         char address[512];      /* the private bus, as dbus-daemon printed it */
         pid_t bus_pid;
         pid_t dsad_pid;
-        char dsad_args[8][64];  /* extra dsad arguments, NULL-free; n_args used */
+        char dsad_args[8][320]; /* extra dsad arguments, NULL-free; n_args used */
         int n_args;
 };
 
@@ -39,6 +39,10 @@ _Noreturn void itest_fail(struct itest *t, const char *file, int line, const cha
  * DSA_BUS_ADDRESS. Extra dsad arguments (e.g. "--idle-unload", "1"), NULL-terminated. Does not
  * start dsad. */
 void itest_init(struct itest *t, const char *const *dsad_args);
+
+/* The same, on a bus every uid may connect to, in a folder every uid may enter (0755): for tests
+ * that run clients as other users. */
+void itest_init_any_user(struct itest *t, const char *const *dsad_args);
 
 /* Starts dsad and waits (10 s at most) until it owns org.dsa.Daemon1. extra_env: one
  * "NAME=VALUE" to add to dsad's environment, or NULL. */

@@ -503,6 +503,7 @@ static void test_errno_map(void **state) {
         assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.Busy", -EIO), -EBUSY);
         assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.InvalidArgs", -EIO), -EINVAL);
         assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.AccessDenied", -EIO), -EACCES);
+        assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.LimitExceeded", -EIO), -EDQUOT);
         assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.NoSuchSession", -EIO), -ENOENT);
         assert_int_equal(dsa__errno_from_bus_error("org.dsa.Error.Future", -EIO), -EIO);
         assert_int_equal(dsa__errno_from_bus_error("org.freedesktop.DBus.Error.ServiceUnknown", -EHOSTUNREACH),
