@@ -5,6 +5,7 @@
  * on the loop thread. */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
@@ -88,18 +89,30 @@ static int read_texts(sd_bus_message *m, char ***ret, size_t *ret_n, sd_bus_erro
         return 0;
 }
 
-/* Worker thread: keep the result, wake the loop. */
-/* The caller's uid from the bus, for [limits] queue_share; a caller whose uid cannot be learned
- * counts as uid UINT32_MAX, limited like any other. */
-static uint32_t sender_uid(sd_bus_message *m) {
+/* The caller's uid from the bus, for [limits] queue_share: from the cache of the last callers,
+ * else asked of the bus (dbus-daemon attaches no credentials to messages) and remembered. A
+ * caller whose uid cannot be learned counts as uid UINT32_MAX, limited like any other. */
+static uint32_t sender_uid(struct dsad_api *api, sd_bus_message *m) {
         _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        const char *sender = sd_bus_message_get_sender(m);
+        struct api_uid *e;
         uid_t uid;
 
+        if (sender && strlen(sender) < sizeof(api->uids[0].sender))
+                for (size_t i = 0; i < ELEMENTSOF(api->uids); i++)
+                        if (strcmp(api->uids[i].sender, sender) == 0)
+                                return api->uids[i].uid;
         if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds) < 0 || sd_bus_creds_get_euid(creds, &uid) < 0)
                 return UINT32_MAX;
+        if (sender && strlen(sender) < sizeof(api->uids[0].sender)) {
+                e = &api->uids[api->next_uid++ % ELEMENTSOF(api->uids)];
+                snprintf(e->sender, sizeof(e->sender), "%s", sender);
+                e->uid = (uint32_t) uid;
+        }
         return (uint32_t) uid;
 }
 
+/* Worker thread: keep the result, wake the loop. */
 static void call_done(struct dsad_request *req, int status, const void *payload, size_t len) {
         struct api_call *c = req->userdata;
         struct dsad_api *api = c->api;
@@ -201,7 +214,7 @@ static int submit(struct dsad *d, sd_bus_message *m, const char *name, char **te
         req->userdata = c;
         req->reply_cap = MIN(cap, (size_t) REPLY_BYTES_MAX);
         req->enqueue_usec = now_usec();
-        req->uid = sender_uid(m);
+        req->uid = sender_uid(api, m);
 
         dsa_error_clear();
         r = dsad_scheduler_submit(d->scheduler, req);

@@ -33,6 +33,13 @@ struct dsad_api {
         pthread_mutex_t lock;
         struct api_call *done; /* finished on workers, to reply to; guarded by lock */
         unsigned n_pending;    /* loop thread */
+        /* api-infer.c, loop thread: the uids of the last callers of Classify/Embed/Tokenize, by
+         * unique bus name (never reused on a bus), so each caller costs one bus query. */
+        struct api_uid {
+                char sender[32];
+                uint32_t uid;
+        } uids[64];
+        unsigned next_uid;
 };
 
 static inline void strv_free(char **v) {

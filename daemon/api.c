@@ -68,16 +68,17 @@ static int method_list_models(sd_bus_message *m, void *userdata, sd_bus_error *e
         return sd_bus_send(NULL, reply, NULL);
 }
 
-static int method_load_model(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+/* LoadModel and UnloadModel once polkit allowed them (dsad_polkit_done_t): m is read from its
+ * start again, as the check may have come back later. */
+static int load_model_authorized(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         struct dsad *d = userdata;
         struct dsad_model *model;
         const char *name;
         int r;
 
-        r = read_model_name(m, &name, error);
-        if (r < 0)
-                return r;
-        r = dsad_polkit_check(sd_bus_message_get_bus(m), m, MANAGE_MODELS_ACTION, error);
+        r = sd_bus_message_rewind(m, true);
+        if (r >= 0)
+                r = read_model_name(m, &name, error);
         if (r < 0)
                 return r;
         dsa_error_clear();
@@ -88,21 +89,42 @@ static int method_load_model(sd_bus_message *m, void *userdata, sd_bus_error *er
         return sd_bus_reply_method_return(m, NULL);
 }
 
-static int method_unload_model(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+static int unload_model_authorized(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         struct dsad *d = userdata;
         const char *name;
         int r;
 
-        r = read_model_name(m, &name, error);
-        if (r < 0)
-                return r;
-        r = dsad_polkit_check(sd_bus_message_get_bus(m), m, MANAGE_MODELS_ACTION, error);
+        r = sd_bus_message_rewind(m, true);
+        if (r >= 0)
+                r = read_model_name(m, &name, error);
         if (r < 0)
                 return r;
         r = dsad_registry_unload(d, name);
         if (r < 0)
                 return dsad__api_model_error(r, name, error);
         return sd_bus_reply_method_return(m, NULL);
+}
+
+/* The name is checked before polkit is asked, so a bad one fails at once. */
+static int manage_model(sd_bus_message *m, void *userdata, sd_bus_error *error, dsad_polkit_done_t done) {
+        const char *name;
+        int r;
+
+        r = read_model_name(m, &name, error);
+        if (r < 0)
+                return r;
+        r = dsad_polkit_check_async(sd_bus_message_get_bus(m), m, MANAGE_MODELS_ACTION, done, userdata, error);
+        if (r != 0)
+                return r; /* asked (1: answered later), or refused */
+        return done(m, userdata, error);
+}
+
+static int method_load_model(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return manage_model(m, userdata, error, load_model_authorized);
+}
+
+static int method_unload_model(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return manage_model(m, userdata, error, unload_model_authorized);
 }
 
 static int method_open_session(sd_bus_message *m, void *userdata, sd_bus_error *error) {

@@ -1,6 +1,7 @@
-/* dsad.conf: the [daemon], [limits], [policy], [battery] and [power] sections of an INI file read with inih. Unknown keys and sections are
- * warned about and ignored, so an older dsad reads a newer file; a bad value is an error that
- * names file:line, so a typo never silently runs with a default. inih does not hand the line
+/* dsad.conf: the [daemon], [limits], [policy], [battery] and [power] sections of an INI file
+ * read with inih. Unknown keys and sections are warned about and ignored, so an older dsad reads
+ * a newer file; a bad value is an error that names file:line, so a typo never silently runs
+ * with a default. inih does not hand the line
  * number to the handler (Debian builds it without INI_HANDLER_LINENO), so the reader below
  * counts lines itself. */
 #include <errno.h>
@@ -18,7 +19,7 @@
 #define DEFAULT_STORE "/var/lib/dsa/models"
 #define DEFAULT_QUEUE_MAX 256u
 #define DEFAULT_SESSIONS_PER_UID 32u
-#define DEFAULT_SHM_BYTES_PER_UID (512ull << 20)
+#define DEFAULT_SHM_BYTES_PER_UID (1ull << 30)
 #define DEFAULT_QUEUE_SHARE 0.5
 
 struct parse_state {

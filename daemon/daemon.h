@@ -299,7 +299,7 @@ void dsad_adaptive_state(struct dsad *d, struct dsad_adaptive_state *ret);
 int dsad_config_load(const char *path, struct dsad_config *c);
 void dsad_config_clear(struct dsad_config *c);
 /* Fills the built-in defaults (store /var/lib/dsa/models, workers 0, idle 0, queue_max 256;
- * limits: 32 sessions, 512 MiB of rings, half the queue per uid).
+ * limits: 32 sessions, 1 GiB of rings, half the queue per uid).
  * dsad_config_load() returns -ENOENT (not logged) when the file is missing, -EINVAL after
  * logging file:line for a bad value, and leaves c untouched on failure. */
 int dsad_config_defaults(struct dsad_config *c);

@@ -2,17 +2,24 @@
  * measurements come in, a rung index and a one-line reason go out, so tests drive it with
  * their own clock and numbers.
  *
- * Per request (dsad_policy_choose, on a worker): among the rungs the minimum accuracy allows,
- * from the power floor down, the first whose predicted latency meets the target and whose load
- * stays below 90% of the workers. Predicted latency = the time the batch already waited + its
- * own engine call + the queue behind it run as one batch spread over the workers, each at that
- * rung's measured speed. The level (what normal requests run on) goes down at once when the prediction says
- * so, and back up (as far as the margin allows, steps a quarter of hysteresis_s apart) only
- * after hysteresis_s without such pressure, with a 20% margin on the latency and on the workers' load, and while
- * the CPU pressure (PSI) stays below 50%, so a load near the edge does not flap. Hints narrow
- * the choice for their own request only.
+ * Per request (dsad_policy_choose, on a worker): the level (what normal requests run on, the
+ * variant announced) is, among the rungs the minimum accuracy allows, from the power floor down,
+ * the first that keeps up with the arrival rate plus a tenth and meets the latency target in
+ * the steady state of that rate: each free worker takes what waits as one batch, so calls grow
+ * to the batch that no longer outgrows itself, and a request takes its batch's call plus the
+ * wait for a worker (steady_state()), each at that rung's measured speed. Neither the size of
+ * the batch at hand nor the queue of the moment enters, so a backlog (a burst's start, a stall)
+ * does not hold the level down for a whole hysteresis; a batch that would be late on the level's
+ * rung (what it waited + its call + the queue behind it run as one batch spread over the
+ * workers) catches up on a faster one, for itself. The level goes down at once when the
+ * prediction says so, and back up (as far as the margin allows, steps a quarter of
+ * hysteresis_s apart) only after hysteresis_s without such pressure, with a 20% margin on the
+ * latency and on the load, and while the CPU pressure (PSI) stays below 50%, so a load near the
+ * edge does not flap. Hints narrow the choice for their own request only.
  *
- * Every tick (dsad_policy_tick, on the loop thread): arrival rates; the power floor, the most
+ * Every tick (dsad_policy_tick, on the loop thread): arrival rates; one rung down when more than
+ * a fifth of the tick's requests had to catch up although the level stood all tick (its rung
+ * does not keep up, whatever the predictions say); the power floor, the most
  * accurate rung whose predicted power (rate x energy per request, scaled by what the meter
  * measured against what was predicted) fits the model's share of the budget; forced cheapest
  * rungs (low battery, power-saver). The floor goes down at once and up after hysteresis_s. When
@@ -37,6 +44,8 @@
 #define PSI_RECOVER_MAX 50.0 /* no step up while tasks waited for a CPU more than this % of 10 s */
 #define MIX_GAIN 0.15  /* per tick, of the budget error over the power step between rungs */
 #define FLOOR_MARGIN 0.95 /* a more accurate floor must fit within this share of the budget */
+#define LATE_MAX 0.2      /* more requests than this caught up in a tick: the level cannot keep up */
+#define LATE_MIN_REQUESTS 20u
 
 static double clamp(double v, double lo, double hi) {
         return v < lo ? lo : v > hi ? hi : v;
@@ -128,23 +137,49 @@ static double predict_ms(const struct dsad_ladder *l, size_t i, double waited_ms
                (depth > 0 ? dsad_policy_service_ms(l, i, depth * per_req_tokens) / w : 0);
 }
 
-/* The share of the workers' time rung i needs at the model's arrival rate. */
-static double utilization(const struct dsad_ladder *l, size_t i, double per_req, double w) {
-        /* The smoothed rate, or the last tick's when higher: a burst counts at once. */
-        return fmax(l->rate, l->rate_now) * dsad_policy_request_ms(l, i, l->tokens > 0 ? l->tokens : per_req) /
-               1000.0 / w;
+/* Rung i in the steady state of the model's arrival rate (the smoothed rate or the last tick's
+ * when higher: a burst counts at once), times load, with t tokens per request: each free worker
+ * takes what waits as one batch, so calls grow until a batch no longer outgrows itself, the
+ * smallest b of 1..STEADY_BATCH_MAX with rate * S(b t) / w <= b (what arrives during a call, per
+ * worker). False when even the largest does (the rung cannot keep up). The latency of a request
+ * is then its batch's call plus the wait for a worker, up to a call shared among the workers as
+ * busy as they are. A backlog (a burst's start, a stall) or the size of the batch at hand does
+ * not enter: the level looks past both. */
+struct steady {
+        unsigned batch;
+        double busy;    /* share of the workers' time, 0..1 */
+        double ms;      /* predicted latency of a request that did not wait */
+};
+
+#define STEADY_BATCH_MAX 64u /* the scheduler's batch_max at most */
+
+static bool steady_state(const struct dsad_ladder *l, size_t i, double t, double w, double load,
+                         struct steady *ret) {
+        double rate = fmax(l->rate, l->rate_now) * load;
+
+        for (unsigned b = 1; b <= STEADY_BATCH_MAX; b++) {
+                double call = dsad_policy_service_ms(l, i, b * t), busy = rate * call / 1000.0 / w / b;
+                if (busy <= 1) {
+                        *ret = (struct steady){ .batch = b, .busy = busy, .ms = call * (1 + busy / w) };
+                        return true;
+                }
+        }
+        return false;
 }
 
-/* The first rung from lo on that meets target_ms and, with steady, keeps the workers' load below
- * UTIL_MAX; SIZE_MAX when none does. */
+/* The first rung from lo on that meets target_ms: with steady, in the steady state at the
+ * arrival rate raised by load; else with the batch at hand, its wait and the queue behind it.
+ * SIZE_MAX when none does. */
 static size_t first_meeting(const struct dsad_ladder *l, size_t lo, double min_acc, double target_ms,
                             double waited_ms, unsigned tokens, double per_req, unsigned depth, double w,
-                            bool steady) {
+                            bool steady, double load) {
+        struct steady st;
+
         for (size_t i = lo; i < l->n; i++) {
                 if (!dsad_policy_eligible(l, i, min_acc))
                         continue;
-                if (predict_ms(l, i, waited_ms, tokens, per_req, depth, w) <= target_ms &&
-                    (!steady || utilization(l, i, per_req, w) < UTIL_MAX))
+                if (steady ? steady_state(l, i, per_req, w, load, &st) && st.ms <= target_ms
+                           : predict_ms(l, i, waited_ms, tokens, per_req, depth, w) <= target_ms)
                         return i;
         }
         return SIZE_MAX;
@@ -160,13 +195,15 @@ static double level_power(struct dsad_ladder *l, double core_watts) {
         return w;
 }
 
-static void set_level(struct dsad_ladder *l, size_t level, const char *fmt, ...) _printf_(3, 4);
-static void set_level(struct dsad_ladder *l, size_t level, const char *fmt, ...) {
+static void set_level(struct dsad_ladder *l, size_t level, uint64_t now_usec, const char *fmt, ...)
+        _printf_(4, 5);
+static void set_level(struct dsad_ladder *l, size_t level, uint64_t now_usec, const char *fmt, ...) {
         va_list ap;
 
         if (level == l->level)
                 return;
         l->level = level;
+        l->level_usec = now_usec;
         va_start(ap, fmt);
         vsnprintf(l->reason, sizeof(l->reason), fmt, ap);
         va_end(ap);
@@ -342,43 +379,51 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
         if (s.fixed) {
                 int k = dsad_ladder_find(l, s.fixed_variant);
                 run = k >= 0 ? (size_t) k : l->base;
-                set_level(l, run, "policy fixed:%s%s", s.fixed_variant, k >= 0 ? "" : " (absent: base)");
+                set_level(l, run, now_usec, "policy fixed:%s%s", s.fixed_variant, k >= 0 ? "" : " (absent: base)");
                 pthread_mutex_unlock(&l->lock);
                 return run;
         }
 
-        /* The level follows what a batch that did not wait would need: the queue behind it and
-         * the arrival rate. What this batch already waited is made up below, for it alone. */
+        /* The level follows what a request that did not wait needs in the steady state of the
+         * arrival rate, with room for a tenth more load (1 / UTIL_MAX): not the size of this
+         * batch or of the queue, which a backlog inflates. What this batch already waited, and
+         * a backlog, are made up below, for this batch alone. */
         if (!dsad_policy_eligible(l, l->level, e.min_accuracy))
-                set_level(l, eligible_near(l, l->level, e.min_accuracy), "min accuracy %.3f", e.min_accuracy);
+                set_level(l, eligible_near(l, l->level, e.min_accuracy), now_usec, "min accuracy %.3f", e.min_accuracy);
         lo = e.cheapest ? cheapest_from(l, 0, e.min_accuracy) : MIN(l->floor, l->n - 1);
-        best = first_meeting(l, lo, e.min_accuracy, e.latency_target_ms, 0, tokens, per_req, depth, w, true);
+        best = first_meeting(l, lo, e.min_accuracy, e.latency_target_ms, 0, tokens, per_req, depth, w, true,
+                             1 / UTIL_MAX);
         if (best == SIZE_MAX)
                 best = cheapest_from(l, lo, e.min_accuracy);
         if (best > l->level) {
                 size_t up = more_accurate(l, best, lo, e.min_accuracy);
-                double ms = predict_ms(l, up, 0, tokens, per_req, depth, w);
-                if (ms > e.latency_target_ms)
-                        set_level(l, best, "latency: %s predicts %.0f ms > %.0f ms target (queue %u, %.1f req/s); %s %.0f ms",
-                                  l->rungs[up].name, ms, e.latency_target_ms, depth, l->rate, l->rungs[best].name,
-                                  predict_ms(l, best, 0, tokens, per_req, depth, w));
+                double rate = fmax(l->rate, l->rate_now);
+                struct steady su, sb = {};
+                (void) steady_state(l, best, per_req, w, 1 / UTIL_MAX, &sb);
+                if (steady_state(l, up, per_req, w, 1 / UTIL_MAX, &su))
+                        set_level(l, best, now_usec,
+                                  "latency: %s predicts %.0f ms > %.0f ms target at %.1f req/s (batches of %u); %s %.0f ms",
+                                  l->rungs[up].name, su.ms, e.latency_target_ms, rate, su.batch, l->rungs[best].name,
+                                  sb.ms);
                 else
-                        set_level(l, best, "load: %s would keep the workers %.0f%% busy at %.1f req/s; %s %.0f%%",
-                                  l->rungs[up].name, 100 * utilization(l, up, per_req, w), l->rate,
-                                  l->rungs[best].name, 100 * utilization(l, best, per_req, w));
+                        set_level(l, best, now_usec, "load: %s cannot keep up with %.1f req/s; %s %.0f%% busy",
+                                  l->rungs[up].name, rate / UTIL_MAX, l->rungs[best].name, 100 * sb.busy);
                 l->pressure_usec = now_usec;
         } else if (best < l->level && now_usec - l->pressure_usec >= (uint64_t) (s.hysteresis_s * 1e6) &&
                    now_usec - l->recover_usec >= (uint64_t) (s.hysteresis_s * 1e6 / 4) &&
                    !(g.cpu_pressure > PSI_RECOVER_MAX)) {
-                /* Up to the most accurate rung that meets the target with the margin, which may
-                 * be short of best (under a burst, one step up but not all the way). */
+                /* Up to the most accurate rung that meets the target with the margin, on latency
+                 * and on load, which may be short of best (under a burst, one step up but not all
+                 * the way). */
                 for (size_t i = best; i < l->level; i++) {
-                        double ms = predict_ms(l, i, 0, tokens, per_req, depth, w);
-                        if (!dsad_policy_eligible(l, i, e.min_accuracy) || ms > RECOVER_MARGIN * e.latency_target_ms ||
-                            utilization(l, i, per_req, w) > RECOVER_MARGIN * UTIL_MAX)
+                        struct steady st;
+                        if (!dsad_policy_eligible(l, i, e.min_accuracy) ||
+                            !steady_state(l, i, per_req, w, 1 / (UTIL_MAX * RECOVER_MARGIN), &st) ||
+                            st.ms > RECOVER_MARGIN * e.latency_target_ms)
                                 continue;
-                        set_level(l, i, "recovered: %s predicts %.0f ms <= %.0f ms at %.1f req/s", l->rungs[i].name,
-                                  ms, RECOVER_MARGIN * e.latency_target_ms, l->rate);
+                        set_level(l, i, now_usec, "recovered: %s predicts %.0f ms <= %.0f ms at %.1f req/s",
+                                  l->rungs[i].name, st.ms, RECOVER_MARGIN * e.latency_target_ms,
+                                  fmax(l->rate, l->rate_now));
                         l->recover_usec = now_usec; /* the next step up waits a quarter of it */
                         break;
                 }
@@ -389,8 +434,14 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
          * accurate rung that still does, else the cheapest, to catch up with the queue. */
         if (predict_ms(l, run, waited_ms, tokens, per_req, depth, w) > e.latency_target_ms) {
                 size_t k = first_meeting(l, run, e.min_accuracy, e.latency_target_ms, waited_ms, tokens,
-                                         per_req, depth, w, false);
+                                         per_req, depth, w, false, 1);
                 run = k == SIZE_MAX ? cheapest_from(l, run, e.min_accuracy) : k;
+        }
+        /* Only requests that came after the level did: a backlog from before is not its fault. */
+        if (now_usec - waited_usec >= l->level_usec) {
+                l->tick_requests += n;
+                if (run != l->level)
+                        l->tick_late += n;
         }
 
         /* Power mix: some requests one eligible rung up, as far as the budget lets them. */
@@ -408,7 +459,7 @@ size_t dsad_policy_choose(struct dsad_policy *p, struct dsad_ladder *l, const st
         /* Hints, for this request only. */
         if (h && h->max_latency_ms > 0 && h->max_latency_ms < e.latency_target_ms) {
                 size_t k = first_meeting(l, lo, e.min_accuracy, h->max_latency_ms, waited_ms, tokens, per_req,
-                                         depth, w, false);
+                                         depth, w, false, 1);
                 run = MAX(run, k == SIZE_MAX ? cheapest_from(l, lo, e.min_accuracy) : k);
         }
         if (h && h->min_accuracy > 0 && !dsad_policy_eligible(l, run, h->min_accuracy))
@@ -450,7 +501,8 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
         for (size_t m = 0; m < n; m++) {
                 struct dsad_ladder *l = ladders[m];
                 size_t before, target = 0;
-                double others = 0;
+                double others = 0, late_share;
+                bool late;
 
                 for (size_t o = 0; o < n; o++)
                         if (o != m)
@@ -459,10 +511,27 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
                 before = l->level;
                 if (scale != 1)
                         l->power_scale = clamp(0.8 * l->power_scale + 0.2 * l->power_scale * scale, 0.25, 4.0);
+                late = l->tick_requests >= LATE_MIN_REQUESTS &&
+                       (double) l->tick_late > LATE_MAX * (double) l->tick_requests;
+                late_share = l->tick_requests ? (double) l->tick_late / (double) l->tick_requests : 0;
+                l->tick_requests = l->tick_late = 0;
                 if (s.fixed) {
                         pthread_mutex_unlock(&l->lock);
                         continue;
                 }
+
+                /* Requests that had to catch up on a faster rung: when a tick has many of them
+                 * although the level stood the whole tick, the level's rung does not keep up
+                 * whatever the predictions say (they lag, or flatter it): one rung down. */
+                if (late && now_usec - l->level_usec >= (uint64_t) (interval_s * 1e6))
+                        for (size_t i = l->level + 1; i < l->n; i++)
+                                if (dsad_policy_eligible(l, i, e.min_accuracy)) {
+                                        set_level(l, i, now_usec, "late: %.0f%% of requests caught up on faster "
+                                                  "variants at %.1f req/s; %s", 100.0 * late_share,
+                                                  fmax(l->rate, l->rate_now), l->rungs[i].name);
+                                        l->pressure_usec = now_usec;
+                                        break;
+                                }
 
                 /* The power floor, at the smoothed rate or the last tick's when higher: a burst
                  * lowers it within a tick, the hysteresis raises it again. */
@@ -518,11 +587,11 @@ bool dsad_policy_tick(struct dsad_policy *p, struct dsad_ladder *const *ladders,
 
                 if (e.cheapest) {
                         size_t c = cheapest_from(l, 0, e.min_accuracy);
-                        set_level(l, c, "%s: the cheapest variant kept >= %.2f", e.why, e.min_accuracy);
+                        set_level(l, c, now_usec, "%s: the cheapest variant kept >= %.2f", e.why, e.min_accuracy);
                 } else if (!dsad_policy_eligible(l, l->level, e.min_accuracy))
-                        set_level(l, eligible_near(l, l->level, e.min_accuracy), "min accuracy %.3f", e.min_accuracy);
+                        set_level(l, eligible_near(l, l->level, e.min_accuracy), now_usec, "min accuracy %.3f", e.min_accuracy);
                 if (l->level < l->floor && l->floor < l->n)
-                        set_level(l, l->floor, "power: %s would draw %.1f W > %.1f W budget at %.1f req/s",
+                        set_level(l, l->floor, now_usec, "power: %s would draw %.1f W > %.1f W budget at %.1f req/s",
                                   l->rungs[l->level].name,
                                   dsad_policy_power_w(l, l->level, rate, l->tokens, g.core_watts) * l->power_scale,
                                   share, rate);

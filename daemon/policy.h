@@ -66,6 +66,9 @@ struct dsad_ladder {
         double tokens;           /* EWMA tokens per request */
         double batch;            /* EWMA requests per engine call */
         double power_scale;      /* measured / predicted power, EWMA (1 without feedback) */
+        uint64_t level_usec;     /* when the level last changed */
+        uint64_t tick_requests;  /* requests chosen for since the last tick */
+        uint64_t tick_late;      /* of them, run on a faster rung than the level to catch up */
 };
 
 /* Opens every rung of model name from store: store/NAME.gguf and store/NAME@*.gguf. Variants

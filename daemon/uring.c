@@ -162,6 +162,7 @@ int dsad_uring_new(struct dsad *d, struct dsad_uring **ret) {
         u->d = d;
         u->efd = -EBADF;
 
+        /* Kernels before 5.10 know no R_DISABLED (so no restrictions): both fail, epoll it is. */
         r = io_uring_queue_init(URING_ENTRIES, &u->ring,
                                 IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_R_DISABLED);
         if (r == -EINVAL) /* kernels before 6.0 do not know the first two flags */
@@ -171,18 +172,25 @@ int dsad_uring_new(struct dsad *d, struct dsad_uring **ret) {
                 *ret = u;
                 return 0;
         }
-        u->have_ring = true;
         u->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
         if (u->efd < 0) {
                 r = -errno;
+                io_uring_queue_exit(&u->ring);
                 goto fail;
         }
         r = io_uring_register_eventfd(&u->ring, u->efd);
-        if (r < 0)
-                goto fail;
-        r = restrict_ring(&u->ring);
-        if (r < 0)
-                goto fail;
+        if (r >= 0)
+                r = restrict_ring(&u->ring);
+        if (r < 0) {
+                /* A ring we cannot lock down is not worth its risk: epoll does the same job. */
+                dsad_log_errno(LOG_WARNING, r, "Cannot restrict io_uring (%m), falling back to epoll");
+                io_uring_queue_exit(&u->ring);
+                close(u->efd);
+                u->efd = -EBADF;
+                *ret = u;
+                return 0;
+        }
+        u->have_ring = true;
         r = uv_poll_init(d->loop, &u->efd_poll, u->efd);
         if (r < 0) {
                 r = -EIO;

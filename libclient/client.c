@@ -175,20 +175,37 @@ static int client_new_call(struct dsa_client *c, const char *path, const char *i
         return sd_bus_message_new_method_call(c->bus, ret, DSA__BUS_NAME, path, iface, method);
 }
 
-/* Sends m and waits for the reply, in *ret when ret is not NULL. Processes what the call queued
- * afterwards, so a NameOwnerChanged read meanwhile still reaches the sessions. */
-static int client_send(struct dsa_client *c, sd_bus_message *m, sd_bus_message **ret) {
+/* Sends m and waits for the reply (timeout_usec, 0: sd-bus's default), in *ret when ret is not
+ * NULL. Processes what the call queued afterwards, so a NameOwnerChanged read meanwhile still
+ * reaches the sessions. */
+static int client_send_timeout(struct dsa_client *c, sd_bus_message *m, uint64_t timeout_usec,
+                               sd_bus_message **ret) {
         _cleanup_bus_error_ sd_bus_error e = SD_BUS_ERROR_NULL;
         _cleanup_bus_message_ sd_bus_message *reply = NULL;
         int r;
 
-        r = sd_bus_call(c->bus, m, 0, &e, &reply);
+        r = sd_bus_call(c->bus, m, timeout_usec, &e, &reply);
         (void) dsa__client_process(c);
         if (r < 0)
                 return dsa__client_fail(c, &e, r);
         if (ret)
                 *ret = DSA__TAKE_PTR(reply);
         return 0;
+}
+
+static int client_send(struct dsa_client *c, sd_bus_message *m, sd_bus_message **ret) {
+        return client_send_timeout(c, m, 0, ret);
+}
+
+/* Admin calls (dsad asks polkit): an authentication agent may ask the user for a password,
+ * which takes longer than sd-bus's default 25 s. */
+#define ADMIN_TIMEOUT_USEC (150ull * 1000ull * 1000ull)
+
+static int client_send_admin(struct dsa_client *c, sd_bus_message *m) {
+        int r = sd_bus_message_set_allow_interactive_authorization(m, 1);
+        if (r < 0)
+                return r;
+        return client_send_timeout(c, m, ADMIN_TIMEOUT_USEC, NULL);
 }
 
 int dsa__client_call(struct dsa_client *c, const char *method, sd_bus_message **ret,
@@ -286,9 +303,17 @@ fail:
 }
 
 static int call_name(struct dsa_client *c, const char *method, const char *name) {
+        _cleanup_bus_message_ sd_bus_message *m = NULL;
+        int r;
+
         if (!c || !name)
                 return -EINVAL;
-        return dsa__client_call(c, method, NULL, "s", name);
+        r = client_new_call(c, DSA__BUS_PATH, DSA__BUS_IFACE, method, &m);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "s", name);
+        if (r < 0)
+                return r;
+        return client_send_admin(c, m);
 }
 
 DSA_EXPORT int dsa_client_load_model(struct dsa_client *c, const char *name) {

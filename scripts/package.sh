@@ -84,7 +84,7 @@ if [ $rpm -eq 1 ]; then
         rb=$out/rpm-build
         mkdir -p "$rb/SOURCES"
         (cd "$src" && tar --exclude="dsa-$upstream/debian" -czf "$rb/SOURCES/dsa-$upstream.tar.gz" "dsa-$upstream")
-        cp "$root/packaging/dsad.sysusers" "$root/packaging/dsad.tmpfiles" "$root/packaging/rpm/dsa.spec" \
+        cp "$root/packaging/dsad.sysusers" "$root/packaging/rpm/dsa.spec" \
                 "$root/packaging/rpm/dsa.rpmlintrc" "$rb/SOURCES/"
         say "building RPMs (log: $out/rpm/build.log)"
         start=$(date +%s)

@@ -88,7 +88,9 @@ DSA_EXPORT struct dsa_model_info *dsa_model_info_free(struct dsa_model_info *m, 
 /* Maps a model in dsad (idempotent). Needs no session. Errors: -ENOENT no such model, -EBADMSG
  * the file is not a model dsad can run (reason in dsa_client_error_message()), -EINVAL bad
  * name, -EACCES not authorized (only root, dsad's own uid and callers polkit authorizes for
- * org.dsa.manage-models may). */
+ * org.dsa.manage-models may). The call allows interactive authorization: where polkit wants the
+ * user to authenticate, the authentication agent of the caller's session asks (the call then
+ * waits up to 150 s). Requests load their model on demand anyway: this only loads ahead. */
 DSA_EXPORT int dsa_client_load_model(struct dsa_client *c, const char *name);
 
 /* Unmaps a model once no request uses it; sessions on it get -ENOENT completions afterwards.

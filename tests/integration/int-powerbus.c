@@ -518,10 +518,28 @@ static int method_check(sd_bus_message *m, void *userdata, sd_bus_error *error) 
         return sd_bus_reply_method_return(m, NULL);
 }
 
+static int check_done(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+/* The asynchronous form, as LoadModel uses it: replies from check_done, or the denial. */
+static int method_check_async(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        const char *action;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &action);
+        if (r < 0)
+                return r;
+        r = dsad_polkit_check_async(sd_bus_message_get_bus(m), m, action, check_done, NULL, error);
+        return r != 0 ? r : check_done(m, NULL, error);
+}
+
 static const sd_bus_vtable check_vtable[] = {
         SD_BUS_VTABLE_START(0),
         /* Unprivileged for sd-bus, whose own check would turn other users away before polkit. */
         SD_BUS_METHOD_WITH_ARGS("Check", SD_BUS_ARGS("s", action), SD_BUS_NO_RESULT, method_check,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("CheckAsync", SD_BUS_ARGS("s", action), SD_BUS_NO_RESULT, method_check_async,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_VTABLE_END,
 };
@@ -546,6 +564,8 @@ static bool child_gone(void *arg) {
 
 /* Calls the test object's Check(ACTION) from a child process, as uid `uid` (-1: unchanged),
  * while the loop serves it. */
+static const char *check_method = "Check"; /* or "CheckAsync" */
+
 static void call_check(int uid, struct call_result *ret) {
         const char *server;
         char buf[1024];
@@ -575,8 +595,8 @@ static void call_check(int uid, struct call_result *ret) {
                         _exit(1);
                 }
                 (void) sd_bus_get_unique_name(bus, &unique);
-                r = sd_bus_call_method(bus, server, "/org/dsa/Test/Polkit", "org.dsa.Test.Polkit", "Check", &error,
-                                       NULL, "s", ACTION);
+                r = sd_bus_call_method(bus, server, "/org/dsa/Test/Polkit", "org.dsa.Test.Polkit", check_method,
+                                       &error, NULL, "s", ACTION);
                 dprintf(pfd[1], "%d\n%s\n%s\n%s\n", r >= 0, unique, error.name ? error.name : "",
                         error.message ? error.message : "");
                 _exit(0);
@@ -665,7 +685,7 @@ static bool test_polkit(void) {
 
         io = dsad_bus_io_free(io);
         srv = sd_bus_flush_close_unref(srv);
-        fprintf(stderr, "int-powerbus: polkit ok\n");
+        fprintf(stderr, "int-powerbus: polkit ok (%s)\n", check_method);
         return true;
 }
 
@@ -716,6 +736,8 @@ int main(void) {
         uv_timer_start(&tick, on_tick, 10, 10);
 
         test_watcher();
+        test_polkit();
+        check_method = "CheckAsync";
         test_polkit();
         test_bus_lost();
 

@@ -99,6 +99,14 @@ cleanup() {
                 done
                 [ ! -e /var/lib/dsa ] || bad "/var/lib/dsa is left after purge: $(ls -A /var/lib/dsa)"
                 echo "   packages purged"
+                dpkg-query -W -f='${Package} ${Status}\n' | awk '/ installed$/ { print $1 }' | sort >"$tmp/after.txt"
+                pulled=$(comm -13 "$tmp/before.txt" "$tmp/after.txt" | tr '\n' ' ')
+                if [ -n "$pulled" ]; then
+                        # shellcheck disable=SC2086 # a list of package names
+                        DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq $pulled >"$tmp/purge2.log" 2>&1 ||
+                                { cat "$tmp/purge2.log"; bad "apt-get purge of what the install pulled in"; }
+                        echo "   purged what the install pulled in: $pulled"
+                fi
         fi
         [ $had_ci_user -eq 1 ] || userdel -r $ci_user 2>/dev/null
         if [ $had_dsad_user -eq 0 ] && getent passwd dsad >/dev/null; then
@@ -149,8 +157,7 @@ step "dpkg -c"
 multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)
 unit=/lib/systemd/system/dsad.service
 dpkg-deb -c "$deb_dsad" | grep -q '\./usr/lib/systemd/system/dsad.service$' && unit=/usr/lib/systemd/system/dsad.service
-udev=""
-[ ! -f "$root_dir/packaging/60-dsa-rapl.rules" ] || udev=/usr/lib/udev/rules.d/60-dsa-rapl.rules
+udev=/usr/lib/udev/rules.d/60-dsa-rapl.rules
 contents "$deb_dsad" /usr/sbin/dsad $unit /usr/lib/sysusers.d/dsad.conf /usr/lib/tmpfiles.d/dsad.conf \
         /usr/share/dbus-1/system.d/org.dsa.Daemon1.conf \
         /usr/share/dbus-1/system-services/org.dsa.Daemon1.service \
@@ -167,6 +174,8 @@ contents "$deb_libdsa_dev" /usr/include/dsa/dsa.h /usr/include/dsa/ring.h /usr/l
 
 # --- install
 step "apt-get install ./dsad ./dsactl ./libdsa0 ./libdsa-dev"
+# What was installed before, so the cleanup also removes what the install pulled in.
+dpkg-query -W -f='${Package} ${Status}\n' | awk '/ installed$/ { print $1 }' | sort >"$tmp/before.txt"
 installed=1
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y -qq "$deb_dsad" "$deb_dsactl" "$deb_libdsa0" "$deb_libdsa_dev" >"$tmp/install.log" 2>&1; then
@@ -192,9 +201,9 @@ else
         bad "bash completion for dsactl does not load"
 fi
 
-step "systemd-analyze verify /usr/lib/systemd/system/dsad.service"
+step "systemd-analyze verify $unit"
 if command -v systemd-analyze >/dev/null 2>&1; then
-        systemd-analyze verify /usr/lib/systemd/system/dsad.service >"$tmp/verify.log" 2>&1
+        systemd-analyze verify "$unit" >"$tmp/verify.log" 2>&1
         rc=$?
         sed 's/^/   /' "$tmp/verify.log"
         echo "   (exit status $rc; reported, not judged: the unit's content is not this test's)"

@@ -101,29 +101,46 @@ static void test_idle_runs_most_accurate(void **state) {
 static void test_burst_and_hysteresis(void **state) {
         struct dsad_policy *p = policy(100, 0);
         struct dsad_ladder *l = ladder();
+        struct dsad_policy_settings s;
         char v[64], why[256];
 
-        /* 20 waiting on 2 workers: base predicts 20 + 10 * 20 = 220 ms, int8 110, pruned 55. */
+        /* A backlog alone (20 waiting, nothing arriving): base predicts 20 + 10 * 20 = 220 ms,
+         * int8 110, pruned 55; this batch catches up on pruned, the level stays at base. */
         assert_int_equal(choose(p, l, 20, 10 * SEC), 2);
-        assert_true(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
-        assert_string_equal(v, "pruned");
-        assert_non_null(strstr(why, "latency: int8 predicts 110 ms > 100 ms target"));
+        assert_int_equal(l->level, 0);
         assert_false(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
-        /* The queue drains: no way back up within 2 s. */
-        assert_int_equal(choose(p, l, 0, 11 * SEC), 2);
-        assert_int_equal(choose(p, l, 0, 11.9 * SEC), 2);
-        /* After it: base predicts 20 ms <= 80 ms. */
+
+        /* 80 requests/s (88.9 with the tenth of room) against a 25-ms target: base keeps the two
+         * workers 89% busy, so a request waits up to 44% of a call for one: 20 * 1.44 = 29 ms;
+         * int8 10 * 1.22 = 12 ms. The level goes down at once. */
+        dsad_policy_get_settings(p, &s);
+        s.latency_target_ms = 25;
+        dsad_policy_set_settings(p, &s);
+        l->rate = 80;
+        assert_int_equal(choose(p, l, 2, 10 * SEC), 1);
+        assert_true(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
+        assert_string_equal(v, "int8");
+        assert_non_null(strstr(why, "latency: base predicts 29 ms > 25 ms target at 80.0 req/s (batches of 1); int8 12 ms"));
+        assert_false(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
+        /* The load goes: no way back up within 2 s. */
+        l->rate = 0;
+        assert_int_equal(choose(p, l, 0, 11 * SEC), 1);
+        assert_int_equal(choose(p, l, 0, 11.9 * SEC), 1);
+        /* After it: base predicts 20 ms <= 80% of 25. */
         assert_int_equal(choose(p, l, 0, 12.1 * SEC), 0);
         assert_true(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
         assert_string_equal(v, "base");
         assert_non_null(strstr(why, "recovered"));
-        /* Near the edge (base 20 + 3 * 20 = 80 ms <= 100): stays; a push down restarts the
-         * hysteresis. */
-        assert_int_equal(choose(p, l, 6, 13 * SEC), 0);
-        assert_int_equal(choose(p, l, 10, 13 * SEC), 1);
-        assert_int_equal(choose(p, l, 7, 14 * SEC), 1);
-        assert_int_equal(choose(p, l, 7, 15.5 * SEC), 1); /* base's 90 ms is not <= 80% of the target */
-        assert_int_equal(choose(p, l, 2, 15.5 * SEC), 0);
+        /* Near the edge (10 requests/s: base 21 ms <= 25): stays, but 21 ms is not within the
+         * margin, so after a push down it does not come back. */
+        l->rate = 10;
+        assert_int_equal(choose(p, l, 0, 13 * SEC), 0);
+        l->rate = 80;
+        assert_int_equal(choose(p, l, 0, 13 * SEC), 1);
+        l->rate = 10;
+        assert_int_equal(choose(p, l, 0, 15.5 * SEC), 1);
+        l->rate = 0;
+        assert_int_equal(choose(p, l, 0, 15.5 * SEC), 0);
         ladder_free(l);
         dsad_policy_free(p);
 }
@@ -132,13 +149,17 @@ static void test_recovery_steps(void **state) {
         struct dsad_policy *p = policy(100, 0);
         struct dsad_ladder *l = ladder();
 
-        /* A deep queue sends the level to tiny; with 7 waiting, base predicts 20 + 70 = 90 ms,
-         * int8 45: after the hysteresis the first step goes to int8 (the most accurate within
-         * the 20% margin), the next one not before a quarter of the hysteresis. */
-        assert_int_equal(choose(p, l, 100, 10 * SEC), 3);
-        assert_int_equal(choose(p, l, 7, 12.1 * SEC), 1);
-        assert_int_equal(choose(p, l, 2, 12.3 * SEC), 1);
-        assert_int_equal(choose(p, l, 2, 12.7 * SEC), 0);
+        /* 400 requests/s load base 400%, int8 200%, pruned 100%: the level goes to tiny. At 75/s,
+         * base's 75% is over the 20% margin (72%), int8's 37.5% is not: after the hysteresis the
+         * first step goes to int8; at 40/s base is within it, but the next step waits a quarter
+         * of the hysteresis. */
+        l->rate = 400;
+        assert_int_equal(choose(p, l, 0, 10 * SEC), 3);
+        l->rate = 75;
+        assert_int_equal(choose(p, l, 0, 12.1 * SEC), 1);
+        l->rate = 40;
+        assert_int_equal(choose(p, l, 0, 12.3 * SEC), 1);
+        assert_int_equal(choose(p, l, 0, 12.7 * SEC), 0);
         ladder_free(l);
         dsad_policy_free(p);
 }
@@ -153,6 +174,37 @@ static void test_waited_batch_catches_up(void **state) {
         assert_int_equal(dsad_policy_choose(p, l, NULL, 1, 32, 95000, 0, 10 * SEC), 2);
         assert_int_equal(dsad_policy_choose(p, l, NULL, 1, 32, 200000, 0, 10 * SEC), 3);
         assert_int_equal(l->level, 0);
+        ladder_free(l);
+        dsad_policy_free(p);
+}
+
+static void test_late_requests_push_the_level(void **state) {
+        struct dsad_policy *p = policy(100, 0);
+        struct dsad_ladder *l = ladder();
+        char v[64], why[256];
+
+        /* A tick in which 30 of 40 requests waited too long for base and caught up: base does
+         * not keep up whatever it predicts, so the level steps down one rung. */
+        for (int i = 0; i < 40; i++)
+                dsad_policy_choose(p, l, NULL, 1, 32, i < 30 ? 95000 : 0, 0, 10 * SEC);
+        assert_int_equal(l->level, 0);
+        assert_true(dsad_policy_tick(p, &l, 1, 0.25, 10 * SEC + SEC / 4));
+        assert_int_equal(l->level, 1);
+        assert_true(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
+        assert_non_null(strstr(why, "late: 75% of requests caught up on faster variants"));
+        /* The next tick, as many late ones, but the level changed within it: it stays. */
+        for (int i = 0; i < 40; i++)
+                dsad_policy_choose(p, l, NULL, 1, 32, 200000, 0, 10 * SEC + SEC / 4);
+        dsad_policy_tick(p, &l, 1, 0.25, 10 * SEC + SEC / 2 - 1);
+        assert_int_equal(l->level, 1);
+        /* Few late ones (under 20%), or too few requests to tell: it stays. */
+        for (int i = 0; i < 40; i++)
+                dsad_policy_choose(p, l, NULL, 1, 32, i < 7 ? 200000 : 0, 0, 11 * SEC);
+        dsad_policy_tick(p, &l, 1, 0.25, 11 * SEC);
+        for (int i = 0; i < 19; i++)
+                dsad_policy_choose(p, l, NULL, 1, 32, 200000, 0, 12 * SEC);
+        dsad_policy_tick(p, &l, 1, 0.25, 12 * SEC);
+        assert_int_equal(l->level, 1);
         ladder_free(l);
         dsad_policy_free(p);
 }
@@ -306,7 +358,9 @@ static void test_hints_and_fixed(void **state) {
         /* A tighter latency for one request: int8 (10 ms); the level stays at base. */
         assert_int_equal(dsad_policy_choose(p, l, &h, 1, 32, 0, 0, 10 * SEC), 1);
         assert_int_equal(l->level, 0);
-        /* Under a burst the level is pruned; a request that needs 0.998 still gets int8. */
+        /* Under a burst (300/s: base and int8 overloaded) the level is pruned; a request that
+         * needs 0.998 still gets int8. */
+        l->rate = 300;
         assert_int_equal(choose(p, l, 20, 10 * SEC), 2);
         h = (struct dsad_hints){ .min_accuracy = 0.998 };
         assert_int_equal(dsad_policy_choose(p, l, &h, 1, 32, 0, 20, 10 * SEC), 1);
@@ -334,6 +388,7 @@ int main(void) {
                 cmocka_unit_test(test_burst_and_hysteresis),
                 cmocka_unit_test(test_recovery_steps),
                 cmocka_unit_test(test_waited_batch_catches_up),
+                cmocka_unit_test(test_late_requests_push_the_level),
                 cmocka_unit_test(test_load_utilization),
                 cmocka_unit_test(test_min_accuracy_and_unknown),
                 cmocka_unit_test(test_power_budget),
