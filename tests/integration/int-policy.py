@@ -85,7 +85,7 @@ def current(d):
     return prop(d, "CurrentVariant", "/org/dsa/Daemon1/models/sst2", "org.dsa.Model1")
 
 
-def wait_current(d, want, timeout=20):
+def wait_current(d, want, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         classify(d)
@@ -176,19 +176,24 @@ def main():
                 for k, n in json.loads(line)["variants"].items():
                     used[k] = used.get(k, 0) + n
             check(used.get("distilled", 0) > 0, f"the burst never ran the cheaper rung: {used}")
-            mon.wait(lambda e: e[1] == "distilled" and (e[2].startswith("latency") or e[2].startswith("load")),
-                     "to distilled for latency")
-            # Quiet again: back to base after the hysteresis.
+            mon.wait(lambda e: e[1] == "distilled" and e[2].startswith(("latency", "load", "late")),
+                     "to distilled for latency or load")
+            # Quiet again: back to base after the hysteresis (bench-policy set dsad's target to its
+            # 20 ms, which base on a slow (ASan) build sharing the machine may not meet even
+            # alone: back to the configured 50).
+            set_prop(d, "LatencyTarget", "d", 50)
             wait_current(d, "base")
             mon.wait(lambda e: e[1] == "base" and e[2].startswith("recovered"), "back to base")
 
-            # A power budget lowered at run time, under a steady load base handles even under
-            # ASan (40/s of a few ms: about 1 W in the CPU-time model, distilled about 0.1 W).
-            b = burst(d, tsv, "20:40", target=200)
-            # The burst's arrival rate decays first (2-s smoothing): until it is near 40/s, a slow
-            # (ASan) base may still be pushed down for load, which would hide the power change.
-            deadline = time.monotonic() + 15
-            while (current(d) != "base" or d.call("GetPolicy")[0]["ArrivalRate"]["data"] > 60) and \
+            # A power budget lowered at run time, under a light steady load (10/s of a few ms:
+            # about 0.2 W in the CPU-time model, distilled about 0.02 W). The latency target is
+            # relaxed meanwhile, so that on a slow (ASan) build sharing the machine with other
+            # tests, lateness does not move the variant before the budget does.
+            set_prop(d, "LatencyTarget", "d", 1000)
+            b = burst(d, tsv, "20:10", target=1000)
+            # The burst's arrival rate decays first (2-s smoothing).
+            deadline = time.monotonic() + 30
+            while (current(d) != "base" or d.call("GetPolicy")[0]["ArrivalRate"]["data"] > 20) and \
                     time.monotonic() < deadline:
                 time.sleep(0.1)
             check(current(d) == "base", f"base under light load: {current(d)}")
@@ -200,6 +205,7 @@ def main():
             rc, _, err = set_prop(d, "PowerBudget", "d", -1, check_rc=False)
             check(rc != 0 and "PowerBudget must be in" in err, f"bad budget: {err}")
             set_prop(d, "PowerBudget", "d", 0)
+            set_prop(d, "LatencyTarget", "d", 50)
             wait_current(d, "base")
 
             # On battery at 10%: the cheapest rung; back on AC: base again.
