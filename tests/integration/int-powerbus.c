@@ -111,29 +111,12 @@ static bool read_line(int fd, char *buf, size_t size, int timeout_ms) {
 /* A private bus with our own configuration: every user may connect (the unprivileged polkit
  * caller), everyone may own and call anything, as on a session bus. */
 static void start_bus(void) {
-        static const char conf_fmt[] =
-                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
-                " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-                "<busconfig>\n"
-                "  <type>session</type>\n"
-                "  <listen>unix:path=%s/bus</listen>\n"
-                "  <auth>EXTERNAL</auth>\n"
-                "  <policy context=\"default\">\n"
-                "    <allow user=\"*\"/>\n"
-                "    <allow send_destination=\"*\" eavesdrop=\"true\"/>\n"
-                "    <allow eavesdrop=\"true\"/>\n"
-                "    <allow own=\"*\"/>\n"
-                "  </policy>\n"
-                "</busconfig>\n";
-        char conf[400], line[512];
+        char conf[400], listen[300], line[512];
         int pfd[2];
-        FILE *f;
 
         snprintf(conf, sizeof(conf), "%s/bus.conf", dir);
-        f = fopen(conf, "we");
-        CHECK(f, "cannot write %s: %m", conf);
-        fprintf(f, conf_fmt, dir);
-        fclose(f);
+        snprintf(listen, sizeof(listen), "unix:path=%s/bus", dir);
+        CHECK(itest_write_any_user_bus_config(conf, listen) == 0, "cannot write %s: %m", conf);
 
         CHECK(pipe2(pfd, O_CLOEXEC) == 0, "pipe: %m");
         bus_pid = fork();

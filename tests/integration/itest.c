@@ -102,19 +102,16 @@ static void on_fatal_signal(int sig) {
         raise(sig);
 }
 
-/* A session-type bus every uid may connect to (the limits and polkit tests' other users). */
-static void write_any_user_config(struct itest *t, char *ret_path, size_t size) {
-        FILE *f;
+int itest_write_any_user_bus_config(const char *path, const char *listen) {
+        FILE *f = fopen(path, "we");
 
-        snprintf(ret_path, size, "%s/bus.conf", t->dir);
-        f = fopen(ret_path, "we");
         if (!f)
-                itest_fail(t, __FILE__, __LINE__, "fopen", "%s: %m", ret_path);
+                return -errno;
         fprintf(f, "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
                    " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
                    "<busconfig>\n"
                    "  <type>session</type>\n"
-                   "  <listen>unix:dir=%s</listen>\n"
+                   "  <listen>%s</listen>\n"
                    "  <auth>EXTERNAL</auth>\n"
                    "  <policy context=\"default\">\n"
                    "    <allow user=\"*\"/>\n"
@@ -123,8 +120,18 @@ static void write_any_user_config(struct itest *t, char *ret_path, size_t size) 
                    "    <allow own=\"*\"/>\n"
                    "  </policy>\n"
                    "</busconfig>\n",
-                t->dir);
-        fclose(f);
+                listen);
+        return fclose(f) == 0 ? 0 : -errno;
+}
+
+/* The any-user bus in t's folder, which every uid may enter. */
+static void write_any_user_config(struct itest *t, char *ret_path, size_t size) {
+        char listen[300];
+
+        snprintf(ret_path, size, "%s/bus.conf", t->dir);
+        snprintf(listen, sizeof(listen), "unix:dir=%s", t->dir);
+        if (itest_write_any_user_bus_config(ret_path, listen) < 0)
+                itest_fail(t, __FILE__, __LINE__, "bus.conf", "%s: %m", ret_path);
         if (chmod(t->dir, 0755) < 0)
                 itest_fail(t, __FILE__, __LINE__, "chmod", "%s: %m", t->dir);
 }

@@ -44,6 +44,10 @@ void itest_init(struct itest *t, const char *const *dsad_args);
  * that run clients as other users. */
 void itest_init_any_user(struct itest *t, const char *const *dsad_args);
 
+/* Writes a session-type bus configuration at path that listens on listen (a D-Bus address) and
+ * lets every uid connect, own and call anything; 0 or a negative errno. */
+int itest_write_any_user_bus_config(const char *path, const char *listen);
+
 /* Starts dsad and waits (10 s at most) until it owns org.dsa.Daemon1. extra_env: one
  * "NAME=VALUE" to add to dsad's environment, or NULL. */
 void itest_dsad_start(struct itest *t, const char *extra_env);

@@ -73,6 +73,12 @@ static size_t choose(struct dsad_policy *p, struct dsad_ladder *l, unsigned dept
         return dsad_policy_choose(p, l, NULL, 1, 32, 0, depth, now);
 }
 
+/* The same at an arrival rate of rate requests/s. */
+static size_t choose_at(struct dsad_policy *p, struct dsad_ladder *l, double rate, uint64_t now) {
+        l->rate = rate;
+        return choose(p, l, 0, now);
+}
+
 static void test_service_estimates(void **state) {
         struct dsad_ladder *l = ladder();
 
@@ -123,8 +129,7 @@ static void test_burst_and_hysteresis(void **state) {
         assert_non_null(strstr(why, "latency: base predicts 29 ms > 25 ms target at 80.0 req/s (batches of 1); int8 12 ms"));
         assert_false(dsad_policy_take_change(l, v, sizeof(v), why, sizeof(why)));
         /* The load goes: no way back up within 2 s. */
-        l->rate = 0;
-        assert_int_equal(choose(p, l, 0, 11 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 0, 11 * SEC), 1);
         assert_int_equal(choose(p, l, 0, 11.9 * SEC), 1);
         /* After it: base predicts 20 ms <= 80% of 25. */
         assert_int_equal(choose(p, l, 0, 12.1 * SEC), 0);
@@ -133,14 +138,10 @@ static void test_burst_and_hysteresis(void **state) {
         assert_non_null(strstr(why, "recovered"));
         /* Near the edge (10 requests/s: base 21 ms <= 25): stays, but 21 ms is not within the
          * margin, so after a push down it does not come back. */
-        l->rate = 10;
-        assert_int_equal(choose(p, l, 0, 13 * SEC), 0);
-        l->rate = 80;
-        assert_int_equal(choose(p, l, 0, 13 * SEC), 1);
-        l->rate = 10;
-        assert_int_equal(choose(p, l, 0, 15.5 * SEC), 1);
-        l->rate = 0;
-        assert_int_equal(choose(p, l, 0, 15.5 * SEC), 0);
+        assert_int_equal(choose_at(p, l, 10, 13 * SEC), 0);
+        assert_int_equal(choose_at(p, l, 80, 13 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 10, 15.5 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 0, 15.5 * SEC), 0);
         ladder_free(l);
         dsad_policy_free(p);
 }
@@ -153,12 +154,9 @@ static void test_recovery_steps(void **state) {
          * base's 75% is over the 20% margin (72%), int8's 37.5% is not: after the hysteresis the
          * first step goes to int8; at 40/s base is within it, but the next step waits a quarter
          * of the hysteresis. */
-        l->rate = 400;
-        assert_int_equal(choose(p, l, 0, 10 * SEC), 3);
-        l->rate = 75;
-        assert_int_equal(choose(p, l, 0, 12.1 * SEC), 1);
-        l->rate = 40;
-        assert_int_equal(choose(p, l, 0, 12.3 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 400, 10 * SEC), 3);
+        assert_int_equal(choose_at(p, l, 75, 12.1 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 40, 12.3 * SEC), 1);
         assert_int_equal(choose(p, l, 0, 12.7 * SEC), 0);
         ladder_free(l);
         dsad_policy_free(p);
@@ -214,10 +212,8 @@ static void test_load_utilization(void **state) {
         struct dsad_ladder *l = ladder();
 
         /* 80 req/s of 20 ms keep 2 workers 80% busy: fine; 100 req/s: 100%. */
-        l->rate = 80;
-        assert_int_equal(choose(p, l, 0, 10 * SEC), 0);
-        l->rate = 100;
-        assert_int_equal(choose(p, l, 0, 10 * SEC), 1);
+        assert_int_equal(choose_at(p, l, 80, 10 * SEC), 0);
+        assert_int_equal(choose_at(p, l, 100, 10 * SEC), 1);
         ladder_free(l);
         dsad_policy_free(p);
 }
