@@ -11,6 +11,7 @@
 #include <syslog.h>
 
 #include "api-internal.h"
+#include "polkit.h"
 #include "basic/error.h"
 #include "basic/time-util.h"
 #include "basic/unaligned.h"
@@ -93,7 +94,6 @@ static int read_texts(sd_bus_message *m, char ***ret, size_t *ret_n, sd_bus_erro
  * else asked of the bus (dbus-daemon attaches no credentials to messages) and remembered. A
  * caller whose uid cannot be learned counts as uid UINT32_MAX, limited like any other. */
 static uint32_t sender_uid(struct dsad_api *api, sd_bus_message *m) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
         const char *sender = sd_bus_message_get_sender(m);
         struct api_uid *e;
         uid_t uid;
@@ -102,7 +102,7 @@ static uint32_t sender_uid(struct dsad_api *api, sd_bus_message *m) {
                 for (size_t i = 0; i < ELEMENTSOF(api->uids); i++)
                         if (strcmp(api->uids[i].sender, sender) == 0)
                                 return api->uids[i].uid;
-        if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds) < 0 || sd_bus_creds_get_euid(creds, &uid) < 0)
+        if (dsad_sender_euid(m, &uid, NULL) < 0)
                 return UINT32_MAX;
         if (sender && strlen(sender) < sizeof(api->uids[0].sender)) {
                 e = &api->uids[api->next_uid++ % ELEMENTSOF(api->uids)];

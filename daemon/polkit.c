@@ -1,6 +1,7 @@
-/* polkit's CheckAuthorization for admin calls (polkit.h), with root and dsad's own uid let
- * through without a round trip: asynchronously for methods, so an authentication dialog never
- * stalls the loop, and synchronously without user interaction for property writes. */
+/* Who is calling, and polkit's CheckAuthorization for admin calls (polkit.h), with root and
+ * dsad's own uid let through without a round trip: asynchronously for methods, so an
+ * authentication dialog never stalls the loop, and synchronously without user interaction for
+ * property writes. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -26,17 +27,30 @@ struct pending {
         void *userdata;
 };
 
+int dsad_sender_euid(sd_bus_message *m, uid_t *ret, bool *ret_from_proc) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        uid_t uid;
+        int r;
+
+        r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
+        if (r < 0)
+                return r;
+        r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0)
+                return r;
+        if (ret_from_proc)
+                *ret_from_proc = sd_bus_creds_get_augmented_mask(creds) & SD_BUS_CREDS_EUID;
+        *ret = uid;
+        return 0;
+}
+
 /* Root, or the uid dsad runs as (the user who started a session-bus dsad owns it). */
 static bool sender_is_privileged(sd_bus_message *m) {
-        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        bool from_proc;
         uid_t euid;
 
-        if (sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds) < 0)
-                return false;
-        /* Augmented credentials come from /proc, racily: never trust them for authorization. */
-        if (sd_bus_creds_get_augmented_mask(creds) & SD_BUS_CREDS_EUID)
-                return false;
-        return sd_bus_creds_get_euid(creds, &euid) >= 0 && (euid == 0 || euid == geteuid());
+        /* A uid read from /proc is racy: never trusted for authorization. */
+        return dsad_sender_euid(m, &euid, &from_proc) >= 0 && !from_proc && (euid == 0 || euid == geteuid());
 }
 
 _printf_(2, 3) static int deny(sd_bus_error *ret_error, const char *fmt, ...) {

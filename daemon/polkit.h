@@ -3,7 +3,15 @@
  * Loop thread only. */
 #pragma once
 
+#include <stdbool.h>
+#include <sys/types.h>
 #include <systemd/sd-bus.h>
+
+/* Who is calling: the effective uid of m's sender, as the bus reports it
+ * (sd_bus_query_sender_creds()), for the checks below and for the per-user limits. When
+ * ret_from_proc is not NULL, it says whether sd-bus had to read it from /proc instead (racy:
+ * never good enough for authorization). Returns 0, or a negative errno. */
+int dsad_sender_euid(sd_bus_message *m, uid_t *ret, bool *ret_from_proc);
 
 /* Both forms decide whether the sender of m (an incoming method call, or a property set, on
  * bus) may perform action_id (e.g. "org.dsa.policy"). Callers whose effective uid is 0 or dsad's

@@ -34,6 +34,7 @@
 #include "basic/error.h"
 #include "basic/time-util.h"
 #include "daemon.h"
+#include "polkit.h"
 
 #define SLOTS_DEFAULT 16u
 #define SLOTS_MAX 256u
@@ -455,7 +456,6 @@ static int check_limits(struct dsad *d, uid_t uid, uint64_t bytes) {
 
 int dsad_session_open(struct dsad *d, sd_bus_message *m, const char *model, uint32_t slots,
                       uint32_t slot_size, struct dsad_session **ret) {
-        sd_bus_creds *creds = NULL;
         struct dsad_model *dm = NULL;
         struct dsad_session *s = NULL;
         struct ring_geometry g;
@@ -471,11 +471,7 @@ int dsad_session_open(struct dsad *d, sd_bus_message *m, const char *model, uint
         sender = sd_bus_message_get_sender(m);
         if (!sender)
                 return dsa__error(-EINVAL, "the call has no sender");
-        r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
-        if (r < 0)
-                return r;
-        r = sd_bus_creds_get_euid(creds, &uid);
-        sd_bus_creds_unref(creds);
+        r = dsad_sender_euid(m, &uid, NULL);
         if (r < 0)
                 return r;
         r = check_limits(d, uid, g.total_size);

@@ -11,12 +11,10 @@
  * user) is exempt from the limits and may load and unload. Needs root (to become another user):
  * exit 77 otherwise. */
 #include <errno.h>
-#include <grp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -177,11 +175,7 @@ static int as_nobody(void (*fn)(void)) {
 
         CHECK(pid >= 0, "fork: %m");
         if (pid == 0) {
-                prctl(PR_SET_PDEATHSIG, SIGKILL);
-                if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0) {
-                        fprintf(stderr, "int-limits: cannot become nobody: %m\n");
-                        _exit(1);
-                }
+                itest_child_become(NOBODY);
                 fn();
                 _exit(1);
         }
@@ -219,11 +213,9 @@ static void test_queue_share(void) {
                 struct burst nb = {}, again = {};
                 char x;
 
-                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                itest_child_become(NOBODY);
                 close(pfd[0]);
                 close(go[1]);
-                if (setgroups(0, NULL) < 0 || setgid(NOBODY) < 0 || setuid(NOBODY) < 0)
-                        _exit(1);
                 if (dsa_client_new(t.address, &nc) < 0 || dsa_session_open(nc, "sst2", 8, 1 << 20, &ns) < 0)
                         _exit(1);
                 dprintf(pfd[1], "ready\n");

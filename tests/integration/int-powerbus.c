@@ -20,7 +20,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -568,10 +567,8 @@ static void call_check(int uid, struct call_result *ret) {
 
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
                 close(pfd[0]);
-                if (uid >= 0 && (setgroups(0, NULL) < 0 || setgid((gid_t) uid) < 0 || setuid((uid_t) uid) < 0)) {
-                        dprintf(2, "int-powerbus: cannot become uid %d: %m\n", uid);
-                        _exit(1);
-                }
+                if (uid >= 0)
+                        itest_child_become((uid_t) uid);
                 r = itest_bus_open(address, &bus);
                 if (r < 0) {
                         dprintf(2, "int-powerbus: uid %d cannot connect to %s: %s\n", uid, address, strerror(-r));

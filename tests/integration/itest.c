@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -382,6 +383,14 @@ bool itest_teardown(struct itest *t) {
         if (!ok)
                 _exit(1); /* also from atexit: the test must not pass with a dirty dsad */
         return ok;
+}
+
+void itest_child_become(uid_t uid) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (setgroups(0, NULL) < 0 || setgid((gid_t) uid) < 0 || setuid(uid) < 0) {
+                dprintf(2, "itest: cannot become uid %u: %m\n", (unsigned) uid);
+                _exit(1);
+        }
 }
 
 int itest_count_fds(pid_t pid) {

@@ -63,6 +63,10 @@ void itest_dsad_kill(struct itest *t);
  * not exit cleanly. */
 bool itest_teardown(struct itest *t);
 
+/* In a forked child: dies with the test (PR_SET_PDEATHSIG), then becomes uid, with gid uid and
+ * no supplementary groups; on failure says why and _exit(1)s. */
+void itest_child_become(uid_t uid);
+
 /* Number of open fds of a process (/proc/PID/fd), -1 on error. */
 int itest_count_fds(pid_t pid);
 
