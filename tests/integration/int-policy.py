@@ -186,7 +186,10 @@ def main():
             mon.wait(lambda e: e[1] == "base" and e[2].startswith("recovered"), "back to base")
 
             # A power budget lowered at run time, under a light steady load (10/s of a few ms:
-            # about 0.2 W in the CPU-time model, distilled about 0.02 W). The latency target is
+            # about 0.2 W in the CPU-time model, distilled about 0.02 W). The budget is far below
+            # both: the fake RAPL counter reports 20 W whatever runs, so with other tests loading
+            # the machine dsad's measured share, and the scale it puts on the model, can be a
+            # quarter, and a budget of 0.05 W once let base fit. The latency target is
             # relaxed meanwhile, so that on a slow (ASan) build sharing the machine with other
             # tests, lateness does not move the variant before the budget does.
             set_prop(d, "LatencyTarget", "d", 1000)
@@ -197,8 +200,8 @@ def main():
                     time.monotonic() < deadline:
                 time.sleep(0.1)
             check(current(d) == "base", f"base under light load: {current(d)}")
-            set_prop(d, "PowerBudget", "d", 0.05)
-            check(abs(prop(d, "PowerBudget") - 0.05) < 1e-9, "PowerBudget reads back")
+            set_prop(d, "PowerBudget", "d", 0.001)
+            check(abs(prop(d, "PowerBudget") - 0.001) < 1e-12, "PowerBudget reads back")
             mon.wait(lambda e: e[1] == "distilled" and e[2].startswith("power"), "to distilled for power")
             out, _ = b.communicate(timeout=60)
             check(b.returncode == 0, "requests failed around the budget switch")
