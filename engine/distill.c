@@ -347,10 +347,11 @@ static float feature_loss(struct dsa_distiller *d, const struct dsa_batch *b, si
 
         for (size_t m = 0; m < d->M; m++) {
                 const float *hs = dsa_trainer_hidden(s, m), *ht = dsa_trainer_hidden(t, m * Lt / Ls);
+                const uint8_t *live = dsa_trainer_hidden_mask(s, m); /* b's mask less pruned tokens */
                 dsa_matmul_forward_f32(d->y, hs, d->proj[m], NULL, N, Cs, Ct);
                 for (size_t i = 0; i < N; i++)
                         for (size_t c = 0; c < Ct; c++) {
-                                float e = b->mask[i] ? d->y[i * Ct + c] - ht[i * Ct + c] : 0.0f;
+                                float e = live[i] ? d->y[i * Ct + c] - ht[i * Ct + c] : 0.0f;
                                 loss += (double) e * e;
                                 d->y[i * Ct + c] = 2.0f * w * e; /* now d y */
                         }

@@ -32,6 +32,7 @@ struct dsa__tlin {
 
 struct dsa__tlayer {
         size_t NH, A, F;
+        float token_keep; /* token pruning after this layer: the model's, 1 for none */
         struct dsa__tlin qkv, o, up, down;
         size_t ln1_g, ln1_b, ln2_g, ln2_b;
 };
@@ -56,6 +57,10 @@ struct dsa__tacts {
         bool train, have_labels, valid;
         int32_t *ids, *types, *labels; /* (N), (N), (B) */
         uint8_t *mask;                 /* (N) */
+        /* (L, N): the tokens each layer's attention sees as keys, the ones token pruning kept
+         * so far (layer 0: mask); tok_score (N): their attention received, scratch. */
+        uint8_t *alive;
+        float *tok_score;
         float **h, **dh_ext;           /* L + 1 of (N,C) */
         float *emb_in, *emb_mean, *emb_rstd, *emb_ln, *emb_keep;
         struct dsa__tlacts *l;

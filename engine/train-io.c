@@ -83,9 +83,12 @@ static int export(const struct dsa_trainer *t, bool int8, struct dsa_model **ret
         const struct dsa_bert_config *c = &t->cfg;
         const struct dsa_bert *src = t->model->bert;
         uint32_t heads[c->n_layer], ffs[c->n_layer];
-        for (size_t l = 0; l < c->n_layer; l++)
+        float keep[c->n_layer];
+        for (size_t l = 0; l < c->n_layer; l++) {
                 heads[l] = (uint32_t) t->layers[l].NH, ffs[l] = (uint32_t) t->layers[l].F;
-        const struct dsa__bert_layout layout = { .n_head = heads, .n_ff = ffs };
+                keep[l] = t->layers[l].token_keep;
+        }
+        const struct dsa__bert_layout layout = { .n_head = heads, .n_ff = ffs, .token_keep = keep };
 
         m = calloc(1, sizeof(*m));
         if (!m)

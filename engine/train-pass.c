@@ -81,13 +81,14 @@ static int ensure_acts(struct dsa_trainer *t, size_t B, size_t T) {
             (r = grow(&a->dF, N * Fmax)) < 0 || (r = grow(&a->dF2, N * MAX(Fmax, Amax))) < 0 ||
             (r = grow(&a->dA, N * 3 * Amax)) < 0 || (r = grow(&a->datt, NHmax * TT)) < 0)
                 return r;
-        free(a->ids), free(a->types), free(a->mask), free(a->labels);
+        free(a->ids), free(a->types), free(a->mask), free(a->labels), free(a->alive);
         a->ids = calloc(N ? N : 1, sizeof(int32_t));
         a->types = calloc(N ? N : 1, sizeof(int32_t));
         a->mask = calloc(N ? N : 1, 1);
+        a->alive = calloc(N * L > 0 ? N * L : 1, 1);
         a->labels = calloc(B ? B : 1, sizeof(int32_t));
-        if (!a->ids || !a->types || !a->mask || !a->labels)
-                return -ENOMEM;
+        if (!a->ids || !a->types || !a->mask || !a->alive || !a->labels || (r = grow(&a->tok_score, N)) < 0)
+                return r < 0 ? r : -ENOMEM;
         a->cap_B = B, a->cap_N = N, a->cap_TT = TT;
         a->B = N0 / T, a->T = T;
         return 0;
@@ -197,6 +198,40 @@ static int qat_prepare(struct dsa_trainer *t) {
 
 /* ---- forward */
 
+/* Token pruning as the inference forward does it (engine/bert.c, prune_tokens): of the n tokens
+ * of each row alive in layer l (alive), the first ([CLS]) and the ceil(keep n) - 1 others that
+ * received the most attention (att: (B, NH, T, T) probabilities, summed over heads and alive
+ * queries) stay alive for the next layer (next). The others stay in the batch, but no later
+ * layer attends to them: what any kept token, [CLS] included, computes is what it computes
+ * when they are gone, and a gradient flows through the kept ones only. */
+static void keep_tokens(uint8_t *next, const uint8_t *alive, const float *att, float *score, size_t B, size_t T,
+                        size_t NH, float keep) {
+        for (size_t b = 0; b < B; b++) {
+                const uint8_t *in = alive + b * T;
+                uint8_t *out = next + b * T;
+                size_t n = 0;
+                for (size_t k = 0; k < T; k++)
+                        n += in[k] != 0;
+                const size_t want = MIN(MAX((size_t) ceilf(keep * (float) n), (size_t) 1), n);
+                for (size_t k = 0; k < T; k++) {
+                        float s = 0.0f;
+                        for (size_t h = 0; in[k] && h < NH; h++) {
+                                const float *ph = att + (b * NH + h) * T * T;
+                                for (size_t q = 0; q < T; q++)
+                                        if (in[q])
+                                                s += ph[q * T + k];
+                        }
+                        score[k] = k == 0 ? INFINITY : s;
+                }
+                for (size_t k = 0; k < T; k++) {
+                        size_t rank = 0;
+                        for (size_t j = 0; in[k] && j < T; j++)
+                                rank += in[j] && (score[j] > score[k] || (score[j] == score[k] && j < k));
+                        out[k] = in[k] && rank < want;
+                }
+        }
+}
+
 int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const int32_t *labels, bool train,
                         float *ret_loss, float *ret_logits) {
         const struct dsa_bert_config *c;
@@ -232,6 +267,7 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
         else
                 memset(a->types, 0, N * sizeof(int32_t));
         memcpy(a->mask, b->mask, N);
+        memcpy(a->alive, b->mask, N);
         if (labels)
                 memcpy(a->labels, labels, B * sizeof(int32_t));
 
@@ -261,9 +297,14 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
                 struct dsa__tlayer *y = &t->layers[l];
                 struct dsa__tlacts *ya = &a->l[l];
                 const size_t A = y->A, NH = y->NH, HS = A / NH, F = y->F;
+                const uint8_t *keys = a->alive + l * N;
                 lin_forward(t, &y->qkv, ya->qkv, a->h[l], ya->xq_qkv, N);
-                dsa_scores_softmax_forward_f32(ya->att, ya->qkv, 3 * A, ya->qkv + A, 3 * A, a->mask, B, T, NH, HS,
+                dsa_scores_softmax_forward_f32(ya->att, ya->qkv, 3 * A, ya->qkv + A, 3 * A, keys, B, T, NH, HS,
                                                1.0f / sqrtf((float) HS));
+                if (l + 1 < L && y->token_keep < 1.0f)
+                        keep_tokens(a->alive + (l + 1) * N, keys, ya->att, a->tok_score, B, T, NH, y->token_keep);
+                else if (l + 1 < L)
+                        memcpy(a->alive + (l + 1) * N, keys, N);
                 const float *akeep = dropout(t, ya->att_keep, B * NH * T * T, t->opts.attn_dropout);
                 dsa_attn_values_forward_f32(ya->ctx, A, ya->att, akeep, ya->qkv + 2 * A, 3 * A, B, T, NH, HS);
                 lin_forward(t, &y->o, ya->ao, ya->ctx, ya->xq_o, N);
@@ -308,6 +349,12 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
 
 const float *dsa_trainer_hidden(const struct dsa_trainer *t, size_t l) {
         return t && t->a.valid && l <= t->cfg.n_layer ? t->a.h[l] : NULL;
+}
+
+const uint8_t *dsa_trainer_hidden_mask(const struct dsa_trainer *t, size_t l) {
+        if (!t || !t->a.valid || l > t->cfg.n_layer)
+                return NULL;
+        return t->a.alive + (l > 0 ? l - 1 : 0) * t->a.B * t->a.T;
 }
 
 const float *dsa_trainer_qkv(const struct dsa_trainer *t, size_t layer, size_t *ret_A) {

@@ -65,6 +65,7 @@ static int layout_params(struct dsa_trainer *t, const uint32_t *heads, const uin
                 y->NH = heads ? heads[l] : c->n_head;
                 y->A = y->NH * HS;
                 y->F = ffs ? ffs[l] : c->n_ff;
+                y->token_keep = 1.0f;
                 const size_t A = y->A, F = y->F;
                 if ((r = add_layer_param(t, l, "attn_qkv.weight", C, 3 * A, true, &y->qkv.w)) < 0 ||
                     (r = add_layer_param(t, l, "attn_qkv.bias", 3 * A, 0, false, &y->qkv.b)) < 0 ||
@@ -242,6 +243,9 @@ int dsa_trainer_new(const struct dsa_model *m, const struct dsa_train_opts *o, s
                 heads[l] = b->layers[l].n_head, ffs[l] = b->layers[l].n_ff;
         if ((r = trainer_alloc(m, &b->cfg, heads, ffs, o, &t)) < 0 || (r = dsa__trainer_import(t, m)) < 0)
                 return r;
+        /* A token-pruned model trains as it runs: each layer attends to the tokens kept so far. */
+        for (size_t l = 0; l < b->cfg.n_layer; l++)
+                t->layers[l].token_keep = b->layers[l].token_keep;
         *ret = TAKE_PTR(t);
         return 0;
 }
@@ -295,7 +299,7 @@ static void acts_free(struct dsa__tacts *a, size_t L) {
         free(a->xq_pool), free(a->xq_cls);
         free(a->logits), free(a->probs), free(a->dlogits_ext), free(a->dlogits), free(a->labels);
         free(a->d0), free(a->d1), free(a->d2), free(a->dF), free(a->dF2), free(a->dA), free(a->datt);
-        free(a->ids), free(a->types), free(a->mask);
+        free(a->ids), free(a->types), free(a->mask), free(a->alive), free(a->tok_score);
         *a = (struct dsa__tacts) { 0 };
 }
 

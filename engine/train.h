@@ -49,7 +49,10 @@ void dsa_train_opts_default(struct dsa_train_opts *o);
 
 /* A trainer for m (a BERT classifier: n_labels > 0), its weights widened to fp32 from whatever
  * format m holds them in. m is only read; it must outlive the trainer (its tokenizer and labels
- * are shared). -EOPNOTSUPP for other models, with a reason. */
+ * are shared). A token-pruned m trains with its schedule: after such a layer, the tokens
+ * inference drops leave every later layer's keys, so [CLS] computes what it computes at run
+ * time, and the exported model keeps the schedule. -EOPNOTSUPP for other models, with a
+ * reason. */
 int dsa_trainer_new(const struct dsa_model *m, const struct dsa_train_opts *o, struct dsa_trainer **ret);
 /* A trainer for a fresh model of config cfg (no pretraining: HF's initial values, N(0, 0.02)
  * matrices and embeddings, from o's seed), sharing m's tokenizer and labels (cfg has m's label
@@ -76,6 +79,10 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
  * (embeddings) .. n_layer; qkv of layer l (B,T,3 A_l) with Q at column 0, K at A_l, V at 2 A_l;
  * logits (B,L). Valid until the next forward. */
 const float *dsa_trainer_hidden(const struct dsa_trainer *t, size_t l);
+/* (B,T): the rows of hidden[l] that are states of the model as it runs: the batch's mask, less
+ * the tokens token pruning dropped before layer l - 1 (a dropped token's state is the one it
+ * left with). Valid until the next forward. */
+const uint8_t *dsa_trainer_hidden_mask(const struct dsa_trainer *t, size_t l);
 const float *dsa_trainer_qkv(const struct dsa_trainer *t, size_t layer, size_t *ret_A);
 const float *dsa_trainer_logits(const struct dsa_trainer *t);
 

@@ -61,8 +61,9 @@ int dsa__recover_teacher(const struct dsa_model *m, const struct dsa_optimize_op
 
         if (!o->recover_texts || !o->recover_labels || o->n_recover == 0)
                 return dsa__error(-EINVAL, "recovery fine-tuning needs labelled training texts");
-        if (o->prune_heads <= 0 && o->prune_ffn <= 0)
-                return dsa__error(-EINVAL, "recovery fine-tuning follows structured pruning (heads, FFN)");
+        if (o->prune_heads <= 0 && o->prune_ffn <= 0 && o->token_keep < 0)
+                return dsa__error(-EINVAL, "recovery fine-tuning follows structured pruning (heads, FFN) or "
+                                           "token pruning");
         /* It trains and writes back fp32 weights: a quantized, sparse or token-pruned input
          * would silently lose what it was. */
         for (size_t l = 0; l < m->bert->cfg.n_layer; l++)

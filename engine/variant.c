@@ -567,6 +567,20 @@ static const char *const method_names[] = { "magnitude", "wanda", "sparsegpt" };
 static const char *const pattern_names[] = { "unstructured", "2:4", "block16" };
 static const char *const act_names[] = { "dynamic", "minmax", "percentile" };
 
+/* Token pruning's schedule (token_schedule()), recorded in the method and dsa.* keys. */
+static int tokens(struct dsa_model *m, const struct dsa_optimize_opts *o, char *method, size_t size) {
+        char sched[128] = "";
+        int r;
+
+        if ((r = token_schedule(m, o)) < 0)
+                return r;
+        for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
+                snprintf(sched + strlen(sched), sizeof(sched) - strlen(sched), "%s%.2f", l ? "," : "",
+                         (double) m->bert->layers[l].token_keep);
+        snprintf(method + strlen(method), size - strlen(method), "%stokens-%s", *method ? "+" : "", sched);
+        return dsa__info_setf(&m->info, "token_keep", "%s", sched);
+}
+
 int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         char method[256] = "", prev[256] = "";
         int r;
@@ -610,6 +624,9 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         return r;
         }
         if (o->recover_steps > 0) {
+                /* Recovery trains with the token schedule, so it comes first. */
+                if (o->token_keep >= 0 && (r = tokens(m, o, method, sizeof(method))) < 0)
+                        return r;
                 if ((r = dsa__model_recover(m, o, unpruned)) < 0)
                         return r;
                 APPEND("+recovered");
@@ -631,17 +648,8 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                     (r = dsa__info_setf(&m->info, "sparsity_pattern", "%s", pattern_names[o->sparsity_pattern])) < 0)
                         return r;
         }
-        if (o->token_keep >= 0) {
-                if ((r = token_schedule(m, o)) < 0)
-                        return r;
-                char sched[128] = "";
-                for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
-                        snprintf(sched + strlen(sched), sizeof(sched) - strlen(sched), "%s%.2f", l ? "," : "",
-                                 (double) m->bert->layers[l].token_keep);
-                APPEND("%stokens-%s", *method ? "+" : "", sched);
-                if ((r = dsa__info_setf(&m->info, "token_keep", "%s", sched)) < 0)
-                        return r;
-        }
+        if (o->token_keep >= 0 && !o->recover_steps && (r = tokens(m, o, method, sizeof(method))) < 0)
+                return r;
         if (o->attention) {
                 if ((r = dsa__model_set_attention(m, o)) < 0)
                         return r;

@@ -43,10 +43,12 @@ struct dsa_optimize_opts {
          * et al. 2019), the loss the cross-entropy against the model's own predictions, instead
          * of the mean norm of each head's contribution to the output. */
         bool head_grad;
-        /* Recovery after structured pruning (heads, FFN): recover_steps AdamW steps (batches of
-         * 32, lr recover_lr, 10% warmup, no dropout) distilling the pruned model from the
-         * unpruned one (softened logits and hidden states) on recover_texts (pairs or NULL;
-         * the labels are not used by the loss). 0 steps: none. */
+        /* Recovery after structured pruning (heads, FFN) or token pruning: recover_steps AdamW
+         * steps (batches of 32, lr recover_lr, 10% warmup, no dropout) distilling the pruned
+         * model from the unpruned one (softened logits and the hidden states of the tokens it
+         * keeps) on recover_texts (pairs or NULL; the labels are not used by the loss). The
+         * token schedule is set first (searched on the structurally pruned model) and recovery
+         * trains with it. 0 steps: none. */
         const char *const *recover_texts, *const *recover_pairs;
         const int32_t *recover_labels;
         size_t n_recover;

@@ -5,7 +5,8 @@
  * packed batches) and survives a save and reopen; the gradient of every kind of parameter
  * against central differences of the loss; head importance against the derivative of the loss
  * by a head's scale; the student config parser, a student of the teacher's own shape that
- * reproduces it, and distillation with every loss at once. Checkpoints and the training loop:
+ * reproduces it, and distillation with every loss at once; a token-pruned model in the trainer
+ * against the engine that drops the tokens. Checkpoints and the training loop:
  * test-train-checkpoint.c. */
 #include <errno.h>
 #include <math.h>
@@ -78,6 +79,16 @@
 #define IMP_RTOL 0.05
 #define IMP_ATOL 1e-3
 #define IMP_EXACT_RTOL 1e-4
+
+/* g: a token-pruned model (TOKEN_KEEP after every layer but the last) in the trainer against
+ * the inference engine's packed forward, which really drops the tokens: the same logits within
+ * TOKEN_TOL (the same tokens are chosen, so only the arithmetic's order differs; measured
+ * 2.4e-7). Pruning moves the logits of this tiny model little (measured 6.7e-4), so the check
+ * is that it moves them by more than TOKEN_MIN_EFFECT: a trainer that ignored the schedule
+ * would fail. */
+#define TOKEN_KEEP 0.25
+#define TOKEN_TOL 1e-5f
+#define TOKEN_MIN_EFFECT 1e-4f
 
 /* f: a same-shape student reproduces its teacher within STUDENT_TOL; distillation's total
  * loss, mean of the last 10 of DISTILL_STEPS steps below DISTILL_DROP of the first 10's. */
@@ -257,6 +268,73 @@ static void test_export(void **state) {
 
 static void test_export_qat(void **state) {
         check_export(true, QAT_EXPORT_TOL, QAT_HIDDEN_MEAN_TOL, QAT_HIDDEN_MAX_TOL);
+}
+
+/* ---- g. token pruning */
+
+static void test_token_pruned(void **state) {
+        struct dsa_train_opts o = tt_opts(false, false);
+        struct dsa_trainer *t = tt_trainer(tt_model, &o), *tp = NULL;
+        struct dsa_test_rng rng = { 9 };
+        struct tbatch *x = malloc(sizeof(*x)), *xr = malloc(sizeof(*xr));
+        struct dsa_model *m = NULL, *back = NULL;
+        float dense[B_MAX * N_LABELS], want[B_MAX * N_LABELS], got[B_MAX * N_LABELS];
+        size_t at;
+        int r;
+
+        assert_true(x && xr);
+        /* Trained a little, so that attention is not uniform and the choice means something. */
+        tt_train_task(t, &rng, QAT_STEPS, NULL);
+        tt_make_batch(&rng, B_MAX, T_MAX, x);
+        assert_int_equal(dsa_trainer_forward(t, &x->b, NULL, false, NULL, dense), 0);
+        assert_int_equal(dsa_trainer_export(t, &m), 0);
+        struct dsa_optimize_opts op = { .quant = DSA_WFORMAT_F32, .token_keep = TOKEN_KEEP, .act_percentile = 99.99 };
+        if ((r = dsa_model_optimize(m, &op)) < 0)
+                fail_msg("dsa_model_optimize: %s", dsa_error_message(r));
+
+        /* The trainer of the token-pruned model: tokens leave the keys of later layers. */
+        if ((r = dsa_trainer_new(m, &o, &tp)) < 0)
+                fail_msg("dsa_trainer_new: %s", dsa_error_message(r));
+        assert_int_equal(dsa_trainer_forward(tp, &x->b, NULL, false, NULL, want), 0);
+        const size_t L = dsa_trainer_config(tp)->n_layer, T = x->b.T;
+        for (size_t b = 0; b < x->b.B; b++) {
+                size_t n = 0, kept = 0;
+                const uint8_t *m1 = dsa_trainer_hidden_mask(tp, 2) + b * T;
+                for (size_t k = 0; k < T; k++)
+                        n += x->mask[b * T + k] != 0, kept += m1[k] != 0;
+                /* After layer 0: [CLS] and the ceil(keep n) - 1 others. */
+                assert_int_equal(kept, MIN(MAX((size_t) ceil(TOKEN_KEEP * (double) n), (size_t) 1), n));
+                assert_true(m1[0] || n == 0);
+        }
+        assert_true(dsa_trainer_hidden_mask(tp, L) != NULL);
+
+        /* The engine's packed path is the one that prunes. */
+        *xr = *x;
+        xr->b.ids = xr->ids, xr->b.mask = xr->mask;
+        xr->b.ragged = xr->b.first_only = true;
+        model_logits(m, xr, got, NULL);
+        float d = max_abs_diff(got, want, B_MAX * N_LABELS, &at);
+        const float effect = max_abs_diff(dense, want, B_MAX * N_LABELS, NULL);
+        printf("token pruning %.2f: max |logit - trainer's| %.3g (tolerance %.0e) at %zu; pruning moved the logits "
+               "by up to %.3g\n",
+               TOKEN_KEEP, (double) d, (double) TOKEN_TOL, at, (double) effect);
+        if (!(d <= TOKEN_TOL))
+                fail_msg("token-pruned logits differ from the trainer's by %g at %zu (%g vs %g)", (double) d, at,
+                         (double) got[at], (double) want[at]);
+        assert_true(effect > TOKEN_MIN_EFFECT);
+
+        /* Its export keeps the schedule. */
+        assert_int_equal(dsa_trainer_export(tp, &back), 0);
+        model_logits(back, xr, got, NULL);
+        d = max_abs_diff(got, want, B_MAX * N_LABELS, &at);
+        if (!(d <= TOKEN_TOL))
+                fail_msg("the trainer's export lost the token schedule: logits off by %g", (double) d);
+
+        dsa_model_free(back);
+        dsa_model_free(m);
+        dsa_trainer_free(tp);
+        dsa_trainer_free(t);
+        free(x), free(xr);
 }
 
 /* ---- d. gradients */
@@ -570,6 +648,7 @@ int main(void) {
                 cmocka_unit_test(test_student_config),
                 cmocka_unit_test(test_student_same_shape),
                 cmocka_unit_test(test_distill),
+                cmocka_unit_test(test_token_pruned),
         };
 
         return cmocka_run_group_tests(tests, tt_setup, tt_teardown);
