@@ -133,7 +133,7 @@ variants=(
         "tokens-0.5-recovered|--token-keep 0.5 $recover 2000"
         "heads-88+ffn-88-recovered|--prune-heads 0.875 --prune-ffn 0.875 --calib @CALIB@ $recover 4000"
         "int8+heads-88+ffn-88-recovered|from=heads-88+ffn-88-recovered --quant int8 --act dynamic"
-        "combined-recovered|from=heads-88+ffn-88-recovered --quant int8 --act dynamic --token-keep auto --token-target 0.995 --calib @CALIB@"
+        "combined-recovered|from=heads-88+ffn-88-recovered --quant int8 --act dynamic --token-keep auto --token-target 0.995 --calib @CALIB@ --recover @TRAIN@ --recover-task sst2 --recover-lr 5e-5 --recover-steps 2000"
 )
 file_of() { echo "$work_dir/sst2-4l256-${1//:/-}.gguf"; }
 flags_of() { local f=${1#*|}; f=${f//@TRAIN@/$train}; echo "${f//@CALIB@/$2}"; }
@@ -373,7 +373,9 @@ md.append("- The `-recovered` variants are fine-tuned after pruning (`--recover`
           "(heads and FFN) steps of 32 SST-2 train examples, distilled from the unpruned model (its softened "
           "logits and hidden states; the labels are not used), a token schedule trained as it runs. "
           "`int8+heads-88+ffn-88-recovered` and `combined-recovered` are made from `heads-88+ffn-88-recovered` "
-          "(87.5% of the heads, one per layer, and of the FFN neurons removed).")
+          "(87.5% of the heads, one per layer, and of the FFN neurons removed); `combined-recovered` then gets "
+          "its token schedule and a second recovery with it (2,000 steps, lr 5e-5, distilled from "
+          "`heads-88+ffn-88-recovered`).")
 md.append(f"- Weights: resident bytes from `dsactl show --json`. Raw numbers: `compression.json`; "
           f"plot: `compression.png`.\n")
 md.append("| Variant | Accuracy | Kept | Dev examples/s | Speedup (dev) | Latency s128 b1 | Speedup (s128) | Weights | vs fp32 |")
