@@ -358,6 +358,10 @@ static void scatter(const struct packed *p, const float *x, float *hidden, size_
                 memcpy(hidden + p->idx[i] * C, x + i * C, C * sizeof(float));
 }
 
+size_t dsa__tokens_kept(float keep, size_t n) {
+        return MIN(MAX((size_t) ceilf(keep * (float) n), (size_t) 1), n);
+}
+
 static int cmp_score(const void *a, const void *b, void *key) {
         const float *score = key;
         float x = score[*(const size_t *) a], y = score[*(const size_t *) b];
@@ -384,9 +388,7 @@ static size_t prune_tokens(struct packed *p, float *x, const float *probs, size_
 
         for (size_t b = 0; b < B; b++) {
                 const size_t T = p->len[b], o = p->off[b];
-                size_t want = MAX((size_t) ceilf(keep * (float) T), (size_t) 1);
-
-                want = MIN(want, T);
+                const size_t want = dsa__tokens_kept(keep, T);
                 for (size_t k = 0; k < T; k++) {
                         float s = 0.0f;
                         for (size_t h = 0; h < NH; h++) {

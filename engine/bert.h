@@ -94,6 +94,9 @@ void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);
 int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt);
 /* Resident bytes of the weights (matrices, embeddings, vectors). */
 size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
+/* How many of a row's n tokens a layer that keeps the fraction keep passes on: ceil(keep n), at
+ * least 1 ([CLS]), at most n. The forward's token pruning and the trainer's share it. */
+size_t dsa__tokens_kept(float keep, size_t n);
 
 
 /* The stored tensor called name, checked to have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml

@@ -79,7 +79,8 @@ static int ensure_acts(struct dsa_trainer *t, size_t B, size_t T) {
             (r = grow(&a->dlogits, B * NL)) < 0 ||
             (r = grow(&a->d0, N * C)) < 0 || (r = grow(&a->d1, N * C)) < 0 || (r = grow(&a->d2, N * C)) < 0 ||
             (r = grow(&a->dF, N * Fmax)) < 0 || (r = grow(&a->dF2, N * MAX(Fmax, Amax))) < 0 ||
-            (r = grow(&a->dA, N * 3 * Amax)) < 0 || (r = grow(&a->datt, NHmax * TT)) < 0)
+            (r = grow(&a->dA, N * 3 * Amax)) < 0 || (r = grow(&a->datt, NHmax * TT)) < 0 ||
+            (r = grow(&a->tok_score, N)) < 0)
                 return r;
         free(a->ids), free(a->types), free(a->mask), free(a->labels), free(a->alive);
         a->ids = calloc(N ? N : 1, sizeof(int32_t));
@@ -87,8 +88,8 @@ static int ensure_acts(struct dsa_trainer *t, size_t B, size_t T) {
         a->mask = calloc(N ? N : 1, 1);
         a->alive = calloc(N * L > 0 ? N * L : 1, 1);
         a->labels = calloc(B ? B : 1, sizeof(int32_t));
-        if (!a->ids || !a->types || !a->mask || !a->alive || !a->labels || (r = grow(&a->tok_score, N)) < 0)
-                return r < 0 ? r : -ENOMEM;
+        if (!a->ids || !a->types || !a->mask || !a->alive || !a->labels)
+                return -ENOMEM;
         a->cap_B = B, a->cap_N = N, a->cap_TT = TT;
         a->B = N0 / T, a->T = T;
         return 0;
@@ -212,7 +213,7 @@ static void keep_tokens(uint8_t *next, const uint8_t *alive, const float *att, f
                 size_t n = 0;
                 for (size_t k = 0; k < T; k++)
                         n += in[k] != 0;
-                const size_t want = MIN(MAX((size_t) ceilf(keep * (float) n), (size_t) 1), n);
+                const size_t want = dsa__tokens_kept(keep, n);
                 for (size_t k = 0; k < T; k++) {
                         float s = 0.0f;
                         for (size_t h = 0; in[k] && h < NH; h++) {
@@ -301,10 +302,13 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
                 lin_forward(t, &y->qkv, ya->qkv, a->h[l], ya->xq_qkv, N);
                 dsa_scores_softmax_forward_f32(ya->att, ya->qkv, 3 * A, ya->qkv + A, 3 * A, keys, B, T, NH, HS,
                                                1.0f / sqrtf((float) HS));
-                if (l + 1 < L && y->token_keep < 1.0f)
-                        keep_tokens(a->alive + (l + 1) * N, keys, ya->att, a->tok_score, B, T, NH, y->token_keep);
-                else if (l + 1 < L)
-                        memcpy(a->alive + (l + 1) * N, keys, N);
+                if (l + 1 < L) {
+                        uint8_t *next = a->alive + (l + 1) * N;
+                        if (y->token_keep < 1.0f)
+                                keep_tokens(next, keys, ya->att, a->tok_score, B, T, NH, y->token_keep);
+                        else
+                                memcpy(next, keys, N);
+                }
                 const float *akeep = dropout(t, ya->att_keep, B * NH * T * T, t->opts.attn_dropout);
                 dsa_attn_values_forward_f32(ya->ctx, A, ya->att, akeep, ya->qkv + 2 * A, 3 * A, B, T, NH, HS);
                 lin_forward(t, &y->o, ya->ao, ya->ctx, ya->xq_o, N);
