@@ -71,7 +71,7 @@ void dsactl_help(FILE *f) {
               "       [--act dynamic|minmax|percentile] [--percentile P] [--mixed-target F]\n"
               "       [--prune-heads F] [--prune-ffn F] [--sparsity F]\n"
               "       [--sparsity-method magnitude|wanda|sparsegpt]\n"
-              "       [--sparsity-pattern unstructured|2:4|block16] [--token-keep F|auto]\n"
+              "       [--sparsity-pattern unstructured|2:4|block16] [--token-keep F[,F...]|auto]\n"
               "       [--token-target F] [--attention dense|local|fixed|linear|dsa]\n"
               "       [--att-block N] [--att-window N] [--att-global N] [--att-random N]\n"
               "       [--att-mass F] [--att-cap N] [--att-blocks N] [--att-sparsity F]\n"

@@ -25,7 +25,7 @@ static void optimize_usage(FILE *f) {
               "                       [--mixed-target F] [--prune-heads F] [--prune-ffn F]\n"
               "                       [--sparsity F] [--sparsity-method magnitude|wanda|sparsegpt]\n"
               "                       [--sparsity-pattern unstructured|2:4|block16]\n"
-              "                       [--token-keep F|auto] [--token-target F]\n"
+              "                       [--token-keep F[,F...]|auto] [--token-target F]\n"
               "                       [--attention dense|local|fixed|linear|dsa] [--att-block N]\n"
               "                       [--att-window N] [--att-global N] [--att-random N]\n"
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
@@ -56,6 +56,27 @@ static bool parse_fraction(const char *s, double lo, double hi, double *ret) {
         if (errno || end == s || *end || !(v >= lo && v <= hi))
                 return false;
         *ret = v;
+        return true;
+}
+
+/* "F" or "F,F,...": fractions in [0.01, 1], at most max of them. */
+static bool parse_keep_list(const char *s, float *ret, size_t max, size_t *ret_n) {
+        size_t n = 0;
+
+        for (;;) {
+                char *end;
+                double v;
+
+                errno = 0;
+                v = strtod(s, &end);
+                if (errno || end == s || !(v >= 0.01 && v <= 1) || n == max || (*end && *end != ','))
+                        return false;
+                ret[n++] = (float) v;
+                if (!*end)
+                        break;
+                s = end + 1;
+        }
+        *ret_n = n;
         return true;
 }
 
@@ -173,6 +194,7 @@ int verb_optimize(int argc, char **argv) {
         struct dsa__att att;
         bool att_set = false, att_param = false;
         double f;
+        float keep_layers[64];
         char hex[65];
         int c, r;
 
@@ -245,8 +267,13 @@ int verb_optimize(int argc, char **argv) {
                 case 'k':
                         if (!strcmp(optarg, "auto"))
                                 o.token_keep = 0;
-                        else if (!parse_fraction(optarg, 0.01, 1, &o.token_keep))
-                                return usage_error("--token-keep is 'auto' or a fraction in [0.01, 1]");
+                        else if (!parse_keep_list(optarg, keep_layers, sizeof(keep_layers) / sizeof(keep_layers[0]), &o.n_token_layers))
+                                return usage_error("--token-keep is 'auto', a fraction in [0.01, 1] or one such "
+                                                   "fraction per layer but the last, comma-separated");
+                        else
+                                o.token_keep = keep_layers[0], o.token_layers = keep_layers;
+                        if (o.n_token_layers == 1)
+                                o.n_token_layers = 0, o.token_layers = NULL;
                         break;
                 case 'K':
                         if (!parse_fraction(optarg, 0, 1, &o.token_target))

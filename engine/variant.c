@@ -337,12 +337,25 @@ static double schedule_cost(const float *keep, size_t L) {
  * layer's keep fraction by 0.1 (down to 0.1) and take the move that saves the most predicted
  * cost among those whose calibration predictions still agree with the unpruned model's on at
  * least token_target of the texts; stop when no move qualifies. Or, given a fraction, that
- * fraction after every layer but the last. */
+ * fraction after every layer but the last, or the listed fraction after each layer. */
 static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         struct dsa_bert *b = m->bert;
         const size_t NL = b->cfg.n_labels, n = o->n_calib, L = b->cfg.n_layer;
         int r;
 
+        if (o->token_keep > 0 && o->n_token_layers > 0) {
+                if (o->n_token_layers + 1 != L)
+                        return dsa__error(-EINVAL, "--token-keep lists %zu fractions; a model of %zu layers takes %zu",
+                                          o->n_token_layers, L, L - 1);
+                for (size_t l = 0; l < L; l++) {
+                        const float k = l + 1 < L ? o->token_layers[l] : 1.0f;
+                        if (!(k > 0 && k <= 1))
+                                return dsa__error(-EINVAL, "token keep fractions must be in (0, 1]");
+                        b->layers[l].token_keep = k;
+                }
+                dsa__variant_log(o, "token pruning: the listed fraction after each layer");
+                return 0;
+        }
         if (o->token_keep > 0) {
                 set_keep(b, o->token_keep);
                 dsa__variant_log(o, "token pruning: keep %.2f after each layer", o->token_keep);

@@ -62,9 +62,13 @@ struct dsa_optimize_opts {
 
         /* Token pruning: token_keep < 0: none; 0: search the most aggressive schedule that
          * keeps token_target of the unpruned model's calibration predictions; in (0, 1]: keep
-         * that fraction after every layer but the last. */
+         * that fraction after every layer but the last, or, when n_token_layers > 0,
+         * token_layers[l] after layer l (n_token_layers must be the layer count - 1; each value
+         * in (0, 1]). */
         double token_keep;
         double token_target;
+        const float *token_layers;
+        size_t n_token_layers;
 
         /* Calibration texts (and second segments, or NULL). Required by everything but fp32,
          * f16, bf16, dynamic int8 and magnitude pruning. */

@@ -364,6 +364,14 @@ with tempfile.TemporaryDirectory() as tmp:
               f"tokens: schedule {keep}, dsa.prune.token_keep {tk}, recorded {o['recorded'].get('token_keep')}")
         acc = results["tokens-0.7"] = accuracy(path)
         check(0 <= acc <= 1, f"tokens: accuracy {acc:.4f} (recorded, no threshold)")
+    # a schedule listed per layer (every layer but the last)
+    path = P("tokens-list.gguf")
+    if optimize(path, "--token-keep", "0.5,1,0.8", *C):
+        keep = [l[3] for l in layers(show(path))]
+        check(keep == [0.5, 1.0, 0.8, 1.0] and show(path)["recorded"].get("token_keep") == "0.50,1.00,0.80,1.00",
+              f"tokens listed: schedule {keep}")
+    expect_fail(1, ["optimize", "-m", teacher, "-o", P("tl.gguf"), "--token-keep", "0.5,0.5"],
+                "--token-keep with 2 fractions for 4 layers", ["3"])
 
     # (6) damaged and inconsistent variant files: exit 1, one line naming the tensor or key.
     def patched(base_name, what, edit):
@@ -457,6 +465,8 @@ with tempfile.TemporaryDirectory() as tmp:
     expect_fail(2, o + ["--act", "max"], "--act max", ["--act"], True)
     expect_fail(2, o + ["--sparsity", "1"], "--sparsity 1", ["--sparsity"], True)
     expect_fail(2, o + ["--token-keep", "0"], "--token-keep 0", ["--token-keep"], True)
+    expect_fail(2, o + ["--token-keep", "0.5,,1"], "--token-keep 0.5,,1", ["--token-keep"], True)
+    expect_fail(2, o + ["--token-keep", "0.5,1.5,1"], "--token-keep 0.5,1.5,1", ["--token-keep"], True)
     expect_fail(2, o + ["--calib-max", "0"], "--calib-max 0", ["--calib-max"], True)
     expect_fail(2, o + ["extra"], "a positional argument", [], True)
     expect_fail(2, ["show"], "show without -m", ["-m"])
