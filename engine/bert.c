@@ -277,8 +277,7 @@ static void task_residual_ln(void *arg, size_t begin, size_t end) {
         float *t = f->tmp + begin * C;
         const float *x = f->x + begin * C;
 
-        for (size_t i = 0; i < (end - begin) * C; i++)
-                t[i] += x[i];
+        f->k->add_f32(t, t, x, (end - begin) * C);
         f->k->layernorm_f32(f->x + begin * C, t, f->g, f->beta, end - begin, C, f->eps);
 }
 

@@ -301,15 +301,13 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         return f.err;
                 /* x += a Wo^T: into h, then added (the packed GEMM writes, it does not accumulate) */
                 dsa__linear_forward(pool, &y->o, h, C, a, QC, NULL, T, DSA_EPILOGUE_NONE, lscratch);
-                for (size_t j = 0; j < T * C; j++)
-                        x[j] += h[j];
+                f.k->add_f32(x, x, h, T * C);
                 f.norm = y->ffn_norm;
                 dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
                 dsa__linear_forward(pool, &y->gate_up, ff, 2 * f.F, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
                 dsa_threadpool_for(pool, T, ROW_GRAIN, task_swiglu, &f);
                 dsa__linear_forward(pool, &y->down, h, C, ff, 2 * f.F, NULL, T, DSA_EPILOGUE_NONE, lscratch);
-                for (size_t j = 0; j < T * C; j++)
-                        x[j] += h[j];
+                f.k->add_f32(x, x, h, T * C);
         }
         f.norm = l->out_norm;
         dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);

@@ -11,6 +11,7 @@
 void dsa_layernorm_f32_ref(float *out, const float *inp, const float *gamma, const float *beta,
                            size_t N, size_t C, float eps);
 void dsa_rmsnorm_f32_ref(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_add_f32_ref(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_ref(float *x, size_t n);
 void dsa_gelu_tanh_f32_ref(float *x, size_t n);
@@ -28,6 +29,7 @@ float dsa__f16_to_f32_one(uint16_t h);
 void dsa_layernorm_f32_avx2(float *out, const float *inp, const float *gamma, const float *beta,
                             size_t N, size_t C, float eps);
 void dsa_rmsnorm_f32_avx2(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_add_f32_avx2(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_avx2(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx2(float *x, size_t n);
@@ -42,6 +44,7 @@ void dsa_attention_f32_avx2(float *out, size_t ldo, const float *q, size_t ldq, 
 void dsa_layernorm_f32_avx512(float *out, const float *inp, const float *gamma, const float *beta,
                               size_t N, size_t C, float eps);
 void dsa_rmsnorm_f32_avx512(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
+void dsa_add_f32_avx512(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, size_t n);
 void dsa_gelu_erf_f32_avx512(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx512(float *x, size_t n);

@@ -33,6 +33,9 @@ struct dsa_kernels {
         void (*rmsnorm_f32)(float *out, const float *inp, const float *gamma, size_t N, size_t C,
                             float eps);
 
+        /* a (n), b (n) -> out (n); out may alias either: out = a + b (the residual add). */
+        void (*add_f32)(float *out, const float *a, const float *b, size_t n);
+
         /* gate (n), up (n) -> out (n); out may alias either: out = silu(gate) * up, silu(x) =
          * x / (1 + e^-x) (SwiGLU's gating, HF "silu"). */
         void (*silu_mul_f32)(float *out, const float *gate, const float *up, size_t n);

@@ -51,6 +51,12 @@ void dsa_rmsnorm_f32_ref(float *out, const float *inp, const float *gamma, size_
         }
 }
 
+/* out (n) = a + b; out may alias a or b. */
+void dsa_add_f32_ref(float *out, const float *a, const float *b, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                out[i] = a[i] + b[i];
+}
+
 /* out (n) = gate / (1 + e^-gate) * up, in double; out may alias gate or up. */
 void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -212,6 +218,7 @@ const struct dsa_kernels dsa__kernels_ref = {
         .name = "ref",
         .layernorm_f32 = dsa_layernorm_f32_ref,
         .rmsnorm_f32 = dsa_rmsnorm_f32_ref,
+        .add_f32 = dsa_add_f32_ref,
         .silu_mul_f32 = dsa_silu_mul_f32_ref,
         .gelu_erf_f32 = dsa_gelu_erf_f32_ref,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_ref,

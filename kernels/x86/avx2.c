@@ -112,6 +112,19 @@ static inline __m256 silu_mul_ps(__m256 g, __m256 u) {
         return _mm256_div_ps(_mm256_mul_ps(g, u), d);
 }
 
+/* a (n) + b (n) -> out (n), may alias; see kernels.h. */
+void dsa_add_f32_avx2(float *out, const float *a, const float *b, size_t n) {
+        size_t i = 0;
+
+        for (; i + 8 <= n; i += 8)
+                _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+        if (i < n) {
+                __m256i m = tail_mask(n - i);
+                _mm256_maskstore_ps(out + i, m, _mm256_add_ps(_mm256_maskload_ps(a + i, m),
+                                                              _mm256_maskload_ps(b + i, m)));
+        }
+}
+
 void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n) {
         size_t i = 0;
 
@@ -222,6 +235,7 @@ const struct dsa_kernels dsa__kernels_avx2 = {
         .name = "avx2",
         .layernorm_f32 = dsa_layernorm_f32_avx2,
         .rmsnorm_f32 = dsa_rmsnorm_f32_avx2,
+        .add_f32 = dsa_add_f32_avx2,
         .silu_mul_f32 = dsa_silu_mul_f32_avx2,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx2,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx2,

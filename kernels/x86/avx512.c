@@ -112,6 +112,19 @@ static inline __m512 silu_mul_ps(__m512 g, __m512 u) {
         return _mm512_div_ps(_mm512_mul_ps(g, u), d);
 }
 
+/* a (n) + b (n) -> out (n), may alias; see kernels.h. */
+void dsa_add_f32_avx512(float *out, const float *a, const float *b, size_t n) {
+        size_t i = 0;
+
+        for (; i + 16 <= n; i += 16)
+                _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i)));
+        if (i < n) {
+                __mmask16 m = (__mmask16) ((1u << (n - i)) - 1);
+                _mm512_mask_storeu_ps(out + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, a + i),
+                                                                _mm512_maskz_loadu_ps(m, b + i)));
+        }
+}
+
 void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, size_t n) {
         size_t i = 0;
 
@@ -226,6 +239,7 @@ const struct dsa_kernels dsa__kernels_avx512 = {
         .name = "avx512",
         .layernorm_f32 = dsa_layernorm_f32_avx512,
         .rmsnorm_f32 = dsa_rmsnorm_f32_avx512,
+        .add_f32 = dsa_add_f32_avx512,
         .silu_mul_f32 = dsa_silu_mul_f32_avx512,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx512,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx512,

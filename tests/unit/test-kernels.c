@@ -45,10 +45,10 @@ static size_t n_simd;
 
 /* Worst error seen per kernel and ISA, printed at the end. */
 enum { K_LAYERNORM, K_GELU_ERF, K_GELU_TANH, K_SOFTMAX, K_ATTENTION, K_PROBS, K_F16, K_BF16, K_RMSNORM, K_SILU_MUL,
-       _K_MAX };
+       K_ADD, _K_MAX };
 static const char *const kernel_names[_K_MAX] = { "layernorm", "gelu_erf", "gelu_tanh", "softmax",
                                                   "attention", "attention probs", "f16_to_f32",
-                                                  "bf16_to_f32", "rmsnorm", "silu_mul" };
+                                                  "bf16_to_f32", "rmsnorm", "silu_mul", "add" };
 static double worst[_K_MAX][_DSA_ISA_MAX];
 
 /* Like dsa_test_check_tensor, but quiet on success (it runs thousands of times) and recording
@@ -184,6 +184,33 @@ static void test_silu_mul(void **state) {
                         simd[s]->silu_mul_f32(gt, gt, u, n);
                         assert_true(check(K_SILU_MUL, simd[s]->isa, "in place", gt, want, n, 1e-6f, 2e-6f));
                         free(gt), free(u), free(want), free(got);
+                }
+}
+
+/* IEEE addition is exact to the same rounding in every lane: no tolerance. Ragged n, and the
+ * residual step's aliasing (out = a). */
+static void test_add(void **state) {
+        struct dsa_test_rng rng = { 9 };
+        float one = 1.0f, two = 2.0f, three;
+
+        ref->add_f32(&three, &one, &two, 1);
+        assert_true(three == 3.0f);
+        for (size_t s = 0; s < n_simd; s++)
+                for (size_t ci = 0; ci < ELEMENTSOF(sizes); ci++) {
+                        size_t n = sizes[ci] + 5;
+                        float *a = falloc(n), *b = falloc(n), *want = falloc(n), *got = falloc(n);
+                        char shape[64];
+
+                        dsa_test_rng_fill(&rng, a, n, -50.0f, 50.0f);
+                        dsa_test_rng_fill(&rng, b, n, -1.0f, 1.0f);
+                        ref->add_f32(want, a, b, n);
+                        memset(got, 0, n * sizeof(float));
+                        simd[s]->add_f32(got, a, b, n);
+                        snprintf(shape, sizeof(shape), "n=%zu", n);
+                        assert_true(check(K_ADD, simd[s]->isa, shape, got, want, n, 0.0f, 0.0f));
+                        simd[s]->add_f32(a, a, b, n);
+                        assert_true(check(K_ADD, simd[s]->isa, "in place", a, want, n, 0.0f, 0.0f));
+                        free(a), free(b), free(want), free(got);
                 }
 }
 
@@ -587,6 +614,7 @@ int main(void) {
                 cmocka_unit_test(test_rmsnorm_silu_ref_oracle),
                 cmocka_unit_test(test_rmsnorm),
                 cmocka_unit_test(test_silu_mul),
+                cmocka_unit_test(test_add),
                 cmocka_unit_test(test_gelu_ref_oracle),
                 cmocka_unit_test(test_gelu),
                 cmocka_unit_test(test_softmax_ref_oracle),
