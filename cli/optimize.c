@@ -267,7 +267,8 @@ int verb_optimize(int argc, char **argv) {
                 case 'k':
                         if (!strcmp(optarg, "auto"))
                                 o.token_keep = 0;
-                        else if (!parse_keep_list(optarg, keep_layers, sizeof(keep_layers) / sizeof(keep_layers[0]), &o.n_token_layers))
+                        else if (!parse_keep_list(optarg, keep_layers, sizeof(keep_layers) / sizeof(keep_layers[0]),
+                                                  &o.n_token_layers))
                                 return usage_error("--token-keep is 'auto', a fraction in [0.01, 1] or one such "
                                                    "fraction per layer but the last, comma-separated");
                         else

@@ -347,13 +347,13 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if (o->n_token_layers + 1 != L)
                         return dsa__error(-EINVAL, "--token-keep lists %zu fractions; a model of %zu layers takes %zu",
                                           o->n_token_layers, L, L - 1);
-                for (size_t l = 0; l < L; l++) {
-                        const float k = l + 1 < L ? o->token_layers[l] : 1.0f;
-                        if (!(k > 0 && k <= 1))
+                /* All checked before the model changes. */
+                for (size_t l = 0; l + 1 < L; l++)
+                        if (!(o->token_layers[l] > 0 && o->token_layers[l] <= 1))
                                 return dsa__error(-EINVAL, "token keep fractions must be in (0, 1]");
-                        b->layers[l].token_keep = k;
-                }
-                dsa__variant_log(o, "token pruning: the listed fraction after each layer");
+                for (size_t l = 0; l < L; l++)
+                        b->layers[l].token_keep = l + 1 < L ? o->token_layers[l] : 1.0f;
+                dsa__variant_log(o, "token pruning: the listed fraction after each layer but the last");
                 return 0;
         }
         if (o->token_keep > 0) {
