@@ -47,13 +47,24 @@ static int usage_error(const char *why) {
         return 2;
 }
 
-static bool parse_fraction(const char *s, double lo, double hi, double *ret) {
+/* The number in [lo, hi] that s starts with; returns where it ends, or NULL. */
+static const char *number_at(const char *s, double lo, double hi, double *ret) {
         char *end;
         double v;
 
         errno = 0;
         v = strtod(s, &end);
-        if (errno || end == s || *end || !(v >= lo && v <= hi))
+        if (errno || end == s || !(v >= lo && v <= hi))
+                return NULL;
+        *ret = v;
+        return end;
+}
+
+static bool parse_fraction(const char *s, double lo, double hi, double *ret) {
+        double v;
+        const char *end = number_at(s, lo, hi, &v);
+
+        if (!end || *end)
                 return false;
         *ret = v;
         return true;
@@ -64,12 +75,10 @@ static bool parse_keep_list(const char *s, float *ret, size_t max, size_t *ret_n
         size_t n = 0;
 
         for (;;) {
-                char *end;
                 double v;
+                const char *end = number_at(s, 0.01, 1, &v);
 
-                errno = 0;
-                v = strtod(s, &end);
-                if (errno || end == s || !(v >= 0.01 && v <= 1) || n == max || (*end && *end != ','))
+                if (!end || n == max || (*end && *end != ','))
                         return false;
                 ret[n++] = (float) v;
                 if (!*end)

@@ -111,6 +111,8 @@ say "$n_calib calibration texts from $train"
 # epochs). from=NAME: the variant is made from variant NAME's file instead of the model (NAME
 # comes first in the list).
 recover="--recover @TRAIN@ --recover-task sst2 --recover-lr 1e-4 --recover-steps"
+# int8, a token schedule, then a second recovery trained with it (from a recovered variant)
+retune="--quant int8 --act dynamic --token-keep auto --token-target 0.995 --calib @CALIB@ --recover @TRAIN@ --recover-task sst2 --recover-lr 5e-5 --recover-steps 2000"
 variants=(
         "fp32|--quant f32"
         "f16|--quant f16"
@@ -134,9 +136,9 @@ variants=(
         "tokens-once-0.5-recovered|--token-keep 0.5,1,1 $recover 2000"
         "heads-88+ffn-88-recovered|--prune-heads 0.875 --prune-ffn 0.875 --calib @CALIB@ $recover 4000"
         "int8+heads-88+ffn-88-recovered|from=heads-88+ffn-88-recovered --quant int8 --act dynamic"
-        "combined-recovered|from=heads-88+ffn-88-recovered --quant int8 --act dynamic --token-keep auto --token-target 0.995 --calib @CALIB@ --recover @TRAIN@ --recover-task sst2 --recover-lr 5e-5 --recover-steps 2000"
+        "combined-recovered|from=heads-88+ffn-88-recovered $retune"
         "heads-75+ffn-75-recovered|--prune-heads 0.75 --prune-ffn 0.75 --calib @CALIB@ $recover 4000"
-        "combined-75-recovered|from=heads-75+ffn-75-recovered --quant int8 --act dynamic --token-keep auto --token-target 0.995 --calib @CALIB@ --recover @TRAIN@ --recover-task sst2 --recover-lr 5e-5 --recover-steps 2000"
+        "combined-75-recovered|from=heads-75+ffn-75-recovered $retune"
 )
 file_of() { echo "$work_dir/sst2-4l256-${1//:/-}.gguf"; }
 flags_of() { local f=${1#*|}; f=${f//@TRAIN@/$train}; echo "${f//@CALIB@/$2}"; }
