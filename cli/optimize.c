@@ -26,6 +26,7 @@ static void optimize_usage(FILE *f) {
               "                       [--sparsity F] [--sparsity-method magnitude|wanda|sparsegpt]\n"
               "                       [--sparsity-pattern unstructured|2:4|block16]\n"
               "                       [--token-keep F[,F...]|auto] [--token-target F]\n"
+              "                       [--token-score attention|learned]\n"
               "                       [--attention dense|local|fixed|linear|dsa] [--att-block N]\n"
               "                       [--att-window N] [--att-global N] [--att-random N]\n"
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
@@ -37,8 +38,8 @@ static void optimize_usage(FILE *f) {
               "                       [--calib PATH] [--calib-max N] [--threads N] [--quiet]\n"
               "Writes a variant of MODEL. --calib: a TSV with a text column, a text file (one\n"
               "text per line) or a folder of them; needed by everything but f32/f16/bf16,\n"
-              "dynamic int8, magnitude pruning, a fixed --token-keep and attention variants\n"
-              "other than a newly fitted dsa. See dsactl(1).\n",
+              "dynamic int8, magnitude pruning, a fixed --token-keep (attention score) and\n"
+              "attention variants other than a newly fitted dsa. See dsactl(1).\n",
               f);
 }
 
@@ -151,6 +152,7 @@ int verb_optimize(int argc, char **argv) {
                 OPT_ATTENTION = 0x100, OPT_ATT_BLOCK, OPT_ATT_WINDOW, OPT_ATT_GLOBAL, OPT_ATT_RANDOM, OPT_ATT_MASS,
                 OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_SCORER_RANK,
                 OPT_HEAD_IMPORTANCE, OPT_RECOVER, OPT_RECOVER_TASK, OPT_RECOVER_STEPS, OPT_RECOVER_LR,
+                OPT_TOKEN_SCORE,
         };
         static const struct option opts[] = {
                 { "model", required_argument, NULL, 'm' },
@@ -166,6 +168,7 @@ int verb_optimize(int argc, char **argv) {
                 { "sparsity-pattern", required_argument, NULL, 'p' },
                 { "token-keep", required_argument, NULL, 'k' },
                 { "token-target", required_argument, NULL, 'K' },
+                { "token-score", required_argument, NULL, OPT_TOKEN_SCORE },
                 { "calib", required_argument, NULL, 'c' },
                 { "calib-max", required_argument, NULL, 'C' },
                 { "threads", required_argument, NULL, 't' },
@@ -289,6 +292,12 @@ int verb_optimize(int argc, char **argv) {
                         if (!parse_fraction(optarg, 0, 1, &o.token_target))
                                 return usage_error("--token-target is a fraction in [0, 1]");
                         break;
+                case OPT_TOKEN_SCORE:
+                        if (!strcmp(optarg, "attention") || !strcmp(optarg, "learned"))
+                                o.token_learned = !strcmp(optarg, "learned");
+                        else
+                                return usage_error("--token-score is attention or learned");
+                        break;
                 case 'c':
                         calib = optarg;
                         break;
@@ -394,6 +403,8 @@ int verb_optimize(int argc, char **argv) {
                 o.attention = &att;
         if (!rec_path != !rec_task || !rec_path != !o.recover_steps || (!rec_path && o.recover_lr > 0))
                 return usage_error("--recover TRAIN.tsv, --recover-task and --recover-steps go together");
+        if (o.token_learned && o.token_keep < 0)
+                return usage_error("--token-score needs --token-keep");
 
         if (calib) {
                 dsa_error_clear();

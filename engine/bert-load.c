@@ -35,6 +35,9 @@ struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
                 for (uint32_t i = 0; i < b->cfg.n_layer; i++)
                         for (int j = 0; j < _DSA__LIN_MAX; j++)
                                 dsa__linear_clear(dsa__bert_linear(b, i, (enum dsa__bert_lin) j));
+        if (b->layers)
+                for (uint32_t i = 0; i < b->cfg.n_layer; i++)
+                        free(b->layers[i].token_score);
         free(b->layers);
         dsa__embed_clear(&b->wte);
         dsa__att_clear(&b->att);
@@ -132,7 +135,7 @@ size_t dsa__bert_weight_bytes(const struct dsa_bert *b) {
                 n += e->rows * sizeof(float);
         for (uint32_t i = 0; i < c->n_layer; i++) {
                 const struct dsa_bert_layer *y = &b->layers[i];
-                floats += 3 * y->n_head * HS + y->n_ff + 6 * C;
+                floats += 3 * y->n_head * HS + y->n_ff + 6 * C + (y->token_score ? C + 1 : 0);
                 for (int j = 0; j < _DSA__LIN_MAX; j++)
                         n += dsa__linear_bytes(dsa__bert_linear((struct dsa_bert *) b, i, (enum dsa__bert_lin) j));
         }
@@ -396,6 +399,30 @@ static int check_shapes(const struct loader *l, const struct dsa_bert_config *cf
         return 0;
 }
 
+/* blk.N.token_score.weight (C + 1, optional): a learned token-pruning score, allowed only on a
+ * layer that prunes tokens (not the last) and finite. */
+static int load_token_score(const struct loader *l, struct dsa_bert_layer *y, size_t i, size_t C, bool can_prune) {
+        _cleanup_free_ float *w = NULL;
+        char name[96];
+        int r;
+
+        snprintf(name, sizeof(name), "blk.%zu.token_score.weight", i);
+        if (!l->lookup(l->userdata, name))
+                return 0;
+        if (!can_prune || !(y->token_keep < 1.0f))
+                return dsa__error(-EBADMSG, "%s: layer %zu does not prune tokens (dsa.prune.token_keep)", name, i);
+        w = malloc((C + 1) * sizeof(float));
+        if (!w)
+                return -ENOMEM;
+        if ((r = load_tensor(l, name, w, C + 1, 0, true, NULL)) < 0)
+                return r;
+        for (size_t k = 0; k <= C; k++)
+                if (!isfinite(w[k]))
+                        return dsa__error(-EBADMSG, "%s: value %zu is not finite", name, k);
+        y->token_score = TAKE_PTR(w);
+        return 0;
+}
+
 /* Without a token_types tensor, the type count comes from a key alone: its zero rows are the
  * only memory it costs, so keep it small. */
 #define BERT_MAX_TYPES_WITHOUT_TENSOR 1024u
@@ -539,6 +566,8 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
                         if (r < 0)
                                 return r;
                 }
+                if ((r = load_token_score(&l, y, i, C, i + 1 < L)) < 0)
+                        return r;
         }
 
         if (cfg->has_pooler) {

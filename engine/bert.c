@@ -361,6 +361,14 @@ size_t dsa__tokens_kept(float keep, size_t n) {
         return MIN(MAX((size_t) ceilf(keep * (float) n), (size_t) 1), n);
 }
 
+float dsa__token_score(const float *w, const float *x, size_t C) {
+        float s = w[C];
+
+        for (size_t i = 0; i < C; i++)
+                s += w[i] * x[i];
+        return s;
+}
+
 static int cmp_score(const void *a, const void *b, void *key) {
         const float *score = key;
         float x = score[*(const size_t *) a], y = score[*(const size_t *) b];
@@ -375,14 +383,15 @@ static int cmp_index(const void *a, const void *b) {
         return (i > j) - (i < j);
 }
 
-/* Dynamic token pruning (PoWER-BERT's significance, without retraining): after a layer that
- * keeps a fraction k < 1, each row keeps its first token ([CLS]) and the ceil(k n) - 1 others of
- * its n that received the most attention in that layer (probabilities summed over heads and
- * queries), in their order; the others leave the residual stream (their output rows keep their
- * state at that layer). probs: (B, NH) blocks of stride floats, each len x len. Compacts x in
- * place (a destination row never lies after its source); returns the new token count. */
-static size_t prune_tokens(struct packed *p, float *x, const float *probs, size_t stride, size_t B, size_t NH,
-                           size_t C, float keep) {
+/* Dynamic token pruning: after a layer that keeps a fraction k < 1, each row keeps its first
+ * token ([CLS]) and the ceil(k n) - 1 others of its n with the highest score, in their order;
+ * the others leave the residual stream (their output rows keep their state at that layer). The
+ * score is the learned one of the layer's output x (w, C + 1) or, w NULL, the attention the
+ * token received in that layer (PoWER-BERT's significance: probabilities summed over heads and
+ * queries; probs: (B, NH) blocks of stride floats, each len x len). Compacts x in place (a
+ * destination row never lies after its source); returns the new token count. */
+static size_t prune_tokens(struct packed *p, float *x, const float *w, const float *probs, size_t stride, size_t B,
+                           size_t NH, size_t C, float keep) {
         size_t n = 0;
 
         for (size_t b = 0; b < B; b++) {
@@ -390,7 +399,9 @@ static size_t prune_tokens(struct packed *p, float *x, const float *probs, size_
                 const size_t want = dsa__tokens_kept(keep, T);
                 for (size_t k = 0; k < T; k++) {
                         float s = 0.0f;
-                        for (size_t h = 0; h < NH; h++) {
+                        if (w)
+                                s = dsa__token_score(w, x + (o + k) * C, C);
+                        for (size_t h = 0; !w && h < NH; h++) {
                                 const float *ph = probs + (b * NH + h) * stride;
                                 for (size_t q = 0; q < T; q++)
                                         s += ph[q * T + k];
@@ -533,6 +544,7 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
         for (size_t l = 0; l < cfg->n_layer; l++) {
                 const struct dsa_bert_layer *y = &bert->layers[l];
                 const bool prune_here = pruning && y->token_keep < 1.0f && l + 1 < cfg->n_layer;
+                const bool need_probs = prune_here && !y->token_score; /* attention received */
 
                 f.NH = y->n_head, f.A = y->n_head * HS;
                 if (packed && b->first_only && !hooks && l + 1 == cfg->n_layer) {
@@ -551,9 +563,9 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
                                 hooks->attention(hooks->userdata, l, qkv + row0 * 3 * f.A, qkv + row0 * 3 * f.A + f.A,
                                                  3 * f.A, T, f.NH);
                         }
-                f.probs = prune_here ? probs_buf : trace && trace->attn ? trace->attn[l] : NULL;
+                f.probs = need_probs ? probs_buf : trace && trace->attn ? trace->attn[l] : NULL;
                 f.layer = l;
-                if (sparse && !prune_here) {
+                if (sparse && !need_probs) {
                         dsa_threadpool_for(pool, B * f.NH, 1, task_attention_sparse, &f);
                         if (f.err < 0) {
                                 r = f.err;
@@ -578,7 +590,8 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
                 if (prune_here && f.NH > 0) {
                         /* The dropped tokens' rows keep this layer's state. */
                         scatter(&p, f.x, ret_hidden, N, C);
-                        N = prune_tokens(&p, f.x, probs_buf, f.probs_stride, B, f.NH, C, y->token_keep);
+                        N = prune_tokens(&p, f.x, y->token_score, probs_buf, f.probs_stride, B, f.NH, C,
+                                         y->token_keep);
                 }
         }
         if (packed)

@@ -36,8 +36,11 @@ struct dsa_bert_layer {
         float *down_b;                  /* (C) */
         float *ln2_g, *ln2_b;           /* layer output LayerNorm (C) */
         /* Dynamic token pruning: after this layer keep this fraction of each row's tokens
-         * (those that received the most attention in it; [CLS] always); 1 keeps all. */
+         * ([CLS] always, then the highest scores); 1 keeps all. The score is the attention a
+         * token received in this layer, or with token_score (C + 1, owned; only on a layer that
+         * prunes) a learned one read off the layer's output (dsa__token_score). */
         float token_keep;
+        float *token_score;
 };
 
 /* The token embedding table in its stored format: F32, F16, BF16 or Q8 (int8 rows with one
@@ -97,6 +100,9 @@ size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
 /* How many of a row's n tokens a layer that keeps the fraction keep passes on: ceil(keep n), at
  * least 1 ([CLS]), at most n. The forward's token pruning and the trainer's share it. */
 size_t dsa__tokens_kept(float keep, size_t n);
+/* A learned token score w (C + 1: weights, then bias) of a token's state x (C): w.x + w[C],
+ * summed in order in fp32, so the forward and the trainer rank tokens alike. */
+float dsa__token_score(const float *w, const float *x, size_t C);
 
 
 /* The stored tensor called name, checked to have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml

@@ -65,6 +65,12 @@ struct dsa_trainer;
 int dsa__head_importance_grad(const struct dsa_model *m, const struct dsa_optimize_opts *o, double *ret_imp);
 int dsa__recover_teacher(const struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer **ret);
 int dsa__model_recover(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa_trainer *unpruned);
+/* variant-train.c: a learned token-pruning score for every layer of m but the last (bert.h),
+ * fitted on o's calibration texts by least squares to the log of each token's saliency: the
+ * norm of the gradient of the decision margin (predicted class's logit minus the runner-up's)
+ * at its state after the layer, relative to its text's mean; [CLS] left out (always kept).
+ * Clears m's token schedule first: the scores are fitted without token pruning. */
+int dsa__token_score_fit(struct dsa_model *m, const struct dsa_optimize_opts *o);
 /* The attention step of dsa_model_optimize(), either architecture: o->attention applied, the DSA
  * scorer fitted on o's calibration texts under dense attention (or the model's scorer kept),
  * "attention" and "scorer_kl" recorded. */

@@ -356,6 +356,9 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
                         if ((r = save_vector(s, name, vec[j].v, vec[j].n)) < 0)
                                 return r;
                 }
+                snprintf(name, sizeof(name), "blk.%zu.token_score.weight", i);
+                if (y->token_score && (r = save_vector(s, name, y->token_score, C + 1)) < 0)
+                        return r;
         }
         const enum dsa_type ht = s->keep ? DSA_TYPE_F32 : s->wtype;
         if (b->pool_w && ((r = save_f32_as(s, "cls.weight", b->pool_w, C, C, ht)) < 0 ||

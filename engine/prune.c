@@ -204,9 +204,7 @@ void dsa_prune_stats_add(double *sq, double *H, const float *x, size_t N, size_t
                         H[j * C + i] = H[i * C + j];
 }
 
-/* A (n,n) row-major, symmetric -> its lower Cholesky factor L (A = L L^T) in the lower triangle;
- * the upper triangle is left as it was. -EDOM when A is not (numerically) positive definite. */
-static int cholesky_lower(double *A, size_t n) {
+int dsa__cholesky_lower(double *A, size_t n) {
         for (size_t k0 = 0; k0 < n; k0 += CHOLESKY_NB) {
                 const size_t nb = MIN(n - k0, (size_t) CHOLESKY_NB), m = n - k0 - nb;
                 double *A11 = A + k0 * n + k0;
@@ -248,7 +246,7 @@ static int hinv_cholesky_upper(double *U, double *T, const double *H, const bool
                         U[i * C + j] = H[(C - 1 - i) * C + (C - 1 - j)];
         for (size_t i = 0; i < C; i++)
                 U[i * C + i] = (dead[C - 1 - i] ? 1.0 : U[i * C + i]) + lambda;
-        r = cholesky_lower(U, C);
+        r = dsa__cholesky_lower(U, C);
         if (r < 0)
                 return r;
         memset(T, 0, C * C * sizeof(double));

@@ -55,3 +55,8 @@ int dsa_prune_sparsegpt(float *w, size_t OC, size_t C, const double *H, float sp
  * feature (xnorm = sqrt(sq) for Wanda), and H (C,C) += x^T x (both triangles) when H is not
  * NULL. Double accumulators, so many batches add up without fp32 rounding. */
 void dsa_prune_stats_add(double *sq, double *H, const float *x, size_t N, size_t C);
+
+/* A (n,n) row-major, symmetric -> its lower Cholesky factor L (A = L L^T) in the lower triangle
+ * (blocked, panels through cblas); the upper triangle is left as it was. -EDOM when A is not
+ * (numerically) positive definite. Internal: SparseGPT and the token score's least squares. */
+int dsa__cholesky_lower(double *A, size_t n);

@@ -33,6 +33,7 @@ struct dsa__tlin {
 struct dsa__tlayer {
         size_t NH, A, F;
         float token_keep; /* token pruning after this layer: the model's, 1 for none */
+        float *token_score; /* the model's learned token score (C + 1, a copy, not trained) or NULL */
         struct dsa__tlin qkv, o, up, down;
         size_t ln1_g, ln1_b, ln2_g, ln2_b;
 };

@@ -40,7 +40,7 @@ static const struct dsa_tensor_view *views_lookup(void *userdata, const char *na
 }
 
 static int views_build(const struct dsa_trainer *t, struct views *s) {
-        const size_t n = t->n_main + 4 * t->cfg.n_layer;
+        const size_t n = t->n_main + 5 * t->cfg.n_layer;
         s->v = calloc(n, sizeof(*s->v));
         s->names = calloc(n, sizeof(*s->names));
         s->n = 0;
@@ -65,6 +65,12 @@ static int views_build(const struct dsa_trainer *t, struct views *s) {
                         else
                                 views_add(s, name, p->w + k * A, A, 1);
                 }
+        }
+        for (size_t l = 0; l < t->cfg.n_layer; l++) {
+                char name[64];
+                snprintf(name, sizeof(name), "blk.%zu.token_score.weight", l);
+                if (t->layers[l].token_score)
+                        views_add(s, name, t->layers[l].token_score, t->cfg.n_embd + 1, 1);
         }
         return 0;
 }

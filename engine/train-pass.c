@@ -200,20 +200,34 @@ static int qat_prepare(struct dsa_trainer *t) {
 /* ---- forward */
 
 /* Token pruning as the inference forward does it (engine/bert.c, prune_tokens): of the n tokens
- * of each row alive in layer l (alive), the first ([CLS]) and the ceil(keep n) - 1 others that
- * received the most attention (att: (B, NH, T, T) probabilities, summed over heads and alive
- * queries) stay alive for the next layer (next). The others stay in the batch, but no later
- * layer attends to them: what any kept token, [CLS] included, computes is what it computes
- * when they are gone, and a gradient flows through the kept ones only. */
-static void keep_tokens(uint8_t *next, const uint8_t *alive, const float *att, float *score, size_t B, size_t T,
-                        size_t NH, float keep) {
+ * of each row alive in layer l (alive), the first ([CLS]) and the ceil(keep n) - 1 others with
+ * the highest score (B,T) stay alive for the next layer (next); ties go to the earlier token. The
+ * others stay in the batch, but no later layer attends to them: what any kept token, [CLS]
+ * included, computes is what it computes when they are gone, and a gradient flows through the
+ * kept ones only. */
+static void keep_tokens(uint8_t *next, const uint8_t *alive, const float *score, size_t B, size_t T, float keep) {
         for (size_t b = 0; b < B; b++) {
                 const uint8_t *in = alive + b * T;
+                const float *s = score + b * T;
                 uint8_t *out = next + b * T;
                 size_t n = 0;
                 for (size_t k = 0; k < T; k++)
                         n += in[k] != 0;
                 const size_t want = dsa__tokens_kept(keep, n);
+                for (size_t k = 0; k < T; k++) {
+                        size_t rank = 0;
+                        for (size_t j = 0; in[k] && k > 0 && j < T; j++)
+                                rank += in[j] && (j == 0 || s[j] > s[k] || (s[j] == s[k] && j < k));
+                        out[k] = in[k] && rank < want;
+                }
+        }
+}
+
+/* score (B,T): the attention each alive token received in a layer (att: (B, NH, T, T)
+ * probabilities, summed over heads and alive queries), the inference forward's default score. */
+static void attention_received(float *score, const uint8_t *alive, const float *att, size_t B, size_t T, size_t NH) {
+        for (size_t b = 0; b < B; b++) {
+                const uint8_t *in = alive + b * T;
                 for (size_t k = 0; k < T; k++) {
                         float s = 0.0f;
                         for (size_t h = 0; in[k] && h < NH; h++) {
@@ -222,13 +236,7 @@ static void keep_tokens(uint8_t *next, const uint8_t *alive, const float *att, f
                                         if (in[q])
                                                 s += ph[q * T + k];
                         }
-                        score[k] = k == 0 ? INFINITY : s;
-                }
-                for (size_t k = 0; k < T; k++) {
-                        size_t rank = 0;
-                        for (size_t j = 0; in[k] && j < T; j++)
-                                rank += in[j] && (score[j] > score[k] || (score[j] == score[k] && j < k));
-                        out[k] = in[k] && rank < want;
+                        score[b * T + k] = s;
                 }
         }
 }
@@ -302,12 +310,14 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
                 lin_forward(t, &y->qkv, ya->qkv, a->h[l], ya->xq_qkv, N);
                 dsa_scores_softmax_forward_f32(ya->att, ya->qkv, 3 * A, ya->qkv + A, 3 * A, keys, B, T, NH, HS,
                                                1.0f / sqrtf((float) HS));
-                if (l + 1 < L) {
-                        uint8_t *next = a->alive + (l + 1) * N;
-                        if (y->token_keep < 1.0f)
-                                keep_tokens(next, keys, ya->att, a->tok_score, B, T, NH, y->token_keep);
-                        else
-                                memcpy(next, keys, N);
+                /* Tokens alive after this layer: now, by the attention they received, or once
+                 * h[l + 1] is known, by the learned score. */
+                const bool prune_here = l + 1 < L && y->token_keep < 1.0f;
+                if (l + 1 < L && !prune_here)
+                        memcpy(a->alive + (l + 1) * N, keys, N);
+                if (prune_here && !y->token_score) {
+                        attention_received(a->tok_score, keys, ya->att, B, T, NH);
+                        keep_tokens(a->alive + (l + 1) * N, keys, a->tok_score, B, T, y->token_keep);
                 }
                 const float *akeep = dropout(t, ya->att_keep, B * NH * T * T, t->opts.attn_dropout);
                 dsa_attn_values_forward_f32(ya->ctx, A, ya->att, akeep, ya->qkv + 2 * A, 3 * A, B, T, NH, HS);
@@ -321,6 +331,11 @@ int dsa_trainer_forward(struct dsa_trainer *t, const struct dsa_batch *b, const 
                 residual(ya->res2, ya->a1, ya->dn, dropout(t, ya->dn_keep, N * C, t->opts.dropout), N * C);
                 dsa_layernorm_forward_f32(a->h[l + 1], ya->ln2_mean, ya->ln2_rstd, ya->res2, dsa__tw(t, y->ln2_g),
                                           dsa__tw(t, y->ln2_b), N, C, c->eps);
+                if (prune_here && y->token_score) {
+                        for (size_t n = 0; n < N; n++)
+                                a->tok_score[n] = dsa__token_score(y->token_score, a->h[l + 1] + n * C, C);
+                        keep_tokens(a->alive + (l + 1) * N, keys, a->tok_score, B, T, y->token_keep);
+                }
                 memset(ya->dqkv_ext, 0, N * 3 * A * sizeof(float));
         }
 
@@ -389,6 +404,10 @@ float *dsa_trainer_grad_logits(struct dsa_trainer *t) {
 
 
 int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
+        return dsa_trainer_backward_capture(t, head_importance, NULL);
+}
+
+int dsa_trainer_backward_capture(struct dsa_trainer *t, double *head_importance, float *const *dh_out) {
         if (!t || !t->a.valid)
                 return -EINVAL;
         const struct dsa_bert_config *c = &t->cfg;
@@ -433,6 +452,8 @@ int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance) {
                 struct dsa__tlacts *ya = &a->l[l];
                 const size_t A = y->A, NH = y->NH, HS = A / NH, F = y->F;
 
+                if (dh_out && dh_out[l + 1])
+                        memcpy(dh_out[l + 1], dh, N * C * sizeof(float));
                 memset(dres, 0, N * C * sizeof(float));
                 dsa_layernorm_backward_f32(dres, dsa__tg(t, y->ln2_g), dsa__tg(t, y->ln2_b), dh, ya->res2,
                                            dsa__tw(t, y->ln2_g), ya->ln2_mean, ya->ln2_rstd, N, C);

@@ -244,8 +244,15 @@ int dsa_trainer_new(const struct dsa_model *m, const struct dsa_train_opts *o, s
         if ((r = trainer_alloc(m, &b->cfg, heads, ffs, o, &t)) < 0 || (r = dsa__trainer_import(t, m)) < 0)
                 return r;
         /* A token-pruned model trains as it runs: each layer attends to the tokens kept so far. */
-        for (size_t l = 0; l < b->cfg.n_layer; l++)
+        for (size_t l = 0; l < b->cfg.n_layer; l++) {
+                const float *w = b->layers[l].token_score;
+                const size_t bytes = (b->cfg.n_embd + 1) * sizeof(float);
                 t->layers[l].token_keep = b->layers[l].token_keep;
+                if (w && !(t->layers[l].token_score = malloc(bytes)))
+                        return -ENOMEM;
+                if (w)
+                        memcpy(t->layers[l].token_score, w, bytes);
+        }
         *ret = TAKE_PTR(t);
         return 0;
 }
@@ -313,6 +320,7 @@ struct dsa_trainer *dsa_trainer_free(struct dsa_trainer *t) {
                 for (size_t l = 0; l < t->cfg.n_layer; l++) {
                         struct dsa__tlayer *y = &t->layers[l];
                         free(y->qkv.wq), free(y->o.wq), free(y->up.wq), free(y->down.wq);
+                        free(y->token_score);
                 }
         free(t->layers);
         free(t->src_channels);

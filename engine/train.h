@@ -102,6 +102,10 @@ void dsa_trainer_set_ce_weight(struct dsa_trainer *t, float w);
  * head's context output (Michel et al. 2019), L being the batch's mean loss. -EINVAL without a
  * forward. */
 int dsa_trainer_backward(struct dsa_trainer *t, double *head_importance);
+/* The same, also copying d loss / d hidden[l] (B,T,C: the gradient reaching layer l's input, or
+ * the head's for l = n_layer) into dh_out[l] for every l in 1..n_layer whose dh_out[l] is not
+ * NULL (dh_out: n_layer + 1 entries, [0] unused; NULL: none). */
+int dsa_trainer_backward_capture(struct dsa_trainer *t, double *head_importance, float *const *dh_out);
 void dsa_trainer_zero_grad(struct dsa_trainer *t);
 
 /* One optimizer step: learning rate of the schedule at the current step, global-norm clipping,

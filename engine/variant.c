@@ -343,6 +343,13 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
         const size_t NL = b->cfg.n_labels, n = o->n_calib, L = b->cfg.n_layer;
         int r;
 
+        if (o->token_learned && (r = dsa__token_score_fit(m, o)) < 0)
+                return r;
+        for (size_t l = 0; !o->token_learned && l < L; l++) {
+                free(b->layers[l].token_score);
+                b->layers[l].token_score = NULL;
+        }
+
         if (o->token_keep > 0 && o->n_token_layers > 0) {
                 if (o->n_token_layers + 1 != L)
                         return dsa__error(-EINVAL, "--token-keep lists %zu fractions; a model of %zu layers takes %zu",
@@ -587,10 +594,19 @@ static int tokens(struct dsa_model *m, const struct dsa_optimize_opts *o, char *
 
         if ((r = token_schedule(m, o)) < 0)
                 return r;
-        for (size_t l = 0; l < m->bert->cfg.n_layer; l++)
+        for (size_t l = 0; l < m->bert->cfg.n_layer; l++) {
+                struct dsa_bert_layer *y = &m->bert->layers[l];
                 snprintf(sched + strlen(sched), sizeof(sched) - strlen(sched), "%s%.2f", l ? "," : "",
-                         (double) m->bert->layers[l].token_keep);
-        snprintf(method + strlen(method), size - strlen(method), "%stokens-%s", *method ? "+" : "", sched);
+                         (double) y->token_keep);
+                if (!(y->token_keep < 1.0f)) { /* a score only where a layer prunes */
+                        free(y->token_score);
+                        y->token_score = NULL;
+                }
+        }
+        snprintf(method + strlen(method), size - strlen(method), "%stokens-%s%s", *method ? "+" : "",
+                 o->token_learned ? "learned-" : "", sched);
+        if ((r = dsa__info_set(&m->info, "token_score", o->token_learned ? "learned" : "attention")) < 0)
+                return r;
         return dsa__info_setf(&m->info, "token_keep", "%s", sched);
 }
 

@@ -67,6 +67,9 @@ struct dsa_optimize_opts {
          * in (0, 1]). */
         double token_keep;
         double token_target;
+        /* Rank tokens by a learned score fitted on the calibration texts (a linear read of each
+         * token's state, dsa__token_score_fit) instead of the attention they received. */
+        bool token_learned;
         const float *token_layers;
         size_t n_token_layers;
 

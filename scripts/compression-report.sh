@@ -139,6 +139,9 @@ variants=(
         "combined-recovered|from=heads-88+ffn-88-recovered $retune"
         "heads-75+ffn-75-recovered|--prune-heads 0.75 --prune-ffn 0.75 --calib @CALIB@ $recover 4000"
         "combined-75-recovered|from=heads-75+ffn-75-recovered $retune"
+        "tokens-learned-0.5|--token-keep 0.5,1,1 --token-score learned --calib @CALIB@"
+        "tokens-learned-recovered|--token-keep 0.4,0.8,0.8 --token-score learned --calib @CALIB@ $recover 2000"
+        "combined-75-learned|from=heads-75+ffn-75-recovered --quant int8 --act dynamic --token-keep 0.5,1,1 --token-score learned --calib @CALIB@"
 )
 file_of() { echo "$work_dir/sst2-4l256-${1//:/-}.gguf"; }
 flags_of() { local f=${1#*|}; f=${f//@TRAIN@/$train}; echo "${f//@CALIB@/$2}"; }
@@ -320,8 +323,10 @@ goal_defs = [
     ("INT8: >= 99.5% accuracy kept and >= 2.5x", ["int8-dynamic", "int8-static-minmax", "int8-static-p99.99"], 0.995, 2.5),
     ("Heads 30% (+ FFN as needed): >= 99% and >= 1.25x", ["heads-30", "heads-30+ffn-30"], 0.99, 1.25),
     ("50% unstructured: >= 98%", ["magnitude-50-unstructured", "wanda-50-unstructured", "sparsegpt-50-unstructured"], 0.98, None),
-    ("Token pruning: >= 99% at >= 1.5x", ["tokens-auto", "tokens-0.5-recovered", "tokens-once-0.5-recovered"], 0.99, 1.5),
-    ("Combined: >= 97% at >= 4x", ["combined", "combined-recovered", "combined-75-recovered"], 0.97, 4.0),
+    ("Token pruning: >= 99% at >= 1.5x", ["tokens-auto", "tokens-0.5-recovered", "tokens-once-0.5-recovered",
+                                          "tokens-learned-0.5", "tokens-learned-recovered"], 0.99, 1.5),
+    ("Combined: >= 97% at >= 4x", ["combined", "combined-recovered", "combined-75-recovered", "combined-75-learned"],
+     0.97, 4.0),
     ("(int8 + heads/FFN, no token pruning: >= 97% at >= 4x)", ["int8+heads-88+ffn-88-recovered"], 0.97, 4.0),
 ]
 goals = []
@@ -383,7 +388,12 @@ md.append("- The `-recovered` variants are fine-tuned after pruning (`--recover`
           "`heads-88+ffn-88-recovered`); `combined-75-recovered` is made the same way from "
           "`heads-75+ffn-75-recovered` (75% of the heads, two per layer, and of the FFN neurons removed). "
           "`tokens-once-0.5-recovered` prunes half the tokens once, after the first layer "
-          "(`--token-keep 0.5,1,1`).")
+          "(`--token-keep 0.5,1,1`). The `-learned` variants rank tokens by the learned score "
+          "(`--token-score learned`: a linear read of each token's state, fitted on the calibration texts to "
+          "its saliency) instead of the attention it received: `tokens-learned-0.5` keeps half after the first "
+          "layer with no retraining, `tokens-learned-recovered` keeps 40%, then 80% and 80% and is recovered "
+          "with that schedule, `combined-75-learned` is `heads-75+ffn-75-recovered` made int8 with half the "
+          "tokens kept after the first layer (no second recovery).")
 md.append(f"- Weights: resident bytes from `dsactl show --json`. Raw numbers: `compression.json`; "
           f"plot: `compression.png`.\n")
 md.append("| Variant | Accuracy | Kept | Dev examples/s | Speedup (dev) | Latency s128 b1 | Speedup (s128) | Weights | vs fp32 |")

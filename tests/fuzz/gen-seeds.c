@@ -153,6 +153,7 @@ static int model_seeds(const char *dir) {
                                         .heads = heads, .n_heads = 2, .ffs = ffs, .n_ffs = 2 } },
                 { "pruned-empty.gguf", { .heads = zero_heads, .n_heads = 2, .ffs = zero_ffs, .n_ffs = 2 } },
                 { "token-keep-sparse.gguf", { .sparse = true, .token_keep = keep, .n_token_keep = 2 } },
+                { "token-score.gguf", { .token_keep = keep, .n_token_keep = 2, .token_score = true } },
         };
         char p[4096];
         int r;

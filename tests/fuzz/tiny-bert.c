@@ -212,6 +212,10 @@ static int tb_tensors(struct tb *t) {
                         if ((r = tb_vector(t, name, vec[j].n, vec[j].gain)) < 0)
                                 return r;
                 }
+                snprintf(name, sizeof(name), "blk.%zu.token_score.weight", i);
+                if (o->token_score && o->token_keep && i < o->n_token_keep && o->token_keep[i] < 1.0f &&
+                    (r = tb_vector(t, name, C + 1, false)) < 0)
+                        return r;
         }
         if ((r = tb_matrix(t, "cls", DSA_TYPE_F32, C, C, false, false)) < 0 ||
             (r = tb_vector(t, "cls.bias", C, false)) < 0 ||

@@ -2,7 +2,7 @@
  * any of the variant formats the model loader reads: F32, F16 or BF16 matrices, I8 matrices
  * with their per-row ".scale" and optional ".input_scale", I8 token embeddings with
  * "token_embd.scale", per-layer head and FFN counts (tensors of the matching shapes), a token
- * pruning schedule and the sparse-kernel flag. The fuzz seeds (gen-seeds.c) and the loader's
+ * pruning schedule with or without learned scores and the sparse-kernel flag. The fuzz seeds (gen-seeds.c) and the loader's
  * corrupt-file test (tests/unit/test-model-corrupt.c) share it. V=16, C=8, 2 heads, FFN 16,
  * 2 layers, context 8, 2 token types, pooler and 2 labels. */
 #pragma once
@@ -35,6 +35,9 @@ struct dsa_test_tiny_bert {
         size_t n_ffs;
         const float *token_keep;
         size_t n_token_keep;
+        /* A learned token score "blk.N.token_score.weight" (C + 1) on every layer whose
+         * token_keep is below 1. */
+        bool token_score;
 };
 
 /* Writes the model o describes to path. Returns 0 or -errno. */

@@ -40,8 +40,9 @@ static const struct {
         { "int8", { .wtype = DSA_TYPE_I8, .etype = DSA_TYPE_I8, .input_scale = true } },
         { "pruned", { .heads = pruned_heads, .n_heads = 2, .ffs = pruned_ffs, .n_ffs = 2 } },
         { "token-keep-sparse", { .sparse = true, .token_keep = keep_half, .n_token_keep = 2 } },
+        { "token-score", { .token_keep = keep_half, .n_token_keep = 2, .token_score = true } },
 };
-enum { SEED_F32, SEED_F16, SEED_INT8, SEED_PRUNED, SEED_KEEP, N_SEEDS };
+enum { SEED_F32, SEED_F16, SEED_INT8, SEED_PRUNED, SEED_KEEP, SEED_SCORE, N_SEEDS };
 
 static struct dsa_test_file files[N_SEEDS];
 
@@ -147,6 +148,11 @@ static void test_valid(void **state) {
                 case SEED_KEEP:
                         assert_true(y[0].token_keep == 0.5f && y[1].token_keep == 1.0f);
                         assert_int_equal(y[0].up.fmt, DSA_WFORMAT_SPARSE);
+                        assert_null(y[0].token_score);
+                        break;
+                case SEED_SCORE:
+                        assert_non_null(y[0].token_score);
+                        assert_null(y[1].token_score);
                         break;
                 }
                 dsa_model_free(m);

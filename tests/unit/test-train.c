@@ -24,6 +24,7 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "engine/distill.h"
+#include "engine/model-internal.h"
 #include "engine/model.h"
 #include "engine/train.h"
 #include "engine/variant.h"
@@ -272,7 +273,8 @@ static void test_export_qat(void **state) {
 
 /* ---- g. token pruning */
 
-static void test_token_pruned(void **state) {
+/* learned: every pruning layer ranks by a random learned score (bert.h) instead of attention. */
+static void token_pruned(bool learned) {
         struct dsa_train_opts o = tt_opts(false, false);
         struct dsa_trainer *t = tt_trainer(tt_model, &o), *tp = NULL;
         struct dsa_test_rng rng = { 9 };
@@ -291,6 +293,14 @@ static void test_token_pruned(void **state) {
         struct dsa_optimize_opts op = { .quant = DSA_WFORMAT_F32, .token_keep = TOKEN_KEEP, .act_percentile = 99.99 };
         if ((r = dsa_model_optimize(m, &op)) < 0)
                 fail_msg("dsa_model_optimize: %s", dsa_error_message(r));
+        for (size_t l = 0; learned && l + 1 < m->bert->cfg.n_layer; l++) {
+                const size_t C = m->bert->cfg.n_embd;
+                float *w = malloc((C + 1) * sizeof(float));
+                assert_non_null(w);
+                for (size_t c = 0; c <= C; c++)
+                        w[c] = dsa_test_rng_uniform(&rng, -1.0f, 1.0f);
+                m->bert->layers[l].token_score = w;
+        }
 
         /* The trainer of the token-pruned model: tokens leave the keys of later layers. */
         if ((r = dsa_trainer_new(m, &o, &tp)) < 0)
@@ -315,9 +325,9 @@ static void test_token_pruned(void **state) {
         model_logits(m, xr, got, NULL);
         float d = max_abs_diff(got, want, B_MAX * N_LABELS, &at);
         const float effect = max_abs_diff(dense, want, B_MAX * N_LABELS, NULL);
-        printf("token pruning %.2f: max |logit - trainer's| %.3g (tolerance %.0e) at %zu; pruning moved the logits "
-               "by up to %.3g\n",
-               TOKEN_KEEP, (double) d, (double) TOKEN_TOL, at, (double) effect);
+        printf("token pruning %.2f (%s score): max |logit - trainer's| %.3g (tolerance %.0e) at %zu; pruning moved "
+               "the logits by up to %.3g\n",
+               TOKEN_KEEP, learned ? "learned" : "attention", (double) d, (double) TOKEN_TOL, at, (double) effect);
         if (!(d <= TOKEN_TOL))
                 fail_msg("token-pruned logits differ from the trainer's by %g at %zu (%g vs %g)", (double) d, at,
                          (double) got[at], (double) want[at]);
@@ -329,12 +339,28 @@ static void test_token_pruned(void **state) {
         d = max_abs_diff(got, want, B_MAX * N_LABELS, &at);
         if (!(d <= TOKEN_TOL))
                 fail_msg("the trainer's export lost the token schedule: logits off by %g", (double) d);
+        for (size_t l = 0; l < m->bert->cfg.n_layer; l++) {
+                const float *a = m->bert->layers[l].token_score, *b = back->bert->layers[l].token_score;
+                assert_true(!a == !b);
+                if (a)
+                        assert_memory_equal(a, b, (m->bert->cfg.n_embd + 1) * sizeof(float));
+        }
 
         dsa_model_free(back);
         dsa_model_free(m);
         dsa_trainer_free(tp);
         dsa_trainer_free(t);
         free(x), free(xr);
+}
+
+static void test_token_pruned(void **state) {
+        (void) state;
+        token_pruned(false);
+}
+
+static void test_token_pruned_learned(void **state) {
+        (void) state;
+        token_pruned(true);
 }
 
 /* ---- d. gradients */
@@ -649,6 +675,7 @@ int main(void) {
                 cmocka_unit_test(test_student_same_shape),
                 cmocka_unit_test(test_distill),
                 cmocka_unit_test(test_token_pruned),
+                cmocka_unit_test(test_token_pruned_learned),
         };
 
         return cmocka_run_group_tests(tests, tt_setup, tt_teardown);

@@ -253,6 +253,9 @@ static void test_roundtrips(void **state) {
         roundtrip(&o, "block16 sparse");
         o.sparsity = 0, o.token_keep = 0.7;
         roundtrip(&o, "token keep 0.7");
+        o.token_learned = true;
+        roundtrip(&o, "token keep 0.7 learned");
+        o.token_learned = false;
         o.quant = DSA_WFORMAT_Q8, o.prune_heads = 0.3, o.prune_ffn = 0.3;
         roundtrip(&o, "combined");
 }
@@ -311,6 +314,77 @@ static void test_token_pruning(void **state) {
         dsa_model_free(m);
 }
 
+/* --token-score learned: a score on the pruning layer only, recorded; the engine drops exactly
+ * the tokens of lowest score (dsa__token_score of each token's state after layer 0, from an
+ * unpruned forward), ties to the later token. */
+static void test_token_score_learned(void **state) {
+        (void) state;
+        struct dsa_model *m = dsa_test_model_open(teacher);
+        const struct dsa_bert_config *cfg = dsa_model_bert_config(m);
+        const size_t C = cfg->n_embd, L = cfg->n_layer;
+        float keep[16];
+        struct dsa_optimize_opts o = { .quant = DSA_WFORMAT_F32, .token_keep = 0.5, .token_learned = true,
+                                       .token_layers = keep, .n_token_layers = L - 1, .act_percentile = 99.99 };
+        int r;
+
+        assert_true(L >= 2 && L <= 16);
+        for (size_t l = 0; l + 1 < L; l++)
+                keep[l] = l == 0 ? 0.5f : 1.0f;
+        o.calib = calib(&o.n_calib);
+        if ((r = dsa_model_optimize(m, &o)) < 0)
+                fail_msg("optimize: %s", dsa_error_message(r));
+        const float *w = m->bert->layers[0].token_score;
+        assert_non_null(w);
+        for (size_t l = 1; l < L; l++)
+                assert_null(m->bert->layers[l].token_score);
+        assert_string_equal(dsa_model_info(m, "token_score"), "learned");
+        assert_non_null(strstr(dsa_model_info(m, "method"), "tokens-learned-0.50"));
+        double wn = 0;
+        for (size_t c = 0; c < C; c++)
+                wn += (double) w[c] * w[c];
+        assert_true(wn > 0 && isfinite(wn));
+
+        struct batch x = make_batch(m);
+        const size_t T = x.b.T;
+        float *hidden[17] = { 0 };
+        struct dsa_trace tr = { .hidden = hidden };
+        for (size_t l = 0; l <= L; l++)
+                assert_non_null(hidden[l] = malloc(N_TEXTS * T * C * sizeof(float)));
+        float *full = malloc(N_TEXTS * T * C * sizeof(float));
+        assert_int_equal(dsa_model_forward(m, &x.b, full, &tr), 0); /* a trace: no pruning */
+        float *pr = forward(m, &x.b);
+        size_t dropped_all = 0;
+        for (size_t b = 0; b < N_TEXTS; b++) {
+                size_t n = 0;
+                for (size_t t = 0; t < T; t++)
+                        n += x.mask[b * T + t];
+                const size_t kept = (size_t) ceilf(0.5f * (float) n);
+                for (size_t t = 1; t < n; t++) {
+                        const float *row = pr + (b * T + t) * C, *l1 = hidden[1] + (b * T + t) * C;
+                        const float s = dsa__token_score(w, l1, C);
+                        size_t rank = 1; /* [CLS] first */
+                        for (size_t u = 1; u < n; u++) {
+                                const float su = dsa__token_score(w, hidden[1] + (b * T + u) * C, C);
+                                rank += su > s || (su == s && u < t);
+                        }
+                        float err = 0;
+                        for (size_t c = 0; c < C; c++)
+                                err = fmaxf(err, fabsf(row[c] - l1[c]));
+                        if ((err < 1e-4f) != (rank >= kept))
+                                fail_msg("text %zu token %zu: rank %zu of %zu by the learned score, kept %zu, but it "
+                                         "was %s", b, t, rank, n, kept, err < 1e-4f ? "dropped" : "kept");
+                        dropped_all += err < 1e-4f;
+                }
+        }
+        assert_true(dropped_all > 0);
+        for (size_t l = 0; l <= L; l++)
+                free(hidden[l]);
+        free(full);
+        free(pr);
+        batch_free(&x);
+        dsa_model_free(m);
+}
+
 int main(void) {
         const char *shared = dsa_test_require_shared("variants need the SST-2 teacher");
         static char path[4096];
@@ -322,6 +396,7 @@ int main(void) {
                 cmocka_unit_test(test_structured_equals_zeroing),
                 cmocka_unit_test(test_roundtrips),
                 cmocka_unit_test(test_token_pruning),
+                cmocka_unit_test(test_token_score_learned),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
