@@ -140,7 +140,7 @@ variants=(
         "heads-75+ffn-75-recovered|--prune-heads 0.75 --prune-ffn 0.75 --calib @CALIB@ $recover 4000"
         "combined-75-recovered|from=heads-75+ffn-75-recovered $retune"
         "tokens-learned-0.5|--token-keep 0.5,1,1 --token-score learned --calib @CALIB@"
-        "tokens-learned-recovered|--token-keep 0.4,0.8,0.8 --token-score learned --calib @CALIB@ $recover 2000"
+        "tokens-learned-recovered|--token-keep 0.35,0.7,0.7 --token-score learned --calib @CALIB@ $recover 2000"
         "combined-75-learned|from=heads-75+ffn-75-recovered --quant int8 --act dynamic --token-keep 0.5,1,1 --token-score learned --calib @CALIB@"
 )
 file_of() { echo "$work_dir/sst2-4l256-${1//:/-}.gguf"; }
@@ -391,7 +391,7 @@ md.append("- The `-recovered` variants are fine-tuned after pruning (`--recover`
           "(`--token-keep 0.5,1,1`). The `-learned` variants rank tokens by the learned score "
           "(`--token-score learned`: a linear read of each token's state, fitted on the calibration texts to "
           "its saliency) instead of the attention it received: `tokens-learned-0.5` keeps half after the first "
-          "layer with no retraining, `tokens-learned-recovered` keeps 40%, then 80% and 80% and is recovered "
+          "layer with no retraining, `tokens-learned-recovered` keeps 35%, then 70% and 70% and is recovered "
           "with that schedule, `combined-75-learned` is `heads-75+ffn-75-recovered` made int8 with half the "
           "tokens kept after the first layer (no second recovery).")
 md.append(f"- Weights: resident bytes from `dsactl show --json`. Raw numbers: `compression.json`; "
