@@ -293,16 +293,15 @@ int dsa__token_score_fit(struct dsa_model *m, const struct dsa_optimize_opts *o)
                         goto out;
                 const size_t B = bb.b.B, T = bb.b.T;
                 if (B * T > cap) {
+                        bool ok;
                         cap = B * T;
                         free(x);
-                        x = malloc(cap * (C + 1) * sizeof(float));
-                        for (size_t l = 1; l < L; l++) {
+                        ok = (x = malloc(cap * (C + 1) * sizeof(float))) != NULL;
+                        for (size_t l = 1; l < L; l++) { /* d hidden[l] after each layer but the last */
                                 free(dh[l]);
-                                dh[l] = malloc(cap * C * sizeof(float));
-                                if (!dh[l])
-                                        break;
+                                ok &= (dh[l] = malloc(cap * C * sizeof(float))) != NULL;
                         }
-                        if (!x || !dh[L - 1]) {
+                        if (!ok) {
                                 r = -ENOMEM;
                                 goto out;
                         }

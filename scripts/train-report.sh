@@ -116,6 +116,20 @@ if [ -z "$only" ] || [ "$only" = glue ]; then
                 run "$work/$task-from-sst2.gguf" train -m "$teacher" --reinit-head --task $task --data "$d/train.tsv" \
                         --eval "$d/dev.tsv" --epochs 3 --lr 3e-5
                 measure "$task from the SST-2 teacher's encoder" "$work/$task-from-sst2.gguf" $task
+                # The compression report's main variants of that model, calibrated on the task's
+                # train set (512 pairs).
+                for v in "int8 dynamic|--quant int8 --act dynamic" \
+                        "int8 static min/max|--quant int8 --act minmax" \
+                        "30% of heads and FFN removed|--prune-heads 0.3 --prune-ffn 0.3" \
+                        "50% unstructured (Wanda)|--sparsity 0.5 --sparsity-method wanda" \
+                        "half the tokens after layer 0 (learned score)|--token-keep 0.5,1,1 --token-score learned"; do
+                        name=${v%%|*}
+                        read -r -a flags <<<"${v#*|}"
+                        file=$work/$task-$(printf '%s' "$name" | tr -c 'a-z0-9' '-').gguf
+                        run "$file" optimize -m "$work/$task-from-sst2.gguf" "${flags[@]}" --calib "$d/train.tsv" \
+                                --calib-max 512 --quiet
+                        measure "$task compressed: $name" "$file" $task
+                done
         done
 fi
 if [ -z "$only" ] || [ "$only" = prune ]; then
