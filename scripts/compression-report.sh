@@ -11,8 +11,10 @@
 # Reports; never passes or fails on the goals. Exit 77 when the shared data is missing.
 #
 # Usage: scripts/compression-report.sh [--rounds N] [--calib-max N] [--out-dir DIR]
-#                                      [--work-dir DIR] [--dsactl PATH] [--threads N]
+#                                      [--work-dir DIR] [--dsactl PATH] [--threads N] [--reuse]
 #   --rounds     timing rounds, fp32 and every variant alternating (default 3)
+#   --reuse      keep variant files already in the work dir (made by a run with the same flags)
+#                and measure them again; only missing ones are made
 #   --calib-max  calibration texts from train.tsv (default 512)
 #   --out-dir    where compression.{md,json,png} go (default docs/)
 #   --work-dir   where the variant GGUF files are kept (default build/compression-variants)
@@ -26,13 +28,13 @@ export LC_ALL=C
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 py=/usr/bin/python3 # Debian's; only the standard library is used
-rounds=3 calib_max=512 out_dir=$root/docs work_dir=$root/build/compression-variants dsactl='' threads=''
+rounds=3 calib_max=512 out_dir=$root/docs work_dir=$root/build/compression-variants dsactl='' threads='' reuse=0
 command_line=$(printf '%q ' "scripts/compression-report.sh" "$@")
 command_line=${command_line% }
 
 die() { echo "compression-report: $*" >&2; exit 1; }
 say() { echo "compression-report: $*" >&2; }
-usage() { sed -n '13,21s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '13,23s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
         --work-dir) work_dir=$2; shift 2 ;;
         --dsactl) dsactl=$2; shift 2 ;;
         --threads) threads=$2; shift 2 ;;
+        --reuse) reuse=1; shift ;;
         -h|--help) usage ;;
         *) echo "compression-report: unknown argument '$1'" >&2; usage ;;
         esac
@@ -157,8 +160,8 @@ reason_of() {
         echo "${l:0:240}"
 }
 
-load_before=$(cut -d' ' -f1 /proc/loadavg)
-rm -f "$work_dir"/*.gguf
+[ "$reuse" = 1 ] || rm -f "$work_dir"/*.gguf
+made=0
 ok=()
 for v in "${variants[@]}"; do
         name=${v%%|*} file=$(file_of "$name")
@@ -176,7 +179,14 @@ for v in "${variants[@]}"; do
         args=(optimize -m "$src" -o "$file" "${flags[@]}" --calib-max "$calib_max" "${topt[@]}")
         echo "dsactl ${args[*]}" | sed "s|$calib|calib.tsv|; s|$train|train.tsv|; s|$model|\$MODEL|; s|$work_dir/||g" \
                 >"$tmp/runs/$name.cmd"
+        if [ "$reuse" = 1 ] && [ -s "$file" ]; then
+                say "reusing $name"
+                "$dsactl" show -m "$file" --json >"$tmp/runs/$name.show.json"
+                ok+=("$name")
+                continue
+        fi
         say "making $name"
+        made=1
         t0=$(date +%s%N) rc=0
         "$dsactl" "${args[@]}" 2>"$tmp/runs/$name.optimize.log" || rc=$?
         if [ "$rc" -ne 0 ]; then
@@ -219,7 +229,11 @@ measure() {
         fi
 }
 
-# --- timings: fp32 before every variant, every round, so drift on a shared machine hits both
+# --- timings: fp32 before every variant, every round, so drift on a shared machine hits both.
+# The load before them is other work's: a minute's pause first when variants were just made
+# (the 1-minute average of the optimize runs decays to a third of itself).
+[ "$made" = 0 ] || sleep 60
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 for r in $(seq 1 "$rounds"); do
         for name in "${ok[@]}"; do
                 if [ "$name" = fp32 ] || [ -e "$tmp/runs/$name.failed" ]; then continue; fi
@@ -374,10 +388,10 @@ md.append(f"- Accuracy: `dsactl eval --task sst2` on all {base.get('eval_example
 md.append(f"- Speed: examples/s of that eval (SST-2 dev lengths, padding-free batches) and the median "
           f"latency of `dsactl bench --seq 128 --batch 1` (10 runs after 2 warmups). Timings are medians of "
           f"{rounds} alternating round{'s' if int(rounds) != 1 else ''} (fp32, variant, fp32, next variant, ...) "
-          f"on a shared machine; speedups are ratios of those medians. 1-minute load {float(lb):.2f} before, "
-          f"{float(la):.2f} after.")
-if float(lb) > 0.5 * int(ncpu) or float(la) > 0.5 * int(ncpu):
-    md.append(f"- **The machine was busy** (1-minute load {max(float(lb), float(la)):.2f} on {ncpu} cores): "
+          f"on a shared machine; speedups are ratios of those medians. 1-minute load {float(lb):.2f} before the "
+          f"timings (other work), {float(la):.2f} after (their own {thr} threads included).")
+if float(lb) > 0.5 * int(ncpu):
+    md.append(f"- **The machine was busy** (1-minute load {float(lb):.2f} on {ncpu} cores before the timings): "
               "the speed columns are not to be trusted; the accuracy columns are.")
 md.append("- The `-recovered` variants are fine-tuned after pruning (`--recover`): 2,000 (tokens) or 4,000 "
           "(heads and FFN) steps of 32 SST-2 train examples, distilled from the unpruned model (its softened "

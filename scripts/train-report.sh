@@ -123,10 +123,10 @@ if [ -z "$only" ] || [ "$only" = glue ]; then
                         "30% of heads and FFN removed|--prune-heads 0.3 --prune-ffn 0.3" \
                         "50% unstructured (Wanda)|--sparsity 0.5 --sparsity-method wanda" \
                         "half the tokens after layer 0 (learned score)|--token-keep 0.5,1,1 --token-score learned"; do
-                        name=${v%%|*}
-                        read -r -a flags <<<"${v#*|}"
-                        file=$work/$task-$(printf '%s' "$name" | tr -c 'a-z0-9' '-').gguf
-                        run "$file" optimize -m "$work/$task-from-sst2.gguf" "${flags[@]}" --calib "$d/train.tsv" \
+                        name=${v%%|*} flags=${v#*|}
+                        file=$work/$task-$(printf '%s' "$name" | tr 'A-Z' 'a-z' | tr -cs 'a-z0-9' '-').gguf
+                        # shellcheck disable=SC2086 # flags: words without spaces, split on purpose
+                        run "$file" optimize -m "$work/$task-from-sst2.gguf" $flags --calib "$d/train.tsv" \
                                 --calib-max 512 --quiet
                         measure "$task compressed: $name" "$file" $task
                 done
