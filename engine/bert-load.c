@@ -24,6 +24,13 @@ void dsa__embed_clear(struct dsa__embed *e) {
         *e = (struct dsa__embed) { 0 };
 }
 
+void dsa__bert_drop_token_scores(struct dsa_bert *b) {
+        for (uint32_t i = 0; i < b->cfg.n_layer; i++) {
+                free(b->layers[i].token_score);
+                b->layers[i].token_score = NULL;
+        }
+}
+
 struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
         if (!b)
                 return NULL;
@@ -36,8 +43,7 @@ struct dsa_bert *dsa__bert_free(struct dsa_bert *b) {
                         for (int j = 0; j < _DSA__LIN_MAX; j++)
                                 dsa__linear_clear(dsa__bert_linear(b, i, (enum dsa__bert_lin) j));
         if (b->layers)
-                for (uint32_t i = 0; i < b->cfg.n_layer; i++)
-                        free(b->layers[i].token_score);
+                dsa__bert_drop_token_scores(b);
         free(b->layers);
         dsa__embed_clear(&b->wte);
         dsa__att_clear(&b->att);

@@ -401,11 +401,12 @@ static size_t prune_tokens(struct packed *p, float *x, const float *w, const flo
                         float s = 0.0f;
                         if (w)
                                 s = dsa__token_score(w, x + (o + k) * C, C);
-                        for (size_t h = 0; !w && h < NH; h++) {
-                                const float *ph = probs + (b * NH + h) * stride;
-                                for (size_t q = 0; q < T; q++)
-                                        s += ph[q * T + k];
-                        }
+                        else
+                                for (size_t h = 0; h < NH; h++) {
+                                        const float *ph = probs + (b * NH + h) * stride;
+                                        for (size_t q = 0; q < T; q++)
+                                                s += ph[q * T + k];
+                                }
                         p->score[k] = k == 0 ? INFINITY : s;
                         p->order[k] = k;
                 }
@@ -451,9 +452,11 @@ static void last_layer_first_only(struct dsa_threadpool *pool, struct fwd *f, co
         f->x = x;
 }
 
-static bool prunes_tokens(const struct dsa_bert *bert) {
+/* Whether a layer but the last prunes tokens; by_attention: one that ranks them by the
+ * attention they received (no learned score), so the forward must keep its probabilities. */
+static bool prunes_tokens(const struct dsa_bert *bert, bool by_attention) {
         for (size_t l = 0; l + 1 < bert->cfg.n_layer; l++)
-                if (bert->layers[l].token_keep < 1.0f)
+                if (bert->layers[l].token_keep < 1.0f && !(by_attention && bert->layers[l].token_score))
                         return true;
         return false;
 }
@@ -470,7 +473,8 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
         const size_t B = b->B, T0 = b->T, C = cfg->n_embd, HS = C / cfg->n_head, F = bert->ff_max;
         const enum dsa_epilogue gelu = cfg->act == DSA_ACT_GELU_TANH ? DSA_EPILOGUE_GELU_TANH
                                                                      : DSA_EPILOGUE_GELU_ERF;
-        const bool pruning = !trace && !hooks && prunes_tokens(bert);
+        const bool pruning = !trace && !hooks && prunes_tokens(bert, false);
+        const bool att_probs = pruning && prunes_tokens(bert, true);
         const bool sparse = bert->att.kind != DSA_ATT_DENSE;
         const bool packed = !trace && (b->ragged || b->first_only || pruning || sparse);
         struct dsa_threadpool *pool = bert->pool;
@@ -492,13 +496,14 @@ int dsa__bert_forward(const struct dsa_bert *bert, const struct dsa_batch *b, fl
 
         /* Activations: qkv (BT,3C), att (BT,C), tmp (BT,C), ff (BT,F), then the attention
          * scratch of each (batch row, head), the int8 rows of a quantized linear, and with token
-         * pruning the probabilities (B,NH,T,T) of a pruning layer. batch_check bounded BT (8C + F)
-         * floats in bytes, so the activations cannot overflow; the rest is checked. */
+         * pruning by attention received the probabilities (B,NH,T,T) of a pruning layer.
+         * batch_check bounded BT (8C + F) floats in bytes, so the activations cannot overflow;
+         * the rest is checked. */
         const size_t att_scratch = dsa_attention_scratch(T0, HS);
         size_t n = BT * (5 * C + F), att_n, probs_n = 0, lin_n = (lin_bytes + 63) / sizeof(float) + 16, bytes;
         if (!size_mul_ok(B * cfg->n_head, att_scratch, &att_n) || !size_add_ok(n, att_n, &n) ||
             !size_add_ok(n, lin_n, &n) ||
-            (pruning && (!size_mul_ok(BT * cfg->n_head, T0, &probs_n) || !size_add_ok(n, probs_n, &n))) ||
+            (att_probs && (!size_mul_ok(BT * cfg->n_head, T0, &probs_n) || !size_add_ok(n, probs_n, &n))) ||
             !size_mul_ok(n, sizeof(float), &bytes))
                 return dsa__error(-EOVERFLOW, "batch of %zu x %zu tokens is too large", B, T0);
         float *act = scratch_get(bert->scratch, n, &cached);

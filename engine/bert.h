@@ -103,6 +103,8 @@ size_t dsa__tokens_kept(float keep, size_t n);
 /* A learned token score w (C + 1: weights, then bias) of a token's state x (C): w.x + w[C],
  * summed in order in fp32, so the forward and the trainer rank tokens alike. */
 float dsa__token_score(const float *w, const float *x, size_t C);
+/* Frees every layer's learned token score (the layers rank by attention received again). */
+void dsa__bert_drop_token_scores(struct dsa_bert *b);
 
 
 /* The stored tensor called name, checked to have shape {ne0} (ne1 == 0) or {ne0, ne1} in ggml

@@ -175,9 +175,9 @@ int dsa_prune_wanda(float *w, size_t OC, size_t C, const float *xnorm, float spa
 void dsa_prune_stats_add(double *sq, double *H, const float *x, size_t N, size_t C) {
         _cleanup_free_ double *xd = NULL;
 
-        if (!sq || !x || N == 0 || C == 0)
+        if (!x || N == 0 || C == 0)
                 return;
-        for (size_t n = 0; n < N; n++)
+        for (size_t n = 0; sq && n < N; n++)
                 for (size_t c = 0; c < C; c++)
                         sq[c] += (double) x[n * C + c] * x[n * C + c];
         if (!H)

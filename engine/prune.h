@@ -52,8 +52,8 @@ int dsa_prune_sparsegpt(float *w, size_t OC, size_t C, const double *H, float sp
                         enum dsa_sparsity_pattern pat, double damp, size_t blocksize);
 
 /* Accumulates the calibration statistics of one linear's input x (N,C): sq (C) += x^2 per
- * feature (xnorm = sqrt(sq) for Wanda), and H (C,C) += x^T x (both triangles) when H is not
- * NULL. Double accumulators, so many batches add up without fp32 rounding. */
+ * feature (xnorm = sqrt(sq) for Wanda) when sq is not NULL, and H (C,C) += x^T x (both
+ * triangles) when H is not NULL. Double accumulators, so many batches add up without fp32 rounding. */
 void dsa_prune_stats_add(double *sq, double *H, const float *x, size_t N, size_t C);
 
 /* A (n,n) row-major, symmetric -> its lower Cholesky factor L (A = L L^T) in the lower triangle

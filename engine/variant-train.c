@@ -166,7 +166,7 @@ static double norm(const float *x, size_t n) {
 /* The least-squares system of one layer's score: A (C+1, C+1) += x^T x, rhs (C+1) += x^T y,
  * yy += y^2 over its rows. */
 struct score_fit {
-        double *A, *rhs, *sq, yy;
+        double *A, *rhs, yy;
         size_t rows;
 };
 
@@ -197,7 +197,7 @@ static void score_fit_add(struct score_fit *f, float *x, const float *h, const f
                         rows++;
                 }
         }
-        dsa_prune_stats_add(f->sq, f->A, x, rows, C + 1);
+        dsa_prune_stats_add(NULL, f->A, x, rows, C + 1);
         f->rows += rows;
 }
 
@@ -263,11 +263,9 @@ int dsa__token_score_fit(struct dsa_model *m, const struct dsa_optimize_opts *o)
         if (L < 2)
                 return dsa__error(-EINVAL, "a one-layer model has no layer to prune tokens after");
         /* Fitted on the model without token pruning: every later layer sees every token. */
-        for (size_t l = 0; l < L; l++) {
+        for (size_t l = 0; l < L; l++)
                 bert->layers[l].token_keep = 1.0f;
-                free(bert->layers[l].token_score);
-                bert->layers[l].token_score = NULL;
-        }
+        dsa__bert_drop_token_scores(bert);
         labels = calloc(n, sizeof(int32_t)); /* unused: the backward starts from the margin */
         fit = calloc(L, sizeof(*fit));
         dh = calloc(L + 1, sizeof(float *));
@@ -276,8 +274,7 @@ int dsa__token_score_fit(struct dsa_model *m, const struct dsa_optimize_opts *o)
         for (size_t l = 0; l + 1 < L; l++) {
                 fit[l].A = calloc((C + 1) * (C + 1), sizeof(double));
                 fit[l].rhs = calloc(C + 1, sizeof(double));
-                fit[l].sq = calloc(C + 1, sizeof(double));
-                if (!fit[l].A || !fit[l].rhs || !fit[l].sq) {
+                if (!fit[l].A || !fit[l].rhs) {
                         r = -ENOMEM;
                         goto out;
                 }
@@ -332,12 +329,9 @@ int dsa__token_score_fit(struct dsa_model *m, const struct dsa_optimize_opts *o)
         r = 0;
 out:
         if (r < 0)
-                for (size_t l = 0; l < L; l++) {
-                        free(bert->layers[l].token_score);
-                        bert->layers[l].token_score = NULL;
-                }
+                dsa__bert_drop_token_scores(bert);
         for (size_t l = 0; l < L; l++)
-                free(fit[l].A), free(fit[l].rhs), free(fit[l].sq);
+                free(fit[l].A), free(fit[l].rhs);
         for (size_t l = 0; l <= L; l++)
                 free(dh[l]);
         dsa_train_batch_clear(&bb);

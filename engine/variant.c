@@ -345,10 +345,8 @@ static int token_schedule(struct dsa_model *m, const struct dsa_optimize_opts *o
 
         if (o->token_learned && (r = dsa__token_score_fit(m, o)) < 0)
                 return r;
-        for (size_t l = 0; !o->token_learned && l < L; l++) {
-                free(b->layers[l].token_score);
-                b->layers[l].token_score = NULL;
-        }
+        if (!o->token_learned)
+                dsa__bert_drop_token_scores(b);
 
         if (o->token_keep > 0 && o->n_token_layers > 0) {
                 if (o->n_token_layers + 1 != L)
