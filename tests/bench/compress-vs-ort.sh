@@ -12,11 +12,15 @@
 #
 # Usage: tests/bench/compress-vs-ort.sh [DSACTL] [--out FILE.json] [--rounds N] [--runs R]
 #                [--warmup W] [--threads "1 2"] [--batches "1 8"] [--seq T] [--model-dir DIR]
-#                [--ort-int8 qdq|fused] [--tolerance F]
+#                [--ort-int8 qdq|fused] [--tolerance F] [--ort node|python]
 #   DSACTL      the dsactl binary; without it, ./build is configured and built when needed
 #   --ort-int8  qdq: quantize_dynamic's graph, left to ORT's optimizer to fuse (default);
 #               fused: com.microsoft DynamicQuantizeMatMul written directly
 #   --model-dir where the generated model is cached (default tests/bench/out/bert-base)
+#   --ort       node: onnxruntime-node, installed here from npm (default); python: the Python
+#               package onnxruntime of $DSA_PYTHON (ort-bench.py; same runtime, same inputs), for
+#               a machine with no npm registry (scripts/scaling-run.sh)
+# DSA_PYTHON names the Python with numpy and onnx (default Debian's /usr/bin/python3).
 set -euo pipefail
 
 export OPENBLAS_CORETYPE=Haswell # policy: same kernels on every x86 machine we measure
@@ -24,13 +28,13 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-py=/usr/bin/python3 # Debian's, where python3-onnx and python3-numpy live
+py=${DSA_PYTHON:-/usr/bin/python3} # Debian's, where python3-onnx and python3-numpy live
 dsactl= out= rounds=3 runs=10 warmup=2 threads= batches="1 8" seq=128 model_dir="$here/out/bert-base"
-ort_int8=qdq tolerance=0.05 fp32_tolerance=1e-3
+ort_int8=qdq tolerance=0.05 fp32_tolerance=1e-3 ort=node
 
 die() { echo "compress-vs-ort: $*" >&2; exit 1; }
 say() { echo "compress-vs-ort: $*" >&2; }
-usage() { sed -n '13,19s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '13,23s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
@@ -44,18 +48,24 @@ while [ $# -gt 0 ]; do
         --model-dir) model_dir=$2; shift 2 ;;
         --ort-int8) ort_int8=$2; shift 2 ;;
         --tolerance) tolerance=$2; shift 2 ;;
+        --ort) ort=$2; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "compress-vs-ort: unknown option '$1'" >&2; usage ;;
         *) [ -z "$dsactl" ] || usage; dsactl=$1; shift ;;
         esac
 done
 case $ort_int8 in qdq|fused) ;; *) echo "compress-vs-ort: --ort-int8 is qdq or fused" >&2; usage ;; esac
+case $ort in node|python) ;; *) echo "compress-vs-ort: --ort is node or python" >&2; usage ;; esac
 ncpu=$(nproc)
 [ -n "$threads" ] || threads=$( [ "$ncpu" -gt 1 ] && echo "1 $ncpu" || echo 1 )
 
 # --- what is missing gets installed (Debian packages, and the npm package inside tests/bench)
-. "$here/ort-deps.sh"
-ort_deps compress-vs-ort
+if [ "$ort" = node ]; then
+        . "$here/ort-deps.sh"
+        ort_deps compress-vs-ort
+else
+        "$py" -c 'import numpy, onnx, onnxruntime' || die "--ort python: $py lacks numpy, onnx or onnxruntime"
+fi
 
 # --- dsactl
 if [ -z "$dsactl" ]; then
@@ -142,7 +152,13 @@ for i in "${!names[@]}"; do
 done
 
 ours() { "$dsactl" bench -m "$1" --seq "$seq" --json "${@:2}"; }
-theirs() { node "$here/ort-bench.mjs" --model "$1" --seq "$seq" "${@:2}"; }
+theirs() {
+        if [ "$ort" = node ]; then
+                node "$here/ort-bench.mjs" --model "$1" --seq "$seq" "${@:2}"
+        else
+                "$py" "$here/ort-bench.py" --model "$1" --seq "$seq" "${@:2}"
+        fi
+}
 
 # --- outputs: int8 against fp32 in each runtime, and our fp32 against ORT's, on bench's own batch
 say "checking the outputs"

@@ -17,7 +17,10 @@
 #
 # Usage: tests/bench/dsad-bench.sh [BUILD_DIR] [--out FILE.json] [--workers W] [--rounds N]
 #                                  [--quick] [--nobatch-dsad BIN] [--model-dir DIR] [--parts LIST]
+#                                  [--bin DIR]
 #   BUILD_DIR      a configured build (default ./build); dsad, dsactl and bench-dsad are built
+#   --bin          take dsad, dsactl and bench-dsad from DIR as they are, build nothing
+#                  (scripts/scaling-run.sh, on a machine with no compiler set up)
 #   --workers      dsad's worker threads (default 1: one request at a time on every core)
 #   --rounds       batching on/off rounds of 4 and 4b, each on a fresh dsad (default 3)
 #   --quick        fewer samples everywhere (a smoke run, not figures to quote)
@@ -25,6 +28,8 @@
 #                  the same dsad with batch_max = 1 in its config)
 #   --model-dir    where the BERT-base model is cached (default tests/bench/out/bert-base)
 #   --parts        comma-separated parts to run, of 1,2,3,4,4b,5 (default all)
+# DSA_PYTHON names the Python with numpy and onnx (default Debian's /usr/bin/python3);
+# DSA_DBUS_CONFIG a dbus-daemon configuration file to use instead of --session's.
 set -euo pipefail
 
 export OPENBLAS_CORETYPE=Haswell # policy: same kernels on every x86 machine we measure
@@ -32,12 +37,12 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-py=/usr/bin/python3
-build= out= workers=1 rounds=3 quick=0 nobatch_dsad= model_dir="$here/out/bert-base" parts=1,2,3,4,4b,5
+py=${DSA_PYTHON:-/usr/bin/python3}
+build= bindir= out= workers=1 rounds=3 quick=0 nobatch_dsad= model_dir="$here/out/bert-base" parts=1,2,3,4,4b,5
 
 die() { echo "dsad-bench: $*" >&2; exit 1; }
 say() { echo "dsad-bench: $*" >&2; }
-usage() { sed -n '18,27s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '18,32s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
@@ -48,6 +53,7 @@ while [ $# -gt 0 ]; do
         --nobatch-dsad) nobatch_dsad=$2; shift 2 ;;
         --model-dir) model_dir=$2; shift 2 ;;
         --parts) parts=$2; shift 2 ;;
+        --bin) bindir=$2; shift 2 ;;
         -h|--help) usage ;;
         -*) echo "dsad-bench: unknown option '$1'" >&2; usage ;;
         *) [ -z "$build" ] || usage; build=$1; shift ;;
@@ -59,11 +65,15 @@ cores=$(nproc)
 threads=$(( cores / workers )); [ "$threads" -ge 1 ] || threads=1 # daemon/registry.c model_threads()
 
 # --- binaries
-if [ ! -f "$build/CMakeCache.txt" ]; then
-        cmake -S "$root" -B "$build" >&2
+if [ -n "$bindir" ]; then
+        dsad=$bindir/dsad dsactl=$bindir/dsactl bench=$bindir/bench-dsad
+else
+        if [ ! -f "$build/CMakeCache.txt" ]; then
+                cmake -S "$root" -B "$build" >&2
+        fi
+        make -C "$build" -j"$cores" dsad dsactl bench-dsad >&2 || die "build failed"
+        dsad=$build/daemon/dsad dsactl=$build/cli/dsactl bench=$build/tests/bench-dsad
 fi
-make -C "$build" -j"$cores" dsad dsactl bench-dsad >&2 || die "build failed"
-dsad=$build/daemon/dsad dsactl=$build/cli/dsactl bench=$build/tests/bench-dsad
 for b in "$dsad" "$dsactl" "$bench"; do [ -x "$b" ] || die "$b: not built"; done
 command -v dbus-daemon >/dev/null || die "dbus-daemon is not installed"
 
@@ -115,7 +125,9 @@ printf '[daemon]\n' >"$tmp/dsad.conf"
 printf '[daemon]\nbatch_max = 1\n' >"$tmp/dsad-nobatch.conf"
 
 addr=unix:path=$tmp/bus
-dbus-daemon --session --nofork --nopidfile --address="$addr" >"$tmp/dbus.log" 2>&1 &
+bus_config=--session
+[ -z "${DSA_DBUS_CONFIG:-}" ] || bus_config=--config-file=$DSA_DBUS_CONFIG
+dbus-daemon "$bus_config" --nofork --nopidfile --address="$addr" >"$tmp/dbus.log" 2>&1 &
 bus_pid=$!
 for _ in $(seq 1 100); do [ -S "$tmp/bus" ] && break; sleep 0.05; done
 [ -S "$tmp/bus" ] || die "dbus-daemon did not start: $(cat "$tmp/dbus.log")"
