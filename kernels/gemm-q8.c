@@ -12,6 +12,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if DSA_HAVE_X86
+#include <asm/prctl.h>
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "gemm-q8.h"
 #include "kernels-internal.h"
@@ -24,7 +30,7 @@ struct dsa_packed_q8 {
         enum dsa_isa isa;
         size_t OC, C, K4;
         size_t width; /* columns per kernel call: 16, or 32 (two panels) for AVX-512 */
-        bool xsum;    /* the kernel reads each row's byte sum */
+        dsa__q8_row_sums_fn *xsum; /* each row's byte sum, for kernels that read it; or NULL */
         const char *name;
         dsa__gemm_panel_q8_fn *panel;
         int8_t *data;  /* ceil(OC/16) panels of K4*64 bytes, 64-byte aligned */
@@ -73,7 +79,7 @@ void dsa__quantize_rows_q8_ref(int8_t *q, float *scales, const float *x, size_t 
 struct variant {
         const char *name;
         size_t width;
-        bool xsum;
+        dsa__q8_row_sums_fn *xsum; /* the row sums the kernel reads; NULL: none */
         dsa__gemm_panel_q8_fn *panel;
         dsa__quantize_rows_q8_fn *quantize;
 };
@@ -87,13 +93,38 @@ static bool cpu_has_vnni(void) {
 #endif
 }
 
-static const struct variant *variant_of(enum dsa_isa isa) {
-        static const struct variant ref = { "ref", NR, false, dsa__gemm_panel_q8_ref, dsa__quantize_rows_q8_ref };
+/* AMX-TILE and AMX-INT8 (CPUID.(7,0):EDX bits 24, 25), and the tile data state, which Linux
+ * gives a process only when it asks (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18;
+ * Documentation/arch/x86/xstate.rst): without it the first tile instruction faults. Asked
+ * once; the grant covers every thread of the process. */
+bool dsa__q8_amx_usable(void) {
 #if DSA_HAVE_X86
-        static const struct variant avx2 = { "avx2", NR, false, dsa__gemm_panel_q8_avx2, dsa__quantize_rows_q8_avx2 };
-        static const struct variant avx512 = { "avx2", NR, false, dsa__gemm_panel_q8_avx2, dsa__quantize_rows_q8_avx512 };
-        static const struct variant vnni = { "avx512vnni", 2 * NR, true, dsa__gemm_panel_q8_avx512vnni,
-                                             dsa__quantize_rows_q8_avx512 };
+        static int usable = -1; /* races compute the same value */
+        int u = __atomic_load_n(&usable, __ATOMIC_RELAXED);
+
+        if (u < 0) {
+                unsigned a, b, c, d;
+                const char *want = getenv("DSA_Q8_KERNEL");
+
+                u = (!want || !*want || !strcmp(want, "amx")) && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+                    (d >> 24 & 1) && (d >> 25 & 1) && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, 18) == 0;
+                __atomic_store_n(&usable, u, __ATOMIC_RELAXED);
+        }
+        return u;
+#else
+        return false;
+#endif
+}
+
+static const struct variant *variant_of(enum dsa_isa isa) {
+        static const struct variant ref = { "ref", NR, NULL, dsa__gemm_panel_q8_ref, dsa__quantize_rows_q8_ref };
+#if DSA_HAVE_X86
+        static const struct variant avx2 = { "avx2", NR, NULL, dsa__gemm_panel_q8_avx2, dsa__quantize_rows_q8_avx2 };
+        static const struct variant avx512 = { "avx2", NR, NULL, dsa__gemm_panel_q8_avx2, dsa__quantize_rows_q8_avx512 };
+        static const struct variant vnni = { "avx512vnni", 2 * NR, dsa__q8_row_sums_avx512vnni,
+                                             dsa__gemm_panel_q8_avx512vnni, dsa__quantize_rows_q8_avx512 };
+        static const struct variant amx = { "amx", 2 * NR, NULL, dsa__gemm_panel_q8_amx,
+                                            dsa__quantize_rows_q8_avx512 };
 #endif
 
         if ((unsigned) isa >= _DSA_ISA_MAX || !dsa_kernels_for(isa))
@@ -105,7 +136,7 @@ static const struct variant *variant_of(enum dsa_isa isa) {
         case DSA_ISA_AVX2:
                 return &avx2;
         case DSA_ISA_AVX512:
-                return cpu_has_vnni() ? &vnni : &avx512;
+                return dsa__q8_amx_usable() ? &amx : cpu_has_vnni() ? &vnni : &avx512;
 #endif
         default:
                 return NULL;
@@ -220,7 +251,7 @@ struct dsa_packed_q8 *dsa_packed_q8_free(struct dsa_packed_q8 *p) {
 }
 
 size_t dsa_packed_q8_block(const struct dsa_packed_q8 *p) {
-        return p ? NR : 0;
+        return p ? p->width : 0;
 }
 
 size_t dsa_packed_q8_rows(const struct dsa_packed_q8 *p) {
@@ -276,14 +307,10 @@ void dsa_linear_packed_q8(float *out, size_t ldo, const int8_t *q, size_t ldq, c
                 const size_t nn = N - n0 < MC ? N - n0 : MC;
                 const int8_t *x = q + n0 * ldq;
 
-                /* |sum| <= 128 * S <= 2^24: no overflow. */
+                /* |sum| <= 128 * S <= 2^24: no overflow. Each caller's block sums its rows
+                 * again, vectorized: N * S / 64 instructions next to N * S * (oc1 - oc0) / 64. */
                 if (w->xsum)
-                        for (size_t n = 0; n < nn; n++) {
-                                int32_t s = 0;
-                                for (size_t k = 0; k < S; k++)
-                                        s += x[n * ldq + k];
-                                xsum[n] = s;
-                        }
+                        w->xsum(xsum, x, ldq, nn, S);
 
                 for (size_t j = p0; j < p1; j += step) {
                         const size_t col = j * NR, nr = oc1 - col < w->width ? oc1 - col : w->width;

@@ -57,7 +57,8 @@ int dsa_packed_q8_new(const int8_t *q, const float *scales, size_t OC, size_t C,
 struct dsa_packed_q8 *dsa_packed_q8_free(struct dsa_packed_q8 *p);
 
 /* Column granularity for splitting work: oc0/oc1 passed to dsa_linear_packed_q8 must be
- * multiples of it (oc1 may also be OC). 16 in every variant; 0 for NULL. */
+ * multiples of it (oc1 may also be OC). The columns one kernel call computes: 16 (ref, AVX2)
+ * or 32 (VNNI, AMX), so no caller's block computes a half-used tile; 0 for NULL. */
 size_t dsa_packed_q8_block(const struct dsa_packed_q8 *p);
 size_t dsa_packed_q8_rows(const struct dsa_packed_q8 *p); /* OC; 0 for NULL */
 size_t dsa_packed_q8_cols(const struct dsa_packed_q8 *p); /* C; 0 for NULL */
@@ -102,6 +103,17 @@ typedef void dsa__gemm_panel_q8_fn(float *out, size_t ldo, const int8_t *q, size
 dsa__gemm_panel_q8_fn dsa__gemm_panel_q8_ref;
 dsa__gemm_panel_q8_fn dsa__gemm_panel_q8_avx2;
 dsa__gemm_panel_q8_fn dsa__gemm_panel_q8_avx512vnni;
+dsa__gemm_panel_q8_fn dsa__gemm_panel_q8_amx;
+
+/* q (N, ldq) -> xsum (N), each row's byte sum over S bytes: the VNNI kernel's row sums. */
+typedef void dsa__q8_row_sums_fn(int32_t *xsum, const int8_t *q, size_t ldq, size_t N, size_t S);
+dsa__q8_row_sums_fn dsa__q8_row_sums_avx512vnni;
+
+/* Whether the AMX kernel can run: the CPU has AMX-TILE and AMX-INT8 and the kernel granted
+ * this process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here), and
+ * DSA_Q8_KERNEL does not name another kernel (avx512vnni: the VNNI one, to test or compare
+ * it on an AMX machine). */
+bool dsa__q8_amx_usable(void);
 
 /* dsa_quantize_rows_q8 of one variant. */
 typedef void dsa__quantize_rows_q8_fn(int8_t *q, float *scales, const float *x, size_t ldx,

@@ -1,18 +1,24 @@
 #!/bin/bash
-# Multi-core scaling run: the compression and batching benchmarks (tests/bench/compress-vs-ort.sh,
-# tests/bench/dsad-bench.sh parts 4 and 4b) on a machine with more cores than the 2 of the
-# development VM (and, there, AVX-512 VNNI), with binaries built here.
+# The kernel tests and the compression and batching benchmarks (tests/bench/compress-vs-ort.sh,
+# tests/bench/dsad-bench.sh parts 4 and 4b) on another machine, with binaries built here: one
+# with more cores than the 2 of the development VM, and with the AVX-512, VNNI, BF16 and AMX
+# this VM lacks (the lent GPU host's Xeon).
 #
 #   scripts/scaling.sh pack [BUILD_DIR]
-#       builds dsactl, dsad and bench-dsad and packs them, with the exact shared libraries and
-#       loader they were linked against (so the other machine's libc does not matter), and
-#       dbus-daemon and busctl with theirs, into .scaling/scaling.tar.xz (ignored by git)
-#   scripts/scaling.sh run [--out DIR] [--parts compress,dsad (in that order)] [--threads "2 16"] [--quick]
+#       builds dsactl, dsad, bench-dsad, bench-gemm-q8 and the kernel tests and packs them, with
+#       the exact shared libraries and loader they were linked against (so the other machine's
+#       libc does not matter), and dbus-daemon and busctl with theirs, into
+#       .scaling/scaling.tar.xz (ignored by git)
+#   scripts/scaling.sh run [--out DIR] [--parts kernels,compress,dsad (in that order)]
+#                          [--threads "2 16"] [--quick]
 #       on the other machine, from the repository root: unpacks the archive into /tmp/scaling
 #       and runs each part there, writing text reports and JSON into DIR (default $OUT, else
 #       ./scaling-out; each part's progress and report in PART.txt, its figures in PART.json,
-#       7 files in all). ONNX Runtime is the Python package of python3 when it has one (its
+#       8 files in all). ONNX Runtime is the Python package of python3 when it has one (its
 #       npm package otherwise); both are built from the same ORT sources.
+#       kernels: the kernel tests (every SIMD variant the CPU runs against the scalar
+#         reference: AVX-512, VNNI, BF16, AMX), test-gemm-q8 again with the AMX kernel set aside
+#         (DSA_Q8_KERNEL=avx512vnni), and bench-gemm-q8 with each int8 kernel;
 #       compress: compress-vs-ort.sh at batch 1 and 8, at the thread counts given (default 2 and
 #         every core);
 #       dsad: dsad-bench.sh parts 4 and 4b (16 clients, batching on vs off), with one worker
@@ -21,17 +27,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The kernel tests whose AVX-512, VNNI, BF16 and AMX variants this VM cannot run: each checks
+# every variant the CPU runs against the scalar reference and SKIPs only what the CPU lacks.
+kernel_tests="test-kernels test-gemm-packed test-gemm-q8 test-gemm-sparse test-pool test-attention-stream"
+
 die() { echo "scaling: $*" >&2; exit 1; }
 say() { echo "scaling: $*" >&2; }
 
 pack() {
         local build=${1:-build} st=.scaling/stage/scaling b
         [ -f "$build/CMakeCache.txt" ] || cmake -S . -B "$build" >&2
-        cmake --build "$build" -j --target dsactl dsad bench-dsad >&2
+        cmake --build "$build" -j --target dsactl dsad bench-dsad bench-gemm-q8 $kernel_tests >&2
         rm -rf .scaling && mkdir -p "$st/bin" "$st/lib"
-        cp "$build/cli/dsactl" "$build/daemon/dsad" "$build/tests/bench-dsad" "$st/lib/"
+        cp "$build/cli/dsactl" "$build/daemon/dsad" "$build/tests/bench-dsad" "$build/tests/bench-gemm-q8" "$st/lib/"
+        for b in $kernel_tests; do cp "$build/tests/$b" "$st/lib/"; done
         cp "$(command -v dbus-daemon)" "$(command -v busctl)" "$st/lib/"
-        for b in dsactl dsad bench-dsad dbus-daemon busctl; do
+        for b in dsactl dsad bench-dsad bench-gemm-q8 dbus-daemon busctl $kernel_tests; do
                 # The program runs under the packed loader, with the packed libraries only.
                 printf '#!/bin/sh\nd=$(cd "$(dirname "$0")/../lib" && pwd)\nexec "$d/ld-linux-x86-64.so.2" --library-path "$d" "$d/%s" "$@"\n' \
                         "$b" >"$st/bin/$b"
@@ -47,7 +58,7 @@ pack() {
 }
 
 run() {
-        local out=${OUT:-$PWD/scaling-out} parts=compress,dsad threads= quick=0 ort=node rounds=2 runs=5
+        local out=${OUT:-$PWD/scaling-out} parts=kernels,compress,dsad threads= quick=0 ort=node rounds=2 runs=5
         while [ $# -gt 0 ]; do
                 case $1 in
                 --out) out=$2; shift 2 ;;
@@ -85,6 +96,22 @@ run() {
         local p w
         for p in ${parts//,/ }; do
                 case $p in
+                kernels)
+                        say "kernel tests and bench-gemm-q8"
+                        {
+                                for t in $kernel_tests; do
+                                        echo "== $t"
+                                        "$bin/$t" && echo "== $t: passed" || echo "== $t: FAILED ($?)"
+                                done
+                                echo "== test-gemm-q8 with DSA_Q8_KERNEL=avx512vnni"
+                                DSA_Q8_KERNEL=avx512vnni "$bin/test-gemm-q8" && echo "== test-gemm-q8 (vnni): passed" ||
+                                        echo "== test-gemm-q8 (vnni): FAILED ($?)"
+                                echo "== bench-gemm-q8 (one thread)"
+                                "$bin/bench-gemm-q8"
+                                echo "== bench-gemm-q8 with DSA_Q8_KERNEL=avx512vnni"
+                                DSA_Q8_KERNEL=avx512vnni "$bin/bench-gemm-q8"
+                        } >"$out/kernels.txt" 2>&1
+                        grep -E '^== |SKIP|kernel|FAIL|x [0-9]+ x' "$out/kernels.txt" >&2 || true ;;
                 compress)
                         say "compress-vs-ort, threads $threads"
                         tests/bench/compress-vs-ort.sh "$bin/dsactl" --ort "$ort" --threads "$threads" --rounds "$rounds" \
@@ -99,7 +126,7 @@ run() {
                                         >"$out/dsad-w$w.txt" 2>&1 || say "dsad-bench --workers $w failed"
                                 tail -32 "$out/dsad-w$w.txt" >&2
                         done ;;
-                *) die "run: unknown part '$p' (compress, dsad)" ;;
+                *) die "run: unknown part '$p' (kernels, compress, dsad)" ;;
                 esac
         done
 }
@@ -107,5 +134,5 @@ run() {
 case ${1:-} in
 pack) shift; pack "$@" ;;
 run) shift; run "$@" ;;
-*) sed -n '2,22s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+*) sed -n '2,29s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac

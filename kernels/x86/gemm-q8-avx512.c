@@ -90,6 +90,24 @@ void dsa__gemm_panel_q8_avx512vnni(float *out, size_t ldo, const int8_t *q, size
 #undef TILE
 }
 
+/* q (N, ldq) -> xsum (N): each row's sum over its S bytes (S a multiple of 4), 64 bytes per
+ * vpdpbusd against ones (u8 1 x s8 byte, 4 bytes to a lane), for the driver's xsum. */
+void dsa__q8_row_sums_avx512vnni(int32_t *xsum, const int8_t *q, size_t ldq, size_t N, size_t S) {
+        const __m512i ones = _mm512_set1_epi8(1);
+
+        for (size_t n = 0; n < N; n++) {
+                const int8_t *row = q + n * ldq;
+                __m512i acc = _mm512_setzero_si512();
+                size_t k = 0;
+
+                for (; k + 64 <= S; k += 64)
+                        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512(row + k));
+                if (k < S)
+                        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(~0ULL >> (64 - (S - k)), row + k));
+                xsum[n] = _mm512_reduce_add_epi32(acc);
+        }
+}
+
 /* x (N, ldx) -> q (N, stride), scales (N); see gemm-q8.h and the AVX2 quantizer. 16 values
  * per step, the tail through masks (masked loads give 0, which leaves the max alone); the clamp
  * comes before the conversion, and after it vpmovdb's truncation is exact. */

@@ -212,7 +212,7 @@ static void run_subrange(void *userdata, float *out, size_t oc0, size_t oc1) {
         dsa_linear_packed_q8(out, p->ldo, p->qx, p->ldq, p->sx, u->pw, p->bias, p->N, oc0, oc1, p->ep);
 }
 
-/* Column sub-ranges on block boundaries: the full call's bits in [oc0, oc1), sentinels
+/* Column sub-ranges on block boundaries (dsa_packed_q8_block: 16 or 32): the full call's bits in [oc0, oc1), sentinels
  * elsewhere; and a split of [0, OC) into blocks, as a pool would, gives the full result. */
 static void test_subranges(void **state) {
         static const size_t shapes[][3] = { { 7, 33, 100 }, { 13, 255, 70 }, { 26, 64, 129 },
@@ -230,7 +230,7 @@ static void test_subranges(void **state) {
 
                                 problem_init(&p, &rng, N, C, OC, 1, 2, ep != 1, (enum dsa_epilogue) ep);
                                 pw = pack(isas[s], p.qw, p.sw, OC, C);
-                                assert_int_equal(dsa_packed_q8_block(pw), DSA__Q8_NR);
+                                assert_true(dsa_packed_q8_block(pw) % DSA__Q8_NR == 0);
                                 full = dsa_test_falloc(N * p.ldo);
                                 dsa_test_fill(full, N * p.ldo, DSA_TEST_SENTINEL);
                                 dsa_linear_packed_q8(full, p.ldo, p.qx, p.ldq, p.sx, pw, p.bias, N, 0, OC, p.ep);
@@ -238,7 +238,7 @@ static void test_subranges(void **state) {
 
                                 snprintf(name, sizeof(name), "%s C=%zu", dsa__packed_q8_kernel(pw), C);
                                 dsa_test_gemm_subranges(name, run_subrange, &(struct subrange) { &p, pw }, full, N, OC,
-                                                        p.ldo, DSA__Q8_NR, 0);
+                                                        p.ldo, dsa_packed_q8_block(pw), 0);
 
                                 free(full);
                                 dsa_packed_q8_free(pw);
@@ -557,8 +557,9 @@ static void test_vs_f32(void **state) {
         }
 }
 
-/* dsa_packed_q8_new packs for the table dsa_kernels() picked (DSA_ISA may force it): the VNNI
- * kernel only where AVX-512 was picked and the CPU has VNNI. */
+/* dsa_packed_q8_new packs for the table dsa_kernels() picked (DSA_ISA may force it): the AMX
+ * kernel where AVX-512 was picked and the CPU has AMX-INT8 (unless DSA_Q8_KERNEL names
+ * another), else the VNNI kernel where it has VNNI; blocks of the columns one call computes. */
 static void test_dispatch(void **state) {
         const int8_t q[6] = { 1, 2, 3, 4, 5, 6 };
         const float sc[2] = { 1, 2 };
@@ -574,12 +575,12 @@ static void test_dispatch(void **state) {
                 break;
         default:
                 __builtin_cpu_init();
-                want = __builtin_cpu_supports("avx512vnni") ? "avx512vnni" : "avx2";
+                want = dsa__q8_amx_usable() ? "amx" : __builtin_cpu_supports("avx512vnni") ? "avx512vnni" : "avx2";
                 break;
         }
         assert_int_equal(dsa_packed_q8_new(q, sc, 2, 3, &pw), 0);
         assert_string_equal(dsa__packed_q8_kernel(pw), want);
-        assert_int_equal(dsa_packed_q8_block(pw), 16);
+        assert_int_equal(dsa_packed_q8_block(pw), strcmp(want, "amx") && strcmp(want, "avx512vnni") ? 16 : 32);
         pw = dsa_packed_q8_free(pw);
         assert_null(pw);
 }
@@ -600,6 +601,13 @@ int main(void) {
         int r;
 
         n_isas = dsa_test_gemm_isas(isas);
+        /* AVX-512 runs one kernel: AMX, else VNNI, else AVX2's. test-gemm-q8-vnni runs this
+         * again with DSA_Q8_KERNEL=avx512vnni, so an AMX machine checks both. */
+        if (n_isas == _DSA_ISA_MAX && dsa__q8_amx_usable())
+                printf("kernel amx: AVX-512 runs the AMX kernel%s\n",
+                       __builtin_cpu_supports("avx512vnni") ? "; VNNI under DSA_Q8_KERNEL=avx512vnni" : "");
+        else if (n_isas == _DSA_ISA_MAX)
+                printf("SKIP kernel amx: CPU lacks AMX-INT8, the OS did not grant its state, or DSA_Q8_KERNEL names another\n");
         if (n_isas == _DSA_ISA_MAX && !(__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni")))
                 printf("SKIP kernel avx512vnni: CPU lacks AVX-512 VNNI (AVX-512 runs the avx2 kernel)\n");
 
