@@ -31,6 +31,7 @@ struct dsad_scheduler {
         unsigned depth; /* read without the lock by dsad_scheduler_depth() */
         unsigned queue_max;
         unsigned batch_max; /* <= BATCH_REQS_MAX */
+        unsigned idle;      /* workers waiting for work, or woken and not yet back at the queue */
         bool stopping;
         uid_t self;  /* dsad's own uid: not counted */
         struct uid_waiting {
@@ -86,17 +87,22 @@ static void uid_left(struct dsad_scheduler *s, const struct dsad_request *req) {
                 *w = s->waiting[--s->n_waiting];
 }
 
-/* Under the lock: unlinks the oldest request and what can run with it, into batch[]. */
+/* Under the lock: unlinks the oldest request and what can run with it, into batch[]: at most
+ * this worker's share of the queue, split with the idle workers, so requests that idle cores
+ * could run at once never wait in one core's batch (on 16 cores with a worker each, taking the
+ * whole queue made 16 clients 0.72-0.81x slower with batching than without); the share is the
+ * whole queue when every other worker is busy. */
 static size_t take_batch(struct dsad_scheduler *s, struct dsad_request **batch) {
         struct dsad_request *first = s->head, **pp;
         size_t n = 1, texts = first->n_texts;
+        const size_t share = (s->depth + s->idle) / (s->idle + 1), max = MIN(share, (size_t) s->batch_max);
 
         s->head = first->next;
         first->next = NULL;
         batch[0] = first;
         uid_left(s, first);
         pp = &s->head;
-        while (*pp && n < s->batch_max && texts < BATCH_TEXTS_MAX) {
+        while (*pp && n < max && texts < BATCH_TEXTS_MAX) {
                 struct dsad_request *r = *pp;
                 if (batchable(first, r) && texts + r->n_texts <= BATCH_TEXTS_MAX) {
                         *pp = r->next;
@@ -198,11 +204,16 @@ static void *worker(void *userdata) {
 
         pthread_mutex_lock(&s->lock);
         for (;;) {
+                s->idle++;
                 while (!s->head && !s->stopping)
                         pthread_cond_wait(&s->work, &s->lock);
+                s->idle--;
                 if (!s->head)
                         break; /* stopping, and nothing left to drain */
                 size_t n = take_batch(s, batch);
+                /* What this share left is another idle worker's. */
+                if (s->head && s->idle > 0)
+                        pthread_cond_signal(&s->work);
                 pthread_mutex_unlock(&s->lock);
                 run_batch(s, batch, n);
                 pthread_mutex_lock(&s->lock);

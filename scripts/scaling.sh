@@ -10,7 +10,7 @@
 #       libc does not matter), and dbus-daemon and busctl with theirs, into
 #       .scaling/scaling.tar.xz (ignored by git)
 #   scripts/scaling.sh run [--out DIR] [--parts kernels,compress,dsad (in that order)]
-#                          [--threads "2 16"] [--quick]
+#                          [--threads "2 16"] [--workers "1 16"] [--rounds N] [--quick]
 #       on the other machine, from the repository root: unpacks the archive into /tmp/scaling
 #       and runs each part there, writing text reports and JSON into DIR (default $OUT, else
 #       ./scaling-out; each part's progress and report in PART.txt, its figures in PART.json,
@@ -20,9 +20,10 @@
 #         reference: AVX-512, VNNI, BF16, AMX), test-gemm-q8 again with the AMX kernel set aside
 #         (DSA_Q8_KERNEL=avx512vnni), and bench-gemm-q8 with each int8 kernel;
 #       compress: compress-vs-ort.sh at batch 1 and 8, at the thread counts given (default 2 and
-#         every core);
-#       dsad: dsad-bench.sh parts 4 and 4b (16 clients, batching on vs off), with one worker
-#         (one request at a time over every core) and with one worker per core (dsad's default).
+#         every core), --rounds rounds (default 2) of 5 runs;
+#       dsad: dsad-bench.sh parts 4 and 4b (16 clients, batching on vs off), with each worker
+#         count given (default 1: one request at a time over every core, and one worker per
+#         core: dsad's default), --rounds rounds.
 # The figures are reports, never pass/fail; the machine, its CPU flags and load go with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,12 +59,14 @@ pack() {
 }
 
 run() {
-        local out=${OUT:-$PWD/scaling-out} parts=kernels,compress,dsad threads= quick=0 ort=node rounds=2 runs=5
+        local out=${OUT:-$PWD/scaling-out} parts=kernels,compress,dsad threads= workers= quick=0 ort=node rounds=2 runs=5
         while [ $# -gt 0 ]; do
                 case $1 in
                 --out) out=$2; shift 2 ;;
                 --parts) parts=$2; shift 2 ;;
                 --threads) threads=$2; shift 2 ;;
+                --workers) workers=$2; shift 2 ;;
+                --rounds) rounds=$2; shift 2 ;;
                 --quick) quick=1; shift ;;
                 *) die "run: unknown option '$1'" ;;
                 esac
@@ -74,6 +77,7 @@ run() {
         local bin=/tmp/scaling/bin n
         n=$(nproc)
         [ -n "$threads" ] || threads="2 $n"
+        [ -n "$workers" ] || workers="1 $n"
         export PATH=$bin:$PATH OPENBLAS_CORETYPE=Haswell
         if [ -z "${DSA_PYTHON:-}" ]; then
                 # The first Python with numpy and onnx (the model's writer needs them).
@@ -83,7 +87,7 @@ run() {
         fi
         export DSA_PYTHON DSA_DBUS_CONFIG=/tmp/scaling/session.conf
         "$DSA_PYTHON" -c 'import onnxruntime' 2>/dev/null && ort=python
-        [ "$quick" = 0 ] || rounds=1 runs=2
+        [ "$quick" = 0 ] || rounds=1 runs=2 # after --rounds: --quick wins
         {
                 echo "cores: $n"
                 grep -m1 '^model name' /proc/cpuinfo || true
@@ -119,7 +123,7 @@ run() {
                                 say "compress-vs-ort failed"
                         tail -40 "$out/compress.txt" >&2 ;;
                 dsad)
-                        for w in 1 "$n"; do
+                        for w in $workers; do
                                 say "dsad-bench parts 4 and 4b, $w worker(s)"
                                 tests/bench/dsad-bench.sh --bin "$bin" --workers "$w" --parts 4,4b --rounds "$rounds" \
                                         $([ "$quick" = 1 ] && echo --quick) --out "$out/dsad-w$w.json" \
