@@ -308,11 +308,13 @@ int dsad_scheduler_submit(struct dsad_scheduler *s, struct dsad_request *req) {
         }
         req->next = NULL;
         req->enqueue_usec = now_usec();
+        /* Counted before the unlock: from then on a worker may run and free req (ASan saw it once
+         * workers woke each other for the rest of the queue). */
+        if (runs_model(req) && dsad_model_ladder(req->model))
+                dsad_policy_arrival(dsad_model_ladder(req->model));
         enqueue(s, req);
         __atomic_store_n(&s->depth, s->depth + 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&s->lock);
-        if (runs_model(req) && dsad_model_ladder(req->model))
-                dsad_policy_arrival(dsad_model_ladder(req->model));
         /* Signalled after unlocking, so the woken worker does not block at once on our lock. */
         pthread_cond_signal(&s->work);
         return 0;
