@@ -46,28 +46,14 @@ static void pad_rows(int8_t *buf, const int8_t *q, size_t ldq, size_t S, size_t 
 static void epilogue(float *out, size_t ldo, const int32_t (*c)[2][TM * NR], const float *sx,
                      const float *sw, const float *bias, size_t rows, size_t nr, enum dsa_epilogue ep) {
         __mmask16 m[2];
-        __m512 bv[2];
+        __m512 bv[2], swv[2];
 
         tile_masks(nr, m, 2);
-        const __m512 sw0 = _mm512_maskz_loadu_ps(m[0], sw), sw1 = _mm512_maskz_loadu_ps(m[1], sw + NR);
+        swv[0] = _mm512_maskz_loadu_ps(m[0], sw), swv[1] = _mm512_maskz_loadu_ps(m[1], sw + NR);
         tile_bias(bias, m, bv, 2);
-        for (size_t r = 0; r < rows; r++) {
-                const int32_t *c0 = c[r / TM][0] + (r % TM) * NR, *c1 = c[r / TM][1] + (r % TM) * NR;
-                const __m512 s = _mm512_set1_ps(sx[r]);
-                __m512 y0 = _mm512_cvtepi32_ps(_mm512_load_si512(c0));
-                __m512 y1 = _mm512_cvtepi32_ps(_mm512_load_si512(c1));
-                y0 = _mm512_fmadd_ps(y0, _mm512_mul_ps(s, sw0), bv[0]);
-                y1 = _mm512_fmadd_ps(y1, _mm512_mul_ps(s, sw1), bv[1]);
-                if (ep == DSA_EPILOGUE_GELU_ERF) {
-                        y0 = gelu_erf_ps(y0);
-                        y1 = gelu_erf_ps(y1);
-                } else if (ep == DSA_EPILOGUE_GELU_TANH) {
-                        y0 = gelu_tanh_ps(y0);
-                        y1 = gelu_tanh_ps(y1);
-                }
-                _mm512_mask_storeu_ps(out + r * ldo, m[0], y0);
-                _mm512_mask_storeu_ps(out + r * ldo + NR, m[1], y1);
-        }
+        for (size_t r = 0; r < rows; r++)
+                tile_q8_row(out + r * ldo, _mm512_load_si512(c[r / TM][0] + (r % TM) * NR),
+                            _mm512_load_si512(c[r / TM][1] + (r % TM) * NR), sx[r], swv, bv, m, ep);
 }
 
 /* q (N, ldq) x panels b, b + K4*64 -> out (N, ldo), nr <= 32 columns; see

@@ -11,9 +11,8 @@
  * true dot fits an int32 (gemm-q8.h), so intermediate wrap-around cancels.
  * A 12 x 32 tile of out (two panels) lives in 24 zmm accumulators; 24 + 2 weights + 1 xor
  * constant of 32 registers. The epilogue (int32 -> fp32, times sx * sw, + bias, GELU) runs in
- * registers before one masked store per row; masks and bias are gemm-tile-avx512.h's. The row's
- * GELU and stores stay here rather than in tile_store: done per row, right after the
- * conversion, they leave GCC the registers the narrower tiles' k loops need (fewer spills). */
+ * registers before one masked store per row: gemm-tile-avx512.h's tile_q8_row, with its masks
+ * and bias. */
 #include <immintrin.h>
 #include <string.h>
 
@@ -53,28 +52,16 @@ static inline __attribute__((always_inline)) void tile(float *c, size_t ldc, con
         }
 
         __mmask16 m[2];
-        __m512 bv[2];
+        __m512 bv[2], swv[2];
         tile_masks(nr, m, 2);
-        const __m512 sw0 = _mm512_maskz_loadu_ps(m[0], sw), sw1 = _mm512_maskz_loadu_ps(m[1], sw + NR);
+        swv[0] = _mm512_maskz_loadu_ps(m[0], sw), swv[1] = _mm512_maskz_loadu_ps(m[1], sw + NR);
         tile_bias(bias, m, bv, 2);
 
 #pragma GCC unroll 12
         for (int r = 0; r < mr; r++) {
                 const __m512i corr = _mm512_slli_epi32(_mm512_set1_epi32(xsum[r]), 7);
-                const __m512 s = _mm512_set1_ps(sx[r]);
-                __m512 y0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][0], corr));
-                __m512 y1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][1], corr));
-                y0 = _mm512_fmadd_ps(y0, _mm512_mul_ps(s, sw0), bv[0]);
-                y1 = _mm512_fmadd_ps(y1, _mm512_mul_ps(s, sw1), bv[1]);
-                if (ep == DSA_EPILOGUE_GELU_ERF) {
-                        y0 = gelu_erf_ps(y0);
-                        y1 = gelu_erf_ps(y1);
-                } else if (ep == DSA_EPILOGUE_GELU_TANH) {
-                        y0 = gelu_tanh_ps(y0);
-                        y1 = gelu_tanh_ps(y1);
-                }
-                _mm512_mask_storeu_ps(c + r * ldc, m[0], y0);
-                _mm512_mask_storeu_ps(c + r * ldc + NR, m[1], y1);
+                tile_q8_row(c + r * ldc, _mm512_sub_epi32(acc[r][0], corr), _mm512_sub_epi32(acc[r][1], corr), sx[r],
+                            swv, bv, m, ep);
         }
 }
 

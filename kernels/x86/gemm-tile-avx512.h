@@ -96,6 +96,27 @@ TILE_AI void tile_store(__m512 *acc, float *c, size_t ldc, const __mmask16 m[2],
                         _mm512_mask_storeu_ps(c + r * ldc + 16 * v, m[v], acc[r * nv + v]);
 }
 
+/* One row of an int8 tile's finished int32 sums, columns 0-15 in a0 and 16-31 in a1 -> c:
+ * fp32, times sx * sw, + bias, the GELU of ep, masked stores (the VNNI and AMX kernels'
+ * epilogue, x86/gemm-q8-*.c). Row by row, right after the conversion, so GCC keeps the
+ * registers the narrower tiles' k loops need. */
+TILE_AI void tile_q8_row(float *c, __m512i a0, __m512i a1, float sx, const __m512 sw[2], const __m512 bv[2],
+                         const __mmask16 m[2], enum dsa_epilogue ep) {
+        const __m512 s = _mm512_set1_ps(sx);
+        __m512 y0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), _mm512_mul_ps(s, sw[0]), bv[0]);
+        __m512 y1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), _mm512_mul_ps(s, sw[1]), bv[1]);
+
+        if (ep == DSA_EPILOGUE_GELU_ERF) {
+                y0 = gelu_erf_ps(y0);
+                y1 = gelu_erf_ps(y1);
+        } else if (ep == DSA_EPILOGUE_GELU_TANH) {
+                y0 = gelu_tanh_ps(y0);
+                y1 = gelu_tanh_ps(y1);
+        }
+        _mm512_mask_storeu_ps(c, m[0], y0);
+        _mm512_mask_storeu_ps(c + 16, m[1], y1);
+}
+
 /* Before the full tile at row n of a panel of N rows: the next tile's rows of out (mr rows of
  * nv cache lines), when this K block reads them back (prefetch). Across K blocks they were
  * last written a whole pass over out ago and are in L2 or L3, and their rows are too far apart
