@@ -12,11 +12,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if DSA_HAVE_X86
-#include <asm/prctl.h>
+#if DSA_HAVE_AMX
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#ifndef ARCH_REQ_XCOMP_PERM
+#define ARCH_REQ_XCOMP_PERM 0x1023 /* Linux 5.16, asm/prctl.h */
+#endif
 #endif
 
 #include "gemm-q8.h"
@@ -24,12 +26,12 @@
 
 #define NR DSA__Q8_NR
 #define KG DSA__Q8_KG
-#define MC 240 /* a multiple of every MR: 6 (AVX2), 12 (VNNI) */
+#define MC 192 /* a multiple of every kernel's rows: 6 (AVX2), 12 (VNNI), 32 (AMX) */
 
 struct dsa_packed_q8 {
         enum dsa_isa isa;
         size_t OC, C, K4;
-        size_t width; /* columns per kernel call: 16, or 32 (two panels) for AVX-512 */
+        size_t width; /* columns per kernel call: 16, or 32 (two panels) for VNNI and AMX */
         dsa__q8_row_sums_fn *xsum; /* each row's byte sum, for kernels that read it; or NULL */
         const char *name;
         dsa__gemm_panel_q8_fn *panel;
@@ -98,7 +100,7 @@ static bool cpu_has_vnni(void) {
  * Documentation/arch/x86/xstate.rst): without it the first tile instruction faults. Asked
  * once; the grant covers every thread of the process. */
 bool dsa__q8_amx_usable(void) {
-#if DSA_HAVE_X86
+#if DSA_HAVE_AMX
         static int usable = -1; /* races compute the same value */
         int u = __atomic_load_n(&usable, __ATOMIC_RELAXED);
 
@@ -106,7 +108,7 @@ bool dsa__q8_amx_usable(void) {
                 unsigned a, b, c, d;
                 const char *want = getenv("DSA_Q8_KERNEL");
 
-                u = (!want || !*want || !strcmp(want, "amx")) && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+                u = !(want && !strcmp(want, "avx512vnni")) && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
                     (d >> 24 & 1) && (d >> 25 & 1) && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, 18) == 0;
                 __atomic_store_n(&usable, u, __ATOMIC_RELAXED);
         }
@@ -123,8 +125,12 @@ static const struct variant *variant_of(enum dsa_isa isa) {
         static const struct variant avx512 = { "avx2", NR, NULL, dsa__gemm_panel_q8_avx2, dsa__quantize_rows_q8_avx512 };
         static const struct variant vnni = { "avx512vnni", 2 * NR, dsa__q8_row_sums_avx512vnni,
                                              dsa__gemm_panel_q8_avx512vnni, dsa__quantize_rows_q8_avx512 };
+#if DSA_HAVE_AMX
         static const struct variant amx = { "amx", 2 * NR, NULL, dsa__gemm_panel_q8_amx,
                                             dsa__quantize_rows_q8_avx512 };
+#else
+        static const struct variant amx; /* never picked: dsa__q8_amx_usable() is false */
+#endif
 #endif
 
         if ((unsigned) isa >= _DSA_ISA_MAX || !dsa_kernels_for(isa))

@@ -5,7 +5,7 @@
  *   out[n][o] = fma((float) dot(q[n], w[o]), sx[n] * sw[o], bias[o])   (then GELU)
  *
  * dot() is the exact integer sum in every variant, so with DSA_EPILOGUE_NONE the reference,
- * AVX2 and AVX-512 VNNI kernels give the same bits; GELUs differ by the vector GELU's error
+ * AVX2, AVX-512 VNNI and AMX kernels give the same bits; GELUs differ by the vector GELU's error
  * (kernels.h). Both quantizers round x * (1 / scale) to nearest even, all in fp32:
  *
  *   scale = max|row| / 127.0f         (fp32 division; 0 for an all-zero row)
@@ -56,9 +56,9 @@ int dsa_packed_q8_new(const int8_t *q, const float *scales, size_t OC, size_t C,
 /* Accepts NULL; returns NULL. */
 struct dsa_packed_q8 *dsa_packed_q8_free(struct dsa_packed_q8 *p);
 
-/* Column granularity for splitting work: oc0/oc1 passed to dsa_linear_packed_q8 must be
- * multiples of it (oc1 may also be OC). The columns one kernel call computes: 16 (ref, AVX2)
- * or 32 (VNNI, AMX), so no caller's block computes a half-used tile; 0 for NULL. */
+/* Column granularity for splitting work: the columns one kernel call computes, 16 (ref, AVX2)
+ * or 32 (VNNI, AMX); 0 for NULL. oc0/oc1 passed to dsa_linear_packed_q8 must be multiples of
+ * 16 (oc1 may also be OC); on multiples of this block no caller computes a half-used tile. */
 size_t dsa_packed_q8_block(const struct dsa_packed_q8 *p);
 size_t dsa_packed_q8_rows(const struct dsa_packed_q8 *p); /* OC; 0 for NULL */
 size_t dsa_packed_q8_cols(const struct dsa_packed_q8 *p); /* C; 0 for NULL */
@@ -109,10 +109,10 @@ dsa__gemm_panel_q8_fn dsa__gemm_panel_q8_amx;
 typedef void dsa__q8_row_sums_fn(int32_t *xsum, const int8_t *q, size_t ldq, size_t N, size_t S);
 dsa__q8_row_sums_fn dsa__q8_row_sums_avx512vnni;
 
-/* Whether the AMX kernel can run: the CPU has AMX-TILE and AMX-INT8 and the kernel granted
- * this process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, asked once here), and
- * DSA_Q8_KERNEL does not name another kernel (avx512vnni: the VNNI one, to test or compare
- * it on an AMX machine). */
+/* Whether the AMX kernel can run: it was built (a compiler with -mamx-int8), the CPU has
+ * AMX-TILE and AMX-INT8, the kernel granted this process the tile state (arch_prctl
+ * ARCH_REQ_XCOMP_PERM, asked once here), and DSA_Q8_KERNEL is not avx512vnni (the VNNI kernel,
+ * to test or compare it on an AMX machine; other values are ignored). */
 bool dsa__q8_amx_usable(void);
 
 /* dsa_quantize_rows_q8 of one variant. */
@@ -126,11 +126,12 @@ dsa__quantize_rows_q8_fn dsa__quantize_rows_q8_avx512;
 dsa__quantize_rows_q8_fn *dsa__quantize_rows_q8_for(enum dsa_isa isa);
 
 /* dsa_packed_q8_new for the kernel of a given ISA, so tests can run each variant:
- * DSA_ISA_AVX512 gets the VNNI kernel where the CPU has AVX-512 VNNI and the AVX2 one where it
- * does not. -EOPNOTSUPP when the ISA was not built or this CPU cannot run it. */
+ * DSA_ISA_AVX512 gets the AMX kernel where dsa__q8_amx_usable(), else the VNNI kernel where the
+ * CPU has AVX-512 VNNI, else the AVX2 one. -EOPNOTSUPP when the ISA was not built or this CPU
+ * cannot run it. */
 int dsa__packed_q8_new_isa(enum dsa_isa isa, const int8_t *q, const float *scales, size_t OC,
                            size_t C, struct dsa_packed_q8 **ret);
-/* "ref", "avx2" or "avx512vnni": the microkernel p runs. */
+/* "ref", "avx2", "avx512vnni" or "amx": the microkernel p runs. */
 const char *dsa__packed_q8_kernel(const struct dsa_packed_q8 *p);
 
 /* The quantization formula above, one copy for every variant's scalar path: the scale and its

@@ -212,7 +212,8 @@ static void run_subrange(void *userdata, float *out, size_t oc0, size_t oc1) {
         dsa_linear_packed_q8(out, p->ldo, p->qx, p->ldq, p->sx, u->pw, p->bias, p->N, oc0, oc1, p->ep);
 }
 
-/* Column sub-ranges on block boundaries (dsa_packed_q8_block: 16 or 32): the full call's bits in [oc0, oc1), sentinels
+/* Column sub-ranges on 16-column boundaries (half of a VNNI or AMX block, so a range may start
+ * on a block's second panel): the full call's bits in [oc0, oc1), sentinels
  * elsewhere; and a split of [0, OC) into blocks, as a pool would, gives the full result. */
 static void test_subranges(void **state) {
         static const size_t shapes[][3] = { { 7, 33, 100 }, { 13, 255, 70 }, { 26, 64, 129 },
@@ -238,7 +239,7 @@ static void test_subranges(void **state) {
 
                                 snprintf(name, sizeof(name), "%s C=%zu", dsa__packed_q8_kernel(pw), C);
                                 dsa_test_gemm_subranges(name, run_subrange, &(struct subrange) { &p, pw }, full, N, OC,
-                                                        p.ldo, dsa_packed_q8_block(pw), 0);
+                                                        p.ldo, DSA__Q8_NR, 0);
 
                                 free(full);
                                 dsa_packed_q8_free(pw);
