@@ -19,7 +19,8 @@
 #include "kernels/kernels.h"
 
 void dsa__embed_clear(struct dsa__embed *e) {
-        free(e->data);
+        if (!e->borrowed)
+                free(e->data);
         free(e->scales);
         *e = (struct dsa__embed) { 0 };
 }
@@ -318,7 +319,8 @@ static int load_linear(const struct loader *l, struct dsa__linear *lin, const ch
 }
 
 /* The token embeddings in their stored type (I8 needs "token_embd.scale", one per row). */
-int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C) {
+int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C,
+                    bool borrow) {
         const struct loader ll = { .lookup = lookup, .userdata = userdata }, *l = &ll;
         const struct dsa_tensor_view *v;
         size_t esize;
@@ -351,6 +353,12 @@ int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embe
                 e->fmt = DSA_WFORMAT_F32;
                 esize = 4;
                 break;
+        }
+        /* Stored as run: the file's bytes can serve in place. */
+        if (borrow && (v->type == DSA_TYPE_F32 || esize < 4) && (uintptr_t) v->data % esize == 0) {
+                e->data = (void *) v->data;
+                e->borrowed = true;
+                return 0;
         }
         e->data = malloc(V * C * esize);
         if (!e->data)
@@ -503,7 +511,7 @@ int dsa__bert_load(const struct dsa_bert_config *cfg, const struct dsa__bert_lay
         b->emb_ln_g = carve(&cur, C);
         b->emb_ln_b = carve(&cur, C);
 
-        if ((r = dsa__embed_load(l.lookup, l.userdata, &b->wte, V, C)) < 0 ||
+        if ((r = dsa__embed_load(l.lookup, l.userdata, &b->wte, V, C, layout && layout->borrow_embed)) < 0 ||
             (r = load_tensor(&l, "position_embd.weight", b->wpe, C, NCTX, true, NULL)) < 0 ||
             (r = load_tensor(&l, "token_types.weight", b->wtt, C, NT, false, &found)) < 0 ||
             (r = load_tensor(&l, "token_embd_norm.weight", b->emb_ln_g, C, 0, true, NULL)) < 0 ||

@@ -54,9 +54,11 @@ int dsa__bert_config_check(const struct dsa_bert_config *c) {
 
 /* One activation buffer kept across forwards; busy while a forward uses it. It is kept only up
  * to SCRATCH_KEEP_BYTES: a resident daemon should not hold the activations of the largest batch
- * it ever ran (BERT-base at 64 x 128 tokens is ~230 MB); a forward that needs more gets a
- * buffer of its own, whose page faults are small next to its arithmetic. */
-#define SCRATCH_KEEP_BYTES (16u << 20)
+ * it ever ran (BERT-base at 64 x 128 tokens is ~230 MB; the 4-layer SST-2 model's batch of 64
+ * short texts 7.6 MB, a third of its file); a forward that needs more gets a buffer of its own,
+ * whose page faults are small next to its arithmetic. 1 MiB keeps a short request's (about
+ * 10 KB a token at C = 256, 30 KB at C = 768). */
+#define SCRATCH_KEEP_BYTES (1u << 20)
 
 struct dsa__bert_scratch {
         pthread_mutex_t lock;

@@ -48,8 +48,9 @@ struct dsa_bert_layer {
 struct dsa__embed {
         enum dsa_wformat fmt;
         size_t rows, cols;
-        void *data;    /* rows x cols values, owned */
+        void *data;    /* rows x cols values: owned, or borrowed */
         float *scales; /* Q8: (rows), owned */
+        bool borrowed; /* data is a view of the model's mapped file (dsa_model.map), not ours */
 };
 
 struct dsa_bert {
@@ -82,14 +83,19 @@ struct dsa__bert_layout {
         const uint32_t *n_ff;   /* (n_layer) */
         const float *token_keep; /* (n_layer) */
         bool sparse;
+        bool borrow_embed; /* the token embeddings may stay where lookup finds them: that storage
+                            * outlives the model (a GGUF mapping the model keeps) */
 };
 
 /* Returns the stored tensor called name (llama.cpp naming), or NULL when absent. */
 typedef const struct dsa_tensor_view *(*dsa__bert_lookup_fn)(void *userdata, const char *name);
 
 /* token_embd.weight (V, C) in its stored format (F32, F16, BF16, I8 + token_embd.scale), owned;
- * dsa__embed_clear() frees it. */
-int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C);
+ * dsa__embed_clear() frees it. With borrow, the values stay where lookup found them (when
+ * aligned for their type): that storage must outlive e; only rows in use then become resident,
+ * and processes mapping the same file share them. */
+int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embed *e, size_t V, size_t C,
+                    bool borrow);
 void dsa__embed_clear(struct dsa__embed *e);
 /* Every row of the token embedding i as fp32 into out (cols). */
 void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);

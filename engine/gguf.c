@@ -414,6 +414,10 @@ struct dsa_gguf *dsa_gguf_free(struct dsa_gguf *g) {
         return NULL;
 }
 
+void dsa_gguf_release_pages(const struct dsa_gguf *g) {
+        if (g && g->mapped && g->size > 0)
+                (void) madvise((void *) g->base, g->size, MADV_DONTNEED); /* advice: failure costs memory only */
+}
 
 int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret) {
         _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;

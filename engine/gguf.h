@@ -48,6 +48,10 @@ int dsa_gguf_open(const char *path, struct dsa_gguf **ret);
 int dsa_gguf_open_memory(const void *data, size_t size, struct dsa_gguf **ret);
 struct dsa_gguf *dsa_gguf_free(struct dsa_gguf *g);
 DEFINE_TRIVIAL_CLEANUP_FUNC(struct dsa_gguf *, dsa_gguf_free);
+/* Drops the mapped file's pages from this process's resident set (MADV_DONTNEED on a private,
+ * never written mapping: they stay in the page cache and come back on the next read). For a
+ * handle kept open after a load read the whole file; nothing for an in-memory one. */
+void dsa_gguf_release_pages(const struct dsa_gguf *g);
 
 uint32_t dsa_gguf_version(const struct dsa_gguf *g);
 

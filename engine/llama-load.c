@@ -202,7 +202,7 @@ int dsa__llama_load(const struct dsa_llama_config *cfg, dsa__bert_lookup_fn look
         l->rope_cos = cur, cur += rope_n * half;
         l->rope_sin = cur, cur += rope_n * half;
 
-        if ((r = dsa__embed_load(lookup, ud, &l->wte, V, C)) < 0 ||
+        if ((r = dsa__embed_load(lookup, ud, &l->wte, V, C, false)) < 0 ||
             (r = dsa__load_tensor_f32(lookup, ud, "output_norm.weight", l->out_norm, C, 0, true, NULL)) < 0 ||
             (r = check_finite(l->out_norm, C, "output_norm.weight")) < 0)
                 return r;

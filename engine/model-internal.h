@@ -34,6 +34,7 @@ struct dsa_model {
         struct dsa_llama *llama; /* DSA_ARCH_LLAMA */
         struct dsa_tokenizer *tok;
         bool tok_borrowed; /* tok belongs to another model that outlives this one (a trainer's export) */
+        struct dsa_gguf *map; /* the file, kept mapped while bert's token embeddings borrow from it */
         char *source;
         struct dsa__info info;
 };

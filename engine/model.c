@@ -46,6 +46,7 @@ struct dsa_model *dsa_model_free(struct dsa_model *m) {
                 return NULL;
         dsa__bert_free(m->bert);
         dsa__llama_free(m->llama);
+        dsa_gguf_free(m->map); /* after bert, whose token embeddings may point into it */
         if (!m->tok_borrowed)
                 dsa_tokenizer_free(m->tok);
         free(m->source);
@@ -188,8 +189,9 @@ static int open_gguf_llama(const struct dsa_gguf *g, const char *path, struct ds
         return open_gguf_common(g, path, m, m->llama->cfg.n_vocab);
 }
 
-/* The model in g, opened from path (named in messages). */
-static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_model *m) {
+/* The model in g, opened from path (named in messages). With keep_map, g outlives the model (the
+ * caller keeps it in m->map when the token embeddings borrowed from it). */
+static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_model *m, bool keep_map) {
         struct dsa_bert_config c = { 0 };
         const struct dsa_tensor_view *v;
         uint32_t pooling = LLAMA_POOLING_CLS;
@@ -263,6 +265,7 @@ static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_mode
                 return r;
         layout.n_head = heads, layout.n_ff = ffs, layout.token_keep = keep;
         (void) dsa_gguf_get_bool(g, "dsa.prune.sparse_kernel", &layout.sparse);
+        layout.borrow_embed = keep_map;
 
         r = dsa__bert_load(&c, &layout, gguf_lookup, (void *) g, &m->bert);
         if (r < 0)
@@ -325,9 +328,17 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
                 r = dsa_gguf_open(path, &g);
                 if (r < 0)
                         return r;
-                r = open_gguf(g, path, m);
+                r = open_gguf(g, path, m, true);
                 if (r < 0)
                         return r;
+                /* Kept mapped for the token embeddings, which stay in the file: only the rows in
+                 * use become resident (a 30k-word table is most of a small model), shared with
+                 * every process mapping the file. Store files are replaced by rename, never
+                 * rewritten in place, so the mapping stays valid. */
+                if (m->bert && m->bert->wte.borrowed) {
+                        dsa_gguf_release_pages(g);
+                        m->map = TAKE_PTR(g);
+                }
         }
         r = dsa_model_set_threads(m, 0);
         if (r < 0)
@@ -571,7 +582,7 @@ int dsa__model_open_gguf_memory(const void *data, size_t size, struct dsa_model 
         if (!m)
                 return -ENOMEM;
         m->arch = DSA_ARCH_BERT;
-        r = open_gguf(g, "(memory)", m);
+        r = open_gguf(g, "(memory)", m, false);
         if (r < 0)
                 return r;
         *ret = TAKE_PTR(m);

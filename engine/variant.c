@@ -488,8 +488,7 @@ int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt) {
                         break;
                 }
         }
-        free(e->data);
-        free(e->scales);
+        dsa__embed_clear(e);
         *e = n;
         return 0;
 }
