@@ -324,21 +324,22 @@ int dsa_model_open(const char *path, struct dsa_model **ret) {
                 if (!m->source)
                         return -ENOMEM;
         } else {
-                _cleanup_(dsa_gguf_freep) struct dsa_gguf *g = NULL;
-                r = dsa_gguf_open(path, &g);
+                /* Held by m from the start, so on any failure the model's free releases the
+                 * weights before the mapping they may point into. */
+                r = dsa_gguf_open(path, &m->map);
                 if (r < 0)
                         return r;
-                r = open_gguf(g, path, m, true);
+                r = open_gguf(m->map, path, m, true);
                 if (r < 0)
                         return r;
                 /* Kept mapped for the token embeddings, which stay in the file: only the rows in
                  * use become resident (a 30k-word table is most of a small model), shared with
                  * every process mapping the file. Store files are replaced by rename, never
                  * rewritten in place, so the mapping stays valid. */
-                if (m->bert && m->bert->wte.borrowed) {
-                        dsa_gguf_release_pages(g);
-                        m->map = TAKE_PTR(g);
-                }
+                if (m->bert && m->bert->wte.borrowed)
+                        dsa_gguf_release_pages(m->map);
+                else
+                        m->map = dsa_gguf_free(m->map);
         }
         r = dsa_model_set_threads(m, 0);
         if (r < 0)
