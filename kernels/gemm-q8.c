@@ -128,8 +128,6 @@ static const struct variant *variant_of(enum dsa_isa isa) {
 #if DSA_HAVE_AMX
         static const struct variant amx = { "amx", 2 * NR, NULL, dsa__gemm_panel_q8_amx,
                                             dsa__quantize_rows_q8_avx512 };
-#else
-        static const struct variant amx; /* never picked: dsa__q8_amx_usable() is false */
 #endif
 #endif
 
@@ -142,7 +140,11 @@ static const struct variant *variant_of(enum dsa_isa isa) {
         case DSA_ISA_AVX2:
                 return &avx2;
         case DSA_ISA_AVX512:
-                return dsa__q8_amx_usable() ? &amx : cpu_has_vnni() ? &vnni : &avx512;
+#if DSA_HAVE_AMX
+                if (dsa__q8_amx_usable())
+                        return &amx;
+#endif
+                return cpu_has_vnni() ? &vnni : &avx512;
 #endif
         default:
                 return NULL;

@@ -31,7 +31,7 @@ struct tile_config {
         uint8_t rows[16];
 };
 
-/* Rows [r0, r0 + rows) of q, bytes [k0, k0 + 64) of each, as a 16 x 64 tile in buf: zeros past
+/* The first rows rows of q, bytes [k0, k0 + 64) of each, as a 16 x 64 tile in buf: zeros past
  * the rows that exist and past byte S of a row. */
 static void pad_rows(int8_t *buf, const int8_t *q, size_t ldq, size_t S, size_t rows, size_t k0) {
         const size_t len = S - k0 < 64 ? S - k0 : 64;
