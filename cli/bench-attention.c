@@ -20,7 +20,7 @@
 #include "util.h"
 #include "verbs.h"
 
-#define MAX_VARIANTS 16
+#define MAX_VARIANTS 32
 #define MAX_LENGTHS 16
 
 struct result {

@@ -31,7 +31,8 @@ static void optimize_usage(FILE *f) {
               "                       [--att-window N] [--att-global N] [--att-random N]\n"
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
               "                       [--att-sparsity F] [--att-heuristic]\n"
-              "                       [--att-oracle] [--scorer-rank N]\n"
+              "                       [--att-oracle] [--att-scorer pooled|token]\n"
+              "                       [--att-stride N] [--att-summary] [--scorer-rank N]\n"
               "                       [--head-importance output|grad] [--recover TRAIN.tsv\n"
               "                       --recover-task sst2|mrpc|rte --recover-steps N\n"
               "                       [--recover-lr F]]\n"
@@ -150,7 +151,7 @@ static void log_line(void *userdata, const char *line) {
 int verb_optimize(int argc, char **argv) {
         enum {
                 OPT_ATTENTION = 0x100, OPT_ATT_BLOCK, OPT_ATT_WINDOW, OPT_ATT_GLOBAL, OPT_ATT_RANDOM, OPT_ATT_MASS,
-                OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_SCORER_RANK,
+                OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_ATT_SUMMARY, OPT_ATT_SCORER, OPT_ATT_STRIDE, OPT_SCORER_RANK,
                 OPT_HEAD_IMPORTANCE, OPT_RECOVER, OPT_RECOVER_TASK, OPT_RECOVER_STEPS, OPT_RECOVER_LR,
                 OPT_TOKEN_SCORE,
         };
@@ -184,6 +185,9 @@ int verb_optimize(int argc, char **argv) {
                 { "att-sparsity", required_argument, NULL, OPT_ATT_SPARSITY },
                 { "att-heuristic", no_argument, NULL, OPT_ATT_HEURISTIC },
                 { "att-oracle", no_argument, NULL, OPT_ATT_ORACLE },
+                { "att-summary", no_argument, NULL, OPT_ATT_SUMMARY },
+                { "att-scorer", required_argument, NULL, OPT_ATT_SCORER },
+                { "att-stride", required_argument, NULL, OPT_ATT_STRIDE },
                 { "scorer-rank", required_argument, NULL, OPT_SCORER_RANK },
                 { "head-importance", required_argument, NULL, OPT_HEAD_IMPORTANCE },
                 { "recover", required_argument, NULL, OPT_RECOVER },
@@ -359,6 +363,19 @@ int verb_optimize(int argc, char **argv) {
                         break;
                 case OPT_ATT_ORACLE:
                         att.oracle = true, att_param = true;
+                        break;
+                case OPT_ATT_SUMMARY:
+                        att.summary = true, att_param = true;
+                        break;
+                case OPT_ATT_SCORER:
+                        if (strcmp(optarg, "pooled") && strcmp(optarg, "token"))
+                                return usage_error("--att-scorer is pooled or token");
+                        att.token = !strcmp(optarg, "token"), att_param = true;
+                        break;
+                case OPT_ATT_STRIDE:
+                        if (cli_parse_uint(optarg, DSA_ATT_MAX_BLOCK, &v) < 0)
+                                return usage_error("--att-stride takes a positive integer <= 256");
+                        att.stride = (uint32_t) v, att_param = true;
                         break;
                 case OPT_HEAD_IMPORTANCE:
                         if (strcmp(optarg, "grad") && strcmp(optarg, "output"))

@@ -41,6 +41,9 @@ struct dsa__att_fitter {
         size_t n_layer, n_head, HS, bk;
         size_t kv_div; /* query heads per key/value head (llama_hook) */
         struct list *lists; /* (n_layer * n_head) */
+        /* token scorer: second moments sum q q^T, sum k k^T (n_layer * n_head, HS, HS) instead of
+         * the block samples */
+        double *cq, *ck;
 };
 
 struct dsa__att_fitter *dsa__att_fitter_free(struct dsa__att_fitter *f) {
@@ -55,6 +58,8 @@ struct dsa__att_fitter *dsa__att_fitter_free(struct dsa__att_fitter *f) {
                 free(f->lists[i].s);
         }
         free(f->lists);
+        free(f->cq);
+        free(f->ck);
         free(f);
         return NULL;
 }
@@ -87,6 +92,21 @@ int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q,
                 return T == 0 ? 0 : -EINVAL;
         if (!scratch || !out || !lse || !blocks)
                 return -ENOMEM;
+        if (f->cq) {
+                for (size_t h = 0; h < NH; h++) {
+                        double *cq = f->cq + (layer * f->n_head + h) * HS * HS, *ck = f->ck + (layer * f->n_head + h) * HS * HS;
+                        const float *kh = k + (h / G) * HS;
+                        for (size_t t = 0; t < T; t++)
+                                for (size_t i = 0; i < HS; i++) {
+                                        const double qi = q[t * ldq + h * HS + i], ki = kh[t * ldk + i];
+                                        for (size_t j = 0; j < HS; j++) {
+                                                cq[i * HS + j] += qi * q[t * ldq + h * HS + j];
+                                                ck[i * HS + j] += ki * kh[t * ldk + j];
+                                        }
+                                }
+                }
+                return 0;
+        }
         for (size_t b = 0; b < nb; b++)
                 blocks[b] = (uint32_t) b;
         for (size_t h = 0; h < NH; h++) {
@@ -243,6 +263,22 @@ int dsa__att_fitter_fit(struct dsa__att_fitter *f, uint32_t rank, struct dsa__at
         r = dsa__att_scorer_alloc(att, rank, (uint32_t) f->n_layer, (uint32_t) f->n_head, (uint32_t) f->HS);
         if (r < 0)
                 return dsa__error(r, "cannot allocate a scorer of rank %u (1 to %d)", rank, DSA_ATT_MAX_RANK);
+        if (f->cq) { /* the token scorer: closed form per (layer, head) */
+                double share = 0;
+                if (rank > f->HS)
+                        return dsa__error(-EINVAL, "the token scorer's rank %u is above the head size %zu", rank, f->HS);
+                for (size_t lh = 0; lh < LH; lh++) {
+                        double s;
+                        r = dsa__att_fit_token_head(f->cq + lh * f->HS * f->HS, f->ck + lh * f->HS * f->HS, f->HS,
+                                                    rank, att->wq + lh * rank * f->HS, att->wk + lh * rank * f->HS, &s);
+                        if (r < 0)
+                                return r;
+                        share += s / (double) LH;
+                }
+                if (ret_kl_before)
+                        *ret_kl_before = 1, *ret_kl_after = share;
+                return 0;
+        }
         /* Init: small random projections, scaled like the attention's own logits; zero bias. */
         uint64_t seed = 42;
         const float sd = powf((float) f->HS, -0.25f) / sqrtf((float) rank);
@@ -289,6 +325,12 @@ int dsa__att_fit(const struct dsa_llama *l, const int32_t *const *seqs, const si
         if (r < 0)
                 return r;
         f->kv_div = c->n_head / c->n_head_kv;
+        if (att->token) {
+                f->cq = calloc((size_t) c->n_layer * c->n_head * c->head_dim * c->head_dim, sizeof(double));
+                f->ck = calloc((size_t) c->n_layer * c->n_head * c->head_dim * c->head_dim, sizeof(double));
+                if (!f->cq || !f->ck)
+                        return -ENOMEM;
+        }
         dsa__att_init(&dense);
         dense.block = att->block;
         struct dsa__llama_hooks hooks = { .userdata = f, .attention = llama_hook };

@@ -41,7 +41,7 @@ const char *dsa_att_select_name(enum dsa_att_select s) {
 void dsa__att_init(struct dsa__att *a) {
         *a = (struct dsa__att) {
                 .kind = DSA_ATT_DENSE, .block = 64, .window = 2, .global = 1, .random = 2, .seed = 1,
-                .select = DSA_ATT_SELECT_MASS, .mass = 0.95f, .fraction = 0.5f,
+                .select = DSA_ATT_SELECT_MASS, .mass = 0.95f, .fraction = 0.5f, .stride = 4,
         };
 }
 
@@ -109,8 +109,17 @@ int dsa__att_check(const struct dsa__att *a, uint32_t n_layer, uint32_t n_head, 
                 return dsa__error(-EINVAL, "DSA kept fraction %g is not in (0, 1]", (double) a->fraction);
         if (a->select == DSA_ATT_SELECT_COUNT && a->count == 0)
                 return dsa__error(-EINVAL, "DSA with a fixed block count needs a count >= 1");
-        if (a->oracle && a->heuristic)
-                return dsa__error(-EINVAL, "the DSA scorer is either the oracle or the heuristic one");
+        if (a->summary && (a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR))
+                return dsa__error(-EINVAL, "block summaries need a block-sparse attention (local, fixed or dsa)");
+        if ((a->oracle && a->heuristic) || (a->token && (a->oracle || a->heuristic)))
+                return dsa__error(-EINVAL, "the DSA scorer is one of fitted, token, oracle or heuristic");
+        if (a->token && a->kind != DSA_ATT_DSA)
+                return dsa__error(-EINVAL, "the token scorer is DSA's");
+        if (a->stride == 0 || a->stride > DSA_ATT_MAX_BLOCK)
+                return dsa__error(-EINVAL, "token scorer stride %u is not in [1, %d]", a->stride, DSA_ATT_MAX_BLOCK);
+        if (a->token && a->block % a->stride)
+                return dsa__error(-EINVAL, "the token scorer's stride %u must divide the block size %u (so every "
+                                  "block's last row is scored)", a->stride, a->block);
         if (a->kind == DSA_ATT_DSA && !a->heuristic && !a->oracle) {
                 if (!a->wq || !a->wk || !a->bias)
                         return dsa__error(-EINVAL, "DSA attention needs a fitted scorer (--calib) or the "
@@ -124,6 +133,8 @@ int dsa__att_check(const struct dsa__att *a, uint32_t n_layer, uint32_t n_head, 
 }
 
 void dsa__att_describe(const struct dsa__att *a, char *buf, size_t n) {
+        size_t len;
+
         switch (a->kind) {
         case DSA_ATT_DENSE:
         case DSA_ATT_LINEAR:
@@ -146,13 +157,20 @@ void dsa__att_describe(const struct dsa__att *a, char *buf, size_t n) {
                         snprintf(sel, sizeof(sel), "count=%u", a->count);
                 else
                         snprintf(sel, sizeof(sel), "fraction=%g", (double) a->fraction);
-                snprintf(buf, n, "dsa %s block=%u window=%u global=%u scorer=%s", sel, a->block, a->window,
-                         a->global, a->oracle ? "oracle" : a->heuristic ? "heuristic" : "fitted");
+                if (a->token)
+                        snprintf(buf, n, "dsa %s block=%u window=%u global=%u scorer=token rank=%u stride=%u", sel,
+                                 a->block, a->window, a->global, a->rank, a->stride);
+                else
+                        snprintf(buf, n, "dsa %s block=%u window=%u global=%u scorer=%s", sel, a->block, a->window,
+                                 a->global, a->oracle ? "oracle" : a->heuristic ? "heuristic" : "fitted");
                 break;
         }
         default:
                 snprintf(buf, n, "?");
         }
+        len = strlen(buf);
+        if (a->summary && len < n)
+                snprintf(buf + len, n - len, " summary");
 }
 
 /* ---- GGUF */
@@ -175,7 +193,10 @@ int dsa__att_to_gguf(const struct dsa__att *a, struct dsa_gguf_writer *w) {
             (r = dsa_gguf_writer_set_u32(w, KEY "count", a->count)) < 0 ||
             (r = dsa_gguf_writer_set_f32(w, KEY "fraction", a->fraction)) < 0 ||
             (r = dsa_gguf_writer_set_bool(w, KEY "heuristic", a->heuristic)) < 0 ||
-            (r = dsa_gguf_writer_set_bool(w, KEY "oracle", a->oracle)) < 0)
+            (r = dsa_gguf_writer_set_bool(w, KEY "oracle", a->oracle)) < 0 ||
+            (a->summary && (r = dsa_gguf_writer_set_bool(w, KEY "summary", true)) < 0) ||
+            (a->token && ((r = dsa_gguf_writer_set_bool(w, KEY "token", true)) < 0 ||
+                          (r = dsa_gguf_writer_set_u32(w, KEY "stride", a->stride)) < 0)))
                 return r;
         if (!a->wq)
                 return 0;
@@ -271,6 +292,12 @@ int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_he
                 a.heuristic = b;
         if (dsa_gguf_get_bool(g, KEY "oracle", &b) >= 0)
                 a.oracle = b;
+        if (dsa_gguf_get_bool(g, KEY "summary", &b) >= 0)
+                a.summary = b;
+        if (dsa_gguf_get_bool(g, KEY "token", &b) >= 0)
+                a.token = b;
+        if ((r = get_u32(g, KEY "stride", &a.stride)) < 0)
+                return r;
 
         if (rank > 0) {
                 r = dsa__att_scorer_alloc(&a, rank, n_layer, n_head, head_dim);

@@ -19,7 +19,18 @@
  * order of s until the kept blocks carry `mass` of p (dynamic count, at most `count` when
  * nonzero) — or, for the ablations, exactly `count` blocks, or `fraction` of the visible blocks.
  * The scorer is fitted to the dense attention's block mass on calibration text
- * (attention-fit.c). */
+ * (attention-fit.c).
+ *
+ * The token scorer (token = true) reads queries and keys themselves, not block means: per
+ * layer and head, Wq and Wk (R, HS) project every key and every stride-th query row (the stride
+ * divides the block, so each block's last row is one; and the sequence's last row) to R values, and for each scored row i and key block b the largest
+ * low-rank logit m_i(b) = max_{j in b} scale (Wq q_i) . (Wk k_j) stands for the block; the
+ * row's block shares are softmax_b m_i(b) over the blocks before the query's own, and
+ * s(a, b) = log sum_i softmax_b m_i(b) feeds the same choice (the own block is kept by the
+ * window and scored as the best of the others). Wq and Wk are the rank-R bilinear form
+ * closest to q . k on the calibration tokens, in closed form (attention-fit-token.c); no
+ * bias. A block mean hides the one key a query copies from; a token's low-rank logit does
+ * not. */
 #pragma once
 
 #include <stdbool.h>
@@ -29,6 +40,7 @@
 #include "basic/macro.h"
 #include "basic/rng.h"
 
+struct dsa_attention_kernels;
 struct dsa_gguf;
 struct dsa_gguf_writer;
 
@@ -71,6 +83,11 @@ struct dsa__att {
         bool heuristic;  /* no fitted scorer: s = scale * qbar . kbar + log n (ablation) */
         bool oracle;     /* no scorer: the exact dense block mass, computed at run time (analysis:
                           * the best any scorer could choose; costs more than dense) */
+        bool token;      /* the fitted scorer reads tokens, not block means (see below) */
+        uint32_t stride; /* token scorer: every stride-th query row of a block is scored */
+        bool summary;    /* local, fixed, dsa: a visible key block the query block skips is not
+                          * dropped but enters its softmax as one summary key, the block's mean
+                          * key weighted by its key count, carrying the block's mean value */
         /* The fitted scorer (kind DSA without heuristic): NULL until fitted or loaded. */
         uint32_t rank, n_layer, n_head, head_dim;
         float *wq, *wk; /* (n_layer, n_head, rank, head_dim) each */
@@ -148,6 +165,22 @@ size_t dsa__att_select_scored(const struct dsa__att *a, size_t layer, size_t hea
 void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nb, const float *u,
                      const float *w, size_t D, const float *nvis, float scale, float *s);
 
+/* Floats of scratch dsa__att_attend() needs for key blocks of bk keys, nkb of them, head size HS
+ * (the streaming kernel's scratch first, then the summaries'). */
+size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, size_t HS);
+
+/* Attention of query block qb of one head: q (nq, ldq), rows at positions qb * a->block + i, over
+ * the listed key blocks (n, ascending) of k, v (T, ld*) through the streaming kernel into out
+ * (nq, ldo); with a->summary, also over one summary key per visible key block the list skips
+ * (causal: b < qb; else every b), kbar and vbar (nkb, ldb) the blocks' mean keys and values
+ * (pool_blocks_f32), a block of c keys scoring scale * q . kbar_b + log c. kbar and vbar are
+ * not read without a->summary. The two softmaxes are merged by their log-sum-exp. scratch:
+ * dsa__att_attend_scratch(). 0 or -EINVAL (the kernel's). */
+int dsa__att_attend(const struct dsa__att *a, const struct dsa_attention_kernels *ak, float *out, size_t ldo,
+                    const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv, size_t nq,
+                    size_t qb, const uint32_t *blocks, size_t n, size_t T, size_t HS, float scale, bool causal,
+                    const float *kbar, const float *vbar, size_t ldb, float *scratch);
+
 /* ---- fitting the DSA scorer (attention-fit.c) */
 
 struct dsa__att_fitter;
@@ -166,5 +199,10 @@ int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q,
  * samples keep a random scorer. ret_kl_*: mean KL per query block at the start and fitted. */
 int dsa__att_fitter_fit(struct dsa__att_fitter *f, uint32_t rank, struct dsa__att *att, double *ret_kl_before,
                         double *ret_kl_after);
+/* The token scorer of one (layer, head) from its calibration second moments cq = sum q q^T,
+ * ck = sum k k^T (HS, HS; any positive scale): wq, wk (R, HS). ret_share: the kept share of
+ * the whitened q . k form's singular values. 0, -EINVAL, -ENOMEM. */
+int dsa__att_fit_token_head(const double *cq, const double *ck, size_t HS, size_t R, float *wq, float *wk,
+                            double *ret_share);
 /* Visible keys of block b per query of block a (causal: the own block's mean over its rows). */
 float dsa__att_nvis(size_t a, size_t b, size_t bk, size_t T, bool causal);

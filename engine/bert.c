@@ -219,16 +219,17 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
         for (size_t p = begin; p < end; p++)
                 maxT = MAX(maxT, f->len[p / NH]);
         const size_t nb = (maxT + bk - 1) / bk, D = at->heuristic || !at->wq ? HS : at->rank;
-        const size_t sel = dsa__att_select_scratch(at, nb), ks = MAX(dsa_attention_blocks_scratch(bk, HS),
+        const size_t sel = dsa__att_select_scratch(at, nb), ks = MAX(dsa__att_attend_scratch(at, nb, bk, HS),
                                                                     dsa_attention_linear_scratch(HS));
-        _cleanup_free_ float *scratch = malloc((sel + ks + nb * (2 * HS + 2 * D + 1)) * sizeof(float));
+        const bool summary = at->summary && at->kind != DSA_ATT_DENSE && at->kind != DSA_ATT_LINEAR;
+        _cleanup_free_ float *scratch = malloc((sel + ks + nb * (3 * HS + 2 * D + 1)) * sizeof(float));
         _cleanup_free_ uint32_t *blocks = malloc(MAX(nb, (size_t) 1) * sizeof(uint32_t));
         if (!scratch || !blocks) {
                 f->err = -ENOMEM;
                 return;
         }
         float *kscr = scratch + sel, *qbar = kscr + ks, *kbar = qbar + nb * HS, *qp = kbar + nb * HS, *kp = qp + nb * D;
-        float *nvis = kp + nb * D;
+        float *nvis = kp + nb * D, *vbar = nvis + nb;
 
         for (size_t p = begin; p < end; p++) {
                 const size_t bb = p / NH, h = p % NH, row0 = f->off[bb], T = f->len[bb], n_b = (T + bk - 1) / bk;
@@ -244,9 +245,14 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
                                 f->err = r;
                         continue;
                 }
+                if (summary && ((r = ak->pool_blocks_f32(kbar, HS, k, 3 * A, T, bk, HS)) < 0 ||
+                                (r = ak->pool_blocks_f32(vbar, HS, v, 3 * A, T, bk, HS)) < 0)) {
+                        f->err = r;
+                        continue;
+                }
                 if (at->kind == DSA_ATT_DSA) {
                         if ((r = ak->pool_blocks_f32(qbar, HS, q, 3 * A, T, bk, HS)) < 0 ||
-                            (r = ak->pool_blocks_f32(kbar, HS, k, 3 * A, T, bk, HS)) < 0) {
+                            (!summary && (r = ak->pool_blocks_f32(kbar, HS, k, 3 * A, T, bk, HS)) < 0)) {
                                 f->err = r;
                                 continue;
                         }
@@ -264,8 +270,8 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
                         } else
                                 n = dsa__att_select(at, f->layer, h, qb, n_b, false, NULL, NULL, 0, NULL, f->scale,
                                                     blocks, scratch);
-                        r = ak->blocks_f32(out + t0 * A, A, q + t0 * 3 * A, 3 * A, k, 3 * A, v, 3 * A, nq, t0, blocks, n,
-                                           bk, T, HS, f->scale, false, NULL, kscr);
+                        r = dsa__att_attend(at, ak, out + t0 * A, A, q + t0 * 3 * A, 3 * A, k, 3 * A, v, 3 * A, nq, qb,
+                                            blocks, n, T, HS, f->scale, false, kbar, vbar, HS, kscr);
                 }
                 if (r < 0)
                         f->err = r;

@@ -40,8 +40,15 @@ struct fwd {
         size_t bk, nb; /* block size, blocks in the sequence */
         float scale;
         float *x, *h, *qkv, *a, *ff;
-        float *qbar, *kbar; /* (nb, NH HS), (nb, NKV HS): DSA only */
+        float *qbar, *kbar; /* (nb, NH HS), (nb, NKV HS): block means (DSA, summaries) */
+        float *vbar;        /* (nb, NKV HS): block means of the values (summaries) */
+        bool pool;          /* means wanted: DSA or summaries */
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
+        float *qt, *kt;     /* token scorer: (NH, nsr, R) scaled projections of the scored rows,
+                             * (NH, R, ldkt) of every key */
+        size_t nsr;         /* scored rows: every stride-th, and the last */
+        size_t ldkt;        /* kt's row stride: T rounded up to 16, plus 16, so its R rows do not
+                             * all fall in the same L1 sets (T = 4096: a 16 KiB stride) */
         size_t D;
         const float *norm;  /* rmsnorm weight of the step */
         atomic_uint_fast64_t kept;
@@ -101,6 +108,34 @@ static void task_project(void *arg, size_t begin, size_t end) {
         }
 }
 
+/* The token scorer's projections of this layer: kt (NH, R, ldkt) of every key, qt (NH, nsr, R) of
+ * every stride-th query row and the last, scaled by 1/sqrt(HS). GEMMs through BLAS. */
+static void token_project(struct fwd *f) {
+        const size_t R = f->att->rank, HS = f->HS, G = f->NH / f->NKV, st = f->att->stride, QC = f->NH * HS;
+        const size_t nreg = f->T / st;
+        const float *wq = f->att->wq + f->layer * f->NH * R * HS, *wk = f->att->wk + f->layer * f->NH * R * HS;
+
+        for (size_t g = 0; g < f->NKV; g++) /* the G query heads of key head g: rows g*G*R.. of wk */
+                dsa_gemm_nt_f32(f->kt + g * G * R * f->ldkt, f->ldkt, wk + g * G * R * HS, HS, f->qkv + QC + g * HS,
+                                f->QKV, G * R, f->T, HS, 1.0f);
+        for (size_t h = 0; h < f->NH; h++) {
+                float *qt = f->qt + h * f->nsr * R;
+                const float *wh = wq + h * R * HS;
+                if (nreg)
+                        dsa_gemm_nt_f32(qt, R, f->qkv + (st - 1) * f->QKV + h * HS, st * f->QKV, wh, HS, nreg, R, HS,
+                                        f->scale);
+                if (f->nsr > nreg) { /* the last row */
+                        const float *q = f->qkv + (f->T - 1) * f->QKV + h * HS;
+                        for (size_t r = 0; r < R; r++) {
+                                float d = 0;
+                                for (size_t c = 0; c < HS; c++)
+                                        d += wh[r * HS + c] * q[c];
+                                qt[nreg * R + r] = f->scale * d;
+                        }
+                }
+        }
+}
+
 /* The oracle's choice for (head h, query block qb): the exact share of the dense attention on
  * every visible block (the streaming kernel over all of them for the rows' log-sum-exp, then
  * each block's mass), its log as the score. SIZE_MAX on failure (f->err set). */
@@ -129,12 +164,48 @@ static size_t oracle_select(struct fwd *f, size_t h, size_t qb, const float *q, 
         return dsa__att_select_scored(f->att, f->layer, h, qb, f->nb, true, s, blocks, scratch);
 }
 
+/* The token scorer's choice for (head h, query block qb): each scored row's largest low-rank
+ * logit per earlier block, softmax over those blocks, summed over the rows; log of that is the
+ * score (attention-variant.h). tmp: (bk + 1) * nb + nb floats. */
+static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks, float *scratch, float *tmp) {
+        const size_t st = f->att->stride, R = f->att->rank, nb = f->nb, t0 = qb * f->bk, t1 = MIN(t0 + f->bk, f->T);
+        const size_t first = t0 + (st - 1 - t0 % st), i0 = first / st;
+        size_t ns = first < t1 ? (t1 - 1 - first) / st + 1 : 0;
+        float *mx = tmp, *sc = tmp + (f->bk + 1) * nb, best = -INFINITY;
+
+        if (t1 == f->T && f->T % st)
+                ns++; /* the sequence's last row, scored as row nsr - 1 */
+        for (size_t b = 0; b <= qb; b++)
+                sc[b] = 0.0f;
+        if (qb > 0 && ns > 0) {
+                const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
+                if (f->ak->block_max_lowrank_f32(mx, nb, f->qt + (h * f->nsr + ifirst) * R, R, f->kt + h * R * f->ldkt,
+                                                 f->ldkt, ns, f->bk, t0, R) < 0) {
+                        f->err = -EINVAL;
+                        return SIZE_MAX;
+                }
+                for (size_t i = 0; i < ns; i++) {
+                        float *m = mx + i * nb;
+                        f->k->softmax_f32(m, 1, qb);
+                        for (size_t b = 0; b < qb; b++)
+                                sc[b] += m[b];
+                }
+                for (size_t b = 0; b < qb; b++) {
+                        sc[b] = sc[b] > 0 ? logf(sc[b]) : -INFINITY;
+                        best = sc[b] > best ? sc[b] : best;
+                }
+                sc[qb] = best;
+        }
+        return dsa__att_select_scored(f->att, f->layer, h, qb, nb, true, sc, blocks, scratch);
+}
+
 /* (head, query block) pairs [begin, end), heaviest (last) query blocks first. */
 static void task_attention(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
         const size_t HS = f->HS, G = f->NH / f->NKV, QC = f->NH * HS, nb = f->nb;
-        const size_t sel = dsa__att_select_scratch(f->att, nb), ks = dsa_attention_blocks_scratch(f->bk, HS);
-        _cleanup_free_ float *scratch = malloc((sel + ks + 2 * nb) * sizeof(float));
+        const size_t sel = dsa__att_select_scratch(f->att, nb), ks = dsa__att_attend_scratch(f->att, nb, f->bk, HS);
+        const size_t tok = f->att->token ? (f->bk + 2) * nb : 0;
+        _cleanup_free_ float *scratch = malloc((sel + ks + 2 * nb + tok) * sizeof(float));
         _cleanup_free_ uint32_t *blocks = malloc(nb * sizeof(uint32_t));
         uint64_t kept = 0;
 
@@ -154,6 +225,10 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                         n = oracle_select(f, h, qb, q, k, v, blocks, scratch, scratch + sel);
                         if (n == SIZE_MAX)
                                 return;
+                } else if (f->att->kind == DSA_ATT_DSA && f->att->token) {
+                        n = token_select(f, h, qb, blocks, scratch, nvis + 2 * nb);
+                        if (n == SIZE_MAX)
+                                return;
                 } else if (f->att->kind == DSA_ATT_DSA) {
                         for (size_t b = 0; b < nb; b++)
                                 nvis[b] = dsa__att_nvis(qb, b, f->bk, f->T, true);
@@ -163,8 +238,9 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                         n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
                                             blocks, scratch);
                 kept += n;
-                if (f->ak->blocks_f32(f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, blocks, n,
-                                      f->bk, f->T, HS, f->scale, true, NULL, scratch + sel) < 0)
+                if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq,
+                                    qb, blocks, n, f->T, HS, f->scale, true, f->pool ? f->kbar + kvh * HS : NULL,
+                                    f->pool ? f->vbar + kvh * HS : NULL, f->NKV * HS, scratch + sel) < 0)
                         f->err = -EINVAL;
         }
         atomic_fetch_add(&f->kept, kept);
@@ -258,13 +334,24 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         _cleanup_free_ void *lscratch = lin ? aligned_alloc(64, (lin + 63) / 64 * 64) : NULL;
         if (!x || !h || !qkv || !a || !ff || (lin && !lscratch))
                 return -ENOMEM;
-        if (f.att->kind == DSA_ATT_DSA) {
-                f.D = f.att->heuristic || f.att->oracle ? f.HS : f.att->rank;
-                pooled = malloc(f.nb * (QC + f.NKV * f.HS + 2 * f.NH * f.D) * sizeof(float));
+        f.pool = f.att->kind == DSA_ATT_DSA ||
+                 (f.att->summary && f.att->kind != DSA_ATT_DENSE && f.att->kind != DSA_ATT_LINEAR);
+        if (f.pool) {
+                f.D = f.att->kind != DSA_ATT_DSA ? 0 : f.att->heuristic || f.att->oracle ? f.HS : f.att->rank;
+                pooled = malloc(f.nb * (QC + 2 * f.NKV * f.HS + 2 * f.NH * f.D) * sizeof(float));
                 if (!pooled)
                         return -ENOMEM;
-                f.qbar = pooled, f.kbar = f.qbar + f.nb * QC;
-                f.qp = f.kbar + f.nb * f.NKV * f.HS, f.kp = f.qp + f.nb * f.NH * f.D;
+                f.qbar = pooled, f.kbar = f.qbar + f.nb * QC, f.vbar = f.kbar + f.nb * f.NKV * f.HS;
+                f.qp = f.vbar + f.nb * f.NKV * f.HS, f.kp = f.qp + f.nb * f.NH * f.D;
+        }
+        _cleanup_free_ float *tokbuf = NULL;
+        if (f.att->kind == DSA_ATT_DSA && f.att->token) {
+                f.nsr = T / f.att->stride + (T % f.att->stride != 0);
+                f.ldkt = (T + 15) / 16 * 16 + 16;
+                tokbuf = malloc(f.NH * f.att->rank * (f.nsr + f.ldkt) * sizeof(float));
+                if (!tokbuf)
+                        return -ENOMEM;
+                f.qt = tokbuf, f.kt = tokbuf + f.NH * f.nsr * f.att->rank;
         }
         f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
 
@@ -287,12 +374,20 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 if (f.att->kind == DSA_ATT_LINEAR)
                         dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
                 else {
-                        if (f.att->kind == DSA_ATT_DSA) { /* mean query and key of every block */
-                                if (f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC) < 0 ||
-                                    f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk,
-                                                          f.NKV * f.HS) < 0)
+                        if (f.pool) { /* mean query, key and value of every block */
+                                const bool by_means = f.att->kind == DSA_ATT_DSA && !f.att->token;
+                                if ((by_means && f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC) < 0) ||
+                                    ((by_means || f.att->summary) &&
+                                     f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk,
+                                                           f.NKV * f.HS) < 0) ||
+                                    (f.att->summary &&
+                                     f.ak->pool_blocks_f32(f.vbar, f.NKV * f.HS, qkv + QC + f.NKV * f.HS, f.QKV, T,
+                                                           f.bk, f.NKV * f.HS) < 0))
                                         return -EINVAL;
-                                dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
+                                if (f.att->kind == DSA_ATT_DSA && f.att->token)
+                                        token_project(&f);
+                                else if (f.att->kind == DSA_ATT_DSA)
+                                        dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         }
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }

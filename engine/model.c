@@ -291,6 +291,8 @@ static int open_gguf(const struct dsa_gguf *g, const char *path, struct dsa_mode
         r = dsa__att_from_gguf(g, c.n_layer, c.n_head, c.n_embd / c.n_head, &m->bert->att);
         if (r < 0)
                 return r;
+        if (m->bert->att.token)
+                return dsa__error(-EOPNOTSUPP, "%s: the DSA token scorer runs in decoders only", path);
 
         return open_gguf_common(g, path, m, c.n_vocab);
 }

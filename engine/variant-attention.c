@@ -86,6 +86,11 @@ static int fit_bert(struct dsa_model *m, const struct dsa_optimize_opts *o, stru
         return dsa__att_fitter_fit(f, o->scorer_rank ? o->scorer_rank : 8, a, kl0, kl1);
 }
 
+/* --scorer-rank, or the default: 8 for the pooled scorer, 16 for the token one. */
+static uint32_t scorer_rank(const struct dsa_optimize_opts *o, const struct dsa__att *a) {
+        return o->scorer_rank ? o->scorer_rank : a->token ? 16 : 8;
+}
+
 static int fit_llama(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa__att *a, double *kl0,
                      double *kl1) {
         const struct dsa_llama_config *c = &m->llama->cfg;
@@ -104,9 +109,9 @@ static int fit_llama(struct dsa_model *m, const struct dsa_optimize_opts *o, str
         }
         if (n == 0)
                 return dsa__error(-EINVAL, "calibration text of %zu tokens is too short for the DSA scorer", total);
-        dsa__variant_log(o, "fitting the DSA scorer (rank %u) on %zu windows, %zu tokens", o->scorer_rank ? o->scorer_rank : 8, n,
-            MIN(total, n * win));
-        return dsa__att_fit(m->llama, seqs, lens, n, o->scorer_rank ? o->scorer_rank : 8, a, kl0, kl1);
+        dsa__variant_log(o, "fitting the DSA %s scorer (rank %u) on %zu windows, %zu tokens", a->token ? "token" : "pooled",
+                         scorer_rank(o, a), n, MIN(total, n * win));
+        return dsa__att_fit(m->llama, seqs, lens, n, scorer_rank(o, a), a, kl0, kl1);
 }
 
 int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts *o) {
@@ -125,13 +130,22 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
         r = dsa__att_copy(&a, o->attention);
         if (r < 0)
                 return r;
+        if (m->bert && a.token) {
+                r = dsa__error(-EOPNOTSUPP, "the token scorer runs in decoders only so far (--att-scorer pooled "
+                               "for BERT)");
+                goto fail;
+        }
         if (a.kind == DSA_ATT_DSA && !a.heuristic && !a.oracle && !a.wq) {
                 if (o->n_calib > 0) {
                         r = m->llama ? fit_llama(m, o, &a, &kl0, &kl1) : fit_bert(m, o, &a, &kl0, &kl1);
                         if (r < 0)
                                 goto fail;
-                        dsa__variant_log(o, "scorer KL(dense block mass || predicted) per query block: %.4f at start, %.4f "
-                            "fitted", kl0, kl1);
+                        if (a.token)
+                                dsa__variant_log(o, "token scorer: rank %u keeps %.1f%% of the whitened q.k form's "
+                                                 "singular values (mean over heads)", a.rank, 100 * kl1);
+                        else
+                                dsa__variant_log(o, "scorer KL(dense block mass || predicted) per query block: %.4f "
+                                                 "at start, %.4f fitted", kl0, kl1);
                 } else if (cur->wq && cur->block == a.block) {
                         struct dsa__att mine;
                         r = dsa__att_copy(&mine, cur);
@@ -139,7 +153,9 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                                 goto fail;
                         a.rank = mine.rank, a.n_layer = mine.n_layer, a.n_head = mine.n_head;
                         a.head_dim = mine.head_dim, a.wq = mine.wq, a.wk = mine.wk, a.bias = mine.bias;
-                        dsa__variant_log(o, "keeping the model's fitted DSA scorer (rank %u)", a.rank);
+                        a.token = mine.token; /* the scorer's kind comes with it */
+                        dsa__variant_log(o, "keeping the model's fitted DSA %s scorer (rank %u)",
+                                         a.token ? "token" : "pooled", a.rank);
                 } else {
                         r = dsa__error(-EINVAL, "DSA needs --calib to fit its scorer (or a model that has one of "
                                        "this block size, or the heuristic scorer)");
@@ -156,7 +172,7 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
         for (char *p = desc; *p; p++)
                 if (*p == ' ')
                         *p = ',';
-        if ((r = dsa__info_setf(&m->info, "attention", "%s", desc)) < 0 || (kl1 > 0 && (r = dsa__info_setf(&m->info, "scorer_kl", "%.5f", kl1)) < 0))
+        if ((r = dsa__info_setf(&m->info, "attention", "%s", desc)) < 0 || (kl1 > 0 && !a.token && (r = dsa__info_setf(&m->info, "scorer_kl", "%.5f", kl1)) < 0))
                 return r;
         return 0;
 fail:

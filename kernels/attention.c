@@ -273,12 +273,48 @@ int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, s
         return 0;
 }
 
+int dsa__att_block_max_lr_check(const float *out, size_t ldo, const float *qt, size_t ldq,
+                                const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
+                                size_t R) {
+        const size_t nb = bk ? (Tk + bk - 1) / bk : 0;
+
+        if (bk == 0 || R == 0 || R > DSA_ATT_MAX_RANK_LR)
+                return -EINVAL;
+        if (nq == 0 || Tk == 0)
+                return 0;
+        if (!out || !qt || !kt || (nq > 1 && (ldq < R || ldo < nb)) || (R > 1 && ldk < Tk))
+                return -EINVAL;
+        return 0;
+}
+
+int dsa__attention_block_max_lowrank_f32_ref(float *out, size_t ldo, const float *qt, size_t ldq,
+                                             const float *kt, size_t ldk, size_t nq, size_t bk,
+                                             size_t Tk, size_t R) {
+        int r = dsa__att_block_max_lr_check(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+
+        if (r < 0 || nq == 0 || Tk == 0)
+                return r;
+        for (size_t i = 0; i < nq; i++)
+                for (size_t b = 0; b * bk < Tk; b++) {
+                        float mx = -INFINITY;
+                        for (size_t j = b * bk; j < Tk && j < b * bk + bk; j++) {
+                                float d = 0;
+                                for (size_t c = 0; c < R; c++)
+                                        d += qt[i * ldq + c] * kt[c * ldk + j];
+                                mx = d > mx ? d : mx;
+                        }
+                        out[i * ldo + b] = mx;
+                }
+        return 0;
+}
+
 static const struct dsa_attention_kernels table_ref = {
         .isa = DSA_ISA_REF,
         .name = "ref",
         .blocks_f32 = dsa__attention_blocks_f32_ref,
         .block_mass_f32 = dsa__attention_block_mass_f32_ref,
         .linear_f32 = dsa__attention_linear_f32_ref,
+        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_ref,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 
@@ -289,6 +325,7 @@ static const struct dsa_attention_kernels table_avx2 = {
         .blocks_f32 = dsa__attention_blocks_f32_avx2,
         .block_mass_f32 = dsa__attention_block_mass_f32_avx2,
         .linear_f32 = dsa__attention_linear_f32_avx2,
+        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_avx2,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 
@@ -298,6 +335,7 @@ static const struct dsa_attention_kernels table_avx512 = {
         .blocks_f32 = dsa__attention_blocks_f32_avx512,
         .block_mass_f32 = dsa__attention_block_mass_f32_avx512,
         .linear_f32 = dsa__attention_linear_f32_avx512,
+        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_avx512,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 #endif

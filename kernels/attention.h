@@ -31,6 +31,8 @@
 /* Largest key block (bk) and head size (HS) the kernels accept. */
 #define DSA_ATT_MAX_BK 256
 #define DSA_ATT_MAX_HS 256
+/* Largest rank of block_max_lowrank_f32. */
+#define DSA_ATT_MAX_RANK_LR 64
 /* Rows per chunk of causal linear attention. */
 #define DSA_ATT_LINEAR_CHUNK 64
 
@@ -95,6 +97,18 @@ struct dsa_attention_kernels {
         int (*linear_f32)(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
                           size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
                           bool causal, float *scratch);
+
+        /* For a token-level block scorer: each row's largest low-rank score in each key block.
+         * qt (nq, ldq) holds R values per row, kt (R, ldk) R rows of Tk values (column j: key
+         * j's projection); out (nq, ldo), out[i][b] = max over keys j of block b (keys
+         * [b*bk, min(b*bk + bk, Tk))) of sum_r qt[i][r] kt[r][j], for b < ceil(Tk / bk). No
+         * mask: a causal caller passes only the keys before its query block. 1 <= R <=
+         * DSA_ATT_MAX_RANK_LR, bk >= 1. Each vector of keys is loaded once for all rows. 0 or
+         * -EINVAL (NULL pointers with work to do, R or bk out of range, strides too small);
+         * nothing is written on failure. */
+        int (*block_max_lowrank_f32)(float *out, size_t ldo, const float *qt, size_t ldq,
+                                     const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
+                                     size_t R);
 
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
@@ -217,5 +231,14 @@ dsa__att_block_mass_fn dsa__attention_block_mass_f32_avx512;
 dsa__att_linear_fn dsa__attention_linear_f32_ref;
 dsa__att_linear_fn dsa__attention_linear_f32_avx2;
 dsa__att_linear_fn dsa__attention_linear_f32_avx512;
+typedef int dsa__att_block_max_lr_fn(float *out, size_t ldo, const float *qt, size_t ldq,
+                                     const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
+                                     size_t R);
+dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_ref;
+dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_avx2;
+dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_avx512;
+int dsa__att_block_max_lr_check(const float *out, size_t ldo, const float *qt, size_t ldq,
+                                const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
+                                size_t R);
 int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
                                        size_t bk, size_t HS);

@@ -34,6 +34,22 @@ void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weigh
                     out, (blasint) ldo);
 }
 
+void dsa_gemm_nt_f32(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                     size_t N, size_t K, float alpha) {
+        assert(ldc >= N && (M < 2 || lda >= K) && (N < 2 || ldb >= K));
+        assert(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
+
+        if (M == 0 || N == 0)
+                return;
+        if (K == 0) {
+                for (size_t i = 0; i < M; i++)
+                        memset(c + i * ldc, 0, N * sizeof(float));
+                return;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint) M, (blasint) N, (blasint) K, alpha, a,
+                    (blasint) (M > 1 ? lda : K), b, (blasint) (N > 1 ? ldb : K), 0.0f, c, (blasint) ldc);
+}
+
 void dsa_blas_set_threads(int n) {
         openblas_set_num_threads(n < 1 ? 1 : n);
 }

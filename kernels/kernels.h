@@ -93,6 +93,11 @@ const struct dsa_kernels *dsa_kernels_for(enum dsa_isa isa);
 void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weight, const float *bias,
                     size_t N, size_t C, size_t OC);
 
+/* c (M, ldc) = alpha * a (M, K; row stride lda) x b^T, b (N, K; row stride ldb), through
+ * cblas_sgemm: any row strides, so a caller can multiply every s-th row or a column slice. */
+void dsa_gemm_nt_f32(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
+                     size_t N, size_t K, float alpha);
+
 /* Sets the OpenBLAS thread count (n >= 1), so it and our own pool never oversubscribe. */
 void dsa_blas_set_threads(int n);
 

@@ -142,6 +142,35 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return hsum(sum);
 }
 
+/* s[j] = sum_r q[r] kt[r][j0 + j] for j < n: 32 keys (four independent sums) per step. */
+ATT_AI_ROW void att_lr_scores(float *s, const float *q, const float *kt, size_t ldk, size_t j0, size_t n,
+                                 size_t R) {
+        size_t j = 0;
+
+        for (; j + 32 <= n; j += 32) {
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                for (size_t r = 0; r < R; r++) {
+                        const float *kr = kt + r * ldk + j0 + j;
+                        const __m256 qr = _mm256_set1_ps(q[r]);
+                        a0 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr), a0);
+                        a1 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 8), a1);
+                        a2 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 16), a2);
+                        a3 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 24), a3);
+                }
+                _mm256_storeu_ps(s + j, a0);
+                _mm256_storeu_ps(s + j + 8, a1);
+                _mm256_storeu_ps(s + j + 16, a2);
+                _mm256_storeu_ps(s + j + 24, a3);
+        }
+        for (; j < n; j += 8) {
+                const __m256i mk = tail_mask(n - j < 8 ? n - j : 8);
+                __m256 a = _mm256_setzero_ps();
+                for (size_t r = 0; r < R; r++)
+                        a = _mm256_fmadd_ps(_mm256_set1_ps(q[r]), _mm256_maskload_ps(kt + r * ldk + j0 + j, mk), a);
+                _mm256_maskstore_ps(s + j, mk, a);
+        }
+}
+
 #include "attention-stream.h"
 
 #define NR DSA__GEMM_NR_AVX2
@@ -168,4 +197,10 @@ int dsa__attention_linear_f32_avx2(float *out, size_t ldo, const float *q, size_
                                    size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
                                    bool causal, float *scratch) {
         return att_linear(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, causal, scratch, NR, PANEL);
+}
+
+int dsa__attention_block_max_lowrank_f32_avx2(float *out, size_t ldo, const float *qt, size_t ldq,
+                                              const float *kt, size_t ldk, size_t nq, size_t bk,
+                                              size_t Tk, size_t R) {
+        return att_block_max_lowrank(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
 }

@@ -109,6 +109,44 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
+/* s[j] = sum_r q[r] kt[r][j0 + j] for j < n: 128 keys (eight independent sums, to cover the
+ * FMA latency on two ports) per step, then 16 at a time. */
+ATT_AI_ROW void att_lr_scores(float *s, const float *q, const float *kt, size_t ldk, size_t j0, size_t n,
+                              size_t R) {
+        size_t j = 0;
+
+        for (; j + 128 <= n; j += 128) { /* named sums: an array of them would live in memory */
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+                for (size_t r = 0; r < R; r++) {
+                        const float *kr = kt + r * ldk + j0 + j;
+                        const __m512 qr = _mm512_set1_ps(q[r]);
+                        a0 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr), a0);
+                        a1 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 16), a1);
+                        a2 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 32), a2);
+                        a3 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 48), a3);
+                        a4 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 64), a4);
+                        a5 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 80), a5);
+                        a6 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 96), a6);
+                        a7 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 112), a7);
+                }
+                _mm512_storeu_ps(s + j, a0);
+                _mm512_storeu_ps(s + j + 16, a1);
+                _mm512_storeu_ps(s + j + 32, a2);
+                _mm512_storeu_ps(s + j + 48, a3);
+                _mm512_storeu_ps(s + j + 64, a4);
+                _mm512_storeu_ps(s + j + 80, a5);
+                _mm512_storeu_ps(s + j + 96, a6);
+                _mm512_storeu_ps(s + j + 112, a7);
+        }
+        for (; j < n; j += 16) {
+                const __mmask16 mk = lanes(n - j);
+                __m512 a = _mm512_setzero_ps();
+                for (size_t r = 0; r < R; r++)
+                        a = _mm512_fmadd_ps(_mm512_set1_ps(q[r]), _mm512_maskz_loadu_ps(mk, kt + r * ldk + j0 + j), a);
+                _mm512_mask_storeu_ps(s + j, mk, a);
+        }
+}
+
 #include "attention-stream.h"
 
 #define NR DSA__GEMM_NR_AVX512
@@ -136,4 +174,10 @@ int dsa__attention_linear_f32_avx512(float *out, size_t ldo, const float *q, siz
                                      const float *k, size_t ldk, const float *v, size_t ldv,
                                      size_t T, size_t HS, bool causal, float *scratch) {
         return att_linear(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, causal, scratch, NR, PANEL);
+}
+
+int dsa__attention_block_max_lowrank_f32_avx512(float *out, size_t ldo, const float *qt, size_t ldq,
+                                                const float *kt, size_t ldk, size_t nq, size_t bk,
+                                                size_t Tk, size_t R) {
+        return att_block_max_lowrank(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
 }

@@ -265,3 +265,30 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
         }
         return 0;
 }
+
+/* block_max_lowrank_f32 (attention.h) on the including file's att_lr_scores (a row's low-rank
+ * scores against n keys from j0) and att_row_max: keys in segments of a multiple of bk small
+ * enough that a segment's R rows of kt (R * 256 floats, 16 KiB at R = 16) stay in L1 while
+ * every row is scored against them, then each block's max. */
+#define ATT_LR_SEG 256
+
+static int att_block_max_lowrank(float *out, size_t ldo, const float *qt, size_t ldq, const float *kt,
+                                 size_t ldk, size_t nq, size_t bk, size_t Tk, size_t R) {
+        int r = dsa__att_block_max_lr_check(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+        float s[ATT_LR_SEG];
+
+        if (r < 0 || nq == 0 || Tk == 0)
+                return r;
+        const size_t seg = bk <= ATT_LR_SEG ? ATT_LR_SEG / bk * bk : 0; /* bk >= 1 checked */
+        if (seg == 0)
+                return dsa__attention_block_max_lowrank_f32_ref(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+        for (size_t j0 = 0; j0 < Tk; j0 += seg) {
+                const size_t n = Tk - j0 < seg ? Tk - j0 : seg;
+                for (size_t i = 0; i < nq; i++) {
+                        att_lr_scores(s, qt + i * ldq, kt, ldk, j0, n, R);
+                        for (size_t b0 = 0; b0 < n; b0 += bk)
+                                out[i * ldo + (j0 + b0) / bk] = att_row_max(s + b0, n - b0 < bk ? n - b0 : bk);
+                }
+        }
+        return 0;
+}

@@ -211,6 +211,8 @@ static int llama_seeds(const char *dir) {
                 { "llama-linear.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_LINEAR } },
                 { "llama-dsa.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_DSA } },
                 { "llama-dsa-heuristic.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_DSA, .heuristic = true } },
+                { "llama-dsa-token.gguf", { .att = DSA_ATT_DSA, .token = true, .summary = true } },
+                { "llama-local-summary.gguf", { .att = DSA_ATT_LOCAL, .summary = true } },
         };
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         char p[4096];

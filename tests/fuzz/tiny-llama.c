@@ -160,6 +160,12 @@ static int tl_attention(struct tl *t) {
         r = r < 0 ? r : dsa_gguf_writer_set_f32(w, KEY "fraction", 0.5f);
         r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "heuristic", o->att == DSA_ATT_DSA && o->heuristic);
         r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "oracle", false);
+        if (o->summary)
+                r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "summary", true);
+        if (fitted && o->token) {
+                r = r < 0 ? r : dsa_gguf_writer_set_bool(w, KEY "token", true);
+                r = r < 0 ? r : dsa_gguf_writer_set_u32(w, KEY "stride", 2);
+        }
         if (r >= 0 && fitted)
                 r = dsa_gguf_writer_set_u32(w, KEY "scorer_rank", DSA_TEST_LLAMA_RANK);
         return r;

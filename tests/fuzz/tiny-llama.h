@@ -36,6 +36,8 @@ struct dsa_test_tiny_llama {
         bool untied;             /* write output.weight (otherwise the head is tied to token_embd) */
         enum dsa_att_kind att;   /* DENSE (0) writes no dsa.attention.* key */
         bool heuristic;          /* DSA: the heuristic scorer, no scorer tensors */
+        bool token;              /* DSA: the fitted scorer is the token one (stride 2) */
+        bool summary;            /* block summaries (local, fixed, DSA) */
         bool tokenizer;          /* the byte-level BPE tokenizer, vocabulary DSA_TEST_LLAMA_V_TOK */
 };
 

@@ -4,12 +4,14 @@
  * blocks of 64, 32, 16 and 1 keys, key counts that are not multiples of the block, query
  * blocks at offsets, causal and not, dense, sparse, single-block, invisible-only and empty
  * block lists; the log-sum-exp, the block mass (each block against the oracle, and all blocks
- * together adding up to the rows that see a key), linear attention causal and not, and block
- * pooling. q, k, v and x rows are NaN past HS and each buffer ends on a PROT_NONE page, so a
- * read past a row's HS values either poisons the result or faults; out, lse and mass carry
- * sentinels past what a call may write, scratch is exactly the size the kernel asked for (also
- * ending on a guard page) at an odd alignment. Bad arguments give -EINVAL and write nothing.
- * Variants the CPU cannot run are reported as SKIP. */
+ * together adding up to the rows that see a key), linear attention causal and not, block
+ * pooling, and the token scorer's per-block max of low-rank scores (ranks 1 to 64, blocks of 1
+ * to 300 keys, key counts past the x86 driver's 256-key segments). q, k, v and x rows are NaN
+ * past HS and each buffer ends on a PROT_NONE page, so a read past a row's HS values either
+ * poisons the result or faults; out, lse and mass carry sentinels past what a call may write,
+ * scratch is exactly the size the kernel asked for (also ending on a guard page) at an odd
+ * alignment. Bad arguments give -EINVAL and write nothing. Variants the CPU cannot run are
+ * reported as SKIP. */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -46,15 +48,24 @@
 #define LINEAR_MAX_RERR 1e-5
 #define POOL_MAX_ERR 1e-6
 #define POOL_MAX_RERR 1e-6
+/* block_max_lowrank: each output is the max over a block of fp32 dot products of R <= 64 terms
+ * in [-1, 1]; max is 1-Lipschitz in the sup norm, so its error is at most the worst dot's. Each
+ * of a dot's R roundings (fused or not, any order) adds at most half an ulp of a partial sum; with
+ * random signs the partial sums stay near sqrt(R / 9) <= 2.7 and the errors add like a random
+ * walk: ~sqrt(64) * 2^-24 * 3 ~ 1.5e-6 at R = 64 (the worst case R * 2^-24 * R ~ 2.4e-4 needs
+ * every product of one sign). ATT_MAX_ERR's 1e-5 for scores of up to 80 terms, again; the
+ * relative term covers the rounding of the result itself. */
+#define LOWRANK_MAX_ERR 1e-5
+#define LOWRANK_MAX_RERR 1e-6
 
 #define SENTINEL DSA_TEST_SENTINEL
 
 static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 
-enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, _K_MAX };
+enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, K_LOWRANK, _K_MAX };
 static const char *const kernel_names[_K_MAX] = { "blocks out", "blocks lse", "block mass",
-                                                  "linear", "pool" };
+                                                  "linear", "pool", "max lowrank" };
 static double worst[_K_MAX][_DSA_ISA_MAX]; /* worst error / tolerance */
 
 /* ---- Buffers that end on a guard page. */
@@ -522,6 +533,74 @@ static void test_pool(void **state) {
                         }
 }
 
+/* ---- The token scorer's block max of low-rank scores. */
+
+/* out (nq, nb) of block_max_lowrank_f32 in double: the definition, one block at a time. */
+static void oracle_lowrank(const float *qt, size_t ldq, const float *kt, size_t ldk, size_t nq, size_t bk,
+                           size_t Tk, size_t R, double *out) {
+        const size_t nb = (Tk + bk - 1) / bk;
+
+        for (size_t i = 0; i < nq; i++)
+                for (size_t b = 0; b < nb; b++) {
+                        double mx = -INFINITY;
+                        for (size_t j = b * bk; j < MIN(Tk, (b + 1) * bk); j++) {
+                                double d = 0;
+                                for (size_t r = 0; r < R; r++)
+                                        d += (double) qt[i * ldq + r] * kt[r * ldk + j];
+                                mx = fmax(mx, d);
+                        }
+                        out[i * nb + b] = mx;
+                }
+}
+
+/* One shape through every variant: qt (nq, ldq > R) and kt (R, ldk > Tk) in [-1, 1] with NaN in
+ * the gaps, each ending on a guard page (kt's last row, so a read past Tk in it faults and one in
+ * an earlier row poisons the max); out (nq, ldo > nb) plus a row, all sentinels before the call. */
+static void lowrank_case(struct dsa_test_rng *rng, size_t R, size_t Tk, size_t bk, size_t nq, size_t pad) {
+        const size_t nb = (Tk + bk - 1) / bk, ldq = R + pad, ldk = Tk + 2 * pad - 1, ldo = nb + pad;
+        struct guarded gq, gk;
+        float *qt = rows_new(&gq, rng, nq, ldq, R, -1, 1), *kt = rows_new(&gk, rng, R, ldk, Tk, -1, 1);
+        float *out = dsa_test_falloc((nq + 1) * ldo);
+        double *want = malloc(nq * nb * sizeof(double));
+        char shape[96];
+
+        assert_non_null(want);
+        oracle_lowrank(qt, ldq, kt, ldk, nq, bk, Tk, R, want);
+        snprintf(shape, sizeof(shape), "R=%zu Tk=%zu bk=%zu nq=%zu ldq=%zu ldk=%zu", R, Tk, bk, nq, ldq, ldk);
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
+
+                dsa_test_fill(out, (nq + 1) * ldo, SENTINEL);
+                assert_int_equal(ak->block_max_lowrank_f32(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R), 0);
+                for (size_t i = 0; i < nq; i++) {
+                        for (size_t b = 0; b < nb; b++)
+                                assert_true(close_enough(K_LOWRANK, isas[s], shape, i * nb + b, out[i * ldo + b],
+                                                         want[i * nb + b], LOWRANK_MAX_ERR, LOWRANK_MAX_RERR));
+                        assert_true(sentinels_kept("max lowrank out", isas[s], shape, out + i * ldo + nb, ldo - nb));
+                }
+                assert_true(sentinels_kept("max lowrank out", isas[s], shape, out + nq * ldo, ldo));
+        }
+        guarded_free(&gq), guarded_free(&gk);
+        free(out), free(want);
+}
+
+/* Tk crosses the x86 driver's 256-key segments (300, 1000, 1300) with bk that divide 256 and bk
+ * that do not (7); bk = 300 is past a segment (the driver's fallback to the reference). */
+static void test_block_max_lowrank(void **state) {
+        static const size_t Rs[] = { 1, 3, 8, 16, 17, 64 };
+        static const size_t bks[] = { 1, 7, 32, 64, 256, 300 };
+        static const size_t Tks[] = { 1, 5, 31, 64, 65, 300, 1000, 1300 };
+        static const size_t nqs[] = { 1, 4, 9 };
+        struct dsa_test_rng rng = { 35 };
+        size_t case_no = 0;
+
+        for (size_t ri = 0; ri < ELEMENTSOF(Rs); ri++)
+                for (size_t ti = 0; ti < ELEMENTSOF(Tks); ti++)
+                        for (size_t bi = 0; bi < ELEMENTSOF(bks); bi++)
+                                for (size_t ni = 0; ni < ELEMENTSOF(nqs); ni++, case_no++)
+                                        lowrank_case(&rng, Rs[ri], Tks[ti], bks[bi], nqs[ni], 1 + case_no % 3);
+}
+
 /* ---- Errors: -EINVAL, nothing written. */
 
 static void test_errors(void **state) {
@@ -530,7 +609,8 @@ static void test_errors(void **state) {
         const uint32_t up[] = { 0, 1 }, dup[] = { 0, 0 }, down[] = { 1, 0 };
         float *scratch = dsa_test_falloc(dsa_attention_blocks_scratch(DSA_ATT_MAX_BK, DSA_ATT_MAX_HS));
         float *lscratch = dsa_test_falloc(dsa_attention_linear_scratch(DSA_ATT_MAX_HS));
-        float out[T * HS], lse[T], mass[2];
+        float out[T * HS], lse[T], mass[2], one[2 * 10], k1[T];
+        const float q1 = -0.75f;
 
         assert_int_equal(dsa_attention_blocks_scratch(0, 32), SIZE_MAX);
         assert_int_equal(dsa_attention_blocks_scratch(DSA_ATT_MAX_BK + 1, 32), SIZE_MAX);
@@ -538,6 +618,8 @@ static void test_errors(void **state) {
         assert_int_equal(dsa_attention_blocks_scratch(64, DSA_ATT_MAX_HS + 1), SIZE_MAX);
         assert_int_equal(dsa_attention_linear_scratch(0), SIZE_MAX);
         assert_int_equal(dsa_attention_linear_scratch(DSA_ATT_MAX_HS + 1), SIZE_MAX);
+        for (size_t j = 0; j < T; j++)
+                k1[j] = (float) ((j * 37) % 11) - 5.0f;
         /* O(bk HS + nq bk), whatever Tk: about 42 KiB at bk 64, HS 32 */
         assert_true(dsa_attention_blocks_scratch(64, 32) < 12 * 1024);
 
@@ -578,6 +660,36 @@ static void test_errors(void **state) {
                 assert_int_equal(kt->pool_blocks_f32(out, HS, q, HS, T, 0, HS), -EINVAL);
                 assert_int_equal(kt->pool_blocks_f32(out, HS, q, HS - 1, T, 8, HS), -EINVAL);
                 assert_int_equal(kt->pool_blocks_f32(out, HS, NULL, HS, T, 8, HS), -EINVAL);
+                /* block_max_lowrank: qt (4, 8) in q, kt (8, 70) in k, out (4, 9) in out */
+#define LOWRANK(out_, ldo_, qt_, ldq_, kt_, ldk_, nq_, bk_, Tk_, R_) \
+        kt->block_max_lowrank_f32(out_, ldo_, qt_, ldq_, kt_, ldk_, nq_, bk_, Tk_, R_)
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, T, 0), -EINVAL);
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, T, DSA_ATT_MAX_RANK_LR + 1), -EINVAL);
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 0, T, HS), -EINVAL);
+                assert_int_equal(LOWRANK(NULL, 9, q, HS, k, T, 4, 8, T, HS), -EINVAL);
+                assert_int_equal(LOWRANK(out, 9, NULL, HS, k, T, 4, 8, T, HS), -EINVAL);
+                assert_int_equal(LOWRANK(out, 9, q, HS, NULL, T, 4, 8, T, HS), -EINVAL);
+                assert_int_equal(LOWRANK(out, 8, q, HS, k, T, 4, 8, T, HS), -EINVAL); /* 9 blocks per row */
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T - 1, 4, 8, T, HS), -EINVAL);
+                assert_int_equal(LOWRANK(out, 9, q, HS - 1, k, T, 4, 8, T, HS), -EINVAL);
+                /* nothing to do is not an error, and writes nothing either */
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 0, 8, T, HS), 0);
+                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, 0, HS), 0);
+                assert_int_equal(LOWRANK(NULL, 0, NULL, 0, NULL, 0, 0, 8, T, HS), 0);
+                /* one row needs no row strides, one rank row no key stride: the same as with them */
+                dsa_test_fill(one, 2 * 10, SENTINEL);
+                assert_int_equal(LOWRANK(one, 0, &q1, 0, k1, 0, 1, 8, T, 1), 0);
+                assert_int_equal(LOWRANK(one + 10, 9, &q1, HS, k1, T, 1, 8, T, 1), 0);
+                assert_memory_equal(one, one + 10, 9 * sizeof(float));
+                for (size_t b = 0; b < 9; b++) { /* products of one term: exact */
+                        float mx = -INFINITY;
+                        for (size_t j = 8 * b; j < MIN((size_t) T, 8 * b + 8); j++)
+                                mx = MAX(mx, q1 * k1[j]);
+                        assert_true(one[b] == mx);
+                }
+                assert_true(sentinels_kept("max lowrank out", isas[s], "nq=1 R=1", one + 9, 1));
+                assert_true(sentinels_kept("max lowrank out", isas[s], "nq=1 R=1", one + 19, 1));
+#undef LOWRANK
                 assert_true(sentinels_kept("errors out", isas[s], "", out, T * HS));
                 assert_true(sentinels_kept("errors lse", isas[s], "", lse, T));
                 assert_true(sentinels_kept("errors mass", isas[s], "", mass, 2));
@@ -605,6 +717,7 @@ int main(void) {
                 cmocka_unit_test(test_dense_sequence),
                 cmocka_unit_test(test_linear),
                 cmocka_unit_test(test_pool),
+                cmocka_unit_test(test_block_max_lowrank),
         };
         int r;
 

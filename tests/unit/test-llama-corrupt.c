@@ -510,7 +510,7 @@ static void test_attention(void **state) {
         dsa_test_file_expect_ok(&c, "oracle");
         const size_t at_h = value_at(&c, "dsa.attention.heuristic");
         c.p[at_h] = 1;
-        dsa_test_file_expect_fail(&c, "oracle and heuristic", "either the oracle or the heuristic");
+        dsa_test_file_expect_fail(&c, "oracle and heuristic", "one of fitted, token, oracle or heuristic");
         c.p[at] = 0;
         dsa_test_file_expect_ok(&c, "heuristic with a scorer");
         c.p[at_h] = 0;
