@@ -63,19 +63,22 @@ static void jacobi_eigen(double *a, double *v, size_t n) {
  * the largest raised to it (a direction the calibration never used stays finite). */
 static int sym_power(const double *c, size_t n, double pw, double *out) {
         _cleanup_free_ double *a = malloc(n * n * sizeof(double)), *v = malloc(n * n * sizeof(double));
+        _cleanup_free_ double *e = malloc(n * sizeof(double));
         double mx = 0;
 
-        if (!a || !v)
+        if (!a || !v || !e)
                 return -ENOMEM;
         memcpy(a, c, n * n * sizeof(double));
         jacobi_eigen(a, v, n);
         for (size_t i = 0; i < n; i++)
                 mx = MAX(mx, a[i * n + i]);
+        for (size_t k = 0; k < n; k++)
+                e[k] = pow(MAX(a[k * n + k], 1e-9 * mx + 1e-30), pw);
         for (size_t i = 0; i < n; i++)
                 for (size_t j = 0; j < n; j++) {
                         double s = 0;
                         for (size_t k = 0; k < n; k++)
-                                s += v[i * n + k] * pow(MAX(a[k * n + k], 1e-9 * mx + 1e-30), pw) * v[j * n + k];
+                                s += v[i * n + k] * e[k] * v[j * n + k];
                         out[i * n + j] = s;
                 }
         return 0;

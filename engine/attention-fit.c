@@ -130,11 +130,15 @@ int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q,
                         const size_t t0 = a * bk, nq = MIN(bk, T - t0), nc = causal ? a + 1 : nb;
                         const float *qa = q + t0 * ldq + h * HS;
                         float *row = s->mass + a * nb;
-                        if ((r = ak->blocks_f32(out, HS, qa, ldq, kh, ldk, kh, ldk, nq, t0, blocks, nc, bk, T, HS,
-                                                scale, causal, lse, scratch)) < 0 ||
-                            (r = ak->block_mass_f32(row, qa, ldq, kh, ldk, nq, t0, blocks, nc, bk, T, HS, scale,
-                                                    causal, lse, scratch)) < 0)
-                                return r;
+                        for (size_t i0 = 0; i0 < nq; i0 += DSA_ATT_BLOCK) { /* 64 rows a kernel call */
+                                const size_t mq = MIN(nq - i0, (size_t) DSA_ATT_BLOCK);
+                                const float *qi = qa + i0 * ldq;
+                                if ((r = ak->blocks_f32(out, HS, qi, ldq, kh, ldk, kh, ldk, mq, t0 + i0, blocks, nc, bk,
+                                                        T, HS, scale, causal, lse, scratch)) < 0 ||
+                                    (r = ak->block_mass_f32(row, qi, ldq, kh, ldk, mq, t0 + i0, blocks, nc, bk, T, HS,
+                                                            scale, causal, lse, scratch)) < 0)
+                                        return r;
+                        }
                         for (size_t b = 0; b < nc; b++)
                                 row[b] /= (float) nq;
                 }

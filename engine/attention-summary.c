@@ -21,9 +21,11 @@
 size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, size_t HS) {
         size_t ks = dsa_attention_blocks_scratch(bk, HS);
 
-        if (!a->summary || a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR)
+        if (ks == SIZE_MAX || !a->summary || a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR)
                 return ks;
         ks = MAX(ks, dsa_attention_blocks_scratch(MIN(MAX(nkb, (size_t) 1), (size_t) DSA_ATT_MAX_BK), HS));
+        if (nkb > (SIZE_MAX / 4 - ks) / (2 * HS + 1))
+                return SIZE_MAX;
         /* summaries' keys and values (nkb, HS) each, one partial output (64, HS), two lse rows */
         return ks + SUMMARY_FLOATS(nkb, HS);
 }

@@ -10,7 +10,11 @@
 #include "basic/error.h"
 #include "basic/macro.h"
 #include "gguf.h"
+#include "kernels/attention.h"
 #include "tensor.h"
+
+_Static_assert(DSA_ATT_MAX_RANK <= DSA_ATT_MAX_RANK_LR, "a stored scorer rank the low-rank kernel takes");
+_Static_assert(DSA_ATT_MAX_BLOCK <= DSA_ATT_MAX_BK, "a block the streaming kernel takes");
 
 static const char *const kind_names[_DSA_ATT_MAX] = {
         [DSA_ATT_DENSE] = "dense", [DSA_ATT_LOCAL] = "local", [DSA_ATT_FIXED] = "fixed",
@@ -99,6 +103,9 @@ int dsa__att_check(const struct dsa__att *a, uint32_t n_layer, uint32_t n_head, 
                 return dsa__error(-EINVAL, "unknown attention kind %d", (int) a->kind);
         if (a->block == 0 || a->block > DSA_ATT_MAX_BLOCK)
                 return dsa__error(-EINVAL, "attention block %u is not in [1, %d]", a->block, DSA_ATT_MAX_BLOCK);
+        if (a->kind != DSA_ATT_LINEAR && a->kind != DSA_ATT_DENSE && (head_dim == 0 || head_dim > DSA_ATT_MAX_HS))
+                return dsa__error(-EINVAL, "head size %u: the block-sparse attention kernels take 1 to %d", head_dim,
+                                  DSA_ATT_MAX_HS);
         if (a->window == 0 || a->window > 1u << 20 || a->global > 1u << 20 || a->random > 1u << 20)
                 return dsa__error(-EINVAL, "attention window must be >= 1 and window, global, random sane");
         if ((unsigned) a->select >= _DSA_ATT_SELECT_MAX)
@@ -225,6 +232,11 @@ static int get_u32(const struct dsa_gguf *g, const char *key, uint32_t *v) {
         return r == -ENOENT ? 0 : r < 0 ? dsa__error(r, "GGUF key '%s' is not an unsigned integer", key) : 0;
 }
 
+static int get_bool(const struct dsa_gguf *g, const char *key, bool *v) {
+        int r = dsa_gguf_get_bool(g, key, v);
+        return r == -ENOENT ? 0 : r < 0 ? dsa__error(-EBADMSG, "GGUF key '%s' is not a boolean", key) : 0;
+}
+
 static int get_f32(const struct dsa_gguf *g, const char *key, float *v) {
         int r = dsa_gguf_get_f32(g, key, v);
         return r == -ENOENT ? 0 : r < 0 ? dsa__error(r, "GGUF key '%s' is not a number", key) : 0;
@@ -272,7 +284,6 @@ int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_he
         struct dsa__att a;
         unsigned kind = DSA_ATT_DENSE, sel = DSA_ATT_SELECT_MASS;
         uint32_t rank = 0;
-        bool b;
         int r;
 
         dsa__att_init(&a);
@@ -288,15 +299,9 @@ int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_he
         r = dsa_gguf_get_u64(g, KEY "seed", &a.seed);
         if (r < 0 && r != -ENOENT)
                 return dsa__error(r, "GGUF key '" KEY "seed' is not an unsigned integer");
-        if (dsa_gguf_get_bool(g, KEY "heuristic", &b) >= 0)
-                a.heuristic = b;
-        if (dsa_gguf_get_bool(g, KEY "oracle", &b) >= 0)
-                a.oracle = b;
-        if (dsa_gguf_get_bool(g, KEY "summary", &b) >= 0)
-                a.summary = b;
-        if (dsa_gguf_get_bool(g, KEY "token", &b) >= 0)
-                a.token = b;
-        if ((r = get_u32(g, KEY "stride", &a.stride)) < 0)
+        if ((r = get_bool(g, KEY "heuristic", &a.heuristic)) < 0 || (r = get_bool(g, KEY "oracle", &a.oracle)) < 0 ||
+            (r = get_bool(g, KEY "summary", &a.summary)) < 0 || (r = get_bool(g, KEY "token", &a.token)) < 0 ||
+            (r = get_u32(g, KEY "stride", &a.stride)) < 0)
                 return r;
 
         if (rank > 0) {

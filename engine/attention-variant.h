@@ -166,7 +166,8 @@ void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t
                      const float *w, size_t D, const float *nvis, float scale, float *s);
 
 /* Floats of scratch dsa__att_attend() needs for key blocks of bk keys, nkb of them, head size HS
- * (the streaming kernel's scratch first, then the summaries'). */
+ * (the streaming kernel's scratch first, then the summaries'); SIZE_MAX when bk or HS is out of
+ * the kernels' range (dsa__att_check refuses such a model first). */
 size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, size_t HS);
 
 /* Attention of query block qb of one head: q (nq, ldq), rows at positions qb * a->block + i, over

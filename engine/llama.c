@@ -152,12 +152,16 @@ static size_t oracle_select(struct fwd *f, size_t h, size_t qb, const float *q, 
         float *lse = tmp + nq * HS, *mass = lse + nq, *s = mass + nc;
         for (size_t b = 0; b < nc; b++)
                 all[b] = (uint32_t) b, mass[b] = 0.0f;
-        if (f->ak->blocks_f32(tmp, HS, q, f->QKV, k, f->QKV, v, f->QKV, nq, t0, all, nc, f->bk, f->T, HS, f->scale, true,
-                              lse, kscratch) < 0 ||
-            f->ak->block_mass_f32(mass, q, f->QKV, k, f->QKV, nq, t0, all, nc, f->bk, f->T, HS, f->scale, true, lse,
-                                  kscratch) < 0) {
-                f->err = -EINVAL;
-                return SIZE_MAX;
+        for (size_t i0 = 0; i0 < nq; i0 += DSA_ATT_BLOCK) { /* the kernels take 64 rows a call */
+                const size_t m = MIN(nq - i0, (size_t) DSA_ATT_BLOCK);
+                const float *qi = q + i0 * f->QKV;
+                if (f->ak->blocks_f32(tmp, HS, qi, f->QKV, k, f->QKV, v, f->QKV, m, t0 + i0, all, nc, f->bk, f->T, HS,
+                                      f->scale, true, lse, kscratch) < 0 ||
+                    f->ak->block_mass_f32(mass, qi, f->QKV, k, f->QKV, m, t0 + i0, all, nc, f->bk, f->T, HS, f->scale,
+                                          true, lse, kscratch) < 0) {
+                        f->err = -EINVAL;
+                        return SIZE_MAX;
+                }
         }
         for (size_t b = 0; b < nc; b++)
                 s[b] = mass[b] > 0 ? logf(mass[b]) : -INFINITY;
@@ -334,10 +338,11 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         _cleanup_free_ void *lscratch = lin ? aligned_alloc(64, (lin + 63) / 64 * 64) : NULL;
         if (!x || !h || !qkv || !a || !ff || (lin && !lscratch))
                 return -ENOMEM;
-        f.pool = f.att->kind == DSA_ATT_DSA ||
+        f.pool = (f.att->kind == DSA_ATT_DSA && !f.att->token) ||
                  (f.att->summary && f.att->kind != DSA_ATT_DENSE && f.att->kind != DSA_ATT_LINEAR);
         if (f.pool) {
-                f.D = f.att->kind != DSA_ATT_DSA ? 0 : f.att->heuristic || f.att->oracle ? f.HS : f.att->rank;
+                f.D = f.att->kind != DSA_ATT_DSA || f.att->token ? 0 : f.att->heuristic || f.att->oracle ? f.HS
+                                                                                                : f.att->rank;
                 pooled = malloc(f.nb * (QC + 2 * f.NKV * f.HS + 2 * f.NH * f.D) * sizeof(float));
                 if (!pooled)
                         return -ENOMEM;
@@ -384,11 +389,11 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                                      f.ak->pool_blocks_f32(f.vbar, f.NKV * f.HS, qkv + QC + f.NKV * f.HS, f.QKV, T,
                                                            f.bk, f.NKV * f.HS) < 0))
                                         return -EINVAL;
-                                if (f.att->kind == DSA_ATT_DSA && f.att->token)
-                                        token_project(&f);
-                                else if (f.att->kind == DSA_ATT_DSA)
+                                if (by_means)
                                         dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         }
+                        if (f.att->kind == DSA_ATT_DSA && f.att->token)
+                                token_project(&f);
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }
                 t_att += now_nsec() - t0;

@@ -148,12 +148,19 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                                                  "at start, %.4f fitted", kl0, kl1);
                 } else if (cur->wq && cur->block == a.block) {
                         struct dsa__att mine;
+                        if (a.token && !cur->token) {
+                                r = dsa__error(-EINVAL, "the model's DSA scorer is the pooled one: the token "
+                                               "scorer needs --calib");
+                                goto fail;
+                        }
                         r = dsa__att_copy(&mine, cur);
                         if (r < 0)
                                 goto fail;
                         a.rank = mine.rank, a.n_layer = mine.n_layer, a.n_head = mine.n_head;
                         a.head_dim = mine.head_dim, a.wq = mine.wq, a.wk = mine.wk, a.bias = mine.bias;
-                        a.token = mine.token; /* the scorer's kind comes with it */
+                        a.token = mine.token; /* the scorer's kind comes with it, and its stride */
+                        if (a.stride == 0)
+                                a.stride = mine.stride;
                         dsa__variant_log(o, "keeping the model's fitted DSA %s scorer (rank %u)",
                                          a.token ? "token" : "pooled", a.rank);
                 } else {
@@ -162,6 +169,8 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                         goto fail;
                 }
         }
+        if (a.stride == 0) /* not given and not kept */
+                a.stride = 4;
         r = dsa__att_check(&a, n_layer, n_head, head_dim);
         if (r < 0)
                 goto fail;

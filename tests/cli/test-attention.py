@@ -70,6 +70,24 @@ with tempfile.TemporaryDirectory() as tmp:
     r = json.loads(out) if rc == 0 else {}
     check(rc == 0 and 0 < r["blocks_kept"] < 0.33 and r["ppl"] < dense["ppl"] * 1.03,
           f"token scorer: blocks kept {r.get('blocks_kept')}, ppl {r.get('ppl')} (dense {dense.get('ppl')})")
+    # A kept token scorer keeps its stride unless one is given; a pooled one is not a token one.
+    tok2, tok3 = os.path.join(tmp, "dsa-token2.gguf"), os.path.join(tmp, "dsa-token3.gguf")
+    rc2, _, err2 = run("optimize", "-m", tok, "-o", tok2, "--attention", "dsa", "--att-block", "32", "--att-stride", "8",
+                       "--att-blocks", "9")
+    rc3, _, err3 = run("optimize", "-m", tok2, "-o", tok3, "--attention", "dsa", "--att-block", "32", "--att-mass", "0.7")
+    rc, out, err = run("show", "-m", tok3)
+    check(rc2 == 0 and rc3 == 0 and rc == 0 and "scorer=token,rank=16,stride=8" in out,
+          f"a kept token scorer keeps its stride ({(err2 + err3).strip()[-200:]})")
+    rc, out, err = run("optimize", "-m", files["dsa"], "-o", abl, "--attention", "dsa", "--att-scorer", "token")
+    check(rc == 1 and "--calib" in err, "a pooled scorer is not kept as a token one")
+    # Query blocks over the kernels' 64 rows: a scorer fitted and an oracle run at block 128.
+    b128 = os.path.join(tmp, "dsa-128.gguf")
+    rc, out, err = run("optimize", "-m", model, "-o", b128, "--attention", "dsa", "--att-block", "128",
+                       "--calib", calib, "--calib-max", "50")
+    check(rc == 0, f"a DSA scorer fitted at block 128 ({err.strip()[-200:]})")
+    rc, out, err = run("optimize", "-m", model, "-o", b128, "--attention", "dsa", "--att-oracle", "--att-block", "128")
+    rc2, out2, err2 = run("eval", "-m", b128, "--task", "ppl", "--data", docs, "--limit", "1", "--json")
+    check(rc == 0 and rc2 == 0 and json.loads(out2)["ppl"] > 0, f"the oracle at block 128 ({err2.strip()[-200:]})")
     rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "dense", "--att-summary")
     check(rc == 1 and "summar" in err, "summaries with dense attention are refused")
     rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "dsa", "--att-scorer", "tokens")

@@ -692,6 +692,21 @@ static void test_token_gguf(void **state) {
         assert_int_equal(gguf_round_trip(&c, path, NL, NH, HD, &back), -EBADMSG);
         c.stride = DSA_ATT_MAX_BLOCK + 1;
         assert_int_equal(gguf_round_trip(&c, path, NL, NH, HD, &back), -EBADMSG);
+        /* a flag of the wrong type is refused, not read as absent (a token scorer's weights would
+         * otherwise run as a pooled one) */
+        {
+                struct dsa_gguf_writer *w = dsa_gguf_writer_new();
+                struct dsa_gguf *g = NULL;
+
+                assert_non_null(w);
+                assert_int_equal(dsa_gguf_writer_set_str(w, "dsa.attention.kind", "local"), 0);
+                assert_int_equal(dsa_gguf_writer_set_u32(w, "dsa.attention.summary", 1), 0);
+                assert_int_equal(dsa_gguf_writer_write(w, path), 0);
+                dsa_gguf_writer_free(w);
+                assert_int_equal(dsa_gguf_open(path, &g), 0);
+                assert_int_equal(dsa__att_from_gguf(g, NL, NH, HD, &back), -EBADMSG);
+                dsa_gguf_free(g);
+        }
         dsa__att_clear(&c);
         dsa__att_clear(&s);
         unlink(path);
