@@ -215,7 +215,7 @@ int verb_optimize(int argc, char **argv) {
         int c, r;
 
         dsa__att_init(&att);
-        att.stride = 0; /* unset: a kept token scorer keeps its own, a new one gets 4 */
+        att.stride = 0; /* unset: a kept token scorer keeps its own, a new one gets DSA_ATT_STRIDE */
 
         while ((c = getopt_long(argc, argv, "m:o:h", opts, NULL)) >= 0) {
                 switch (c) {

@@ -41,8 +41,8 @@ struct dsa__att_fitter {
         size_t n_layer, n_head, HS, bk;
         size_t kv_div; /* query heads per key/value head (llama_hook) */
         struct list *lists; /* (n_layer * n_head) */
-        /* token scorer: second moments sum q q^T, sum k k^T (n_layer * n_head, HS, HS) instead of
-         * the block samples */
+        /* token scorer: second moments sum q q^T (n_layer * n_head, HS, HS) and sum k k^T
+         * (n_layer * n_head / kv_div, HS, HS: one per key/value head) instead of the block samples */
         double *cq, *ck;
 };
 
@@ -78,8 +78,19 @@ int dsa__att_fitter_new(size_t block, size_t n_layer, size_t n_head, size_t head
         return 0;
 }
 
-int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q, size_t ldq, const float *k, size_t ldk,
-                        size_t T, size_t NH, size_t NKV, bool causal) {
+/* sum x x^T over T rows of x (ldx, HS values each) into c (HS, HS). */
+static void add_moments(double *c, const float *x, size_t ldx, size_t T, size_t HS) {
+        for (size_t t = 0; t < T; t++)
+                for (size_t i = 0; i < HS; i++) {
+                        const double xi = x[t * ldx + i];
+                        for (size_t j = 0; j < HS; j++)
+                                c[i * HS + j] += xi * x[t * ldx + j];
+                }
+}
+
+/* The pooled scorer's samples of one sequence: per head its blocks' means and dense masses. */
+static int add_samples(struct dsa__att_fitter *f, size_t layer, const float *q, size_t ldq, const float *k, size_t ldk,
+                       size_t T, size_t NH, size_t NKV, bool causal) {
         const struct dsa_attention_kernels *ak = dsa_attention_kernels();
         const size_t HS = f->HS, bk = f->bk, nb = (T + bk - 1) / bk, G = NKV ? NH / NKV : 1;
         const float scale = 1.0f / sqrtf((float) HS);
@@ -88,25 +99,8 @@ int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q,
         _cleanup_free_ uint32_t *blocks = malloc(nb * sizeof(uint32_t));
         int r;
 
-        if (T == 0 || layer >= f->n_layer || NH > f->n_head || NKV == 0 || NH % NKV)
-                return T == 0 ? 0 : -EINVAL;
         if (!scratch || !out || !lse || !blocks)
                 return -ENOMEM;
-        if (f->cq) {
-                for (size_t h = 0; h < NH; h++) {
-                        double *cq = f->cq + (layer * f->n_head + h) * HS * HS, *ck = f->ck + (layer * f->n_head + h) * HS * HS;
-                        const float *kh = k + (h / G) * HS;
-                        for (size_t t = 0; t < T; t++)
-                                for (size_t i = 0; i < HS; i++) {
-                                        const double qi = q[t * ldq + h * HS + i], ki = kh[t * ldk + i];
-                                        for (size_t j = 0; j < HS; j++) {
-                                                cq[i * HS + j] += qi * q[t * ldq + h * HS + j];
-                                                ck[i * HS + j] += ki * kh[t * ldk + j];
-                                        }
-                                }
-                }
-                return 0;
-        }
         for (size_t b = 0; b < nb; b++)
                 blocks[b] = (uint32_t) b;
         for (size_t h = 0; h < NH; h++) {
@@ -143,6 +137,22 @@ int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q,
                                 row[b] /= (float) nq;
                 }
         }
+        return 0;
+}
+
+int dsa__att_fitter_add(struct dsa__att_fitter *f, size_t layer, const float *q, size_t ldq, const float *k, size_t ldk,
+                        size_t T, size_t NH, size_t NKV, bool causal) {
+        const size_t HS = f->HS;
+
+        if (T == 0 || layer >= f->n_layer || NH > f->n_head || NKV == 0 || NH % NKV)
+                return T == 0 ? 0 : -EINVAL;
+        if (!f->cq)
+                return add_samples(f, layer, q, ldq, k, ldk, T, NH, NKV, causal);
+        /* the token scorer's moments; ck once per key/value head */
+        for (size_t h = 0; h < NH; h++)
+                add_moments(f->cq + (layer * f->n_head + h) * HS * HS, q + h * HS, ldq, T, HS);
+        for (size_t g = 0; g < NKV; g++)
+                add_moments(f->ck + (layer * NKV + g) * HS * HS, k + g * HS, ldk, T, HS);
         return 0;
 }
 
@@ -273,7 +283,8 @@ int dsa__att_fitter_fit(struct dsa__att_fitter *f, uint32_t rank, struct dsa__at
                         return dsa__error(-EINVAL, "the token scorer's rank %u is above the head size %zu", rank, f->HS);
                 for (size_t lh = 0; lh < LH; lh++) {
                         double s;
-                        r = dsa__att_fit_token_head(f->cq + lh * f->HS * f->HS, f->ck + lh * f->HS * f->HS, f->HS,
+                        const size_t kvh = lh / f->n_head * (f->n_head / f->kv_div) + lh % f->n_head / f->kv_div;
+                        r = dsa__att_fit_token_head(f->cq + lh * f->HS * f->HS, f->ck + kvh * f->HS * f->HS, f->HS,
                                                     rank, att->wq + lh * rank * f->HS, att->wk + lh * rank * f->HS, &s);
                         if (r < 0)
                                 return r;
@@ -331,7 +342,7 @@ int dsa__att_fit(const struct dsa_llama *l, const int32_t *const *seqs, const si
         f->kv_div = c->n_head / c->n_head_kv;
         if (att->token) {
                 f->cq = calloc((size_t) c->n_layer * c->n_head * c->head_dim * c->head_dim, sizeof(double));
-                f->ck = calloc((size_t) c->n_layer * c->n_head * c->head_dim * c->head_dim, sizeof(double));
+                f->ck = calloc((size_t) c->n_layer * c->n_head_kv * c->head_dim * c->head_dim, sizeof(double));
                 if (!f->cq || !f->ck)
                         return -ENOMEM;
         }

@@ -21,7 +21,7 @@
 size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, size_t HS) {
         size_t ks = dsa_attention_blocks_scratch(bk, HS);
 
-        if (ks == SIZE_MAX || !a->summary || a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR)
+        if (ks == SIZE_MAX || !dsa__att_summaries(a))
                 return ks;
         ks = MAX(ks, dsa_attention_blocks_scratch(MIN(MAX(nkb, (size_t) 1), (size_t) DSA_ATT_MAX_BK), HS));
         if (nkb > (SIZE_MAX / 4 - ks) / (2 * HS + 1))
@@ -44,40 +44,55 @@ static void merge_rows(float *out, size_t ldo, float *L, const float *o, size_t 
         }
 }
 
-/* Rows [i0, i0 + nq) of the query block, nq <= DSA_ATT_BLOCK (the kernel's most). */
-static int attend_rows(const struct dsa__att *a, const struct dsa_attention_kernels *ak, float *out, size_t ldo,
-                       const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv, size_t nq,
-                       size_t qb, size_t i0, const uint32_t *blocks, size_t n, size_t T, size_t HS, float scale,
-                       bool causal, const float *kbar, const float *vbar, size_t ldb, float *scratch) {
-        const size_t bk = a->block, nkb = (T + bk - 1) / bk, pos0 = qb * bk + i0;
-        const size_t ks = dsa__att_attend_scratch(a, nkb, bk, HS) - SUMMARY_FLOATS(nkb, HS);
-        float *sk = scratch + ks, *sv = sk + nkb * HS, *po = sv + nkb * HS, *L = po + DSA_ATT_BLOCK * HS;
-        float *lse = L + DSA_ATT_BLOCK;
-        const size_t nvis = causal ? MIN(qb, nkb) : nkb; /* causal: only whole blocks before qb */
-        size_t ns = 0, t = 0, part = SIZE_MAX;
-        int r;
+/* A query block's summaries, gathered once for all its row slices, and the slices' buffers. */
+struct summaries {
+        const float *kbar, *vbar; /* (nkb, ldb): every block's mean key and value */
+        size_t ldb;
+        float *sk, *sv;           /* (ns, HS): those of the skipped whole blocks */
+        size_t ns, part;          /* part: the skipped partial last block, SIZE_MAX for none */
+        float *po, *L, *lse;      /* a slice's summary output (64, HS), running and partial lse */
+};
 
-        r = ak->blocks_f32(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, n, bk, T, HS, scale, causal, L, scratch);
-        if (r < 0)
-                return r;
-        /* the skipped blocks, in order; blocks[] is ascending */
+/* Gathers the visible blocks the list skips (blocks ascending; causal: whole blocks before qb);
+ * the partial last block (bidirectional only), which weighs its own count, goes to part. */
+static void gather_skipped(struct summaries *S, const struct dsa__att *a, size_t qb, const uint32_t *blocks,
+                           size_t n, size_t T, size_t HS, bool causal) {
+        const size_t bk = a->block, nkb = (T + bk - 1) / bk, nvis = causal ? MIN(qb, nkb) : nkb;
+        size_t t = 0;
+
+        S->ns = 0, S->part = SIZE_MAX;
         for (size_t b = 0; b < nvis; b++) {
                 while (t < n && blocks[t] < b)
                         t++;
                 if (t < n && blocks[t] == b)
                         continue;
-                if ((b + 1) * bk > T) { /* the partial last block: a key of its own weight */
-                        part = b;
+                if ((b + 1) * bk > T) {
+                        S->part = b;
                         continue;
                 }
-                memcpy(sk + ns * HS, kbar + b * ldb, HS * sizeof(float));
-                memcpy(sv + ns * HS, vbar + b * ldb, HS * sizeof(float));
-                ns++;
+                memcpy(S->sk + S->ns * HS, S->kbar + b * S->ldb, HS * sizeof(float));
+                memcpy(S->sv + S->ns * HS, S->vbar + b * S->ldb, HS * sizeof(float));
+                S->ns++;
         }
-        for (size_t s0 = 0; s0 < ns; s0 += DSA_ATT_MAX_BK) {
-                const size_t m = MIN(ns - s0, (size_t) DSA_ATT_MAX_BK);
+}
+
+/* Rows [i0, i0 + nq) of the query block, nq <= DSA_ATT_BLOCK (the kernel's most): the listed
+ * blocks, then the ns gathered summaries and the partial block part, merged. */
+static int attend_rows(const struct dsa__att *a, const struct dsa_attention_kernels *ak, float *out, size_t ldo,
+                       const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv, size_t nq,
+                       size_t pos0, const uint32_t *blocks, size_t n, size_t T, size_t HS, float scale, bool causal,
+                       const struct summaries *S, float *scratch) {
+        const size_t bk = a->block;
+        float *po = S->po, *L = S->L, *lse = S->lse;
+        int r;
+
+        r = ak->blocks_f32(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, n, bk, T, HS, scale, causal, L, scratch);
+        if (r < 0)
+                return r;
+        for (size_t s0 = 0; s0 < S->ns; s0 += DSA_ATT_MAX_BK) {
+                const size_t m = MIN(S->ns - s0, (size_t) DSA_ATT_MAX_BK);
                 const uint32_t one = 0;
-                r = ak->blocks_f32(po, HS, q, ldq, sk + s0 * HS, HS, sv + s0 * HS, HS, nq, 0, &one, 1, m, m, HS,
+                r = ak->blocks_f32(po, HS, q, ldq, S->sk + s0 * HS, HS, S->sv + s0 * HS, HS, nq, 0, &one, 1, m, m, HS,
                                    scale, false, lse, scratch);
                 if (r < 0)
                         return r;
@@ -85,9 +100,9 @@ static int attend_rows(const struct dsa__att *a, const struct dsa_attention_kern
                         lse[i] += logf((float) bk);
                 merge_rows(out, ldo, L, po, HS, lse, nq, HS);
         }
-        if (part != SIZE_MAX) {
-                const float *kb = kbar + part * ldb, *vb = vbar + part * ldb;
-                const float lc = logf((float) (T - part * bk));
+        if (S->part != SIZE_MAX) {
+                const float *kb = S->kbar + S->part * S->ldb, *vb = S->vbar + S->part * S->ldb;
+                const float lc = logf((float) (T - S->part * bk));
                 for (size_t i = 0; i < nq; i++) {
                         float d = 0;
                         for (size_t c = 0; c < HS; c++)
@@ -104,21 +119,28 @@ int dsa__att_attend(const struct dsa__att *a, const struct dsa_attention_kernels
                     const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv, size_t nq,
                     size_t qb, const uint32_t *blocks, size_t n, size_t T, size_t HS, float scale, bool causal,
                     const float *kbar, const float *vbar, size_t ldb, float *scratch) {
-        const bool summary = a->summary && a->kind != DSA_ATT_DENSE && a->kind != DSA_ATT_LINEAR;
+        const bool summary = dsa__att_summaries(a);
+        const size_t bk = a->block, nkb = (T + bk - 1) / bk;
+        struct summaries S = { .kbar = kbar, .vbar = vbar, .ldb = ldb };
         int r = 0;
 
-        if (nq > a->block || (summary && (!kbar || !vbar)))
+        if (nq > bk || (summary && (!kbar || !vbar)))
                 return -EINVAL;
+        if (summary) { /* gathered once for all the slices below */
+                S.sk = scratch + dsa__att_attend_scratch(a, nkb, bk, HS) - SUMMARY_FLOATS(nkb, HS);
+                S.sv = S.sk + nkb * HS, S.po = S.sv + nkb * HS, S.L = S.po + DSA_ATT_BLOCK * HS;
+                S.lse = S.L + DSA_ATT_BLOCK;
+                gather_skipped(&S, a, qb, blocks, n, T, HS, causal);
+        }
         /* the kernel takes at most DSA_ATT_BLOCK rows a call: larger query blocks go in slices */
         for (size_t i0 = 0; i0 < nq && r >= 0; i0 += DSA_ATT_BLOCK) {
                 const size_t m = MIN(nq - i0, (size_t) DSA_ATT_BLOCK);
                 if (summary)
-                        r = attend_rows(a, ak, out + i0 * ldo, ldo, q + i0 * ldq, ldq, k, ldk, v, ldv, m, qb, i0,
-                                        blocks, n, T, HS, scale, causal, kbar, vbar, ldb, scratch);
+                        r = attend_rows(a, ak, out + i0 * ldo, ldo, q + i0 * ldq, ldq, k, ldk, v, ldv, m, qb * bk + i0,
+                                        blocks, n, T, HS, scale, causal, &S, scratch);
                 else
-                        r = ak->blocks_f32(out + i0 * ldo, ldo, q + i0 * ldq, ldq, k, ldk, v, ldv, m,
-                                           qb * a->block + i0, blocks, n, a->block, T, HS, scale, causal, NULL,
-                                           scratch);
+                        r = ak->blocks_f32(out + i0 * ldo, ldo, q + i0 * ldq, ldq, k, ldk, v, ldv, m, qb * bk + i0,
+                                           blocks, n, bk, T, HS, scale, causal, NULL, scratch);
         }
         return r;
 }

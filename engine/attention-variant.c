@@ -45,7 +45,7 @@ const char *dsa_att_select_name(enum dsa_att_select s) {
 void dsa__att_init(struct dsa__att *a) {
         *a = (struct dsa__att) {
                 .kind = DSA_ATT_DENSE, .block = 64, .window = 2, .global = 1, .random = 2, .seed = 1,
-                .select = DSA_ATT_SELECT_MASS, .mass = 0.95f, .fraction = 0.5f, .stride = 4,
+                .select = DSA_ATT_SELECT_MASS, .mass = 0.95f, .fraction = 0.5f, .stride = DSA_ATT_STRIDE,
         };
 }
 

@@ -65,6 +65,9 @@ enum dsa_att_select {
  * then block distances 1, 2, 3, 4-7, 8-15, ..., 512+ (bins 2..DSA_ATT_NBINS-1). */
 #define DSA_ATT_NBINS 13
 
+/* The token scorer's default stride (dsa__att_init, and a CLI that leaves it unset). */
+#define DSA_ATT_STRIDE 4
+
 /* The largest scorer rank and block size accepted. */
 #define DSA_ATT_MAX_RANK 64
 #define DSA_ATT_MAX_BLOCK 256
@@ -164,6 +167,11 @@ size_t dsa__att_select_scored(const struct dsa__att *a, size_t layer, size_t hea
  * nvis[b] is 0. */
 void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nb, const float *u,
                      const float *w, size_t D, const float *nvis, float scale, float *s);
+
+/* Whether a's skipped blocks enter as summaries: summary set on a block-sparse kind. */
+static inline bool dsa__att_summaries(const struct dsa__att *a) {
+        return a->summary && a->kind != DSA_ATT_DENSE && a->kind != DSA_ATT_LINEAR;
+}
 
 /* Floats of scratch dsa__att_attend() needs for key blocks of bk keys, nkb of them, head size HS
  * (the streaming kernel's scratch first, then the summaries'); SIZE_MAX when bk or HS is out of

@@ -221,7 +221,7 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
         const size_t nb = (maxT + bk - 1) / bk, D = at->heuristic || !at->wq ? HS : at->rank;
         const size_t sel = dsa__att_select_scratch(at, nb), ks = MAX(dsa__att_attend_scratch(at, nb, bk, HS),
                                                                     dsa_attention_linear_scratch(HS));
-        const bool summary = at->summary && at->kind != DSA_ATT_DENSE && at->kind != DSA_ATT_LINEAR;
+        const bool summary = dsa__att_summaries(at);
         _cleanup_free_ float *scratch = malloc((sel + ks + nb * (3 * HS + 2 * D + 1)) * sizeof(float));
         _cleanup_free_ uint32_t *blocks = malloc(MAX(nb, (size_t) 1) * sizeof(uint32_t));
         if (!scratch || !blocks) {

@@ -121,18 +121,10 @@ static void token_project(struct fwd *f) {
         for (size_t h = 0; h < f->NH; h++) {
                 float *qt = f->qt + h * f->nsr * R;
                 const float *wh = wq + h * R * HS;
-                if (nreg)
-                        dsa_gemm_nt_f32(qt, R, f->qkv + (st - 1) * f->QKV + h * HS, st * f->QKV, wh, HS, nreg, R, HS,
+                dsa_gemm_nt_f32(qt, R, f->qkv + (st - 1) * f->QKV + h * HS, st * f->QKV, wh, HS, nreg, R, HS, f->scale);
+                if (f->nsr > nreg) /* the last row, off the stride */
+                        dsa_gemm_nt_f32(qt + nreg * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, HS, wh, HS, 1, R, HS,
                                         f->scale);
-                if (f->nsr > nreg) { /* the last row */
-                        const float *q = f->qkv + (f->T - 1) * f->QKV + h * HS;
-                        for (size_t r = 0; r < R; r++) {
-                                float d = 0;
-                                for (size_t c = 0; c < HS; c++)
-                                        d += wh[r * HS + c] * q[c];
-                                qt[nreg * R + r] = f->scale * d;
-                        }
-                }
         }
 }
 
@@ -338,8 +330,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         _cleanup_free_ void *lscratch = lin ? aligned_alloc(64, (lin + 63) / 64 * 64) : NULL;
         if (!x || !h || !qkv || !a || !ff || (lin && !lscratch))
                 return -ENOMEM;
-        f.pool = (f.att->kind == DSA_ATT_DSA && !f.att->token) ||
-                 (f.att->summary && f.att->kind != DSA_ATT_DENSE && f.att->kind != DSA_ATT_LINEAR);
+        f.pool = (f.att->kind == DSA_ATT_DSA && !f.att->token) || dsa__att_summaries(f.att);
         if (f.pool) {
                 f.D = f.att->kind != DSA_ATT_DSA || f.att->token ? 0 : f.att->heuristic || f.att->oracle ? f.HS
                                                                                                 : f.att->rank;
@@ -382,10 +373,10 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                         if (f.pool) { /* mean query, key and value of every block */
                                 const bool by_means = f.att->kind == DSA_ATT_DSA && !f.att->token;
                                 if ((by_means && f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC) < 0) ||
-                                    ((by_means || f.att->summary) &&
+                                    ((by_means || dsa__att_summaries(f.att)) &&
                                      f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk,
                                                            f.NKV * f.HS) < 0) ||
-                                    (f.att->summary &&
+                                    (dsa__att_summaries(f.att) &&
                                      f.ak->pool_blocks_f32(f.vbar, f.NKV * f.HS, qkv + QC + f.NKV * f.HS, f.QKV, T,
                                                            f.bk, f.NKV * f.HS) < 0))
                                         return -EINVAL;

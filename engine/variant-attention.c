@@ -61,6 +61,11 @@ static void bert_hook(void *userdata, size_t layer, const float *q, const float 
                 b->err = r;
 }
 
+/* --scorer-rank, or the default: 8 for the pooled scorer, 16 for the token one. */
+static uint32_t scorer_rank(const struct dsa_optimize_opts *o, const struct dsa__att *a) {
+        return o->scorer_rank ? o->scorer_rank : a->token ? 16 : 8;
+}
+
 static int fit_bert(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa__att *a, double *kl0,
                     double *kl1) {
         struct dsa_bert *bert = m->bert;
@@ -76,19 +81,14 @@ static int fit_bert(struct dsa_model *m, const struct dsa_optimize_opts *o, stru
         struct dsa__bert_hooks hooks = { .userdata = &bf, .attention = bert_hook };
         /* under dense attention, whatever the model ran before */
         dsa__att_init(&bert->att);
-        dsa__variant_log(o, "fitting the DSA scorer (rank %u) on %zu texts", o->scorer_rank ? o->scorer_rank : 8, o->n_calib);
+        dsa__variant_log(o, "fitting the DSA scorer (rank %u) on %zu texts", scorer_rank(o, a), o->n_calib);
         r = dsa__model_calibrate(m, o->calib, o->calib_pairs, o->n_calib, &hooks, NULL);
         bert->att = keep;
         if (r < 0)
                 return r;
         if (bf.err < 0)
                 return bf.err;
-        return dsa__att_fitter_fit(f, o->scorer_rank ? o->scorer_rank : 8, a, kl0, kl1);
-}
-
-/* --scorer-rank, or the default: 8 for the pooled scorer, 16 for the token one. */
-static uint32_t scorer_rank(const struct dsa_optimize_opts *o, const struct dsa__att *a) {
-        return o->scorer_rank ? o->scorer_rank : a->token ? 16 : 8;
+        return dsa__att_fitter_fit(f, scorer_rank(o, a), a, kl0, kl1);
 }
 
 static int fit_llama(struct dsa_model *m, const struct dsa_optimize_opts *o, struct dsa__att *a, double *kl0,
@@ -170,7 +170,7 @@ int dsa__model_set_attention(struct dsa_model *m, const struct dsa_optimize_opts
                 }
         }
         if (a.stride == 0) /* not given and not kept */
-                a.stride = 4;
+                a.stride = DSA_ATT_STRIDE;
         r = dsa__att_check(&a, n_layer, n_head, head_dim);
         if (r < 0)
                 goto fail;

@@ -8,6 +8,15 @@
 
 #include "kernels.h"
 
+/* c (M, ldc) = alpha a b^T + beta c, a (M, K; lda), b (N, K; ldb), K >= 1: the one sgemm call
+ * of this file (a single row or column may come with any stride: BLAS checks ld >= K). */
+static void sgemm_nt(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, size_t M, size_t N,
+                     size_t K, float alpha, float beta) {
+        assert(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint) M, (blasint) N, (blasint) K, alpha, a,
+                    (blasint) (M > 1 ? lda : K), b, (blasint) (N > 1 ? ldb : K), beta, c, (blasint) ldc);
+}
+
 /* inp (N,C) row-major x weight (OC,C) row-major, i.e. PyTorch's Linear weight, transposed by
  * BLAS rather than in memory; bias (OC) or NULL; out (N,ldo), OC values per row, the rest of
  * each row untouched. With a bias the rows are filled with it first and sgemm accumulates onto
@@ -15,7 +24,6 @@
 void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weight, const float *bias,
                     size_t N, size_t C, size_t OC) {
         assert(ldo >= OC);
-        assert(N <= INT_MAX && C <= INT_MAX && OC <= INT_MAX && ldo <= INT_MAX);
 
         if (N == 0 || OC == 0)
                 return;
@@ -29,15 +37,12 @@ void dsa_linear_f32(float *out, size_t ldo, const float *inp, const float *weigh
         if (C == 0)
                 return;
 
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint) N, (blasint) OC,
-                    (blasint) C, 1.0f, inp, (blasint) C, weight, (blasint) C, bias ? 1.0f : 0.0f,
-                    out, (blasint) ldo);
+        sgemm_nt(out, ldo, inp, C, weight, C, N, OC, C, 1.0f, bias ? 1.0f : 0.0f);
 }
 
 void dsa_gemm_nt_f32(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb, size_t M,
                      size_t N, size_t K, float alpha) {
         assert(ldc >= N && (M < 2 || lda >= K) && (N < 2 || ldb >= K));
-        assert(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX);
 
         if (M == 0 || N == 0)
                 return;
@@ -46,8 +51,7 @@ void dsa_gemm_nt_f32(float *c, size_t ldc, const float *a, size_t lda, const flo
                         memset(c + i * ldc, 0, N * sizeof(float));
                 return;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint) M, (blasint) N, (blasint) K, alpha, a,
-                    (blasint) (M > 1 ? lda : K), b, (blasint) (N > 1 ? ldb : K), 0.0f, c, (blasint) ldc);
+        sgemm_nt(c, ldc, a, lda, b, ldb, M, N, K, alpha, 0.0f);
 }
 
 void dsa_blas_set_threads(int n) {
