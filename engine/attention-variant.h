@@ -179,16 +179,16 @@ static inline bool dsa__att_summaries(const struct dsa__att *a) {
 size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, size_t HS);
 
 /* Attention of query block qb of one head: q (nq, ldq), rows at positions qb * a->block + i, over
- * the listed key blocks (n, ascending) of k, v (T, ld*) through the streaming kernel into out
- * (nq, ldo); with a->summary, also over one summary key per visible key block the list skips
- * (causal: b < qb; else every b), kbar and vbar (nkb, ldb) the blocks' mean keys and values
- * (pool_blocks_f32), a block of c keys scoring scale * q . kbar_b + log c. kbar and vbar are
- * not read without a->summary. The two softmaxes are merged by their log-sum-exp. scratch:
- * dsa__att_attend_scratch(). 0 or -EINVAL (the kernel's). */
+ * the listed key blocks (n, ascending) of the head's T keys packed by pack_kv_f32 in kv, through
+ * the streaming kernel into out (nq, ldo); with a->summary, also over one summary key per
+ * visible key block the list skips (causal: b < qb; else every b), skv the blocks' mean keys and
+ * values (pool_blocks_f32, nkb of them) packed by pack_kv_f32 with the same scale, a block of c
+ * keys scoring scale * q . kbar_b + log c. skv is not read without a->summary. The two
+ * softmaxes are merged by their log-sum-exp. scratch: dsa__att_attend_scratch(). 0 or -EINVAL
+ * (the kernel's). */
 int dsa__att_attend(const struct dsa__att *a, const struct dsa_attention_kernels *ak, float *out, size_t ldo,
-                    const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv, size_t nq,
-                    size_t qb, const uint32_t *blocks, size_t n, size_t T, size_t HS, float scale, bool causal,
-                    const float *kbar, const float *vbar, size_t ldb, float *scratch);
+                    const float *q, size_t ldq, size_t nq, size_t qb, const uint32_t *blocks, size_t n, size_t T,
+                    size_t HS, bool causal, const float *kv, const float *skv, float *scratch);
 
 /* ---- fitting the DSA scorer (attention-fit.c) */
 

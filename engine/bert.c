@@ -224,10 +224,15 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
         const bool summary = dsa__att_summaries(at);
         _cleanup_free_ float *scratch = malloc((sel + ks + nb * (3 * HS + 2 * D + 1)) * sizeof(float));
         _cleanup_free_ uint32_t *blocks = malloc(MAX(nb, (size_t) 1) * sizeof(uint32_t));
-        if (!scratch || !blocks) {
+        /* this head's keys and values, and block means, packed for the streaming kernel */
+        const size_t pk = dsa_attention_packed_floats(maxT, HS), ps = summary ? dsa_attention_packed_floats(nb, HS) : 0;
+        _cleanup_free_ float *kv = pk == SIZE_MAX || ps == SIZE_MAX ? NULL
+                                                                    : aligned_alloc(64, ((pk + ps) * sizeof(float) + 63) / 64 * 64);
+        if (!scratch || !blocks || !kv) {
                 f->err = -ENOMEM;
                 return;
         }
+        float *skv = kv + pk;
         float *kscr = scratch + sel, *qbar = kscr + ks, *kbar = qbar + nb * HS, *qp = kbar + nb * HS, *kp = qp + nb * D;
         float *nvis = kp + nb * D, *vbar = nvis + nb;
 
@@ -259,6 +264,11 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
                         dsa__att_project(at, f->layer, h, true, qbar, HS, n_b, HS, qp);
                         dsa__att_project(at, f->layer, h, false, kbar, HS, n_b, HS, kp);
                 }
+                if ((r = ak->pack_kv_f32(kv, k, 3 * A, v, 3 * A, T, HS, f->scale)) < 0 ||
+                    (summary && (r = ak->pack_kv_f32(skv, kbar, HS, vbar, HS, n_b, HS, f->scale)) < 0)) {
+                        f->err = r;
+                        continue;
+                }
                 for (size_t qb = 0; qb < n_b && r >= 0; qb++) {
                         const size_t t0 = qb * bk, nq = MIN(bk, T - t0);
                         size_t n;
@@ -270,8 +280,8 @@ static void task_attention_sparse(void *arg, size_t begin, size_t end) {
                         } else
                                 n = dsa__att_select(at, f->layer, h, qb, n_b, false, NULL, NULL, 0, NULL, f->scale,
                                                     blocks, scratch);
-                        r = dsa__att_attend(at, ak, out + t0 * A, A, q + t0 * 3 * A, 3 * A, k, 3 * A, v, 3 * A, nq, qb,
-                                            blocks, n, T, HS, f->scale, false, kbar, vbar, HS, kscr);
+                        r = dsa__att_attend(at, ak, out + t0 * A, A, q + t0 * 3 * A, 3 * A, nq, qb, blocks, n, T, HS, false,
+                                            kv, skv, kscr);
                 }
                 if (r < 0)
                         f->err = r;

@@ -46,10 +46,18 @@ struct fwd {
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
         float *qt, *kt;     /* token scorer: (NH, nsr, R) scaled projections of the scored rows,
                              * (NH, R, ldkt) of every key */
+        int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
+        float *qs;          /* signed bytes and (NH, nsr) scales, */
+        uint8_t *kq;        /* kt as (NH, R4/4, ldkq) bytes of 4 components per key, */
+        float *ks;          /* (NH, T) key scales; R4 = R rounded up to 4, the padding 0 */
+        size_t r4, ldkq;
         size_t nsr;         /* scored rows: every stride-th, and the last */
         size_t ldkt;        /* kt's row stride: T rounded up to 16, plus 16, so its R rows do not
                              * all fall in the same L1 sets (T = 4096: a 16 KiB stride) */
         size_t D;
+        float *kv, *skv;    /* (NKV, pk), (NKV, ps): each key head's keys and block means packed
+                             * (pack_kv_f32) for the streaming kernel, once per layer */
+        size_t pk, ps;
         const float *norm;  /* rmsnorm weight of the step */
         atomic_uint_fast64_t kept;
         int err;
@@ -108,6 +116,21 @@ static void task_project(void *arg, size_t begin, size_t end) {
         }
 }
 
+/* Key heads [begin, end): keys and values, and with summaries the block means, packed once for
+ * every query head and query block that reads them. */
+static void task_pack(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
+
+        for (size_t g = begin; g < end; g++) {
+                const float *k = f->qkv + QC + g * HS, *v = k + ld;
+                if (f->ak->pack_kv_f32(f->kv + g * f->pk, k, f->QKV, v, f->QKV, f->T, HS, f->scale) < 0 ||
+                    (f->skv && f->ak->pack_kv_f32(f->skv + g * f->ps, f->kbar + g * HS, ld, f->vbar + g * HS, ld, f->nb,
+                                                   HS, f->scale) < 0))
+                        f->err = -EINVAL;
+        }
+}
+
 /* The token scorer's projections of this layer: kt (NH, R, ldkt) of every key, qt (NH, nsr, R) of
  * every stride-th query row and the last, scaled by 1/sqrt(HS). GEMMs through BLAS. */
 static void token_project(struct fwd *f) {
@@ -125,6 +148,53 @@ static void token_project(struct fwd *f) {
                 if (f->nsr > nreg) /* the last row, off the stride */
                         dsa_gemm_nt_f32(qt + nreg * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, HS, wh, HS, 1, R, HS,
                                         f->scale);
+        }
+}
+
+/* x rounded to the nearest integer, halves away from 0 (no libm call: a cast the compiler can
+ * vectorize). */
+static inline int round_int(float x) {
+        return (int) (x + (x >= 0 ? 0.5f : -0.5f));
+}
+
+/* Heads [begin, end) of the token scorer's projections to bytes for block_max_lowrank_q8: each
+ * key's R components by one scale (its largest |value| to 127, so it depends on that key only
+ * and the scoring stays causal), as unsigned bytes offset by 128 in groups of 4; each scored
+ * row's by one scale (largest to 63). Padding components are 0. */
+static void task_token_q8(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t R = f->att->rank, R4 = f->r4, T = f->T, ld = f->ldkt;
+
+        for (size_t h = begin; h < end; h++) {
+                const float *kt = f->kt + h * R * ld, *qt = f->qt + h * f->nsr * R;
+                uint8_t *kq = f->kq + h * (R4 / 4) * f->ldkq;
+                int8_t *qq = f->qq + h * f->nsr * R4;
+                float *ks = f->ks + h * T, *qs = f->qs + h * f->nsr;
+
+                for (size_t j = 0; j < T; j++) /* ks: each key's largest |component|, then 127 / it */
+                        ks[j] = 0.0f;
+                for (size_t r = 0; r < R; r++)
+                        for (size_t j = 0; j < T; j++)
+                                ks[j] = fmaxf(ks[j], fabsf(kt[r * ld + j]));
+                for (size_t j = 0; j < T; j++)
+                        ks[j] = ks[j] > 0 ? 127.0f / ks[j] : 0.0f;
+                for (size_t r = 0; r < R4; r++) {
+                        uint8_t *dst = kq + (r / 4) * f->ldkq + r % 4;
+                        for (size_t j = 0; j < T; j++)
+                                dst[4 * j] = (uint8_t) (128 + (r < R ? round_int(kt[r * ld + j] * ks[j]) : 0));
+                }
+                for (size_t j = 0; j < T; j++) /* and the key's scale */
+                        ks[j] = ks[j] > 0 ? 1.0f / ks[j] : 0.0f;
+                for (size_t i = 0; i < f->nsr; i++) {
+                        const float *q = qt + i * R;
+                        float mx = 0;
+                        for (size_t r = 0; r < R; r++)
+                                mx = fmaxf(mx, fabsf(q[r]));
+                        const float inv = mx > 0 ? 63.0f / mx : 0.0f;
+                        qs[i] = mx / 63.0f;
+                        for (size_t r = 0; r < R4; r++)
+                                qq[i * R4 + r] = (int8_t) (r < R ? round_int(q[r] * inv) : 0);
+                }
         }
 }
 
@@ -164,7 +234,7 @@ static size_t oracle_select(struct fwd *f, size_t h, size_t qb, const float *q, 
  * logit per earlier block, softmax over those blocks, summed over the rows; log of that is the
  * score (attention-variant.h). tmp: (bk + 1) * nb + nb floats. */
 static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks, float *scratch, float *tmp) {
-        const size_t st = f->att->stride, R = f->att->rank, nb = f->nb, t0 = qb * f->bk, t1 = MIN(t0 + f->bk, f->T);
+        const size_t st = f->att->stride, nb = f->nb, t0 = qb * f->bk, t1 = MIN(t0 + f->bk, f->T);
         const size_t first = t0 + (st - 1 - t0 % st), i0 = first / st;
         size_t ns = first < t1 ? (t1 - 1 - first) / st + 1 : 0;
         float *mx = tmp, *sc = tmp + (f->bk + 1) * nb, best = -INFINITY;
@@ -175,8 +245,9 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
                 sc[b] = 0.0f;
         if (qb > 0 && ns > 0) {
                 const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
-                if (f->ak->block_max_lowrank_f32(mx, nb, f->qt + (h * f->nsr + ifirst) * R, R, f->kt + h * R * f->ldkt,
-                                                 f->ldkt, ns, f->bk, t0, R) < 0) {
+                const size_t R4 = f->r4, row = h * f->nsr + ifirst;
+                if (f->ak->block_max_lowrank_q8(mx, nb, f->qq + row * R4, R4, f->qs + row, f->kq + h * (R4 / 4) * f->ldkq,
+                                                f->ldkq, f->ks + h * f->T, ns, f->bk, t0, R4) < 0) {
                         f->err = -EINVAL;
                         return SIZE_MAX;
                 }
@@ -234,9 +305,8 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                         n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
                                             blocks, scratch);
                 kept += n;
-                if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, q, f->QKV, k, f->QKV, v, f->QKV, nq,
-                                    qb, blocks, n, f->T, HS, f->scale, true, f->pool ? f->kbar + kvh * HS : NULL,
-                                    f->pool ? f->vbar + kvh * HS : NULL, f->NKV * HS, scratch + sel) < 0)
+                if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, q, f->QKV, nq, qb, blocks, n, f->T, HS,
+                                    true, f->kv + kvh * f->pk, f->skv ? f->skv + kvh * f->ps : NULL, scratch + sel) < 0)
                         f->err = -EINVAL;
         }
         atomic_fetch_add(&f->kept, kept);
@@ -340,14 +410,30 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.qbar = pooled, f.kbar = f.qbar + f.nb * QC, f.vbar = f.kbar + f.nb * f.NKV * f.HS;
                 f.qp = f.vbar + f.nb * f.NKV * f.HS, f.kp = f.qp + f.nb * f.NH * f.D;
         }
+        f.pk = dsa_attention_packed_floats(T, f.HS);
+        f.ps = dsa__att_summaries(f.att) ? dsa_attention_packed_floats(f.nb, f.HS) : 0;
+        _cleanup_free_ float *kvbuf = NULL;
+        if (f.att->kind != DSA_ATT_LINEAR) {
+                if (f.pk == SIZE_MAX || f.ps == SIZE_MAX)
+                        return -EINVAL;
+                kvbuf = aligned_alloc(64, ((f.pk + f.ps) * f.NKV * sizeof(float) + 63) / 64 * 64);
+                if (!kvbuf)
+                        return -ENOMEM;
+                f.kv = kvbuf, f.skv = f.ps ? kvbuf + f.pk * f.NKV : NULL;
+        }
         _cleanup_free_ float *tokbuf = NULL;
         if (f.att->kind == DSA_ATT_DSA && f.att->token) {
                 f.nsr = T / f.att->stride + (T % f.att->stride != 0);
                 f.ldkt = (T + 15) / 16 * 16 + 16;
-                tokbuf = malloc(f.NH * f.att->rank * (f.nsr + f.ldkt) * sizeof(float));
+                f.r4 = (f.att->rank + 3) / 4 * 4;
+                f.ldkq = 4 * f.ldkt;
+                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt) + f.nsr + T) * sizeof(float) +
+                                f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
-                f.qt = tokbuf, f.kt = tokbuf + f.NH * f.nsr * f.att->rank;
+                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank;
+                f.qs = f.kt + f.NH * f.att->rank * f.ldkt, f.ks = f.qs + f.NH * f.nsr;
+                f.kq = (uint8_t *) (f.ks + f.NH * T), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.ldkq);
         }
         f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
 
@@ -383,8 +469,13 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                                 if (by_means)
                                         dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         }
-                        if (f.att->kind == DSA_ATT_DSA && f.att->token)
+                        dsa_threadpool_for(pool, f.NKV, 1, task_pack, &f);
+                        if (f.err < 0)
+                                return f.err;
+                        if (f.att->kind == DSA_ATT_DSA && f.att->token) {
                                 token_project(&f);
+                                dsa_threadpool_for(pool, f.NH, 1, task_token_q8, &f);
+                        }
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }
                 t_att += now_nsec() - t0;

@@ -12,6 +12,8 @@
 
 #include "attention.h"
 
+#define MAX(a, b) ((a) > (b) ? (a) : (b))
+
 #define CHUNK DSA_ATT_LINEAR_CHUNK
 
 static size_t round_up(size_t n, size_t m) {
@@ -19,18 +21,18 @@ static size_t round_up(size_t n, size_t m) {
 }
 
 void dsa__att_blocks_layout(struct dsa__att_layout *L, size_t bk, size_t HS) {
-        const size_t bkp = round_up(bk, 32), hsp = round_up(HS, 32);
+        const size_t W = MAX(round_up(bk, 32), (size_t) DSA__ATT_SPAN), hsp = round_up(HS, 32);
         size_t o = 0;
 
         *L = (struct dsa__att_layout) { 0 };
-        L->kt = o, o += HS * bkp; /* bkp is a multiple of 16: every region stays aligned */
-        L->vp = o, o += hsp * bk;
-        o = round_up(o, 16);
-        L->s = o, o += DSA_ATT_BLOCK * bkp;
+        L->span = W, L->lds = W + 32; /* a chunk of W keys read from up to 31 keys past a panel start */
+        L->kt = o, o += HS * W;       /* W is a multiple of 32: every region stays aligned */
+        L->vp = o, o += hsp * W;
+        L->s = o, o += DSA_ATT_BLOCK * L->lds;
         L->acc = o, o += round_up(DSA_ATT_BLOCK * HS, 16);
         L->m = o, o += DSA_ATT_BLOCK;
         L->l = o, o += DSA_ATT_BLOCK;
-        L->idx = o, o += round_up(2 * bk, 16);
+        L->idx = o, o += 2 * W;
         L->total = o + 16;
 }
 
@@ -116,11 +118,10 @@ static bool visible(size_t j, size_t p, bool causal) {
         return !causal || j <= p;
 }
 
-int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
-                                  size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
-                                  const uint32_t *blocks, size_t nb, size_t bk, size_t Tk,
-                                  size_t HS, float scale, bool causal, float *ret_lse,
-                                  float *scratch) {
+/* blocks_f32 with the bias of blocks_packed_f32 (NULL: none). */
+static int blocks_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k, size_t ldk, const float *v,
+                      size_t ldv, const float *bias, size_t nq, size_t pos0, const uint32_t *blocks, size_t nb,
+                      size_t bk, size_t Tk, size_t HS, float scale, bool causal, float *ret_lse, float *scratch) {
         struct dsa__att_layout L;
         float *s, *acc;
         int r;
@@ -148,10 +149,10 @@ int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t
 
                         /* s[0, n) the scores of the visible keys, in order from j0 */
                         for (size_t j = j0; j < j1 && visible(j, pos0 + i, causal); j++) {
-                                s[n] = scale * dot(qi, k + j * ldk, HS);
+                                s[n] = scale * dot(qi, k + j * ldk, HS) + (bias ? bias[j] : 0.0f);
                                 mx = fmaxf(mx, s[n++]);
                         }
-                        if (n == 0)
+                        if (n == 0 || fmaxf(m, mx) == -INFINITY) /* none seen, or all masked by bias */
                                 continue;
                         mn = fmaxf(m, mx);
                         alpha = expf(m - mn); /* 0 for the first block a row sees */
@@ -172,6 +173,42 @@ int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t
                         ret_lse[i] = l > 0 ? m + logf(l) : -INFINITY;
         }
         return 0;
+}
+
+int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
+                                  size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
+                                  const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                                  float scale, bool causal, float *ret_lse, float *scratch) {
+        return blocks_ref(out, ldo, q, ldq, k, ldk, v, ldv, NULL, nq, pos0, blocks, nb, bk, Tk, HS, scale, causal,
+                          ret_lse, scratch);
+}
+
+/* The reference's packed layout: K * scale as (Tk, HS) rows, V as (Tk, HS) rows from offset
+ * roundup(Tk, 32) * HS (within dsa_attention_packed_floats). */
+int dsa__attention_pack_kv_f32_ref(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                   size_t HS, float scale) {
+        if (HS == 0 || HS > DSA_ATT_MAX_HS || (Tk > 0 && (!kv || !k || !v)) || (Tk > 1 && (ldk < HS || ldv < HS)))
+                return -EINVAL;
+        for (size_t j = 0; j < Tk; j++)
+                for (size_t d = 0; d < HS; d++) {
+                        kv[j * HS + d] = scale * k[j * ldk + d];
+                        kv[round_up(Tk, 32) * HS + j * HS + d] = v[j * ldv + d];
+                }
+        return 0;
+}
+
+int dsa__attention_blocks_packed_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, size_t nq,
+                                         size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
+                                         size_t nb, size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
+                                         float *scratch) {
+        return blocks_ref(out, ldo, q, ldq, kv, HS, kv ? kv + round_up(Tk, 32) * HS : NULL, HS, bias, nq, pos0,
+                          blocks, nb, bk, Tk, HS, 1.0f, causal, ret_lse, scratch);
+}
+
+size_t dsa_attention_packed_floats(size_t Tk, size_t HS) {
+        if (HS == 0 || HS > DSA_ATT_MAX_HS || Tk > SIZE_MAX / 4 / (2 * DSA_ATT_MAX_HS) - 32)
+                return SIZE_MAX;
+        return round_up(Tk, 32) * HS + round_up(HS, 32) * Tk;
 }
 
 int dsa__attention_block_mass_f32_ref(float *mass, const float *q, size_t ldq, const float *k,
@@ -273,24 +310,28 @@ int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, s
         return 0;
 }
 
-int dsa__att_block_max_lr_check(const float *out, size_t ldo, const float *qt, size_t ldq,
-                                const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
+int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                 size_t R) {
         const size_t nb = bk ? (Tk + bk - 1) / bk : 0;
 
-        if (bk == 0 || R == 0 || R > DSA_ATT_MAX_RANK_LR)
+        if (bk == 0 || R < 4 || R % 4 || R > DSA_ATT_MAX_RANK_LR)
                 return -EINVAL;
         if (nq == 0 || Tk == 0)
                 return 0;
-        if (!out || !qt || !kt || (nq > 1 && (ldq < R || ldo < nb)) || (R > 1 && ldk < Tk))
+        if (!out || !qt || !qs || !kt || !ks || (nq > 1 && (ldq < R || ldo < nb)) || (R > 4 && ldk < 4 * Tk))
                 return -EINVAL;
+        for (size_t i = 0; i < nq; i++)
+                for (size_t r = 0; r < R; r++)
+                        if (qt[i * ldq + r] < -63 || qt[i * ldq + r] > 63)
+                                return -EINVAL;
         return 0;
 }
 
-int dsa__attention_block_max_lowrank_f32_ref(float *out, size_t ldo, const float *qt, size_t ldq,
-                                             const float *kt, size_t ldk, size_t nq, size_t bk,
-                                             size_t Tk, size_t R) {
-        int r = dsa__att_block_max_lr_check(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                            const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
+                                            size_t Tk, size_t R) {
+        int r = dsa__att_block_max_q8_check(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
@@ -298,12 +339,12 @@ int dsa__attention_block_max_lowrank_f32_ref(float *out, size_t ldo, const float
                 for (size_t b = 0; b * bk < Tk; b++) {
                         float mx = -INFINITY;
                         for (size_t j = b * bk; j < Tk && j < b * bk + bk; j++) {
-                                float d = 0;
+                                int32_t d = 0;
                                 for (size_t c = 0; c < R; c++)
-                                        d += qt[i * ldq + c] * kt[c * ldk + j];
-                                mx = d > mx ? d : mx;
+                                        d += qt[i * ldq + c] * ((int32_t) kt[(c / 4) * ldk + 4 * j + c % 4] - 128);
+                                mx = fmaxf(mx, ks[j] * (float) d);
                         }
-                        out[i * ldo + b] = mx;
+                        out[i * ldo + b] = qs[i] * (mx + 0.0f); /* -0 + 0 = +0: a zero max has one sign */
                 }
         return 0;
 }
@@ -314,7 +355,9 @@ static const struct dsa_attention_kernels table_ref = {
         .blocks_f32 = dsa__attention_blocks_f32_ref,
         .block_mass_f32 = dsa__attention_block_mass_f32_ref,
         .linear_f32 = dsa__attention_linear_f32_ref,
-        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_ref,
+        .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_ref,
+        .pack_kv_f32 = dsa__attention_pack_kv_f32_ref,
+        .blocks_packed_f32 = dsa__attention_blocks_packed_f32_ref,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 
@@ -325,7 +368,9 @@ static const struct dsa_attention_kernels table_avx2 = {
         .blocks_f32 = dsa__attention_blocks_f32_avx2,
         .block_mass_f32 = dsa__attention_block_mass_f32_avx2,
         .linear_f32 = dsa__attention_linear_f32_avx2,
-        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_avx2,
+        .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx2,
+        .pack_kv_f32 = dsa__attention_pack_kv_f32_avx2,
+        .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx2,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 
@@ -335,7 +380,9 @@ static const struct dsa_attention_kernels table_avx512 = {
         .blocks_f32 = dsa__attention_blocks_f32_avx512,
         .block_mass_f32 = dsa__attention_block_mass_f32_avx512,
         .linear_f32 = dsa__attention_linear_f32_avx512,
-        .block_max_lowrank_f32 = dsa__attention_block_max_lowrank_f32_avx512,
+        .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx512,
+        .pack_kv_f32 = dsa__attention_pack_kv_f32_avx512,
+        .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx512,
         .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
 };
 #endif

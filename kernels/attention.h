@@ -31,7 +31,7 @@
 /* Largest key block (bk) and head size (HS) the kernels accept. */
 #define DSA_ATT_MAX_BK 256
 #define DSA_ATT_MAX_HS 256
-/* Largest rank of block_max_lowrank_f32. */
+/* Largest rank of block_max_lowrank_q8. */
 #define DSA_ATT_MAX_RANK_LR 64
 /* Rows per chunk of causal linear attention. */
 #define DSA_ATT_LINEAR_CHUNK 64
@@ -54,10 +54,13 @@ struct dsa_attention_kernels {
          * (an empty list: every row). Blocks past Tk, and with causal those past the last
          * query's position, hold no visible key and cost nothing; in a diagonal block only the
          * rows and columns some query sees are computed.
-         * Method: per key block, K^T * scale and V are packed into scratch and the score tile
-         * and the weighted sum of values run on the register-blocked GEMM microkernel, with
-         * the running max, running sum and the rescaled accumulator of the online softmax kept
-         * in scratch: no (nq, Tk) matrix; scratch is O(bk*HS + nq*bk), independent of Tk.
+         * Method: consecutive listed blocks run as one span of keys, in chunks of at least
+         * DSA__ATT_SPAN keys; per chunk, K^T * scale and V are packed into scratch and the
+         * score tile and the weighted sum of values run on the register-blocked GEMM
+         * microkernel, with the running max, running sum and the rescaled accumulator of the
+         * online softmax kept in scratch: no (nq, Tk) matrix; scratch is O(W*HS + nq*W),
+         * W = max(bk, DSA__ATT_SPAN), independent of Tk. blocks_packed_f32 reads keys packed
+         * once instead.
          * Dense causal attention of a sequence of T tokens is this over every query block
          * (pos0 = 0, 64, ...) with blocks 0 .. ceil((pos0 + nq) / bk) - 1.
          * 0, or -EINVAL (NULL pointers where data is needed, a size out of range, a row
@@ -98,17 +101,44 @@ struct dsa_attention_kernels {
                           size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
                           bool causal, float *scratch);
 
-        /* For a token-level block scorer: each row's largest low-rank score in each key block.
-         * qt (nq, ldq) holds R values per row, kt (R, ldk) R rows of Tk values (column j: key
-         * j's projection); out (nq, ldo), out[i][b] = max over keys j of block b (keys
-         * [b*bk, min(b*bk + bk, Tk))) of sum_r qt[i][r] kt[r][j], for b < ceil(Tk / bk). No
-         * mask: a causal caller passes only the keys before its query block. 1 <= R <=
-         * DSA_ATT_MAX_RANK_LR, bk >= 1. Each vector of keys is loaded once for all rows. 0 or
-         * -EINVAL (NULL pointers with work to do, R or bk out of range, strides too small);
-         * nothing is written on failure. */
-        int (*block_max_lowrank_f32)(float *out, size_t ldo, const float *qt, size_t ldq,
-                                     const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
-                                     size_t R);
+        /* One head's keys and values packed once for blocks_packed_f32, which then reads any
+         * of their blocks in place (dense and sparse attention over a sequence call the kernel
+         * once per query block, so the keys are packed once, not once per query block): kv
+         * (dsa_attention_packed_floats(Tk, HS) floats, 64-byte aligned) from k (Tk, ldk) times
+         * scale and v (Tk, ldv), in this table's own layout (only the same table reads it).
+         * 1 <= HS <= DSA_ATT_MAX_HS. 0 or -EINVAL (NULL pointers with Tk > 0, HS out of
+         * range, strides too small); nothing is written on failure. */
+        int (*pack_kv_f32)(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                           size_t HS, float scale);
+
+        /* blocks_f32 on keys packed by pack_kv_f32 (the scale is the one packed), plus bias:
+         * when not NULL, bias[j] (Tk floats) is added to every row's score of key j, and a
+         * key with bias -INFINITY is not seen (a row that sees no key gets zeros and lse
+         * -INFINITY, as in blocks_f32). Block summaries use it: a summary key weighs log of
+         * its block's size, and the blocks a query block keeps are masked. Sizes, rules,
+         * scratch and errors of blocks_f32. */
+        int (*blocks_packed_f32)(float *out, size_t ldo, const float *q, size_t ldq, size_t nq, size_t pos0,
+                                 const float *kv, const float *bias, const uint32_t *blocks, size_t nb,
+                                 size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse, float *scratch);
+
+        /* For a token-level block scorer: each row's largest low-rank score in each key block,
+         * at 8 bits on VNNI's unsigned x signed byte dot products. No mask: a causal caller
+         * passes only the keys before its query block; blocks b < ceil(Tk / bk), block b covering
+         * keys [b*bk, min(b*bk + bk, Tk)). Each vector of keys is loaded once for all rows.
+         * qt (nq, ldq) R signed bytes a row in [-63, 63], row i scaled by qs[i]; kt (R/4, ldk)
+         * bytes, row g holding key j's components 4g .. 4g+3 at [4j, 4j + 4) as unsigned bytes
+         * offset by 128, key j scaled by ks[j] (Tk of them); out (nq, ldo),
+         *   out[i][b] = qs[i] * max over keys j of block b of
+         *               ks[j] * sum_r qt[i][r] * (kt[r/4][4j + r%4] - 128).
+         * The sums are exact integers in every variant (|q| <= 63 keeps AVX2's 16-bit pair sums
+         * from saturating) and the products are the same fp32 operations, so every variant
+         * gives the same bits (a max of zero is taken as +0 before the row's scale, whichever
+         * zero the max kept). R % 4 == 0, 4 <= R <= DSA_ATT_MAX_RANK_LR, bk >= 1. 0 or -EINVAL
+         * (NULL pointers with work to do, R or bk out of range, strides too small, a query
+         * byte outside [-63, 63]); nothing is written on failure. */
+        int (*block_max_lowrank_q8)(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                    const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
+                                    size_t Tk, size_t R);
 
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
@@ -119,9 +149,14 @@ struct dsa_attention_kernels {
 };
 
 /* Floats of scratch blocks_f32 and block_mass_f32 need for key blocks of bk keys and head size
- * HS, in every variant: about (2 HS + 64) * roundup(bk, 32) + 64 HS. SIZE_MAX when bk or HS is
- * 0 or past its maximum. */
+ * HS, in every variant: about (2 HS + 66) * W + 64 HS + 2048, W = max(roundup(bk, 32), 128).
+ * SIZE_MAX when bk or HS is 0 or past its maximum. */
 size_t dsa_attention_blocks_scratch(size_t bk, size_t HS);
+
+/* Floats of pack_kv_f32's kv for Tk keys of head size HS, in every variant:
+ * roundup(Tk, 32) * HS + roundup(HS, 32) * Tk. SIZE_MAX when HS is 0 or past DSA_ATT_MAX_HS or
+ * the count overflows. */
+size_t dsa_attention_packed_floats(size_t Tk, size_t HS);
 
 /* Floats of scratch linear_f32 needs for head size HS, in every variant: about
  * (HS + 64) * roundup(HS, 32) + 256 HS + 4096. SIZE_MAX when HS is 0 or past DSA_ATT_MAX_HS. */
@@ -136,16 +171,20 @@ const struct dsa_attention_kernels *dsa_attention_kernels_for(enum dsa_isa isa);
 
 /* ---- Internal: the variants and the pieces they share, for kernels/ and the tests only. */
 
+/* Keys a chunk of the streaming kernels at least (W above). */
+#define DSA__ATT_SPAN 128
+
 /* The scratch layout, in floats from the first 64-byte boundary of scratch, every region
  * starting 64-byte aligned. NR <= 32 in every variant (the widest GEMM panel), so key counts
  * are rounded up to 32 and one layout serves all.
- * Streaming (bk, HS), bkp = roundup(bk, 32), hsp = roundup(HS, 32):
- *   kt  HS * bkp     K^T * scale of one key block in NR-wide panels (ref: unused)
- *   vp  hsp * bk     V of one key block in NR-column panels (ref: unused)
- *   s   64 * bkp     score / probability tile (ref: one row of bk scores)
+ * Streaming (bk, HS), W = max(roundup(bk, 32), DSA__ATT_SPAN) keys a chunk (consecutive listed
+ * blocks run as one span, in chunks of W), hsp = roundup(HS, 32):
+ *   kt  HS * W       K^T * scale of one chunk in NR-wide panels (ref: unused)
+ *   vp  hsp * W      V of one chunk in NR-column panels (ref: unused)
+ *   s   64 * (W+32)  score / probability tile, row stride W + 32 (ref: one row of scores)
  *   acc 64 * HS      unnormalized output rows (ref: one row)
  *   m, l  64 each    running max and sum
- *   idx 2 * bk       key indices (size_t) for the packers
+ *   idx 2 * W        key indices (size_t) for the packers
  * Linear (HS), CH = DSA_ATT_LINEAR_CHUNK:
  *   st  hsp * HS     state S in NR-column panels (ref: S (HS, HS))
  *   z   hsp          state z
@@ -158,6 +197,7 @@ const struct dsa_attention_kernels *dsa_attention_kernels_for(enum dsa_isa isa);
  *   idx 2 * CH       key indices */
 struct dsa__att_layout {
         size_t kt, vp, s, acc, m, l, idx;     /* streaming */
+        size_t span, lds;                     /* streaming: keys a chunk, score tile row stride */
         size_t st, z, qf, kf, kT, a, den;     /* linear (kt, vp, idx shared by name) */
         size_t total;                         /* floats including 16 of alignment slack */
 };
@@ -222,6 +262,29 @@ typedef int dsa__att_linear_fn(float *out, size_t ldo, const float *q, size_t ld
                                size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
                                bool causal, float *scratch);
 
+typedef int dsa__att_pack_kv_fn(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                size_t HS, float scale);
+typedef int dsa__att_blocks_packed_fn(float *out, size_t ldo, const float *q, size_t ldq, size_t nq, size_t pos0,
+                                      const float *kv, const float *bias, const uint32_t *blocks, size_t nb,
+                                      size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
+                                      float *scratch);
+
+typedef int dsa__att_block_max_q8_fn(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
+                                     size_t Tk, size_t R);
+dsa__att_block_max_q8_fn dsa__attention_block_max_lowrank_q8_ref;
+dsa__att_block_max_q8_fn dsa__attention_block_max_lowrank_q8_avx2;
+dsa__att_block_max_q8_fn dsa__attention_block_max_lowrank_q8_avx512;
+int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
+                                size_t R);
+
+dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_ref;
+dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx2;
+dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx512;
+dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_ref;
+dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_avx2;
+dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_avx512;
 dsa__att_blocks_fn dsa__attention_blocks_f32_ref;
 dsa__att_blocks_fn dsa__attention_blocks_f32_avx2;
 dsa__att_blocks_fn dsa__attention_blocks_f32_avx512;
@@ -231,14 +294,5 @@ dsa__att_block_mass_fn dsa__attention_block_mass_f32_avx512;
 dsa__att_linear_fn dsa__attention_linear_f32_ref;
 dsa__att_linear_fn dsa__attention_linear_f32_avx2;
 dsa__att_linear_fn dsa__attention_linear_f32_avx512;
-typedef int dsa__att_block_max_lr_fn(float *out, size_t ldo, const float *qt, size_t ldq,
-                                     const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
-                                     size_t R);
-dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_ref;
-dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_avx2;
-dsa__att_block_max_lr_fn dsa__attention_block_max_lowrank_f32_avx512;
-int dsa__att_block_max_lr_check(const float *out, size_t ldo, const float *qt, size_t ldq,
-                                const float *kt, size_t ldk, size_t nq, size_t bk, size_t Tk,
-                                size_t R);
 int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
                                        size_t bk, size_t HS);

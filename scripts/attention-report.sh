@@ -87,7 +87,7 @@ variants=(
         "dsa-s80|--attention dsa --att-sparsity 0.8"
         "oracle-m95|--attention dsa --att-oracle --att-mass 0.95"
         "oracle-m80|--attention dsa --att-oracle --att-mass 0.80"
-        "dsa-token|--attention dsa --att-scorer token --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary --calib $calib --calib-max 2000"
+        "dsa-token|--attention dsa --att-scorer token --scorer-rank 12 --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary --calib $calib --calib-max 2000"
         "dsa-token-nosum|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12"
         "dsa-token-count|--attention dsa --att-block 32 --att-blocks 9 --att-summary"
         "dsa-token-s1|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary --att-stride 1"
@@ -165,7 +165,7 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       f"WikiText-2 test text, not on these documents; the dsa-* rows reuse it, the dsa-token-* rows that of "
       f"dsa-token.\n",
       "`dsa` is the method as the issue states it: a scorer of block-pooled queries and keys (rank 8 plus a "
-      "distance bias, fitted to the dense block mass). `dsa-token` scores tokens instead: rank-16 projections of "
+      "distance bias, fitted to the dense block mass). `dsa-token` scores tokens instead: rank-12 projections of "
       "every key and every 4th query row, fitted in closed form to q . k, each scored row's largest logit per key "
       "block, their softmax summed over the query block; 32-token blocks, mass 0.7, at most 12 blocks, and block "
       "summaries (`--att-summary`: a skipped block enters the softmax as one key, its mean key weighted by its "

@@ -4,6 +4,7 @@
  * lane past a row's n is read or written; exp is vecmath-avx2.h's. */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "../attention.h"
 #include "vecmath-avx2.h"
@@ -142,32 +143,55 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return hsum(sum);
 }
 
-/* s[j] = sum_r q[r] kt[r][j0 + j] for j < n: 32 keys (four independent sums) per step. */
-ATT_AI_ROW void att_lr_scores(float *s, const float *q, const float *kt, size_t ldk, size_t j0, size_t n,
-                                 size_t R) {
-        size_t j = 0;
+/* out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk), one reduction a block. */
+ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk) {
+        for (size_t b = 0; b * bk < n; b++)
+                out[b] = att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk);
+}
 
-        for (; j + 32 <= n; j += 32) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-                for (size_t r = 0; r < R; r++) {
-                        const float *kr = kt + r * ldk + j0 + j;
-                        const __m256 qr = _mm256_set1_ps(q[r]);
-                        a0 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr), a0);
-                        a1 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 8), a1);
-                        a2 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 16), a2);
-                        a3 = _mm256_fmadd_ps(qr, _mm256_loadu_ps(kr + 24), a3);
+/* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpmaddubsw
+ * multiplies a key's unsigned bytes by the row's signed ones and adds pairs into 16 bits (at most
+ * 2 * 255 * 63, no saturation), vpmaddwd against ones adds the two pairs into the key's int32
+ * lane; 16 keys (two 32-byte loads of four components each) a step, each load serving the four
+ * rows, the last keys under a lane mask. */
+static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4], const uint8_t *kt,
+                             size_t ldk, const float *ks, size_t j0, size_t n, size_t R) {
+        const __m256i ones = _mm256_set1_epi16(1);
+        int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
+
+        for (size_t a = 0; a < 4; a++)
+                memcpy(qw[a], q[a], R);
+        for (size_t j = 0; j < n; j += 16) {
+                const __m256i m0 = tail_mask(n - j < 8 ? n - j : 8), m1 = tail_mask(n - j > 16 ? 8 : n - j > 8 ? n - j - 8 : 0);
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (size_t g = 0; g < R / 4; g++) {
+                        const int *kg = (const int *) (kt + g * ldk + 4 * (j0 + j));
+                        const __m256i k0 = _mm256_maskload_epi32(kg, m0), k1 = _mm256_maskload_epi32(kg + 8, m1);
+                        __m256i w = _mm256_set1_epi32(qw[0][g]);
+                        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
+                        b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
+                        w = _mm256_set1_epi32(qw[1][g]);
+                        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
+                        b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
+                        w = _mm256_set1_epi32(qw[2][g]);
+                        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
+                        b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
+                        w = _mm256_set1_epi32(qw[3][g]);
+                        a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
+                        b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
                 }
-                _mm256_storeu_ps(s + j, a0);
-                _mm256_storeu_ps(s + j + 8, a1);
-                _mm256_storeu_ps(s + j + 16, a2);
-                _mm256_storeu_ps(s + j + 24, a3);
-        }
-        for (; j < n; j += 8) {
-                const __m256i mk = tail_mask(n - j < 8 ? n - j : 8);
-                __m256 a = _mm256_setzero_ps();
-                for (size_t r = 0; r < R; r++)
-                        a = _mm256_fmadd_ps(_mm256_set1_ps(q[r]), _mm256_maskload_ps(kt + r * ldk + j0 + j, mk), a);
-                _mm256_maskstore_ps(s + j, mk, a);
+                const __m256 s0 = _mm256_maskload_ps(ks + j0 + j, m0), s1 = _mm256_maskload_ps(ks + j0 + j + 8, m1);
+#define Q8_STORE(a, x, y)                                                                                       \
+        do {                                                                                                    \
+                const __m256i ca = _mm256_set1_epi32(c[a]);                                                     \
+                _mm256_maskstore_ps(s + a * lds + j, m0, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_sub_epi32(x, ca)))); \
+                _mm256_maskstore_ps(s + a * lds + j + 8, m1, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_sub_epi32(y, ca)))); \
+        } while (0)
+                Q8_STORE(0, a0, b0);
+                Q8_STORE(1, a1, b1);
+                Q8_STORE(2, a2, b2);
+                Q8_STORE(3, a3, b3);
+#undef Q8_STORE
         }
 }
 
@@ -181,8 +205,8 @@ int dsa__attention_blocks_f32_avx2(float *out, size_t ldo, const float *q, size_
                                    const uint32_t *blocks, size_t nb, size_t bk, size_t Tk,
                                    size_t HS, float scale, bool causal, float *ret_lse,
                                    float *scratch) {
-        return att_stream_blocks(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, nb, bk, Tk, HS,
-                                 scale, causal, ret_lse, scratch, NR, PANEL);
+        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS, scale,
+                          causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_mass_f32_avx2(float *mass, const float *q, size_t ldq, const float *k,
@@ -199,8 +223,21 @@ int dsa__attention_linear_f32_avx2(float *out, size_t ldo, const float *q, size_
         return att_linear(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, causal, scratch, NR, PANEL);
 }
 
-int dsa__attention_block_max_lowrank_f32_avx2(float *out, size_t ldo, const float *qt, size_t ldq,
-                                              const float *kt, size_t ldk, size_t nq, size_t bk,
-                                              size_t Tk, size_t R) {
-        return att_block_max_lowrank(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+int dsa__attention_pack_kv_f32_avx2(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                   size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, HS, scale, NR);
+}
+
+int dsa__attention_blocks_packed_f32_avx2(float *out, size_t ldo, const float *q, size_t ldq, size_t nq,
+                                         size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
+                                         size_t nb, size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
+                                         float *scratch) {
+        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, kv, bias, nq, pos0, blocks, nb, bk, Tk, HS, 1.0f,
+                          causal, ret_lse, scratch, NR, PANEL);
+}
+
+int dsa__attention_block_max_lowrank_q8_avx2(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                             const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
+                                             size_t Tk, size_t R) {
+        return att_block_max_lowrank_q8(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 }

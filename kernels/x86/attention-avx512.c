@@ -5,6 +5,7 @@
  * use ymm, also valid here. */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "../attention.h"
 #include "vecmath-avx512.h"
@@ -109,41 +110,87 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
-/* s[j] = sum_r q[r] kt[r][j0 + j] for j < n: 128 keys (eight independent sums, to cover the
- * FMA latency on two ports) per step, then 16 at a time. */
-ATT_AI_ROW void att_lr_scores(float *s, const float *q, const float *kt, size_t ldk, size_t j0, size_t n,
-                              size_t R) {
+/* out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk): with bk a multiple of 16,
+ * each block folded to one vector, then sixteen blocks' vectors reduced together (a transpose
+ * by halves: 46 shuffles and maxes for 16 maxima instead of a full reduction each), lane
+ * 4j + e of the last step holding block 4e + j; other bk, one reduction a block. */
+ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk) {
+        const size_t nblk = (n + bk - 1) / bk;
+
+        if (bk % 16) {
+                for (size_t b = 0; b < nblk; b++)
+                        out[b] = att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk);
+                return;
+        }
+        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        for (size_t b0 = 0; b0 < nblk; b0 += 16) {
+                const size_t m = nblk - b0 < 16 ? nblk - b0 : 16;
+                __m512 v[16], w[8], x[4], y[2];
+
+                for (size_t t = 0; t < 16; t++) {
+                        __m512 mx = _mm512_set1_ps(-INFINITY);
+                        if (t < m) {
+                                const size_t j0 = (b0 + t) * bk, j1 = j0 + bk < n ? j0 + bk : n;
+                                for (size_t j = j0; j < j1; j += 16)
+                                        mx = _mm512_mask_max_ps(mx, lanes(j1 - j), mx,
+                                                                _mm512_maskz_loadu_ps(lanes(j1 - j), s + j));
+                        }
+                        v[t] = mx;
+                }
+                for (int i = 0; i < 8; i++) /* 128-bit lanes 0-1: block 2i's partials, 2-3: 2i+1's */
+                        w[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+                for (int i = 0; i < 4; i++) /* lane j: block 4i + j's four partials */
+                        x[i] = _mm512_max_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+                for (int i = 0; i < 2; i++) /* lane j: elements 0-1 block 8i + j, 2-3 block 8i + 4 + j */
+                        y[i] = _mm512_max_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+                const __m512 z = _mm512_max_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+                _mm512_mask_storeu_ps(out + b0, lanes(m), _mm512_permutexvar_ps(order, z));
+        }
+}
+
+/* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpdpbusd sums
+ * four byte products per key into its int32 lane, so a 64-byte load is 16 keys' group of four
+ * components, and each serves the four rows; 32 keys a step, then 16 under a mask. Needs VNNI:
+ * dsa__attention_block_max_lowrank_q8_avx512 sends CPUs without it to the AVX2 variant. */
+__attribute__((target("avx512vnni"))) static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4],
+                                                                   const int32_t c[4], const uint8_t *kt,
+                                                                   size_t ldk, const float *ks, size_t j0,
+                                                                   size_t n, size_t R) {
+        int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
         size_t j = 0;
 
-        for (; j + 128 <= n; j += 128) { /* named sums: an array of them would live in memory */
-                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-                for (size_t r = 0; r < R; r++) {
-                        const float *kr = kt + r * ldk + j0 + j;
-                        const __m512 qr = _mm512_set1_ps(q[r]);
-                        a0 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr), a0);
-                        a1 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 16), a1);
-                        a2 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 32), a2);
-                        a3 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 48), a3);
-                        a4 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 64), a4);
-                        a5 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 80), a5);
-                        a6 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 96), a6);
-                        a7 = _mm512_fmadd_ps(qr, _mm512_loadu_ps(kr + 112), a7);
+        for (size_t a = 0; a < 4; a++)
+                memcpy(qw[a], q[a], R);
+        for (; j < n; j += 32) {
+                const __mmask16 m0 = lanes(n - j), m1 = n - j > 16 ? lanes(n - j - 16) : 0;
+                __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (size_t g = 0; g < R / 4; g++) {
+                        const uint8_t *kg = kt + g * ldk + 4 * (j0 + j);
+                        const __m512i k0 = _mm512_maskz_loadu_epi32(m0, kg), k1 = _mm512_maskz_loadu_epi32(m1, kg + 64);
+                        __m512i w = _mm512_set1_epi32(qw[0][g]);
+                        a0 = _mm512_dpbusd_epi32(a0, k0, w), b0 = _mm512_dpbusd_epi32(b0, k1, w);
+                        w = _mm512_set1_epi32(qw[1][g]);
+                        a1 = _mm512_dpbusd_epi32(a1, k0, w), b1 = _mm512_dpbusd_epi32(b1, k1, w);
+                        w = _mm512_set1_epi32(qw[2][g]);
+                        a2 = _mm512_dpbusd_epi32(a2, k0, w), b2 = _mm512_dpbusd_epi32(b2, k1, w);
+                        w = _mm512_set1_epi32(qw[3][g]);
+                        a3 = _mm512_dpbusd_epi32(a3, k0, w), b3 = _mm512_dpbusd_epi32(b3, k1, w);
                 }
-                _mm512_storeu_ps(s + j, a0);
-                _mm512_storeu_ps(s + j + 16, a1);
-                _mm512_storeu_ps(s + j + 32, a2);
-                _mm512_storeu_ps(s + j + 48, a3);
-                _mm512_storeu_ps(s + j + 64, a4);
-                _mm512_storeu_ps(s + j + 80, a5);
-                _mm512_storeu_ps(s + j + 96, a6);
-                _mm512_storeu_ps(s + j + 112, a7);
-        }
-        for (; j < n; j += 16) {
-                const __mmask16 mk = lanes(n - j);
-                __m512 a = _mm512_setzero_ps();
-                for (size_t r = 0; r < R; r++)
-                        a = _mm512_fmadd_ps(_mm512_set1_ps(q[r]), _mm512_maskz_loadu_ps(mk, kt + r * ldk + j0 + j), a);
-                _mm512_mask_storeu_ps(s + j, mk, a);
+                const __m512 s0 = _mm512_maskz_loadu_ps(m0, ks + j0 + j), s1 = _mm512_maskz_loadu_ps(m1, ks + j0 + j + 16);
+#define Q8_STORE(a, x, y)                                                                                       \
+        do {                                                                                                    \
+                const __m512i ca = _mm512_set1_epi32(c[a]);                                                     \
+                _mm512_mask_storeu_ps(s + a * lds + j, m0, _mm512_mul_ps(s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(x, ca)))); \
+                _mm512_mask_storeu_ps(s + a * lds + j + 16, m1, _mm512_mul_ps(s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(y, ca)))); \
+        } while (0)
+                Q8_STORE(0, a0, b0);
+                Q8_STORE(1, a1, b1);
+                Q8_STORE(2, a2, b2);
+                Q8_STORE(3, a3, b3);
+#undef Q8_STORE
         }
 }
 
@@ -157,8 +204,8 @@ int dsa__attention_blocks_f32_avx512(float *out, size_t ldo, const float *q, siz
                                      size_t nq, size_t pos0, const uint32_t *blocks, size_t nb,
                                      size_t bk, size_t Tk, size_t HS, float scale, bool causal,
                                      float *ret_lse, float *scratch) {
-        return att_stream_blocks(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, nb, bk, Tk, HS,
-                                 scale, causal, ret_lse, scratch, NR, PANEL);
+        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS, scale,
+                          causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_mass_f32_avx512(float *mass, const float *q, size_t ldq, const float *k,
@@ -176,8 +223,23 @@ int dsa__attention_linear_f32_avx512(float *out, size_t ldo, const float *q, siz
         return att_linear(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, causal, scratch, NR, PANEL);
 }
 
-int dsa__attention_block_max_lowrank_f32_avx512(float *out, size_t ldo, const float *qt, size_t ldq,
-                                                const float *kt, size_t ldk, size_t nq, size_t bk,
-                                                size_t Tk, size_t R) {
-        return att_block_max_lowrank(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+int dsa__attention_pack_kv_f32_avx512(float *kv, const float *k, size_t ldk, const float *v, size_t ldv,
+                                     size_t Tk, size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, HS, scale, NR);
+}
+
+int dsa__attention_blocks_packed_f32_avx512(float *out, size_t ldo, const float *q, size_t ldq, size_t nq,
+                                           size_t pos0, const float *kv, const float *bias,
+                                           const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
+                                           bool causal, float *ret_lse, float *scratch) {
+        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, kv, bias, nq, pos0, blocks, nb, bk, Tk, HS, 1.0f,
+                          causal, ret_lse, scratch, NR, PANEL);
+}
+
+int dsa__attention_block_max_lowrank_q8_avx512(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                               const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
+                                               size_t Tk, size_t R) {
+        if (!__builtin_cpu_supports("avx512vnni")) /* AVX-512 without VNNI: the AVX2 bytes */
+                return dsa__attention_block_max_lowrank_q8_avx2(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
+        return att_block_max_lowrank_q8(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 }

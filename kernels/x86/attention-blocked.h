@@ -105,10 +105,10 @@ static inline void att_pack_keys(float *kt, const float *k, size_t ldk, const si
         }
 }
 
-/* vp: ceil(HS/NR) panels of tv rows of NR floats, vp[p][j][l] = v[idx[j]][p*NR + l], columns
- * past HS 0. */
-static inline void att_pack_values(float *vp, const float *v, size_t ldv, const size_t *idx, size_t tv,
-                                   size_t HS, size_t NR) {
+/* vp: ceil(HS/NR) panels of pst rows of NR floats, vp[p][j][l] = v[idx[j]][p*NR + l] for j < tv,
+ * columns past HS 0 (rows [tv, pst) untouched). */
+static inline void att_pack_values_strided(float *vp, size_t pst, const float *v, size_t ldv, const size_t *idx,
+                                           size_t tv, size_t HS, size_t NR) {
         const size_t hp = att_round_up(HS, NR), rem = HS % 8, body = HS - rem;
         const __m256i m = att_mask8(rem);
 
@@ -118,14 +118,21 @@ static inline void att_pack_values(float *vp, const float *v, size_t ldv, const 
                 size_t c = 0;
 
                 for (; c < body; c += 8)
-                        _mm256_store_ps(dst + (c / NR) * tv * NR + c % NR, _mm256_loadu_ps(src + c));
+                        _mm256_store_ps(dst + (c / NR) * pst * NR + c % NR, _mm256_loadu_ps(src + c));
                 if (rem) {
-                        _mm256_store_ps(dst + (c / NR) * tv * NR + c % NR, _mm256_maskload_ps(src + c, m));
+                        _mm256_store_ps(dst + (c / NR) * pst * NR + c % NR, _mm256_maskload_ps(src + c, m));
                         c += 8;
                 }
                 for (; c < hp; c += 8)
-                        _mm256_store_ps(dst + (c / NR) * tv * NR + c % NR, _mm256_setzero_ps());
+                        _mm256_store_ps(dst + (c / NR) * pst * NR + c % NR, _mm256_setzero_ps());
         }
+}
+
+/* vp: ceil(HS/NR) panels of tv rows of NR floats, vp[p][j][l] = v[idx[j]][p*NR + l], columns
+ * past HS 0. */
+static inline void att_pack_values(float *vp, const float *v, size_t ldv, const size_t *idx, size_t tv,
+                                   size_t HS, size_t NR) {
+        att_pack_values_strided(vp, tv, v, ldv, idx, tv, HS, NR);
 }
 
 /* See kernels.h for the contract and the top of this file for the method. scratch holds, from

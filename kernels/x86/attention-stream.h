@@ -11,6 +11,12 @@
  *   void att_row_phi(float *dst, const float *src, size_t n) dst = elu(src) + 1
  *   void att_row_add(float *z, const float *x, size_t n)     z[0, n) += x[0, n)
  *   float att_dot(const float *a, const float *b, size_t n)
+ *   void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4],
+ *                         const uint8_t *kt, size_t ldk, const float *ks, size_t j0, size_t n,
+ *                         size_t R)   4 rows' low-rank scores of n keys from j0, at 8 bits:
+ *                                     ks[j0 + j] * (byte dot - c[a])
+ *   void att_block_maxes(float *out, const float *s, size_t n, size_t bk)
+ *           out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk)
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -64,18 +70,59 @@ ATT_AI void att_scores(float *s, size_t bkp, const float *q, size_t ldq, const f
                       ncols - p < NR ? ncols - p : NR, NULL, true, DSA_EPILOGUE_NONE);
 }
 
-ATT_AI int att_stream_blocks(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
-                             size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
-                             const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
-                             float scale, bool causal, float *ret_lse, float *scratch,
-                             const size_t NR, dsa__gemm_panel_f32_fn *panel) {
+/* The end of the run of consecutive listed blocks that starts at list position t: the position
+ * of its last block. */
+ATT_AI size_t att_run_end(const uint32_t *blocks, size_t nb, size_t t) {
+        while (t + 1 < nb && blocks[t + 1] == blocks[t] + 1)
+                t++;
+        return t;
+}
+
+/* The keys [*ret_j0, *ret_j1) some row sees of the run of consecutive listed blocks at list
+ * position *t (to the end of its last block, cut at Tk and causally), *t moved past it. false
+ * when it has none: then no later block has any either (blocks ascend). */
+ATT_AI bool att_next_run(const uint32_t *blocks, size_t nb, size_t *t, size_t bk, size_t Tk, size_t nq,
+                         size_t pos0, bool causal, size_t *ret_j0, size_t *ret_j1) {
+        size_t j0, j1, ncols, r0, t1;
+
+        if (*t >= nb || !dsa__att_block_span(blocks[*t], bk, Tk, nq, pos0, causal, &j0, &ncols, &r0))
+                return false;
+        t1 = att_run_end(blocks, nb, *t);
+        j1 = (size_t) blocks[t1] * bk + bk;
+        j1 = j1 < Tk ? j1 : Tk;
+        if (causal && j1 > pos0 + nq)
+                j1 = pos0 + nq;
+        *t = t1 + 1, *ret_j0 = j0, *ret_j1 = j1;
+        return true;
+}
+
+/* A piece of a chunk: keys [j0, j0 + n) at tile column col of the chunk. */
+struct att_seg {
+        size_t j0, n, col;
+};
+#define ATT_SEGS 16
+
+/* The streaming softmax over a block list (see the top of this file), on k and v packed chunk
+ * by chunk (kv NULL) or on kv, the whole sequence packed by att_pack_kv (k and v unused, scale
+ * already in it), plus bias (Tk) added to every row's scores when not NULL (-inf: the key is
+ * not seen). The visible keys of the list are taken in chunks of up to W keys
+ * (dsa__att_blocks_layout) gathered from consecutive blocks and from separate runs alike, so
+ * the max, exp and rescale steps run once per chunk, not per block; the keys of a chunk ascend,
+ * so the ones a causal row sees are a prefix of its tile row. With kv, the chunk's first piece
+ * is scored from its first NR-aligned key (off keys early, the tile read from off) and a later
+ * piece must start on a panel, or it waits for the next chunk. */
+ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const float *k, size_t ldk,
+                      const float *v, size_t ldv, const float *kv, const float *bias, size_t nq, size_t pos0,
+                      const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS, float scale,
+                      bool causal, float *ret_lse, float *scratch, const size_t NR,
+                      dsa__gemm_panel_f32_fn *panel) {
         struct dsa__att_layout L;
         float *base, *kt, *vp, *s, *acc, *m, *l;
-        size_t bkp;
+        size_t t = 0, jc = 0, je = 0; /* the current run's keys not taken yet: [jc, je) */
         int r;
 
-        r = dsa__att_blocks_check(out, ldo, q, ldq, k, ldk, v, ldv, nq, pos0, blocks, nb, bk, Tk, HS,
-                                  scratch);
+        r = dsa__att_blocks_check(out, ldo, q, ldq, kv ? kv : k, kv ? HS : ldk, kv ? kv : v, kv ? HS : ldv, nq,
+                                  pos0, blocks, nb, bk, Tk, HS, scratch);
         if (r < 0 || nq == 0)
                 return r;
         if (!out)
@@ -84,41 +131,96 @@ ATT_AI int att_stream_blocks(float *out, size_t ldo, const float *q, size_t ldq,
         base = dsa__att_align(scratch);
         kt = base + L.kt, vp = base + L.vp, s = base + L.s, acc = base + L.acc;
         m = base + L.m, l = base + L.l;
-        bkp = att_round_up(bk, 32);
+        const size_t W = L.span, lds = L.lds, vkt = kv ? att_round_up(Tk, 32) * HS : 0;
 
         memset(acc, 0, nq * HS * sizeof(float));
         for (size_t i = 0; i < nq; i++)
                 m[i] = -INFINITY, l[i] = 0;
 
-        for (size_t t = 0; t < nb; t++) {
-                size_t j0, ncols, r0;
-                const size_t *idx;
+        for (;;) {
+                float mx[DSA_ATT_BLOCK], alpha[DSA_ATT_BLOCK];
+                size_t nv[DSA_ATT_BLOCK];
+                struct att_seg sg[ATT_SEGS];
+                size_t ns = 0, width = 0, off = 0;
 
-                if (!dsa__att_block_span(blocks[t], bk, Tk, nq, pos0, causal, &j0, &ncols, &r0))
-                        continue;
-                idx = att_iota(base, &L, j0, ncols);
-                att_pack_keys(kt, k, ldk, idx, ncols, HS, scale, NR);
-                att_pack_values(vp, v, ldv, idx, ncols, HS, NR);
-                att_scores(s, bkp, q, ldq, kt, r0, nq, ncols, HS, NR, panel);
+                while (width < W && ns < ATT_SEGS) {
+                        if (jc == je && !att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
+                                break;
+                        if (kv && ns > 0 && jc % NR)
+                                break;
+                        const size_t take = je - jc < W - width ? je - jc : W - width;
+                        sg[ns++] = (struct att_seg) { jc, take, width };
+                        width += take, jc += take;
+                }
+                if (ns == 0)
+                        break;
+                const size_t c0 = sg[0].j0, rc = causal && c0 > pos0 ? c0 - pos0 : 0;
 
-                for (size_t i = r0; i < nq; i++) {
-                        const size_t n = dsa__att_row_keys(i, pos0, j0, ncols, causal);
-                        float *si = s + i * bkp;
-                        const float mn = fmaxf(m[i], att_row_max(si, n));
-                        const float sum = att_row_exp(si, ncols, n, mn);
+                if (kv) {
+                        off = c0 % NR;
+                        att_scores(s, lds, q, ldq, kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR, panel);
+                        for (size_t g = 1; g < ns; g++)
+                                att_scores(s + off + sg[g].col, lds, q, ldq, kv + sg[g].j0 * HS, rc, nq, sg[g].n, HS,
+                                           NR, panel);
+                } else {
+                        size_t *idx = (size_t *) (base + L.idx);
+                        for (size_t g = 0; g < ns; g++)
+                                for (size_t j = 0; j < sg[g].n; j++)
+                                        idx[sg[g].col + j] = sg[g].j0 + j;
+                        att_pack_keys(kt, k, ldk, idx, width, HS, scale, NR);
+                        att_pack_values(vp, v, ldv, idx, width, HS, NR);
+                        att_scores(s, lds, q, ldq, kt, rc, nq, width, HS, NR, panel);
+                }
 
-                        if (mn != m[i] && m[i] != -INFINITY) { /* acc and l are still 0 at -inf */
-                                const float alpha = expf(m[i] - mn);
-                                l[i] *= alpha;
-                                att_row_scale(acc + i * HS, HS, alpha);
+                /* the online softmax step in passes over the rows, so that rows overlap: each
+                 * row's new max, every row's rescale factor as one vector exp, then the rows' exps */
+                for (size_t i = rc; i < nq; i++) {
+                        float *si = s + i * lds + off;
+                        size_t n = width;
+
+                        if (causal) /* the chunk's keys at or before the row's position */
+                                for (size_t g = 0, p = pos0 + i + 1; g < ns; g++)
+                                        if (p < sg[g].j0 + sg[g].n) {
+                                                n = sg[g].col + (p > sg[g].j0 ? p - sg[g].j0 : 0);
+                                                break;
+                                        }
+                        if (bias)
+                                for (size_t g = 0; g < ns && sg[g].col < n; g++)
+                                        att_row_add(si + sg[g].col, bias + sg[g].j0, sg[g].n);
+                        nv[i] = n;
+                        mx[i] = n ? fmaxf(m[i], att_row_max(si, n)) : m[i];
+                        /* e^(m - m'): 1 while nothing is seen, 0 (acc and l are 0) for the first keys */
+                        alpha[i] = mx[i] == -INFINITY ? 0.0f : m[i] - mx[i];
+                }
+                att_row_exp(alpha + rc, nq - rc, nq - rc, 0.0f);
+                for (size_t i = rc; i < nq; i++) {
+                        float *si = s + i * lds + off;
+
+                        if (mx[i] == -INFINITY) { /* nothing seen yet: no key, or every key masked by bias */
+                                memset(si, 0, width * sizeof(float));
+                                continue;
                         }
-                        m[i] = mn;
+                        const float sum = att_row_exp(si, width, nv[i], mx[i]);
+                        if (alpha[i] != 1.0f) {
+                                l[i] *= alpha[i];
+                                att_row_scale(acc + i * HS, HS, alpha[i]);
+                        }
+                        m[i] = mx[i];
                         l[i] += sum;
                 }
 
-                for (size_t c = 0; c < HS; c += NR)
-                        panel(acc + r0 * HS + c, HS, s + r0 * bkp, bkp, vp + c * ncols, nq - r0, ncols,
-                              HS - c < NR ? HS - c : NR, NULL, false, DSA_EPILOGUE_NONE);
+                for (size_t c = 0; c < HS; c += NR) {
+                        const size_t nr = HS - c < NR ? HS - c : NR;
+                        if (!kv) {
+                                panel(acc + rc * HS + c, HS, s + rc * lds, lds, vp + c * width, nq - rc, width, nr, NULL,
+                                      false, DSA_EPILOGUE_NONE);
+                                continue;
+                        }
+                        for (size_t g = 0; g < ns; g++)
+                                panel(acc + rc * HS + c, HS, s + rc * lds + off + sg[g].col, lds,
+                                      kv + vkt + sg[g].j0 * NR + c * Tk, nq - rc, sg[g].n, nr, NULL, false,
+                                      DSA_EPILOGUE_NONE);
+                }
         }
 
         for (size_t i = 0; i < nq; i++) {
@@ -131,6 +233,26 @@ ATT_AI int att_stream_blocks(float *out, size_t ldo, const float *q, size_t ldq,
                         memset(o, 0, HS * sizeof(float));
                 if (ret_lse)
                         ret_lse[i] = l[i] > 0 ? m[i] + logf(l[i]) : -INFINITY;
+        }
+        return 0;
+}
+
+/* kv (dsa_attention_packed_floats(Tk, HS)) = K^T * scale of all Tk keys in NR-wide panels
+ * (the last one zero-filled), then from offset roundup(Tk, 32) * HS, V in NR-column panels of
+ * Tk rows: the layout att_stream reads with kv. Chunks of 256 keys (a multiple of every NR). */
+ATT_AI int att_pack_kv(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk, size_t HS,
+                       float scale, const size_t NR) {
+        const size_t vkt = att_round_up(Tk, 32) * HS;
+        size_t idx[256];
+
+        if (HS == 0 || HS > DSA_ATT_MAX_HS || (Tk > 0 && (!kv || !k || !v)) || (Tk > 1 && (ldk < HS || ldv < HS)))
+                return -EINVAL;
+        for (size_t j = 0; j < 256; j++)
+                idx[j] = j;
+        for (size_t j0 = 0; j0 < Tk; j0 += 256) {
+                const size_t n = Tk - j0 < 256 ? Tk - j0 : 256;
+                att_pack_keys(kv + j0 * HS, k + j0 * ldk, ldk, idx, n, HS, scale, NR);
+                att_pack_values_strided(kv + vkt + j0 * NR, Tk, v + j0 * ldv, ldv, idx, n, HS, NR);
         }
         return 0;
 }
@@ -156,7 +278,7 @@ ATT_AI int att_stream_block_mass(float *mass, const float *q, size_t ldq, const 
         dsa__att_blocks_layout(&L, bk, HS);
         base = dsa__att_align(scratch);
         kt = base + L.kt, s = base + L.s;
-        bkp = att_round_up(bk, 32);
+        bkp = L.lds;
 
         for (size_t t = 0; t < nb; t++) {
                 size_t j0, ncols, r0;
@@ -266,28 +388,47 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
         return 0;
 }
 
-/* block_max_lowrank_f32 (attention.h) on the including file's att_lr_scores (a row's low-rank
- * scores against n keys from j0) and att_row_max: keys in segments of a multiple of bk small
- * enough that a segment's R rows of kt (R * 256 floats, 16 KiB at R = 16) stay in L1 while
- * every row is scored against them, then each block's max. */
-#define ATT_LR_SEG 256
+/* Keys a segment of the low-rank scorer (its kt stays in L1 while every row is scored against
+ * it: R/4 rows of 4 * 512 bytes, 6 KiB at R = 12) and rows a group (each key vector loaded
+ * serves them all). */
+#define ATT_LR_SEG 512
+#define ATT_LR_ROWS 4
 
-static int att_block_max_lowrank(float *out, size_t ldo, const float *qt, size_t ldq, const float *kt,
-                                 size_t ldk, size_t nq, size_t bk, size_t Tk, size_t R) {
-        int r = dsa__att_block_max_lr_check(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
-        float s[ATT_LR_SEG];
+/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_scores_q8 and
+ * att_block_maxes: keys in segments of a multiple of bk up to ATT_LR_SEG, rows ATT_LR_ROWS at a
+ * time (a short last group repeats its last row), then each row's max per block. The byte dot
+ * products of a row sum q * (k + 128), so c = 128 * sum_r q[r] comes off before the key's scale;
+ * the row's scale multiplies each block's max. */
+static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
+                                    const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
+                                    size_t R) {
+        int r = dsa__att_block_max_q8_check(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
+        float s[ATT_LR_ROWS * ATT_LR_SEG];
 
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
         const size_t seg = bk <= ATT_LR_SEG ? ATT_LR_SEG / bk * bk : 0; /* bk >= 1 checked */
         if (seg == 0)
-                return dsa__attention_block_max_lowrank_f32_ref(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R);
+                return dsa__attention_block_max_lowrank_q8_ref(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
         for (size_t j0 = 0; j0 < Tk; j0 += seg) {
-                const size_t n = Tk - j0 < seg ? Tk - j0 : seg;
-                for (size_t i = 0; i < nq; i++) {
-                        att_lr_scores(s, qt + i * ldq, kt, ldk, j0, n, R);
-                        for (size_t b0 = 0; b0 < n; b0 += bk)
-                                out[i * ldo + (j0 + b0) / bk] = att_row_max(s + b0, n - b0 < bk ? n - b0 : bk);
+                const size_t n = Tk - j0 < seg ? Tk - j0 : seg, nblk = (n + bk - 1) / bk;
+                for (size_t i = 0; i < nq; i += ATT_LR_ROWS) {
+                        const size_t rows = nq - i < ATT_LR_ROWS ? nq - i : ATT_LR_ROWS;
+                        const int8_t *q[ATT_LR_ROWS];
+                        int32_t c[ATT_LR_ROWS];
+                        for (size_t a = 0; a < ATT_LR_ROWS; a++) {
+                                q[a] = qt + (i + (a < rows ? a : rows - 1)) * ldq;
+                                c[a] = 0;
+                                for (size_t t = 0; t < R; t++)
+                                        c[a] += 128 * q[a][t];
+                        }
+                        att_lr_scores_q8(s, ATT_LR_SEG, q, c, kt, ldk, ks, j0, n, R);
+                        for (size_t a = 0; a < rows; a++) {
+                                float *o = out + (i + a) * ldo + j0 / bk;
+                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk);
+                                for (size_t b = 0; b < nblk; b++)
+                                        o[b] = (o[b] + 0.0f) * qs[i + a]; /* +0 for a zero max, as the reference */
+                        }
                 }
         }
         return 0;

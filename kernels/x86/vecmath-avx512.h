@@ -19,7 +19,8 @@ static inline __mmask16 lanes(size_t n) {
 }
 
 /* e^x, as exp_ps in x86/vecmath-avx2.h: exactly 0 below ln(FLT_MIN), +inf above 88.72,
- * saturated at e^88 in between, NaN kept. */
+ * saturated at e^88 in between, NaN kept; lanes below ln(FLT_MIN) computed as e^0, never as a
+ * subnormal. */
 static inline __m512 exp_ps(__m512 x) {
         const __m512 lo = _mm512_set1_ps(-87.33654475f), hi = _mm512_set1_ps(88.72283906f);
         __mmask16 underflow = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
@@ -27,7 +28,7 @@ static inline __m512 exp_ps(__m512 x) {
         __m512 n, r, p;
         __m512i e;
 
-        x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(lo, x));
+        x = _mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_mask_mov_ps(x, underflow, _mm512_setzero_ps()));
         n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);

@@ -5,13 +5,20 @@
  * blocks at offsets, causal and not, dense, sparse, single-block, invisible-only and empty
  * block lists; the log-sum-exp, the block mass (each block against the oracle, and all blocks
  * together adding up to the rows that see a key), linear attention causal and not, block
- * pooling, and the token scorer's per-block max of low-rank scores (ranks 1 to 64, blocks of 1
- * to 300 keys, key counts past the x86 driver's 256-key segments). q, k, v and x rows are NaN
- * past HS and each buffer ends on a PROT_NONE page, so a read past a row's HS values either
- * poisons the result or faults; out, lse and mass carry sentinels past what a call may write,
- * scratch is exactly the size the kernel asked for (also ending on a guard page) at an odd
- * alignment. Bad arguments give -EINVAL and write nothing. Variants the CPU cannot run are
- * reported as SKIP. */
+ * pooling, and the token scorer's per-block max of 8-bit low-rank scores (ranks 4 to 64, blocks
+ * of 1 to 513 keys, key counts past the x86 driver's 512-key segments, every variant bit for bit
+ * equal to the reference and to an exact integer oracle, inputs each ending on or starting after
+ * a guard page); and the same attention on
+ * keys and values packed once (pack_kv_f32, blocks_packed_f32), with and without a bias that
+ * adds to the scores or masks keys (-INFINITY), on head sizes 1 to 100, key blocks of 1 to 256
+ * (not dividing the panels), up to 700 keys, lists of long runs, runs from any block and chunks
+ * gathered from many short runs, against the oracle and against blocks_f32, with kv exactly
+ * dsa_attention_packed_floats() floats ending on (or starting after) a guard page and NaN
+ * wherever the pack does not write. q, k, v and x rows are NaN past HS and each buffer ends on
+ * a PROT_NONE page, so a read past a row's HS values either poisons the result or faults; out,
+ * lse and mass carry sentinels past what a call may write, scratch is exactly the size the
+ * kernel asked for (also ending on a guard page) at an odd alignment. Bad arguments give
+ * -EINVAL and write nothing. Variants the CPU cannot run are reported as SKIP. */
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -33,7 +40,11 @@
 
 /* |got - want| <= MAX_ERR + MAX_RERR * |want|, fp32 kernels against the double oracle. Outputs
  * are convex combinations of values in [-1, 1]; the errors are those of fp32 dot products of up
- * to 80 terms (scores), the vector exp (~1e-7 relative), and fp32 sums over up to ~250 keys. */
+ * to 100 terms (scores), the vector exp (~1e-7 relative), and fp32 sums over up to ~700 keys.
+ * A bias of a few units adds half an ulp of the biased score. The packed kernels use the same
+ * tolerances against the oracle, and against blocks_f32 too: they differ from it in the
+ * rounding of k * scale in the reference and, on x86, in how keys are grouped into chunks (a
+ * later run in a chunk must start on a panel there), so not bit for bit. */
 #define ATT_MAX_ERR 1e-5
 #define ATT_MAX_RERR 1e-5
 #define LSE_MAX_ERR 1e-5 /* lse is O(10): a few ulp plus the score errors */
@@ -48,24 +59,24 @@
 #define LINEAR_MAX_RERR 1e-5
 #define POOL_MAX_ERR 1e-6
 #define POOL_MAX_RERR 1e-6
-/* block_max_lowrank: each output is the max over a block of fp32 dot products of R <= 64 terms
- * in [-1, 1]; max is 1-Lipschitz in the sup norm, so its error is at most the worst dot's. Each
- * of a dot's R roundings (fused or not, any order) adds at most half an ulp of a partial sum; with
- * random signs the partial sums stay near sqrt(R / 9) <= 2.7 and the errors add like a random
- * walk: ~sqrt(64) * 2^-24 * 3 ~ 1.5e-6 at R = 64 (the worst case R * 2^-24 * R ~ 2.4e-4 needs
- * every product of one sign). ATT_MAX_ERR's 1e-5 for scores of up to 80 terms, again; the
- * relative term covers the rounding of the result itself. */
-#define LOWRANK_MAX_ERR 1e-5
-#define LOWRANK_MAX_RERR 1e-6
+/* block_max_lowrank_q8 against a double oracle: the integer sums are exact (|sum| <= 64 * 63 *
+ * 128 < 2^24, so float(sum) is too), ks[j] * sum rounds once, the max of rounded values is the
+ * rounded max (rounding is monotonic), and qs[i] * max rounds once more: at most 2^-23 relative
+ * (plus the oracle's own 2^-53). The absolute term only keeps 0 / 0 out of the ratio; the inputs
+ * make no subnormals. Against the reference and an fp32 oracle of the same operations: bit for
+ * bit. */
+#define LOWRANK_Q8_MAX_ERR 1e-30
+#define LOWRANK_Q8_MAX_RERR 1.2e-7
 
 #define SENTINEL DSA_TEST_SENTINEL
 
 static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 
-enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, K_LOWRANK, _K_MAX };
-static const char *const kernel_names[_K_MAX] = { "blocks out", "blocks lse", "block mass",
-                                                  "linear", "pool", "max lowrank" };
+enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, K_LOWRANK, K_POUT, K_PLSE, K_PDIFF, _K_MAX };
+static const char *const kernel_names[_K_MAX] = { "blocks out", "blocks lse", "block mass", "linear",
+                                                  "pool", "lowrank q8", "packed out", "packed lse",
+                                                  "packed-plain" };
 static double worst[_K_MAX][_DSA_ISA_MAX]; /* worst error / tolerance */
 
 /* ---- Buffers that end on a guard page. */
@@ -166,17 +177,6 @@ static void problem_done(struct problem *p) {
         guarded_free(&p->gq), guarded_free(&p->gk), guarded_free(&p->gv);
 }
 
-static bool listed(const uint32_t *blocks, size_t nb, size_t b) {
-        for (size_t t = 0; t < nb; t++)
-                if (blocks[t] == b)
-                        return true;
-        return false;
-}
-
-static bool key_visible(const struct problem *p, const uint32_t *blocks, size_t nb, size_t i, size_t j) {
-        return listed(blocks, nb, j / p->bk) && (!p->causal || j <= p->pos0 + i);
-}
-
 static double score(const struct problem *p, size_t i, size_t j) {
         double s = 0;
 
@@ -185,25 +185,35 @@ static double score(const struct problem *p, size_t i, size_t j) {
         return s * p->scale;
 }
 
-/* The oracle: out (nq, HS) and lse (nq) of a full softmax over the visible keys. */
-static void oracle_blocks(const struct problem *p, const uint32_t *blocks, size_t nb, double *out,
-                          double *lse) {
+/* The oracle: out (nq, HS) and lse (nq) of a full softmax over the visible keys, with bias (Tk
+ * values, or NULL) added to the scores; a key with bias -INFINITY is not visible. */
+static void oracle_blocks_bias(const struct problem *p, const uint32_t *blocks, size_t nb, const float *bias,
+                               double *out, double *lse) {
+        double *s = malloc((p->Tk + 1) * sizeof(double));
+        bool *in = calloc(p->Tk + 1, sizeof(bool)); /* key j in a listed block */
+
+        assert_true(s && in);
+        for (size_t t = 0; t < nb; t++)
+                for (size_t j = (size_t) blocks[t] * p->bk; j < p->Tk && j < ((size_t) blocks[t] + 1) * p->bk; j++)
+                        in[j] = true;
         for (size_t i = 0; i < p->nq; i++) {
                 double mx = -INFINITY, sum = 0;
 
                 for (size_t d = 0; d < p->HS; d++)
                         out[i * p->HS + d] = 0;
-                for (size_t j = 0; j < p->Tk; j++)
-                        if (key_visible(p, blocks, nb, i, j))
-                                mx = fmax(mx, score(p, i, j));
+                for (size_t j = 0; j < p->Tk; j++) {
+                        const bool seen = in[j] && (!p->causal || j <= p->pos0 + i) && (!bias || bias[j] != -INFINITY);
+                        s[j] = seen ? score(p, i, j) + (bias ? bias[j] : 0.0) : -INFINITY;
+                        mx = fmax(mx, s[j]);
+                }
                 if (mx == -INFINITY) {
                         lse[i] = -INFINITY;
                         continue;
                 }
                 for (size_t j = 0; j < p->Tk; j++) {
-                        if (!key_visible(p, blocks, nb, i, j))
+                        if (s[j] == -INFINITY)
                                 continue;
-                        const double e = exp(score(p, i, j) - mx);
+                        const double e = exp(s[j] - mx);
                         sum += e;
                         for (size_t d = 0; d < p->HS; d++)
                                 out[i * p->HS + d] += e * p->v[j * p->ldv + d];
@@ -212,6 +222,12 @@ static void oracle_blocks(const struct problem *p, const uint32_t *blocks, size_
                         out[i * p->HS + d] /= sum;
                 lse[i] = mx + log(sum);
         }
+        free(s), free(in);
+}
+
+static void oracle_blocks(const struct problem *p, const uint32_t *blocks, size_t nb, double *out,
+                          double *lse) {
+        oracle_blocks_bias(p, blocks, nb, NULL, out, lse);
 }
 
 /* The block list of one kind: 0 every block of [0, Tk), 1 a random ~30% of them plus numbers
@@ -247,22 +263,24 @@ static size_t make_list(const struct problem *p, struct dsa_test_rng *rng, int k
         return nb;
 }
 
+/* out and lse of a call against the oracle's want and want_lse, errors counted as kernels ko and
+ * kl, and the sentinels past what the call may write. */
 static bool check_blocks(const struct problem *p, enum dsa_isa isa, const char *shape, const float *out,
-                         const float *lse, const double *want, const double *want_lse) {
+                         const float *lse, const double *want, const double *want_lse, int ko, int kl) {
         bool ok = true;
 
         for (size_t i = 0; i < p->nq && ok; i++) {
                 for (size_t d = 0; d < p->HS && ok; d++) {
                         const float got = out[i * p->ldo + d];
                         if (want_lse[i] == -INFINITY && memcmp(&got, &(float) { 0 }, sizeof(float)) != 0) {
-                                printf("FAIL blocks/%s %s: row %zu sees no key but out[%zu] = %.9g\n",
+                                printf("FAIL %s/%s %s: row %zu sees no key but out[%zu] = %.9g\n", kernel_names[ko],
                                        dsa_test_isa_names[isa], shape, i, d, got);
                                 ok = false;
                         }
-                        ok = ok && close_enough(K_OUT, isa, shape, i * p->HS + d, got, want[i * p->HS + d],
+                        ok = ok && close_enough(ko, isa, shape, i * p->HS + d, got, want[i * p->HS + d],
                                                 ATT_MAX_ERR, ATT_MAX_RERR);
                 }
-                ok = ok && close_enough(K_LSE, isa, shape, i, lse[i], want_lse[i], LSE_MAX_ERR, LSE_MAX_RERR);
+                ok = ok && close_enough(kl, isa, shape, i, lse[i], want_lse[i], LSE_MAX_ERR, LSE_MAX_RERR);
                 ok = ok && sentinels_kept("blocks out", isa, shape, out + i * p->ldo + p->HS, p->ldo - p->HS);
         }
         return ok && sentinels_kept("blocks out", isa, shape, out + p->nq * p->ldo, p->ldo) &&
@@ -316,7 +334,7 @@ static void run_problem(const struct problem *p, struct dsa_test_rng *rng) {
                                                         p->pos0, blocks, nb, p->bk, p->Tk, p->HS, p->scale,
                                                         p->causal, lse, scratch),
                                          0);
-                        assert_true(check_blocks(p, isas[s], shape, out, lse, want, want_lse));
+                        assert_true(check_blocks(p, isas[s], shape, out, lse, want, want_lse, K_OUT, K_LSE));
                 }
         }
 
@@ -432,6 +450,338 @@ static void test_dense_sequence(void **state) {
         }
 }
 
+/* ---- The streaming kernels on keys and values packed once. */
+
+/* n floats that start right after a PROT_NONE page (a read or write before them faults), so
+ * page-aligned; the end is wherever that puts it. */
+static float *guarded_front_new(struct guarded *g, size_t n) {
+        const size_t page = (size_t) sysconf(_SC_PAGESIZE), bytes = (n ? n : 1) * sizeof(float);
+        const size_t data = (bytes + page - 1) / page * page;
+        char *p;
+
+        g->len = page + data;
+        g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(g->map != MAP_FAILED);
+        p = g->map;
+        assert_int_equal(mprotect(p, page, PROT_NONE), 0);
+        return (float *) (p + page);
+}
+
+/* A problem's k and v packed by every variant: kv of exactly dsa_attention_packed_floats(Tk,
+ * HS) floats, either ending on a guard page (the count is a multiple of 32, so the start stays
+ * 64-byte aligned) or starting right after one; NaN before the pack, so a read of anything the
+ * pack did not write poisons the result. */
+struct packed {
+        float *kv[_DSA_ISA_MAX];
+        struct guarded g[_DSA_ISA_MAX];
+};
+
+static void packed_init(struct packed *pk, const struct problem *p, bool front) {
+        const size_t n = dsa_attention_packed_floats(p->Tk, p->HS);
+
+        assert_true(p->Tk > 0 && n != SIZE_MAX && n % 32 == 0);
+        *pk = (struct packed) { 0 };
+        for (size_t s = 0; s < n_isas; s++) {
+                const enum dsa_isa isa = isas[s];
+                float *kv = front ? guarded_front_new(&pk->g[isa], n) : guarded_new(&pk->g[isa], n);
+
+                assert_true((uintptr_t) kv % 64 == 0);
+                dsa_test_fill(kv, n, NAN);
+                assert_int_equal(dsa_attention_kernels_for(isa)->pack_kv_f32(kv, p->k, p->ldk, p->v, p->ldv, p->Tk,
+                                                                             p->HS, p->scale),
+                                 0);
+                pk->kv[isa] = kv;
+        }
+}
+
+static void packed_done(struct packed *pk) {
+        for (size_t s = 0; s < n_isas; s++)
+                guarded_free(&pk->g[isas[s]]);
+}
+
+/* make_list's kinds 0 to 4, plus 5: runs of consecutive blocks (1 to ~300 keys' worth each,
+ * from any block, so they start inside a panel and cross the driver's chunks anywhere) with
+ * gaps of 1 to 3 blocks, the last ones past Tk; 6: one run from a random block to 2 blocks past
+ * the last. Kind 1 at small bk gives chunks gathered from many short runs. */
+static size_t make_run_list(const struct problem *p, struct dsa_test_rng *rng, int kind, uint32_t *blocks) {
+        const size_t nblk = (p->Tk + p->bk - 1) / p->bk;
+        size_t nb = 0;
+
+        switch (kind) {
+        case 5:
+                for (size_t b = dsa_test_rng_u64(rng) % 3; b < nblk + 3;) {
+                        const size_t len = 1 + dsa_test_rng_u64(rng) % (300 / p->bk + 2);
+                        for (const size_t e = b + len; b < e && b < nblk + 3; b++)
+                                blocks[nb++] = (uint32_t) b;
+                        b += 1 + dsa_test_rng_u64(rng) % 3;
+                }
+                return nb;
+        case 6:
+                for (size_t b = dsa_test_rng_u64(rng) % nblk; b < nblk + 2; b++)
+                        blocks[nb++] = (uint32_t) b;
+                return nb;
+        default:
+                return make_list(p, rng, kind, blocks);
+        }
+}
+
+/* Calls of blocks_packed_f32 whose out and lse differ in some bit from blocks_f32's on the same
+ * inputs, per variant (printed at the end). */
+static size_t packed_plain_differ[_DSA_ISA_MAX], packed_plain_calls[_DSA_ISA_MAX];
+
+/* One list and bias (Tk values, or NULL) through every variant's blocks_packed_f32 against the
+ * oracle; with no bias, also against the variant's blocks_f32 on the same q, k and v. With
+ * extra, again without ret_lse (the same out) and, with no bias, with a bias of zeros (the same
+ * bits). Returns the rows that see no key. */
+static size_t packed_list(const struct problem *p, const struct packed *pk, const uint32_t *blocks, size_t nb,
+                          const float *bias, bool extra, float *scratch, const char *shape) {
+        const size_t no = (p->nq + 1) * p->ldo;
+        double *want = malloc((p->nq * p->HS + 1) * sizeof(double)), *want_lse = malloc((p->nq + 1) * sizeof(double));
+        float *out = dsa_test_falloc(no), *lse = dsa_test_falloc(p->nq + 1);
+        float *out2 = dsa_test_falloc(no), *lse2 = dsa_test_falloc(p->nq + 1);
+        float *zeros = calloc(p->Tk + 1, sizeof(float));
+        size_t blind = 0;
+
+        assert_true(want && want_lse && zeros);
+        oracle_blocks_bias(p, blocks, nb, bias, want, want_lse);
+        for (size_t i = 0; i < p->nq; i++)
+                blind += want_lse[i] == -INFINITY;
+        for (size_t s = 0; s < n_isas; s++) {
+                const enum dsa_isa isa = isas[s];
+                const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isa);
+
+                dsa_test_fill(out, no, SENTINEL);
+                dsa_test_fill(lse, p->nq + 1, SENTINEL);
+                assert_int_equal(kt->blocks_packed_f32(out, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa], bias,
+                                                       blocks, nb, p->bk, p->Tk, p->HS, p->causal, lse, scratch),
+                                 0);
+                assert_true(check_blocks(p, isa, shape, out, lse, want, want_lse, K_POUT, K_PLSE));
+
+                if (extra) {
+                        dsa_test_fill(out2, no, SENTINEL);
+                        assert_int_equal(kt->blocks_packed_f32(out2, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa],
+                                                               bias, blocks, nb, p->bk, p->Tk, p->HS, p->causal, NULL,
+                                                               scratch),
+                                         0);
+                        assert_memory_equal(out, out2, no * sizeof(float));
+                }
+                if (bias)
+                        continue;
+
+                if (extra) {
+                        dsa_test_fill(out2, no, SENTINEL);
+                        dsa_test_fill(lse2, p->nq + 1, SENTINEL);
+                        assert_int_equal(kt->blocks_packed_f32(out2, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa],
+                                                               zeros, blocks, nb, p->bk, p->Tk, p->HS, p->causal, lse2,
+                                                               scratch),
+                                         0);
+                        assert_memory_equal(out, out2, no * sizeof(float));
+                        assert_memory_equal(lse, lse2, (p->nq + 1) * sizeof(float));
+                }
+
+                dsa_test_fill(out2, no, SENTINEL);
+                dsa_test_fill(lse2, p->nq + 1, SENTINEL);
+                assert_int_equal(kt->blocks_f32(out2, p->ldo, p->q, p->ldq, p->k, p->ldk, p->v, p->ldv, p->nq, p->pos0,
+                                                blocks, nb, p->bk, p->Tk, p->HS, p->scale, p->causal, lse2, scratch),
+                                 0);
+                packed_plain_calls[isa]++;
+                if (memcmp(out, out2, no * sizeof(float)) != 0 || memcmp(lse, lse2, (p->nq + 1) * sizeof(float)) != 0)
+                        packed_plain_differ[isa]++;
+                for (size_t i = 0; i < p->nq; i++) {
+                        for (size_t d = 0; d < p->HS; d++)
+                                assert_true(close_enough(K_PDIFF, isa, shape, i * p->HS + d, out[i * p->ldo + d],
+                                                         out2[i * p->ldo + d], ATT_MAX_ERR, ATT_MAX_RERR));
+                        assert_true(close_enough(K_PDIFF, isa, shape, i, lse[i], lse2[i], LSE_MAX_ERR, LSE_MAX_RERR));
+                }
+        }
+        free(want), free(want_lse), free(out), free(lse), free(out2), free(lse2), free(zeros);
+        return blind;
+}
+
+/* nq, pos0 and Tk of case case_no: nq 1, 64 or random; Tk random up to 700 in every third
+ * case, up to 40 in every tenth, up to 300 otherwise; with causal, the query block at 0, ending
+ * at the last key, at a random position, or past every key; without, anywhere. */
+static void packed_shape(struct dsa_test_rng *rng, size_t case_no, bool causal, size_t *ret_nq, size_t *ret_pos0,
+                         size_t *ret_Tk) {
+        const size_t nq = case_no % 3 == 0 ? 1 : case_no % 3 == 1 ? DSA_ATT_BLOCK : 2 + dsa_test_rng_u64(rng) % 62;
+        const size_t Tk = 1 + dsa_test_rng_u64(rng) % (case_no % 10 == 7 ? 40 : case_no % 3 == 2 ? 700 : 300);
+        size_t pos0 = dsa_test_rng_u64(rng) % 1000;
+
+        if (causal)
+                switch (case_no % 4) {
+                case 0:
+                        pos0 = 0;
+                        break;
+                case 1:
+                        pos0 = Tk > nq ? Tk - nq : 0;
+                        break;
+                case 2:
+                        pos0 = dsa_test_rng_u64(rng) % Tk;
+                        break;
+                default:
+                        pos0 = Tk + 5;
+                        break;
+                }
+        *ret_nq = nq, *ret_pos0 = pos0, *ret_Tk = Tk;
+}
+
+/* blocks_packed_f32 without bias, every list kind, on head sizes that are and are not
+ * multiples of the panels, and key blocks that divide 32 and 128, that do not, that are not
+ * multiples of AVX-512's 32-key panel (16, 24, 40: chunks whose first key is inside a panel)
+ * and the largest. */
+static void test_packed_blocks(void **state) {
+        static const size_t HSs[] = { 1, 7, 32, 33, 64, 100 };
+        static const size_t bks[] = { 1, 5, 16, 17, 24, 32, 40, 64, 100, 256 };
+        struct dsa_test_rng rng = { 36 };
+        size_t case_no = 0;
+
+        for (size_t h = 0; h < ELEMENTSOF(HSs); h++)
+                for (size_t b = 0; b < ELEMENTSOF(bks); b++)
+                        for (int causal = 0; causal < 2; causal++, case_no++) {
+                                const size_t HS = HSs[h], bk = bks[b];
+                                const size_t cap = 700 / bk + 12, ns = dsa_attention_blocks_scratch(bk, HS);
+                                uint32_t *blocks = malloc(cap * sizeof(uint32_t));
+                                size_t nq, pos0, Tk;
+                                struct guarded gs = { 0 };
+                                struct packed pk;
+                                struct problem p;
+                                float *scratch;
+                                char shape[160];
+
+                                assert_true(blocks && ns != SIZE_MAX);
+                                packed_shape(&rng, case_no, causal, &nq, &pos0, &Tk);
+                                problem_init(&p, &rng, HS, nq, pos0, Tk, bk, causal, case_no % 3, case_no % 4 == 1);
+                                packed_init(&pk, &p, case_no % 2);
+                                scratch = guarded_new(&gs, ns);
+                                for (int kind = 0; kind < 7; kind++) {
+                                        const size_t nb = make_run_list(&p, &rng, kind, blocks);
+
+                                        snprintf(shape, sizeof(shape),
+                                                 "packed HS=%zu nq=%zu pos0=%zu Tk=%zu bk=%zu causal=%d list=%d nb=%zu",
+                                                 HS, nq, pos0, Tk, bk, causal, kind, nb);
+                                        packed_list(&p, &pk, blocks, nb, NULL, kind == 5, scratch, shape);
+                                }
+                                guarded_free(&gs);
+                                packed_done(&pk);
+                                problem_done(&p);
+                                free(blocks);
+                        }
+}
+
+/* bias (Tk) of one mode: 0 random in [-3, 3] with -INFINITY on about one key in six; 1 a ramp
+ * up to 6 along the keys (each chunk moves the running max up) with the list's second run
+ * masked whole, when it has one; 2 -INFINITY on the first 1 to 300 keys
+ * (every key of the first chunks: the running max stays -inf, then turns finite), random after. */
+static void make_bias(const struct problem *p, struct dsa_test_rng *rng, int mode, const uint32_t *blocks, size_t nb,
+                      float *bias) {
+        const size_t J = 1 + dsa_test_rng_u64(rng) % MIN(p->Tk, (size_t) 300);
+
+        for (size_t j = 0; j < p->Tk; j++) {
+                bias[j] = dsa_test_rng_uniform(rng, -3, 3);
+                if (mode == 0 && dsa_test_rng_u64(rng) % 6 == 0)
+                        bias[j] = -INFINITY;
+                if (mode == 1)
+                        bias[j] = 6.0f * (float) j / (float) p->Tk + bias[j] / 6;
+                if (mode == 2 && j < J)
+                        bias[j] = -INFINITY;
+        }
+        if (mode == 1 && nb > 0) {
+                size_t t0, t1 = 0;
+                while (t1 + 1 < nb && blocks[t1 + 1] == blocks[t1] + 1)
+                        t1++;
+                if (t1 + 1 == nb) /* one run: masking it would leave nothing to see */
+                        return;
+                t0 = ++t1;
+                while (t1 + 1 < nb && blocks[t1 + 1] == blocks[t1] + 1)
+                        t1++;
+                for (size_t j = (size_t) blocks[t0] * p->bk; j < p->Tk && j < ((size_t) blocks[t1] + 1) * p->bk; j++)
+                        bias[j] = -INFINITY;
+        }
+}
+
+/* blocks_packed_f32 with bias: the modes of make_bias in turn on the lists with runs, then the
+ * cases that must come out exactly: causal rows whose every key is masked (zeros, lse
+ * -INFINITY) next to rows that see some, the first chunks masked for every row, and every
+ * listed key masked. bias ends on a guard page. */
+static void test_packed_bias(void **state) {
+        static const size_t HSs[] = { 7, 33, 64 };
+        static const size_t bks[] = { 5, 16, 24, 40, 100, 256 };
+        static const int kinds[] = { 0, 1, 5, 6 };
+        /* HS, bk, Tk, nq, pos0, causal, masked keys [0, J), then the rows that see no key */
+        static const size_t cases[][8] = {
+                { 33, 16, 300, 64, 0, 1, 40, 40 },   /* rows 0 .. 39 see only masked keys */
+                { 7, 5, 200, 30, 0, 1, 17, 17 },
+                { 64, 24, 600, 17, 250, 0, 300, 0 }, /* two chunks of 128 keys and a bit masked */
+                { 32, 200, 700, 64, 3, 0, 450, 0 },  /* chunks of 224 keys: two masked */
+                { 32, 40, 700, 64, 0, 0, 700, 64 },  /* every key masked */
+        };
+        struct dsa_test_rng rng = { 37 };
+        size_t case_no = 0;
+
+        for (size_t h = 0; h < ELEMENTSOF(HSs); h++)
+                for (size_t b = 0; b < ELEMENTSOF(bks); b++)
+                        for (int causal = 0; causal < 2; causal++, case_no++) {
+                                const size_t HS = HSs[h], bk = bks[b];
+                                const size_t cap = 700 / bk + 12, ns = dsa_attention_blocks_scratch(bk, HS);
+                                uint32_t *blocks = malloc(cap * sizeof(uint32_t));
+                                struct guarded gs = { 0 }, gb = { 0 };
+                                size_t nq, pos0, Tk;
+                                struct packed pk;
+                                struct problem p;
+                                float *scratch, *bias;
+                                char shape[160];
+
+                                assert_true(blocks && ns != SIZE_MAX);
+                                packed_shape(&rng, case_no, causal, &nq, &pos0, &Tk);
+                                problem_init(&p, &rng, HS, nq, pos0, Tk, bk, causal, case_no % 3, false);
+                                packed_init(&pk, &p, case_no % 2);
+                                scratch = guarded_new(&gs, ns);
+                                bias = guarded_new(&gb, Tk);
+                                for (size_t ki = 0; ki < ELEMENTSOF(kinds); ki++) {
+                                        const int mode = (int) ((ki + case_no) % 3);
+                                        const size_t nb = make_run_list(&p, &rng, kinds[ki], blocks);
+
+                                        make_bias(&p, &rng, mode, blocks, nb, bias);
+                                        snprintf(shape, sizeof(shape),
+                                                 "bias=%d HS=%zu nq=%zu pos0=%zu Tk=%zu bk=%zu causal=%d list=%d nb=%zu",
+                                                 mode, HS, nq, pos0, Tk, bk, causal, kinds[ki], nb);
+                                        packed_list(&p, &pk, blocks, nb, bias, kinds[ki] == 5, scratch, shape);
+                                }
+                                guarded_free(&gs), guarded_free(&gb);
+                                packed_done(&pk);
+                                problem_done(&p);
+                                free(blocks);
+                        }
+
+        for (size_t c = 0; c < ELEMENTSOF(cases); c++) {
+                const size_t HS = cases[c][0], bk = cases[c][1], Tk = cases[c][2], nq = cases[c][3];
+                const size_t nblk = (Tk + bk - 1) / bk;
+                uint32_t *blocks = malloc(nblk * sizeof(uint32_t));
+                struct guarded gs = { 0 }, gb = { 0 };
+                float *scratch, *bias;
+                struct packed pk;
+                struct problem p;
+                char shape[160];
+
+                assert_non_null(blocks);
+                for (size_t b = 0; b < nblk; b++)
+                        blocks[b] = (uint32_t) b;
+                problem_init(&p, &rng, HS, nq, cases[c][4], Tk, bk, cases[c][5], c % 3, true);
+                packed_init(&pk, &p, c % 2);
+                scratch = guarded_new(&gs, dsa_attention_blocks_scratch(bk, HS));
+                bias = guarded_new(&gb, Tk);
+                for (size_t j = 0; j < Tk; j++)
+                        bias[j] = j < cases[c][6] ? -INFINITY : dsa_test_rng_uniform(&rng, -3, 3);
+                snprintf(shape, sizeof(shape), "bias case %zu: HS=%zu nq=%zu pos0=%zu Tk=%zu bk=%zu causal=%zu J=%zu", c,
+                         HS, nq, cases[c][4], Tk, bk, cases[c][5], cases[c][6]);
+                assert_int_equal(packed_list(&p, &pk, blocks, nblk, bias, true, scratch, shape), cases[c][7]);
+                guarded_free(&gs), guarded_free(&gb);
+                packed_done(&pk);
+                problem_done(&p);
+                free(blocks);
+        }
+}
+
 /* ---- Linear attention. */
 
 static double phi(double x) {
@@ -533,72 +883,342 @@ static void test_pool(void **state) {
                         }
 }
 
-/* ---- The token scorer's block max of low-rank scores. */
+/* ---- The token scorer's block max of 8-bit low-rank scores. */
 
-/* out (nq, nb) of block_max_lowrank_f32 in double: the definition, one block at a time. */
-static void oracle_lowrank(const float *qt, size_t ldq, const float *kt, size_t ldk, size_t nq, size_t bk,
-                           size_t Tk, size_t R, double *out) {
-        const size_t nb = (Tk + bk - 1) / bk;
+/* bytes that end where a PROT_NONE page starts or, with front, start where one ends: a read past
+ * the last byte, or before the first, faults. Without front the start has whatever alignment
+ * that gives (any, for an odd count). */
+static void *guarded_bytes_new(struct guarded *g, size_t bytes, bool front) {
+        const size_t page = (size_t) sysconf(_SC_PAGESIZE), n = bytes ? bytes : 1;
+        const size_t data = (n + page - 1) / page * page;
+        char *p;
 
+        g->len = page + data + page;
+        g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(g->map != MAP_FAILED);
+        p = g->map;
+        assert_int_equal(mprotect(p, page, PROT_NONE), 0);
+        assert_int_equal(mprotect(p + page + data, page, PROT_NONE), 0);
+        return front ? p + page : p + page + data - n;
+}
+
+static size_t rng_below(struct dsa_test_rng *rng, size_t n) {
+        return (size_t) (dsa_test_rng_u64(rng) % n);
+}
+
+/* One shape's inputs. style 0 and 1: query bytes over [-63, 63] with the extremes and 0 more
+ * often than the rest, key bytes over [0, 255] with 0, 128 (component 0) and 255 likewise;
+ * style 2: the largest magnitudes, rows of all 63 or all -63 against keys of all 255 or all 0;
+ * style 3: mostly zeros (query bytes 0, key bytes 128, scales 0), so blocks whose max is a zero
+ * of either sign. ks holds negative values and zeros, qs zeros and positive values. */
+struct q8_case {
+        size_t R, Tk, bk, nq, nb, ldq, ldk, ldo;
+        int8_t *qt;
+        uint8_t *kt;
+        float *qs, *ks;
+        struct guarded gq, gk, gqs, gks;
+};
+
+static int8_t q8_query_byte(struct dsa_test_rng *rng, unsigned style) {
+        const size_t r = rng_below(rng, 16);
+
+        if (style == 3)
+                return r < 12 ? 0 : (int8_t) ((int) rng_below(rng, 127) - 63);
+        return r == 0 ? 63 : r == 1 ? -63 : r == 2 ? 0 : (int8_t) ((int) rng_below(rng, 127) - 63);
+}
+
+static uint8_t q8_key_byte(struct dsa_test_rng *rng, unsigned style) {
+        const size_t r = rng_below(rng, 16);
+
+        if (style == 3)
+                return r < 12 ? 128 : (uint8_t) rng_below(rng, 256);
+        return r == 0 ? 0 : r == 1 ? 255 : r == 2 ? 128 : (uint8_t) rng_below(rng, 256);
+}
+
+static void q8_case_init(struct q8_case *c, struct dsa_test_rng *rng, size_t R, size_t Tk, size_t bk, size_t nq,
+                         size_t case_no) {
+        static const size_t qpads[] = { 0, 1, 3, 60 }, kpads[] = { 0, 1, 3, 64, 29 }, opads[] = { 0, 1, 2 };
+        const unsigned style = case_no % 4;
+        const bool front = case_no % 3 == 1;
+        size_t nqt, nkt;
+
+        *c = (struct q8_case) { .R = R, .Tk = Tk, .bk = bk, .nq = nq, .nb = (Tk + bk - 1) / bk };
+        /* one row needs no row strides and one group of four ranks no key stride: 0 then, now and again */
+        c->ldq = nq == 1 && case_no % 5 == 0 ? 0 : R + qpads[case_no % ELEMENTSOF(qpads)];
+        c->ldk = R == 4 && case_no % 2 ? 0 : 4 * Tk + kpads[case_no % ELEMENTSOF(kpads)];
+        c->ldo = nq == 1 && case_no % 5 == 0 ? 0 : c->nb + opads[case_no % ELEMENTSOF(opads)];
+        /* exactly the bytes the contract lets the kernel read */
+        nqt = (nq - 1) * c->ldq + R;
+        nkt = (R / 4 - 1) * c->ldk + 4 * Tk;
+        c->qt = guarded_bytes_new(&c->gq, nqt, front);
+        c->kt = guarded_bytes_new(&c->gk, nkt, front);
+        c->qs = guarded_bytes_new(&c->gqs, nq * sizeof(float), front);
+        c->ks = guarded_bytes_new(&c->gks, Tk * sizeof(float), front);
+
+        /* bytes in the gaps between rows are out of range: read as a query byte, they give -EINVAL */
+        for (size_t t = 0; t < nqt; t++)
+                c->qt[t] = c->ldq == 0 || t % c->ldq < R ? q8_query_byte(rng, style) : INT8_MIN;
+        for (size_t t = 0; t < nkt; t++)
+                c->kt[t] = q8_key_byte(rng, style);
+        if (style == 2) {
+                for (size_t i = 0; i < nq; i++) {
+                        const int8_t v = rng_below(rng, 2) ? 63 : -63;
+                        for (size_t r = 0; r < R; r++)
+                                c->qt[i * c->ldq + r] = v;
+                }
+                for (size_t j = 0; j < Tk; j++) {
+                        const uint8_t v = rng_below(rng, 2) ? 255 : 0;
+                        for (size_t r = 0; r < R; r++)
+                                c->kt[(r / 4) * c->ldk + 4 * j + r % 4] = v;
+                }
+        }
+        for (size_t j = 0; j < Tk; j++) {
+                const size_t r = rng_below(rng, 8);
+                c->ks[j] = r == 0 || (style == 3 && r < 4) ? 0.0f : dsa_test_rng_uniform(rng, -2.0f, 2.0f);
+        }
         for (size_t i = 0; i < nq; i++)
-                for (size_t b = 0; b < nb; b++) {
-                        double mx = -INFINITY;
-                        for (size_t j = b * bk; j < MIN(Tk, (b + 1) * bk); j++) {
-                                double d = 0;
-                                for (size_t r = 0; r < R; r++)
-                                        d += (double) qt[i * ldq + r] * kt[r * ldk + j];
-                                mx = fmax(mx, d);
+                c->qs[i] = rng_below(rng, 4) == 0 ? 0.0f : dsa_test_rng_uniform(rng, 1.0f / 64, 2.0f);
+}
+
+static void q8_case_done(struct q8_case *c) {
+        guarded_free(&c->gq), guarded_free(&c->gk), guarded_free(&c->gqs), guarded_free(&c->gks);
+}
+
+/* Row i's exact integer score of key j. */
+static int64_t q8_dot(const struct q8_case *c, size_t i, size_t j) {
+        int64_t d = 0;
+
+        for (size_t r = 0; r < c->R; r++)
+                d += (int64_t) c->qt[i * c->ldq + r] * ((int64_t) c->kt[(r / 4) * c->ldk + 4 * j + r % 4] - 128);
+        return d;
+}
+
+/* The oracles, (nq, nb) each: want32 the contract's fp32 operations on the exact sums, want64 the
+ * same in double. ties counts the blocks whose fp32 max is a zero while holding zeros of both
+ * signs (where only the sign of the zero tells variants apart). */
+static void oracle_q8(const struct q8_case *c, float *want32, double *want64, size_t *ties) {
+        for (size_t i = 0; i < c->nq; i++)
+                for (size_t b = 0; b < c->nb; b++) {
+                        float m32 = -INFINITY;
+                        double m64 = -INFINITY;
+                        bool pz = false, nz = false;
+
+                        for (size_t j = b * c->bk; j < MIN(c->Tk, (b + 1) * c->bk); j++) {
+                                const int64_t d = q8_dot(c, i, j);
+                                float s;
+
+                                assert_true(d > -(1 << 24) && d < (1 << 24));
+                                s = c->ks[j] * (float) d;
+                                m32 = s > m32 ? s : m32;
+                                m64 = MAX(m64, (double) c->ks[j] * (double) d);
+                                if (s == 0 && signbit(s))
+                                        nz = true;
+                                else if (s == 0)
+                                        pz = true;
                         }
-                        out[i * nb + b] = mx;
+                        want32[i * c->nb + b] = c->qs[i] * m32;
+                        want64[i * c->nb + b] = (double) c->qs[i] * m64;
+                        *ties += m32 == 0 && pz && nz;
                 }
 }
 
-/* One shape through every variant: qt (nq, ldq > R) and kt (R, ldk > Tk) in [-1, 1] with NaN in
- * the gaps, each ending on a guard page (kt's last row, so a read past Tk in it faults and one in
- * an earlier row poisons the max); out (nq, ldo > nb) plus a row, all sentinels before the call. */
-static void lowrank_case(struct dsa_test_rng *rng, size_t R, size_t Tk, size_t bk, size_t nq, size_t pad) {
-        const size_t nb = (Tk + bk - 1) / bk, ldq = R + pad, ldk = Tk + 2 * pad - 1, ldo = nb + pad;
-        struct guarded gq, gk;
-        float *qt = rows_new(&gq, rng, nq, ldq, R, -1, 1), *kt = rows_new(&gk, rng, R, ldk, Tk, -1, 1);
-        float *out = dsa_test_falloc((nq + 1) * ldo);
-        double *want = malloc(nq * nb * sizeof(double));
-        char shape[96];
+static size_t q8_cases, q8_ties;
 
-        assert_non_null(want);
-        oracle_lowrank(qt, ldq, kt, ldk, nq, bk, Tk, R, want);
-        snprintf(shape, sizeof(shape), "R=%zu Tk=%zu bk=%zu nq=%zu ldq=%zu ldk=%zu", R, Tk, bk, nq, ldq, ldk);
+/* One shape through every variant: the reference first, then each other variant bit for bit
+ * equal to it; every variant equal in value to the fp32 oracle (a zero's sign aside) and within
+ * LOWRANK_Q8_MAX_RERR of the double one. out is exactly (nq - 1) * ldo + nb floats ending on a
+ * guard page, sentinels in the gaps between rows. */
+static void lowrank_q8_case(struct dsa_test_rng *rng, size_t R, size_t Tk, size_t bk, size_t nq, size_t case_no) {
+        struct q8_case c;
+        struct guarded go;
+        size_t no;
+        float *out, *ref, *want32;
+        double *want64;
+        char shape[128];
+
+        q8_case_init(&c, rng, R, Tk, bk, nq, case_no);
+        no = (nq - 1) * c.ldo + c.nb;
+        out = guarded_bytes_new(&go, no * sizeof(float), false);
+        ref = dsa_test_falloc(nq * c.nb);
+        want32 = dsa_test_falloc(nq * c.nb);
+        want64 = malloc(nq * c.nb * sizeof(double));
+        assert_non_null(want64);
+        oracle_q8(&c, want32, want64, &q8_ties);
+        snprintf(shape, sizeof(shape), "R=%zu Tk=%zu bk=%zu nq=%zu ldq=%zu ldk=%zu ldo=%zu case %zu", R, Tk, bk,
+                 nq, c.ldq, c.ldk, c.ldo, case_no);
+        assert_int_equal(isas[0], DSA_ISA_REF);
         for (size_t s = 0; s < n_isas; s++) {
                 const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
 
-                dsa_test_fill(out, (nq + 1) * ldo, SENTINEL);
-                assert_int_equal(ak->block_max_lowrank_f32(out, ldo, qt, ldq, kt, ldk, nq, bk, Tk, R), 0);
+                dsa_test_fill(out, no, SENTINEL);
+                assert_int_equal(ak->block_max_lowrank_q8(out, c.ldo, c.qt, c.ldq, c.qs, c.kt, c.ldk, c.ks, nq, bk,
+                                                          Tk, R),
+                                 0);
                 for (size_t i = 0; i < nq; i++) {
-                        for (size_t b = 0; b < nb; b++)
-                                assert_true(close_enough(K_LOWRANK, isas[s], shape, i * nb + b, out[i * ldo + b],
-                                                         want[i * nb + b], LOWRANK_MAX_ERR, LOWRANK_MAX_RERR));
-                        assert_true(sentinels_kept("max lowrank out", isas[s], shape, out + i * ldo + nb, ldo - nb));
+                        for (size_t b = 0; b < c.nb; b++) {
+                                const size_t at = i * c.nb + b;
+                                const float got = out[i * c.ldo + b];
+
+                                if (s == 0)
+                                        ref[at] = got;
+                                if (memcmp(&got, &ref[at], sizeof(float)) != 0) {
+                                        printf("FAIL lowrank q8/%s %s: [%zu][%zu] got %a want the reference's %a\n",
+                                               dsa_test_isa_names[isas[s]], shape, i, b, got, ref[at]);
+                                        fail();
+                                }
+                                if (got != want32[at]) {
+                                        printf("FAIL lowrank q8/%s %s: [%zu][%zu] got %a want the fp32 oracle's %a\n",
+                                               dsa_test_isa_names[isas[s]], shape, i, b, got, want32[at]);
+                                        fail();
+                                }
+                                assert_true(close_enough(K_LOWRANK, isas[s], shape, at, got, want64[at],
+                                                         LOWRANK_Q8_MAX_ERR, LOWRANK_Q8_MAX_RERR));
+                        }
+                        if (i + 1 < nq)
+                                assert_true(sentinels_kept("lowrank q8 out", isas[s], shape, out + i * c.ldo + c.nb,
+                                                           c.ldo - c.nb));
                 }
-                assert_true(sentinels_kept("max lowrank out", isas[s], shape, out + nq * ldo, ldo));
         }
-        guarded_free(&gq), guarded_free(&gk);
-        free(out), free(want);
+        q8_cases++;
+        guarded_free(&go);
+        free(ref), free(want32), free(want64);
+        q8_case_done(&c);
 }
 
-/* Tk crosses the x86 driver's 256-key segments (300, 1000, 1300) with bk that divide 256 and bk
- * that do not (7); bk = 300 is past a segment (the driver's fallback to the reference). */
-static void test_block_max_lowrank(void **state) {
-        static const size_t Rs[] = { 1, 3, 8, 16, 17, 64 };
-        static const size_t bks[] = { 1, 7, 32, 64, 256, 300 };
-        static const size_t Tks[] = { 1, 5, 31, 64, 65, 300, 1000, 1300 };
-        static const size_t nqs[] = { 1, 4, 9 };
+/* Key counts around the vector widths (8, 16, 32 keys a step) and the x86 driver's segments of a
+ * multiple of bk up to 512 keys; bk dividing them and not, and 513, past a segment (the driver's
+ * fallback to the reference). nq runs through 1 .. 9, so row groups of four end short in every
+ * way (the driver repeats a short group's last row). */
+static void test_block_max_lowrank_q8(void **state) {
+        static const size_t Rs[] = { 4, 8, 12, 16, 20, 64 };
+        static const size_t Tks[] = { 1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 255, 256, 257, 511, 512, 513, 700, 1500 };
+        static const size_t bks[] = { 1, 3, 16, 31, 32, 33, 48, 64, 100, 256, 512, 513 };
         struct dsa_test_rng rng = { 35 };
         size_t case_no = 0;
 
         for (size_t ri = 0; ri < ELEMENTSOF(Rs); ri++)
                 for (size_t ti = 0; ti < ELEMENTSOF(Tks); ti++)
-                        for (size_t bi = 0; bi < ELEMENTSOF(bks); bi++)
-                                for (size_t ni = 0; ni < ELEMENTSOF(nqs); ni++, case_no++)
-                                        lowrank_case(&rng, Rs[ri], Tks[ti], bks[bi], nqs[ni], 1 + case_no % 3);
+                        for (size_t bi = 0; bi < ELEMENTSOF(bks); bi++, case_no++)
+                                lowrank_q8_case(&rng, Rs[ri], Tks[ti], bks[bi], 1 + case_no % 9, case_no);
+        printf("lowrank q8: %zu shapes through %zu variants bit for bit, %zu blocks with a max of +0 and -0\n",
+               q8_cases, n_isas, q8_ties);
+}
+
+/* -EINVAL and nothing written for each bad argument alone (the call with all of them good
+ * succeeds, and every byte a bad rank or stride could make the kernel read is a valid one in the
+ * buffers, so only the check can refuse it): ranks not a multiple of 4 or out of [4, 64], bk 0,
+ * strides too small, NULL pointers with work to do, a query byte outside [-63, 63] anywhere in
+ * the rows (the first, the last, one in between); nothing to do is 0 and writes nothing. Bytes
+ * between query rows are not read. One group of four ranks reads no key stride, one row no query
+ * or output stride: the same bits as with them. */
+static void test_block_max_lowrank_q8_errors(void **state) {
+        enum { R = 16, RX = 68, T = 70, BK = 8, NQ = 5, NB = (T + BK - 1) / BK, LDQ = RX + 3, LDK = 4 * T + 5,
+               LDO = NB + 2 };
+        static const int bad_bytes[] = { 64, -64, -128, 127 };
+        static const size_t bad_at[] = { 0, 2 * LDQ + 7, (NQ - 1) * LDQ + R - 1 };
+        static const size_t bad_R[] = { 0, 1, 2, 3, 5, 6, 62, 65, RX };
+        static int8_t qt[NQ * LDQ], qgap[NQ * LDQ];
+        static uint8_t kt[RX / 4 * LDK];
+        float qs[NQ], ks[T], out[NQ * LDO], good[NQ * LDO], one[4 * (NB + 1)];
+
+        for (size_t t = 0; t < NQ * LDQ; t++) {
+                qt[t] = (int8_t) ((int) ((t * 37) % 127) - 63);
+                qgap[t] = t % LDQ < R ? qt[t] : INT8_MIN;
+        }
+        for (size_t t = 0; t < RX / 4 * LDK; t++)
+                kt[t] = (uint8_t) ((t * 101 + 7) % 256);
+        for (size_t j = 0; j < T; j++)
+                ks[j] = (float) ((int) ((j * 37) % 11) - 5) / 4.0f;
+        for (size_t i = 0; i < NQ; i++)
+                qs[i] = 0.5f + (float) i;
+
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
+
+#define Q8(out_, ldo_, qt_, ldq_, qs_, kt_, ldk_, ks_, nq_, bk_, Tk_, R_) \
+        ak->block_max_lowrank_q8(out_, ldo_, qt_, ldq_, qs_, kt_, ldk_, ks_, nq_, bk_, Tk_, R_)
+                dsa_test_fill(good, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(good, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), 0);
+                /* the tightest output stride is good too (tight ldq and ldk: test_block_max_lowrank_q8) */
+                dsa_test_fill(out, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(out, NB, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), 0);
+                for (size_t i = 0; i < NQ; i++)
+                        assert_memory_equal(out + i * NB, good + i * LDO, NB * sizeof(float));
+                /* the bytes between rows are not read (out of range there) */
+                dsa_test_fill(out, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(out, LDO, qgap, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), 0);
+                assert_memory_equal(out, good, NQ * LDO * sizeof(float));
+
+                dsa_test_fill(out, NQ * LDO, SENTINEL);
+                for (size_t t = 0; t < ELEMENTSOF(bad_R); t++)
+                        assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, bad_R[t]), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, 0, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * T - 1, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * T - 1, ks, NQ, BK, T, 8), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 0, ks, NQ, BK, T, 8), -EINVAL);
+                assert_int_equal(Q8(out, NB - 1, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, R - 1, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, R - 1, qs, kt, LDK, ks, 2, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(NULL, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, NULL, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, NULL, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, NULL, LDK, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, NULL, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(NULL, LDO, qt, LDQ, qs, kt, LDK, ks, 1, 1, 1, 4), -EINVAL);
+                for (size_t a = 0; a < ELEMENTSOF(bad_at); a++)
+                        for (size_t v = 0; v < ELEMENTSOF(bad_bytes); v++) {
+                                const int8_t keep = qt[bad_at[a]];
+
+                                qt[bad_at[a]] = (int8_t) bad_bytes[v];
+                                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
+                                qt[bad_at[a]] = keep;
+                        }
+                /* 63 and -63 are in range */
+                for (size_t v = 0; v < 2; v++) {
+                        const int8_t keep = qt[bad_at[2]];
+
+                        qt[bad_at[2]] = v ? 63 : -63;
+                        assert_int_equal(Q8(one, NB, qt + 4 * LDQ, LDQ, qs + 4, kt, LDK, ks, 1, BK, T, R), 0);
+                        qt[bad_at[2]] = keep;
+                }
+                /* the ranges of R and bk are checked whatever the work; nothing to do is 0 */
+                assert_int_equal(Q8(NULL, 0, NULL, 0, NULL, NULL, 0, NULL, 0, BK, T, 6), -EINVAL);
+                assert_int_equal(Q8(NULL, 0, NULL, 0, NULL, NULL, 0, NULL, NQ, 0, 0, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, 0, BK, T, R), 0);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, 0, R), 0);
+                assert_int_equal(Q8(NULL, 0, NULL, 0, NULL, NULL, 0, NULL, 0, BK, T, R), 0);
+                assert_int_equal(Q8(NULL, 0, NULL, 0, NULL, NULL, 0, NULL, NQ, BK, 0, R), 0);
+                assert_true(sentinels_kept("lowrank q8 errors out", isas[s], "", out, NQ * LDO));
+
+                /* one row: no row strides (0), row 3 of the full call */
+                dsa_test_fill(one, 4 * (NB + 1), SENTINEL);
+                assert_int_equal(Q8(one, 0, qt + 3 * LDQ, 0, qs + 3, kt, LDK, ks, 1, BK, T, R), 0);
+                assert_memory_equal(one, good + 3 * LDO, NB * sizeof(float));
+                assert_true(sentinels_kept("lowrank q8 out", isas[s], "nq=1 ldo=0", one + NB, 3 * (NB + 1) + 1));
+                /* one group of four ranks: no key stride (0), or one below 4 T, as with 4 T; that one
+                 * against the definition in value */
+                dsa_test_fill(good, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(good, LDO, qt, LDQ, qs, kt, 4 * T, ks, NQ, BK, T, 4), 0);
+                for (size_t i = 0; i < NQ; i++)
+                        for (size_t b = 0; b < NB; b++) {
+                                float mx = -INFINITY;
+
+                                for (size_t j = b * BK; j < MIN((size_t) T, b * BK + BK); j++) {
+                                        int32_t d = 0;
+
+                                        for (size_t r = 0; r < 4; r++)
+                                                d += qt[i * LDQ + r] * ((int32_t) kt[4 * j + r] - 128);
+                                        mx = MAX(mx, ks[j] * (float) d);
+                                }
+                                assert_true(good[i * LDO + b] == qs[i] * mx);
+                        }
+                for (size_t t = 0; t < 2; t++) {
+                        dsa_test_fill(out, NQ * LDO, SENTINEL);
+                        assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, t ? 3 : 0, ks, NQ, BK, T, 4), 0);
+                        assert_memory_equal(out, good, NQ * LDO * sizeof(float));
+                }
+#undef Q8
+        }
 }
 
 /* ---- Errors: -EINVAL, nothing written. */
@@ -609,8 +1229,7 @@ static void test_errors(void **state) {
         const uint32_t up[] = { 0, 1 }, dup[] = { 0, 0 }, down[] = { 1, 0 };
         float *scratch = dsa_test_falloc(dsa_attention_blocks_scratch(DSA_ATT_MAX_BK, DSA_ATT_MAX_HS));
         float *lscratch = dsa_test_falloc(dsa_attention_linear_scratch(DSA_ATT_MAX_HS));
-        float out[T * HS], lse[T], mass[2], one[2 * 10], k1[T];
-        const float q1 = -0.75f;
+        float out[T * HS], lse[T], mass[2];
 
         assert_int_equal(dsa_attention_blocks_scratch(0, 32), SIZE_MAX);
         assert_int_equal(dsa_attention_blocks_scratch(DSA_ATT_MAX_BK + 1, 32), SIZE_MAX);
@@ -618,10 +1237,9 @@ static void test_errors(void **state) {
         assert_int_equal(dsa_attention_blocks_scratch(64, DSA_ATT_MAX_HS + 1), SIZE_MAX);
         assert_int_equal(dsa_attention_linear_scratch(0), SIZE_MAX);
         assert_int_equal(dsa_attention_linear_scratch(DSA_ATT_MAX_HS + 1), SIZE_MAX);
-        for (size_t j = 0; j < T; j++)
-                k1[j] = (float) ((j * 37) % 11) - 5.0f;
-        /* O(bk HS + nq bk), whatever Tk: about 42 KiB at bk 64, HS 32 */
-        assert_true(dsa_attention_blocks_scratch(64, 32) < 12 * 1024);
+        /* O(W HS + nq W), W = max(bk, DSA__ATT_SPAN), whatever Tk: about 84 KiB at bk 64, HS 32 */
+        assert_true(dsa_attention_blocks_scratch(64, 32) < 22 * 1024);
+        assert_true(dsa_attention_blocks_scratch(256, 32) < 40 * 1024);
 
         for (size_t s = 0; s < n_isas; s++) {
                 const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isas[s]);
@@ -660,41 +1278,129 @@ static void test_errors(void **state) {
                 assert_int_equal(kt->pool_blocks_f32(out, HS, q, HS, T, 0, HS), -EINVAL);
                 assert_int_equal(kt->pool_blocks_f32(out, HS, q, HS - 1, T, 8, HS), -EINVAL);
                 assert_int_equal(kt->pool_blocks_f32(out, HS, NULL, HS, T, 8, HS), -EINVAL);
-                /* block_max_lowrank: qt (4, 8) in q, kt (8, 70) in k, out (4, 9) in out */
-#define LOWRANK(out_, ldo_, qt_, ldq_, kt_, ldk_, nq_, bk_, Tk_, R_) \
-        kt->block_max_lowrank_f32(out_, ldo_, qt_, ldq_, kt_, ldk_, nq_, bk_, Tk_, R_)
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, T, 0), -EINVAL);
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, T, DSA_ATT_MAX_RANK_LR + 1), -EINVAL);
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 0, T, HS), -EINVAL);
-                assert_int_equal(LOWRANK(NULL, 9, q, HS, k, T, 4, 8, T, HS), -EINVAL);
-                assert_int_equal(LOWRANK(out, 9, NULL, HS, k, T, 4, 8, T, HS), -EINVAL);
-                assert_int_equal(LOWRANK(out, 9, q, HS, NULL, T, 4, 8, T, HS), -EINVAL);
-                assert_int_equal(LOWRANK(out, 8, q, HS, k, T, 4, 8, T, HS), -EINVAL); /* 9 blocks per row */
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T - 1, 4, 8, T, HS), -EINVAL);
-                assert_int_equal(LOWRANK(out, 9, q, HS - 1, k, T, 4, 8, T, HS), -EINVAL);
-                /* nothing to do is not an error, and writes nothing either */
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 0, 8, T, HS), 0);
-                assert_int_equal(LOWRANK(out, 9, q, HS, k, T, 4, 8, 0, HS), 0);
-                assert_int_equal(LOWRANK(NULL, 0, NULL, 0, NULL, 0, 0, 8, T, HS), 0);
-                /* one row needs no row strides, one rank row no key stride: the same as with them */
-                dsa_test_fill(one, 2 * 10, SENTINEL);
-                assert_int_equal(LOWRANK(one, 0, &q1, 0, k1, 0, 1, 8, T, 1), 0);
-                assert_int_equal(LOWRANK(one + 10, 9, &q1, HS, k1, T, 1, 8, T, 1), 0);
-                assert_memory_equal(one, one + 10, 9 * sizeof(float));
-                for (size_t b = 0; b < 9; b++) { /* products of one term: exact */
-                        float mx = -INFINITY;
-                        for (size_t j = 8 * b; j < MIN((size_t) T, 8 * b + 8); j++)
-                                mx = MAX(mx, q1 * k1[j]);
-                        assert_true(one[b] == mx);
-                }
-                assert_true(sentinels_kept("max lowrank out", isas[s], "nq=1 R=1", one + 9, 1));
-                assert_true(sentinels_kept("max lowrank out", isas[s], "nq=1 R=1", one + 19, 1));
-#undef LOWRANK
                 assert_true(sentinels_kept("errors out", isas[s], "", out, T * HS));
                 assert_true(sentinels_kept("errors lse", isas[s], "", lse, T));
                 assert_true(sentinels_kept("errors mass", isas[s], "", mass, 2));
         }
         free(scratch), free(lscratch);
+}
+
+/* pack_kv_f32 and blocks_packed_f32: -EINVAL and nothing written, as blocks_f32. */
+static void test_packed_errors(void **state) {
+        enum { HS = 8, T = 70 };
+        static float q[T * HS], k[T * HS], v[T * HS];
+        const uint32_t up[] = { 0, 1 }, dup[] = { 0, 0 }, down[] = { 1, 0 };
+        const size_t n = dsa_attention_packed_floats(T, HS), n1 = dsa_attention_packed_floats(1, HS);
+        float *kv = aligned_alloc(64, n * sizeof(float)), *kv1 = aligned_alloc(64, 2 * n1 * sizeof(float));
+        float *scratch = dsa_test_falloc(dsa_attention_blocks_scratch(DSA_ATT_MAX_BK, DSA_ATT_MAX_HS));
+        float out[T * HS], lse[T], bias[T] = { 0 };
+
+        assert_true(kv && kv1);
+        for (size_t i = 0; i < T * HS; i++)
+                q[i] = (float) ((i * 7) % 13) / 13.0f, k[i] = (float) ((i * 5) % 11) / 11.0f, v[i] = (float) (i % 9) - 4.0f;
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isas[s]);
+
+#define PACK(kv_, k_, ldk_, v_, ldv_, Tk_, HS_) kt->pack_kv_f32(kv_, k_, ldk_, v_, ldv_, Tk_, HS_, 0.5f)
+                dsa_test_fill(kv, n, SENTINEL);
+                assert_int_equal(PACK(kv, k, HS, v, HS, T, 0), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS, v, HS, T, DSA_ATT_MAX_HS + 1), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS, v, HS, 0, 0), -EINVAL);
+                assert_int_equal(PACK(NULL, k, HS, v, HS, T, HS), -EINVAL);
+                assert_int_equal(PACK(kv, NULL, HS, v, HS, T, HS), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS, NULL, HS, T, HS), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS - 1, v, HS, T, HS), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS, v, HS - 1, T, HS), -EINVAL);
+                assert_int_equal(PACK(kv, k, HS, v, HS, 2, 0), -EINVAL);
+                /* no keys: nothing to pack, nothing written, no pointer needed */
+                assert_int_equal(PACK(kv, k, HS, v, HS, 0, HS), 0);
+                assert_int_equal(PACK(NULL, NULL, 0, NULL, 0, 0, HS), 0);
+                assert_true(sentinels_kept("pack kv", isas[s], "errors", kv, n));
+                /* one key needs no row strides: the same as with them */
+                dsa_test_fill(kv1, 2 * n1, SENTINEL);
+                assert_int_equal(PACK(kv1, k, 0, v, 0, 1, HS), 0);
+                assert_int_equal(PACK(kv1 + n1, k, HS, v, HS, 1, HS), 0);
+                assert_memory_equal(kv1, kv1 + n1, n1 * sizeof(float));
+#undef PACK
+
+                assert_int_equal(kt->pack_kv_f32(kv, k, HS, v, HS, T, HS, 0.5f), 0);
+#define PACKED(out_, ldo_, q_, ldq_, nq_, pos0_, kv_, bias_, bl_, nb_, bk_, Tk_, HS_, sc_) \
+        kt->blocks_packed_f32(out_, ldo_, q_, ldq_, nq_, pos0_, kv_, bias_, bl_, nb_, bk_, Tk_, HS_, true, lse, sc_)
+                dsa_test_fill(out, T * HS, SENTINEL);
+                dsa_test_fill(lse, T, SENTINEL);
+                assert_int_equal(PACKED(out, HS, q, HS, DSA_ATT_BLOCK + 1, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, up, 2, 0, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, up, 2, DSA_ATT_MAX_BK + 1, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, up, 2, 64, T, 0, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, up, 2, 64, T, DSA_ATT_MAX_HS + 1, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, dup, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, bias, down, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, NULL, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS - 1, 4, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS - 1, q, HS, 4, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, NULL, HS, 4, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, NULL, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, NULL, bias, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, kv, NULL, up, 2, 64, T, HS, NULL), -EINVAL);
+                assert_int_equal(PACKED(NULL, HS, q, HS, 4, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                assert_int_equal(PACKED(out, HS, q, HS, 4, SIZE_MAX - 2, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
+                /* nothing to do is not an error, and writes nothing */
+                assert_int_equal(PACKED(out, HS, q, HS, 0, 0, kv, NULL, up, 2, 64, T, HS, scratch), 0);
+                assert_int_equal(PACKED(NULL, 0, NULL, 0, 0, 0, kv, NULL, up, 2, 64, T, HS, scratch), 0);
+                assert_true(sentinels_kept("errors packed out", isas[s], "", out, T * HS));
+                assert_true(sentinels_kept("errors packed lse", isas[s], "", lse, T));
+                /* no kv needed without keys or without blocks: every row sees nothing */
+                assert_int_equal(PACKED(out, HS, q, HS, 4, 0, NULL, NULL, up, 2, 64, 0, HS, scratch), 0);
+                assert_int_equal(PACKED(out + 4 * HS, HS, q, HS, 4, 0, NULL, NULL, up, 0, 64, T, HS, scratch), 0);
+                for (size_t i = 0; i < 8 * HS; i++)
+                        assert_true(out[i] == 0);
+                for (size_t i = 0; i < 4; i++)
+                        assert_true(lse[i] == -INFINITY);
+                assert_true(sentinels_kept("errors packed out", isas[s], "no keys", out + 8 * HS, (T - 8) * HS));
+                assert_true(sentinels_kept("errors packed lse", isas[s], "no keys", lse + 4, T - 4));
+#undef PACKED
+        }
+        free(kv), free(kv1), free(scratch);
+}
+
+/* The packed kv's size: the formula, a multiple of 32 floats (so a buffer of exactly that size
+ * that ends on a page starts 64-byte aligned), SIZE_MAX for a head size out of range, and never
+ * a count that wrapped around or whose bytes do. */
+static void test_packed_floats(void **state) {
+        static const size_t Tks[] = { 0, 1, 31, 32, 33, 100, 700, 4096, 100001 };
+        static const size_t HSs[] = { 1, 7, 31, 32, 33, 64, 100, DSA_ATT_MAX_HS };
+
+        assert_int_equal(dsa_attention_packed_floats(0, 0), SIZE_MAX);
+        assert_int_equal(dsa_attention_packed_floats(70, 0), SIZE_MAX);
+        assert_int_equal(dsa_attention_packed_floats(0, DSA_ATT_MAX_HS + 1), SIZE_MAX);
+        assert_int_equal(dsa_attention_packed_floats(70, DSA_ATT_MAX_HS + 1), SIZE_MAX);
+        assert_int_equal(dsa_attention_packed_floats(70, SIZE_MAX), SIZE_MAX);
+        assert_int_equal(dsa_attention_packed_floats(SIZE_MAX, 1), SIZE_MAX);
+        for (size_t t = 0; t < ELEMENTSOF(Tks); t++)
+                for (size_t h = 0; h < ELEMENTSOF(HSs); h++) {
+                        const size_t Tk = Tks[t], HS = HSs[h];
+                        const size_t want = (Tk + 31) / 32 * 32 * HS + (HS + 31) / 32 * 32 * Tk;
+
+                        assert_int_equal(dsa_attention_packed_floats(Tk, HS), want);
+                        assert_int_equal(want % 32, 0);
+                }
+        for (unsigned e = 32; e < 64; e++)
+                for (size_t h = 0; h < 2; h++)
+                        for (size_t dt = 0; dt < 2; dt++) {
+                                const size_t Tk = ((size_t) 1 << e) - dt, HS = h ? DSA_ATT_MAX_HS : 1;
+                                const size_t got = dsa_attention_packed_floats(Tk, HS);
+                                size_t a, b, want, bytes;
+                                bool wraps = __builtin_add_overflow(Tk, 31, &a);
+
+                                wraps |= __builtin_mul_overflow(a / 32 * 32, HS, &a);
+                                wraps |= __builtin_mul_overflow((HS + 31) / 32 * 32, Tk, &b);
+                                wraps |= __builtin_add_overflow(a, b, &want);
+                                wraps |= __builtin_mul_overflow(want, sizeof(float), &bytes);
+                                if (wraps || got != SIZE_MAX)
+                                        assert_int_equal(got, wraps ? SIZE_MAX : want);
+                                if (e <= 40)
+                                        assert_int_equal(got, want);
+                        }
 }
 
 /* dsa_attention_kernels() is the table of dsa_kernels()'s ISA. */
@@ -717,7 +1423,12 @@ int main(void) {
                 cmocka_unit_test(test_dense_sequence),
                 cmocka_unit_test(test_linear),
                 cmocka_unit_test(test_pool),
-                cmocka_unit_test(test_block_max_lowrank),
+                cmocka_unit_test(test_block_max_lowrank_q8),
+                cmocka_unit_test(test_block_max_lowrank_q8_errors),
+                cmocka_unit_test(test_packed_floats),
+                cmocka_unit_test(test_packed_errors),
+                cmocka_unit_test(test_packed_blocks),
+                cmocka_unit_test(test_packed_bias),
         };
         int r;
 
@@ -726,10 +1437,15 @@ int main(void) {
 
         printf("\nworst error / tolerance per kernel and variant:\n");
         for (int kk = 0; kk < _K_MAX; kk++) {
-                printf("  %-11s", kernel_names[kk]);
+                printf("  %-12s", kernel_names[kk]);
                 for (size_t s = 0; s < n_isas; s++)
                         printf(" %s %.3g", dsa_test_isa_names[isas[s]], worst[kk][isas[s]]);
                 printf("\n");
         }
+        printf("  blocks_packed_f32 calls differing in some bit from blocks_f32's:");
+        for (size_t s = 0; s < n_isas; s++)
+                printf(" %s %zu/%zu", dsa_test_isa_names[isas[s]], packed_plain_differ[isas[s]],
+                       packed_plain_calls[isas[s]]);
+        printf("\n");
         return r;
 }

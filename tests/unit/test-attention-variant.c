@@ -274,6 +274,8 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
         float *kbar = dsa_test_falloc(nkb * ldb), *vbar = dsa_test_falloc(nkb * ldb);
         float *out = dsa_test_falloc((bk + 1) * ldo), *plain = dsa_test_falloc((bk + 1) * ldo);
         float *direct = dsa_test_falloc((bk + 1) * ldo);
+        float *kv = aligned_alloc(64, (dsa_attention_packed_floats(T, HS) + 16) * sizeof(float));
+        float *skv = aligned_alloc(64, (dsa_attention_packed_floats(nkb, HS) + 16) * sizeof(float));
         double *want = malloc(bk * HS * sizeof(double)), *want_plain = malloc(bk * HS * sizeof(double));
         uint32_t *blocks = malloc((nkb + 8) * sizeof(uint32_t));
         struct dsa__att a, plain_att;
@@ -281,7 +283,7 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
         size_t ns, nps;
         char what[160];
 
-        assert_true(want && want_plain && blocks);
+        assert_true(want && want_plain && blocks && kv && skv);
         dsa__att_init(&a);
         a.kind = kind, a.block = (uint32_t) bk, a.summary = true;
         plain_att = a, plain_att.summary = false;
@@ -302,6 +304,8 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
                 const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
                 assert_int_equal(ak->pool_blocks_f32(kbar, ldb, k, ldk, T, bk, HS), 0);
                 assert_int_equal(ak->pool_blocks_f32(vbar, ldb, v, ldv, T, bk, HS), 0);
+                assert_int_equal(ak->pack_kv_f32(kv, k, ldk, v, ldv, T, HS, scale), 0);
+                assert_int_equal(ak->pack_kv_f32(skv, kbar, ldb, vbar, ldb, nkb, HS, scale), 0);
                 for (size_t it = 0; it < nkb * 5; it++) { /* query block qb, list kind it % 5 */
                         const size_t qb = it / 5, nq = MIN(bk, T - qb * bk);
                         const size_t n = summary_list((int) (it % 5), qb, nkb, causal, rng, blocks);
@@ -317,23 +321,23 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
 
                         dsa_test_fill(out, (bk + 1) * ldo, DSA_TEST_SENTINEL);
                         dsa_test_fill(scratch, ns, NAN);
-                        r = dsa__att_attend(&a, ak, out, ldo, qq, ldq, k, ldk, v, ldv, nq, qb, blocks, n, T, HS, scale,
-                                            causal, kbar, vbar, ldb, scratch);
+                        r = dsa__att_attend(&a, ak, out, ldo, qq, ldq, nq, qb, blocks, n, T, HS, causal, kv, skv,
+                                            scratch);
                         assert_int_equal(r, 0);
                         assert_true(rows_close(what, out, ldo, want, nq, HS, worst));
 
-                        /* without summaries: kbar and vbar are not read */
+                        /* without summaries: the summaries are not read */
                         dsa_test_fill(plain, (bk + 1) * ldo, DSA_TEST_SENTINEL);
                         dsa_test_fill(pscratch, nps, NAN);
-                        r = dsa__att_attend(&plain_att, ak, plain, ldo, qq, ldq, k, ldk, v, ldv, nq, qb, blocks, n, T,
-                                            HS, scale, causal, NULL, NULL, 0, pscratch);
+                        r = dsa__att_attend(&plain_att, ak, plain, ldo, qq, ldq, nq, qb, blocks, n, T, HS, causal, kv,
+                                            NULL, pscratch);
                         assert_int_equal(r, 0);
                         assert_true(rows_close(what, plain, ldo, want_plain, nq, HS, worst));
                         dsa_test_fill(direct, (bk + 1) * ldo, DSA_TEST_SENTINEL);
                         for (size_t i0 = 0; i0 < nq; i0 += DSA_ATT_BLOCK) {
-                                r = ak->blocks_f32(direct + i0 * ldo, ldo, qq + i0 * ldq, ldq, k, ldk, v, ldv,
-                                                   MIN(nq - i0, (size_t) DSA_ATT_BLOCK), qb * bk + i0, blocks, n, bk,
-                                                   T, HS, scale, causal, NULL, kscratch);
+                                r = ak->blocks_packed_f32(direct + i0 * ldo, ldo, qq + i0 * ldq, ldq,
+                                                          MIN(nq - i0, (size_t) DSA_ATT_BLOCK), qb * bk + i0, kv, NULL,
+                                                          blocks, n, bk, T, HS, causal, NULL, kscratch);
                                 assert_int_equal(r, 0);
                         }
                         assert_memory_equal(plain, direct, (bk + 1) * ldo * sizeof(float));
@@ -345,20 +349,19 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
         /* a query block taller than the block, summaries without their means: refused, unwritten */
         dsa_test_fill(out, (bk + 1) * ldo, DSA_TEST_SENTINEL);
         blocks[0] = 0;
-        assert_int_equal(dsa__att_attend(&a, dsa_attention_kernels(), out, ldo, q, ldq, k, ldk, v, ldv,
-                                         MIN(bk + 1, T), 0, blocks, 1, T, HS, scale, causal, kbar, vbar, ldb, scratch),
+        assert_int_equal(dsa_attention_kernels()->pack_kv_f32(kv, k, ldk, v, ldv, T, HS, scale), 0);
+        assert_int_equal(dsa_attention_kernels()->pack_kv_f32(skv, kbar, ldb, vbar, ldb, nkb, HS, scale), 0);
+        assert_int_equal(dsa__att_attend(&a, dsa_attention_kernels(), out, ldo, q, ldq, MIN(bk + 1, T), 0, blocks, 1,
+                                         T, HS, causal, kv, skv, scratch),
                          T > bk ? -EINVAL : 0);
         dsa_test_fill(out, (bk + 1) * ldo, DSA_TEST_SENTINEL);
-        assert_int_equal(dsa__att_attend(&a, dsa_attention_kernels(), out, ldo, q, ldq, k, ldk, v, ldv, MIN(bk, T), 0,
-                                         blocks, 1, T, HS, scale, causal, NULL, vbar, ldb, scratch),
-                         -EINVAL);
-        assert_int_equal(dsa__att_attend(&a, dsa_attention_kernels(), out, ldo, q, ldq, k, ldk, v, ldv, MIN(bk, T), 0,
-                                         blocks, 1, T, HS, scale, causal, kbar, NULL, ldb, scratch),
+        assert_int_equal(dsa__att_attend(&a, dsa_attention_kernels(), out, ldo, q, ldq, MIN(bk, T), 0, blocks, 1, T,
+                                         HS, causal, kv, NULL, scratch),
                          -EINVAL);
         for (size_t i = 0; i < (bk + 1) * ldo; i++)
                 assert_true(out[i] == DSA_TEST_SENTINEL);
         free(q), free(k), free(v), free(kbar), free(vbar), free(out), free(plain), free(direct);
-        free(want), free(want_plain), free(blocks), free(scratch), free(pscratch), free(kscratch);
+        free(want), free(want_plain), free(blocks), free(scratch), free(pscratch), free(kscratch), free(kv), free(skv);
 }
 
 static void test_summary(void **state) {
