@@ -86,19 +86,26 @@ struct guarded {
         size_t len;
 };
 
-/* n floats whose end is the start of a PROT_NONE page (a read or write past them faults); the
- * start is wherever that puts it. */
-static float *guarded_new(struct guarded *g, size_t n) {
-        const size_t page = (size_t) sysconf(_SC_PAGESIZE), bytes = (n ? n : 1) * sizeof(float);
-        const size_t data = (bytes + page - 1) / page * page;
+/* bytes that end where a PROT_NONE page starts or, with front, start where one ends: a read past
+ * the last byte, or before the first, faults. Without front the start has whatever alignment
+ * that gives (any, for an odd count). */
+static void *guarded_bytes_new(struct guarded *g, size_t bytes, bool front) {
+        const size_t page = (size_t) sysconf(_SC_PAGESIZE), n = bytes ? bytes : 1;
+        const size_t data = (n + page - 1) / page * page;
         char *p;
 
-        g->len = data + page;
+        g->len = page + data + page;
         g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         assert_true(g->map != MAP_FAILED);
         p = g->map;
-        assert_int_equal(mprotect(p + data, page, PROT_NONE), 0);
-        return (float *) (p + data - bytes);
+        assert_int_equal(mprotect(p, page, PROT_NONE), 0);
+        assert_int_equal(mprotect(p + page + data, page, PROT_NONE), 0);
+        return front ? p + page : p + page + data - n;
+}
+
+/* n floats whose end is the start of a PROT_NONE page (a read or write past them faults). */
+static float *guarded_new(struct guarded *g, size_t n) {
+        return guarded_bytes_new(g, (n ? n : 1) * sizeof(float), false);
 }
 
 static void guarded_free(struct guarded *g) {
@@ -452,21 +459,6 @@ static void test_dense_sequence(void **state) {
 
 /* ---- The streaming kernels on keys and values packed once. */
 
-/* n floats that start right after a PROT_NONE page (a read or write before them faults), so
- * page-aligned; the end is wherever that puts it. */
-static float *guarded_front_new(struct guarded *g, size_t n) {
-        const size_t page = (size_t) sysconf(_SC_PAGESIZE), bytes = (n ? n : 1) * sizeof(float);
-        const size_t data = (bytes + page - 1) / page * page;
-        char *p;
-
-        g->len = page + data;
-        g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        assert_true(g->map != MAP_FAILED);
-        p = g->map;
-        assert_int_equal(mprotect(p, page, PROT_NONE), 0);
-        return (float *) (p + page);
-}
-
 /* A problem's k and v packed by every variant: kv of exactly dsa_attention_packed_floats(Tk,
  * HS) floats, either ending on a guard page (the count is a multiple of 32, so the start stays
  * 64-byte aligned) or starting right after one; NaN before the pack, so a read of anything the
@@ -483,7 +475,7 @@ static void packed_init(struct packed *pk, const struct problem *p, bool front) 
         *pk = (struct packed) { 0 };
         for (size_t s = 0; s < n_isas; s++) {
                 const enum dsa_isa isa = isas[s];
-                float *kv = front ? guarded_front_new(&pk->g[isa], n) : guarded_new(&pk->g[isa], n);
+                float *kv = guarded_bytes_new(&pk->g[isa], n * sizeof(float), front);
 
                 assert_true((uintptr_t) kv % 64 == 0);
                 dsa_test_fill(kv, n, NAN);
@@ -885,22 +877,6 @@ static void test_pool(void **state) {
 
 /* ---- The token scorer's block max of 8-bit low-rank scores. */
 
-/* bytes that end where a PROT_NONE page starts or, with front, start where one ends: a read past
- * the last byte, or before the first, faults. Without front the start has whatever alignment
- * that gives (any, for an odd count). */
-static void *guarded_bytes_new(struct guarded *g, size_t bytes, bool front) {
-        const size_t page = (size_t) sysconf(_SC_PAGESIZE), n = bytes ? bytes : 1;
-        const size_t data = (n + page - 1) / page * page;
-        char *p;
-
-        g->len = page + data + page;
-        g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        assert_true(g->map != MAP_FAILED);
-        p = g->map;
-        assert_int_equal(mprotect(p, page, PROT_NONE), 0);
-        assert_int_equal(mprotect(p + page + data, page, PROT_NONE), 0);
-        return front ? p + page : p + page + data - n;
-}
 
 static size_t rng_below(struct dsa_test_rng *rng, size_t n) {
         return (size_t) (dsa_test_rng_u64(rng) % n);
