@@ -53,7 +53,6 @@ static void merge_rows(float *out, size_t ldo, float *L, const float *o, size_t 
 static void summary_bias(float *bias, uint32_t *sl, size_t *ret_nsl, const struct dsa__att *a, size_t qb,
                          const uint32_t *blocks, size_t n, size_t T, bool causal) {
         const size_t bk = a->block, nkb = (T + bk - 1) / bk, nvis = causal ? MIN(qb, nkb) : nkb;
-
         const float full = logf((float) bk);
 
         for (size_t b = 0; b < nkb; b++)

@@ -183,8 +183,8 @@ int dsa__attention_blocks_f32_ref(float *out, size_t ldo, const float *q, size_t
                           ret_lse, scratch);
 }
 
-/* The reference's packed layout: K * scale as (Tk, HS) rows, V as (Tk, HS) rows from offset
- * roundup(Tk, 32) * HS (within dsa_attention_packed_floats). */
+/* The reference's packed layout: K * scale as (Tk, HS) rows, V as (Tk, HS) rows from
+ * dsa__att_packed_v (within dsa_attention_packed_floats). */
 int dsa__attention_pack_kv_f32_ref(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
                                    size_t HS, float scale) {
         if (HS == 0 || HS > DSA_ATT_MAX_HS || (Tk > 0 && (!kv || !k || !v)) || (Tk > 1 && (ldk < HS || ldv < HS)))
@@ -192,7 +192,7 @@ int dsa__attention_pack_kv_f32_ref(float *kv, const float *k, size_t ldk, const 
         for (size_t j = 0; j < Tk; j++)
                 for (size_t d = 0; d < HS; d++) {
                         kv[j * HS + d] = scale * k[j * ldk + d];
-                        kv[round_up(Tk, 32) * HS + j * HS + d] = v[j * ldv + d];
+                        kv[dsa__att_packed_v(Tk, HS) + j * HS + d] = v[j * ldv + d];
                 }
         return 0;
 }
@@ -201,14 +201,14 @@ int dsa__attention_blocks_packed_f32_ref(float *out, size_t ldo, const float *q,
                                          size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
                                          size_t nb, size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
                                          float *scratch) {
-        return blocks_ref(out, ldo, q, ldq, kv, HS, kv ? kv + round_up(Tk, 32) * HS : NULL, HS, bias, nq, pos0,
+        return blocks_ref(out, ldo, q, ldq, kv, HS, kv ? kv + dsa__att_packed_v(Tk, HS) : NULL, HS, bias, nq, pos0,
                           blocks, nb, bk, Tk, HS, 1.0f, causal, ret_lse, scratch);
 }
 
 size_t dsa_attention_packed_floats(size_t Tk, size_t HS) {
         if (HS == 0 || HS > DSA_ATT_MAX_HS || Tk > SIZE_MAX / 4 / (2 * DSA_ATT_MAX_HS) - 32)
                 return SIZE_MAX;
-        return round_up(Tk, 32) * HS + round_up(HS, 32) * Tk;
+        return dsa__att_packed_v(Tk, HS) + round_up(HS, 32) * Tk;
 }
 
 int dsa__attention_block_mass_f32_ref(float *mass, const float *q, size_t ldq, const float *k,

@@ -205,6 +205,12 @@ struct dsa__att_layout {
 void dsa__att_blocks_layout(struct dsa__att_layout *L, size_t bk, size_t HS);
 void dsa__att_linear_layout(struct dsa__att_layout *L, size_t HS);
 
+/* Where V starts in pack_kv_f32's kv for Tk keys of head size HS, in every variant: after the
+ * keys' roundup(Tk, 32) * HS floats (dsa_attention_packed_floats counts both). */
+static inline size_t dsa__att_packed_v(size_t Tk, size_t HS) {
+        return (Tk + 31) / 32 * 32 * HS;
+}
+
 /* scratch rounded up to its first 64-byte boundary. */
 static inline float *dsa__att_align(float *scratch) {
         return (float *) (((uintptr_t) scratch + 63) & ~(uintptr_t) 63);

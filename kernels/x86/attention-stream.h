@@ -131,7 +131,7 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
         base = dsa__att_align(scratch);
         kt = base + L.kt, vp = base + L.vp, s = base + L.s, acc = base + L.acc;
         m = base + L.m, l = base + L.l;
-        const size_t W = L.span, lds = L.lds, vkt = kv ? att_round_up(Tk, 32) * HS : 0;
+        const size_t W = L.span, lds = L.lds, vkt = kv ? dsa__att_packed_v(Tk, HS) : 0;
 
         memset(acc, 0, nq * HS * sizeof(float));
         for (size_t i = 0; i < nq; i++)
@@ -238,11 +238,11 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
 }
 
 /* kv (dsa_attention_packed_floats(Tk, HS)) = K^T * scale of all Tk keys in NR-wide panels
- * (the last one zero-filled), then from offset roundup(Tk, 32) * HS, V in NR-column panels of
+ * (the last one zero-filled), then from dsa__att_packed_v(Tk, HS), V in NR-column panels of
  * Tk rows: the layout att_stream reads with kv. Chunks of 256 keys (a multiple of every NR). */
 ATT_AI int att_pack_kv(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk, size_t HS,
                        float scale, const size_t NR) {
-        const size_t vkt = att_round_up(Tk, 32) * HS;
+        const size_t vkt = dsa__att_packed_v(Tk, HS);
         size_t idx[256];
 
         if (HS == 0 || HS > DSA_ATT_MAX_HS || (Tk > 0 && (!kv || !k || !v)) || (Tk > 1 && (ldk < HS || ldv < HS)))
