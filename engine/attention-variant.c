@@ -344,7 +344,7 @@ int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_he
 
 size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb) {
         (void) a;
-        return 3 * nkb + 16;
+        return 4 * nkb + 16;
 }
 
 size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, bool query, const float *x, size_t ldx,
@@ -384,11 +384,29 @@ void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t
         }
 }
 
+/* Candidates b < nc not kept yet, at most K of them with the highest s, best first (ties: the
+ * lower block first, as a scan for the maximum would pick them) into top; returns how many. */
+static size_t best_blocks(const float *s, const uint8_t *keep, size_t nc, size_t K, uint32_t *top) {
+        size_t nt = 0;
+
+        for (size_t b = 0; b < nc && K > 0; b++) {
+                if (keep[b] || (nt == K && !(s[b] > s[top[K - 1]])))
+                        continue;
+                size_t i = nt < K ? nt++ : K - 1;
+                for (; i > 0 && s[b] > s[top[i - 1]]; i--)
+                        top[i] = top[i - 1];
+                top[i] = (uint32_t) b;
+        }
+        return nt;
+}
+
+/* given: the scores s (log mass); mass: the mass p itself (s = p orders the blocks alike). */
 static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                             const float *u, const float *w, size_t D, const float *nvis, float scale, const float *given,
-                            uint32_t *blocks, float *scratch) {
+                            const float *mass, uint32_t *blocks, float *scratch) {
         const size_t nc = causal ? MIN(qb + 1, nkb) : nkb; /* candidate blocks [0, nc) */
         uint8_t *keep = (uint8_t *) (scratch + 2 * nkb);   /* nc bytes, within the third nkb floats */
+        uint32_t *top = (uint32_t *) (scratch + 3 * nkb);  /* the fourth */
         size_t n = 0, nkeep = 0;
 
         if (a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR) {
@@ -427,23 +445,28 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
 
         /* DSA: the scorer's predicted mass, then the best remaining blocks until the target */
         float *s = scratch, *p = scratch + nkb;
-        size_t want = nc;
+        size_t want = nc, nt;
         double z = 0, got = 0, target;
 
-        if (given)
-                memcpy(s, given, nc * sizeof(float));
-        else
-                dsa__att_scores(a, layer, head, qb, nc, u, w, D, nvis, scale, s);
-        float mx = -INFINITY;
-        for (size_t b = 0; b < nc; b++)
-                mx = s[b] > mx ? s[b] : mx;
-        for (size_t b = 0; b < nc; b++) {
-                p[b] = isfinite(s[b]) ? expf(s[b] - mx) : 0.0f;
-                z += p[b];
+        if (mass) {
+                memcpy(p, mass, nc * sizeof(float));
+                s = p;
+        } else {
+                if (given)
+                        memcpy(s, given, nc * sizeof(float));
+                else
+                        dsa__att_scores(a, layer, head, qb, nc, u, w, D, nvis, scale, s);
+                float mx = -INFINITY;
+                for (size_t b = 0; b < nc; b++)
+                        mx = s[b] > mx ? s[b] : mx;
+                for (size_t b = 0; b < nc; b++)
+                        p[b] = isfinite(s[b]) ? expf(s[b] - mx) : 0.0f;
         }
-        for (size_t b = 0; b < nc; b++)
+        for (size_t b = 0; b < nc; b++) {
+                z += p[b];
                 if (keep[b])
                         got += p[b];
+        }
         target = a->mass * z;
         if (a->select == DSA_ATT_SELECT_COUNT)
                 want = a->count;
@@ -452,17 +475,12 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
         else if (a->count)
                 want = a->count;
         want = MIN(MAX(want, nkeep), nc);
-        while (nkeep < want) {
-                size_t best = SIZE_MAX;
+        nt = best_blocks(s, keep, nc, want - nkeep, top);
+        for (size_t t = 0; t < nt; t++) {
                 if (a->select == DSA_ATT_SELECT_MASS && a->mass < 1.0f && got >= target)
                         break;
-                for (size_t b = 0; b < nc; b++)
-                        if (!keep[b] && (best == SIZE_MAX || s[b] > s[best]))
-                                best = b;
-                if (best == SIZE_MAX)
-                        break;
-                keep[best] = 1, nkeep++;
-                got += p[best];
+                keep[top[t]] = 1;
+                got += p[top[t]];
         }
 out:
         for (size_t b = 0; b < nc; b++)
@@ -474,10 +492,15 @@ out:
 size_t dsa__att_select(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                        const float *u, const float *w, size_t D, const float *nvis, float scale, uint32_t *blocks,
                        float *scratch) {
-        return select_blocks(a, layer, head, qb, nkb, causal, u, w, D, nvis, scale, NULL, blocks, scratch);
+        return select_blocks(a, layer, head, qb, nkb, causal, u, w, D, nvis, scale, NULL, NULL, blocks, scratch);
 }
 
 size_t dsa__att_select_scored(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                               const float *s, uint32_t *blocks, float *scratch) {
-        return select_blocks(a, layer, head, qb, nkb, causal, NULL, NULL, 0, NULL, 0.0f, s, blocks, scratch);
+        return select_blocks(a, layer, head, qb, nkb, causal, NULL, NULL, 0, NULL, 0.0f, s, NULL, blocks, scratch);
+}
+
+size_t dsa__att_select_mass(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
+                            const float *p, uint32_t *blocks, float *scratch) {
+        return select_blocks(a, layer, head, qb, nkb, causal, NULL, NULL, 0, NULL, 0.0f, NULL, p, blocks, scratch);
 }

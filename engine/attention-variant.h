@@ -161,6 +161,10 @@ size_t dsa__att_select(const struct dsa__att *a, size_t layer, size_t head, size
 /* The same with the scores s (nkb; -inf for an empty block) given: the oracle's log block mass. */
 size_t dsa__att_select_scored(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                               const float *s, uint32_t *blocks, float *scratch);
+/* The same with each block's predicted mass p (nkb, >= 0, any common factor) given instead of
+ * its log: the token scorer's. */
+size_t dsa__att_select_mass(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
+                            const float *p, uint32_t *blocks, float *scratch);
 
 /* The scorer's logits s(qb, b) for b in [0, nb) (the formula above, before the selection):
  * u . w_b (heuristic: scale * u . w_b) + bias[bin] (fitted only) + log nvis[b]; -inf where
@@ -183,9 +187,9 @@ size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, 
  * the streaming kernel into out (nq, ldo); with a->summary, also over one summary key per
  * visible key block the list skips (causal: b < qb; else every b), skv the blocks' mean keys and
  * values (pool_blocks_f32, nkb of them) packed by pack_kv_f32 with the same scale, a block of c
- * keys scoring scale * q . kbar_b + log c. skv is not read without a->summary. The two
- * softmaxes are merged by their log-sum-exp. scratch: dsa__att_attend_scratch(). 0 or -EINVAL
- * (the kernel's). */
+ * keys scoring scale * q . kbar_b + log c, in the same softmax as the kept blocks' keys (the
+ * kernel's extra keys). skv is not read without a->summary. scratch: dsa__att_attend_scratch().
+ * 0 or -EINVAL (the kernel's). */
 int dsa__att_attend(const struct dsa__att *a, const struct dsa_attention_kernels *ak, float *out, size_t ldo,
                     const float *q, size_t ldq, size_t nq, size_t qb, const uint32_t *blocks, size_t n, size_t T,
                     size_t HS, bool causal, const float *kv, const float *skv, float *scratch);

@@ -29,6 +29,7 @@
 
 #define HEAD_ROWS 256 /* rows of logits at a time */
 #define ROW_GRAIN 16
+#define PACK_ROWS 32  /* rows a unit of task_rows: pack_kv_rows_f32 takes pieces of multiples of 32 */
 
 struct fwd {
         const struct dsa_llama *l;
@@ -46,6 +47,10 @@ struct fwd {
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
         float *qt, *kt;     /* token scorer: (NH, nsr, R) scaled projections of the scored rows,
                              * (NH, R, ldkt) of every key */
+        float *kproj;       /* (NKV, T, G R): every key's projections for the G query heads of its
+                             * key head, row by row, before kt takes them transposed */
+        struct dsa_packed_f32 **wk, **wq; /* the scorer's weights packed: (n_layer, NKV) of G R
+                                           * rows, (n_layer, NH) of R rows times 1/sqrt(HS) */
         int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
         float *qs;          /* signed bytes and (NH, nsr) scales, */
         uint8_t *kq;        /* kt as (NH, R4/4, ldkq) bytes of 4 components per key, */
@@ -79,8 +84,7 @@ static void task_rmsnorm(void *arg, size_t begin, size_t end) {
 }
 
 /* Rotates pairs (2i, 2i+1) of each head of q and k in rows [begin, end). */
-static void task_rope(void *arg, size_t begin, size_t end) {
-        struct fwd *f = arg;
+static void rope_rows(struct fwd *f, size_t begin, size_t end) {
         const struct dsa_llama *l = f->l;
         const size_t half = f->HS / 2, nrot = f->NH + f->NKV;
         float cs_buf[512], sn_buf[512];
@@ -116,45 +120,155 @@ static void task_project(void *arg, size_t begin, size_t end) {
         }
 }
 
-/* Key heads [begin, end): keys and values, and with summaries the block means, packed once for
- * every query head and query block that reads them. */
-static void task_pack(void *arg, size_t begin, size_t end) {
-        struct fwd *f = arg;
-        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
+/* The token scorer's projections of rows [t0, t1) (t1 - t0 <= PACK_ROWS): kt (NH, R, ldkt) of
+ * every key, by way of kproj (the G query heads of a key head at once, then transposed), and qt
+ * (NH, nsr, R) of the scored rows among them (every stride-th, and the last), times 1/sqrt(HS)
+ * (packed into the weights). */
+static void token_project_rows(struct fwd *f, size_t t0, size_t t1) {
+        const size_t R = f->att->rank, HS = f->HS, G = f->NH / f->NKV, GR = G * R, QC = f->NH * HS;
+        const size_t st = f->att->stride, nreg = f->T / st;
+        float *kp = f->kproj + t0 * f->NKV * GR; /* this unit's (t1 - t0, GR) a key head */
 
-        for (size_t g = begin; g < end; g++) {
-                const float *k = f->qkv + QC + g * HS, *v = k + ld;
-                if (f->ak->pack_kv_f32(f->kv + g * f->pk, k, f->QKV, v, f->QKV, f->T, HS, f->scale) < 0 ||
-                    (f->skv && f->ak->pack_kv_f32(f->skv + g * f->ps, f->kbar + g * HS, ld, f->vbar + g * HS, ld, f->nb,
-                                                   HS, f->scale) < 0))
-                        f->err = -EINVAL;
+        for (size_t g = 0; g < f->NKV; g++) {
+                float *kpg = kp + g * (t1 - t0) * GR;
+                dsa_linear_packed_f32(kpg, GR, f->qkv + t0 * f->QKV + QC + g * HS, f->QKV, f->wk[f->layer * f->NKV + g],
+                                      NULL, t1 - t0, 0, GR, DSA_EPILOGUE_NONE);
+                for (size_t c = 0; c < GR; c++) { /* column c: component c % R of query head g G + c / R */
+                        float *kt = f->kt + (g * G + c / R) * R * f->ldkt + (c % R) * f->ldkt;
+                        for (size_t j = t0; j < t1; j++)
+                                kt[j] = kpg[(j - t0) * GR + c];
+                }
+        }
+        /* scored rows i st + st - 1 in [t0, t1): i in [i0, i1); and the last row, off the stride */
+        const size_t i0 = t0 / st, i1 = MIN(t1 / st, nreg);
+        for (size_t h = 0; h < f->NH; h++) {
+                const struct dsa_packed_f32 *w = f->wq[f->layer * f->NH + h];
+                float *qt = f->qt + h * f->nsr * R;
+                if (i1 > i0)
+                        dsa_linear_packed_f32(qt + i0 * R, R, f->qkv + (i0 * st + st - 1) * f->QKV + h * HS,
+                                              st * f->QKV, w, NULL, i1 - i0, 0, R, DSA_EPILOGUE_NONE);
+                if (f->nsr > nreg && t1 == f->T)
+                        dsa_linear_packed_f32(qt + nreg * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, f->QKV, w,
+                                              NULL, 1, 0, R, DSA_EPILOGUE_NONE);
         }
 }
 
-/* The token scorer's projections of this layer: kt (NH, R, ldkt) of every key, qt (NH, nsr, R) of
- * every stride-th query row and the last, scaled by 1/sqrt(HS). GEMMs through BLAS. */
-static void token_project(struct fwd *f) {
-        const size_t R = f->att->rank, HS = f->HS, G = f->NH / f->NKV, st = f->att->stride, QC = f->NH * HS;
-        const size_t nreg = f->T / st;
-        const float *wq = f->att->wq + f->layer * f->NH * R * HS, *wk = f->att->wk + f->layer * f->NH * R * HS;
+/* Units [begin, end) of PACK_ROWS rows, everything done row by row while the rows are in cache:
+ * rotary on q and k; the keys and values packed for the streaming kernel (pack_kv_rows_f32, once
+ * for every query head and query block that reads them); the token scorer's projections. */
+static void task_rows(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
 
-        for (size_t g = 0; g < f->NKV; g++) /* the G query heads of key head g: rows g*G*R.. of wk */
-                dsa_gemm_nt_f32(f->kt + g * G * R * f->ldkt, f->ldkt, wk + g * G * R * HS, HS, f->qkv + QC + g * HS,
-                                f->QKV, G * R, f->T, HS, 1.0f);
-        for (size_t h = 0; h < f->NH; h++) {
-                float *qt = f->qt + h * f->nsr * R;
-                const float *wh = wq + h * R * HS;
-                dsa_gemm_nt_f32(qt, R, f->qkv + (st - 1) * f->QKV + h * HS, st * f->QKV, wh, HS, nreg, R, HS, f->scale);
-                if (f->nsr > nreg) /* the last row, off the stride */
-                        dsa_gemm_nt_f32(qt + nreg * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, HS, wh, HS, 1, R, HS,
-                                        f->scale);
+        for (size_t u = begin; u < end; u++) {
+                const size_t t0 = u * PACK_ROWS, t1 = MIN(t0 + PACK_ROWS, f->T);
+                rope_rows(f, t0, t1);
+                for (size_t g = 0; f->kv && g < f->NKV; g++) {
+                        const float *k = f->qkv + QC + g * HS;
+                        if (f->ak->pack_kv_rows_f32(f->kv + g * f->pk, k, f->QKV, k + ld, f->QKV, f->T, t0, t1, HS,
+                                                    f->scale) < 0)
+                                f->err = -EINVAL;
+                }
+                if (f->wk)
+                        token_project_rows(f, t0, t1);
         }
+}
+
+/* Key heads [begin, end): the block means of keys and values packed for the summaries. */
+static void task_pack_means(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t HS = f->HS, ld = f->NKV * HS;
+
+        for (size_t g = begin; g < end; g++)
+                if (f->ak->pack_kv_f32(f->skv + g * f->ps, f->kbar + g * HS, ld, f->vbar + g * HS, ld, f->nb, HS,
+                                       f->scale) < 0)
+                        f->err = -EINVAL;
+}
+
+/* The token scorer's weights of every layer packed for dsa_linear_packed_f32: wk (n, NKV) and wq
+ * (n, NH) as struct fwd takes them. */
+struct scorer_weights {
+        struct dsa_packed_f32 **wk, **wq;
+        size_t nk, nq;
+};
+
+static void scorer_weights_clear(struct scorer_weights *s) {
+        for (size_t i = 0; s->wk && i < s->nk; i++)
+                dsa_packed_f32_free(s->wk[i]);
+        for (size_t i = 0; s->wq && i < s->nq; i++)
+                dsa_packed_f32_free(s->wq[i]);
+        free(s->wk);
+        free(s->wq);
+        *s = (struct scorer_weights) { 0 };
+}
+
+static int scorer_weights_pack(struct scorer_weights *s, const struct dsa__att *a, size_t n_layer, size_t NH,
+                               size_t NKV, size_t HS, float scale) {
+        const size_t R = a->rank, G = NH / NKV;
+        _cleanup_free_ float *w = malloc(R * HS * sizeof(float));
+        int r;
+
+        s->nk = n_layer * NKV, s->nq = n_layer * NH;
+        s->wk = calloc(s->nk, sizeof(*s->wk)), s->wq = calloc(s->nq, sizeof(*s->wq));
+        if (!w || !s->wk || !s->wq)
+                return -ENOMEM;
+        for (size_t l = 0; l < n_layer; l++) {
+                const float *wk = a->wk + l * NH * R * HS, *wq = a->wq + l * NH * R * HS;
+                for (size_t g = 0; g < NKV; g++) /* rows g G R.. of wk: the G query heads of key head g */
+                        if ((r = dsa_packed_f32_new(wk + g * G * R * HS, G * R, HS, &s->wk[l * NKV + g])) < 0)
+                                return r;
+                for (size_t h = 0; h < NH; h++) {
+                        for (size_t i = 0; i < R * HS; i++)
+                                w[i] = wq[h * R * HS + i] * scale;
+                        if ((r = dsa_packed_f32_new(w, R, HS, &s->wq[l * NH + h])) < 0)
+                                return r;
+                }
+        }
+        return 0;
 }
 
 /* x rounded to the nearest integer, halves away from 0 (no libm call: a cast the compiler can
  * vectorize). */
 static inline int round_int(float x) {
         return (int) (x + (x >= 0 ? 0.5f : -0.5f));
+}
+
+#define Q8_KEYS 16 /* keys a step of quantize_keys */
+
+/* Keys [j0, j0 + w) of one head's kt (R, ld) to kq (R4/4, ldkq) words of 4 bytes and ks: each
+ * key's largest |component| to 127; inlined with w = Q8_KEYS the loops have a fixed count and
+ * the compiler vectorizes them. Bytes little-endian in the word (tensor.c requires it). */
+static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, float *ks,
+                                                                const float *kt, size_t ld, size_t R,
+                                                                size_t R4, size_t j0, size_t w) {
+        float sc[Q8_KEYS];
+
+        for (size_t d = 0; d < w; d++)
+                sc[d] = 0.0f;
+        for (size_t r = 0; r < R; r++)
+                for (size_t d = 0; d < w; d++) {
+                        const float v = fabsf(kt[r * ld + j0 + d]);
+                        sc[d] = v > sc[d] ? v : sc[d];
+                }
+        for (size_t d = 0; d < w; d++) {
+                sc[d] = sc[d] > 0 ? 127.0f / sc[d] : 0.0f;
+                ks[j0 + d] = sc[d] > 0 ? 1.0f / sc[d] : 0.0f;
+        }
+        for (size_t g = 0; g < R4 / 4; g++) {
+                uint32_t wd[Q8_KEYS];
+                for (size_t d = 0; d < w; d++)
+                        wd[d] = 0;
+                for (size_t e = 0; e < 4; e++) {
+                        const float *x = kt + (4 * g + e) * ld + j0;
+                        if (4 * g + e < R)
+                                for (size_t d = 0; d < w; d++)
+                                        wd[d] |= (uint32_t) (uint8_t) (128 + round_int(x[d] * sc[d])) << (8 * e);
+                        else
+                                for (size_t d = 0; d < w; d++)
+                                        wd[d] |= 128u << (8 * e);
+                }
+                memcpy(kq + g * ldkq + 4 * j0, wd, 4 * w);
+        }
 }
 
 /* Heads [begin, end) of the token scorer's projections to bytes for block_max_lowrank_q8: each
@@ -170,26 +284,17 @@ static void task_token_q8(void *arg, size_t begin, size_t end) {
                 uint8_t *kq = f->kq + h * (R4 / 4) * f->ldkq;
                 int8_t *qq = f->qq + h * f->nsr * R4;
                 float *ks = f->ks + h * T, *qs = f->qs + h * f->nsr;
+                size_t j0 = 0;
 
-                for (size_t j = 0; j < T; j++) /* ks: each key's largest |component|, then 127 / it */
-                        ks[j] = 0.0f;
-                for (size_t r = 0; r < R; r++)
-                        for (size_t j = 0; j < T; j++)
-                                ks[j] = fmaxf(ks[j], fabsf(kt[r * ld + j]));
-                for (size_t j = 0; j < T; j++)
-                        ks[j] = ks[j] > 0 ? 127.0f / ks[j] : 0.0f;
-                for (size_t r = 0; r < R4; r++) {
-                        uint8_t *dst = kq + (r / 4) * f->ldkq + r % 4;
-                        for (size_t j = 0; j < T; j++)
-                                dst[4 * j] = (uint8_t) (128 + (r < R ? round_int(kt[r * ld + j] * ks[j]) : 0));
-                }
-                for (size_t j = 0; j < T; j++) /* and the key's scale */
-                        ks[j] = ks[j] > 0 ? 1.0f / ks[j] : 0.0f;
+                for (; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
+                        quantize_keys(kq, f->ldkq, ks, kt, ld, R, R4, j0, Q8_KEYS);
+                if (j0 < T)
+                        quantize_keys(kq, f->ldkq, ks, kt, ld, R, R4, j0, T - j0);
                 for (size_t i = 0; i < f->nsr; i++) {
                         const float *q = qt + i * R;
                         float mx = 0;
                         for (size_t r = 0; r < R; r++)
-                                mx = fmaxf(mx, fabsf(q[r]));
+                                mx = MAX(mx, fabsf(q[r]));
                         const float inv = mx > 0 ? 63.0f / mx : 0.0f;
                         qs[i] = mx / 63.0f;
                         for (size_t r = 0; r < R4; r++)
@@ -231,18 +336,18 @@ static size_t oracle_select(struct fwd *f, size_t h, size_t qb, const float *q, 
 }
 
 /* The token scorer's choice for (head h, query block qb): each scored row's largest low-rank
- * logit per earlier block, softmax over those blocks, summed over the rows; log of that is the
- * score (attention-variant.h). tmp: (bk + 1) * nb + nb floats. */
+ * logit per earlier block, softmax over those blocks, summed over the rows, is the block's mass
+ * (attention-variant.h); the query's own block gets the largest. tmp: (bk + 1) * nb + nb floats. */
 static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks, float *scratch, float *tmp) {
         const size_t st = f->att->stride, nb = f->nb, t0 = qb * f->bk, t1 = MIN(t0 + f->bk, f->T);
         const size_t first = t0 + (st - 1 - t0 % st), i0 = first / st;
         size_t ns = first < t1 ? (t1 - 1 - first) / st + 1 : 0;
-        float *mx = tmp, *sc = tmp + (f->bk + 1) * nb, best = -INFINITY;
+        float *mx = tmp, *sc = tmp + (f->bk + 1) * nb, best = 0.0f;
 
         if (t1 == f->T && f->T % st)
                 ns++; /* the sequence's last row, scored as row nsr - 1 */
         for (size_t b = 0; b <= qb; b++)
-                sc[b] = 0.0f;
+                sc[b] = qb > 0 && ns > 0 ? 0.0f : 1.0f; /* nothing scored: every block alike */
         if (qb > 0 && ns > 0) {
                 const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
                 const size_t R4 = f->r4, row = h * f->nsr + ifirst;
@@ -257,13 +362,11 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
                         for (size_t b = 0; b < qb; b++)
                                 sc[b] += m[b];
                 }
-                for (size_t b = 0; b < qb; b++) {
-                        sc[b] = sc[b] > 0 ? logf(sc[b]) : -INFINITY;
-                        best = sc[b] > best ? sc[b] : best;
-                }
+                for (size_t b = 0; b < qb; b++)
+                        best = MAX(best, sc[b]);
                 sc[qb] = best;
         }
-        return dsa__att_select_scored(f->att, f->layer, h, qb, nb, true, sc, blocks, scratch);
+        return dsa__att_select_mass(f->att, f->layer, h, qb, nb, true, sc, blocks, scratch);
 }
 
 /* (head, query block) pairs [begin, end), heaviest (last) query blocks first. */
@@ -422,18 +525,23 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.kv = kvbuf, f.skv = f.ps ? kvbuf + f.pk * f.NKV : NULL;
         }
         _cleanup_free_ float *tokbuf = NULL;
+        _cleanup_(scorer_weights_clear) struct scorer_weights sw = { 0 };
         if (f.att->kind == DSA_ATT_DSA && f.att->token) {
                 f.nsr = T / f.att->stride + (T % f.att->stride != 0);
                 f.ldkt = (T + 15) / 16 * 16 + 16;
                 f.r4 = (f.att->rank + 3) / 4 * 4;
                 f.ldkq = 4 * f.ldkt;
-                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt) + f.nsr + T) * sizeof(float) +
+                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt + T) + f.nsr + T) * sizeof(float) +
                                 f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
-                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank;
-                f.qs = f.kt + f.NH * f.att->rank * f.ldkt, f.ks = f.qs + f.NH * f.nsr;
+                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank, f.kproj = f.kt + f.NH * f.att->rank * f.ldkt;
+                f.qs = f.kproj + f.NH * f.att->rank * T, f.ks = f.qs + f.NH * f.nsr;
                 f.kq = (uint8_t *) (f.ks + f.NH * T), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.ldkq);
+                r = scorer_weights_pack(&sw, f.att, c->n_layer, f.NH, f.NKV, f.HS, f.scale);
+                if (r < 0)
+                        return r;
+                f.wk = sw.wk, f.wq = sw.wq;
         }
         f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
 
@@ -446,13 +554,13 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.norm = y->attn_norm;
                 dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
                 dsa__linear_forward(pool, &y->qkv, qkv, f.QKV, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
-                dsa_threadpool_for(pool, T, ROW_GRAIN, task_rope, &f);
+                t0 = now_nsec(); /* attention from here: the rows' rotary and packing are its own */
+                dsa_threadpool_for(pool, (T + PACK_ROWS - 1) / PACK_ROWS, 1, task_rows, &f);
                 if (hooks && hooks->attention) {
                         r = hooks->attention(hooks->userdata, i, qkv, f.QKV, qkv + QC, f.QKV, T);
                         if (r < 0)
                                 return r;
                 }
-                t0 = now_nsec();
                 if (f.att->kind == DSA_ATT_LINEAR)
                         dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
                 else {
@@ -469,13 +577,12 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                                 if (by_means)
                                         dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         }
-                        dsa_threadpool_for(pool, f.NKV, 1, task_pack, &f);
+                        if (f.skv)
+                                dsa_threadpool_for(pool, f.NKV, 1, task_pack_means, &f);
                         if (f.err < 0)
                                 return f.err;
-                        if (f.att->kind == DSA_ATT_DSA && f.att->token) {
-                                token_project(&f);
+                        if (f.att->kind == DSA_ATT_DSA && f.att->token)
                                 dsa_threadpool_for(pool, f.NH, 1, task_token_q8, &f);
-                        }
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }
                 t_att += now_nsec() - t0;

@@ -36,6 +36,19 @@
 /* Rows per chunk of causal linear attention. */
 #define DSA_ATT_LINEAR_CHUNK 64
 
+/* Most keys of a struct dsa_attention_extra. */
+#define DSA_ATT_MAX_EXTRA (1u << 24)
+
+/* Keys blocks_packed_f32 takes into the same softmax as its listed blocks' (block summaries):
+ * keys [0, n) of the Tk that the same table's pack_kv_f32 packed into kv, every one seen by
+ * every row (no causal rule), bias[j] (n floats) added to each row's score of key j,
+ * -INFINITY: not seen. n = 0: none. */
+struct dsa_attention_extra {
+        const float *kv;
+        const float *bias;
+        size_t n, Tk;
+};
+
 struct dsa_attention_kernels {
         enum dsa_isa isa;
         const char *name;
@@ -111,15 +124,27 @@ struct dsa_attention_kernels {
         int (*pack_kv_f32)(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
                            size_t HS, float scale);
 
+        /* pack_kv_f32 of the keys [j0, j1) only (k and v still point at key 0), into the layout
+         * for Tk keys, so that callers can pack a sequence in pieces, in parallel or as its rows
+         * are made: together the calls on pieces covering [0, Tk) write what one pack_kv_f32
+         * writes. j0 a multiple of 32, j1 a multiple of 32 or Tk (pieces then never share a
+         * panel). 0, or -EINVAL (pack_kv_f32's, or a range that breaks these rules); nothing is
+         * written on failure. */
+        int (*pack_kv_rows_f32)(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                size_t j0, size_t j1, size_t HS, float scale);
+
         /* blocks_f32 on keys packed by pack_kv_f32 (the scale is the one packed), plus bias:
          * when not NULL, bias[j] (Tk floats) is added to every row's score of key j, and a
          * key with bias -INFINITY is not seen (a row that sees no key gets zeros and lse
-         * -INFINITY, as in blocks_f32). Block summaries use it: a summary key weighs log of
-         * its block's size, and the blocks a query block keeps are masked. Sizes, rules,
-         * scratch and errors of blocks_f32. */
+         * -INFINITY, as in blocks_f32); plus, when extra is not NULL, its keys in the same
+         * softmax, after the list's (struct dsa_attention_extra). Block summaries use them: a
+         * summary key weighs log of its block's size, and the blocks a query block keeps are
+         * masked. Sizes, rules, scratch and errors of blocks_f32 (an extra with keys and a NULL
+         * kv or bias, n > Tk or Tk > DSA_ATT_MAX_EXTRA is -EINVAL). */
         int (*blocks_packed_f32)(float *out, size_t ldo, const float *q, size_t ldq, size_t nq, size_t pos0,
                                  const float *kv, const float *bias, const uint32_t *blocks, size_t nb,
-                                 size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse, float *scratch);
+                                 size_t bk, size_t Tk, size_t HS, bool causal,
+                                 const struct dsa_attention_extra *extra, float *ret_lse, float *scratch);
 
         /* For a token-level block scorer: each row's largest low-rank score in each key block,
          * at 8 bits on VNNI's unsigned x signed byte dot products. No mask: a causal caller
@@ -142,8 +167,8 @@ struct dsa_attention_kernels {
 
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
-         * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. The same scalar loop
-         * in every table (O(T*HS), memory bound). */
+         * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. The same portable loop
+         * in every table, 16 columns at a time (O(T*HS), memory bound). */
         int (*pool_blocks_f32)(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
                                size_t bk, size_t HS);
 };
@@ -221,6 +246,8 @@ int dsa__att_blocks_check(const float *out, size_t ldo, const float *q, size_t l
                           size_t ldk, const float *v, size_t ldv, size_t nq, size_t pos0,
                           const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
                           const float *scratch);
+/* blocks_packed_f32's check of its extra keys (NULL: none): 0 or -EINVAL. */
+int dsa__att_extra_check(const struct dsa_attention_extra *extra);
 int dsa__att_linear_check(const float *out, size_t ldo, const float *q, size_t ldq, const float *k,
                           size_t ldk, const float *v, size_t ldv, size_t T, size_t HS,
                           const float *scratch);
@@ -270,10 +297,15 @@ typedef int dsa__att_linear_fn(float *out, size_t ldo, const float *q, size_t ld
 
 typedef int dsa__att_pack_kv_fn(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
                                 size_t HS, float scale);
+typedef int dsa__att_pack_kv_rows_fn(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                     size_t j0, size_t j1, size_t HS, float scale);
+/* pack_kv_rows_f32's argument checks (pack_kv_f32's with j0 = 0, j1 = Tk): 0 or -EINVAL. */
+int dsa__att_pack_check(const float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                        size_t j0, size_t j1, size_t HS);
 typedef int dsa__att_blocks_packed_fn(float *out, size_t ldo, const float *q, size_t ldq, size_t nq, size_t pos0,
                                       const float *kv, const float *bias, const uint32_t *blocks, size_t nb,
-                                      size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
-                                      float *scratch);
+                                      size_t bk, size_t Tk, size_t HS, bool causal,
+                                      const struct dsa_attention_extra *extra, float *ret_lse, float *scratch);
 
 typedef int dsa__att_block_max_q8_fn(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                      const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
@@ -288,6 +320,9 @@ int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, 
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_ref;
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx2;
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx512;
+dsa__att_pack_kv_rows_fn dsa__attention_pack_kv_rows_f32_ref;
+dsa__att_pack_kv_rows_fn dsa__attention_pack_kv_rows_f32_avx2;
+dsa__att_pack_kv_rows_fn dsa__attention_pack_kv_rows_f32_avx512;
 dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_ref;
 dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_avx2;
 dsa__att_blocks_packed_fn dsa__attention_blocks_packed_f32_avx512;

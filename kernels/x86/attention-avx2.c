@@ -143,11 +143,14 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return hsum(sum);
 }
 
-/* out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk), one reduction a block. */
-ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk) {
+/* out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk), one reduction a
+ * block. */
+ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale) {
         for (size_t b = 0; b * bk < n; b++)
-                out[b] = att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk);
+                out[b] = (att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk) + 0.0f) * scale;
 }
+
+#define ATT_LR_STEP 16 /* keys a step of att_lr_scores_q8, folded to 8 lanes */
 
 /* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpmaddubsw
  * multiplies a key's unsigned bytes by the row's signed ones and adds pairs into 16 bits (at most
@@ -155,8 +158,9 @@ ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk)
  * lane; 16 keys (two 32-byte loads of four components each) a step, each load serving the four
  * rows, the last keys under a lane mask. */
 static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4], const uint8_t *kt,
-                             size_t ldk, const float *ks, size_t j0, size_t n, size_t R) {
+                             size_t ldk, const float *ks, size_t j0, size_t n, size_t R, bool fold) {
         const __m256i ones = _mm256_set1_epi16(1);
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
 
         for (size_t a = 0; a < 4; a++)
@@ -184,8 +188,16 @@ static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], con
 #define Q8_STORE(a, x, y)                                                                                       \
         do {                                                                                                    \
                 const __m256i ca = _mm256_set1_epi32(c[a]);                                                     \
-                _mm256_maskstore_ps(s + a * lds + j, m0, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_sub_epi32(x, ca)))); \
-                _mm256_maskstore_ps(s + a * lds + j + 8, m1, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_sub_epi32(y, ca)))); \
+                const __m256 lo = _mm256_blendv_ps(ninf, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_sub_epi32(x, ca))), \
+                                                   _mm256_castsi256_ps(m0));                                    \
+                const __m256 hi = _mm256_blendv_ps(ninf, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_sub_epi32(y, ca))), \
+                                                   _mm256_castsi256_ps(m1));                                    \
+                if (fold)                                                                                       \
+                        _mm256_storeu_ps(s + a * lds + j / 2, _mm256_max_ps(lo, hi));                           \
+                else {                                                                                          \
+                        _mm256_maskstore_ps(s + a * lds + j, m0, lo);                                           \
+                        _mm256_maskstore_ps(s + a * lds + j + 8, m1, hi);                                       \
+                }                                                                                               \
         } while (0)
                 Q8_STORE(0, a0, b0);
                 Q8_STORE(1, a1, b1);
@@ -205,8 +217,8 @@ int dsa__attention_blocks_f32_avx2(float *out, size_t ldo, const float *q, size_
                                    const uint32_t *blocks, size_t nb, size_t bk, size_t Tk,
                                    size_t HS, float scale, bool causal, float *ret_lse,
                                    float *scratch) {
-        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS, scale,
-                          causal, ret_lse, scratch, NR, PANEL);
+        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, false, NULL, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS,
+                          scale, causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_mass_f32_avx2(float *mass, const float *q, size_t ldq, const float *k,
@@ -224,16 +236,21 @@ int dsa__attention_linear_f32_avx2(float *out, size_t ldo, const float *q, size_
 }
 
 int dsa__attention_pack_kv_f32_avx2(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
-                                   size_t HS, float scale) {
-        return att_pack_kv(kv, k, ldk, v, ldv, Tk, HS, scale, NR);
+                                    size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, 0, Tk, HS, scale, NR);
+}
+
+int dsa__attention_pack_kv_rows_f32_avx2(float *kv, const float *k, size_t ldk, const float *v, size_t ldv,
+                                         size_t Tk, size_t j0, size_t j1, size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, j0, j1, HS, scale, NR);
 }
 
 int dsa__attention_blocks_packed_f32_avx2(float *out, size_t ldo, const float *q, size_t ldq, size_t nq,
-                                         size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
-                                         size_t nb, size_t bk, size_t Tk, size_t HS, bool causal, float *ret_lse,
-                                         float *scratch) {
-        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, kv, bias, nq, pos0, blocks, nb, bk, Tk, HS, 1.0f,
-                          causal, ret_lse, scratch, NR, PANEL);
+                                          size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
+                                          size_t nb, size_t bk, size_t Tk, size_t HS, bool causal,
+                                          const struct dsa_attention_extra *extra, float *ret_lse, float *scratch) {
+        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, true, kv, bias, extra, nq, pos0, blocks, nb, bk, Tk, HS,
+                          1.0f, causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_max_lowrank_q8_avx2(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,

@@ -110,28 +110,32 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
-/* out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk): with bk a multiple of 16,
- * each block folded to one vector, then sixteen blocks' vectors reduced together (a transpose
- * by halves: 46 shuffles and maxes for 16 maxima instead of a full reduction each), lane
- * 4j + e of the last step holding block 4e + j; other bk, one reduction a block. */
-ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk) {
+/* out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk): with bk a
+ * multiple of 16, each block folded to one vector, then sixteen blocks' vectors reduced together
+ * (a transpose by halves: 46 shuffles and maxes for 16 maxima instead of a full reduction each),
+ * lane 4j + e of the last step holding block 4e + j; other bk, one reduction a block. */
+ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale) {
         const size_t nblk = (n + bk - 1) / bk;
 
         if (bk % 16) {
                 for (size_t b = 0; b < nblk; b++)
-                        out[b] = att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk);
+                        out[b] = (att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk) + 0.0f) * scale;
                 return;
         }
         const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
         for (size_t b0 = 0; b0 < nblk; b0 += 16) {
                 const size_t m = nblk - b0 < 16 ? nblk - b0 : 16;
                 __m512 v[16], w[8], x[4], y[2];
 
                 for (size_t t = 0; t < 16; t++) {
-                        __m512 mx = _mm512_set1_ps(-INFINITY);
+                        __m512 mx = ninf;
                         if (t < m) {
                                 const size_t j0 = (b0 + t) * bk, j1 = j0 + bk < n ? j0 + bk : n;
-                                for (size_t j = j0; j < j1; j += 16)
+                                size_t j = j0;
+                                for (; j + 16 <= j1; j += 16)
+                                        mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+                                if (j < j1)
                                         mx = _mm512_mask_max_ps(mx, lanes(j1 - j), mx,
                                                                 _mm512_maskz_loadu_ps(lanes(j1 - j), s + j));
                         }
@@ -147,9 +151,12 @@ ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk)
                         y[i] = _mm512_max_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
                                              _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
                 const __m512 z = _mm512_max_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
-                _mm512_mask_storeu_ps(out + b0, lanes(m), _mm512_permutexvar_ps(order, z));
+                const __m512 r = _mm512_add_ps(_mm512_permutexvar_ps(order, z), _mm512_setzero_ps());
+                _mm512_mask_storeu_ps(out + b0, lanes(m), _mm512_mul_ps(r, _mm512_set1_ps(scale)));
         }
 }
+
+#define ATT_LR_STEP 32 /* keys a step of att_lr_scores_q8, folded to 16 lanes */
 
 /* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpdpbusd sums
  * four byte products per key into its int32 lane, so a 64-byte load is 16 keys' group of four
@@ -158,7 +165,8 @@ ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk)
 __attribute__((target("avx512vnni"))) static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4],
                                                                    const int32_t c[4], const uint8_t *kt,
                                                                    size_t ldk, const float *ks, size_t j0,
-                                                                   size_t n, size_t R) {
+                                                                   size_t n, size_t R, bool fold) {
+        const __m512 ninf = _mm512_set1_ps(-INFINITY);
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
         size_t j = 0;
 
@@ -183,8 +191,14 @@ __attribute__((target("avx512vnni"))) static void att_lr_scores_q8(float *s, siz
 #define Q8_STORE(a, x, y)                                                                                       \
         do {                                                                                                    \
                 const __m512i ca = _mm512_set1_epi32(c[a]);                                                     \
-                _mm512_mask_storeu_ps(s + a * lds + j, m0, _mm512_mul_ps(s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(x, ca)))); \
-                _mm512_mask_storeu_ps(s + a * lds + j + 16, m1, _mm512_mul_ps(s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(y, ca)))); \
+                const __m512 lo = _mm512_mask_mul_ps(ninf, m0, s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(x, ca)));  \
+                const __m512 hi = _mm512_mask_mul_ps(ninf, m1, s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(y, ca)));  \
+                if (fold)                                                                                       \
+                        _mm512_storeu_ps(s + a * lds + j / 2, _mm512_max_ps(lo, hi));                           \
+                else {                                                                                          \
+                        _mm512_mask_storeu_ps(s + a * lds + j, m0, lo);                                         \
+                        _mm512_mask_storeu_ps(s + a * lds + j + 16, m1, hi);                                    \
+                }                                                                                               \
         } while (0)
                 Q8_STORE(0, a0, b0);
                 Q8_STORE(1, a1, b1);
@@ -204,8 +218,8 @@ int dsa__attention_blocks_f32_avx512(float *out, size_t ldo, const float *q, siz
                                      size_t nq, size_t pos0, const uint32_t *blocks, size_t nb,
                                      size_t bk, size_t Tk, size_t HS, float scale, bool causal,
                                      float *ret_lse, float *scratch) {
-        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS, scale,
-                          causal, ret_lse, scratch, NR, PANEL);
+        return att_stream(out, ldo, q, ldq, k, ldk, v, ldv, false, NULL, NULL, NULL, nq, pos0, blocks, nb, bk, Tk, HS,
+                          scale, causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_mass_f32_avx512(float *mass, const float *q, size_t ldq, const float *k,
@@ -223,17 +237,22 @@ int dsa__attention_linear_f32_avx512(float *out, size_t ldo, const float *q, siz
         return att_linear(out, ldo, q, ldq, k, ldk, v, ldv, T, HS, causal, scratch, NR, PANEL);
 }
 
-int dsa__attention_pack_kv_f32_avx512(float *kv, const float *k, size_t ldk, const float *v, size_t ldv,
-                                     size_t Tk, size_t HS, float scale) {
-        return att_pack_kv(kv, k, ldk, v, ldv, Tk, HS, scale, NR);
+int dsa__attention_pack_kv_f32_avx512(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk,
+                                      size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, 0, Tk, HS, scale, NR);
+}
+
+int dsa__attention_pack_kv_rows_f32_avx512(float *kv, const float *k, size_t ldk, const float *v, size_t ldv,
+                                           size_t Tk, size_t j0, size_t j1, size_t HS, float scale) {
+        return att_pack_kv(kv, k, ldk, v, ldv, Tk, j0, j1, HS, scale, NR);
 }
 
 int dsa__attention_blocks_packed_f32_avx512(float *out, size_t ldo, const float *q, size_t ldq, size_t nq,
-                                           size_t pos0, const float *kv, const float *bias,
-                                           const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS,
-                                           bool causal, float *ret_lse, float *scratch) {
-        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, kv, bias, nq, pos0, blocks, nb, bk, Tk, HS, 1.0f,
-                          causal, ret_lse, scratch, NR, PANEL);
+                                            size_t pos0, const float *kv, const float *bias, const uint32_t *blocks,
+                                            size_t nb, size_t bk, size_t Tk, size_t HS, bool causal,
+                                            const struct dsa_attention_extra *extra, float *ret_lse, float *scratch) {
+        return att_stream(out, ldo, q, ldq, NULL, 0, NULL, 0, true, kv, bias, extra, nq, pos0, blocks, nb, bk, Tk, HS,
+                          1.0f, causal, ret_lse, scratch, NR, PANEL);
 }
 
 int dsa__attention_block_max_lowrank_q8_avx512(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,

@@ -13,10 +13,13 @@
  *   float att_dot(const float *a, const float *b, size_t n)
  *   void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4],
  *                         const uint8_t *kt, size_t ldk, const float *ks, size_t j0, size_t n,
- *                         size_t R)   4 rows' low-rank scores of n keys from j0, at 8 bits:
- *                                     ks[j0 + j] * (byte dot - c[a])
- *   void att_block_maxes(float *out, const float *s, size_t n, size_t bk)
- *           out[b] = max of s[b*bk, min(b*bk + bk, n)) for b < ceil(n / bk)
+ *                         size_t R, bool fold)
+ *           4 rows' low-rank scores of n keys from j0, at 8 bits: ks[j0 + j] * (byte dot - c[a]);
+ *           with fold, each step of ATT_LR_STEP keys (the file's) stored as the lane-wise max of
+ *           its two halves (-inf past n), ATT_LR_STEP / 2 floats at s[j / 2]
+ *   void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale)
+ *           out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk)
+ *           (+0: a zero max is +0 whichever signed zero the maxima kept)
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -96,33 +99,48 @@ ATT_AI bool att_next_run(const uint32_t *blocks, size_t nb, size_t *t, size_t bk
         return true;
 }
 
-/* A piece of a chunk: keys [j0, j0 + n) at tile column col of the chunk. */
+/* Where a piece's keys come from: kv packed for Tk keys (NULL: packed into the chunk), the bias
+ * added to their scores (NULL: none), and whether a row sees only those at or before it. */
+struct att_src {
+        const float *kv, *bias;
+        size_t Tk;
+        bool causal;
+};
+
+/* A piece of a chunk: keys [j0, j0 + n) of src at tile column col of the chunk. */
 struct att_seg {
         size_t j0, n, col;
+        struct att_src src;
 };
 #define ATT_SEGS 16
 
 /* The streaming softmax over a block list (see the top of this file), on k and v packed chunk
- * by chunk (kv NULL) or on kv, the whole sequence packed by att_pack_kv (k and v unused, scale
+ * by chunk (packed false) or on kv, the whole sequence packed by att_pack_kv (k and v unused, scale
  * already in it), plus bias (Tk) added to every row's scores when not NULL (-inf: the key is
  * not seen). The visible keys of the list are taken in chunks of up to W keys
  * (dsa__att_blocks_layout) gathered from consecutive blocks and from separate runs alike, so
  * the max, exp and rescale steps run once per chunk, not per block; the keys of a chunk ascend,
  * so the ones a causal row sees are a prefix of its tile row. With kv, the chunk's first piece
  * is scored from its first NR-aligned key (off keys early, the tile read from off) and a later
- * piece must start on a panel, or it waits for the next chunk. */
+ * piece must start on a panel, or it waits for the next chunk. The extra keys (kv only) come
+ * after the list's, as one more run from their own packed buffer with their bias and no causal
+ * rule; a chunk never mixes the two (a causal row sees a prefix of its tile row). */
 ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const float *k, size_t ldk,
-                      const float *v, size_t ldv, const float *kv, const float *bias, size_t nq, size_t pos0,
-                      const uint32_t *blocks, size_t nb, size_t bk, size_t Tk, size_t HS, float scale,
-                      bool causal, float *ret_lse, float *scratch, const size_t NR,
-                      dsa__gemm_panel_f32_fn *panel) {
+                      const float *v, size_t ldv, bool packed, const float *kv, const float *bias,
+                      const struct dsa_attention_extra *extra, size_t nq, size_t pos0, const uint32_t *blocks,
+                      size_t nb, size_t bk, size_t Tk, size_t HS, float scale, bool causal, float *ret_lse,
+                      float *scratch, const size_t NR, dsa__gemm_panel_f32_fn *panel) {
         struct dsa__att_layout L;
         float *base, *kt, *vp, *s, *acc, *m, *l;
         size_t t = 0, jc = 0, je = 0; /* the current run's keys not taken yet: [jc, je) */
+        struct att_src src = { 0 };    /* and where they come from */
+        bool in_extra = false;
         int r;
 
-        r = dsa__att_blocks_check(out, ldo, q, ldq, kv ? kv : k, kv ? HS : ldk, kv ? kv : v, kv ? HS : ldv, nq,
-                                  pos0, blocks, nb, bk, Tk, HS, scratch);
+        r = dsa__att_blocks_check(out, ldo, q, ldq, packed ? kv : k, packed ? HS : ldk, packed ? kv : v,
+                                  packed ? HS : ldv, nq, pos0, blocks, nb, bk, Tk, HS, scratch);
+        if (r >= 0)
+                r = dsa__att_extra_check(packed ? extra : NULL);
         if (r < 0 || nq == 0)
                 return r;
         if (!out)
@@ -131,7 +149,7 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
         base = dsa__att_align(scratch);
         kt = base + L.kt, vp = base + L.vp, s = base + L.s, acc = base + L.acc;
         m = base + L.m, l = base + L.l;
-        const size_t W = L.span, lds = L.lds, vkt = kv ? dsa__att_packed_v(Tk, HS) : 0;
+        const size_t W = L.span, lds = L.lds;
 
         memset(acc, 0, nq * HS * sizeof(float));
         for (size_t i = 0; i < nq; i++)
@@ -144,24 +162,33 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                 size_t ns = 0, width = 0, off = 0;
 
                 while (width < W && ns < ATT_SEGS) {
-                        if (jc == je && !att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
-                                break;
-                        if (kv && ns > 0 && jc % NR)
+                        if (jc == je) { /* the next run: the list's, then the extra keys in a chunk of their own */
+                                if (!in_extra && att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
+                                        src = (struct att_src) { kv, bias, Tk, causal };
+                                else if (!in_extra && ns == 0 && packed && extra && extra->n > 0) {
+                                        src = (struct att_src) { extra->kv, extra->bias, extra->Tk, false };
+                                        in_extra = true, jc = 0, je = extra->n;
+                                } else
+                                        break;
+                        }
+                        if (packed && ns > 0 && jc % NR)
                                 break;
                         const size_t take = je - jc < W - width ? je - jc : W - width;
-                        sg[ns++] = (struct att_seg) { jc, take, width };
+                        sg[ns++] = (struct att_seg) { jc, take, width, src };
                         width += take, jc += take;
                 }
                 if (ns == 0)
                         break;
-                const size_t c0 = sg[0].j0, rc = causal && c0 > pos0 ? c0 - pos0 : 0;
+                /* rows before rc see none of the chunk (its first piece is its earliest) */
+                const size_t c0 = sg[0].j0, rc = sg[0].src.causal && c0 > pos0 ? c0 - pos0 : 0;
 
-                if (kv) {
+                if (packed) {
                         off = c0 % NR;
-                        att_scores(s, lds, q, ldq, kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR, panel);
+                        att_scores(s, lds, q, ldq, sg[0].src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR,
+                                   panel);
                         for (size_t g = 1; g < ns; g++)
-                                att_scores(s + off + sg[g].col, lds, q, ldq, kv + sg[g].j0 * HS, rc, nq, sg[g].n, HS,
-                                           NR, panel);
+                                att_scores(s + off + sg[g].col, lds, q, ldq, sg[g].src.kv + sg[g].j0 * HS, rc, nq,
+                                           sg[g].n, HS, NR, panel);
                 } else {
                         size_t *idx = (size_t *) (base + L.idx);
                         for (size_t g = 0; g < ns; g++)
@@ -178,15 +205,15 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         float *si = s + i * lds + off;
                         size_t n = width;
 
-                        if (causal) /* the chunk's keys at or before the row's position */
+                        if (sg[0].src.causal) /* the chunk's keys at or before the row's position */
                                 for (size_t g = 0, p = pos0 + i + 1; g < ns; g++)
                                         if (p < sg[g].j0 + sg[g].n) {
                                                 n = sg[g].col + (p > sg[g].j0 ? p - sg[g].j0 : 0);
                                                 break;
                                         }
-                        if (bias)
-                                for (size_t g = 0; g < ns && sg[g].col < n; g++)
-                                        att_row_add(si + sg[g].col, bias + sg[g].j0, sg[g].n);
+                        for (size_t g = 0; g < ns && sg[g].col < n; g++)
+                                if (sg[g].src.bias)
+                                        att_row_add(si + sg[g].col, sg[g].src.bias + sg[g].j0, sg[g].n);
                         nv[i] = n;
                         mx[i] = n ? fmaxf(m[i], att_row_max(si, n)) : m[i];
                         /* e^(m - m'): 1 while nothing is seen, 0 (acc and l are 0) for the first keys */
@@ -211,15 +238,17 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
 
                 for (size_t c = 0; c < HS; c += NR) {
                         const size_t nr = HS - c < NR ? HS - c : NR;
-                        if (!kv) {
+                        if (!packed) {
                                 panel(acc + rc * HS + c, HS, s + rc * lds, lds, vp + c * width, nq - rc, width, nr, NULL,
                                       false, DSA_EPILOGUE_NONE);
                                 continue;
                         }
-                        for (size_t g = 0; g < ns; g++)
+                        for (size_t g = 0; g < ns; g++) { /* V of the piece's source, NR-column panels */
+                                const float *vg = sg[g].src.kv + dsa__att_packed_v(sg[g].src.Tk, HS);
                                 panel(acc + rc * HS + c, HS, s + rc * lds + off + sg[g].col, lds,
-                                      kv + vkt + sg[g].j0 * NR + c * Tk, nq - rc, sg[g].n, nr, NULL, false,
+                                      vg + sg[g].j0 * NR + c * sg[g].src.Tk, nq - rc, sg[g].n, nr, NULL, false,
                                       DSA_EPILOGUE_NONE);
+                        }
                 }
         }
 
@@ -239,20 +268,22 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
 
 /* kv (dsa_attention_packed_floats(Tk, HS)) = K^T * scale of all Tk keys in NR-wide panels
  * (the last one zero-filled), then from dsa__att_packed_v(Tk, HS), V in NR-column panels of
- * Tk rows: the layout att_stream reads with kv. Chunks of 256 keys (a multiple of every NR). */
-ATT_AI int att_pack_kv(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk, size_t HS,
-                       float scale, const size_t NR) {
+ * Tk rows: the layout att_stream reads with kv; of the keys [j0, j1) only (pack_kv_rows_f32).
+ * Chunks of up to 256 keys from j0, a multiple of 32 (so of every NR): each starts a panel. */
+ATT_AI int att_pack_kv(float *kv, const float *k, size_t ldk, const float *v, size_t ldv, size_t Tk, size_t j0,
+                       size_t j1, size_t HS, float scale, const size_t NR) {
         const size_t vkt = dsa__att_packed_v(Tk, HS);
+        int r = dsa__att_pack_check(kv, k, ldk, v, ldv, Tk, j0, j1, HS);
         size_t idx[256];
 
-        if (HS == 0 || HS > DSA_ATT_MAX_HS || (Tk > 0 && (!kv || !k || !v)) || (Tk > 1 && (ldk < HS || ldv < HS)))
-                return -EINVAL;
+        if (r < 0)
+                return r;
         for (size_t j = 0; j < 256; j++)
                 idx[j] = j;
-        for (size_t j0 = 0; j0 < Tk; j0 += 256) {
-                const size_t n = Tk - j0 < 256 ? Tk - j0 : 256;
-                att_pack_keys(kv + j0 * HS, k + j0 * ldk, ldk, idx, n, HS, scale, NR);
-                att_pack_values_strided(kv + vkt + j0 * NR, Tk, v + j0 * ldv, ldv, idx, n, HS, NR);
+        for (size_t c0 = j0; c0 < j1; c0 += 256) {
+                const size_t n = j1 - c0 < 256 ? j1 - c0 : 256;
+                att_pack_keys(kv + c0 * HS, k + c0 * ldk, ldk, idx, n, HS, scale, NR);
+                att_pack_values_strided(kv + vkt + c0 * NR, Tk, v + c0 * ldv, ldv, idx, n, HS, NR);
         }
         return 0;
 }
@@ -393,12 +424,15 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
  * serves them all). */
 #define ATT_LR_SEG 512
 #define ATT_LR_ROWS 4
+#define ATT_LR_CHUNK 64 /* rows whose c is computed once for all segments */
 
 /* block_max_lowrank_q8 (attention.h) on the including file's att_lr_scores_q8 and
  * att_block_maxes: keys in segments of a multiple of bk up to ATT_LR_SEG, rows ATT_LR_ROWS at a
- * time (a short last group repeats its last row), then each row's max per block. The byte dot
- * products of a row sum q * (k + 128), so c = 128 * sum_r q[r] comes off before the key's scale;
- * the row's scale multiplies each block's max. */
+ * time (a short last group repeats its last row), then each row's max per block: when steps of
+ * ATT_LR_STEP keys tile the blocks, over the steps' folded halves (half the floats stored and
+ * read again), else over every score. The byte dot products of a row sum q * (k + 128), so
+ * c = 128 * sum_r q[r] (once a row) comes off before the key's scale; the row's scale multiplies
+ * each block's max. */
 static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                     size_t R) {
@@ -408,26 +442,36 @@ static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, si
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
         const size_t seg = bk <= ATT_LR_SEG ? ATT_LR_SEG / bk * bk : 0; /* bk >= 1 checked */
+        const bool fold = bk % ATT_LR_STEP == 0;
         if (seg == 0)
                 return dsa__attention_block_max_lowrank_q8_ref(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
-        for (size_t j0 = 0; j0 < Tk; j0 += seg) {
-                const size_t n = Tk - j0 < seg ? Tk - j0 : seg, nblk = (n + bk - 1) / bk;
-                for (size_t i = 0; i < nq; i += ATT_LR_ROWS) {
-                        const size_t rows = nq - i < ATT_LR_ROWS ? nq - i : ATT_LR_ROWS;
-                        const int8_t *q[ATT_LR_ROWS];
-                        int32_t c[ATT_LR_ROWS];
-                        for (size_t a = 0; a < ATT_LR_ROWS; a++) {
-                                q[a] = qt + (i + (a < rows ? a : rows - 1)) * ldq;
-                                c[a] = 0;
-                                for (size_t t = 0; t < R; t++)
-                                        c[a] += 128 * q[a][t];
-                        }
-                        att_lr_scores_q8(s, ATT_LR_SEG, q, c, kt, ldk, ks, j0, n, R);
-                        for (size_t a = 0; a < rows; a++) {
-                                float *o = out + (i + a) * ldo + j0 / bk;
-                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk);
-                                for (size_t b = 0; b < nblk; b++)
-                                        o[b] = (o[b] + 0.0f) * qs[i + a]; /* +0 for a zero max, as the reference */
+        for (size_t i0 = 0; i0 < nq; i0 += ATT_LR_CHUNK) { /* c of each row once, then every segment */
+                const size_t nr = nq - i0 < ATT_LR_CHUNK ? nq - i0 : ATT_LR_CHUNK;
+                int32_t c[ATT_LR_CHUNK + ATT_LR_ROWS];
+                for (size_t i = 0; i < nr; i++) {
+                        c[i] = 0;
+                        for (size_t t = 0; t < R; t++)
+                                c[i] += 128 * qt[(i0 + i) * ldq + t];
+                }
+                for (size_t j0 = 0; j0 < Tk; j0 += seg) {
+                        const size_t n = Tk - j0 < seg ? Tk - j0 : seg;
+                        for (size_t i = 0; i < nr; i += ATT_LR_ROWS) {
+                                const size_t rows = nr - i < ATT_LR_ROWS ? nr - i : ATT_LR_ROWS;
+                                const int8_t *q[ATT_LR_ROWS];
+                                for (size_t a = 0; a < ATT_LR_ROWS; a++) {
+                                        q[a] = qt + (i0 + i + (a < rows ? a : rows - 1)) * ldq;
+                                        c[i + a] = c[i + (a < rows ? a : rows - 1)];
+                                }
+                                att_lr_scores_q8(s, ATT_LR_SEG, q, c + i, kt, ldk, ks, j0, n, R, fold);
+                                for (size_t a = 0; a < rows; a++) {
+                                        float *o = out + (i0 + i + a) * ldo + j0 / bk;
+                                        if (fold) /* each step's keys already half a step of lanes */
+                                                att_block_maxes(o, s + a * ATT_LR_SEG,
+                                                                (n + ATT_LR_STEP - 1) / ATT_LR_STEP * (ATT_LR_STEP / 2),
+                                                                bk / 2, qs[i0 + i + a]);
+                                        else
+                                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk, qs[i0 + i + a]);
+                                }
                         }
                 }
         }

@@ -14,7 +14,11 @@
  * (not dividing the panels), up to 700 keys, lists of long runs, runs from any block and chunks
  * gathered from many short runs, against the oracle and against blocks_f32, with kv exactly
  * dsa_attention_packed_floats() floats ending on (or starting after) a guard page and NaN
- * wherever the pack does not write. q, k, v and x rows are NaN past HS and each buffer ends on
+ * wherever the pack does not write; and that attention with extra keys (struct
+ * dsa_attention_extra) from a second packed buffer in the same softmax: 1 to 300 of them (one
+ * chunk or several), all or a prefix of those packed, with their own bias (finite, partly or
+ * wholly -INFINITY, or masking the first chunk), on empty, single-block, run and diagonal lists;
+ * n = 0 and wholly masked extras give the plain call's bits. q, k, v and x rows are NaN past HS and each buffer ends on
  * a PROT_NONE page, so a read past a row's HS values either poisons the result or faults; out,
  * lse and mass carry sentinels past what a call may write, scratch is exactly the size the
  * kernel asked for (also ending on a guard page) at an odd alignment. Bad arguments give
@@ -73,10 +77,10 @@
 static enum dsa_isa isas[_DSA_ISA_MAX];
 static size_t n_isas;
 
-enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, K_LOWRANK, K_POUT, K_PLSE, K_PDIFF, _K_MAX };
+enum { K_OUT, K_LSE, K_MASS, K_LINEAR, K_POOL, K_LOWRANK, K_POUT, K_PLSE, K_PDIFF, K_XOUT, K_XLSE, _K_MAX };
 static const char *const kernel_names[_K_MAX] = { "blocks out", "blocks lse", "block mass", "linear",
                                                   "pool", "lowrank q8", "packed out", "packed lse",
-                                                  "packed-plain" };
+                                                  "packed-plain", "extra out", "extra lse" };
 static double worst[_K_MAX][_DSA_ISA_MAX]; /* worst error / tolerance */
 
 /* ---- Buffers that end on a guard page. */
@@ -192,11 +196,22 @@ static double score(const struct problem *p, size_t i, size_t j) {
         return s * p->scale;
 }
 
+/* Extra keys for the oracle: keys [0, n) of e's k and v (scale e->scale), in the same softmax
+ * as the list's, every one seen by every row, bias (n values) added to their scores (-INFINITY:
+ * not seen). */
+struct oracle_extra {
+        const struct problem *e;
+        const float *bias;
+        size_t n;
+};
+
 /* The oracle: out (nq, HS) and lse (nq) of a full softmax over the visible keys, with bias (Tk
- * values, or NULL) added to the scores; a key with bias -INFINITY is not visible. */
+ * values, or NULL) added to the scores, plus the extra keys x (NULL: none); a key with bias
+ * -INFINITY is not visible. */
 static void oracle_blocks_bias(const struct problem *p, const uint32_t *blocks, size_t nb, const float *bias,
-                               double *out, double *lse) {
-        double *s = malloc((p->Tk + 1) * sizeof(double));
+                               const struct oracle_extra *x, double *out, double *lse) {
+        const size_t nx = x ? x->n : 0;
+        double *s = malloc((p->Tk + nx + 1) * sizeof(double));
         bool *in = calloc(p->Tk + 1, sizeof(bool)); /* key j in a listed block */
 
         assert_true(s && in);
@@ -213,17 +228,25 @@ static void oracle_blocks_bias(const struct problem *p, const uint32_t *blocks, 
                         s[j] = seen ? score(p, i, j) + (bias ? bias[j] : 0.0) : -INFINITY;
                         mx = fmax(mx, s[j]);
                 }
+                for (size_t j = 0; j < nx; j++) { /* extra key j is key Tk + j here */
+                        double e = 0;
+                        for (size_t d = 0; d < p->HS; d++)
+                                e += (double) p->q[i * p->ldq + d] * x->e->k[j * x->e->ldk + d];
+                        s[p->Tk + j] = x->bias[j] == -INFINITY ? -INFINITY : e * x->e->scale + x->bias[j];
+                        mx = fmax(mx, s[p->Tk + j]);
+                }
                 if (mx == -INFINITY) {
                         lse[i] = -INFINITY;
                         continue;
                 }
-                for (size_t j = 0; j < p->Tk; j++) {
+                for (size_t j = 0; j < p->Tk + nx; j++) {
                         if (s[j] == -INFINITY)
                                 continue;
                         const double e = exp(s[j] - mx);
+                        const float *vj = j < p->Tk ? p->v + j * p->ldv : x->e->v + (j - p->Tk) * x->e->ldv;
                         sum += e;
                         for (size_t d = 0; d < p->HS; d++)
-                                out[i * p->HS + d] += e * p->v[j * p->ldv + d];
+                                out[i * p->HS + d] += e * vj[d];
                 }
                 for (size_t d = 0; d < p->HS; d++)
                         out[i * p->HS + d] /= sum;
@@ -234,7 +257,7 @@ static void oracle_blocks_bias(const struct problem *p, const uint32_t *blocks, 
 
 static void oracle_blocks(const struct problem *p, const uint32_t *blocks, size_t nb, double *out,
                           double *lse) {
-        oracle_blocks_bias(p, blocks, nb, NULL, out, lse);
+        oracle_blocks_bias(p, blocks, nb, NULL, NULL, out, lse);
 }
 
 /* The block list of one kind: 0 every block of [0, Tk), 1 a random ~30% of them plus numbers
@@ -494,7 +517,8 @@ static void packed_done(struct packed *pk) {
 /* make_list's kinds 0 to 4, plus 5: runs of consecutive blocks (1 to ~300 keys' worth each,
  * from any block, so they start inside a panel and cross the driver's chunks anywhere) with
  * gaps of 1 to 3 blocks, the last ones past Tk; 6: one run from a random block to 2 blocks past
- * the last. Kind 1 at small bk gives chunks gathered from many short runs. */
+ * the last; 7: the diagonal, the blocks holding the query positions (past Tk when they are).
+ * Kind 1 at small bk gives chunks gathered from many short runs. */
 static size_t make_run_list(const struct problem *p, struct dsa_test_rng *rng, int kind, uint32_t *blocks) {
         const size_t nblk = (p->Tk + p->bk - 1) / p->bk;
         size_t nb = 0;
@@ -510,6 +534,10 @@ static size_t make_run_list(const struct problem *p, struct dsa_test_rng *rng, i
                 return nb;
         case 6:
                 for (size_t b = dsa_test_rng_u64(rng) % nblk; b < nblk + 2; b++)
+                        blocks[nb++] = (uint32_t) b;
+                return nb;
+        case 7:
+                for (size_t b = p->pos0 / p->bk; b <= (p->pos0 + p->nq - 1) / p->bk; b++)
                         blocks[nb++] = (uint32_t) b;
                 return nb;
         default:
@@ -535,7 +563,7 @@ static size_t packed_list(const struct problem *p, const struct packed *pk, cons
         size_t blind = 0;
 
         assert_true(want && want_lse && zeros);
-        oracle_blocks_bias(p, blocks, nb, bias, want, want_lse);
+        oracle_blocks_bias(p, blocks, nb, bias, NULL, want, want_lse);
         for (size_t i = 0; i < p->nq; i++)
                 blind += want_lse[i] == -INFINITY;
         for (size_t s = 0; s < n_isas; s++) {
@@ -545,7 +573,7 @@ static size_t packed_list(const struct problem *p, const struct packed *pk, cons
                 dsa_test_fill(out, no, SENTINEL);
                 dsa_test_fill(lse, p->nq + 1, SENTINEL);
                 assert_int_equal(kt->blocks_packed_f32(out, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa], bias,
-                                                       blocks, nb, p->bk, p->Tk, p->HS, p->causal, lse, scratch),
+                                                       blocks, nb, p->bk, p->Tk, p->HS, p->causal, NULL, lse, scratch),
                                  0);
                 assert_true(check_blocks(p, isa, shape, out, lse, want, want_lse, K_POUT, K_PLSE));
 
@@ -553,7 +581,7 @@ static size_t packed_list(const struct problem *p, const struct packed *pk, cons
                         dsa_test_fill(out2, no, SENTINEL);
                         assert_int_equal(kt->blocks_packed_f32(out2, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa],
                                                                bias, blocks, nb, p->bk, p->Tk, p->HS, p->causal, NULL,
-                                                               scratch),
+                                                               NULL, scratch),
                                          0);
                         assert_memory_equal(out, out2, no * sizeof(float));
                 }
@@ -564,8 +592,8 @@ static size_t packed_list(const struct problem *p, const struct packed *pk, cons
                         dsa_test_fill(out2, no, SENTINEL);
                         dsa_test_fill(lse2, p->nq + 1, SENTINEL);
                         assert_int_equal(kt->blocks_packed_f32(out2, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa],
-                                                               zeros, blocks, nb, p->bk, p->Tk, p->HS, p->causal, lse2,
-                                                               scratch),
+                                                               zeros, blocks, nb, p->bk, p->Tk, p->HS, p->causal, NULL,
+                                                               lse2, scratch),
                                          0);
                         assert_memory_equal(out, out2, no * sizeof(float));
                         assert_memory_equal(lse, lse2, (p->nq + 1) * sizeof(float));
@@ -772,6 +800,148 @@ static void test_packed_bias(void **state) {
                 problem_done(&p);
                 free(blocks);
         }
+}
+
+/* ---- blocks_packed_f32's extra keys (struct dsa_attention_extra). */
+
+/* One list, main bias (Tk values, or NULL) and extra keys x (packed in xpk) through every
+ * variant's blocks_packed_f32 against the oracle, again without ret_lse (the same out). The
+ * call without extra gives the same bits as an extra with n = 0 (with and without kv and bias)
+ * and, when every extra bias is -INFINITY, as the extra. Returns the rows that see no key of the
+ * list but some extra key. */
+static size_t extra_list(const struct problem *p, const struct packed *pk, const uint32_t *blocks, size_t nb,
+                         const float *bias, const struct oracle_extra *x, const struct packed *xpk, float *scratch,
+                         const char *shape) {
+        const size_t no = (p->nq + 1) * p->ldo, nl = p->nq + 1;
+        double *want = malloc((p->nq * p->HS + 1) * sizeof(double)), *want_lse = malloc(nl * sizeof(double));
+        float *out = dsa_test_falloc(no), *lse = dsa_test_falloc(nl);
+        float *out0 = dsa_test_falloc(no), *lse0 = dsa_test_falloc(nl);
+        float *out2 = dsa_test_falloc(no), *lse2 = dsa_test_falloc(nl);
+        bool masked = true; /* every extra key */
+        size_t only = 0;
+
+        assert_true(want && want_lse);
+        for (size_t j = 0; j < x->n; j++)
+                masked = masked && x->bias[j] == -INFINITY;
+        oracle_blocks_bias(p, blocks, nb, bias, x, want, want_lse);
+        for (size_t s = 0; s < n_isas; s++) {
+                const enum dsa_isa isa = isas[s];
+                const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isa);
+                const struct dsa_attention_extra ex = { xpk->kv[isa], x->bias, x->n, x->e->Tk };
+                const struct dsa_attention_extra none[] = { { xpk->kv[isa], x->bias, 0, x->e->Tk },
+                                                            { NULL, NULL, 0, 0 } };
+
+#define CALL(out_, extra_, lse_)                                                                                   \
+        kt->blocks_packed_f32(out_, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa], bias, blocks, nb, p->bk, \
+                              p->Tk, p->HS, p->causal, extra_, lse_, scratch)
+                dsa_test_fill(out0, no, SENTINEL), dsa_test_fill(lse0, nl, SENTINEL);
+                assert_int_equal(CALL(out0, NULL, lse0), 0);
+                dsa_test_fill(out, no, SENTINEL), dsa_test_fill(lse, nl, SENTINEL);
+                assert_int_equal(CALL(out, &ex, lse), 0);
+                assert_true(check_blocks(p, isa, shape, out, lse, want, want_lse, K_XOUT, K_XLSE));
+                for (size_t i = 0; i < p->nq && s == 0; i++)
+                        only += lse0[i] == -INFINITY && lse[i] != -INFINITY;
+                if (masked) {
+                        assert_memory_equal(out, out0, no * sizeof(float));
+                        assert_memory_equal(lse, lse0, nl * sizeof(float));
+                }
+                dsa_test_fill(out2, no, SENTINEL);
+                assert_int_equal(CALL(out2, &ex, NULL), 0);
+                assert_memory_equal(out, out2, no * sizeof(float));
+                for (size_t k = 0; k < ELEMENTSOF(none); k++) {
+                        dsa_test_fill(out2, no, SENTINEL), dsa_test_fill(lse2, nl, SENTINEL);
+                        assert_int_equal(CALL(out2, &none[k], lse2), 0);
+                        assert_memory_equal(out0, out2, no * sizeof(float));
+                        assert_memory_equal(lse0, lse2, nl * sizeof(float));
+                }
+                if (nb == 0) { /* no list: no main keys at all (kv NULL, Tk 0), the extra keys alone */
+                        dsa_test_fill(out2, no, SENTINEL), dsa_test_fill(lse2, nl, SENTINEL);
+                        assert_int_equal(kt->blocks_packed_f32(out2, p->ldo, p->q, p->ldq, p->nq, p->pos0, NULL, NULL,
+                                                               NULL, 0, p->bk, 0, p->HS, p->causal, &ex, lse2, scratch),
+                                         0);
+                        assert_memory_equal(out, out2, no * sizeof(float));
+                        assert_memory_equal(lse, lse2, nl * sizeof(float));
+                }
+#undef CALL
+        }
+        free(want), free(want_lse), free(out), free(lse), free(out0), free(lse0), free(out2), free(lse2);
+        return only;
+}
+
+/* The extra keys' bias (n) of one mode: 0 random in [-3, 3]; 1 that with -INFINITY on about one
+ * key in four; 2 -INFINITY on all; 3 -INFINITY on the first J keys, J past the x86 driver's
+ * first chunk of W when there are more (its running max stays put, then moves), half of them
+ * when not. */
+static void make_extra_bias(struct dsa_test_rng *rng, int mode, size_t n, size_t W, float *bias) {
+        const size_t J = n > W ? W + dsa_test_rng_u64(rng) % (n - W) : n / 2;
+
+        for (size_t j = 0; j < n; j++) {
+                bias[j] = dsa_test_rng_uniform(rng, -3, 3);
+                if ((mode == 1 && dsa_test_rng_u64(rng) % 4 == 0) || mode == 2 || (mode == 3 && j < J))
+                        bias[j] = -INFINITY;
+        }
+}
+
+/* blocks_packed_f32 with extra keys: n of them from 1 to 300 (within one chunk, on and across
+ * its edges, and several chunks), all of the extra's Tk or a prefix, on an empty list (only
+ * extras), one block, runs and the diagonal, causal and not, with and without a main bias, and
+ * every extra bias mode. The extra's kv is exactly dsa_attention_packed_floats(Tk, HS) floats
+ * and its bias exactly n, each against a guard page. Some rows must see only extra keys. */
+static void test_packed_extra(void **state) {
+        static const size_t HSs[] = { 8, 20, 32, 64 };
+        static const size_t nxs[] = { 1, 31, 32, 33, 100, 128, 129, 300 };
+        static const size_t bks[] = { 16, 64, 100, 256, 5 };
+        static const int kinds[] = { 4, 2, 5, 7 };
+        struct dsa_test_rng rng = { 38 };
+        size_t case_no = 0, only = 0;
+
+        for (size_t h = 0; h < ELEMENTSOF(HSs); h++)
+                for (size_t x = 0; x < ELEMENTSOF(nxs); x++)
+                        for (int causal = 0; causal < 2; causal++, case_no++) {
+                                const size_t HS = HSs[h], nx = nxs[x], bk = bks[case_no % ELEMENTSOF(bks)];
+                                const size_t xTk = case_no % 3 ? nx + 1 + dsa_test_rng_u64(&rng) % 40 : nx;
+                                const size_t cap = 700 / bk + 12, ns = dsa_attention_blocks_scratch(bk, HS);
+                                const size_t W = MAX(bk + 31, (size_t) DSA__ATT_SPAN) / 32 * 32;
+                                uint32_t *blocks = malloc(cap * sizeof(uint32_t));
+                                struct guarded gs = { 0 }, gb = { 0 }, gx = { 0 };
+                                size_t nq, pos0, Tk;
+                                struct packed pk, xpk;
+                                struct problem p, e;
+                                float *scratch, *bias, *xbias;
+                                char shape[200];
+
+                                assert_true(blocks && ns != SIZE_MAX);
+                                packed_shape(&rng, case_no, causal, &nq, &pos0, &Tk);
+                                problem_init(&p, &rng, HS, nq, pos0, Tk, bk, causal, case_no % 3, case_no % 4 == 1);
+                                problem_init(&e, &rng, HS, 0, 0, xTk, bk, false, (case_no + 1) % 3, false);
+                                packed_init(&pk, &p, case_no % 2);
+                                packed_init(&xpk, &e, (case_no + 1) % 2);
+                                scratch = guarded_new(&gs, ns);
+                                bias = guarded_new(&gb, Tk);
+                                xbias = guarded_new(&gx, nx);
+                                for (size_t ki = 0; ki < ELEMENTSOF(kinds); ki++) {
+                                        const int xmode = (int) ((ki + case_no) % 4), mode = (int) (case_no % 3);
+                                        const bool biased = (ki + case_no) % 3 == 0;
+                                        const size_t nb = make_run_list(&p, &rng, kinds[ki], blocks);
+                                        const struct oracle_extra ox = { &e, xbias, nx };
+
+                                        if (biased)
+                                                make_bias(&p, &rng, mode, blocks, nb, bias);
+                                        make_extra_bias(&rng, xmode, nx, W, xbias);
+                                        snprintf(shape, sizeof(shape),
+                                                 "extra n=%zu Tk=%zu bias=%d main bias=%d HS=%zu nq=%zu pos0=%zu "
+                                                 "Tk=%zu bk=%zu causal=%d list=%d nb=%zu",
+                                                 nx, xTk, xmode, biased ? mode : -1, HS, nq, pos0, Tk, bk, causal,
+                                                 kinds[ki], nb);
+                                        only += extra_list(&p, &pk, blocks, nb, biased ? bias : NULL, &ox, &xpk,
+                                                           scratch, shape);
+                                }
+                                guarded_free(&gs), guarded_free(&gb), guarded_free(&gx);
+                                packed_done(&pk), packed_done(&xpk);
+                                problem_done(&p), problem_done(&e);
+                                free(blocks);
+                        }
+        assert_true(only > 0);
 }
 
 /* ---- Linear attention. */
@@ -1301,7 +1471,7 @@ static void test_packed_errors(void **state) {
 
                 assert_int_equal(kt->pack_kv_f32(kv, k, HS, v, HS, T, HS, 0.5f), 0);
 #define PACKED(out_, ldo_, q_, ldq_, nq_, pos0_, kv_, bias_, bl_, nb_, bk_, Tk_, HS_, sc_) \
-        kt->blocks_packed_f32(out_, ldo_, q_, ldq_, nq_, pos0_, kv_, bias_, bl_, nb_, bk_, Tk_, HS_, true, lse, sc_)
+        kt->blocks_packed_f32(out_, ldo_, q_, ldq_, nq_, pos0_, kv_, bias_, bl_, nb_, bk_, Tk_, HS_, true, NULL, lse, sc_)
                 dsa_test_fill(out, T * HS, SENTINEL);
                 dsa_test_fill(lse, T, SENTINEL);
                 assert_int_equal(PACKED(out, HS, q, HS, DSA_ATT_BLOCK + 1, 0, kv, NULL, up, 2, 64, T, HS, scratch), -EINVAL);
@@ -1335,6 +1505,26 @@ static void test_packed_errors(void **state) {
                 assert_true(sentinels_kept("errors packed out", isas[s], "no keys", out + 8 * HS, (T - 8) * HS));
                 assert_true(sentinels_kept("errors packed lse", isas[s], "no keys", lse + 4, T - 4));
 #undef PACKED
+
+                /* extra keys need kv and bias, and n <= Tk <= DSA_ATT_MAX_EXTRA; with the list or without */
+                const struct dsa_attention_extra bad[] = {
+                        { NULL, bias, 1, T }, { kv, NULL, 1, T }, { kv, bias, T + 1, T }, { kv, bias, 1, 0 },
+                        { kv, bias, 1, (size_t) DSA_ATT_MAX_EXTRA + 1 },
+                }, none[] = { { NULL, NULL, 0, 0 }, { NULL, NULL, 0, T } };
+                dsa_test_fill(out, T * HS, SENTINEL);
+                dsa_test_fill(lse, T, SENTINEL);
+                for (size_t e = 0; e < ELEMENTSOF(bad); e++)
+                        for (size_t nb = 0; nb <= 2; nb += 2)
+                                assert_int_equal(kt->blocks_packed_f32(out, HS, q, HS, 4, 0, kv, NULL, up, nb, 64, T,
+                                                                       HS, e % 2, &bad[e], lse, scratch),
+                                                 -EINVAL);
+                assert_true(sentinels_kept("errors extra out", isas[s], "", out, T * HS));
+                assert_true(sentinels_kept("errors extra lse", isas[s], "", lse, T));
+                /* n = 0: none, whatever kv, bias and Tk */
+                for (size_t e = 0; e < ELEMENTSOF(none); e++)
+                        assert_int_equal(kt->blocks_packed_f32(out, HS, q, HS, 4, 0, kv, NULL, up, 2, 64, T, HS, true,
+                                                               &none[e], lse, scratch),
+                                         0);
         }
         free(kv), free(kv1), free(scratch);
 }
@@ -1405,6 +1595,7 @@ int main(void) {
                 cmocka_unit_test(test_packed_errors),
                 cmocka_unit_test(test_packed_blocks),
                 cmocka_unit_test(test_packed_bias),
+                cmocka_unit_test(test_packed_extra),
         };
         int r;
 

@@ -57,10 +57,11 @@ static bool has(const uint32_t *b, size_t n, uint32_t x) {
 static void test_select(void **state) {
         struct dsa__att a;
         uint32_t blocks[64], again[64];
-        float scratch[3 * 64 + 16], nvis[64], u[4] = { 1, 0, 0, 0 }, w[64 * 4] = { 0 };
+        float scratch[4 * 64 + 16], nvis[64], u[4] = { 1, 0, 0, 0 }, w[64 * 4] = { 0 };
         size_t n;
 
         dsa__att_init(&a);
+        assert_int_equal(dsa__att_select_scratch(&a, 64), ELEMENTSOF(scratch));
         for (size_t b = 0; b < 64; b++)
                 nvis[b] = 64;
         /* dense: every causal block */
@@ -337,7 +338,7 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
                         for (size_t i0 = 0; i0 < nq; i0 += DSA_ATT_BLOCK) {
                                 r = ak->blocks_packed_f32(direct + i0 * ldo, ldo, qq + i0 * ldq, ldq,
                                                           MIN(nq - i0, (size_t) DSA_ATT_BLOCK), qb * bk + i0, kv, NULL,
-                                                          blocks, n, bk, T, HS, causal, NULL, kscratch);
+                                                          blocks, n, bk, T, HS, causal, NULL, NULL, kscratch);
                                 assert_int_equal(r, 0);
                         }
                         assert_memory_equal(plain, direct, (bk + 1) * ldo * sizeof(float));
