@@ -83,27 +83,21 @@ static void task_rmsnorm(void *arg, size_t begin, size_t end) {
         f->k->rmsnorm_f32(f->h + begin * f->C, f->x + begin * f->C, f->norm, end - begin, f->C, f->l->cfg.eps);
 }
 
-/* Rotates pairs (2i, 2i+1) of each head of q and k in rows [begin, end). */
+/* Rotates pairs (2i, 2i+1) of each head of q and k in rows [begin, end) (rope_f32). */
 static void rope_rows(struct fwd *f, size_t begin, size_t end) {
         const struct dsa_llama *l = f->l;
-        const size_t half = f->HS / 2, nrot = f->NH + f->NKV;
-        float cs_buf[512], sn_buf[512];
+        const size_t HS = f->HS, half = HS / 2;
+        float cs_buf[512], sn_buf[512], c[1024], s[1024];
 
         for (size_t t = begin; t < end; t++) {
                 const float *cs = l->rope_cos + t * half, *sn = l->rope_sin + t * half;
-                float *row = f->qkv + t * f->QKV;
                 if (t >= l->rope_n) { /* past the table */
                         dsa__llama_rope_row(&l->cfg, t, cs_buf, sn_buf);
                         cs = cs_buf, sn = sn_buf;
                 }
-                for (size_t h = 0; h < nrot; h++) {
-                        float *v = row + h * f->HS;
-                        for (size_t i = 0; i < half; i++) {
-                                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                                v[2 * i] = x0 * cs[i] - x1 * sn[i];
-                                v[2 * i + 1] = x1 * cs[i] + x0 * sn[i];
-                        }
-                }
+                for (size_t i = 0; i < half; i++)
+                        c[2 * i] = c[2 * i + 1] = cs[i], s[2 * i] = -sn[i], s[2 * i + 1] = sn[i];
+                f->k->rope_f32(f->qkv + t * f->QKV, f->NH + f->NKV, HS, c, s); /* q heads then k heads */
         }
 }
 

@@ -13,6 +13,7 @@ void dsa_layernorm_f32_ref(float *out, const float *inp, const float *gamma, con
 void dsa_rmsnorm_f32_ref(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
 void dsa_add_f32_ref(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t n);
+void dsa_rope_f32_ref(float *x, size_t n, size_t HS, const float *c, const float *s);
 void dsa_gelu_erf_f32_ref(float *x, size_t n);
 void dsa_gelu_tanh_f32_ref(float *x, size_t n);
 void dsa_softmax_f32_ref(float *x, size_t N, size_t C);
@@ -31,6 +32,7 @@ void dsa_layernorm_f32_avx2(float *out, const float *inp, const float *gamma, co
 void dsa_rmsnorm_f32_avx2(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
 void dsa_add_f32_avx2(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n);
+void dsa_rope_f32_avx2(float *x, size_t n, size_t HS, const float *c, const float *s);
 void dsa_gelu_erf_f32_avx2(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx2(float *x, size_t n);
 void dsa_softmax_f32_avx2(float *x, size_t N, size_t C);
@@ -46,6 +48,7 @@ void dsa_layernorm_f32_avx512(float *out, const float *inp, const float *gamma, 
 void dsa_rmsnorm_f32_avx512(float *out, const float *inp, const float *gamma, size_t N, size_t C, float eps);
 void dsa_add_f32_avx512(float *out, const float *a, const float *b, size_t n);
 void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, size_t n);
+void dsa_rope_f32_avx512(float *x, size_t n, size_t HS, const float *c, const float *s);
 void dsa_gelu_erf_f32_avx512(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx512(float *x, size_t n);
 void dsa_softmax_f32_avx512(float *x, size_t N, size_t C);

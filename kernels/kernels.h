@@ -40,6 +40,12 @@ struct dsa_kernels {
          * x / (1 + e^-x) (SwiGLU's gating, HF "silu"). */
         void (*silu_mul_f32)(float *out, const float *gate, const float *up, size_t n);
 
+        /* Rotary embedding of adjacent pairs, in place: x (n, HS) n vectors of HS values
+         * (contiguous, HS even), c and s (HS) the pair's cosine on both its lanes and its sine
+         * negated on the even one, so that x[d] = x[d] c[d] + x[d ^ 1] s[d] (the SIMD variants
+         * may fuse one product into the sum: within an ulp or two of the reference's). */
+        void (*rope_f32)(float *x, size_t n, size_t HS, const float *c, const float *s);
+
         /* x (n) in place: exact GELU 0.5*x*(1+erf(x/sqrt(2))) (HF "gelu"). */
         void (*gelu_erf_f32)(float *x, size_t n);
 

@@ -65,6 +65,17 @@ void dsa_silu_mul_f32_ref(float *out, const float *gate, const float *up, size_t
         }
 }
 
+/* x (n, HS) in place, pair by pair (kernels.h). */
+void dsa_rope_f32_ref(float *x, size_t n, size_t HS, const float *c, const float *s) {
+        for (size_t v = 0; v < n; v++)
+                for (size_t d = 0; d < HS; d += 2) {
+                        float *p = x + v * HS + d;
+                        const float x0 = p[0], x1 = p[1];
+                        p[0] = x0 * c[d] + x1 * s[d];
+                        p[1] = x1 * c[d + 1] + x0 * s[d + 1];
+                }
+}
+
 /* x (n) in place: 0.5*x*(1+erf(x/sqrt(2))), in double. */
 void dsa_gelu_erf_f32_ref(float *x, size_t n) {
         for (size_t i = 0; i < n; i++) {
@@ -220,6 +231,7 @@ const struct dsa_kernels dsa__kernels_ref = {
         .rmsnorm_f32 = dsa_rmsnorm_f32_ref,
         .add_f32 = dsa_add_f32_ref,
         .silu_mul_f32 = dsa_silu_mul_f32_ref,
+        .rope_f32 = dsa_rope_f32_ref,
         .gelu_erf_f32 = dsa_gelu_erf_f32_ref,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_ref,
         .softmax_f32 = dsa_softmax_f32_ref,

@@ -125,6 +125,20 @@ void dsa_add_f32_avx2(float *out, const float *a, const float *b, size_t n) {
         }
 }
 
+/* Pairs swapped with vpermilps within each 128-bit lane, then x c + swapped s; HS even, so a
+ * masked tail holds whole pairs. */
+void dsa_rope_f32_avx2(float *x, size_t n, size_t HS, const float *c, const float *s) {
+        for (size_t v = 0; v < n; v++)
+                for (size_t d = 0; d < HS; d += 8) {
+                        const __m256i m = tail_mask(HS - d < 8 ? HS - d : 8);
+                        float *p = x + v * HS + d;
+                        const __m256 xv = _mm256_maskload_ps(p, m), xs = _mm256_permute_ps(xv, 0xB1);
+                        const __m256 a = _mm256_mul_ps(xv, _mm256_maskload_ps(c + d, m));
+                        const __m256 b = _mm256_mul_ps(xs, _mm256_maskload_ps(s + d, m));
+                        _mm256_maskstore_ps(p, m, _mm256_add_ps(a, b));
+                }
+}
+
 void dsa_silu_mul_f32_avx2(float *out, const float *gate, const float *up, size_t n) {
         size_t i = 0;
 
@@ -237,6 +251,7 @@ const struct dsa_kernels dsa__kernels_avx2 = {
         .rmsnorm_f32 = dsa_rmsnorm_f32_avx2,
         .add_f32 = dsa_add_f32_avx2,
         .silu_mul_f32 = dsa_silu_mul_f32_avx2,
+        .rope_f32 = dsa_rope_f32_avx2,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx2,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx2,
         .softmax_f32 = dsa_softmax_f32_avx2,

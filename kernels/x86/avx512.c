@@ -137,6 +137,19 @@ void dsa_silu_mul_f32_avx512(float *out, const float *gate, const float *up, siz
         }
 }
 
+/* Pairs swapped with vpermilps within each 128-bit lane, then x c + swapped s. */
+void dsa_rope_f32_avx512(float *x, size_t n, size_t HS, const float *c, const float *s) {
+        for (size_t v = 0; v < n; v++)
+                for (size_t d = 0; d < HS; d += 16) {
+                        const __mmask16 m = tail_mask(HS - d < 16 ? HS - d : 16);
+                        float *p = x + v * HS + d;
+                        const __m512 xv = _mm512_maskz_loadu_ps(m, p), xs = _mm512_permute_ps(xv, 0xB1);
+                        const __m512 a = _mm512_mul_ps(xv, _mm512_maskz_loadu_ps(m, c + d));
+                        const __m512 b = _mm512_mul_ps(xs, _mm512_maskz_loadu_ps(m, s + d));
+                        _mm512_mask_storeu_ps(p, m, _mm512_add_ps(a, b));
+                }
+}
+
 void dsa_gelu_erf_f32_avx512(float *x, size_t n) {
         size_t i = 0;
 
@@ -241,6 +254,7 @@ const struct dsa_kernels dsa__kernels_avx512 = {
         .rmsnorm_f32 = dsa_rmsnorm_f32_avx512,
         .add_f32 = dsa_add_f32_avx512,
         .silu_mul_f32 = dsa_silu_mul_f32_avx512,
+        .rope_f32 = dsa_rope_f32_avx512,
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx512,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx512,
         .softmax_f32 = dsa_softmax_f32_avx512,

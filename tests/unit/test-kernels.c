@@ -45,10 +45,10 @@ static size_t n_simd;
 
 /* Worst error seen per kernel and ISA, printed at the end. */
 enum { K_LAYERNORM, K_GELU_ERF, K_GELU_TANH, K_SOFTMAX, K_ATTENTION, K_PROBS, K_F16, K_BF16, K_RMSNORM, K_SILU_MUL,
-       K_ADD, _K_MAX };
+       K_ADD, K_ROPE, _K_MAX };
 static const char *const kernel_names[_K_MAX] = { "layernorm", "gelu_erf", "gelu_tanh", "softmax",
                                                   "attention", "attention probs", "f16_to_f32",
-                                                  "bf16_to_f32", "rmsnorm", "silu_mul", "add" };
+                                                  "bf16_to_f32", "rmsnorm", "silu_mul", "add", "rope" };
 static double worst[_K_MAX][_DSA_ISA_MAX];
 
 /* Like dsa_test_check_tensor, but quiet on success (it runs thousands of times) and recording
@@ -184,6 +184,49 @@ static void test_silu_mul(void **state) {
                         simd[s]->silu_mul_f32(gt, gt, u, n);
                         assert_true(check(K_SILU_MUL, simd[s]->isa, "in place", gt, want, n, 1e-6f, 2e-6f));
                         free(gt), free(u), free(want), free(got);
+                }
+}
+
+/* rope_f32: the reference against the rotation written out in double (angles of a Llama table),
+ * then every SIMD variant against it (a fused product may move a bit: 2 ulp-ish tolerance), on
+ * head sizes with and without a ragged tail, one vector and several; the value after the last
+ * vector is never written. */
+static void test_rope(void **state) {
+        static const size_t HSs[] = { 2, 6, 8, 16, 18, 32, 34, 64, 100, 128 }, ns[] = { 1, 3, 12 };
+        struct dsa_test_rng rng = { 12 };
+
+        for (size_t hi = 0; hi < ELEMENTSOF(HSs); hi++)
+                for (size_t ni = 0; ni < ELEMENTSOF(ns); ni++) {
+                        const size_t HS = HSs[hi], n = ns[ni], pos = 7 + 131 * hi;
+                        float *x = falloc(n * HS + 1), *want = falloc(n * HS + 1), *got = falloc(n * HS + 1);
+                        float *c = falloc(HS), *s = falloc(HS);
+                        char shape[64];
+
+                        for (size_t i = 0; i < HS / 2; i++) {
+                                const double a = (double) pos * pow(10000.0, -2.0 * (double) i / (double) HS);
+                                c[2 * i] = c[2 * i + 1] = (float) cos(a);
+                                s[2 * i] = (float) -sin(a), s[2 * i + 1] = (float) sin(a);
+                        }
+                        dsa_test_rng_fill(&rng, x, n * HS, -3.0f, 3.0f);
+                        x[n * HS] = want[n * HS] = got[n * HS] = 12345.0f;
+                        memcpy(want, x, n * HS * sizeof(float));
+                        ref->rope_f32(want, n, HS, c, s);
+                        for (size_t v = 0; v < n; v++) /* the rotation, in double */
+                                for (size_t i = 0; i < HS / 2; i++) {
+                                        const double x0 = x[v * HS + 2 * i], x1 = x[v * HS + 2 * i + 1];
+                                        const float w[2] = { (float) (x0 * c[2 * i] - x1 * -s[2 * i]),
+                                                             (float) (x1 * c[2 * i] + x0 * s[2 * i + 1]) };
+                                        assert_true(check(K_ROPE, DSA_ISA_REF, "ref vs double", want + v * HS + 2 * i, w,
+                                                          2, 1e-6f, 1e-6f));
+                                }
+                        assert_true(want[n * HS] == 12345.0f);
+                        for (size_t si = 0; si < n_simd; si++) {
+                                memcpy(got, x, n * HS * sizeof(float));
+                                simd[si]->rope_f32(got, n, HS, c, s);
+                                snprintf(shape, sizeof(shape), "n=%zu HS=%zu", n, HS);
+                                assert_true(check(K_ROPE, simd[si]->isa, shape, got, want, n * HS + 1, 1e-6f, 3e-7f));
+                        }
+                        free(x), free(want), free(got), free(c), free(s);
                 }
 }
 
@@ -614,6 +657,7 @@ int main(void) {
                 cmocka_unit_test(test_rmsnorm_silu_ref_oracle),
                 cmocka_unit_test(test_rmsnorm),
                 cmocka_unit_test(test_silu_mul),
+                cmocka_unit_test(test_rope),
                 cmocka_unit_test(test_add),
                 cmocka_unit_test(test_gelu_ref_oracle),
                 cmocka_unit_test(test_gelu),
