@@ -18,7 +18,9 @@
  * dsa_attention_extra) from a second packed buffer in the same softmax: 1 to 300 of them (one
  * chunk or several), all or a prefix of those packed, with their own bias (finite, partly or
  * wholly -INFINITY, or masking the first chunk), on empty, single-block, run and diagonal lists;
- * n = 0 and wholly masked extras give the plain call's bits. q, k, v and x rows are NaN past HS and each buffer ends on
+ * n = 0 and wholly masked extras give the plain call's bits; pack_kv_rows_f32 on random pieces of a
+ * sequence (0 to 192 keys, the last ragged) in a random order gives pack_kv_f32's bits, each piece
+ * writing only its own floats. q, k, v and x rows are NaN past HS and each buffer ends on
  * a PROT_NONE page, so a read past a row's HS values either poisons the result or faults; out,
  * lse and mass carry sentinels past what a call may write, scratch is exactly the size the
  * kernel asked for (also ending on a guard page) at an odd alignment. Bad arguments give
@@ -1529,6 +1531,161 @@ static void test_packed_errors(void **state) {
         free(kv), free(kv1), free(scratch);
 }
 
+/* ---- pack_kv_rows_f32: a sequence packed in pieces, in any order. */
+
+#define PACK_MAX_PIECES 48 /* pack_cuts' most: 2 ceil(600 / 32) + 1 */
+
+/* Cuts [0, Tk) at random multiples of 32 into pieces of 32 keys, up to 192, or none (never two
+ * empty ones in a row), the last ending at Tk: piece p is [cut[p], cut[p + 1]). Returns how
+ * many. */
+static size_t pack_cuts(struct dsa_test_rng *rng, size_t Tk, size_t *cut) {
+        size_t n = 0;
+
+        cut[0] = 0;
+        while (cut[n] < Tk) {
+                const size_t r = rng_below(rng, 4);
+                size_t step = r == 0 ? 0 : r == 1 ? 32 : 32 * (1 + rng_below(rng, 6));
+
+                if (step == 0 && n > 0 && cut[n] == cut[n - 1])
+                        step = 32;
+                assert_true(n < PACK_MAX_PIECES);
+                cut[n + 1] = MIN(cut[n] + step, Tk);
+                n++;
+        }
+        return n;
+}
+
+/* Pieces never share a K panel (NR <= 32 divides their start) nor a V row, so each float of the
+ * layout belongs to at most one piece: its keys' K panels (with the last panel's zero padding
+ * past Tk, written by the piece ending at Tk) and their V rows (with the zero columns past HS);
+ * floats no piece owns (avx2's K panels past roundup(Tk, 16), V columns past roundup(HS, NR))
+ * are written by none. So with piece P packed alone into C and every other piece into D, both
+ * NaN before: no float is written in both, each written one holds the whole pack's (A's) bits,
+ * and A is NaN where neither wrote. And in every layout P's K floats lie in
+ * [j0 HS, roundup(j1, 32) HS). */
+static bool pack_rows_split(enum dsa_isa isa, const char *shape, const float *A, const float *C, const float *D,
+                            size_t n, size_t vkt, size_t j0, size_t j1, size_t HS) {
+        for (size_t i = 0; i < n; i++) {
+                const bool wc = !isnan(C[i]), wd = !isnan(D[i]);
+                const bool k_out = i < vkt && (i < j0 * HS || i >= (j1 + 31) / 32 * 32 * HS);
+
+                if ((wc && wd) || (wc && k_out) || (wc || wd ? memcmp(wc ? &C[i] : &D[i], &A[i], sizeof(float)) != 0
+                                                              : !isnan(A[i]))) {
+                        printf("FAIL pack rows/%s %s piece [%zu, %zu): float %zu piece %.9g rest %.9g whole %.9g\n",
+                               dsa_test_isa_names[isa], shape, j0, j1, i, C[i], D[i], A[i]);
+                        return false;
+                }
+        }
+        return true;
+}
+
+/* Bad ranges and arguments: -EINVAL and kv untouched; an empty piece needs no pointers; one key
+ * needs no row strides. */
+static void pack_rows_errors(const struct dsa_attention_kernels *kt) {
+        enum { HS = 8, T = 70 };
+        static float k[T * HS], v[T * HS];
+        const size_t n = dsa_attention_packed_floats(T, HS), n1 = dsa_attention_packed_floats(1, HS);
+        struct guarded g;
+        float *kv = guarded_new(&g, n);
+
+        for (size_t i = 0; i < T * HS; i++)
+                k[i] = (float) ((i * 5) % 11) / 11.0f, v[i] = (float) (i % 9) - 4.0f;
+        dsa_test_fill(kv, n, SENTINEL);
+#define ROWS(kv_, k_, ldk_, v_, ldv_, Tk_, j0_, j1_, HS_) \
+        kt->pack_kv_rows_f32(kv_, k_, ldk_, v_, ldv_, Tk_, j0_, j1_, HS_, 0.5f)
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 16, 32, HS), -EINVAL);     /* j0 % 32 */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, T, T, HS), -EINVAL);       /* empty, but j0 % 32 */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 0, 40, HS), -EINVAL);      /* j1 % 32, j1 != Tk */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 64, 32, HS), -EINVAL);     /* j0 > j1 */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 64, 96, HS), -EINVAL);     /* j1 > Tk */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 64, T + 1, HS), -EINVAL);
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 0, 32, 0), -EINVAL);
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 32, 32, 0), -EINVAL);      /* HS: even with no keys */
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 32, 32, DSA_ATT_MAX_HS + 1), -EINVAL);
+        assert_int_equal(ROWS(NULL, k, HS, v, HS, T, 32, 64, HS), -EINVAL);
+        assert_int_equal(ROWS(kv, NULL, HS, v, HS, T, 32, 64, HS), -EINVAL);
+        assert_int_equal(ROWS(kv, k, HS, NULL, HS, T, 32, 64, HS), -EINVAL);
+        assert_int_equal(ROWS(kv, k, HS - 1, v, HS, T, 32, 64, HS), -EINVAL);
+        assert_int_equal(ROWS(kv, k, HS, v, HS - 1, T, 32, 64, HS), -EINVAL);
+        assert_int_equal(ROWS(NULL, NULL, 0, NULL, 0, T, 32, 32, HS), 0);
+        assert_int_equal(ROWS(NULL, NULL, 0, NULL, 0, 0, 0, 0, HS), 0);
+        assert_int_equal(ROWS(kv, k, HS, v, HS, T, 64, 64, HS), 0);
+        assert_true(sentinels_kept("pack rows", kt->isa, "errors", kv, n));
+        assert_int_equal(ROWS(kv, k, 0, v, 0, 1, 0, 1, HS), 0);
+        assert_int_equal(kt->pack_kv_f32(kv + n1, k, HS, v, HS, 1, HS, 0.5f), 0);
+        assert_memory_equal(kv, kv + n1, n1 * sizeof(float));
+#undef ROWS
+        guarded_free(&g);
+}
+
+/* pack_kv_rows_f32 on random pieces in a random order gives pack_kv_f32's bits, each piece
+ * writes only its own floats (pack_rows_split), and nothing is read or written past k, v (rows
+ * at strides past HS, NaN between them, the last ending on a guard page) or kv (exactly
+ * dsa_attention_packed_floats() floats ending on, or starting after, a guard page). */
+static void test_pack_rows(void **state) {
+        static const size_t Tks[] = { 1, 31, 32, 33, 64, 100, 257, 600 };
+        static const size_t HSs[] = { 8, 20, 32, 64 };
+        struct dsa_test_rng rng = { 39 };
+        const float scale = 0.37f;
+
+        for (size_t t = 0; t < ELEMENTSOF(Tks); t++)
+                for (size_t h = 0; h < ELEMENTSOF(HSs); h++) {
+                        const size_t Tk = Tks[t], HS = HSs[h], ldk = HS + 3, ldv = HS + 5;
+                        const size_t n = dsa_attention_packed_floats(Tk, HS), vkt = dsa__att_packed_v(Tk, HS);
+                        struct guarded gk, gv, ga, gb, gc, gd;
+                        const float *k = rows_new(&gk, &rng, Tk, ldk, HS, -1, 1);
+                        const float *v = rows_new(&gv, &rng, Tk, ldv, HS, -1, 1);
+                        float *A = guarded_new(&ga, n), *C = guarded_new(&gc, n);
+                        float *B = guarded_bytes_new(&gb, n * sizeof(float), h % 2);
+                        float *D = guarded_bytes_new(&gd, n * sizeof(float), true);
+                        char shape[64];
+
+                        snprintf(shape, sizeof(shape), "Tk %zu HS %zu", Tk, HS);
+                        for (size_t s = 0; s < n_isas; s++) {
+                                const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isas[s]);
+                                size_t cut[PACK_MAX_PIECES + 1], order[PACK_MAX_PIECES], np, P;
+
+                                np = pack_cuts(&rng, Tk, cut);
+                                for (size_t p = 0; p < np; p++)
+                                        order[p] = p;
+                                for (size_t p = np; p > 1; p--) {
+                                        const size_t q = rng_below(&rng, p), o = order[p - 1];
+
+                                        order[p - 1] = order[q], order[q] = o;
+                                }
+                                do /* a random piece with keys */
+                                        P = rng_below(&rng, np);
+                                while (cut[P] == cut[P + 1]);
+
+                                dsa_test_fill(A, n, NAN), dsa_test_fill(B, n, NAN);
+                                dsa_test_fill(C, n, NAN), dsa_test_fill(D, n, NAN);
+                                assert_int_equal(kt->pack_kv_f32(A, k, ldk, v, ldv, Tk, HS, scale), 0);
+                                for (size_t i = 0; i < np; i++) {
+                                        const size_t p = order[i];
+
+                                        assert_int_equal(kt->pack_kv_rows_f32(B, k, ldk, v, ldv, Tk, cut[p],
+                                                                              cut[p + 1], HS, scale),
+                                                         0);
+                                        assert_int_equal(kt->pack_kv_rows_f32(p == P ? C : D, k, ldk, v, ldv, Tk,
+                                                                              cut[p], cut[p + 1], HS, scale),
+                                                         0);
+                                }
+                                for (size_t i = 0; i < n; i++)
+                                        if (memcmp(&A[i], &B[i], sizeof(float)) != 0) {
+                                                printf("FAIL pack rows/%s %s in %zu pieces: float %zu got %.9g "
+                                                       "want %.9g\n", dsa_test_isa_names[isas[s]], shape, np, i,
+                                                       B[i], A[i]);
+                                                fail();
+                                        }
+                                assert_true(pack_rows_split(isas[s], shape, A, C, D, n, vkt, cut[P], cut[P + 1], HS));
+                        }
+                        guarded_free(&gk), guarded_free(&gv), guarded_free(&ga);
+                        guarded_free(&gb), guarded_free(&gc), guarded_free(&gd);
+                }
+        for (size_t s = 0; s < n_isas; s++)
+                pack_rows_errors(dsa_attention_kernels_for(isas[s]));
+}
+
 /* The packed kv's size: the formula, a multiple of 32 floats (so a buffer of exactly that size
  * that ends on a page starts 64-byte aligned), SIZE_MAX for a head size out of range, and never
  * a count that wrapped around or whose bytes do. */
@@ -1593,6 +1750,7 @@ int main(void) {
                 cmocka_unit_test(test_block_max_lowrank_q8_errors),
                 cmocka_unit_test(test_packed_floats),
                 cmocka_unit_test(test_packed_errors),
+                cmocka_unit_test(test_pack_rows),
                 cmocka_unit_test(test_packed_blocks),
                 cmocka_unit_test(test_packed_bias),
                 cmocka_unit_test(test_packed_extra),
