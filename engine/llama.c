@@ -54,7 +54,7 @@ struct fwd {
         int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
         float *qs;          /* signed bytes and (NH, nsr) scales, */
         uint8_t *kq;        /* kt as (NH, R4/4, ldkq) bytes of 4 components per key, */
-        float *ks;          /* (NH, T) key scales; R4 = R rounded up to 4, the padding 0 */
+        float *ks;          /* (NH, nb) key block scales; R4 = R rounded up to 4, the padding 0 */
         size_t r4, ldkq;
         size_t nsr;         /* scored rows: every stride-th, and the last */
         size_t ldkt;        /* kt's row stride: T rounded up to 16, plus 16, so its R rows do not
@@ -227,27 +227,26 @@ static inline int round_int(float x) {
         return (int) (x + (x >= 0 ? 0.5f : -0.5f));
 }
 
-#define Q8_KEYS 16 /* keys a step of quantize_keys */
+#define Q8_KEYS 16 /* keys a step of the quantizing loops */
 
-/* Keys [j0, j0 + w) of one head's kt (R, ld) to kq (R4/4, ldkq) words of 4 bytes and ks: each
- * key's largest |component| to 127; inlined with w = Q8_KEYS the loops have a fixed count and
- * the compiler vectorizes them. Bytes little-endian in the word (tensor.c requires it). */
-static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, float *ks,
-                                                                const float *kt, size_t ld, size_t R,
-                                                                size_t R4, size_t j0, size_t w) {
-        float sc[Q8_KEYS];
-
+/* m[j] = max over r of |kt[r][j]| for keys [j0, j0 + w) of one head's kt (R, ld); inlined with w =
+ * Q8_KEYS the loops have a fixed count and the compiler vectorizes them. */
+static inline __attribute__((always_inline)) void key_maxabs(float *m, const float *kt, size_t ld, size_t R,
+                                                             size_t j0, size_t w) {
         for (size_t d = 0; d < w; d++)
-                sc[d] = 0.0f;
+                m[j0 + d] = 0.0f;
         for (size_t r = 0; r < R; r++)
                 for (size_t d = 0; d < w; d++) {
                         const float v = fabsf(kt[r * ld + j0 + d]);
-                        sc[d] = v > sc[d] ? v : sc[d];
+                        m[j0 + d] = v > m[j0 + d] ? v : m[j0 + d];
                 }
-        for (size_t d = 0; d < w; d++) {
-                sc[d] = sc[d] > 0 ? 127.0f / sc[d] : 0.0f;
-                ks[j0 + d] = sc[d] > 0 ? 1.0f / sc[d] : 0.0f;
-        }
+}
+
+/* Keys [j0, j0 + w) of one head's kt (R, ld) times sc[j] to kq (R4/4, ldkq) words of 4 unsigned
+ * bytes offset by 128, little-endian in the word (tensor.c requires it); padding components 0. */
+static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, const float *sc,
+                                                                const float *kt, size_t ld, size_t R,
+                                                                size_t R4, size_t j0, size_t w) {
         for (size_t g = 0; g < R4 / 4; g++) {
                 uint32_t wd[Q8_KEYS];
                 for (size_t d = 0; d < w; d++)
@@ -256,7 +255,7 @@ static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, siz
                         const float *x = kt + (4 * g + e) * ld + j0;
                         if (4 * g + e < R)
                                 for (size_t d = 0; d < w; d++)
-                                        wd[d] |= (uint32_t) (uint8_t) (128 + round_int(x[d] * sc[d])) << (8 * e);
+                                        wd[d] |= (uint32_t) (uint8_t) (128 + round_int(x[d] * sc[j0 + d])) << (8 * e);
                         else
                                 for (size_t d = 0; d < w; d++)
                                         wd[d] |= 128u << (8 * e);
@@ -266,24 +265,42 @@ static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, siz
 }
 
 /* Heads [begin, end) of the token scorer's projections to bytes for block_max_lowrank_q8: each
- * key's R components by one scale (its largest |value| to 127, so it depends on that key only
- * and the scoring stays causal), as unsigned bytes offset by 128 in groups of 4; each scored
- * row's by one scale (largest to 63). Padding components are 0. */
+ * key block's R components of all its keys by one scale (their largest |value| to 127: a block is
+ * scored only once all its keys are before the query block, so the scoring stays causal), as
+ * unsigned bytes offset by 128 in groups of 4, the block's scale in ks; each scored row's by one
+ * scale (largest to 63). Padding components are 0. */
 static void task_token_q8(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
-        const size_t R = f->att->rank, R4 = f->r4, T = f->T, ld = f->ldkt;
+        const size_t R = f->att->rank, R4 = f->r4, T = f->T, ld = f->ldkt, bk = f->bk;
+        _cleanup_free_ float *m = malloc(T * sizeof(float)); /* each key's largest |value|, then its factor */
 
+        if (!m) {
+                f->err = -ENOMEM;
+                return;
+        }
         for (size_t h = begin; h < end; h++) {
                 const float *kt = f->kt + h * R * ld, *qt = f->qt + h * f->nsr * R;
                 uint8_t *kq = f->kq + h * (R4 / 4) * f->ldkq;
                 int8_t *qq = f->qq + h * f->nsr * R4;
-                float *ks = f->ks + h * T, *qs = f->qs + h * f->nsr;
+                float *ks = f->ks + h * f->nb, *qs = f->qs + h * f->nsr;
                 size_t j0 = 0;
 
                 for (; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
-                        quantize_keys(kq, f->ldkq, ks, kt, ld, R, R4, j0, Q8_KEYS);
-                if (j0 < T)
-                        quantize_keys(kq, f->ldkq, ks, kt, ld, R, R4, j0, T - j0);
+                        key_maxabs(m, kt, ld, R, j0, Q8_KEYS);
+                key_maxabs(m, kt, ld, R, j0, T - j0);
+                for (size_t b = 0; b < f->nb; b++) { /* the block's largest, 127 / it each key's factor */
+                        const size_t j1 = MIN(b * bk + bk, T);
+                        float mb = 0;
+                        for (size_t j = b * bk; j < j1; j++)
+                                mb = MAX(mb, m[j]);
+                        const float inv = mb > 0 ? 127.0f / mb : 0.0f;
+                        ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                        for (size_t j = b * bk; j < j1; j++)
+                                m[j] = inv;
+                }
+                for (j0 = 0; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
+                        quantize_keys(kq, f->ldkq, m, kt, ld, R, R4, j0, Q8_KEYS);
+                quantize_keys(kq, f->ldkq, m, kt, ld, R, R4, j0, T - j0);
                 for (size_t i = 0; i < f->nsr; i++) {
                         const float *q = qt + i * R;
                         float mx = 0;
@@ -346,7 +363,7 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
                 const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
                 const size_t R4 = f->r4, row = h * f->nsr + ifirst;
                 if (f->ak->block_max_lowrank_q8(mx, nb, f->qq + row * R4, R4, f->qs + row, f->kq + h * (R4 / 4) * f->ldkq,
-                                                f->ldkq, f->ks + h * f->T, ns, f->bk, t0, R4) < 0) {
+                                                f->ldkq, f->ks + h * nb, ns, f->bk, t0, R4) < 0) {
                         f->err = -EINVAL;
                         return SIZE_MAX;
                 }
@@ -525,13 +542,13 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.ldkt = (T + 15) / 16 * 16 + 16;
                 f.r4 = (f.att->rank + 3) / 4 * 4;
                 f.ldkq = 4 * f.ldkt;
-                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt + T) + f.nsr + T) * sizeof(float) +
+                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt + T) + f.nsr + f.nb) * sizeof(float) +
                                 f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
                 f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank, f.kproj = f.kt + f.NH * f.att->rank * f.ldkt;
                 f.qs = f.kproj + f.NH * f.att->rank * T, f.ks = f.qs + f.NH * f.nsr;
-                f.kq = (uint8_t *) (f.ks + f.NH * T), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.ldkq);
+                f.kq = (uint8_t *) (f.ks + f.NH * f.nb), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.ldkq);
                 r = scorer_weights_pack(&sw, f.att, c->n_layer, f.NH, f.NKV, f.HS, f.scale);
                 if (r < 0)
                         return r;

@@ -388,14 +388,15 @@ int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t
                 return r;
         for (size_t i = 0; i < nq; i++)
                 for (size_t b = 0; b * bk < Tk; b++) {
-                        float mx = -INFINITY;
+                        int32_t m = INT32_MIN;
                         for (size_t j = b * bk; j < Tk && j < b * bk + bk; j++) {
                                 int32_t d = 0;
                                 for (size_t c = 0; c < R; c++)
                                         d += qt[i * ldq + c] * ((int32_t) kt[(c / 4) * ldk + 4 * j + c % 4] - 128);
-                                mx = fmaxf(mx, ks[j] * (float) d);
+                                m = d > m ? d : m;
                         }
-                        out[i * ldo + b] = qs[i] * (mx + 0.0f); /* -0 + 0 = +0: a zero max has one sign */
+                        const float p = qs[i] * (ks[b] * (float) m);
+                        out[i * ldo + b] = p == 0.0f ? 0.0f : p; /* one zero, +0 */
                 }
         return 0;
 }

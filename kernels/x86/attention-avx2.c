@@ -143,11 +143,26 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return hsum(sum);
 }
 
-/* out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk), one reduction a
+/* out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for b < ceil(n / bk), a
+ * zero made +0 (a select: -ffp-contract may fuse an added +0 into the product), one reduction a
  * block. */
-ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale) {
-        for (size_t b = 0; b * bk < n; b++)
-                out[b] = (att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk) + 0.0f) * scale;
+ATT_AI_ROW void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c, const float *ks,
+                                float qs) {
+        const __m256i lowest = _mm256_set1_epi32(INT32_MIN);
+
+        for (size_t b = 0; b * bk < n; b++) {
+                const size_t j1 = n - b * bk < bk ? n : b * bk + bk;
+                __m256i mx = lowest;
+                for (size_t j = b * bk; j < j1; j += 8) {
+                        const __m256i m = tail_mask(j1 - j < 8 ? j1 - j : 8);
+                        mx = _mm256_max_epi32(mx, _mm256_blendv_epi8(lowest, _mm256_maskload_epi32(s + j, m), m));
+                }
+                __m128i h = _mm_max_epi32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
+                h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+                h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+                const float p = qs * (ks[b] * (float) (_mm_cvtsi128_si32(h) - c));
+                out[b] = p == 0.0f ? 0.0f : p;
+        }
 }
 
 #define ATT_LR_STEP 16 /* keys a step of att_lr_scores_q8, folded to 8 lanes */
@@ -157,10 +172,9 @@ ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk,
  * 2 * 255 * 63, no saturation), vpmaddwd against ones adds the two pairs into the key's int32
  * lane; 16 keys (two 32-byte loads of four components each) a step, each load serving the four
  * rows, the last keys under a lane mask. */
-static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4], const uint8_t *kt,
-                             size_t ldk, const float *ks, size_t j0, size_t n, size_t R, bool fold) {
-        const __m256i ones = _mm256_set1_epi16(1);
-        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+static void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4], const uint8_t *kt, size_t ldk,
+                             size_t j0, size_t n, size_t R, bool fold) {
+        const __m256i ones = _mm256_set1_epi16(1), lowest = _mm256_set1_epi32(INT32_MIN);
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
 
         for (size_t a = 0; a < 4; a++)
@@ -184,19 +198,14 @@ static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], con
                         a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
                         b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
                 }
-                const __m256 s0 = _mm256_maskload_ps(ks + j0 + j, m0), s1 = _mm256_maskload_ps(ks + j0 + j + 8, m1);
 #define Q8_STORE(a, x, y)                                                                                       \
         do {                                                                                                    \
-                const __m256i ca = _mm256_set1_epi32(c[a]);                                                     \
-                const __m256 lo = _mm256_blendv_ps(ninf, _mm256_mul_ps(s0, _mm256_cvtepi32_ps(_mm256_sub_epi32(x, ca))), \
-                                                   _mm256_castsi256_ps(m0));                                    \
-                const __m256 hi = _mm256_blendv_ps(ninf, _mm256_mul_ps(s1, _mm256_cvtepi32_ps(_mm256_sub_epi32(y, ca))), \
-                                                   _mm256_castsi256_ps(m1));                                    \
+                const __m256i lo = _mm256_blendv_epi8(lowest, x, m0), hi = _mm256_blendv_epi8(lowest, y, m1);   \
                 if (fold)                                                                                       \
-                        _mm256_storeu_ps(s + a * lds + j / 2, _mm256_max_ps(lo, hi));                           \
+                        _mm256_storeu_si256((__m256i *) (s + a * lds + j / 2), _mm256_max_epi32(lo, hi));       \
                 else {                                                                                          \
-                        _mm256_maskstore_ps(s + a * lds + j, m0, lo);                                           \
-                        _mm256_maskstore_ps(s + a * lds + j + 8, m1, hi);                                       \
+                        _mm256_maskstore_epi32(s + a * lds + j, m0, lo);                                        \
+                        _mm256_maskstore_epi32(s + a * lds + j + 8, m1, hi);                                    \
                 }                                                                                               \
         } while (0)
                 Q8_STORE(0, a0, b0);

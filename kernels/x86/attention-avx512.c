@@ -110,50 +110,66 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
-/* out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk): with bk a
- * multiple of 16, each block folded to one vector, then sixteen blocks' vectors reduced together
- * (a transpose by halves: 46 shuffles and maxes for 16 maxima instead of a full reduction each),
- * lane 4j + e of the last step holding block 4e + j; other bk, one reduction a block. */
-ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale) {
+/* out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for b < ceil(n / bk), a zero
+ * made +0 (a select: -ffp-contract may fuse an added +0 into the product):
+ * with bk a multiple of 16, each block folded to one vector, then sixteen blocks' vectors reduced
+ * together (a transpose by halves: 46 shuffles and maxes for 16 maxima instead of a full
+ * reduction each), lane 4j + e of the last step holding block 4e + j, and the sixteen scaled at
+ * once; other bk, one reduction a block. */
+ATT_AI_ROW void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c, const float *ks,
+                                float qs) {
         const size_t nblk = (n + bk - 1) / bk;
 
         if (bk % 16) {
-                for (size_t b = 0; b < nblk; b++)
-                        out[b] = (att_row_max(s + b * bk, n - b * bk < bk ? n - b * bk : bk) + 0.0f) * scale;
+                for (size_t b = 0; b < nblk; b++) {
+                        const size_t j1 = n - b * bk < bk ? n : b * bk + bk;
+                        __m512i mx = _mm512_set1_epi32(INT32_MIN);
+                        for (size_t j = b * bk; j < j1; j += 16)
+                                mx = _mm512_mask_max_epi32(mx, lanes(j1 - j), mx,
+                                                           _mm512_maskz_loadu_epi32(lanes(j1 - j), s + j));
+                        const float p = qs * (ks[b] * (float) (_mm512_reduce_max_epi32(mx) - c));
+                        out[b] = p == 0.0f ? 0.0f : p;
+                }
                 return;
         }
         const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        const __m512i lowest = _mm512_set1_epi32(INT32_MIN);
+#define MAX_PS(a, b) _mm512_castsi512_ps(_mm512_max_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)))
         for (size_t b0 = 0; b0 < nblk; b0 += 16) {
                 const size_t m = nblk - b0 < 16 ? nblk - b0 : 16;
-                __m512 v[16], w[8], x[4], y[2];
+                __m512 v[16], w[8], x[4], y[2]; /* int32 lanes, moved by the float shuffles */
 
                 for (size_t t = 0; t < 16; t++) {
-                        __m512 mx = ninf;
+                        __m512i mx = lowest;
                         if (t < m) {
                                 const size_t j0 = (b0 + t) * bk, j1 = j0 + bk < n ? j0 + bk : n;
                                 size_t j = j0;
                                 for (; j + 16 <= j1; j += 16)
-                                        mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+                                        mx = _mm512_max_epi32(mx, _mm512_loadu_si512(s + j));
                                 if (j < j1)
-                                        mx = _mm512_mask_max_ps(mx, lanes(j1 - j), mx,
-                                                                _mm512_maskz_loadu_ps(lanes(j1 - j), s + j));
+                                        mx = _mm512_mask_max_epi32(mx, lanes(j1 - j), mx,
+                                                                   _mm512_maskz_loadu_epi32(lanes(j1 - j), s + j));
                         }
-                        v[t] = mx;
+                        v[t] = _mm512_castsi512_ps(mx);
                 }
                 for (int i = 0; i < 8; i++) /* 128-bit lanes 0-1: block 2i's partials, 2-3: 2i+1's */
-                        w[i] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+                        w[i] = MAX_PS(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                                      _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
                 for (int i = 0; i < 4; i++) /* lane j: block 4i + j's four partials */
-                        x[i] = _mm512_max_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
-                                             _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+                        x[i] = MAX_PS(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                                      _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
                 for (int i = 0; i < 2; i++) /* lane j: elements 0-1 block 8i + j, 2-3 block 8i + 4 + j */
-                        y[i] = _mm512_max_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
-                                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
-                const __m512 z = _mm512_max_ps(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
-                const __m512 r = _mm512_add_ps(_mm512_permutexvar_ps(order, z), _mm512_setzero_ps());
-                _mm512_mask_storeu_ps(out + b0, lanes(m), _mm512_mul_ps(r, _mm512_set1_ps(scale)));
+                        y[i] = MAX_PS(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                                      _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+                const __m512 z = MAX_PS(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
+                const __m512i mi = _mm512_sub_epi32(_mm512_permutexvar_epi32(order, _mm512_castps_si512(z)),
+                                                    _mm512_set1_epi32(c));
+                const __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(m), ks + b0), _mm512_cvtepi32_ps(mi));
+                const __m512 p = _mm512_mul_ps(_mm512_set1_ps(qs), r);
+                _mm512_mask_storeu_ps(out + b0, lanes(m),
+                                      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ), p));
         }
+#undef MAX_PS
 }
 
 #define ATT_LR_STEP 32 /* keys a step of att_lr_scores_q8, folded to 16 lanes */
@@ -162,11 +178,10 @@ ATT_AI_ROW void att_block_maxes(float *out, const float *s, size_t n, size_t bk,
  * four byte products per key into its int32 lane, so a 64-byte load is 16 keys' group of four
  * components, and each serves the four rows; 32 keys a step, then 16 under a mask. Needs VNNI:
  * dsa__attention_block_max_lowrank_q8_avx512 sends CPUs without it to the AVX2 variant. */
-__attribute__((target("avx512vnni"))) static void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4],
-                                                                   const int32_t c[4], const uint8_t *kt,
-                                                                   size_t ldk, const float *ks, size_t j0,
+__attribute__((target("avx512vnni"))) static void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4],
+                                                                   const uint8_t *kt, size_t ldk, size_t j0,
                                                                    size_t n, size_t R, bool fold) {
-        const __m512 ninf = _mm512_set1_ps(-INFINITY);
+        const __m512i lowest = _mm512_set1_epi32(INT32_MIN);
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
         size_t j = 0;
 
@@ -187,17 +202,14 @@ __attribute__((target("avx512vnni"))) static void att_lr_scores_q8(float *s, siz
                         w = _mm512_set1_epi32(qw[3][g]);
                         a3 = _mm512_dpbusd_epi32(a3, k0, w), b3 = _mm512_dpbusd_epi32(b3, k1, w);
                 }
-                const __m512 s0 = _mm512_maskz_loadu_ps(m0, ks + j0 + j), s1 = _mm512_maskz_loadu_ps(m1, ks + j0 + j + 16);
 #define Q8_STORE(a, x, y)                                                                                       \
         do {                                                                                                    \
-                const __m512i ca = _mm512_set1_epi32(c[a]);                                                     \
-                const __m512 lo = _mm512_mask_mul_ps(ninf, m0, s0, _mm512_cvtepi32_ps(_mm512_sub_epi32(x, ca)));  \
-                const __m512 hi = _mm512_mask_mul_ps(ninf, m1, s1, _mm512_cvtepi32_ps(_mm512_sub_epi32(y, ca)));  \
+                const __m512i lo = _mm512_mask_mov_epi32(lowest, m0, x), hi = _mm512_mask_mov_epi32(lowest, m1, y); \
                 if (fold)                                                                                       \
-                        _mm512_storeu_ps(s + a * lds + j / 2, _mm512_max_ps(lo, hi));                           \
+                        _mm512_storeu_si512(s + a * lds + j / 2, _mm512_max_epi32(lo, hi));                     \
                 else {                                                                                          \
-                        _mm512_mask_storeu_ps(s + a * lds + j, m0, lo);                                         \
-                        _mm512_mask_storeu_ps(s + a * lds + j + 16, m1, hi);                                    \
+                        _mm512_mask_storeu_epi32(s + a * lds + j, m0, lo);                                      \
+                        _mm512_mask_storeu_epi32(s + a * lds + j + 16, m1, hi);                                 \
                 }                                                                                               \
         } while (0)
                 Q8_STORE(0, a0, b0);

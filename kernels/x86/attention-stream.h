@@ -11,15 +11,15 @@
  *   void att_row_phi(float *dst, const float *src, size_t n) dst = elu(src) + 1
  *   void att_row_add(float *z, const float *x, size_t n)     z[0, n) += x[0, n)
  *   float att_dot(const float *a, const float *b, size_t n)
- *   void att_lr_scores_q8(float *s, size_t lds, const int8_t *const q[4], const int32_t c[4],
- *                         const uint8_t *kt, size_t ldk, const float *ks, size_t j0, size_t n,
- *                         size_t R, bool fold)
- *           4 rows' low-rank scores of n keys from j0, at 8 bits: ks[j0 + j] * (byte dot - c[a]);
- *           with fold, each step of ATT_LR_STEP keys (the file's) stored as the lane-wise max of
- *           its two halves (-inf past n), ATT_LR_STEP / 2 floats at s[j / 2]
- *   void att_block_maxes(float *out, const float *s, size_t n, size_t bk, float scale)
- *           out[b] = (max of s[b*bk, min(b*bk + bk, n)) + 0) * scale for b < ceil(n / bk)
- *           (+0: a zero max is +0 whichever signed zero the maxima kept)
+ *   void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4], const uint8_t *kt,
+ *                         size_t ldk, size_t j0, size_t n, size_t R, bool fold)
+ *           4 rows' byte dot products sum_r q[a][r] * kt byte (the bytes as stored, offset by
+ *           128) of n keys from j0; with fold, each step of ATT_LR_STEP keys (the file's) stored
+ *           as the lane-wise max of its two halves (INT32_MIN past n), ATT_LR_STEP / 2 at s[j / 2]
+ *   void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c,
+ *                        const float *ks, float qs)
+ *           out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for
+ *           b < ceil(n / bk), a zero made +0 whatever its sign
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -429,15 +429,15 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
 /* block_max_lowrank_q8 (attention.h) on the including file's att_lr_scores_q8 and
  * att_block_maxes: keys in segments of a multiple of bk up to ATT_LR_SEG, rows ATT_LR_ROWS at a
  * time (a short last group repeats its last row), then each row's max per block: when steps of
- * ATT_LR_STEP keys tile the blocks, over the steps' folded halves (half the floats stored and
- * read again), else over every score. The byte dot products of a row sum q * (k + 128), so
- * c = 128 * sum_r q[r] (once a row) comes off before the key's scale; the row's scale multiplies
- * each block's max. */
+ * ATT_LR_STEP keys tile the blocks, over the steps' folded halves (half the sums stored and read
+ * again), else over every sum. The maxima are taken on the integer sums: a block's keys share
+ * one scale. The byte dot products of a row sum q * (k + 128), so c = 128 * sum_r q[r] (once a
+ * row) comes off each block's max, then the block's and the row's scales. */
 static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                     size_t R) {
         int r = dsa__att_block_max_q8_check(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
-        float s[ATT_LR_ROWS * ATT_LR_SEG];
+        int32_t s[ATT_LR_ROWS * ATT_LR_SEG];
 
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
@@ -447,7 +447,7 @@ static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, si
                 return dsa__attention_block_max_lowrank_q8_ref(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
         for (size_t i0 = 0; i0 < nq; i0 += ATT_LR_CHUNK) { /* c of each row once, then every segment */
                 const size_t nr = nq - i0 < ATT_LR_CHUNK ? nq - i0 : ATT_LR_CHUNK;
-                int32_t c[ATT_LR_CHUNK + ATT_LR_ROWS];
+                int32_t c[ATT_LR_CHUNK];
                 for (size_t i = 0; i < nr; i++) {
                         c[i] = 0;
                         for (size_t t = 0; t < R; t++)
@@ -458,19 +458,18 @@ static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, si
                         for (size_t i = 0; i < nr; i += ATT_LR_ROWS) {
                                 const size_t rows = nr - i < ATT_LR_ROWS ? nr - i : ATT_LR_ROWS;
                                 const int8_t *q[ATT_LR_ROWS];
-                                for (size_t a = 0; a < ATT_LR_ROWS; a++) {
+                                for (size_t a = 0; a < ATT_LR_ROWS; a++)
                                         q[a] = qt + (i0 + i + (a < rows ? a : rows - 1)) * ldq;
-                                        c[i + a] = c[i + (a < rows ? a : rows - 1)];
-                                }
-                                att_lr_scores_q8(s, ATT_LR_SEG, q, c + i, kt, ldk, ks, j0, n, R, fold);
+                                att_lr_scores_q8(s, ATT_LR_SEG, q, kt, ldk, j0, n, R, fold);
                                 for (size_t a = 0; a < rows; a++) {
                                         float *o = out + (i0 + i + a) * ldo + j0 / bk;
                                         if (fold) /* each step's keys already half a step of lanes */
                                                 att_block_maxes(o, s + a * ATT_LR_SEG,
                                                                 (n + ATT_LR_STEP - 1) / ATT_LR_STEP * (ATT_LR_STEP / 2),
-                                                                bk / 2, qs[i0 + i + a]);
+                                                                bk / 2, c[i + a], ks + j0 / bk, qs[i0 + i + a]);
                                         else
-                                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk, qs[i0 + i + a]);
+                                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk, c[i + a], ks + j0 / bk,
+                                                                qs[i0 + i + a]);
                                 }
                         }
                 }
