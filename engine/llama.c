@@ -53,7 +53,8 @@ struct fwd {
                                            * rows, (n_layer, NH) of R rows times 1/sqrt(HS) */
         int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
         float *qs;          /* signed bytes and (NH, nsr) scales, */
-        uint8_t *kq;        /* kt as (NH, R4/4, ldkq) bytes of 4 components per key, */
+        uint8_t *kq;        /* kt as (NH, R4/4 * bk, ldkq) bytes of 4 components per key, block-
+                             * major (block_max_lowrank_q8): row g bk + t holds key t of every block, */
         float *ks;          /* (NH, nb) key block scales; R4 = R rounded up to 4, the padding 0 */
         size_t r4, ldkq;
         size_t nsr;         /* scored rows: every stride-th, and the last */
@@ -242,9 +243,10 @@ static inline __attribute__((always_inline)) void key_maxabs(float *m, const flo
                 }
 }
 
-/* Keys [j0, j0 + w) of one head's kt (R, ld) times sc[j] to kq (R4/4, ldkq) words of 4 unsigned
- * bytes offset by 128, little-endian in the word (tensor.c requires it); padding components 0. */
-static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, const float *sc,
+/* Keys [j0, j0 + w) of one head's kt (R, ld) times sc[j] to kq (R4/4 * bk, ldkq) words of 4
+ * unsigned bytes offset by 128, little-endian in the word (tensor.c requires it), key j = b bk + t
+ * of group g at row g bk + t, word b; padding components 0. */
+static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, size_t bk, const float *sc,
                                                                 const float *kt, size_t ld, size_t R,
                                                                 size_t R4, size_t j0, size_t w) {
         for (size_t g = 0; g < R4 / 4; g++) {
@@ -260,7 +262,8 @@ static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, siz
                                 for (size_t d = 0; d < w; d++)
                                         wd[d] |= 128u << (8 * e);
                 }
-                memcpy(kq + g * ldkq + 4 * j0, wd, 4 * w);
+                for (size_t d = 0; d < w; d++)
+                        memcpy(kq + (g * bk + (j0 + d) % bk) * ldkq + 4 * ((j0 + d) / bk), wd + d, 4);
         }
 }
 
@@ -280,7 +283,7 @@ static void task_token_q8(void *arg, size_t begin, size_t end) {
         }
         for (size_t h = begin; h < end; h++) {
                 const float *kt = f->kt + h * R * ld, *qt = f->qt + h * f->nsr * R;
-                uint8_t *kq = f->kq + h * (R4 / 4) * f->ldkq;
+                uint8_t *kq = f->kq + h * (R4 / 4) * bk * f->ldkq;
                 int8_t *qq = f->qq + h * f->nsr * R4;
                 float *ks = f->ks + h * f->nb, *qs = f->qs + h * f->nsr;
                 size_t j0 = 0;
@@ -299,8 +302,8 @@ static void task_token_q8(void *arg, size_t begin, size_t end) {
                                 m[j] = inv;
                 }
                 for (j0 = 0; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
-                        quantize_keys(kq, f->ldkq, m, kt, ld, R, R4, j0, Q8_KEYS);
-                quantize_keys(kq, f->ldkq, m, kt, ld, R, R4, j0, T - j0);
+                        quantize_keys(kq, f->ldkq, bk, m, kt, ld, R, R4, j0, Q8_KEYS);
+                quantize_keys(kq, f->ldkq, bk, m, kt, ld, R, R4, j0, T - j0);
                 for (size_t i = 0; i < f->nsr; i++) {
                         const float *q = qt + i * R;
                         float mx = 0;
@@ -362,8 +365,9 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
         if (qb > 0 && ns > 0) {
                 const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
                 const size_t R4 = f->r4, row = h * f->nsr + ifirst;
-                if (f->ak->block_max_lowrank_q8(mx, nb, f->qq + row * R4, R4, f->qs + row, f->kq + h * (R4 / 4) * f->ldkq,
-                                                f->ldkq, f->ks + h * nb, ns, f->bk, t0, R4) < 0) {
+                if (f->ak->block_max_lowrank_q8(mx, nb, f->qq + row * R4, R4, f->qs + row,
+                                                f->kq + h * (R4 / 4) * f->bk * f->ldkq, f->ldkq, f->ks + h * nb, ns,
+                                                f->bk, t0, R4) < 0) {
                         f->err = -EINVAL;
                         return SIZE_MAX;
                 }
@@ -541,14 +545,16 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.nsr = T / f.att->stride + (T % f.att->stride != 0);
                 f.ldkt = (T + 15) / 16 * 16 + 16;
                 f.r4 = (f.att->rank + 3) / 4 * 4;
-                f.ldkq = 4 * f.ldkt;
+                /* a block's group of 4 bytes, whole 64-byte rows, plus one: the rows of a chunk of
+                 * blocks, read one after another, then fall in different L1 sets */
+                f.ldkq = 4 * ((f.nb + 15) / 16 * 16) + 64;
                 tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt + T) + f.nsr + f.nb) * sizeof(float) +
-                                f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.ldkq));
+                                f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.bk * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
                 f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank, f.kproj = f.kt + f.NH * f.att->rank * f.ldkt;
                 f.qs = f.kproj + f.NH * f.att->rank * T, f.ks = f.qs + f.NH * f.nsr;
-                f.kq = (uint8_t *) (f.ks + f.NH * f.nb), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.ldkq);
+                f.kq = (uint8_t *) (f.ks + f.NH * f.nb), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.bk * f.ldkq);
                 r = scorer_weights_pack(&sw, f.att, c->n_layer, f.NH, f.NKV, f.HS, f.scale);
                 if (r < 0)
                         return r;

@@ -370,7 +370,8 @@ int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, 
                 return -EINVAL;
         if (nq == 0 || Tk == 0)
                 return 0;
-        if (!out || !qt || !qs || !kt || !ks || (nq > 1 && (ldq < R || ldo < nb)) || (R > 4 && ldk < 4 * Tk))
+        if (!out || !qt || !qs || !kt || !ks || (nq > 1 && (ldq < R || ldo < nb)) ||
+            ((R > 4 || bk > 1) && ldk < 4 * nb)) /* more than one row of kt */
                 return -EINVAL;
         for (size_t i = 0; i < nq; i++)
                 for (size_t r = 0; r < R; r++)
@@ -389,10 +390,11 @@ int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t
         for (size_t i = 0; i < nq; i++)
                 for (size_t b = 0; b * bk < Tk; b++) {
                         int32_t m = INT32_MIN;
-                        for (size_t j = b * bk; j < Tk && j < b * bk + bk; j++) {
+                        for (size_t t = 0; t < bk && b * bk + t < Tk; t++) {
                                 int32_t d = 0;
                                 for (size_t c = 0; c < R; c++)
-                                        d += qt[i * ldq + c] * ((int32_t) kt[(c / 4) * ldk + 4 * j + c % 4] - 128);
+                                        d += qt[i * ldq + c] *
+                                             ((int32_t) kt[((c / 4) * bk + t) * ldk + 4 * b + c % 4] - 128);
                                 m = d > m ? d : m;
                         }
                         const float p = qs[i] * (ks[b] * (float) m);

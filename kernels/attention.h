@@ -148,20 +148,24 @@ struct dsa_attention_kernels {
 
         /* For a token-level block scorer: each row's largest low-rank score in each key block,
          * at 8 bits on VNNI's unsigned x signed byte dot products. No mask: a causal caller
-         * passes only the keys before its query block; blocks b < ceil(Tk / bk), block b covering
-         * keys [b*bk, min(b*bk + bk, Tk)). Each vector of keys is loaded once for all rows.
-         * qt (nq, ldq) R signed bytes a row in [-63, 63], row i scaled by qs[i]; kt (R/4, ldk)
-         * bytes, row g holding key j's components 4g .. 4g+3 at [4j, 4j + 4) as unsigned bytes
-         * offset by 128, the keys of block b scaled by ks[b] (one scale a block, ceil(Tk / bk)
-         * of them); out (nq, ldo),
+         * passes only the keys before its query block; blocks b < nb = ceil(Tk / bk), block b
+         * covering keys [b*bk, min(b*bk + bk, Tk)). Keys are laid out block-major, so that one
+         * vector holds the same key of consecutive blocks and a lane keeps its block's running
+         * max (no reduction across lanes); each vector is loaded once for all rows.
+         * qt (nq, ldq) R signed bytes a row in [-63, 63], row i scaled by qs[i]; kt (R/4 * bk,
+         * ldk) bytes: row g * bk + t holds, at [4b, 4b + 4), components 4g .. 4g+3 of key t of
+         * block b (key b*bk + t) as unsigned bytes offset by 128, ldk >= 4 nb; the keys of block
+         * b scaled by ks[b] (one scale a block, nb of them); out (nq, ldo),
          *   out[i][b] = qs[i] * (ks[b] * (float) m), a zero made +0 whatever its sign,
-         *   m = max over keys j of block b of sum_r qt[i][r] * (kt[r/4][4j + r%4] - 128),
+         *   m = max over keys b*bk + t < Tk, t < bk, of
+         *       sum_r qt[i][r] * (kt[(r/4) * bk + t][4b + r%4] - 128),
          * so the max is taken on the integer sums, before any scaling. The sums are exact in every
          * variant (|q| <= 63 keeps AVX2's 16-bit pair sums from saturating) and the scaling is
          * the same two fp32 products, so every variant gives the same bits (the zero is made +0
-         * by a select, not by adding +0, which a compiler may fuse into the product). R % 4 == 0, 4 <= R <= DSA_ATT_MAX_RANK_LR, bk >= 1. 0 or -EINVAL
-         * (NULL pointers with work to do, R or bk out of range, strides too small, a query
-         * byte outside [-63, 63]); nothing is written on failure. */
+         * by a select, not by adding +0, which a compiler may fuse into the product).
+         * R % 4 == 0, 4 <= R <= DSA_ATT_MAX_RANK_LR, bk >= 1. 0 or -EINVAL (NULL pointers with
+         * work to do, R or bk out of range, strides too small, a query byte outside [-63, 63]);
+         * nothing is written on failure. */
         int (*block_max_lowrank_q8)(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
                                     size_t Tk, size_t R);

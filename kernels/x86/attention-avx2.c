@@ -143,76 +143,43 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return hsum(sum);
 }
 
-/* out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for b < ceil(n / bk), a
- * zero made +0 (a select: -ffp-contract may fuse an added +0 into the product), one reduction a
- * block. */
-ATT_AI_ROW void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c, const float *ks,
-                                float qs) {
-        const __m256i lowest = _mm256_set1_epi32(INT32_MIN);
+#define ATT_LR_LANES 8 /* key blocks a vector of att_lr_block_max_q8 */
 
-        for (size_t b = 0; b * bk < n; b++) {
-                const size_t j1 = n - b * bk < bk ? n : b * bk + bk;
-                __m256i mx = lowest;
-                for (size_t j = b * bk; j < j1; j += 8) {
-                        const __m256i m = tail_mask(j1 - j < 8 ? j1 - j : 8);
-                        mx = _mm256_max_epi32(mx, _mm256_blendv_epi8(lowest, _mm256_maskload_epi32(s + j, m), m));
-                }
-                __m128i h = _mm_max_epi32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
-                h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4E));
-                h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xB1));
-                const float p = qs * (ks[b] * (float) (_mm_cvtsi128_si32(h) - c));
-                out[b] = p == 0.0f ? 0.0f : p;
-        }
-}
-
-#define ATT_LR_STEP 16 /* keys a step of att_lr_scores_q8, folded to 8 lanes */
-
-/* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpmaddubsw
- * multiplies a key's unsigned bytes by the row's signed ones and adds pairs into 16 bits (at most
- * 2 * 255 * 63, no saturation), vpmaddwd against ones adds the two pairs into the key's int32
- * lane; 16 keys (two 32-byte loads of four components each) a step, each load serving the four
- * rows, the last keys under a lane mask. */
-static void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4], const uint8_t *kt, size_t ldk,
-                             size_t j0, size_t n, size_t R, bool fold) {
-        const __m256i ones = _mm256_set1_epi16(1), lowest = _mm256_set1_epi32(INT32_MIN);
+/* block_max_lowrank_q8 of rows (<= 4) rows over blocks [0, nbc) of kt (nbc <= 8, kt, ks and out
+ * from the chunk's first block), the chunk's last block holding last keys: vpmaddubsw multiplies
+ * key t's unsigned bytes of 8 blocks by the row's signed ones and adds pairs into 16 bits (at most
+ * 2 * 255 * 63, no saturation), vpmaddwd against ones adds the two pairs into the block's int32
+ * lane (a 32-byte load, serving the four rows), and each lane keeps its block's max over t. */
+static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
+                                const float qs[4], size_t rows, const uint8_t *kt, size_t ldk, const float *ks,
+                                size_t nbc, size_t bk, size_t last, size_t R) {
+        const __m256i ones = _mm256_set1_epi16(1), all = tail_mask(nbc), cut = tail_mask(nbc - 1);
+        __m256i m0 = _mm256_set1_epi32(INT32_MIN), m1 = m0, m2 = m0, m3 = m0;
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
 
         for (size_t a = 0; a < 4; a++)
                 memcpy(qw[a], q[a], R);
-        for (size_t j = 0; j < n; j += 16) {
-                const __m256i m0 = tail_mask(n - j < 8 ? n - j : 8), m1 = tail_mask(n - j > 16 ? 8 : n - j > 8 ? n - j - 8 : 0);
-                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (size_t t = 0; t < bk; t++) {
+                const __m256i mt = t < last ? all : cut;
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
                 for (size_t g = 0; g < R / 4; g++) {
-                        const int *kg = (const int *) (kt + g * ldk + 4 * (j0 + j));
-                        const __m256i k0 = _mm256_maskload_epi32(kg, m0), k1 = _mm256_maskload_epi32(kg + 8, m1);
-                        __m256i w = _mm256_set1_epi32(qw[0][g]);
-                        a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
-                        b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
-                        w = _mm256_set1_epi32(qw[1][g]);
-                        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
-                        b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
-                        w = _mm256_set1_epi32(qw[2][g]);
-                        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
-                        b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
-                        w = _mm256_set1_epi32(qw[3][g]);
-                        a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(_mm256_maddubs_epi16(k0, w), ones));
-                        b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(_mm256_maddubs_epi16(k1, w), ones));
+                        const __m256i k = _mm256_maskload_epi32((const int *) (kt + (g * bk + t) * ldk), all);
+#define DOT(acc, a) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(k, _mm256_set1_epi32(qw[a][g])), ones))
+                        a0 = DOT(a0, 0), a1 = DOT(a1, 1), a2 = DOT(a2, 2), a3 = DOT(a3, 3);
+#undef DOT
                 }
-#define Q8_STORE(a, x, y)                                                                                       \
-        do {                                                                                                    \
-                const __m256i lo = _mm256_blendv_epi8(lowest, x, m0), hi = _mm256_blendv_epi8(lowest, y, m1);   \
-                if (fold)                                                                                       \
-                        _mm256_storeu_si256((__m256i *) (s + a * lds + j / 2), _mm256_max_epi32(lo, hi));       \
-                else {                                                                                          \
-                        _mm256_maskstore_epi32(s + a * lds + j, m0, lo);                                        \
-                        _mm256_maskstore_epi32(s + a * lds + j + 8, m1, hi);                                    \
-                }                                                                                               \
-        } while (0)
-                Q8_STORE(0, a0, b0);
-                Q8_STORE(1, a1, b1);
-                Q8_STORE(2, a2, b2);
-                Q8_STORE(3, a3, b3);
-#undef Q8_STORE
+                m0 = _mm256_blendv_epi8(m0, _mm256_max_epi32(m0, a0), mt);
+                m1 = _mm256_blendv_epi8(m1, _mm256_max_epi32(m1, a1), mt);
+                m2 = _mm256_blendv_epi8(m2, _mm256_max_epi32(m2, a2), mt);
+                m3 = _mm256_blendv_epi8(m3, _mm256_max_epi32(m3, a3), mt);
+        }
+        const __m256 vks = _mm256_maskload_ps(ks, all);
+        const __m256i mv[4] = { m0, m1, m2, m3 };
+        for (size_t a = 0; a < rows; a++) { /* qs * (ks * (m - c)), a zero made +0 (a select, not + 0) */
+                const __m256i d = _mm256_sub_epi32(mv[a], _mm256_set1_epi32(c[a]));
+                const __m256 p = _mm256_mul_ps(_mm256_set1_ps(qs[a]), _mm256_mul_ps(vks, _mm256_cvtepi32_ps(d)));
+                _mm256_maskstore_ps(out + a * ldo, all,
+                                    _mm256_and_ps(p, _mm256_cmp_ps(p, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
         }
 }
 

@@ -110,113 +110,88 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
-/* out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for b < ceil(n / bk), a zero
- * made +0 (a select: -ffp-contract may fuse an added +0 into the product):
- * with bk a multiple of 16, each block folded to one vector, then sixteen blocks' vectors reduced
- * together (a transpose by halves: 46 shuffles and maxes for 16 maxima instead of a full
- * reduction each), lane 4j + e of the last step holding block 4e + j, and the sixteen scaled at
- * once; other bk, one reduction a block. */
-ATT_AI_ROW void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c, const float *ks,
-                                float qs) {
-        const size_t nblk = (n + bk - 1) / bk;
+#define ATT_LR_LANES 16 /* key blocks a vector of att_lr_block_max_q8 */
 
-        if (bk % 16) {
-                for (size_t b = 0; b < nblk; b++) {
-                        const size_t j1 = n - b * bk < bk ? n : b * bk + bk;
-                        __m512i mx = _mm512_set1_epi32(INT32_MIN);
-                        for (size_t j = b * bk; j < j1; j += 16)
-                                mx = _mm512_mask_max_epi32(mx, lanes(j1 - j), mx,
-                                                           _mm512_maskz_loadu_epi32(lanes(j1 - j), s + j));
-                        const float p = qs * (ks[b] * (float) (_mm512_reduce_max_epi32(mx) - c));
-                        out[b] = p == 0.0f ? 0.0f : p;
-                }
-                return;
-        }
-        const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        const __m512i lowest = _mm512_set1_epi32(INT32_MIN);
-#define MAX_PS(a, b) _mm512_castsi512_ps(_mm512_max_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)))
-        for (size_t b0 = 0; b0 < nblk; b0 += 16) {
-                const size_t m = nblk - b0 < 16 ? nblk - b0 : 16;
-                __m512 v[16], w[8], x[4], y[2]; /* int32 lanes, moved by the float shuffles */
-
-                for (size_t t = 0; t < 16; t++) {
-                        __m512i mx = lowest;
-                        if (t < m) {
-                                const size_t j0 = (b0 + t) * bk, j1 = j0 + bk < n ? j0 + bk : n;
-                                size_t j = j0;
-                                for (; j + 16 <= j1; j += 16)
-                                        mx = _mm512_max_epi32(mx, _mm512_loadu_si512(s + j));
-                                if (j < j1)
-                                        mx = _mm512_mask_max_epi32(mx, lanes(j1 - j), mx,
-                                                                   _mm512_maskz_loadu_epi32(lanes(j1 - j), s + j));
-                        }
-                        v[t] = _mm512_castsi512_ps(mx);
-                }
-                for (int i = 0; i < 8; i++) /* 128-bit lanes 0-1: block 2i's partials, 2-3: 2i+1's */
-                        w[i] = MAX_PS(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
-                                      _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-                for (int i = 0; i < 4; i++) /* lane j: block 4i + j's four partials */
-                        x[i] = MAX_PS(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
-                                      _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
-                for (int i = 0; i < 2; i++) /* lane j: elements 0-1 block 8i + j, 2-3 block 8i + 4 + j */
-                        y[i] = MAX_PS(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
-                                      _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
-                const __m512 z = MAX_PS(_mm512_shuffle_ps(y[0], y[1], 0x88), _mm512_shuffle_ps(y[0], y[1], 0xDD));
-                const __m512i mi = _mm512_sub_epi32(_mm512_permutexvar_epi32(order, _mm512_castps_si512(z)),
-                                                    _mm512_set1_epi32(c));
-                const __m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(m), ks + b0), _mm512_cvtepi32_ps(mi));
-                const __m512 p = _mm512_mul_ps(_mm512_set1_ps(qs), r);
-                _mm512_mask_storeu_ps(out + b0, lanes(m),
-                                      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ), p));
-        }
-#undef MAX_PS
-}
-
-#define ATT_LR_STEP 32 /* keys a step of att_lr_scores_q8, folded to 16 lanes */
-
-/* The 8-bit scores of 4 rows at once (att_lr_scores_q8 of x86/attention-stream.h): vpdpbusd sums
- * four byte products per key into its int32 lane, so a 64-byte load is 16 keys' group of four
- * components, and each serves the four rows; 32 keys a step, then 16 under a mask. Needs VNNI:
- * dsa__attention_block_max_lowrank_q8_avx512 sends CPUs without it to the AVX2 variant. */
-__attribute__((target("avx512vnni"))) static void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4],
-                                                                   const uint8_t *kt, size_t ldk, size_t j0,
-                                                                   size_t n, size_t R, bool fold) {
-        const __m512i lowest = _mm512_set1_epi32(INT32_MIN);
-        int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
-        size_t j = 0;
+/* block_max_lowrank_q8 of rows (<= 4) rows over blocks [0, nbc) of kt (nbc <= 16, kt, ks and out
+ * from the chunk's first block), the chunk's last block holding last keys: vpdpbusd sums four
+ * byte products of key t of 16 blocks into their lanes (a 64-byte load, serving the four rows),
+ * and each lane keeps its block's max over t. G = R / 4 groups of four components, a constant
+ * where att_lr_block_max_q8 inlines it for the usual ranks: the row bytes then stay in registers,
+ * broadcast once, and the sums over the groups unroll; keys t and t + 1 at once, so that eight
+ * chains of dependent vpdpbusd are in flight, not four. */
+__attribute__((target("avx512vnni"))) static inline __attribute__((always_inline)) void
+att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4], const float qs[4],
+                      size_t rows, const uint8_t *kt, size_t ldk, const float *ks, size_t nbc, size_t bk, size_t last,
+                      const size_t G) {
+        const __mmask16 all = lanes(nbc), cut = lanes(nbc - 1); /* blocks with key t: all, or all but the last */
+        __m512i m0 = _mm512_set1_epi32(INT32_MIN), m1 = m0, m2 = m0, m3 = m0;
+        __m512i w[4][DSA_ATT_MAX_RANK_LR / 4];
 
         for (size_t a = 0; a < 4; a++)
-                memcpy(qw[a], q[a], R);
-        for (; j < n; j += 32) {
-                const __mmask16 m0 = lanes(n - j), m1 = n - j > 16 ? lanes(n - j - 16) : 0;
-                __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-                for (size_t g = 0; g < R / 4; g++) {
-                        const uint8_t *kg = kt + g * ldk + 4 * (j0 + j);
-                        const __m512i k0 = _mm512_maskz_loadu_epi32(m0, kg), k1 = _mm512_maskz_loadu_epi32(m1, kg + 64);
-                        __m512i w = _mm512_set1_epi32(qw[0][g]);
-                        a0 = _mm512_dpbusd_epi32(a0, k0, w), b0 = _mm512_dpbusd_epi32(b0, k1, w);
-                        w = _mm512_set1_epi32(qw[1][g]);
-                        a1 = _mm512_dpbusd_epi32(a1, k0, w), b1 = _mm512_dpbusd_epi32(b1, k1, w);
-                        w = _mm512_set1_epi32(qw[2][g]);
-                        a2 = _mm512_dpbusd_epi32(a2, k0, w), b2 = _mm512_dpbusd_epi32(b2, k1, w);
-                        w = _mm512_set1_epi32(qw[3][g]);
-                        a3 = _mm512_dpbusd_epi32(a3, k0, w), b3 = _mm512_dpbusd_epi32(b3, k1, w);
+                for (size_t g = 0; g < G; g++) {
+                        int32_t x;
+                        memcpy(&x, q[a] + 4 * g, 4);
+                        w[a][g] = _mm512_set1_epi32(x);
                 }
-#define Q8_STORE(a, x, y)                                                                                       \
-        do {                                                                                                    \
-                const __m512i lo = _mm512_mask_mov_epi32(lowest, m0, x), hi = _mm512_mask_mov_epi32(lowest, m1, y); \
-                if (fold)                                                                                       \
-                        _mm512_storeu_si512(s + a * lds + j / 2, _mm512_max_epi32(lo, hi));                     \
-                else {                                                                                          \
-                        _mm512_mask_storeu_epi32(s + a * lds + j, m0, lo);                                      \
-                        _mm512_mask_storeu_epi32(s + a * lds + j + 16, m1, hi);                                 \
-                }                                                                                               \
+#define DOT(a, b, c, d, off)                                                                            \
+        do {                                                                                            \
+                a = _mm512_setzero_si512(), b = a, c = a, d = a;                                        \
+                for (size_t g = 0; g < G; g++) {                                                        \
+                        const __m512i k = _mm512_maskz_loadu_epi32(all, kt + (g * bk + (off)) * ldk);    \
+                        a = _mm512_dpbusd_epi32(a, k, w[0][g]), b = _mm512_dpbusd_epi32(b, k, w[1][g]); \
+                        c = _mm512_dpbusd_epi32(c, k, w[2][g]), d = _mm512_dpbusd_epi32(d, k, w[3][g]); \
+                }                                                                                       \
         } while (0)
-                Q8_STORE(0, a0, b0);
-                Q8_STORE(1, a1, b1);
-                Q8_STORE(2, a2, b2);
-                Q8_STORE(3, a3, b3);
-#undef Q8_STORE
+#define MAX4(mt, a, b, c, d)                                                                            \
+        do {                                                                                            \
+                m0 = _mm512_mask_max_epi32(m0, mt, m0, a), m1 = _mm512_mask_max_epi32(m1, mt, m1, b);  \
+                m2 = _mm512_mask_max_epi32(m2, mt, m2, c), m3 = _mm512_mask_max_epi32(m3, mt, m3, d);  \
+        } while (0)
+        size_t t = 0;
+        for (; t + 2 <= bk; t += 2) {
+                __m512i a0, a1, a2, a3, b0, b1, b2, b3;
+                DOT(a0, a1, a2, a3, t);
+                DOT(b0, b1, b2, b3, t + 1);
+                MAX4(t < last ? all : cut, a0, a1, a2, a3);
+                MAX4(t + 1 < last ? all : cut, b0, b1, b2, b3);
+        }
+        if (t < bk) {
+                __m512i a0, a1, a2, a3;
+                DOT(a0, a1, a2, a3, t);
+                MAX4(t < last ? all : cut, a0, a1, a2, a3);
+        }
+#undef DOT
+#undef MAX4
+        const __m512 vks = _mm512_maskz_loadu_ps(all, ks);
+        const __m512i mv[4] = { m0, m1, m2, m3 };
+        for (size_t a = 0; a < rows; a++) { /* qs * (ks * (m - c)), a zero made +0 (a select, not + 0) */
+                const __m512i d = _mm512_sub_epi32(mv[a], _mm512_set1_epi32(c[a]));
+                const __m512 p = _mm512_mul_ps(_mm512_set1_ps(qs[a]), _mm512_mul_ps(vks, _mm512_cvtepi32_ps(d)));
+                _mm512_mask_storeu_ps(out + a * ldo, all,
+                                      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_NEQ_UQ), p));
+        }
+}
+
+__attribute__((target("avx512vnni"))) static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4],
+                                                                      const int32_t c[4], const float qs[4],
+                                                                      size_t rows, const uint8_t *kt, size_t ldk,
+                                                                      const float *ks, size_t nbc, size_t bk,
+                                                                      size_t last, size_t R) {
+        switch (R / 4) { /* the usual ranks with G a constant */
+        case 1:
+                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1);
+                break;
+        case 2:
+                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2);
+                break;
+        case 3:
+                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3);
+                break;
+        case 4:
+                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4);
+                break;
+        default:
+                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4);
         }
 }
 

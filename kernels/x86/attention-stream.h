@@ -11,15 +11,11 @@
  *   void att_row_phi(float *dst, const float *src, size_t n) dst = elu(src) + 1
  *   void att_row_add(float *z, const float *x, size_t n)     z[0, n) += x[0, n)
  *   float att_dot(const float *a, const float *b, size_t n)
- *   void att_lr_scores_q8(int32_t *s, size_t lds, const int8_t *const q[4], const uint8_t *kt,
- *                         size_t ldk, size_t j0, size_t n, size_t R, bool fold)
- *           4 rows' byte dot products sum_r q[a][r] * kt byte (the bytes as stored, offset by
- *           128) of n keys from j0; with fold, each step of ATT_LR_STEP keys (the file's) stored
- *           as the lane-wise max of its two halves (INT32_MIN past n), ATT_LR_STEP / 2 at s[j / 2]
- *   void att_block_maxes(float *out, const int32_t *s, size_t n, size_t bk, int32_t c,
- *                        const float *ks, float qs)
- *           out[b] = qs * (ks[b] * (float) (max of s[b*bk, min(b*bk + bk, n)) - c)) for
- *           b < ceil(n / bk), a zero made +0 whatever its sign
+ *   void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
+ *                            const float qs[4], size_t rows, const uint8_t *kt, size_t ldk,
+ *                            const float *ks, size_t nbc, size_t bk, size_t last, size_t R)
+ *           block_max_lowrank_q8's out of rows (<= 4) rows over nbc (<= ATT_LR_LANES, the file's)
+ *           blocks, the last of them holding last keys; c[a] = 128 * sum_r q[a][r]
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -419,59 +415,36 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
         return 0;
 }
 
-/* Keys a segment of the low-rank scorer (its kt stays in L1 while every row is scored against
- * it: R/4 rows of 4 * 512 bytes, 6 KiB at R = 12) and rows a group (each key vector loaded
- * serves them all). */
-#define ATT_LR_SEG 512
+/* Rows a group of the low-rank scorer (each key vector loaded serves them all). */
 #define ATT_LR_ROWS 4
-#define ATT_LR_CHUNK 64 /* rows whose c is computed once for all segments */
 
-/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_scores_q8 and
- * att_block_maxes: keys in segments of a multiple of bk up to ATT_LR_SEG, rows ATT_LR_ROWS at a
- * time (a short last group repeats its last row), then each row's max per block: when steps of
- * ATT_LR_STEP keys tile the blocks, over the steps' folded halves (half the sums stored and read
- * again), else over every sum. The maxima are taken on the integer sums: a block's keys share
- * one scale. The byte dot products of a row sum q * (k + 128), so c = 128 * sum_r q[r] (once a
- * row) comes off each block's max, then the block's and the row's scales. */
+/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_block_max_q8: blocks in
+ * chunks of ATT_LR_LANES (a vector's lanes), rows ATT_LR_ROWS at a time (a short last group
+ * repeats its last row), the chunk's keys in L1 across the groups. The byte dot products of a row
+ * sum q * (k + 128), so c = 128 * sum_r q[r] comes off each block's max, before the scales. */
 static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                     size_t R) {
         int r = dsa__att_block_max_q8_check(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
-        int32_t s[ATT_LR_ROWS * ATT_LR_SEG];
 
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
-        const size_t seg = bk <= ATT_LR_SEG ? ATT_LR_SEG / bk * bk : 0; /* bk >= 1 checked */
-        const bool fold = bk % ATT_LR_STEP == 0;
-        if (seg == 0)
-                return dsa__attention_block_max_lowrank_q8_ref(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
-        for (size_t i0 = 0; i0 < nq; i0 += ATT_LR_CHUNK) { /* c of each row once, then every segment */
-                const size_t nr = nq - i0 < ATT_LR_CHUNK ? nq - i0 : ATT_LR_CHUNK;
-                int32_t c[ATT_LR_CHUNK];
-                for (size_t i = 0; i < nr; i++) {
-                        c[i] = 0;
-                        for (size_t t = 0; t < R; t++)
-                                c[i] += 128 * qt[(i0 + i) * ldq + t];
-                }
-                for (size_t j0 = 0; j0 < Tk; j0 += seg) {
-                        const size_t n = Tk - j0 < seg ? Tk - j0 : seg;
-                        for (size_t i = 0; i < nr; i += ATT_LR_ROWS) {
-                                const size_t rows = nr - i < ATT_LR_ROWS ? nr - i : ATT_LR_ROWS;
-                                const int8_t *q[ATT_LR_ROWS];
-                                for (size_t a = 0; a < ATT_LR_ROWS; a++)
-                                        q[a] = qt + (i0 + i + (a < rows ? a : rows - 1)) * ldq;
-                                att_lr_scores_q8(s, ATT_LR_SEG, q, kt, ldk, j0, n, R, fold);
-                                for (size_t a = 0; a < rows; a++) {
-                                        float *o = out + (i0 + i + a) * ldo + j0 / bk;
-                                        if (fold) /* each step's keys already half a step of lanes */
-                                                att_block_maxes(o, s + a * ATT_LR_SEG,
-                                                                (n + ATT_LR_STEP - 1) / ATT_LR_STEP * (ATT_LR_STEP / 2),
-                                                                bk / 2, c[i + a], ks + j0 / bk, qs[i0 + i + a]);
-                                        else
-                                                att_block_maxes(o, s + a * ATT_LR_SEG, n, bk, c[i + a], ks + j0 / bk,
-                                                                qs[i0 + i + a]);
-                                }
+        const size_t nb = (Tk + bk - 1) / bk, rem = Tk - (nb - 1) * bk; /* keys of the last block */
+        for (size_t b0 = 0; b0 < nb; b0 += ATT_LR_LANES) {
+                const size_t nbc = nb - b0 < ATT_LR_LANES ? nb - b0 : ATT_LR_LANES;
+                for (size_t i = 0; i < nq; i += ATT_LR_ROWS) {
+                        const size_t rows = nq - i < ATT_LR_ROWS ? nq - i : ATT_LR_ROWS;
+                        const int8_t *q[ATT_LR_ROWS];
+                        int32_t c[ATT_LR_ROWS];
+                        float s[ATT_LR_ROWS];
+                        for (size_t a = 0; a < ATT_LR_ROWS; a++) {
+                                const size_t ia = i + (a < rows ? a : rows - 1);
+                                q[a] = qt + ia * ldq, s[a] = qs[ia], c[a] = 0;
+                                for (size_t t = 0; t < R; t++)
+                                        c[a] += 128 * q[a][t];
                         }
+                        att_lr_block_max_q8(out + i * ldo + b0, ldo, q, c, s, rows, kt + 4 * b0, ldk, ks + b0, nbc, bk,
+                                            b0 + nbc == nb ? rem : bk, R);
                 }
         }
         return 0;

@@ -5,11 +5,12 @@
  * blocks at offsets, causal and not, dense, sparse, single-block, invisible-only and empty
  * block lists; the log-sum-exp, the block mass (each block against the oracle, and all blocks
  * together adding up to the rows that see a key), linear attention causal and not, block
- * pooling, and the token scorer's per-block max of 8-bit low-rank scores (ranks 4 to 64, blocks
- * of 1 to 513 keys, key counts past the x86 driver's 512-key segments, one key scale a block,
- * every variant bit for bit equal to an oracle of the exact integer max and the two fp32
- * products, with scales that overflow or go subnormal, inputs each ending on or starting after
- * a guard page); and the same attention on
+ * pooling, and the token scorer's per-block max of 8-bit low-rank scores (ranks 4 to 64, keys
+ * laid out block-major, blocks of 1 to 513 keys, 1 to 1501 blocks so that the x86 chunks of 16
+ * and 8 blocks end full, short and with one lane, one key scale a block, every variant bit for
+ * bit equal to an oracle of the exact integer max and the two fp32 products, with scales that
+ * overflow or go subnormal, poisoned keys past the ragged last block's end, inputs each ending
+ * on or starting after a guard page); and the same attention on
  * keys and values packed once (pack_kv_f32, blocks_packed_f32), with and without a bias that
  * adds to the scores or masks keys (-INFINITY), on head sizes 1 to 100, key blocks of 1 to 256
  * (not dividing the panels), up to 700 keys, lists of long runs, runs from any block and chunks
@@ -1054,13 +1055,17 @@ static size_t rng_below(struct dsa_test_rng *rng, size_t n) {
         return (size_t) (dsa_test_rng_u64(rng) % n);
 }
 
-/* One shape's inputs, each choice drawn from the rng. Query bytes in [-63, 63], key bytes in [0, 255], by
- * style: 0 and 1, the extremes and 0 (128 for keys) more often than the rest; 2, the largest magnitudes,
- * rows of all 63 or all -63 against keys of all 255 or all 0; 3, mostly zeros (query bytes 0, key bytes
- * 128), so zero sums; 4, blocks built for their max (q8_signed_blocks). Block scales ks (one a block,
- * ceil(Tk / bk) of them): +0, -0 and [-2, 2]; in extreme cases also +-2^-149 .. 2^120 and FLT_MAX, so
- * products that overflow to +-inf, go subnormal or round to a zero of either sign. Row scales qs: 0,
- * [1/64, 2] and [-2, -1/64]; in extreme cases times 2^-60 or 2^60 and never 0 (0 * inf would be a NaN). */
+/* One shape's inputs, each choice drawn from the rng. Keys block-major: kt (R/4 * bk, ldk), component r of
+ * key j = b*bk + t at row (r/4) * bk + t, byte 4b + r%4 (q8_key). Query bytes in [-63, 63], key bytes in
+ * [0, 255], by style: 0 and 1, the extremes and 0 (128 for keys) more often than the rest; 2, the largest
+ * magnitudes, rows of all 63 or all -63 against keys of all 255 or all 0; 3, mostly zeros (query bytes 0,
+ * key bytes 128), so zero sums; 4, blocks built for their max (q8_signed_blocks). The slots of a ragged
+ * last block past Tk (keys t >= Tk - (nb-1)*bk, which a kernel may load but must not count) hold poison:
+ * random bytes or, half the time, the key of row 0's largest possible score (255 against a positive
+ * query byte, 1 against a negative one). Block scales ks (one a block, ceil(Tk / bk) of them): +0, -0 and
+ * [-2, 2]; in extreme cases also +-2^-149 .. 2^120 and FLT_MAX, so products that overflow to +-inf, go
+ * subnormal or round to a zero of either sign. Row scales qs: 0, [1/64, 2] and [-2, -1/64]; in extreme
+ * cases times 2^-60 or 2^60 and never 0 (0 * inf would be a NaN). */
 struct q8_case {
         size_t R, Tk, bk, nq, nb, ldq, ldk, ldo;
         int8_t *qt;
@@ -1068,6 +1073,11 @@ struct q8_case {
         float *qs, *ks;
         struct guarded gq, gk, gqs, gks;
 };
+
+/* Where component r of key j (j < nb * bk, so also a slot past Tk in the last block) is in kt. */
+static size_t q8_key(const struct q8_case *c, size_t r, size_t j) {
+        return ((r / 4) * c->bk + j % c->bk) * c->ldk + 4 * (j / c->bk) + r % 4;
+}
 
 static int8_t q8_query_byte(struct dsa_test_rng *rng, unsigned style) {
         const size_t r = rng_below(rng, 16);
@@ -1108,7 +1118,7 @@ static void q8_signed_blocks(struct q8_case *c, struct dsa_test_rng *rng) {
                                         d = j == top ? -1 : -2 - (int) rng_below(rng, 126);
                                 else if (kind == 1)
                                         d = j == top ? 127 : -127 + (int) rng_below(rng, 254);
-                                c->kt[(r / 4) * c->ldk + 4 * (j0 + j) + r % 4] = (uint8_t) (128 + s * d);
+                                c->kt[q8_key(c, r, j0 + j)] = (uint8_t) (128 + s * d);
                         }
         }
 }
@@ -1143,15 +1153,18 @@ static void q8_case_init(struct q8_case *c, struct dsa_test_rng *rng, size_t R, 
         const unsigned style = (unsigned) rng_below(rng, 5);
         const bool front = rng_below(rng, 3) == 0, extreme = rng_below(rng, 4) == 0;
         size_t nqt, nkt;
+        bool poison;
 
         *c = (struct q8_case) { .R = R, .Tk = Tk, .bk = bk, .nq = nq, .nb = (Tk + bk - 1) / bk };
-        /* one row needs no row strides and one group of four ranks no key stride: 0 then, now and again */
+        /* one row needs no row strides and one kt row (R = 4, bk = 1) no key stride: 0 then, now and again;
+         * else the smallest stride (4 nb, pad 0) or past it */
         c->ldq = nq == 1 && rng_below(rng, 3) == 0 ? 0 : R + qpads[rng_below(rng, ELEMENTSOF(qpads))];
-        c->ldk = R == 4 && rng_below(rng, 2) ? 0 : 4 * Tk + kpads[rng_below(rng, ELEMENTSOF(kpads))];
+        c->ldk = R == 4 && bk == 1 && rng_below(rng, 2) ? 0 : 4 * c->nb + kpads[rng_below(rng, ELEMENTSOF(kpads))];
         c->ldo = nq == 1 && rng_below(rng, 3) == 0 ? 0 : c->nb + opads[rng_below(rng, ELEMENTSOF(opads))];
-        /* exactly the bytes the contract lets the kernel read, ks one float a block */
+        /* exactly the bytes the contract lets the kernel read (the last of R/4 * bk kt rows ends at block nb's
+         * last byte), ks one float a block */
         nqt = (nq - 1) * c->ldq + R;
-        nkt = (R / 4 - 1) * c->ldk + 4 * Tk;
+        nkt = (R / 4 * bk - 1) * c->ldk + 4 * c->nb;
         c->qt = guarded_bytes_new(&c->gq, nqt, front);
         c->kt = guarded_bytes_new(&c->gk, nkt, front);
         c->qs = guarded_bytes_new(&c->gqs, nq * sizeof(float), front);
@@ -1171,11 +1184,21 @@ static void q8_case_init(struct q8_case *c, struct dsa_test_rng *rng, size_t R, 
                 for (size_t j = 0; j < Tk; j++) {
                         const uint8_t v = rng_below(rng, 2) ? 255 : 0;
                         for (size_t r = 0; r < R; r++)
-                                c->kt[(r / 4) * c->ldk + 4 * j + r % 4] = v;
+                                c->kt[q8_key(c, r, j)] = v;
                 }
         }
         if (style == 4)
                 q8_signed_blocks(c, rng);
+        /* the slots of the last block past Tk: poison, random or row 0's best key */
+        poison = rng_below(rng, 2);
+        for (size_t j = Tk; j < c->nb * bk; j++)
+                for (size_t r = 0; r < R; r++) {
+                        uint8_t v = (uint8_t) rng_below(rng, 256);
+
+                        if (poison)
+                                v = c->qt[r] > 0 ? 255 : c->qt[r] < 0 ? 1 : 128;
+                        c->kt[q8_key(c, r, j)] = v;
+                }
         for (size_t b = 0; b < c->nb; b++)
                 c->ks[b] = q8_block_scale(rng, extreme);
         for (size_t i = 0; i < nq; i++)
@@ -1191,7 +1214,7 @@ static int64_t q8_dot(const struct q8_case *c, size_t i, size_t j) {
         int64_t d = 0;
 
         for (size_t r = 0; r < c->R; r++)
-                d += (int64_t) c->qt[i * c->ldq + r] * ((int64_t) c->kt[(r / 4) * c->ldk + 4 * j + r % 4] - 128);
+                d += (int64_t) c->qt[i * c->ldq + r] * ((int64_t) c->kt[q8_key(c, r, j)] - 128);
         return d;
 }
 
@@ -1202,10 +1225,12 @@ static bool q8_normal(double x) {
 
 /* What the oracle met, over all shapes: blocks whose product is -0 (the +0 rule decides
  * them), with a scale of +0 and a negative max, with a negative max, with a unique max at the last key of a
- * ragged last block (and of them, with bk a multiple of 32: the folded steps of both x86 variants), and
- * results that are +-inf or subnormal. */
+ * ragged last block (of them: at an even t and at an odd one, the first and the second key of an AVX-512
+ * step of two; and in a block that is the only lane of the last chunk on both x86 variants, nb % 16 == 1),
+ * and results that are +-inf or subnormal. */
 static struct {
-        size_t shapes, neg_zero, zero_scale_neg, neg, last_ragged, last_ragged_fold, inf, subnormal;
+        size_t shapes, neg_zero, zero_scale_neg, neg, last_ragged, last_ragged_even, last_ragged_odd,
+                last_ragged_alone, inf, subnormal;
 } q8_seen;
 
 /* The oracle, (nq, nb) each: m the max of the exact int64 sums of the block's keys, want32 the contract's
@@ -1240,9 +1265,11 @@ static void oracle_q8(const struct q8_case *c, int64_t *m, float *want32, double
                         q8_seen.neg += mx < 0;
                         if (top == c->Tk - 1 && ntop == 1 && c->Tk % c->bk) {
                                 q8_seen.last_ragged++;
-                                q8_seen.last_ragged_fold += c->bk % 32 == 0;
+                                q8_seen.last_ragged_even += (top - j0) % 2 == 0;
+                                q8_seen.last_ragged_odd += (top - j0) % 2 == 1;
+                                q8_seen.last_ragged_alone += c->nb % 16 == 1;
                         }
-                        q8_seen.inf += isinf(want32[at]);
+                        q8_seen.inf += isinf(want32[at]) != 0; /* glibc's isinf(-inf) is -1 */
                         q8_seen.subnormal += fpclassify(want32[at]) == FP_SUBNORMAL;
                 }
 }
@@ -1304,16 +1331,21 @@ static void lowrank_q8_case(struct dsa_test_rng *rng, size_t R, size_t Tk, size_
         q8_case_done(&c);
 }
 
-/* Key counts around the vector widths (8, 16, 32 keys a step) and the x86 driver's segments of a
- * multiple of bk up to 512 keys; bk dividing them and not, 32 and 64 (the folded steps), and 513, past a
- * segment (the driver's fallback to the reference). nq runs through 1 .. 9, so row groups of four end short
- * in every way (the driver repeats a short group's last row), and past 64, the driver's chunk of rows. */
+/* Ranks of one to four groups of four (the AVX-512 variant's unrolled G) and past them (its generic G).
+ * The x86 driver takes the blocks in chunks of a vector's lanes (16 on AVX-512, 8 on AVX2): key counts and
+ * bk give nb from 1 to 1501, below, at and past a chunk, multiples of 16, of 8 only and of neither, and
+ * 16k + 1 (a last chunk of one lane, e.g. Tk 513, bk 32); bk 1 (one key a block), 2, odd and even (the
+ * AVX-512 steps of two keys end on a pair or a lone key), dividing Tk or not (a ragged last block of 1 to
+ * bk - 1 keys, its lane cut from the steps past them). nq runs through 1 .. 9, so row groups of four end
+ * short in every way (the driver repeats a short group's last row), and up to 129: many groups over each
+ * chunk. */
 static void test_block_max_lowrank_q8(void **state) {
         static const size_t Rs[] = { 4, 8, 12, 16, 20, 64 };
         static const size_t Tks[] = { 1, 2, 15, 16, 17, 31, 33, 63, 64, 65, 255, 256, 257, 511, 512, 513, 700, 1500 };
-        static const size_t bks[] = { 1, 3, 16, 31, 32, 33, 48, 64, 100, 256, 512, 513 };
+        static const size_t bks[] = { 1, 2, 3, 16, 17, 31, 32, 33, 64, 100, 256, 513 };
         static const size_t tall[][4] = { /* R, Tk, bk, nq */
-                { 8, 200, 32, 67 }, { 16, 700, 64, 70 }, { 64, 65, 16, 65 }, { 12, 513, 3, 66 }, { 4, 1100, 33, 129 },
+                { 8, 200, 32, 67 },   { 16, 700, 64, 70 },  { 64, 65, 16, 65 },  { 12, 513, 3, 66 },
+                { 4, 1100, 33, 129 }, { 20, 1000, 17, 129 }, { 64, 3001, 2, 33 }, { 28, 257, 1, 127 },
         };
         struct dsa_test_rng rng = { 35 };
         size_t case_no = 0;
@@ -1326,36 +1358,58 @@ static void test_block_max_lowrank_q8(void **state) {
                 lowrank_q8_case(&rng, tall[t][0], tall[t][1], tall[t][2], tall[t][3], case_no);
         printf("lowrank q8: %zu shapes through %zu variants bit for bit; blocks: %zu -0 before the + 0 (%zu of "
                "them +0 times a negative max), %zu negative maxima, %zu unique maxima at the last key of a ragged "
-               "last block (%zu folded), %zu +-inf, %zu subnormal\n",
+               "last block (%zu at an even t, %zu at an odd one, %zu a chunk's only lane), %zu +-inf, "
+               "%zu subnormal\n",
                q8_seen.shapes, n_isas, q8_seen.neg_zero, q8_seen.zero_scale_neg, q8_seen.neg, q8_seen.last_ragged,
-               q8_seen.last_ragged_fold, q8_seen.inf, q8_seen.subnormal);
+               q8_seen.last_ragged_even, q8_seen.last_ragged_odd, q8_seen.last_ragged_alone, q8_seen.inf,
+               q8_seen.subnormal);
         /* the inputs made the cases they are there for */
         assert_true(q8_seen.neg_zero > 0 && q8_seen.zero_scale_neg > 0 && q8_seen.neg > 0);
-        assert_true(q8_seen.last_ragged_fold > 0 && q8_seen.inf > 0 && q8_seen.subnormal > 0);
+        assert_true(q8_seen.last_ragged_even > 0 && q8_seen.last_ragged_odd > 0 && q8_seen.last_ragged_alone > 0);
+        assert_true(q8_seen.inf > 0 && q8_seen.subnormal > 0);
+}
+
+/* block_max_lowrank_q8's definition (attention.h) for row i and block b, in the contract's fp32
+ * operations, for the error test's small shapes. */
+static float q8_by_definition(const int8_t *qt, size_t ldq, const float *qs, const uint8_t *kt, size_t ldk,
+                              const float *ks, size_t i, size_t b, size_t bk, size_t Tk, size_t R) {
+        int32_t mx = INT32_MIN;
+        float p;
+
+        for (size_t t = 0; t < bk && b * bk + t < Tk; t++) {
+                int32_t d = 0;
+
+                for (size_t r = 0; r < R; r++)
+                        d += qt[i * ldq + r] * ((int32_t) kt[((r / 4) * bk + t) * ldk + 4 * b + r % 4] - 128);
+                mx = MAX(mx, d);
+        }
+        p = qs[i] * (ks[b] * (float) mx);
+        return p == 0.0f ? 0.0f : p;
 }
 
 /* -EINVAL and nothing written for each bad argument alone (the call with all of them good
  * succeeds, and every byte a bad rank or stride could make the kernel read is a valid one in the
  * buffers, so only the check can refuse it): ranks not a multiple of 4 or out of [4, 64], bk 0,
- * strides too small, NULL pointers with work to do, a query byte outside [-63, 63] anywhere in
- * the rows (the first, the last, one in between); nothing to do is 0 and writes nothing. Bytes
- * between query rows are not read. One group of four ranks reads no key stride, one row no query
- * or output stride: the same bits as with them. */
+ * strides too small (ldk below 4 nb wherever there are several kt rows: R > 4, or R = 4 and
+ * bk > 1), NULL pointers with work to do, a query byte outside [-63, 63] anywhere in the rows (the
+ * first, the last, one in between); nothing to do is 0 and writes nothing. Bytes between query
+ * rows are not read. The good calls give the definition's bits. One kt row (R = 4, bk = 1) reads
+ * no key stride, one query row no query or output stride: the same bits as with them. */
 static void test_block_max_lowrank_q8_errors(void **state) {
-        enum { R = 16, RX = 68, T = 70, BK = 8, NQ = 5, NB = (T + BK - 1) / BK, LDQ = RX + 3, LDK = 4 * T + 5,
+        enum { R = 16, RX = 68, T = 70, BK = 8, NQ = 5, NB = (T + BK - 1) / BK, LDQ = RX + 3, LDK = 4 * NB + 5,
                LDO = NB + 2 };
         static const int bad_bytes[] = { 64, -64, -128, 127 };
         static const size_t bad_at[] = { 0, 2 * LDQ + 7, (NQ - 1) * LDQ + R - 1 };
         static const size_t bad_R[] = { 0, 1, 2, 3, 5, 6, 62, 65, RX };
         static int8_t qt[NQ * LDQ], qgap[NQ * LDQ];
-        static uint8_t kt[RX / 4 * LDK];
+        static uint8_t kt[RX / 4 * BK * LDK];
         float qs[NQ], ks[NB], out[NQ * LDO], good[NQ * LDO], one[4 * (NB + 1)];
 
         for (size_t t = 0; t < NQ * LDQ; t++) {
                 qt[t] = (int8_t) ((int) ((t * 37) % 127) - 63);
                 qgap[t] = t % LDQ < R ? qt[t] : INT8_MIN;
         }
-        for (size_t t = 0; t < RX / 4 * LDK; t++)
+        for (size_t t = 0; t < RX / 4 * BK * LDK; t++)
                 kt[t] = (uint8_t) ((t * 101 + 7) % 256);
         for (size_t b = 0; b < NB; b++) /* one scale a block, 0 among them */
                 ks[b] = (float) ((int) ((b * 37) % 11) - 5) / 4.0f;
@@ -1369,6 +1423,14 @@ static void test_block_max_lowrank_q8_errors(void **state) {
         ak->block_max_lowrank_q8(out_, ldo_, qt_, ldq_, qs_, kt_, ldk_, ks_, nq_, bk_, Tk_, R_)
                 dsa_test_fill(good, NQ * LDO, SENTINEL);
                 assert_int_equal(Q8(good, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), 0);
+                for (size_t i = 0; i < NQ; i++) {
+                        for (size_t b = 0; b < NB; b++) {
+                                const float want = q8_by_definition(qt, LDQ, qs, kt, LDK, ks, i, b, BK, T, R);
+
+                                assert_memory_equal(&good[i * LDO + b], &want, sizeof(float));
+                        }
+                        assert_true(sentinels_kept("lowrank q8 out", isas[s], "errors", good + i * LDO + NB, 2));
+                }
                 /* the tightest output stride is good too (tight ldq and ldk: test_block_max_lowrank_q8) */
                 dsa_test_fill(out, NQ * LDO, SENTINEL);
                 assert_int_equal(Q8(out, NB, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), 0);
@@ -1383,9 +1445,12 @@ static void test_block_max_lowrank_q8_errors(void **state) {
                 for (size_t t = 0; t < ELEMENTSOF(bad_R); t++)
                         assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, bad_R[t]), -EINVAL);
                 assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, LDK, ks, NQ, 0, T, R), -EINVAL);
-                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * T - 1, ks, NQ, BK, T, R), -EINVAL);
-                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * T - 1, ks, NQ, BK, T, 8), -EINVAL);
+                /* ldk below 4 nb with several kt rows: R > 4 (bk 8 and 1), or R = 4 and bk > 1 (bk 8 and 2) */
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * NB - 1, ks, NQ, BK, T, R), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * NB - 1, ks, NQ, BK, T, 4), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * NB - 1, ks, NQ, 1, NB, 8), -EINVAL);
                 assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 0, ks, NQ, BK, T, 8), -EINVAL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 0, ks, NQ, 2, 2 * NB, 4), -EINVAL);
                 assert_int_equal(Q8(out, NB - 1, qt, LDQ, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
                 assert_int_equal(Q8(out, LDO, qt, R - 1, qs, kt, LDK, ks, NQ, BK, T, R), -EINVAL);
                 assert_int_equal(Q8(out, LDO, qt, R - 1, qs, kt, LDK, ks, 2, BK, T, R), -EINVAL);
@@ -1425,28 +1490,30 @@ static void test_block_max_lowrank_q8_errors(void **state) {
                 assert_int_equal(Q8(one, 0, qt + 3 * LDQ, 0, qs + 3, kt, LDK, ks, 1, BK, T, R), 0);
                 assert_memory_equal(one, good + 3 * LDO, NB * sizeof(float));
                 assert_true(sentinels_kept("lowrank q8 out", isas[s], "nq=1 ldo=0", one + NB, 3 * (NB + 1) + 1));
-                /* one group of four ranks: no key stride (0), or one below 4 T, as with 4 T; that one
-                 * against the definition in bits */
-                dsa_test_fill(good, NQ * LDO, SENTINEL);
-                assert_int_equal(Q8(good, LDO, qt, LDQ, qs, kt, 4 * T, ks, NQ, BK, T, 4), 0);
+                /* the smallest key stride, 4 nb, several kt rows (R = 4, bk > 1): the definition's bits */
+                dsa_test_fill(out, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, 4 * NB, ks, NQ, BK, T, 4), 0);
                 for (size_t i = 0; i < NQ; i++)
                         for (size_t b = 0; b < NB; b++) {
-                                int32_t mx = INT32_MIN;
-                                float want;
+                                const float want = q8_by_definition(qt, LDQ, qs, kt, 4 * NB, ks, i, b, BK, T, 4);
 
-                                for (size_t j = b * BK; j < MIN((size_t) T, b * BK + BK); j++) {
-                                        int32_t d = 0;
+                                assert_memory_equal(&out[i * LDO + b], &want, sizeof(float));
+                        }
+                /* one kt row (R = 4, bk = 1: NB blocks of one key): no key stride (0), or one below 4 nb, as
+                 * with 4 nb; that one against the definition in bits */
+                dsa_test_fill(good, NQ * LDO, SENTINEL);
+                assert_int_equal(Q8(good, LDO, qt, LDQ, qs, kt, 4 * NB, ks, NQ, 1, NB, 4), 0);
+                for (size_t i = 0; i < NQ; i++)
+                        for (size_t b = 0; b < NB; b++) {
+                                const float want = q8_by_definition(qt, LDQ, qs, kt, 4 * NB, ks, i, b, 1, NB, 4);
 
-                                        for (size_t r = 0; r < 4; r++)
-                                                d += qt[i * LDQ + r] * ((int32_t) kt[4 * j + r] - 128);
-                                        mx = MAX(mx, d);
-                                }
-                                want = qs[i] * (ks[b] * (float) mx) + 0.0f;
                                 assert_memory_equal(&good[i * LDO + b], &want, sizeof(float));
                         }
-                for (size_t t = 0; t < 2; t++) {
+                for (size_t t = 0; t < 3; t++) {
                         dsa_test_fill(out, NQ * LDO, SENTINEL);
-                        assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, t ? 3 : 0, ks, NQ, BK, T, 4), 0);
+                        assert_int_equal(Q8(out, LDO, qt, LDQ, qs, kt, t == 0 ? 0 : t == 1 ? 3 : 4 * NB - 1, ks, NQ,
+                                            1, NB, 4),
+                                         0);
                         assert_memory_equal(out, good, NQ * LDO * sizeof(float));
                 }
 #undef Q8
