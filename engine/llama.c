@@ -47,8 +47,6 @@ struct fwd {
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
         float *qt, *kt;     /* token scorer: (NH, nsr, R) scaled projections of the scored rows,
                              * (NH, R, ldkt) of every key */
-        float *kproj;       /* (NKV, T, G R): every key's projections for the G query heads of its
-                             * key head, row by row, before kt takes them transposed */
         struct dsa_packed_f32 **wk, **wq; /* the scorer's weights packed: (n_layer, NKV) of G R
                                            * rows, (n_layer, NH) of R rows times 1/sqrt(HS) */
         int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
@@ -116,22 +114,20 @@ static void task_project(void *arg, size_t begin, size_t end) {
 }
 
 /* The token scorer's projections of rows [t0, t1) (t1 - t0 <= PACK_ROWS): kt (NH, R, ldkt) of
- * every key, by way of kproj (the G query heads of a key head at once, then transposed), and qt
- * (NH, nsr, R) of the scored rows among them (every stride-th, and the last), times 1/sqrt(HS)
- * (packed into the weights). */
-static void token_project_rows(struct fwd *f, size_t t0, size_t t1) {
+ * every key, by way of kp (PACK_ROWS, G R: the G query heads of a key head at once, then
+ * transposed), and qt (NH, nsr, R) of the scored rows among them (every stride-th, and the
+ * last), times 1/sqrt(HS) (packed into the weights). */
+static void token_project_rows(struct fwd *f, size_t t0, size_t t1, float *kp) {
         const size_t R = f->att->rank, HS = f->HS, G = f->NH / f->NKV, GR = G * R, QC = f->NH * HS;
         const size_t st = f->att->stride, nreg = f->T / st;
-        float *kp = f->kproj + t0 * f->NKV * GR; /* this unit's (t1 - t0, GR) a key head */
 
         for (size_t g = 0; g < f->NKV; g++) {
-                float *kpg = kp + g * (t1 - t0) * GR;
-                dsa_linear_packed_f32(kpg, GR, f->qkv + t0 * f->QKV + QC + g * HS, f->QKV, f->wk[f->layer * f->NKV + g],
+                dsa_linear_packed_f32(kp, GR, f->qkv + t0 * f->QKV + QC + g * HS, f->QKV, f->wk[f->layer * f->NKV + g],
                                       NULL, t1 - t0, 0, GR, DSA_EPILOGUE_NONE);
                 for (size_t c = 0; c < GR; c++) { /* column c: component c % R of query head g G + c / R */
                         float *kt = f->kt + (g * G + c / R) * R * f->ldkt + (c % R) * f->ldkt;
                         for (size_t j = t0; j < t1; j++)
-                                kt[j] = kpg[(j - t0) * GR + c];
+                                kt[j] = kp[(j - t0) * GR + c];
                 }
         }
         /* scored rows i st + st - 1 in [t0, t1): i in [i0, i1); and the last row, off the stride */
@@ -154,7 +150,12 @@ static void token_project_rows(struct fwd *f, size_t t0, size_t t1) {
 static void task_rows(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
         const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
+        _cleanup_free_ float *kp = f->wk ? malloc(PACK_ROWS * f->NH / f->NKV * f->att->rank * sizeof(float)) : NULL;
 
+        if (f->wk && !kp) {
+                f->err = -ENOMEM;
+                return;
+        }
         for (size_t u = begin; u < end; u++) {
                 const size_t t0 = u * PACK_ROWS, t1 = MIN(t0 + PACK_ROWS, f->T);
                 rope_rows(f, t0, t1);
@@ -165,7 +166,7 @@ static void task_rows(void *arg, size_t begin, size_t end) {
                                 f->err = -EINVAL;
                 }
                 if (f->wk)
-                        token_project_rows(f, t0, t1);
+                        token_project_rows(f, t0, t1, kp);
         }
 }
 
@@ -548,12 +549,12 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 /* a block's group of 4 bytes, whole 64-byte rows, plus one: the rows of a chunk of
                  * blocks, read one after another, then fall in different L1 sets */
                 f.ldkq = 4 * ((f.nb + 15) / 16 * 16) + 64;
-                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt + T) + f.nsr + f.nb) * sizeof(float) +
+                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt) + f.nsr + f.nb) * sizeof(float) +
                                 f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.bk * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
-                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank, f.kproj = f.kt + f.NH * f.att->rank * f.ldkt;
-                f.qs = f.kproj + f.NH * f.att->rank * T, f.ks = f.qs + f.NH * f.nsr;
+                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank;
+                f.qs = f.kt + f.NH * f.att->rank * f.ldkt, f.ks = f.qs + f.NH * f.nsr;
                 f.kq = (uint8_t *) (f.ks + f.NH * f.nb), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.bk * f.ldkq);
                 r = scorer_weights_pack(&sw, f.att, c->n_layer, f.NH, f.NKV, f.HS, f.scale);
                 if (r < 0)

@@ -103,10 +103,9 @@ struct att_src {
         bool causal;
 };
 
-/* A piece of a chunk: keys [j0, j0 + n) of src at tile column col of the chunk. */
+/* A piece of a chunk: keys [j0, j0 + n) of the chunk's source at tile column col. */
 struct att_seg {
         size_t j0, n, col;
-        struct att_src src;
 };
 #define ATT_SEGS 16
 
@@ -129,7 +128,7 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
         struct dsa__att_layout L;
         float *base, *kt, *vp, *s, *acc, *m, *l;
         size_t t = 0, jc = 0, je = 0; /* the current run's keys not taken yet: [jc, je) */
-        struct att_src src = { 0 };    /* and where they come from */
+        struct att_src src = { 0 };    /* and where they come from: one source a chunk */
         bool in_extra = false;
         int r;
 
@@ -170,21 +169,21 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         if (packed && ns > 0 && jc % NR)
                                 break;
                         const size_t take = je - jc < W - width ? je - jc : W - width;
-                        sg[ns++] = (struct att_seg) { jc, take, width, src };
+                        sg[ns++] = (struct att_seg) { jc, take, width };
                         width += take, jc += take;
                 }
                 if (ns == 0)
                         break;
                 /* rows before rc see none of the chunk (its first piece is its earliest) */
-                const size_t c0 = sg[0].j0, rc = sg[0].src.causal && c0 > pos0 ? c0 - pos0 : 0;
+                const size_t c0 = sg[0].j0, rc = src.causal && c0 > pos0 ? c0 - pos0 : 0;
 
                 if (packed) {
                         off = c0 % NR;
-                        att_scores(s, lds, q, ldq, sg[0].src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR,
+                        att_scores(s, lds, q, ldq, src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR,
                                    panel);
                         for (size_t g = 1; g < ns; g++)
-                                att_scores(s + off + sg[g].col, lds, q, ldq, sg[g].src.kv + sg[g].j0 * HS, rc, nq,
-                                           sg[g].n, HS, NR, panel);
+                                att_scores(s + off + sg[g].col, lds, q, ldq, src.kv + sg[g].j0 * HS, rc, nq, sg[g].n,
+                                           HS, NR, panel);
                 } else {
                         size_t *idx = (size_t *) (base + L.idx);
                         for (size_t g = 0; g < ns; g++)
@@ -201,15 +200,14 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         float *si = s + i * lds + off;
                         size_t n = width;
 
-                        if (sg[0].src.causal) /* the chunk's keys at or before the row's position */
+                        if (src.causal) /* the chunk's keys at or before the row's position */
                                 for (size_t g = 0, p = pos0 + i + 1; g < ns; g++)
                                         if (p < sg[g].j0 + sg[g].n) {
                                                 n = sg[g].col + (p > sg[g].j0 ? p - sg[g].j0 : 0);
                                                 break;
                                         }
-                        for (size_t g = 0; g < ns && sg[g].col < n; g++)
-                                if (sg[g].src.bias)
-                                        att_row_add(si + sg[g].col, sg[g].src.bias + sg[g].j0, sg[g].n);
+                        for (size_t g = 0; src.bias && g < ns && sg[g].col < n; g++)
+                                att_row_add(si + sg[g].col, src.bias + sg[g].j0, sg[g].n);
                         nv[i] = n;
                         mx[i] = n ? fmaxf(m[i], att_row_max(si, n)) : m[i];
                         /* e^(m - m'): 1 while nothing is seen, 0 (acc and l are 0) for the first keys */
@@ -239,12 +237,10 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                                       false, DSA_EPILOGUE_NONE);
                                 continue;
                         }
-                        for (size_t g = 0; g < ns; g++) { /* V of the piece's source, NR-column panels */
-                                const float *vg = sg[g].src.kv + dsa__att_packed_v(sg[g].src.Tk, HS);
+                        for (size_t g = 0; g < ns; g++) /* V of the source in NR-column panels of Tk rows */
                                 panel(acc + rc * HS + c, HS, s + rc * lds + off + sg[g].col, lds,
-                                      vg + sg[g].j0 * NR + c * sg[g].src.Tk, nq - rc, sg[g].n, nr, NULL, false,
-                                      DSA_EPILOGUE_NONE);
-                        }
+                                      src.kv + dsa__att_packed_v(src.Tk, HS) + sg[g].j0 * NR + c * src.Tk, nq - rc,
+                                      sg[g].n, nr, NULL, false, DSA_EPILOGUE_NONE);
                 }
         }
 
