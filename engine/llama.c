@@ -29,7 +29,7 @@
 
 #define HEAD_ROWS 256 /* rows of logits at a time */
 #define ROW_GRAIN 16
-#define PACK_ROWS 32  /* rows a unit of task_rows: pack_kv_rows_f32 takes pieces of multiples of 32 */
+#define PACK_ROWS 32  /* task_rows' units are multiples: pack_kv_rows_f32 takes pieces of multiples of 32 */
 
 struct fwd {
         const struct dsa_llama *l;
@@ -45,19 +45,17 @@ struct fwd {
         float *vbar;        /* (nb, NKV HS): block means of the values (summaries) */
         bool pool;          /* means wanted: DSA or summaries */
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
-        float *qt, *kt;     /* token scorer: (NH, nsr, R) scaled projections of the scored rows,
-                             * (NH, R, ldkt) of every key */
         struct dsa_packed_f32 **wk, **wq; /* the scorer's weights packed: (n_layer, NKV) of G R
                                            * rows, (n_layer, NH) of R rows times 1/sqrt(HS) */
-        int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): qt as (NH, nsr, R4) */
-        float *qs;          /* signed bytes and (NH, nsr) scales, */
-        uint8_t *kq;        /* kt as (NH, R4/4 * bk, ldkq) bytes of 4 components per key, block-
-                             * major (block_max_lowrank_q8): row g bk + t holds key t of every block, */
+        int8_t *qq;         /* token scorer at 8 bits (block_max_lowrank_q8): the scaled projections
+                             * of the scored rows as (NH, nsr, R4) signed bytes, */
+        float *qs;          /* (NH, nsr) their scales, */
+        uint8_t *kq;        /* those of every key as (NH, R4/4 * bk, ldkq) bytes of 4 components a
+                             * key, block-major: row g bk + t holds key t of every block, */
         float *ks;          /* (NH, nb) key block scales; R4 = R rounded up to 4, the padding 0 */
         size_t r4, ldkq;
         size_t nsr;         /* scored rows: every stride-th, and the last */
-        size_t ldkt;        /* kt's row stride: T rounded up to 16, plus 16, so its R rows do not
-                             * all fall in the same L1 sets (T = 4096: a 16 KiB stride) */
+        size_t unit;        /* rows a unit of task_rows: whole blocks, a multiple of PACK_ROWS */
         size_t D;
         float *kv, *skv;    /* (NKV, pk), (NKV, ps): each key head's keys and block means packed
                              * (pack_kv_f32) for the streaming kernel, once per layer */
@@ -80,6 +78,14 @@ static void task_embed(void *arg, size_t begin, size_t end) {
 static void task_rmsnorm(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
         f->k->rmsnorm_f32(f->h + begin * f->C, f->x + begin * f->C, f->norm, end - begin, f->C, f->l->cfg.eps);
+}
+
+static size_t gcd(size_t a, size_t b) {
+        while (b) {
+                const size_t t = a % b;
+                a = b, b = t;
+        }
+        return a;
 }
 
 /* Rotates pairs (2i, 2i+1) of each head of q and k in rows [begin, end) (rope_f32). */
@@ -110,63 +116,6 @@ static void task_project(void *arg, size_t begin, size_t end) {
                                  f->qp + h * f->nb * f->D);
                 dsa__att_project(f->att, f->layer, h, false, f->kbar + (h / G) * HS, f->NKV * HS, f->nb, HS,
                                  f->kp + h * f->nb * f->D);
-        }
-}
-
-/* The token scorer's projections of rows [t0, t1) (t1 - t0 <= PACK_ROWS): kt (NH, R, ldkt) of
- * every key, by way of kp (PACK_ROWS, G R: the G query heads of a key head at once, then
- * transposed), and qt (NH, nsr, R) of the scored rows among them (every stride-th, and the
- * last), times 1/sqrt(HS) (packed into the weights). */
-static void token_project_rows(struct fwd *f, size_t t0, size_t t1, float *kp) {
-        const size_t R = f->att->rank, HS = f->HS, G = f->NH / f->NKV, GR = G * R, QC = f->NH * HS;
-        const size_t st = f->att->stride, nreg = f->T / st;
-
-        for (size_t g = 0; g < f->NKV; g++) {
-                dsa_linear_packed_f32(kp, GR, f->qkv + t0 * f->QKV + QC + g * HS, f->QKV, f->wk[f->layer * f->NKV + g],
-                                      NULL, t1 - t0, 0, GR, DSA_EPILOGUE_NONE);
-                for (size_t c = 0; c < GR; c++) { /* column c: component c % R of query head g G + c / R */
-                        float *kt = f->kt + (g * G + c / R) * R * f->ldkt + (c % R) * f->ldkt;
-                        for (size_t j = t0; j < t1; j++)
-                                kt[j] = kp[(j - t0) * GR + c];
-                }
-        }
-        /* scored rows i st + st - 1 in [t0, t1): i in [i0, i1); and the last row, off the stride */
-        const size_t i0 = t0 / st, i1 = MIN(t1 / st, nreg);
-        for (size_t h = 0; h < f->NH; h++) {
-                const struct dsa_packed_f32 *w = f->wq[f->layer * f->NH + h];
-                float *qt = f->qt + h * f->nsr * R;
-                if (i1 > i0)
-                        dsa_linear_packed_f32(qt + i0 * R, R, f->qkv + (i0 * st + st - 1) * f->QKV + h * HS,
-                                              st * f->QKV, w, NULL, i1 - i0, 0, R, DSA_EPILOGUE_NONE);
-                if (f->nsr > nreg && t1 == f->T)
-                        dsa_linear_packed_f32(qt + nreg * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, f->QKV, w,
-                                              NULL, 1, 0, R, DSA_EPILOGUE_NONE);
-        }
-}
-
-/* Units [begin, end) of PACK_ROWS rows, everything done row by row while the rows are in cache:
- * rotary on q and k; the keys and values packed for the streaming kernel (pack_kv_rows_f32, once
- * for every query head and query block that reads them); the token scorer's projections. */
-static void task_rows(void *arg, size_t begin, size_t end) {
-        struct fwd *f = arg;
-        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
-        _cleanup_free_ float *kp = f->wk ? malloc(PACK_ROWS * f->NH / f->NKV * f->att->rank * sizeof(float)) : NULL;
-
-        if (f->wk && !kp) {
-                f->err = -ENOMEM;
-                return;
-        }
-        for (size_t u = begin; u < end; u++) {
-                const size_t t0 = u * PACK_ROWS, t1 = MIN(t0 + PACK_ROWS, f->T);
-                rope_rows(f, t0, t1);
-                for (size_t g = 0; f->kv && g < f->NKV; g++) {
-                        const float *k = f->qkv + QC + g * HS;
-                        if (f->ak->pack_kv_rows_f32(f->kv + g * f->pk, k, f->QKV, k + ld, f->QKV, f->T, t0, t1, HS,
-                                                    f->scale) < 0)
-                                f->err = -EINVAL;
-                }
-                if (f->wk)
-                        token_project_rows(f, t0, t1, kp);
         }
 }
 
@@ -229,92 +178,97 @@ static inline int round_int(float x) {
         return (int) (x + (x >= 0 ? 0.5f : -0.5f));
 }
 
-#define Q8_KEYS 16 /* keys a step of the quantizing loops */
+/* One scored row's R components q to R4 signed bytes by one scale (its largest |value| to 63),
+ * the padding 0. */
+static void quantize_row(int8_t *qq, float *qs, const float *q, size_t R, size_t R4) {
+        float mx = 0;
 
-/* m[j] = max over r of |kt[r][j]| for keys [j0, j0 + w) of one head's kt (R, ld); inlined with w =
- * Q8_KEYS the loops have a fixed count and the compiler vectorizes them. */
-static inline __attribute__((always_inline)) void key_maxabs(float *m, const float *kt, size_t ld, size_t R,
-                                                             size_t j0, size_t w) {
-        for (size_t d = 0; d < w; d++)
-                m[j0 + d] = 0.0f;
         for (size_t r = 0; r < R; r++)
-                for (size_t d = 0; d < w; d++) {
-                        const float v = fabsf(kt[r * ld + j0 + d]);
-                        m[j0 + d] = v > m[j0 + d] ? v : m[j0 + d];
-                }
+                mx = MAX(mx, fabsf(q[r]));
+        const float inv = mx > 0 ? 63.0f / mx : 0.0f;
+        *qs = mx / 63.0f;
+        for (size_t r = 0; r < R4; r++)
+                qq[r] = (int8_t) (r < R ? round_int(q[r] * inv) : 0);
 }
 
-/* Keys [j0, j0 + w) of one head's kt (R, ld) times sc[j] to kq (R4/4 * bk, ldkq) words of 4
- * unsigned bytes offset by 128, little-endian in the word (tensor.c requires it), key j = b bk + t
- * of group g at row g bk + t, word b; padding components 0. */
-static inline __attribute__((always_inline)) void quantize_keys(uint8_t *kq, size_t ldkq, size_t bk, const float *sc,
-                                                                const float *kt, size_t ld, size_t R,
-                                                                size_t R4, size_t j0, size_t w) {
-        for (size_t g = 0; g < R4 / 4; g++) {
-                uint32_t wd[Q8_KEYS];
-                for (size_t d = 0; d < w; d++)
-                        wd[d] = 0;
-                for (size_t e = 0; e < 4; e++) {
-                        const float *x = kt + (4 * g + e) * ld + j0;
-                        if (4 * g + e < R)
-                                for (size_t d = 0; d < w; d++)
-                                        wd[d] |= (uint32_t) (uint8_t) (128 + round_int(x[d] * sc[j0 + d])) << (8 * e);
-                        else
-                                for (size_t d = 0; d < w; d++)
-                                        wd[d] |= 128u << (8 * e);
+/* Floats of token_rows' buf for a unit of n rows. */
+static size_t token_rows_floats(const struct fwd *f, size_t n) {
+        const size_t R = f->att->rank;
+        return n * f->NH / f->NKV * R + (n / f->att->stride + 1) * R;
+}
+
+/* The token scorer's bytes for block_max_lowrank_q8 of the unit [t0, t1) (whole blocks, the
+ * last one maybe short at the end of the sequence), straight from its rows:
+ *   keys: each key head's keys projected for its G query heads at once (kp (n, G R)), each query
+ *     head's R columns to bytes by keys_lowrank_q8 (kq, ks: one scale a block; a block is scored
+ *     only once all its keys precede the query block, so this stays causal);
+ *   queries: each query head's scored rows among them (every stride-th, and the sequence's last)
+ *     projected, times 1/sqrt(HS) (in the weights), each to signed bytes by its own scale (qq, qs).
+ * buf: token_rows_floats(f, n). */
+static void token_rows(struct fwd *f, size_t t0, size_t t1, float *buf) {
+        const size_t R = f->att->rank, R4 = f->r4, HS = f->HS, G = f->NH / f->NKV, GR = G * R, QC = f->NH * HS;
+        const size_t n = t1 - t0, bk = f->bk, b0 = t0 / bk, st = f->att->stride, nreg = f->T / st;
+        float *kp = buf, *qt = kp + n * GR;
+
+        for (size_t g = 0; g < f->NKV; g++) {
+                dsa_linear_packed_f32(kp, GR, f->qkv + t0 * f->QKV + QC + g * HS, f->QKV, f->wk[f->layer * f->NKV + g],
+                                      NULL, n, 0, GR, DSA_EPILOGUE_NONE);
+                for (size_t a = 0; a < G; a++) { /* query head g G + a: columns a R .. a R + R - 1 */
+                        const size_t h = g * G + a;
+                        if (f->ak->keys_lowrank_q8(f->kq + h * (R4 / 4) * bk * f->ldkq + 4 * b0, f->ldkq,
+                                                   f->ks + h * f->nb + b0, kp + a * R, GR, n, bk, R) < 0)
+                                f->err = -EINVAL;
                 }
-                for (size_t d = 0; d < w; d++)
-                        memcpy(kq + (g * bk + (j0 + d) % bk) * ldkq + 4 * ((j0 + d) / bk), wd + d, 4);
+        }
+        /* scored rows i st + st - 1 in [t0, t1): i in [i0, i1); and the last row, off the stride */
+        const size_t i0 = t0 / st, i1 = MIN(t1 / st, nreg), last = f->nsr > nreg && t1 == f->T;
+        for (size_t h = 0; h < f->NH; h++) {
+                const struct dsa_packed_f32 *w = f->wq[f->layer * f->NH + h];
+                if (i1 > i0)
+                        dsa_linear_packed_f32(qt, R, f->qkv + (i0 * st + st - 1) * f->QKV + h * HS, st * f->QKV, w,
+                                              NULL, i1 - i0, 0, R, DSA_EPILOGUE_NONE);
+                if (last)
+                        dsa_linear_packed_f32(qt + (i1 - i0) * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, f->QKV, w,
+                                              NULL, 1, 0, R, DSA_EPILOGUE_NONE);
+                for (size_t i = i0; i < i1 + last; i++) {
+                        const size_t row = i < i1 ? i : nreg; /* the last row is row nsr - 1 = nreg */
+                        quantize_row(f->qq + (h * f->nsr + row) * R4, f->qs + h * f->nsr + row, qt + (i - i0) * R, R,
+                                     R4);
+                }
         }
 }
 
-/* Heads [begin, end) of the token scorer's projections to bytes for block_max_lowrank_q8: each
- * key block's R components of all its keys by one scale (their largest |value| to 127: a block is
- * scored only once all its keys are before the query block, so the scoring stays causal), as
- * unsigned bytes offset by 128 in groups of 4, the block's scale in ks; each scored row's by one
- * scale (largest to 63). Padding components are 0. */
-static void task_token_q8(void *arg, size_t begin, size_t end) {
+/* Units [begin, end) of f->unit rows, everything done while the rows are in cache: rotary on q
+ * and k; the keys and values packed for the streaming kernel (pack_kv_rows_f32, once for every
+ * query head and query block that reads them); the blocks' means (the pooled scorer, summaries);
+ * the token scorer's bytes. */
+static void task_rows(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
-        const size_t R = f->att->rank, R4 = f->r4, T = f->T, ld = f->ldkt, bk = f->bk;
-        _cleanup_free_ float *m = malloc(T * sizeof(float)); /* each key's largest |value|, then its factor */
+        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
+        const bool by_means = f->att->kind == DSA_ATT_DSA && !f->att->token, sums = dsa__att_summaries(f->att);
+        _cleanup_free_ float *buf = f->wk ? malloc(token_rows_floats(f, f->unit) * sizeof(float)) : NULL;
 
-        if (!m) {
+        if (f->wk && !buf) {
                 f->err = -ENOMEM;
                 return;
         }
-        for (size_t h = begin; h < end; h++) {
-                const float *kt = f->kt + h * R * ld, *qt = f->qt + h * f->nsr * R;
-                uint8_t *kq = f->kq + h * (R4 / 4) * bk * f->ldkq;
-                int8_t *qq = f->qq + h * f->nsr * R4;
-                float *ks = f->ks + h * f->nb, *qs = f->qs + h * f->nsr;
-                size_t j0 = 0;
-
-                for (; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
-                        key_maxabs(m, kt, ld, R, j0, Q8_KEYS);
-                key_maxabs(m, kt, ld, R, j0, T - j0);
-                for (size_t b = 0; b < f->nb; b++) { /* the block's largest, 127 / it each key's factor */
-                        const size_t j1 = MIN(b * bk + bk, T);
-                        float mb = 0;
-                        for (size_t j = b * bk; j < j1; j++)
-                                mb = MAX(mb, m[j]);
-                        const float inv = mb > 0 ? 127.0f / mb : 0.0f;
-                        ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
-                        for (size_t j = b * bk; j < j1; j++)
-                                m[j] = inv;
+        for (size_t u = begin; u < end; u++) {
+                const size_t t0 = u * f->unit, t1 = MIN(t0 + f->unit, f->T), b0 = t0 / f->bk;
+                const float *x = f->qkv + t0 * f->QKV;
+                rope_rows(f, t0, t1);
+                for (size_t g = 0; f->kv && g < f->NKV; g++) {
+                        const float *k = f->qkv + QC + g * HS;
+                        if (f->ak->pack_kv_rows_f32(f->kv + g * f->pk, k, f->QKV, k + ld, f->QKV, f->T, t0, t1, HS,
+                                                    f->scale) < 0)
+                                f->err = -EINVAL;
                 }
-                for (j0 = 0; j0 + Q8_KEYS <= T; j0 += Q8_KEYS)
-                        quantize_keys(kq, f->ldkq, bk, m, kt, ld, R, R4, j0, Q8_KEYS);
-                quantize_keys(kq, f->ldkq, bk, m, kt, ld, R, R4, j0, T - j0);
-                for (size_t i = 0; i < f->nsr; i++) {
-                        const float *q = qt + i * R;
-                        float mx = 0;
-                        for (size_t r = 0; r < R; r++)
-                                mx = MAX(mx, fabsf(q[r]));
-                        const float inv = mx > 0 ? 63.0f / mx : 0.0f;
-                        qs[i] = mx / 63.0f;
-                        for (size_t r = 0; r < R4; r++)
-                                qq[i * R4 + r] = (int8_t) (r < R ? round_int(q[r] * inv) : 0);
-                }
+                if ((by_means && f->ak->pool_blocks_f32(f->qbar + b0 * QC, QC, x, f->QKV, t1 - t0, f->bk, QC) < 0) ||
+                    ((by_means || sums) &&
+                     f->ak->pool_blocks_f32(f->kbar + b0 * ld, ld, x + QC, f->QKV, t1 - t0, f->bk, ld) < 0) ||
+                    (sums && f->ak->pool_blocks_f32(f->vbar + b0 * ld, ld, x + QC + ld, f->QKV, t1 - t0, f->bk, ld) < 0))
+                        f->err = -EINVAL;
+                if (f->wk)
+                        token_rows(f, t0, t1, buf);
         }
 }
 
@@ -544,17 +498,14 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         _cleanup_(scorer_weights_clear) struct scorer_weights sw = { 0 };
         if (f.att->kind == DSA_ATT_DSA && f.att->token) {
                 f.nsr = T / f.att->stride + (T % f.att->stride != 0);
-                f.ldkt = (T + 15) / 16 * 16 + 16;
                 f.r4 = (f.att->rank + 3) / 4 * 4;
                 /* a block's group of 4 bytes, whole 64-byte rows, plus one: the rows of a chunk of
                  * blocks, read one after another, then fall in different L1 sets */
                 f.ldkq = 4 * ((f.nb + 15) / 16 * 16) + 64;
-                tokbuf = malloc(f.NH * (f.att->rank * (f.nsr + f.ldkt) + f.nsr + f.nb) * sizeof(float) +
-                                f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.bk * f.ldkq));
+                tokbuf = malloc(f.NH * (f.nsr + f.nb) * sizeof(float) + f.NH * (f.nsr * f.r4 + f.r4 / 4 * f.bk * f.ldkq));
                 if (!tokbuf)
                         return -ENOMEM;
-                f.qt = tokbuf, f.kt = f.qt + f.NH * f.nsr * f.att->rank;
-                f.qs = f.kt + f.NH * f.att->rank * f.ldkt, f.ks = f.qs + f.NH * f.nsr;
+                f.qs = tokbuf, f.ks = f.qs + f.NH * f.nsr;
                 f.kq = (uint8_t *) (f.ks + f.NH * f.nb), f.qq = (int8_t *) (f.kq + f.NH * f.r4 / 4 * f.bk * f.ldkq);
                 r = scorer_weights_pack(&sw, f.att, c->n_layer, f.NH, f.NKV, f.HS, f.scale);
                 if (r < 0)
@@ -562,6 +513,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 f.wk = sw.wk, f.wq = sw.wq;
         }
         f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
+        f.unit = PACK_ROWS / gcd(PACK_ROWS, f.bk) * f.bk;
 
         dsa_threadpool_for(pool, T, ROW_GRAIN, task_embed, &f);
         for (size_t i = 0; i < c->n_layer; i++) {
@@ -573,7 +525,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
                 dsa__linear_forward(pool, &y->qkv, qkv, f.QKV, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
                 t0 = now_nsec(); /* attention from here: the rows' rotary and packing are its own */
-                dsa_threadpool_for(pool, (T + PACK_ROWS - 1) / PACK_ROWS, 1, task_rows, &f);
+                dsa_threadpool_for(pool, (T + f.unit - 1) / f.unit, 1, task_rows, &f);
                 if (hooks && hooks->attention) {
                         r = hooks->attention(hooks->userdata, i, qkv, f.QKV, qkv + QC, f.QKV, T);
                         if (r < 0)
@@ -582,25 +534,14 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 if (f.att->kind == DSA_ATT_LINEAR)
                         dsa_threadpool_for(pool, f.NH, 1, task_linear_attention, &f);
                 else {
-                        if (f.pool) { /* mean query, key and value of every block */
-                                const bool by_means = f.att->kind == DSA_ATT_DSA && !f.att->token;
-                                if ((by_means && f.ak->pool_blocks_f32(f.qbar, QC, qkv, f.QKV, T, f.bk, QC) < 0) ||
-                                    ((by_means || dsa__att_summaries(f.att)) &&
-                                     f.ak->pool_blocks_f32(f.kbar, f.NKV * f.HS, qkv + QC, f.QKV, T, f.bk,
-                                                           f.NKV * f.HS) < 0) ||
-                                    (dsa__att_summaries(f.att) &&
-                                     f.ak->pool_blocks_f32(f.vbar, f.NKV * f.HS, qkv + QC + f.NKV * f.HS, f.QKV, T,
-                                                           f.bk, f.NKV * f.HS) < 0))
-                                        return -EINVAL;
-                                if (by_means)
-                                        dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
-                        }
+                        if (f.err < 0)
+                                return f.err;
+                        if (f.att->kind == DSA_ATT_DSA && !f.att->token) /* the block means' projections */
+                                dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         if (f.skv)
                                 dsa_threadpool_for(pool, f.NKV, 1, task_pack_means, &f);
                         if (f.err < 0)
                                 return f.err;
-                        if (f.att->kind == DSA_ATT_DSA && f.att->token)
-                                dsa_threadpool_for(pool, f.NH, 1, task_token_q8, &f);
                         dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
                 }
                 t_att += now_nsec() - t0;

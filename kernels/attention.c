@@ -403,6 +403,46 @@ int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t
         return 0;
 }
 
+int dsa__att_keys_q8_check(const uint8_t *kt, size_t ldk, const float *ks, const float *kp, size_t ldp, size_t n,
+                           size_t bk, size_t R) {
+        if (bk == 0 || R == 0 || R > DSA_ATT_MAX_RANK_LR)
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        if (!kt || !ks || !kp || (n > 1 && ldp < R) || ((R > 4 || bk > 1) && ldk < 4 * ((n + bk - 1) / bk)))
+                return -EINVAL;
+        return 0;
+}
+
+int dsa__attention_keys_lowrank_q8_ref(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n,
+                                       size_t bk, size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+        int r = dsa__att_keys_q8_check(kt, ldk, ks, kp, ldp, n, bk, R);
+
+        if (r < 0 || n == 0)
+                return r;
+        for (size_t b = 0; b * bk < n; b++) {
+                const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
+                float M = 0;
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R; c++) {
+                                const float a = fabsf(kp[j * ldp + c]);
+                                M = a > M ? a : M; /* a NaN is not > */
+                        }
+                const float inv = M > 0 ? 127.0f / M : 0.0f;
+                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R4; c++) {
+                                const float p = c < R ? kp[j * ldp + c] * inv : 0.0f;
+                                int v = 0; /* a NaN (x NaN, or inf * 0): 0 */
+                                if (p == p)
+                                        v = (int) (p + (p >= 0 ? 0.5f : -0.5f));
+                                kt[((c / 4) * bk + j - j0) * ldk + 4 * b + c % 4] = (uint8_t) (128 + v);
+                        }
+        }
+        return 0;
+}
+
 static const struct dsa_attention_kernels table_ref = {
         .isa = DSA_ISA_REF,
         .name = "ref",
@@ -410,6 +450,7 @@ static const struct dsa_attention_kernels table_ref = {
         .block_mass_f32 = dsa__attention_block_mass_f32_ref,
         .linear_f32 = dsa__attention_linear_f32_ref,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_ref,
+        .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_ref,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_ref,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_ref,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_ref,
@@ -424,6 +465,7 @@ static const struct dsa_attention_kernels table_avx2 = {
         .block_mass_f32 = dsa__attention_block_mass_f32_avx2,
         .linear_f32 = dsa__attention_linear_f32_avx2,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx2,
+        .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_avx2,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx2,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx2,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx2,
@@ -437,6 +479,7 @@ static const struct dsa_attention_kernels table_avx512 = {
         .block_mass_f32 = dsa__attention_block_mass_f32_avx512,
         .linear_f32 = dsa__attention_linear_f32_avx512,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx512,
+        .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_avx512,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx512,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx512,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx512,

@@ -170,6 +170,21 @@ struct dsa_attention_kernels {
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk,
                                     size_t Tk, size_t R);
 
+        /* block_max_lowrank_q8's keys (kt, ks) from fp32: keys [0, n) of kp (n, ldp), R floats
+         * each, in blocks of bk from key 0 (the last may be short). Block b's factor is
+         * inv = 127 / M, M its largest |component| (inv = 0 when M is 0 or +inf), ks[b] = 1 / inv
+         * (0 for inv = 0); a component x becomes the byte 128 + round(x * inv), x * inv rounded
+         * to fp32 first (never fused), halves away from 0; a NaN component counts as 0 (byte
+         * 128, and not in M), so do components past R, up to R4 = R rounded up to 4. kt as
+         * block_max_lowrank_q8 reads it: row g bk + t, bytes [4b, 4b + 4) hold components
+         * 4g .. 4g+3 of key b bk + t (ldk >= 4 ceil(n / bk) when kt has more than one row; a
+         * caller writing blocks from b0 on passes kt + 4 b0 and ks + b0). Every variant gives the
+         * same bytes and scales. 1 <= R <= DSA_ATT_MAX_RANK_LR, bk >= 1; 0 or -EINVAL (NULL
+         * pointers with work to do, R or bk out of range, strides too small); nothing is written
+         * on failure. */
+        int (*keys_lowrank_q8)(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n, size_t bk,
+                               size_t R);
+
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
          * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. The same portable loop
@@ -321,6 +336,14 @@ dsa__att_block_max_q8_fn dsa__attention_block_max_lowrank_q8_avx512;
 int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                 const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                 size_t R);
+
+typedef int dsa__att_keys_q8_fn(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n,
+                                size_t bk, size_t R);
+dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_ref;
+dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx2;
+dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx512;
+int dsa__att_keys_q8_check(const uint8_t *kt, size_t ldk, const float *ks, const float *kp, size_t ldp, size_t n,
+                           size_t bk, size_t R);
 
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_ref;
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx2;

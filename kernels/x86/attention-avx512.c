@@ -249,3 +249,41 @@ int dsa__attention_block_max_lowrank_q8_avx512(float *out, size_t ldo, const int
                 return dsa__attention_block_max_lowrank_q8_avx2(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
         return att_block_max_lowrank_q8(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 }
+
+/* keys_lowrank_q8 (attention.h), 16 components a vector: M from |x| (vmaxps returns its second
+ * operand, the running max, where |x| is NaN), then per key x * inv (a barrier keeps it from
+ * fusing into the rounding add), + 0.5 with x's sign, truncated: NaN truncates to INT32_MIN,
+ * whose low byte plus 128 is 128, the byte the contract gives it; vpmovdb keeps the low bytes. */
+int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n,
+                                          size_t bk, size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+        int r = dsa__att_keys_q8_check(kt, ldk, ks, kp, ldp, n, bk, R);
+
+        if (r < 0 || n == 0)
+                return r;
+        for (size_t b = 0; b * bk < n; b++) {
+                const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
+                __m512 mv = _mm512_setzero_ps();
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R; c += 16)
+                                mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c)),
+                                                   mv);
+                const float M = _mm512_reduce_max_ps(mv), inv = M > 0 ? 127.0f / M : 0.0f;
+                const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), nhalf = _mm512_set1_ps(-0.5f);
+                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R4; c += 16) {
+                                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c), vinv);
+                                __asm__("" : "+v"(p));
+                                p = _mm512_add_ps(p, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(),
+                                                                                             _CMP_GE_OQ),
+                                                                          nhalf, half));
+                                const __m512i v = _mm512_add_epi32(_mm512_cvttps_epi32(p), _mm512_set1_epi32(128));
+                                uint32_t w[4];
+                                _mm_storeu_si128((__m128i *) w, _mm512_cvtepi32_epi8(v));
+                                for (size_t g = 0; g < 4 && c + 4 * g < R4; g++)
+                                        memcpy(kt + ((c / 4 + g) * bk + j - j0) * ldk + 4 * b, w + g, 4);
+                        }
+        }
+        return 0;
+}
