@@ -385,15 +385,17 @@ void dsa__att_scores(const struct dsa__att *a, size_t layer, size_t head, size_t
 }
 
 /* Candidates b < nc not kept yet, at most K of them with the highest s, best first (ties: the
- * lower block first, as a scan for the maximum would pick them) into top; returns how many. */
+ * lower block first, as a scan for the maximum would pick them) into top; returns how many.
+ * Scanned from the last block down: the recent blocks usually score highest, so most
+ * candidates after the first few fall below the K-th and are dropped without an insertion. */
 static size_t best_blocks(const float *s, const uint8_t *keep, size_t nc, size_t K, uint32_t *top) {
         size_t nt = 0;
 
-        for (size_t b = 0; b < nc && K > 0; b++) {
-                if (keep[b] || (nt == K && !(s[b] > s[top[K - 1]])))
+        for (size_t b = nc; b-- > 0 && K > 0;) {
+                if (keep[b] || (nt == K && !(s[b] >= s[top[K - 1]])))
                         continue;
                 size_t i = nt < K ? nt++ : K - 1;
-                for (; i > 0 && s[b] > s[top[i - 1]]; i--)
+                for (; i > 0 && s[b] >= s[top[i - 1]]; i--) /* a lower block goes before an equal one */
                         top[i] = top[i - 1];
                 top[i] = (uint32_t) b;
         }
@@ -444,29 +446,35 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
         }
 
         /* DSA: the scorer's predicted mass, then the best remaining blocks until the target */
-        float *s = scratch, *p = scratch + nkb;
+        const float *s = mass, *p = mass;
         size_t want = nc, nt;
         double z = 0, got = 0, target;
 
-        if (mass) {
-                memcpy(p, mass, nc * sizeof(float));
-                s = p;
-        } else {
+        if (!mass) {
+                float *sw = scratch, *pw = scratch + nkb;
                 if (given)
-                        memcpy(s, given, nc * sizeof(float));
+                        memcpy(sw, given, nc * sizeof(float));
                 else
-                        dsa__att_scores(a, layer, head, qb, nc, u, w, D, nvis, scale, s);
+                        dsa__att_scores(a, layer, head, qb, nc, u, w, D, nvis, scale, sw);
                 float mx = -INFINITY;
                 for (size_t b = 0; b < nc; b++)
-                        mx = s[b] > mx ? s[b] : mx;
+                        mx = sw[b] > mx ? sw[b] : mx;
                 for (size_t b = 0; b < nc; b++)
-                        p[b] = isfinite(s[b]) ? expf(s[b] - mx) : 0.0f;
+                        pw[b] = isfinite(sw[b]) ? expf(sw[b] - mx) : 0.0f;
+                s = sw, p = pw;
         }
-        for (size_t b = 0; b < nc; b++) {
-                z += p[b];
-                if (keep[b])
-                        got += p[b];
-        }
+        /* z in four partial sums, so the adds overlap (a chain of nc dependent adds otherwise) */
+        double zp[4] = { 0 };
+        size_t c = 0;
+        for (; c + 4 <= nc; c += 4)
+                for (size_t e = 0; e < 4; e++)
+                        zp[e] += p[c + e];
+        for (; c < nc; c++)
+                zp[0] += p[c];
+        z = (zp[0] + zp[1]) + (zp[2] + zp[3]);
+        for (c = 0; c < nc; c++)
+                if (keep[c])
+                        got += p[c];
         target = a->mass * z;
         if (a->select == DSA_ATT_SELECT_COUNT)
                 want = a->count;

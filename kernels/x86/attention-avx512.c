@@ -112,6 +112,14 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
 
 #define ATT_LR_LANES 16 /* key blocks a vector of att_lr_block_max_q8 */
 
+/* A zeroed vector by the zeroing idiom, which the renamer resolves without an execution port;
+ * a zero the compiler keeps in a register costs a move on the vector ports for each copy. */
+static inline __attribute__((always_inline)) __m512i zero_epi32(void) {
+        __m512i z;
+        __asm__ volatile("vpxord %0, %0, %0" : "=v"(z));
+        return z;
+}
+
 /* block_max_lowrank_q8 of rows (<= 4) rows over blocks [0, nbc) of kt (nbc <= 16, kt, ks and out
  * from the chunk's first block), the chunk's last block holding last keys: vpdpbusd sums four
  * byte products of key t of 16 blocks into their lanes (a 64-byte load, serving the four rows),
@@ -122,7 +130,7 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
 __attribute__((target("avx512vnni"))) static inline __attribute__((always_inline)) void
 att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4], const float qs[4],
                       size_t rows, const uint8_t *kt, size_t ldk, const float *ks, size_t nbc, size_t bk, size_t last,
-                      const size_t G) {
+                      const size_t G, const bool full) {
         const __mmask16 all = lanes(nbc), cut = lanes(nbc - 1); /* blocks with key t: all, or all but the last */
         __m512i m0 = _mm512_set1_epi32(INT32_MIN), m1 = m0, m2 = m0, m3 = m0;
         __m512i w[4][DSA_ATT_MAX_RANK_LR / 4];
@@ -135,33 +143,42 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
                 }
 #define DOT(a, b, c, d, off)                                                                            \
         do {                                                                                            \
-                a = _mm512_setzero_si512(), b = a, c = a, d = a;                                        \
+                a = zero_epi32(), b = zero_epi32(), c = zero_epi32(), d = zero_epi32();                 \
                 for (size_t g = 0; g < G; g++) {                                                        \
-                        const __m512i k = _mm512_maskz_loadu_epi32(all, kt + (g * bk + (off)) * ldk);    \
+                        const uint8_t *p = kt + (g * bk + (off)) * ldk;                                 \
+                        const __m512i k = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(all, p); \
                         a = _mm512_dpbusd_epi32(a, k, w[0][g]), b = _mm512_dpbusd_epi32(b, k, w[1][g]); \
                         c = _mm512_dpbusd_epi32(c, k, w[2][g]), d = _mm512_dpbusd_epi32(d, k, w[3][g]); \
                 }                                                                                       \
         } while (0)
-#define MAX4(mt, a, b, c, d)                                                                            \
+#define MAX4(a, b, c, d)                                                                                \
+        do {                                                                                            \
+                m0 = _mm512_max_epi32(m0, a), m1 = _mm512_max_epi32(m1, b);                             \
+                m2 = _mm512_max_epi32(m2, c), m3 = _mm512_max_epi32(m3, d);                             \
+        } while (0)
+#define MAX4_MASK(mt, a, b, c, d)                                                                       \
         do {                                                                                            \
                 m0 = _mm512_mask_max_epi32(m0, mt, m0, a), m1 = _mm512_mask_max_epi32(m1, mt, m1, b);  \
                 m2 = _mm512_mask_max_epi32(m2, mt, m2, c), m3 = _mm512_mask_max_epi32(m3, mt, m3, d);  \
         } while (0)
+        /* keys every block of the chunk holds: no mask (lanes past nbc are never stored) */
+        const size_t nall = last < bk ? last : bk;
         size_t t = 0;
-        for (; t + 2 <= bk; t += 2) {
+        for (; t + 2 <= nall; t += 2) {
                 __m512i a0, a1, a2, a3, b0, b1, b2, b3;
                 DOT(a0, a1, a2, a3, t);
                 DOT(b0, b1, b2, b3, t + 1);
-                MAX4(t < last ? all : cut, a0, a1, a2, a3);
-                MAX4(t + 1 < last ? all : cut, b0, b1, b2, b3);
+                MAX4(a0, a1, a2, a3);
+                MAX4(b0, b1, b2, b3);
         }
-        if (t < bk) {
+        for (; t < bk; t++) {
                 __m512i a0, a1, a2, a3;
                 DOT(a0, a1, a2, a3, t);
-                MAX4(t < last ? all : cut, a0, a1, a2, a3);
+                MAX4_MASK(t < last ? all : cut, a0, a1, a2, a3);
         }
 #undef DOT
 #undef MAX4
+#undef MAX4_MASK
         const __m512 vks = _mm512_maskz_loadu_ps(all, ks);
         const __m512i mv[4] = { m0, m1, m2, m3 };
         for (size_t a = 0; a < rows; a++) { /* qs * (ks * (m - c)), a zero made +0 (a select, not + 0) */
@@ -177,22 +194,31 @@ __attribute__((target("avx512vnni"))) static void att_lr_block_max_q8(float *out
                                                                       size_t rows, const uint8_t *kt, size_t ldk,
                                                                       const float *ks, size_t nbc, size_t bk,
                                                                       size_t last, size_t R) {
-        switch (R / 4) { /* the usual ranks with G a constant */
-        case 1:
-                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1);
-                break;
-        case 2:
-                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2);
-                break;
-        case 3:
-                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3);
-                break;
-        case 4:
-                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4);
-                break;
-        default:
-                att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4);
-        }
+#define ATT_LR_G(full)                                                                                     \
+        do {                                                                                               \
+                switch (R / 4) { /* the usual ranks with G a constant */                                   \
+                case 1:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1, full);     \
+                        break;                                                                             \
+                case 2:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2, full);     \
+                        break;                                                                             \
+                case 3:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3, full);     \
+                        break;                                                                             \
+                case 4:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4, full);     \
+                        break;                                                                             \
+                default:                                                                                   \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4, full); \
+                }                                                                                          \
+        } while (0)
+        /* a chunk of 16 whole blocks: plain loads (a masked one takes a vector port besides the load) */
+        if (nbc == ATT_LR_LANES && last == bk)
+                ATT_LR_G(true);
+        else
+                ATT_LR_G(false);
+#undef ATT_LR_G
 }
 
 #include "attention-stream.h"
