@@ -172,10 +172,12 @@ struct dsa_attention_kernels {
 
         /* block_max_lowrank_q8's keys (kt, ks) from fp32: keys [0, n) of kp (n, ldp), R floats
          * each, in blocks of bk from key 0 (the last may be short). Block b's factor is
-         * inv = 127 / M, M its largest |component| (inv = 0 when M is 0 or +inf), ks[b] = 1 / inv
-         * (0 for inv = 0); a component x becomes the byte 128 + round(x * inv), x * inv rounded
-         * to fp32 first (never fused), halves away from 0; a NaN component counts as 0 (byte
-         * 128, and not in M), so do components past R, up to R4 = R rounded up to 4. kt as
+         * inv = fl(127 / M), M its largest |component| (inv = 0 when M is 0 or +inf, or so small
+         * that 127 / M overflows), ks[b] = fl(1 / inv) (0 for inv = 0); a component x becomes the
+         * byte 128 + trunc(p + 0.5f) for p = fl(x * inv) >= 0, 128 + trunc(p - 0.5f) below, each
+         * step rounded to fp32 (the product never fused into the add): halves go away from 0,
+         * and so does 0.5 - 2^-25, whose sum with 0.5f rounds to 1. A NaN component counts as 0
+         * (byte 128, and not in M), so do components past R, up to R4 = R rounded up to 4. kt as
          * block_max_lowrank_q8 reads it: row g bk + t, bytes [4b, 4b + 4) hold components
          * 4g .. 4g+3 of key b bk + t (ldk >= 4 ceil(n / bk) when kt has more than one row; a
          * caller writing blocks from b0 on passes kt + 4 b0 and ks + b0). Every variant gives the

@@ -135,21 +135,38 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
         __m512i m0 = _mm512_set1_epi32(INT32_MIN), m1 = m0, m2 = m0, m3 = m0;
         __m512i w[4][DSA_ATT_MAX_RANK_LR / 4];
 
-        for (size_t a = 0; a < 4; a++)
-                for (size_t g = 0; g < G; g++) {
-                        int32_t x;
-                        memcpy(&x, q[a] + 4 * g, 4);
-                        w[a][g] = _mm512_set1_epi32(x);
-                }
+        /* groups 0..3 written out, each behind a test on the constant G, so that for G <= 4 w
+         * lives in registers and the sums unroll (GCC -O2 leaves a loop of 3 rolled, reading w
+         * from the stack) */
+#define W_GROUP(g)                                                              \
+        for (size_t a = 0; (g) < G && a < 4; a++) {                             \
+                int32_t x;                                                      \
+                memcpy(&x, q[a] + 4 * (g), 4);                                  \
+                w[a][g] = _mm512_set1_epi32(x);                                 \
+        }
+        W_GROUP(0);
+        W_GROUP(1);
+        W_GROUP(2);
+        W_GROUP(3);
+        for (size_t g = 4; g < G; g++)
+                W_GROUP(g);
+#undef W_GROUP
+#define DOT_GROUP(a, b, c, d, off, g)                                                                   \
+        if ((g) < G) {                                                                                  \
+                const uint8_t *p = kt + ((g) * bk + (off)) * ldk;                                       \
+                const __m512i k = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(all, p);       \
+                a = _mm512_dpbusd_epi32(a, k, w[0][g]), b = _mm512_dpbusd_epi32(b, k, w[1][g]);         \
+                c = _mm512_dpbusd_epi32(c, k, w[2][g]), d = _mm512_dpbusd_epi32(d, k, w[3][g]);         \
+        }
 #define DOT(a, b, c, d, off)                                                                            \
         do {                                                                                            \
                 a = zero_epi32(), b = zero_epi32(), c = zero_epi32(), d = zero_epi32();                 \
-                for (size_t g = 0; g < G; g++) {                                                        \
-                        const uint8_t *p = kt + (g * bk + (off)) * ldk;                                 \
-                        const __m512i k = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32(all, p); \
-                        a = _mm512_dpbusd_epi32(a, k, w[0][g]), b = _mm512_dpbusd_epi32(b, k, w[1][g]); \
-                        c = _mm512_dpbusd_epi32(c, k, w[2][g]), d = _mm512_dpbusd_epi32(d, k, w[3][g]); \
-                }                                                                                       \
+                DOT_GROUP(a, b, c, d, off, 0);                                                          \
+                DOT_GROUP(a, b, c, d, off, 1);                                                          \
+                DOT_GROUP(a, b, c, d, off, 2);                                                          \
+                DOT_GROUP(a, b, c, d, off, 3);                                                          \
+                for (size_t g = 4; g < G; g++)                                                          \
+                        DOT_GROUP(a, b, c, d, off, g);                                                  \
         } while (0)
 #define MAX4(a, b, c, d)                                                                                \
         do {                                                                                            \
@@ -177,6 +194,7 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
                 MAX4_MASK(t < last ? all : cut, a0, a1, a2, a3);
         }
 #undef DOT
+#undef DOT_GROUP
 #undef MAX4
 #undef MAX4_MASK
         const __m512 vks = _mm512_maskz_loadu_ps(all, ks);
@@ -294,7 +312,10 @@ int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, co
                         for (size_t c = 0; c < R; c += 16)
                                 mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c)),
                                                    mv);
-                const float M = _mm512_reduce_max_ps(mv), inv = M > 0 ? 127.0f / M : 0.0f;
+                const float M = _mm512_reduce_max_ps(mv);
+                float inv = M > 0 ? 127.0f / M : 0.0f;
+                if (!(inv < INFINITY)) /* M so small that 127 / M overflows */
+                        inv = 0.0f;
                 const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), nhalf = _mm512_set1_ps(-0.5f);
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)

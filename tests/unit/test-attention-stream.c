@@ -10,7 +10,13 @@
  * and 8 blocks end full, short and with one lane, one key scale a block, every variant bit for
  * bit equal to an oracle of the exact integer max and the two fp32 products, with scales that
  * overflow or go subnormal, poisoned keys past the ragged last block's end, inputs each ending
- * on or starting after a guard page); and the same attention on
+ * on or starting after a guard page); the bytes and block scales it reads made from fp32 rows
+ * (keys_lowrank_q8: every rank 1 to 64, blocks of 1 to 256 keys, 0 keys, one, part of a block,
+ * whole blocks and a short last one, written from block b0 on as the engine does, or in two calls;
+ * bell-shaped values, zeros of both signs, halves, NaN, +-inf, subnormals, 1e30 and FLT_MAX; the
+ * ref bit for bit equal to an oracle written from the contract, every other variant to the ref,
+ * every byte of kt and ks outside the call's keys untouched, hand-made cases, the rounding of
+ * every half and its neighbours, and the round trip back to the floats); and the same attention on
  * keys and values packed once (pack_kv_f32, blocks_packed_f32), with and without a bias that
  * adds to the scores or masks keys (-INFINITY), on head sizes 1 to 100, key blocks of 1 to 256
  * (not dividing the panels), up to 700 keys, lists of long runs, runs from any block and chunks
@@ -1520,6 +1526,615 @@ static void test_block_max_lowrank_q8_errors(void **state) {
         }
 }
 
+/* ---- The token scorer's key bytes from fp32 rows (keys_lowrank_q8). */
+
+/* Round trip of finite keys, in double: |ks[b] (byte - 128) - x| <= ks[b] / 2 (1 + KEYS_Q8_RT_RERR) +
+ * KEYS_Q8_RT_XERR |x| + KEYS_Q8_RT_TINY. round() is off by at most a half; ks = fl(1 / inv) and
+ * p = fl(x inv) carry 2^-24 relative each, so ks p = x (1 + e), |e| <= 2^-23 + 2^-48: the |x| term
+ * (up to 127 ks 2^-22 = 3e-5 ks, more than the relative slack alone allows where p is a half). A
+ * block whose M is below 127 / FLT_MAX (3.7e-37) has 127 / M overflow, ks 0 and every byte 128
+ * (keys_q8_byte): the absolute term, which also covers a subnormal ks. */
+#define KEYS_Q8_RT_RERR 1e-5
+#define KEYS_Q8_RT_XERR 0x1p-22
+#define KEYS_Q8_RT_TINY 4e-37
+
+/* What the oracle met over all calls: blocks whose M is 0, +inf, or so small that 127 / M
+ * overflows, scales that are subnormal; components whose p is a half exactly (k + 0.5, of either
+ * sign), 0.5 - 2^-25 itself; NaN, -0, subnormal and huge (>= 1e30, finite) components; bytes 1
+ * and 255. */
+static struct {
+        size_t shapes, zero_blocks, inf_blocks, overflow_blocks, subnormal_ks, half_pos, half_neg, below_half,
+                nan, neg_zero, subnormal_x, huge, b1, b255;
+} keys_q8_seen;
+
+/* The contract's byte of x in a block of factor inv: 128 + trunc(p +- 0.5f), p = fl(x inv) (the
+ * product is exact in double, so rounding it to float gives fp32's product: never fused): halves
+ * away from 0, and 0.5 - 2^-25 (0x1.fffffep-2) to +-1, its sum with 0.5f rounding to 1 in fp32
+ * (no other p in [-128, 128] differs from a round half away from 0: checked over every float);
+ * a NaN p (x NaN, or +-inf times inv 0) counts as 0. A block whose 127 / M overflows has inv 0,
+ * so its p is 0 or NaN; the !isfinite guard is for that too. */
+static uint8_t keys_q8_byte(float x, float inv) {
+        const float p = (float) ((double) x * (double) inv);
+        double r;
+
+        keys_q8_seen.nan += isnan(x) != 0;
+        keys_q8_seen.neg_zero += x == 0 && signbit(x);
+        keys_q8_seen.subnormal_x += fpclassify(x) == FP_SUBNORMAL;
+        keys_q8_seen.huge += isfinite(x) && fabsf(x) >= 1e30f;
+        if (!isfinite(p))
+                return 128;
+        r = floor(fabs((double) p) + 0.5); /* exact: |p| < 2^8 */
+        keys_q8_seen.half_pos += p > 0 && p - floor(p) == 0.5f;
+        keys_q8_seen.half_neg += p < 0 && p - floor(p) == 0.5f;
+        keys_q8_seen.below_half += fabsf(p) == 0x1.fffffep-2f;
+        if (fabsf(p) == 0x1.fffffep-2f) /* 0.5 - 2^-25 + 0.5f rounds to 1 */
+                r = 1;
+        r = p < 0 ? -r : r;
+        assert_true(r >= -127 && r <= 127);
+        keys_q8_seen.b1 += r == -127;
+        keys_q8_seen.b255 += r == 127;
+        return (uint8_t) (128 + (int) r);
+}
+
+/* keys_lowrank_q8 by its contract (attention.h), written from the text, in double where it can be:
+ * per block of bk keys from key 0, M the largest |x| over its keys' R components that are not NaN,
+ * inv = fl(127 / M) (0 for M 0 or +inf; the quotient of two floats in double is correctly
+ * rounded to fp32 by the cast, 53 >= 2 * 24 + 2), ks[b] = fl(1 / inv) (0 for inv 0), bytes by
+ * keys_q8_byte, 128 for components R .. R4 - 1; component c of key b bk + t at row (c/4) bk + t,
+ * byte 4b + c%4. Nothing else written. */
+static void keys_q8_oracle(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n, size_t bk,
+                           size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+
+        for (size_t b = 0; b * bk < n; b++) {
+                const size_t j0 = b * bk, j1 = MIN(n, j0 + bk);
+                double M = 0;
+                float inv;
+
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R; c++)
+                                if (!isnan(kp[j * ldp + c]))
+                                        M = MAX(M, fabs((double) kp[j * ldp + c]));
+                inv = M == 0 || isinf(M) ? 0.0f : (float) (127.0 / M);
+                keys_q8_seen.zero_blocks += M == 0;
+                keys_q8_seen.inf_blocks += isinf(M) != 0;
+                keys_q8_seen.overflow_blocks += isinf(inv) != 0;
+                if (isinf(inv)) /* 127 / M overflows: inv 0 */
+                        inv = 0.0f;
+                ks[b] = inv == 0 ? 0.0f : (float) (1.0 / (double) inv);
+                keys_q8_seen.subnormal_ks += fpclassify(ks[b]) == FP_SUBNORMAL;
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R4; c++)
+                                kt[((c / 4) * bk + j - j0) * ldk + 4 * b + c % 4] =
+                                        c < R ? keys_q8_byte(kp[j * ldp + c], inv) : 128;
+        }
+}
+
+/* One call's shape: keys [0, n) of kp (n, ldp), R floats each, into blocks [b0, b0 + nb) of a kt of
+ * nkt bytes (row stride ldk) and a ks of nbt = b0 + nb floats, called with kt + 4 b0 and ks + b0 as
+ * the engine does. */
+struct keys_q8_call {
+        size_t R, n, bk, b0, nb, nbt, ldp, ldk, nkt;
+        const float *kp;
+        char shape[160];
+};
+
+/* kt and ks (got) equal to want and wks in every byte, or a message naming the first byte that
+ * differs: the block, key and component it holds (and x), or that the call should not write it. */
+static bool keys_q8_same(const struct keys_q8_call *k, enum dsa_isa isa, const char *against, const uint8_t *kt,
+                         const float *ks, const uint8_t *want, const float *wks) {
+        const size_t rows = (k->R + 3) / 4 * k->bk;
+
+        for (size_t i = 0; i < k->nkt; i++) {
+                const size_t row = k->ldk ? i / k->ldk : 0, col = k->ldk ? i % k->ldk : i;
+                const size_t b = col / 4 - k->b0, t = row % k->bk, c = row / k->bk * 4 + col % 4;
+
+                if (kt[i] == want[i])
+                        continue;
+                if (row < rows && col >= 4 * k->b0 && col < 4 * k->nbt && b * k->bk + t < k->n)
+                        printf("FAIL keys q8/%s vs %s %s: kt byte %zu (row %zu byte %zu: block %zu key %zu component "
+                               "%zu%s, x %a) got %u want %u\n",
+                               dsa_test_isa_names[isa], against, k->shape, i, row, col, b, b * k->bk + t, c,
+                               c < k->R ? "" : " (padding)", c < k->R ? k->kp[(b * k->bk + t) * k->ldp + c] : 0.0f,
+                               kt[i], want[i]);
+                else
+                        printf("FAIL keys q8/%s vs %s %s: kt byte %zu (row %zu byte %zu) is none of the call's keys "
+                               "but was written: %u, was %u\n",
+                               dsa_test_isa_names[isa], against, k->shape, i, row, col, kt[i], want[i]);
+                return false;
+        }
+        for (size_t b = 0; b < k->nbt; b++)
+                if (memcmp(&ks[b], &wks[b], sizeof(float)) != 0) {
+                        printf("FAIL keys q8/%s vs %s %s: ks[%zu]%s got %a want %a\n", dsa_test_isa_names[isa], against,
+                               k->shape, b, b < k->b0 ? " (before the call's blocks)" : "", ks[b], wks[b]);
+                        return false;
+                }
+        return true;
+}
+
+/* The round trip of every finite component of a block with no NaN or inf (KEYS_Q8_RT_*). */
+static bool keys_q8_round_trip(const struct keys_q8_call *k, const uint8_t *kt, const float *ks) {
+        for (size_t b = 0; b < k->nb; b++) {
+                const size_t j0 = b * k->bk, j1 = MIN(k->n, j0 + k->bk);
+                const double s = ks[k->b0 + b];
+                bool finite = true;
+
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < k->R; c++)
+                                finite = finite && isfinite(k->kp[j * k->ldp + c]);
+                for (size_t j = j0; finite && j < j1; j++)
+                        for (size_t c = 0; c < k->R; c++) {
+                                const double x = k->kp[j * k->ldp + c];
+                                const int q = kt[((c / 4) * k->bk + j - j0) * k->ldk + 4 * (k->b0 + b) + c % 4] - 128;
+                                const double err = fabs(s * q - x);
+                                const double tol = s / 2 * (1 + KEYS_Q8_RT_RERR) + KEYS_Q8_RT_XERR * fabs(x) +
+                                                   KEYS_Q8_RT_TINY;
+
+                                if (!(err <= tol)) {
+                                        printf("FAIL keys q8 round trip %s: block %zu key %zu component %zu x %a "
+                                               "byte %d ks %a: |ks q - x| = %.3g > %.3g\n",
+                                               k->shape, b, j, c, x, q + 128, s, err, tol);
+                                        return false;
+                                }
+                        }
+        }
+        return true;
+}
+
+/* A sum of four uniforms: bell-shaped, mean 0, variance 1/3, tails at +-4. */
+static float keys_q8_gauss(struct dsa_test_rng *rng) {
+        float s = 0;
+
+        for (int i = 0; i < 4; i++)
+                s += dsa_test_rng_uniform(rng, -1.0f, 1.0f);
+        return s;
+}
+
+/* A value x whose p = fl(x inv) is +-(k + 0.5), k in [0, 126], or a float next to it (one ulp
+ * nearer 0 or farther), or +-(0.5 - 2^-25), when one of the floats next to t / inv has that
+ * product (then the exact x inv is a half only when inv is a power of two: a fused multiply-add
+ * would round other ones by the exact product); else the nearest try. */
+static float keys_q8_half(struct dsa_test_rng *rng, float inv) {
+        const size_t r = rng_below(rng, 8);
+        float t = (float) rng_below(rng, 127) + 0.5f, x, up, down;
+
+        if (r == 0)
+                t = 0x1.fffffep-2f;
+        else if (r == 1)
+                t = nextafterf(t, 0.0f);
+        else if (r == 2)
+                t = nextafterf(t, INFINITY);
+        t = rng_below(rng, 2) ? -t : t;
+        x = up = down = (float) ((double) t / inv);
+        for (int d = 0; d < 4 && (float) ((double) x * inv) != t; d++) {
+                up = nextafterf(up, INFINITY), down = nextafterf(down, -INFINITY);
+                x = (float) ((double) up * inv) == t ? up : down;
+        }
+        return x;
+}
+
+/* One block's keys (keys rows at stride ldp, R components each), in one of eight styles: 0, 1
+ * bell-shaped at a scale of 2^-20 .. 2^20; 2 those with special values among them (+-0, NaN,
+ * subnormals, FLT_MIN, +-1e30, +-FLT_MAX, and in a third of the blocks +-inf); 3 zeros of both
+ * signs, some NaN; 4 halves with M = 127 2^e (inv = 2^-e exactly); 5 halves with any M (an inv
+ * that is not a power of two); 6 tiny: subnormals, normals below 127 / FLT_MAX, or M just below
+ * or above it; 7 huge (1e30 and FLT_MAX). In 4 and 5 one component is +-M. */
+static void keys_q8_block(struct dsa_test_rng *rng, float *kp, size_t ldp, size_t keys, size_t R) {
+        static const float special[] = { 0.0f,    -0.0f,   NAN,       0x1p-149f, -0x1p-140f, 1e-40f,   FLT_MIN,
+                                         1e30f,   -1e30f,  FLT_MAX,   -FLT_MAX,  1.0f,       -3.0f,    INFINITY,
+                                         -INFINITY };
+        const size_t style = rng_below(rng, 8), nspecial = ELEMENTSOF(special) - (rng_below(rng, 3) ? 2 : 0);
+        const float thresh = 127.0f / FLT_MAX;
+        float scale = ldexpf(1.0f, (int) rng_below(rng, 41) - 20), M = 0, inv = 0;
+
+        if (style == 4)
+                M = ldexpf(127.0f, (int) rng_below(rng, 61) - 30);
+        if (style == 5)
+                M = ldexpf(dsa_test_rng_uniform(rng, 1.0f, 2.0f), (int) rng_below(rng, 25) - 12);
+        if (style == 6) {
+                const size_t t = rng_below(rng, 4);
+                M = t == 0 ? 0x1p-130f : t == 1 ? 1e-37f : thresh * (t == 2 ? 0.999f : 1.001f);
+        }
+        inv = M > 0 ? 127.0f / M : 0.0f;
+        for (size_t j = 0; j < keys; j++)
+                for (size_t c = 0; c < R; c++) {
+                        float *x = &kp[j * ldp + c];
+
+                        switch (style) {
+                        case 2:
+                                *x = rng_below(rng, 2) ? special[rng_below(rng, nspecial)] : keys_q8_gauss(rng);
+                                break;
+                        case 3:
+                                *x = rng_below(rng, 8) == 0 ? NAN : rng_below(rng, 2) ? 0.0f : -0.0f;
+                                break;
+                        case 4:
+                        case 5:
+                                *x = keys_q8_half(rng, inv);
+                                break;
+                        case 6:
+                                *x = M * dsa_test_rng_uniform(rng, -1.0f, 1.0f);
+                                break;
+                        case 7:
+                                *x = rng_below(rng, 16) == 0 ? (rng_below(rng, 2) ? FLT_MAX : -FLT_MAX)
+                                                             : 1e30f * keys_q8_gauss(rng);
+                                break;
+                        default:
+                                *x = scale * keys_q8_gauss(rng);
+                        }
+                }
+        if (M > 0) /* the block's M exactly: one component +-M */
+                kp[rng_below(rng, keys) * ldp + rng_below(rng, R)] = rng_below(rng, 2) ? M : -M;
+}
+
+/* One shape through every variant: the ref against the oracle bit for bit (bytes and scales, the
+ * whole of kt and ks compared, so bytes a call must not write are checked too), every other
+ * variant against the ref's bits, once whole and, for a few shapes with two blocks or more, as
+ * two calls split at a block (kt + 4 b, ks + b, kp from key b bk on, as the engine's units). kp
+ * is exactly its (n - 1) ldp + R floats, ending on a guard page (or, now and again, starting
+ * after one), with poison between the rows (NaN, which the kernel would count as 0, and +-FLT_MAX
+ * and -inf, which would change M); kt and ks are exactly the bytes and floats from block 0 to the
+ * last one written, each ending on (or starting after) a guard page, random bytes between rows
+ * and in front of b0. */
+static void keys_q8_case(struct dsa_test_rng *rng, size_t R, size_t n, size_t bk, size_t case_no) {
+        static const float poison[] = { NAN, FLT_MAX, -INFINITY, -FLT_MAX };
+        static const size_t ppads[] = { 0, 1, 3, 5, 64 }, kpads[] = { 0, 0, 1, 3, 29 };
+        const size_t R4 = (R + 3) / 4 * 4, rows = R4 / 4 * bk, nb = (n + bk - 1) / bk;
+        const size_t b0 = rng_below(rng, 3) == 0 ? 1 + rng_below(rng, 3) : 0, nbt = b0 + nb;
+        const size_t ldp = n == 1 && rng_below(rng, 3) == 0 ? 0 : R + ppads[rng_below(rng, ELEMENTSOF(ppads))];
+        const size_t ldk = rows == 1 && rng_below(rng, 2) ? 0 : 4 * nbt + kpads[rng_below(rng, ELEMENTSOF(kpads))];
+        const size_t np = n ? (n - 1) * ldp + R : 0, nkt = (rows - 1) * ldk + 4 * nbt;
+        const bool front = rng_below(rng, 4) == 0;
+        struct keys_q8_call k = { .R = R, .n = n, .bk = bk, .b0 = b0, .nb = nb, .nbt = nbt, .ldp = ldp, .ldk = ldk,
+                                  .nkt = nkt };
+        struct guarded gp, gk, gs;
+        float *kp = guarded_bytes_new(&gp, np * sizeof(float), front);
+        uint8_t *kt = guarded_bytes_new(&gk, nkt, !front);
+        float *ks = guarded_bytes_new(&gs, nbt * sizeof(float), front);
+        uint8_t *init = malloc(nkt + 1), *want = malloc(nkt + 1), *ref = malloc(nkt + 1);
+        float *wks = dsa_test_falloc(nbt + 1), *rks = dsa_test_falloc(nbt + 1);
+
+        assert_true(init && want && ref);
+        for (size_t i = 0; i < np; i++)
+                kp[i] = ldp && i % ldp >= R ? poison[i % ELEMENTSOF(poison)] : 0.0f;
+        for (size_t b = 0; b < nb; b++)
+                keys_q8_block(rng, kp + b * bk * ldp, ldp, MIN(bk, n - b * bk), R);
+        for (size_t i = 0; i < nkt; i++)
+                init[i] = (uint8_t) rng_below(rng, 256);
+        k.kp = kp;
+        snprintf(k.shape, sizeof(k.shape), "R=%zu n=%zu bk=%zu b0=%zu ldp=%zu ldk=%zu case %zu", R, n, bk, b0, ldp,
+                 ldk, case_no);
+
+        memcpy(want, init, nkt);
+        dsa_test_fill(wks, nbt, SENTINEL);
+        keys_q8_oracle(want + 4 * b0, ldk, wks + b0, kp, ldp, n, bk, R);
+        assert_int_equal(isas[0], DSA_ISA_REF);
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
+                const char *against = s == 0 ? "oracle" : "ref";
+
+                memcpy(kt, init, nkt);
+                dsa_test_fill(ks, nbt, SENTINEL);
+                assert_int_equal(ak->keys_lowrank_q8(kt + 4 * b0, ldk, ks + b0, kp, ldp, n, bk, R), 0);
+                assert_true(keys_q8_same(&k, isas[s], against, kt, ks, s == 0 ? want : ref, s == 0 ? wks : rks));
+                if (s == 0) {
+                        memcpy(ref, kt, nkt), memcpy(rks, ks, nbt * sizeof(float));
+                        assert_true(keys_q8_round_trip(&k, kt, ks));
+                }
+                if (nb >= 2 && case_no % 4 == 0) {
+                        const size_t sb = 1 + rng_below(rng, nb - 1), j = sb * bk;
+
+                        memcpy(kt, init, nkt);
+                        dsa_test_fill(ks, nbt, SENTINEL);
+                        assert_int_equal(ak->keys_lowrank_q8(kt + 4 * b0, ldk, ks + b0, kp, ldp, j, bk, R), 0);
+                        assert_int_equal(ak->keys_lowrank_q8(kt + 4 * (b0 + sb), ldk, ks + b0 + sb, kp + j * ldp, ldp,
+                                                             n - j, bk, R),
+                                         0);
+                        assert_true(keys_q8_same(&k, isas[s], "ref (two calls split at a block)", kt, ks, ref, rks));
+                }
+        }
+        keys_q8_seen.shapes++;
+        guarded_free(&gp), guarded_free(&gk), guarded_free(&gs);
+        free(init), free(want), free(ref), free(wks), free(rks);
+}
+
+/* Every rank 1 .. 64 (a vector's tail of 1 to 15 components on AVX-512, 1 to 7 on AVX2, and R4 - R
+ * padding components of 0 to 3) with blocks of 1, 2, 3, 7, 16, 31, 32, 33, 64 and 256 keys; the key
+ * counts go through n = 0, 1, below bk, a multiple of bk and past one (a short last block), each
+ * kind meeting each bk across the ranks. */
+static void test_keys_lowrank_q8(void **state) {
+        static const size_t bks[] = { 1, 2, 3, 7, 16, 31, 32, 33, 64, 256 };
+        struct dsa_test_rng rng = { 41 };
+        size_t case_no = 0;
+
+        for (size_t R = 1; R <= DSA_ATT_MAX_RANK_LR; R++)
+                for (size_t bi = 0; bi < ELEMENTSOF(bks); bi++)
+                        for (size_t a = 0; a < 2; a++, case_no++) {
+                                const size_t bk = bks[bi], kind = (R + bi + 3 * a) % 5;
+                                const size_t m = 1 + rng_below(&rng, bk >= 64 ? 2 : 4);
+                                size_t n;
+
+                                if (kind == 0)
+                                        n = R % 2 ? 1 : 0;
+                                else if (kind == 1)
+                                        n = 1 + rng_below(&rng, bk); /* at most one block */
+                                else if (kind == 2)
+                                        n = m * bk;
+                                else if (kind == 3)
+                                        n = m * bk + 1 + rng_below(&rng, MAX(bk - 1, (size_t) 1));
+                                else
+                                        n = 1 + rng_below(&rng, 5 * bk);
+                                keys_q8_case(&rng, R, n, bk, case_no);
+                        }
+        printf("keys q8: %zu shapes through %zu variants bit for bit; blocks with M 0: %zu, +inf: %zu, 127 / M "
+               "overflowing: %zu, subnormal ks: %zu; components with p a half: %zu positive, %zu negative, %zu at "
+               "0.5 - 2^-25, %zu NaN, %zu -0, %zu subnormal, %zu huge; bytes 1: %zu, 255: %zu\n",
+               keys_q8_seen.shapes, n_isas, keys_q8_seen.zero_blocks, keys_q8_seen.inf_blocks,
+               keys_q8_seen.overflow_blocks, keys_q8_seen.subnormal_ks, keys_q8_seen.half_pos, keys_q8_seen.half_neg,
+               keys_q8_seen.below_half, keys_q8_seen.nan, keys_q8_seen.neg_zero, keys_q8_seen.subnormal_x,
+               keys_q8_seen.huge, keys_q8_seen.b1, keys_q8_seen.b255);
+        /* the inputs made the cases they are there for */
+        assert_true(keys_q8_seen.zero_blocks > 0 && keys_q8_seen.inf_blocks > 0 && keys_q8_seen.overflow_blocks > 0);
+        assert_true(keys_q8_seen.subnormal_ks > 0 && keys_q8_seen.half_pos > 0 && keys_q8_seen.half_neg > 0);
+        assert_true(keys_q8_seen.below_half > 0 && keys_q8_seen.nan > 0 && keys_q8_seen.neg_zero > 0);
+        assert_true(keys_q8_seen.subnormal_x > 0 && keys_q8_seen.huge > 0 && keys_q8_seen.b1 > 0);
+        assert_true(keys_q8_seen.b255 > 0);
+}
+
+/* The contract's cases by hand, not through the oracle: one key a block (bk 1), R = 5 (bytes 5 .. 7
+ * padding, 128), each table row its own block and scale; rows at a stride of 7 with NaN and FLT_MAX
+ * between them. Then the rounding of every half k + 0.5 (k in [0, 126]) and of the floats on
+ * either side of it, of both signs, at M = 127 2^e (inv = 2^-e exactly, ks = 2^e), in 64-component
+ * keys: a half goes away from 0, its neighbours to the nearer integer. And "never fused": at M in
+ * [100, 200) (inv = fl(127 / M), not a power of two), components +-x whose fp32 product fl(x inv) is
+ * 0.5 - 2^-25 while the exact x inv is below it: trunc(p + 0.5f) gives +-1 (the contract),
+ * a product fused into the add, trunc(fl(x inv + 0.5)), gives 0. That is the one place fusing
+ * changes a byte: elsewhere p + 0.5 is exact or rounds on the same side of an integer as the exact
+ * x inv + 0.5 does. */
+static void test_keys_lowrank_q8_values(void **state) {
+        enum { R = 5, LDP = 7, LDK = 64 };
+        static const struct {
+                float x[R];
+                uint8_t want[8];
+                float ks;
+        } rows[] = {
+                { { 0, 0, 0, 0, 0 }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 }, /* M 0: inv 0, ks 0 */
+                { { -0.0f, -0.0f, 0, -0.0f, 0 }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+                { { NAN, NAN, NAN, -NAN, NAN }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+                /* M 2 (NaN not in it): inv 63.5, -1 -> -63.5 -> -64 */
+                { { NAN, 2, -1, 0, -0.0f }, { 128, 255, 64, 128, 128, 128, 128, 128 }, 2.0f / 127.0f },
+                { { 127, 0.5f, -0.5f, 1.5f, -2.5f }, { 255, 129, 127, 130, 125, 128, 128, 128 }, 1 },
+                { { -127, 0x1.fbfffep+5f, 0x1.fc0002p+5f, -0x1.fbfffep+5f, -0x1.fc0002p+5f }, /* 63.5 -+ an ulp */
+                  { 1, 191, 192, 65, 64, 128, 128, 128 },
+                  1 },
+                { { 126.5f, -126.5f, 127, 0x1.fffffcp-2f, -0x1.fffffcp-2f }, /* 0.5 - 2^-24: 0 */
+                  { 255, 1, 255, 128, 128, 128, 128, 128 },
+                  1 },
+                /* M +inf: inv 0, ks 0, every byte 128 (inf * 0 is NaN: 0) */
+                { { INFINITY, 1, -1, 0, NAN }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+                { { 3, NAN, -INFINITY, 0, 1e30f }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+                /* inv = 127 2^-100 exactly: 2^99 -> 63.5 -> 64, 2^-149 -> 0 */
+                { { 0x1p100f, -0x1p100f, 0x1p99f, 0x1p-149f, -0.0f },
+                  { 255, 1, 192, 128, 128, 128, 128, 128 },
+                  0x1p100f / 127.0f },
+                { { FLT_MAX, -FLT_MAX, 1e30f, 1, -1 }, { 255, 1, 128, 128, 128, 128, 128, 128 }, 1 / (127 / FLT_MAX) },
+                { { 1, 1e-40f, -1e-40f, 0x1p-149f, -0.0f }, { 255, 128, 128, 128, 128, 128, 128, 128 }, 1 / 127.0f },
+                /* M just above 127 / FLT_MAX: inv finite, ks subnormal */
+                { { 4e-37f, -4e-37f, 0, 1e-45f, 0 }, { 255, 1, 128, 128, 128, 128, 128, 128 }, 1 / (127 / 4e-37f) },
+                /* M below 127 / FLT_MAX, subnormal or not: 127 / M overflows (the contract is silent; every
+                 * variant gives ks 0 and bytes 128) */
+                { { 1e-40f, -1e-40f, 0x1p-149f, 0, -0.0f }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+                { { 3e-37f, -1e-37f, 1e-38f, 0, 0 }, { 128, 128, 128, 128, 128, 128, 128, 128 }, 0 },
+        };
+        enum { N = ELEMENTSOF(rows), KEYS = 2 * 127 * 3 / 63 + 1, KR = 64, NF = 8 };
+        static const int es[] = { 0, -20, 20, -100, 100 };
+        static float kp[N * LDP], sweep[KEYS * KR];
+        static uint8_t kt[2 * LDK], skt[KR / 4 * LDK];
+        float ks[N], sks[KEYS], fx[3 * NF];
+        size_t nf = 0;
+
+        for (size_t i = 0; i < N * LDP; i++)
+                kp[i] = i % LDP < R ? rows[i / LDP].x[i % LDP] : i % 2 ? NAN : FLT_MAX;
+        for (float M = 100.0f; nf < NF && M < 200.0f; M += 1.0f) {
+                const float inv = 127.0f / M, p = 0x1.fffffep-2f;
+                float y = (float) (p / (double) inv);
+
+                for (int d = 0; d < 3; d++)
+                        y = nextafterf(y, 0.0f);
+                for (int d = 0; d < 7; d++, y = nextafterf(y, INFINITY))
+                        if ((float) ((double) y * inv) == p && (double) y * inv < p) {
+                                fx[3 * nf] = M, fx[3 * nf + 1] = y, fx[3 * nf + 2] = -y;
+                                nf++;
+                                break;
+                        }
+        }
+        assert_int_equal(nf, NF); /* the values are there */
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
+                const char *isa = dsa_test_isa_names[isas[s]];
+
+                memset(kt, 0xa5, sizeof(kt));
+                assert_int_equal(ak->keys_lowrank_q8(kt, LDK, ks, kp, LDP, N, 1, R), 0);
+                for (size_t b = 0; b < N; b++) {
+                        for (size_t c = 0; c < 8; c++)
+                                if (kt[c / 4 * LDK + 4 * b + c % 4] != rows[b].want[c]) {
+                                        printf("FAIL keys q8/%s values: row %zu component %zu (x %a) got %u want %u\n",
+                                               isa, b, c, c < R ? rows[b].x[c] : 0.0f, kt[c / 4 * LDK + 4 * b + c % 4],
+                                               rows[b].want[c]);
+                                        fail();
+                                }
+                        if (memcmp(&ks[b], &rows[b].ks, sizeof(float)) != 0) {
+                                printf("FAIL keys q8/%s values: row %zu ks got %a want %a\n", isa, b, ks[b], rows[b].ks);
+                                fail();
+                        }
+                }
+
+                for (size_t e = 0; e < ELEMENTSOF(es); e++) {
+                        /* component 0 of each key +-127 2^e (M), then the halves, below, at and above, + and - */
+                        size_t at = 0;
+
+                        for (size_t j = 0; j < KEYS; j++)
+                                for (size_t c = 0; c < KR; c++) {
+                                        const size_t k = at / 6 % 127, side = at % 3;
+                                        const float h = (float) k + 0.5f;
+                                        float v = side == 0 ? nextafterf(h, 0) : side == 1 ? h : nextafterf(h, 256);
+
+                                        if (c == 0) {
+                                                v = j % 2 ? -127.0f : 127.0f;
+                                        } else {
+                                                v = at / 3 % 2 ? -v : v;
+                                                at++;
+                                        }
+                                        sweep[j * KR + c] = ldexpf(v, es[e]);
+                                }
+                        memset(skt, 0xa5, sizeof(skt));
+                        assert_int_equal(ak->keys_lowrank_q8(skt, LDK, sks, sweep, KR, KEYS, 1, KR), 0);
+                        for (size_t j = 0; j < KEYS; j++) {
+                                assert_true(sks[j] == ldexpf(1.0f, es[e]));
+                                for (size_t c = 0; c < KR; c++) {
+                                        const float x = sweep[j * KR + c], p = ldexpf(x, -es[e]);
+                                        const double ap = fabs((double) p);
+                                        int q = (int) floor(ap + 0.5); /* the contract's round: away from 0 */
+                                        const uint8_t got = skt[c / 4 * LDK + 4 * j + c % 4];
+
+                                        if (ap == 0x1.fffffep-2) /* + 0.5f rounds to 1 */
+                                                q = 1;
+                                        q = p < 0 ? -q : q;
+                                        if (got != 128 + q) {
+                                                printf("FAIL keys q8/%s rounding at M = 127 2^%d: key %zu component "
+                                                       "%zu p %a (%.9g) got byte %u want %d\n",
+                                                       isa, es[e], j, c, p, p, got, 128 + q);
+                                                fail();
+                                        }
+                                }
+                        }
+                }
+
+                memset(skt, 0xa5, sizeof(skt));
+                assert_int_equal(ak->keys_lowrank_q8(skt, LDK, sks, fx, 3, NF, 1, 3), 0);
+                for (size_t b = 0; b < NF; b++) {
+                        const int h = 1; /* 0.5 - 2^-25 goes to +-1 */
+                        const int want[4] = { 255, 128 + h, 128 - h, 128 };
+
+                        for (size_t c = 0; c < 4; c++)
+                                if (skt[4 * b + c] != want[c]) {
+                                        printf("FAIL keys q8/%s near the half at M = %.9g: component %zu x %a (fp32 "
+                                               "x inv %a, exact %.17g) got byte %u want %d\n",
+                                               isa, fx[3 * b], c, c < 3 ? fx[3 * b + c] : 0.0f,
+                                               c < 3 ? (float) ((double) fx[3 * b + c] * (127.0f / fx[3 * b])) : 0.0f,
+                                               c < 3 ? (double) fx[3 * b + c] * (127.0f / fx[3 * b]) : 0.0,
+                                               skt[4 * b + c], want[c]);
+                                        fail();
+                                }
+                }
+        }
+}
+
+/* -EINVAL and nothing written for each bad argument alone (the call with all of them good gives the
+ * oracle's bits): bk 0, R 0 and past 64, NULL pointers with work to do, ldp below R with more than
+ * one key, ldk below 4 nb with more than one kt row (R > 4, or bk > 1); R and bk are checked whatever
+ * the work, and no keys is 0 and writes nothing, NULL pointers or not. One key needs no key stride
+ * (ldp 0) and one kt row (R <= 4, bk 1) no row stride (ldk 0, or any): the same bytes as with
+ * them, and the tightest strides (ldp = R, ldk = 4 nb) the same as wider ones. */
+static void test_keys_lowrank_q8_errors(void **state) {
+        enum { R = 13, R4 = 16, N = 40, BK = 7, NB = (N + BK - 1) / BK, LDP = R + 3, LDK = 4 * NB + 2, NKT = R4 / 4 * BK * LDK };
+        static const size_t bad_R[] = { 0, 65, 66, 128, SIZE_MAX };
+        static float kp[N * LDP], tight[N * R];
+        static uint8_t kt[NKT], good[NKT], want[NKT], keep[NKT], one[NKT];
+        float ks[NB + 1], gks[NB + 1], wks[NB + 1], kks[NB + 1], oks[N + 1];
+
+        for (size_t i = 0; i < N * LDP; i++)
+                kp[i] = i % LDP < R ? (float) ((int) ((i * 37) % 255) - 127) / 8.0f : NAN;
+        for (size_t j = 0; j < N; j++)
+                memcpy(tight + j * R, kp + j * LDP, R * sizeof(float));
+        memset(good, 0xa5, NKT);
+        dsa_test_fill(gks, NB + 1, SENTINEL);
+        keys_q8_oracle(good, LDK, gks, kp, LDP, N, BK, R);
+
+        for (size_t s = 0; s < n_isas; s++) {
+                const struct dsa_attention_kernels *ak = dsa_attention_kernels_for(isas[s]);
+
+#define KQ(kt_, ldk_, ks_, kp_, ldp_, n_, bk_, R_) ak->keys_lowrank_q8(kt_, ldk_, ks_, kp_, ldp_, n_, bk_, R_)
+                memset(kt, 0xa5, NKT);
+                dsa_test_fill(ks, NB + 1, SENTINEL);
+                assert_int_equal(KQ(kt, LDK, ks, kp, LDP, N, BK, R), 0);
+                assert_memory_equal(kt, good, NKT);
+                assert_memory_equal(ks, gks, sizeof(ks));
+                /* the tightest strides: ldp = R, ldk = 4 nb */
+                memset(kt, 0xa5, NKT);
+                assert_int_equal(KQ(kt, 4 * NB, ks, tight, R, N, BK, R), 0);
+                for (size_t row = 0; row < R4 / 4 * BK; row++)
+                        assert_memory_equal(kt + row * 4 * NB, good + row * LDK, 4 * NB);
+                assert_memory_equal(ks, gks, sizeof(ks));
+
+                memset(kt, 0x5a, NKT);
+                dsa_test_fill(ks, NB + 1, -SENTINEL);
+                memcpy(keep, kt, NKT), memcpy(kks, ks, sizeof(ks));
+                assert_int_equal(KQ(kt, LDK, ks, kp, LDP, N, 0, R), -EINVAL);
+                for (size_t t = 0; t < ELEMENTSOF(bad_R); t++) {
+                        assert_int_equal(KQ(kt, LDK, ks, kp, LDP, N, BK, bad_R[t]), -EINVAL);
+                        assert_int_equal(KQ(kt, LDK, ks, kp, LDP, 1, 1, bad_R[t]), -EINVAL);
+                }
+                assert_int_equal(KQ(NULL, LDK, ks, kp, LDP, N, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, LDK, NULL, kp, LDP, N, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, LDK, ks, NULL, LDP, N, BK, R), -EINVAL);
+                assert_int_equal(KQ(NULL, 0, ks, kp, 0, 1, 1, 1), -EINVAL);
+                assert_int_equal(KQ(kt, 0, NULL, kp, 0, 1, 1, 1), -EINVAL);
+                assert_int_equal(KQ(kt, 0, ks, NULL, 0, 1, 1, 1), -EINVAL);
+                /* ldp below R with two keys or more */
+                assert_int_equal(KQ(kt, LDK, ks, kp, R - 1, N, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, LDK, ks, kp, R - 1, 2, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, LDK, ks, kp, 0, 2, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, LDK, ks, kp, 0, 2, 1, 1), -EINVAL);
+                /* ldk below 4 nb with several kt rows: R > 4 (bk 7 and 1), or R <= 4 and bk > 1 */
+                assert_int_equal(KQ(kt, 4 * NB - 1, ks, kp, LDP, N, BK, R), -EINVAL);
+                assert_int_equal(KQ(kt, 4 * N - 1, ks, kp, LDP, N, 1, 5), -EINVAL);
+                assert_int_equal(KQ(kt, 0, ks, kp, LDP, N, 1, 5), -EINVAL);
+                assert_int_equal(KQ(kt, 4 * ((N + 1) / 2) - 1, ks, kp, LDP, N, 2, 4), -EINVAL);
+                assert_int_equal(KQ(kt, 4 * ((N + 1) / 2) - 1, ks, kp, LDP, N, 2, 1), -EINVAL);
+                assert_int_equal(KQ(kt, 3, ks, kp, LDP, BK, BK, 3), -EINVAL); /* one block, BK rows */
+                /* R and bk whatever the work; no keys is 0, NULL pointers or not */
+                assert_int_equal(KQ(NULL, 0, NULL, NULL, 0, 0, 0, R), -EINVAL);
+                assert_int_equal(KQ(NULL, 0, NULL, NULL, 0, 0, BK, 0), -EINVAL);
+                assert_int_equal(KQ(NULL, 0, NULL, NULL, 0, 0, BK, 65), -EINVAL);
+                assert_int_equal(KQ(NULL, 0, NULL, NULL, 0, 0, BK, R), 0);
+                assert_int_equal(KQ(kt, 0, ks, kp, 0, 0, BK, R), 0);
+                assert_int_equal(KQ(kt, LDK, ks, kp, LDP, 0, 1, 1), 0);
+                assert_memory_equal(kt, keep, NKT);
+                assert_memory_equal(ks, kks, sizeof(ks));
+
+                /* one key: no key stride (0 or below R); block 0 of that one key by the oracle */
+                memset(want, 0x5a, NKT);
+                dsa_test_fill(wks, NB + 1, SENTINEL);
+                keys_q8_oracle(want, LDK, wks, kp, 0, 1, BK, R);
+                for (size_t t = 0; t < 2; t++) {
+                        memset(kt, 0x5a, NKT);
+                        dsa_test_fill(ks, NB + 1, SENTINEL);
+                        assert_int_equal(KQ(kt, LDK, ks, kp, t ? R - 1 : 0, 1, BK, R), 0);
+                        assert_memory_equal(kt, want, NKT);
+                        assert_memory_equal(ks, wks, sizeof(ks));
+                }
+                /* one kt row (R <= 4, bk 1: N blocks of one key): the oracle's bytes with ldk 4 N, and the
+                 * same with no row stride (0, 3 or 4 N - 1) */
+                for (size_t r = 1; r <= 4; r++) {
+                        memset(one, 0x5a, NKT);
+                        dsa_test_fill(oks, N + 1, SENTINEL);
+                        keys_q8_oracle(one, 4 * N, oks, kp, LDP, N, 1, r);
+                        for (size_t t = 0; t < 4; t++) {
+                                float tks[N + 1];
+
+                                memset(kt, 0x5a, NKT);
+                                dsa_test_fill(tks, N + 1, SENTINEL);
+                                assert_int_equal(KQ(kt, t == 0 ? 4 * N : t == 1 ? 0 : t == 2 ? 3 : 4 * N - 1, tks,
+                                                    kp, LDP, N, 1, r),
+                                                 0);
+                                assert_memory_equal(kt, one, NKT);
+                                assert_memory_equal(tks, oks, sizeof(tks));
+                        }
+                }
+#undef KQ
+        }
+}
+
 /* ---- Errors: -EINVAL, nothing written. */
 
 static void test_errors(void **state) {
@@ -1899,6 +2514,9 @@ int main(void) {
                 cmocka_unit_test(test_pool),
                 cmocka_unit_test(test_block_max_lowrank_q8),
                 cmocka_unit_test(test_block_max_lowrank_q8_errors),
+                cmocka_unit_test(test_keys_lowrank_q8),
+                cmocka_unit_test(test_keys_lowrank_q8_values),
+                cmocka_unit_test(test_keys_lowrank_q8_errors),
                 cmocka_unit_test(test_packed_floats),
                 cmocka_unit_test(test_packed_errors),
                 cmocka_unit_test(test_pack_rows),
