@@ -320,17 +320,14 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
         if (qb > 0 && ns > 0) {
                 const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
                 const size_t R4 = f->r4, row = h * f->nsr + ifirst;
-                /* the rows' maxima as (ns, qb), so one softmax call takes them all */
+                /* the rows' maxima as (ns, qb); their softmaxes summed into sc */
                 if (f->ak->block_max_lowrank_q8(mx, qb, f->qq + row * R4, R4, f->qs + row,
                                                 f->kq + h * (R4 / 4) * f->bk * f->ldkq, f->ldkq, f->ks + h * nb, ns,
                                                 f->bk, t0, R4) < 0) {
                         f->err = -EINVAL;
                         return SIZE_MAX;
                 }
-                f->k->softmax_f32(mx, ns, qb);
-                for (size_t i = 0; i < ns; i++)
-                        for (size_t b = 0; b < qb; b++)
-                                sc[b] += mx[i * qb + b];
+                f->k->softmax_sum_f32(sc, mx, ns, qb);
                 for (size_t b = 0; b < qb; b++)
                         best = MAX(best, sc[b]);
                 sc[qb] = best;

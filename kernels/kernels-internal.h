@@ -17,6 +17,7 @@ void dsa_rope_f32_ref(float *x, size_t n, size_t HS, const float *c, const float
 void dsa_gelu_erf_f32_ref(float *x, size_t n);
 void dsa_gelu_tanh_f32_ref(float *x, size_t n);
 void dsa_softmax_f32_ref(float *x, size_t N, size_t C);
+void dsa_softmax_sum_f32_ref(float *acc, float *x, size_t N, size_t C);
 void dsa_f16_to_f32_ref(float *dst, const uint16_t *src, size_t n);
 void dsa_bf16_to_f32_ref(float *dst, const uint16_t *src, size_t n);
 void dsa_attention_f32_ref(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
@@ -36,6 +37,7 @@ void dsa_rope_f32_avx2(float *x, size_t n, size_t HS, const float *c, const floa
 void dsa_gelu_erf_f32_avx2(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx2(float *x, size_t n);
 void dsa_softmax_f32_avx2(float *x, size_t N, size_t C);
+void dsa_softmax_sum_f32_avx2(float *acc, float *x, size_t N, size_t C);
 void dsa_f16_to_f32_avx2(float *dst, const uint16_t *src, size_t n);
 void dsa_bf16_to_f32_avx2(float *dst, const uint16_t *src, size_t n);
 void dsa_attention_f32_avx2(float *out, size_t ldo, const float *q, size_t ldq, const float *k,
@@ -52,6 +54,7 @@ void dsa_rope_f32_avx512(float *x, size_t n, size_t HS, const float *c, const fl
 void dsa_gelu_erf_f32_avx512(float *x, size_t n);
 void dsa_gelu_tanh_f32_avx512(float *x, size_t n);
 void dsa_softmax_f32_avx512(float *x, size_t N, size_t C);
+void dsa_softmax_sum_f32_avx512(float *acc, float *x, size_t N, size_t C);
 void dsa_f16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 void dsa_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 void dsa_attention_f32_avx512(float *out, size_t ldo, const float *q, size_t ldq, const float *k,

@@ -55,6 +55,11 @@ struct dsa_kernels {
 
         /* x (N,C) in place, softmax over each row of C. */
         void (*softmax_f32)(float *x, size_t N, size_t C);
+        /* acc (C) += the softmax of each row of x (N,C), the rows added in order, each value as
+         * softmax_f32 gives it and each add in fp32 (never fused): the same bits as softmax_f32
+         * on x followed by acc[c] += x[n][c] for n = 0 .. N-1. x is left with unspecified
+         * values (scratch). */
+        void (*softmax_sum_f32)(float *acc, float *x, size_t N, size_t C);
 
         /* src (n) -> dst (n): IEEE half / bfloat16 to fp32. */
         void (*f16_to_f32)(float *dst, const uint16_t *src, size_t n);

@@ -111,6 +111,13 @@ void dsa_softmax_f32_ref(float *x, size_t N, size_t C) {
         }
 }
 
+void dsa_softmax_sum_f32_ref(float *acc, float *x, size_t N, size_t C) {
+        dsa_softmax_f32_ref(x, N, C);
+        for (size_t n = 0; n < N; n++)
+                for (size_t c = 0; c < C; c++)
+                        acc[c] += x[n * C + c];
+}
+
 float dsa__f16_to_f32_one(uint16_t h) {
         uint32_t sign = (uint32_t) (h & 0x8000) << 16;
         uint32_t exp = (h >> 10) & 0x1f;
@@ -235,6 +242,7 @@ const struct dsa_kernels dsa__kernels_ref = {
         .gelu_erf_f32 = dsa_gelu_erf_f32_ref,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_ref,
         .softmax_f32 = dsa_softmax_f32_ref,
+        .softmax_sum_f32 = dsa_softmax_sum_f32_ref,
         .f16_to_f32 = dsa_f16_to_f32_ref,
         .bf16_to_f32 = dsa_bf16_to_f32_ref,
         .attention_f32 = dsa_attention_f32_ref,

@@ -173,15 +173,13 @@ void dsa_gelu_tanh_f32_avx2(float *x, size_t n) {
         }
 }
 
-/* One row of C in place: max, exp(x - max) stored with its sum, then one multiply. */
-static void softmax_row(float *x, size_t C) {
+/* One row of C >= 1 in place: max, then exp(x - max) stored; returns 1 / their sum. */
+static float softmax_row_exp(float *x, size_t C) {
         const size_t rem = C % 8, body = C - rem;
         const __m256i m = tail_mask(rem);
         const __m256 ninf = _mm256_set1_ps(-INFINITY);
         __m256 vmax = ninf, sum = _mm256_setzero_ps();
 
-        if (C == 0)
-                return;
         for (size_t c = 0; c < body; c += 8)
                 vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + c));
         if (rem)
@@ -200,8 +198,17 @@ static void softmax_row(float *x, size_t C) {
                 sum = _mm256_add_ps(sum, e);
                 _mm256_maskstore_ps(x + body, m, e);
         }
-        __m256 inv = _mm256_set1_ps(1.0f / hsum(sum));
+        return 1.0f / hsum(sum);
+}
 
+/* One row of C in place: softmax_row_exp, then one multiply. */
+static void softmax_row(float *x, size_t C) {
+        const size_t rem = C % 8, body = C - rem;
+        const __m256i m = tail_mask(rem);
+
+        if (C == 0)
+                return;
+        const __m256 inv = _mm256_set1_ps(softmax_row_exp(x, C));
         for (size_t c = 0; c < body; c += 8)
                 _mm256_storeu_ps(x + c, _mm256_mul_ps(_mm256_loadu_ps(x + c), inv));
         if (rem)
@@ -211,6 +218,31 @@ static void softmax_row(float *x, size_t C) {
 void dsa_softmax_f32_avx2(float *x, size_t N, size_t C) {
         for (size_t n = 0; n < N; n++)
                 softmax_row(x + n * C, C);
+}
+
+#define SUM_ROWS 16 /* rows of softmax_sum a pass of the sums takes */
+
+/* As the AVX-512 one: each row's exps and 1/sum, then acc += e inv row by row in one pass over
+ * acc, the product kept from fusing into the add. */
+void dsa_softmax_sum_f32_avx2(float *acc, float *x, size_t N, size_t C) {
+        float inv[SUM_ROWS];
+
+        for (size_t n0 = 0; n0 < N && C > 0; n0 += SUM_ROWS) {
+                const size_t nr = N - n0 < SUM_ROWS ? N - n0 : SUM_ROWS;
+                for (size_t n = 0; n < nr; n++)
+                        inv[n] = softmax_row_exp(x + (n0 + n) * C, C);
+                for (size_t c = 0; c < C; c += 8) {
+                        const __m256i m = tail_mask(C - c < 8 ? C - c : 8);
+                        __m256 a = _mm256_maskload_ps(acc + c, m);
+                        for (size_t n = 0; n < nr; n++) {
+                                __m256 p = _mm256_mul_ps(_mm256_maskload_ps(x + (n0 + n) * C + c, m),
+                                                         _mm256_set1_ps(inv[n]));
+                                __asm__("" : "+x"(p));
+                                a = _mm256_add_ps(a, p);
+                        }
+                        _mm256_maskstore_ps(acc + c, m, a);
+                }
+        }
 }
 
 void dsa_f16_to_f32_avx2(float *dst, const uint16_t *src, size_t n) {
@@ -255,6 +287,7 @@ const struct dsa_kernels dsa__kernels_avx2 = {
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx2,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx2,
         .softmax_f32 = dsa_softmax_f32_avx2,
+        .softmax_sum_f32 = dsa_softmax_sum_f32_avx2,
         .f16_to_f32 = dsa_f16_to_f32_avx2,
         .bf16_to_f32 = dsa_bf16_to_f32_avx2,
         .attention_f32 = dsa_attention_f32_avx2,

@@ -172,14 +172,12 @@ void dsa_gelu_tanh_f32_avx512(float *x, size_t n) {
         }
 }
 
-/* One row of C in place: max, exp(x - max) stored with its sum, then one multiply. */
-static void softmax_row(float *x, size_t C) {
+/* One row of C >= 1 in place: max, then exp(x - max) stored; returns 1 / their sum. */
+static float softmax_row_exp(float *x, size_t C) {
         const size_t rem = C % 16, body = C - rem;
         const __mmask16 m = tail_mask(rem);
         __m512 vmax = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
 
-        if (C == 0)
-                return;
         for (size_t c = 0; c < body; c += 16)
                 vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(x + c));
         if (rem) /* only the active lanes take part in the max */
@@ -197,8 +195,17 @@ static void softmax_row(float *x, size_t C) {
                 sum = _mm512_add_ps(sum, e);
                 _mm512_mask_storeu_ps(x + body, m, e);
         }
-        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        return 1.0f / _mm512_reduce_add_ps(sum);
+}
 
+/* One row of C in place: softmax_row_exp, then one multiply. */
+static void softmax_row(float *x, size_t C) {
+        const size_t rem = C % 16, body = C - rem;
+        const __mmask16 m = tail_mask(rem);
+
+        if (C == 0)
+                return;
+        const __m512 inv = _mm512_set1_ps(softmax_row_exp(x, C));
         for (size_t c = 0; c < body; c += 16)
                 _mm512_storeu_ps(x + c, _mm512_mul_ps(_mm512_loadu_ps(x + c), inv));
         if (rem)
@@ -208,6 +215,32 @@ static void softmax_row(float *x, size_t C) {
 void dsa_softmax_f32_avx512(float *x, size_t N, size_t C) {
         for (size_t n = 0; n < N; n++)
                 softmax_row(x + n * C, C);
+}
+
+#define SUM_ROWS 16 /* rows of softmax_sum a pass of the sums takes */
+
+/* Each row's exps and 1/sum (softmax_row_exp), then acc += e inv row by row in one pass over
+ * acc: the product is kept from fusing into the add (a barrier), as softmax_row's multiply and
+ * the caller's add would round each. */
+void dsa_softmax_sum_f32_avx512(float *acc, float *x, size_t N, size_t C) {
+        float inv[SUM_ROWS];
+
+        for (size_t n0 = 0; n0 < N && C > 0; n0 += SUM_ROWS) {
+                const size_t nr = N - n0 < SUM_ROWS ? N - n0 : SUM_ROWS;
+                for (size_t n = 0; n < nr; n++)
+                        inv[n] = softmax_row_exp(x + (n0 + n) * C, C);
+                for (size_t c = 0; c < C; c += 16) {
+                        const __mmask16 m = C - c < 16 ? tail_mask(C - c) : (__mmask16) 0xffff;
+                        __m512 a = _mm512_maskz_loadu_ps(m, acc + c);
+                        for (size_t n = 0; n < nr; n++) {
+                                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + (n0 + n) * C + c),
+                                                         _mm512_set1_ps(inv[n]));
+                                __asm__("" : "+v"(p));
+                                a = _mm512_add_ps(a, p);
+                        }
+                        _mm512_mask_storeu_ps(acc + c, m, a);
+                }
+        }
 }
 
 void dsa_f16_to_f32_avx512(float *dst, const uint16_t *src, size_t n) {
@@ -258,6 +291,7 @@ const struct dsa_kernels dsa__kernels_avx512 = {
         .gelu_erf_f32 = dsa_gelu_erf_f32_avx512,
         .gelu_tanh_f32 = dsa_gelu_tanh_f32_avx512,
         .softmax_f32 = dsa_softmax_f32_avx512,
+        .softmax_sum_f32 = dsa_softmax_sum_f32_avx512,
         .f16_to_f32 = dsa_f16_to_f32_avx512,
         .bf16_to_f32 = dsa_bf16_to_f32_avx512,
         .attention_f32 = dsa_attention_f32_avx512,
