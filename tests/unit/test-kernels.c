@@ -5,11 +5,15 @@
  * cannot run are reported as SKIP; the test passes when every runnable one does. */
 #include <math.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -343,6 +347,239 @@ static void test_softmax_ref_oracle(void **state) {
         assert_true(dsa_test_check_tensor("softmax ref vs hand", x, want, 3, REF_ORACLE_MAX_ERR, 0));
 }
 
+/* ---- softmax_sum_f32 */
+
+/* A buffer of floats that ends where a PROT_NONE page starts: guarded_tail() gives its last n
+ * floats, so a read or write past the n-th faults. */
+struct guarded {
+        char *map;
+        size_t data, len;
+};
+
+static void guarded_new(struct guarded *g, size_t cap) {
+        const size_t page = (size_t) sysconf(_SC_PAGESIZE);
+
+        g->data = ALIGN_TO((cap ? cap : 1) * sizeof(float), page);
+        g->len = g->data + page;
+        g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        assert_true(g->map != MAP_FAILED);
+        assert_int_equal(mprotect(g->map + g->data, page, PROT_NONE), 0);
+}
+
+static float *guarded_tail(struct guarded *g, size_t n) {
+        assert_true(n * sizeof(float) <= g->data);
+        return (float *) (g->map + g->data) - n;
+}
+
+static void guarded_free(struct guarded *g) {
+        munmap(g->map, g->len);
+}
+
+/* The case a guard-page fault happened in: the handler names it, then hands the signal on to
+ * cmocka's (which fails the test). */
+static char fault_case[160];
+static void (*fault_prev)(int);
+
+static void fault_say(const char *s) {
+        size_t n = strlen(s);
+        while (n > 0) {
+                ssize_t w = write(STDOUT_FILENO, s, n);
+                if (w <= 0)
+                        return;
+                s += w, n -= (size_t) w;
+        }
+}
+
+static void on_fault(int sig) {
+        fault_say("FAIL ");
+        fault_say(fault_case);
+        fault_say(": fault, a read or write past the end of x or acc\n");
+        signal(sig, fault_prev);
+        if (fault_prev != SIG_DFL && fault_prev != SIG_IGN)
+                fault_prev(sig);
+}
+
+static float float_of_bits(uint32_t b) {
+        float f;
+        memcpy(&f, &b, sizeof(f));
+        return f;
+}
+
+static uint32_t bits_of_float(float f) {
+        uint32_t b;
+        memcpy(&b, &f, sizeof(b));
+        return b;
+}
+
+/* One row of x of the given kind (8 of them). */
+static void softmax_sum_row(struct dsa_test_rng *rng, float *row, size_t C, unsigned kind) {
+        switch (kind % 8) {
+        case 0: /* a wide spread: most exps far below the largest */
+                dsa_test_rng_fill(rng, row, C, -40.0f, 40.0f);
+                break;
+        case 1: /* ties: four values, the largest repeated */
+                for (size_t c = 0; c < C; c++)
+                        row[c] = 0.75f * (float) (dsa_test_rng_u64(rng) % 4) - 1.0f;
+                break;
+        case 2: /* all equal: 1/C each */
+                for (size_t c = 0; c < C; c++)
+                        row[c] = 3.25f;
+                break;
+        case 3: /* far from 0 and spread over 300: most exps underflow to 0 */
+                dsa_test_rng_fill(rng, row, C, -10300.0f, -10000.0f);
+                break;
+        case 4: /* masked scores: -inf every third value, never the whole row */
+                dsa_test_rng_fill(rng, row, C, -20.0f, 20.0f);
+                for (size_t c = 1; c < C; c += 3)
+                        row[c] = -INFINITY;
+                break;
+        case 5: /* one finite value among -inf: p = 1 there, 0 elsewhere */
+                for (size_t c = 0; c < C; c++)
+                        row[c] = -INFINITY;
+                row[dsa_test_rng_u64(rng) % C] = dsa_test_rng_uniform(rng, -5.0f, 5.0f);
+                break;
+        case 6: /* huge magnitudes: x - max overflows to -inf, exp 0 */
+                dsa_test_rng_fill(rng, row, C, -1.5e38f, 1.5e38f); /* hi - lo finite */
+                for (size_t c = 0; c < C; c++)
+                        row[c] *= 2.0f;
+                break;
+        default: /* one 0 and exps of the rest in the subnormal range */
+                dsa_test_rng_fill(rng, row, C, -104.0f, -87.0f);
+                row[dsa_test_rng_u64(rng) % C] = 0.0f;
+                break;
+        }
+}
+
+/* acc before the call: mostly O(1), so the order of the adds and each rounding show, with
+ * signed zeros, large values that swallow the adds, a subnormal, inf and a NaN with a payload. */
+static void softmax_sum_acc(struct dsa_test_rng *rng, float *acc, size_t C) {
+        const float special[] = { -0.0f, 0.0f, 1e7f, -1e7f, 3e38f, -3e38f, 1e-40f, 65536.0f, -0.5f,
+                                  INFINITY, -INFINITY, float_of_bits(0x7fc01234u) };
+
+        dsa_test_rng_fill(rng, acc, C, -2.0f, 2.0f);
+        for (size_t c = 0; c < C; c += 4)
+                acc[c] = special[(c / 4 + C) % ELEMENTSOF(special)];
+}
+
+/* softmax_sum_f32, every table (the reference too), against its contract bit for bit: that
+ * table's softmax_f32 on a copy of x, then acc[c] += x[n][c] row by row here (an add of two
+ * loaded floats, nothing to fuse), on every (N, C) of the lists: ragged tails, N across the
+ * 16-row passes. x and acc end on a guard page (one run), and acc sits between poisoned floats
+ * (another); N = 0 or C = 0 leaves acc as it was. Then each result against the sum of the
+ * softmaxes in double, which the equivalence alone would miss if softmax_f32 went wrong too. */
+static void test_softmax_sum(void **state) {
+        static const size_t Ns[] = { 0, 1, 2, 7, 8, 15, 16, 17, 31, 33, 40 };
+        static const size_t Cs[] = { 0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 100, 127, 128, 129, 300 };
+        enum { NMAX = 40, CMAX = 300, FRONT = 16, BACK = 32 };
+        const uint32_t poison = 0x7fa5a5a5u; /* a signalling NaN no add makes */
+        const struct dsa_kernels *tables[_DSA_ISA_MAX] = { ref };
+        size_t n_tables = 1;
+        struct dsa_test_rng rng = { 13 };
+        struct guarded gx, gacc;
+        float *x = falloc(NMAX * CMAX), *sx = falloc(NMAX * CMAX), *acc0 = falloc(CMAX);
+        float *want = falloc(CMAX), *pad = falloc(FRONT + CMAX + BACK);
+        double *mass = malloc(CMAX * sizeof(double));
+        unsigned shape_no = 0;
+
+        assert_non_null(mass);
+        for (size_t s = 0; s < n_simd; s++)
+                tables[n_tables++] = simd[s];
+        guarded_new(&gx, NMAX * CMAX);
+        guarded_new(&gacc, CMAX);
+        fault_prev = signal(SIGSEGV, on_fault);
+
+        for (size_t ni = 0; ni < ELEMENTSOF(Ns); ni++)
+                for (size_t ci = 0; ci < ELEMENTSOF(Cs); ci++, shape_no++) {
+                        const size_t N = Ns[ni], C = Cs[ci];
+
+                        for (size_t n = 0; n < N && C > 0; n++)
+                                softmax_sum_row(&rng, x + n * C, C, (unsigned) n + shape_no);
+                        softmax_sum_acc(&rng, acc0, C);
+
+                        /* the sum of the softmaxes, in double */
+                        for (size_t c = 0; c < C; c++)
+                                mass[c] = 0;
+                        for (size_t n = 0; n < N; n++) {
+                                const float *row = x + n * C;
+                                double max = -INFINITY, sum = 0;
+                                for (size_t c = 0; c < C; c++)
+                                        max = fmax(max, row[c]);
+                                for (size_t c = 0; c < C; c++)
+                                        sum += exp((double) row[c] - max);
+                                for (size_t c = 0; c < C; c++)
+                                        mass[c] += exp((double) row[c] - max) / sum;
+                        }
+
+                        for (size_t t = 0; t < n_tables; t++) {
+                                const struct dsa_kernels *kt = tables[t];
+                                float *gotx, *got;
+
+                                /* the contract, written out */
+                                memcpy(sx, x, N * C * sizeof(float));
+                                memcpy(want, acc0, C * sizeof(float));
+                                kt->softmax_f32(sx, N, C);
+                                for (size_t n = 0; n < N; n++)
+                                        for (size_t c = 0; c < C; c++)
+                                                want[c] += sx[n * C + c];
+
+                                for (int run = 0; run < 2; run++) {
+                                        snprintf(fault_case, sizeof(fault_case), "softmax_sum_f32/%s N=%zu C=%zu %s",
+                                                 kt->name, N, C, run ? "acc between poison" : "x, acc on guard pages");
+                                        gotx = guarded_tail(&gx, N * C);
+                                        memcpy(gotx, x, N * C * sizeof(float));
+                                        if (run == 0)
+                                                got = guarded_tail(&gacc, C);
+                                        else {
+                                                for (size_t i = 0; i < FRONT + C + BACK; i++)
+                                                        memcpy(&pad[i], &poison, sizeof(poison));
+                                                got = pad + FRONT;
+                                        }
+                                        memcpy(got, acc0, C * sizeof(float));
+                                        kt->softmax_sum_f32(got, gotx, N, C);
+
+                                        if (memcmp(got, want, C * sizeof(float)) != 0) {
+                                                size_t c = 0;
+                                                while (bits_of_float(got[c]) == bits_of_float(want[c]))
+                                                        c++;
+                                                printf("FAIL %s: acc[%zu] (was %.9g) got %.9g (0x%08x) want %.9g (0x%08x), "
+                                                       "softmax_f32 then the adds in order%s\n",
+                                                       fault_case, c, acc0[c], got[c], bits_of_float(got[c]),
+                                                       want[c], bits_of_float(want[c]),
+                                                       N == 0 || C == 0 ? " (N*C = 0: acc must not change)" : "");
+                                                fail();
+                                        }
+                                        for (size_t i = 0; run == 1 && i < FRONT + C + BACK; i++)
+                                                if ((i < FRONT || i >= FRONT + C) && bits_of_float(pad[i]) != poison) {
+                                                        printf("FAIL %s: wrote acc[%td]\n", fault_case,
+                                                               (ptrdiff_t) i - FRONT);
+                                                        fail();
+                                                }
+                                }
+
+                                /* got - acc0 against the double sum: each row's softmax within
+                                 * the softmax tolerance, each add rounded to half an ulp of the
+                                 * running sum (at most |acc0| + the mass, the values being >= 0) */
+                                for (size_t c = 0; c < C; c++) {
+                                        const double a0 = acc0[c], d = (double) got[c] - a0;
+                                        const double tol = (double) N * (2 * SOFTMAX_MAX_ERR + ldexp(fabs(a0) + 2 * mass[c], -23)) +
+                                                           SOFTMAX_MAX_RERR * mass[c];
+                                        if (!isfinite(acc0[c]))
+                                                continue; /* the bits above settle inf and NaN */
+                                        if (!(fabs(d - mass[c]) <= tol)) {
+                                                printf("FAIL softmax_sum_f32/%s N=%zu C=%zu: acc[%zu] %.9g -> %.9g added %.9g, "
+                                                       "the softmaxes in double sum to %.9g (tol %.3g)\n",
+                                                       kt->name, N, C, c, acc0[c], got[c], d, mass[c], tol);
+                                                fail();
+                                        }
+                                }
+                        }
+                }
+
+        signal(SIGSEGV, fault_prev);
+        guarded_free(&gx), guarded_free(&gacc);
+        free(x), free(sx), free(acc0), free(want), free(pad), free(mass);
+}
+
 /* Independent f16 decoding: sign * (m * 2^-24 | (1024 + m) * 2^(e-25)), inf and nan. */
 static float f16_oracle(uint16_t h) {
         int e = (h >> 10) & 0x1f, m = h & 0x3ff;
@@ -663,6 +900,7 @@ int main(void) {
                 cmocka_unit_test(test_gelu),
                 cmocka_unit_test(test_softmax_ref_oracle),
                 cmocka_unit_test(test_softmax),
+                cmocka_unit_test(test_softmax_sum),
                 cmocka_unit_test(test_f16),
                 cmocka_unit_test(test_bf16),
                 cmocka_unit_test(test_attention_ref_vs_torch),
