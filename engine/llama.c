@@ -62,6 +62,7 @@ struct fwd {
         size_t pk, ps;
         const float *norm;  /* rmsnorm weight of the step */
         atomic_uint_fast64_t kept;
+        atomic_uint_fast64_t select_ns, attend_ns; /* summed over the tasks (stats) */
         int err;
         /* the output head */
         float *logits;
@@ -350,12 +351,14 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                 return;
         }
         float *nvis = scratch + sel + ks;
+        uint64_t t_sel = 0, t_attend = 0;
         for (size_t p = begin; p < end; p++) {
                 const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G;
                 const size_t t0 = qb * f->bk, nq = MIN(f->bk, f->T - t0);
                 const float *q = f->qkv + t0 * f->QKV + h * HS;
                 const float *k = f->qkv + QC + kvh * HS, *v = k + f->NKV * HS;
                 size_t n;
+                const uint64_t c0 = now_nsec();
 
                 if (f->att->kind == DSA_ATT_DSA && f->att->oracle) {
                         n = oracle_select(f, h, qb, q, k, v, blocks, scratch, scratch + sel);
@@ -374,11 +377,15 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                         n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
                                             blocks, scratch);
                 kept += n;
+                const uint64_t c1 = now_nsec();
                 if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, q, f->QKV, nq, qb, blocks, n, f->T, HS,
                                     true, f->kv + kvh * f->pk, f->skv ? f->skv + kvh * f->ps : NULL, scratch + sel) < 0)
                         f->err = -EINVAL;
+                t_sel += c1 - c0, t_attend += now_nsec() - c1;
         }
         atomic_fetch_add(&f->kept, kept);
+        atomic_fetch_add(&f->select_ns, t_sel);
+        atomic_fetch_add(&f->attend_ns, t_attend);
 }
 
 static void task_linear_attention(void *arg, size_t begin, size_t end) {
@@ -438,7 +445,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 .T = T, .C = c->n_embd, .NH = c->n_head, .NKV = c->n_head_kv, .HS = c->head_dim, .F = c->n_ff,
         };
         const size_t C = f.C, QC = f.NH * f.HS;
-        uint64_t t_start = now_nsec(), t_att = 0;
+        uint64_t t_start = now_nsec(), t_att = 0, t_rows = 0;
         int r;
 
         if (!ids || T == 0 || (T > c->n_ctx && !l->allow_long))
@@ -522,6 +529,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 dsa__linear_forward(pool, &y->qkv, qkv, f.QKV, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
                 t0 = now_nsec(); /* attention from here: the rows' rotary and packing are its own */
                 dsa_threadpool_for(pool, (T + f.unit - 1) / f.unit, 1, task_rows, &f);
+                t_rows += now_nsec() - t0;
                 if (hooks && hooks->attention) {
                         r = hooks->attention(hooks->userdata, i, qkv, f.QKV, qkv + QC, f.QKV, T);
                         if (r < 0)
@@ -582,6 +590,9 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 stats->forward_ns += t_body - t_start;
                 stats->head_ns += now_nsec() - t_body;
                 stats->blocks_kept += f.att->kind == DSA_ATT_LINEAR ? 0 : atomic_load(&f.kept);
+                stats->rows_ns += t_rows;
+                stats->select_ns += atomic_load(&f.select_ns);
+                stats->attend_ns += atomic_load(&f.attend_ns);
                 stats->blocks_visible += vis;
         }
         return 0;

@@ -150,10 +150,16 @@ int dsa_model_embed_texts(const struct dsa_model *m, const char *const *texts, s
 /* What a decoder forward measured: time in attention (scorer and block choice included), in the
  * whole forward up to the final hidden states, and in the output head (logits or NLL); and how
  * many (query block, key block) pairs the attention computed out of those the causal mask
- * allows (all layers and heads; equal for dense). */
+ * allows (all layers and heads; equal for dense). Within attention: rows_ns, the pass over the
+ * rows (rotary, keys and values packed, block means, the token scorer's projections and bytes;
+ * wall time); select_ns and attend_ns, the block choice (the scorer's block maxima and softmax
+ * included) and the streaming kernel over the chosen blocks (summaries included), each summed
+ * over the threads (CPU time: divide by the threads for their share of the wall time; 0 for
+ * linear attention, which has neither). */
 struct dsa_lm_stats {
         uint64_t attention_ns, forward_ns, head_ns;
         uint64_t blocks_kept, blocks_visible;
+        uint64_t rows_ns, select_ns, attend_ns;
 };
 
 /* One forward over ids (T tokens, 1 <= T <= n_ctx; values < n_vocab) with the model's attention

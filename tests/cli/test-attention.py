@@ -110,6 +110,16 @@ with tempfile.TemporaryDirectory() as tmp:
     r = json.loads(out) if rc == 0 else {"variants": []}
     check(rc == 0 and len(r["variants"]) == 3 and all(len(v["results"]) == 2 for v in r["variants"]),
           f"bench --attention: 3 variants x 2 lengths ({err.strip()[-200:]})")
+    for v in r["variants"]:
+        for x in v["results"]:
+            parts = (x.get("rows_ms", -1), x.get("select_ms", -1), x.get("attend_ms", -1))
+            linear = v["attention"].startswith("linear")
+            # each phase lies inside the attention time: rows is wall time, select and attend a
+            # thread's share of theirs (no phase for linear attention but the rows)
+            ok = all(p >= 0 for p in parts) and parts[0] > 0 and sum(parts) <= x["attention_ms"] * 1.02 + 0.5
+            ok = ok and ((parts[1] == 0 and parts[2] == 0) if linear else (parts[1] > 0 and parts[2] > 0))
+            check(ok, f"bench --attention phases of {v['attention']} at {x['tokens']}: {parts}, "
+                      f"attention {x['attention_ms']} ms")
 
 rc, out, err = run("bench", "--attention", model, "--lengths", "abc")
 check(rc == 2, "bench --attention with a bad length exits 2")
