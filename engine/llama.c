@@ -319,7 +319,7 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
         for (size_t b = 0; b <= qb; b++)
                 sc[b] = qb > 0 && ns > 0 ? 0.0f : 1.0f; /* nothing scored: every block alike */
         if (qb > 0 && ns > 0) {
-                const size_t ifirst = ns > 0 && first >= t1 ? f->nsr - 1 : i0;
+                const size_t ifirst = first >= t1 ? f->nsr - 1 : i0; /* only the last row */
                 const size_t R4 = f->r4, row = h * f->nsr + ifirst;
                 /* the rows' maxima as (ns, qb); their softmaxes summed into sc */
                 if (f->ak->block_max_lowrank_q8(mx, qb, f->qq + row * R4, R4, f->qs + row,

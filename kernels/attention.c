@@ -429,9 +429,7 @@ int dsa__attention_keys_lowrank_q8_ref(uint8_t *kt, size_t ldk, float *ks, const
                                 const float a = fabsf(kp[j * ldp + c]);
                                 M = a > M ? a : M; /* a NaN is not > */
                         }
-                float inv = M > 0 ? 127.0f / M : 0.0f;
-                if (!(inv < INFINITY)) /* M so small that 127 / M overflows */
-                        inv = 0.0f;
+                const float inv = dsa__att_keys_q8_inv(M);
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)
                         for (size_t c = 0; c < R4; c++) {

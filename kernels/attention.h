@@ -20,6 +20,7 @@
  * error), not bit for bit. */
 #pragma once
 
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -346,6 +347,12 @@ dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx2;
 dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx512;
 int dsa__att_keys_q8_check(const uint8_t *kt, size_t ldk, const float *ks, const float *kp, size_t ldp, size_t n,
                            size_t bk, size_t R);
+/* keys_lowrank_q8's factor of a block whose largest |component| is M (>= 0, not NaN): 127 / M,
+ * or 0 when M is 0 or +inf or the quotient overflows. */
+static inline float dsa__att_keys_q8_inv(float M) {
+        const float inv = M > 0 ? 127.0f / M : 0.0f;
+        return inv < INFINITY ? inv : 0.0f;
+}
 
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_ref;
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx2;

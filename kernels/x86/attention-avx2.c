@@ -257,10 +257,7 @@ int dsa__attention_keys_lowrank_q8_avx2(uint8_t *kt, size_t ldk, float *ks, cons
                                 const __m256 x = _mm256_maskload_ps(kp + j * ldp + c, tail_mask(R - c < 8 ? R - c : 8));
                                 mv = _mm256_max_ps(_mm256_andnot_ps(sign, x), mv);
                         }
-                const float M = hmax(mv);
-                float inv = M > 0 ? 127.0f / M : 0.0f;
-                if (!(inv < INFINITY)) /* M so small that 127 / M overflows */
-                        inv = 0.0f;
+                const float inv = dsa__att_keys_q8_inv(hmax(mv));
                 const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f), nhalf = _mm256_set1_ps(-0.5f);
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)

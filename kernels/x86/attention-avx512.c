@@ -312,10 +312,7 @@ int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, co
                         for (size_t c = 0; c < R; c += 16)
                                 mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c)),
                                                    mv);
-                const float M = _mm512_reduce_max_ps(mv);
-                float inv = M > 0 ? 127.0f / M : 0.0f;
-                if (!(inv < INFINITY)) /* M so small that 127 / M overflows */
-                        inv = 0.0f;
+                const float inv = dsa__att_keys_q8_inv(_mm512_reduce_max_ps(mv));
                 const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), nhalf = _mm512_set1_ps(-0.5f);
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)
