@@ -30,6 +30,7 @@
 #define HEAD_ROWS 256 /* rows of logits at a time */
 #define ROW_GRAIN 16
 #define PACK_ROWS 32  /* task_rows' units are multiples: pack_kv_rows_f32 takes pieces of multiples of 32 */
+#define TOKEN_BLOCKS 16 /* blocks a unit of the token scorer's bytes (task_rows) */
 
 struct fwd {
         const struct dsa_llama *l;
@@ -55,7 +56,8 @@ struct fwd {
         float *ks;          /* (NH, nb) key block scales; R4 = R rounded up to 4, the padding 0 */
         size_t r4, ldkq;
         size_t nsr;         /* scored rows: every stride-th, and the last */
-        size_t unit;        /* rows a unit of task_rows: whole blocks, a multiple of PACK_ROWS */
+        size_t unit;        /* rows a unit of unit_rows: whole blocks, a multiple of PACK_ROWS */
+        size_t tunit;       /* rows a unit of task_rows: TOKEN_BLOCKS units with the token scorer */
         size_t D;
         float *kv, *skv;    /* (NKV, pk), (NKV, ps): each key head's keys and block means packed
                              * (pack_kv_f32) for the streaming kernel, once per layer */
@@ -239,35 +241,44 @@ static void token_rows(struct fwd *f, size_t t0, size_t t1, float *buf) {
         }
 }
 
-/* Units [begin, end) of f->unit rows, everything done while the rows are in cache: rotary on q
- * and k; the keys and values packed for the streaming kernel (pack_kv_rows_f32, once for every
- * query head and query block that reads them); the blocks' means (the pooled scorer, summaries);
- * the token scorer's bytes. */
+/* Rows [t0, t1) (whole blocks but at the end) while they are in cache: rotary on q and k; the
+ * keys and values packed for the streaming kernel (pack_kv_rows_f32, once for every query head and
+ * query block that reads them); the blocks' means (the pooled scorer, summaries). */
+static void unit_rows(struct fwd *f, size_t t0, size_t t1) {
+        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS, b0 = t0 / f->bk;
+        const bool by_means = f->att->kind == DSA_ATT_DSA && !f->att->token, sums = dsa__att_summaries(f->att);
+        const float *x = f->qkv + t0 * f->QKV;
+
+        rope_rows(f, t0, t1);
+        for (size_t g = 0; f->kv && g < f->NKV; g++) {
+                const float *k = f->qkv + QC + g * HS;
+                if (f->ak->pack_kv_rows_f32(f->kv + g * f->pk, k, f->QKV, k + ld, f->QKV, f->T, t0, t1, HS, f->scale) <
+                    0)
+                        f->err = -EINVAL;
+        }
+        if ((by_means && f->ak->pool_blocks_f32(f->qbar + b0 * QC, QC, x, f->QKV, t1 - t0, f->bk, QC) < 0) ||
+            ((by_means || sums) && f->ak->pool_blocks_f32(f->kbar + b0 * ld, ld, x + QC, f->QKV, t1 - t0, f->bk, ld) < 0) ||
+            (sums && f->ak->pool_blocks_f32(f->vbar + b0 * ld, ld, x + QC + ld, f->QKV, t1 - t0, f->bk, ld) < 0))
+                f->err = -EINVAL;
+}
+
+/* Units [begin, end) of f->tunit rows: unit_rows on each f->unit of them, then the token scorer's
+ * bytes of them all (token_rows). A unit of the token scorer spans TOKEN_BLOCKS blocks: its keys'
+ * bytes land block-major (a 64-byte line holds 16 blocks' bytes of one key slot), so that a unit
+ * of one block wrote 4 bytes into each line it touched and the lines were read for ownership 16
+ * times over; at 16 blocks it fills them. */
 static void task_rows(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
-        const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS;
-        const bool by_means = f->att->kind == DSA_ATT_DSA && !f->att->token, sums = dsa__att_summaries(f->att);
-        _cleanup_free_ float *buf = f->wk ? malloc(token_rows_floats(f, f->unit) * sizeof(float)) : NULL;
+        _cleanup_free_ float *buf = f->wk ? malloc(token_rows_floats(f, f->tunit) * sizeof(float)) : NULL;
 
         if (f->wk && !buf) {
                 f->err = -ENOMEM;
                 return;
         }
         for (size_t u = begin; u < end; u++) {
-                const size_t t0 = u * f->unit, t1 = MIN(t0 + f->unit, f->T), b0 = t0 / f->bk;
-                const float *x = f->qkv + t0 * f->QKV;
-                rope_rows(f, t0, t1);
-                for (size_t g = 0; f->kv && g < f->NKV; g++) {
-                        const float *k = f->qkv + QC + g * HS;
-                        if (f->ak->pack_kv_rows_f32(f->kv + g * f->pk, k, f->QKV, k + ld, f->QKV, f->T, t0, t1, HS,
-                                                    f->scale) < 0)
-                                f->err = -EINVAL;
-                }
-                if ((by_means && f->ak->pool_blocks_f32(f->qbar + b0 * QC, QC, x, f->QKV, t1 - t0, f->bk, QC) < 0) ||
-                    ((by_means || sums) &&
-                     f->ak->pool_blocks_f32(f->kbar + b0 * ld, ld, x + QC, f->QKV, t1 - t0, f->bk, ld) < 0) ||
-                    (sums && f->ak->pool_blocks_f32(f->vbar + b0 * ld, ld, x + QC + ld, f->QKV, t1 - t0, f->bk, ld) < 0))
-                        f->err = -EINVAL;
+                const size_t t0 = u * f->tunit, t1 = MIN(t0 + f->tunit, f->T);
+                for (size_t r = t0; r < t1; r += f->unit)
+                        unit_rows(f, r, MIN(r + f->unit, t1));
                 if (f->wk)
                         token_rows(f, t0, t1, buf);
         }
@@ -517,6 +528,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         }
         f.x = x, f.h = h, f.qkv = qkv, f.a = a, f.ff = ff;
         f.unit = PACK_ROWS / gcd(PACK_ROWS, f.bk) * f.bk;
+        f.tunit = f.wk ? f.unit * TOKEN_BLOCKS : f.unit;
 
         dsa_threadpool_for(pool, T, ROW_GRAIN, task_embed, &f);
         for (size_t i = 0; i < c->n_layer; i++) {
@@ -528,7 +540,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
                 dsa__linear_forward(pool, &y->qkv, qkv, f.QKV, h, C, NULL, T, DSA_EPILOGUE_NONE, lscratch);
                 t0 = now_nsec(); /* attention from here: the rows' rotary and packing are its own */
-                dsa_threadpool_for(pool, (T + f.unit - 1) / f.unit, 1, task_rows, &f);
+                dsa_threadpool_for(pool, (T + f.tunit - 1) / f.tunit, 1, task_rows, &f);
                 t_rows += now_nsec() - t0;
                 if (hooks && hooks->attention) {
                         r = hooks->attention(hooks->userdata, i, qkv, f.QKV, qkv + QC, f.QKV, T);
