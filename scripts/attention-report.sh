@@ -182,6 +182,17 @@ md += ["\nAblations (the paper's table): `dsa-count` is a fixed block count inst
        "| tokens | " + " | ".join(sw) + " |", "|---|" + "---|" * len(sw)]
 for T in L:
     md.append(f"| {T} | " + " | ".join(f"{at(n, T, 'attention_ms'):.0f} / {at(n, T, 'forward_ms'):.0f}" for n in sw) + " |")
+ph = [n for n in ("dense", "dsa", "dsa-token", "dsa-token-nosum") if n in sw]
+md += [f"\n## Where attention's time goes at {T0} tokens (ms)\n",
+       "From the same sweep, the best run of each: `rows` is the pass over the rows (rotary, keys and values "
+       "packed, block means, the token scorer's projections and bytes; wall time), `select` the block choice (the "
+       "scorer's block maxima and their softmax included) and `attend` the streaming kernel over the chosen blocks "
+       "(summaries included), the last two each thread's share of their CPU time; `other` is the rest of the "
+       "attention time (dispatch, threads waiting on each other, the summaries' packing).\n",
+       "| variant | attention | rows | select | attend | other |", "|---|---|---|---|---|---|"]
+for n in ph:
+    a, r_, s_, d_ = (at(n, T0, k) for k in ("attention_ms", "rows_ms", "select_ms", "attend_ms"))
+    md.append(f"| {n} | {a:.1f} | {r_:.1f} | {s_:.1f} | {d_:.1f} | {a - r_ - s_ - d_:.1f} |")
 md += [f"\n## DSA's dynamic allocation\n"]
 for name in ("dsa", "dsa-token"):
     d = next((r for r in rows if r["name"] == name), None)
