@@ -194,7 +194,9 @@ static void quantize_row(int8_t *qq, float *qs, const float *q, size_t R, size_t
                 qq[r] = (int8_t) (r < R ? round_int(q[r] * inv) : 0);
 }
 
-/* Floats of token_rows' buf for a unit of n rows. */
+/* Floats of token_rows' buf for a unit of n rows: kp, then qt for the unit's scored rows, n /
+ * stride on the stride (the stride divides the block size, so a unit starts on it) and the
+ * sequence's last. */
 static size_t token_rows_floats(const struct fwd *f, size_t n) {
         const size_t R = f->att->rank;
         return n * f->NH / f->NKV * R + (n / f->att->stride + 1) * R;
