@@ -149,30 +149,49 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
  * from the chunk's first block), the chunk's last block holding last keys: vpmaddubsw multiplies
  * key t's unsigned bytes of 8 blocks by the row's signed ones and adds pairs into 16 bits (at most
  * 2 * 255 * 63, no saturation), vpmaddwd against ones adds the two pairs into the block's int32
- * lane (a 32-byte load, serving the four rows), and each lane keeps its block's max over t. */
-static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
-                                const float qs[4], size_t rows, const uint8_t *kt, size_t ldk, const float *ks,
-                                size_t nbc, size_t bk, size_t last, size_t R) {
+ * lane (a 32-byte load, serving the four rows), and each lane keeps its block's max over t. G =
+ * R / 4 groups of four components: a constant for the usual ranks (att_lr_block_max_q8), the
+ * groups then written out; full: a chunk of 8 whole blocks, read with plain loads (vpmaskmovd
+ * costs more); the keys every block holds take a plain max, the rest a blend. */
+static inline __attribute__((always_inline)) void
+att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4], const float qs[4],
+                      size_t rows, const uint8_t *kt, size_t ldk, const float *ks, size_t nbc, size_t bk, size_t last,
+                      const size_t G, const bool full) {
         const __m256i ones = _mm256_set1_epi16(1), all = tail_mask(nbc), cut = tail_mask(nbc - 1);
         __m256i m0 = _mm256_set1_epi32(INT32_MIN), m1 = m0, m2 = m0, m3 = m0;
         int32_t qw[4][DSA_ATT_MAX_RANK_LR / 4];
+        const size_t nall = last < bk ? last : bk;
 
         for (size_t a = 0; a < 4; a++)
-                memcpy(qw[a], q[a], R);
-        for (size_t t = 0; t < bk; t++) {
-                const __m256i mt = t < last ? all : cut;
-                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-                for (size_t g = 0; g < R / 4; g++) {
-                        const __m256i k = _mm256_maskload_epi32((const int *) (kt + (g * bk + t) * ldk), all);
-#define DOT(acc, a) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(k, _mm256_set1_epi32(qw[a][g])), ones))
-                        a0 = DOT(a0, 0), a1 = DOT(a1, 1), a2 = DOT(a2, 2), a3 = DOT(a3, 3);
-#undef DOT
-                }
-                m0 = _mm256_blendv_epi8(m0, _mm256_max_epi32(m0, a0), mt);
-                m1 = _mm256_blendv_epi8(m1, _mm256_max_epi32(m1, a1), mt);
-                m2 = _mm256_blendv_epi8(m2, _mm256_max_epi32(m2, a2), mt);
-                m3 = _mm256_blendv_epi8(m3, _mm256_max_epi32(m3, a3), mt);
+                memcpy(qw[a], q[a], 4 * G);
+#define DOT(acc, a, k, g) \
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(k, _mm256_set1_epi32(qw[a][g])), ones))
+#define DOT_GROUP(t, g)                                                                                    \
+        if ((g) < G) {                                                                                     \
+                const int *p = (const int *) (kt + ((g) * bk + (t)) * ldk);                                 \
+                const __m256i k = full ? _mm256_loadu_si256((const __m256i *) p) : _mm256_maskload_epi32(p, all); \
+                DOT(a0, 0, k, g), DOT(a1, 1, k, g), DOT(a2, 2, k, g), DOT(a3, 3, k, g);                    \
         }
+        for (size_t t = 0; t < bk; t++) {
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+                DOT_GROUP(t, 0);
+                DOT_GROUP(t, 1);
+                DOT_GROUP(t, 2);
+                DOT_GROUP(t, 3);
+                for (size_t g = 4; g < G; g++)
+                        DOT_GROUP(t, g);
+                if (t < nall) { /* every block of the chunk holds key t (lanes past nbc are never stored) */
+                        m0 = _mm256_max_epi32(m0, a0), m1 = _mm256_max_epi32(m1, a1);
+                        m2 = _mm256_max_epi32(m2, a2), m3 = _mm256_max_epi32(m3, a3);
+                } else {
+                        m0 = _mm256_blendv_epi8(m0, _mm256_max_epi32(m0, a0), cut);
+                        m1 = _mm256_blendv_epi8(m1, _mm256_max_epi32(m1, a1), cut);
+                        m2 = _mm256_blendv_epi8(m2, _mm256_max_epi32(m2, a2), cut);
+                        m3 = _mm256_blendv_epi8(m3, _mm256_max_epi32(m3, a3), cut);
+                }
+        }
+#undef DOT_GROUP
+#undef DOT
         const __m256 vks = _mm256_maskload_ps(ks, all);
         const __m256i mv[4] = { m0, m1, m2, m3 };
         for (size_t a = 0; a < rows; a++) { /* qs * (ks * (m - c)), a zero made +0 (a select, not + 0) */
@@ -181,6 +200,35 @@ static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4]
                 _mm256_maskstore_ps(out + a * ldo, all,
                                     _mm256_and_ps(p, _mm256_cmp_ps(p, _mm256_setzero_ps(), _CMP_NEQ_UQ)));
         }
+}
+
+static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
+                                const float qs[4], size_t rows, const uint8_t *kt, size_t ldk, const float *ks,
+                                size_t nbc, size_t bk, size_t last, size_t R) {
+#define ATT_LR_G(full)                                                                                     \
+        do {                                                                                               \
+                switch (R / 4) { /* the usual ranks with G a constant */                                   \
+                case 1:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1, full);     \
+                        break;                                                                             \
+                case 2:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2, full);     \
+                        break;                                                                             \
+                case 3:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3, full);     \
+                        break;                                                                             \
+                case 4:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4, full);     \
+                        break;                                                                             \
+                default:                                                                                   \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4, full); \
+                }                                                                                          \
+        } while (0)
+        if (nbc == ATT_LR_LANES && last == bk)
+                ATT_LR_G(true);
+        else
+                ATT_LR_G(false);
+#undef ATT_LR_G
 }
 
 #include "attention-stream.h"
