@@ -32,7 +32,8 @@ static void optimize_usage(FILE *f) {
               "                       [--att-mass F] [--att-cap N] [--att-blocks N]\n"
               "                       [--att-sparsity F] [--att-heuristic]\n"
               "                       [--att-oracle] [--att-scorer pooled|token]\n"
-              "                       [--att-stride N] [--att-summary] [--scorer-rank N]\n"
+              "                       [--att-stride N] [--att-summary]\n"
+              "                       [--att-summary-window N] [--scorer-rank N]\n"
               "                       [--head-importance output|grad] [--recover TRAIN.tsv\n"
               "                       --recover-task sst2|mrpc|rte --recover-steps N\n"
               "                       [--recover-lr F]]\n"
@@ -151,7 +152,7 @@ static void log_line(void *userdata, const char *line) {
 int verb_optimize(int argc, char **argv) {
         enum {
                 OPT_ATTENTION = 0x100, OPT_ATT_BLOCK, OPT_ATT_WINDOW, OPT_ATT_GLOBAL, OPT_ATT_RANDOM, OPT_ATT_MASS,
-                OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_ATT_SUMMARY, OPT_ATT_SCORER, OPT_ATT_STRIDE, OPT_SCORER_RANK,
+                OPT_ATT_CAP, OPT_ATT_BLOCKS, OPT_ATT_SPARSITY, OPT_ATT_HEURISTIC, OPT_ATT_ORACLE, OPT_ATT_SUMMARY, OPT_ATT_SUMMARY_WINDOW, OPT_ATT_SCORER, OPT_ATT_STRIDE, OPT_SCORER_RANK,
                 OPT_HEAD_IMPORTANCE, OPT_RECOVER, OPT_RECOVER_TASK, OPT_RECOVER_STEPS, OPT_RECOVER_LR,
                 OPT_TOKEN_SCORE,
         };
@@ -186,6 +187,7 @@ int verb_optimize(int argc, char **argv) {
                 { "att-heuristic", no_argument, NULL, OPT_ATT_HEURISTIC },
                 { "att-oracle", no_argument, NULL, OPT_ATT_ORACLE },
                 { "att-summary", no_argument, NULL, OPT_ATT_SUMMARY },
+                { "att-summary-window", required_argument, NULL, OPT_ATT_SUMMARY_WINDOW },
                 { "att-scorer", required_argument, NULL, OPT_ATT_SCORER },
                 { "att-stride", required_argument, NULL, OPT_ATT_STRIDE },
                 { "scorer-rank", required_argument, NULL, OPT_SCORER_RANK },
@@ -367,6 +369,11 @@ int verb_optimize(int argc, char **argv) {
                         break;
                 case OPT_ATT_SUMMARY:
                         att.summary = true, att_param = true;
+                        break;
+                case OPT_ATT_SUMMARY_WINDOW: /* implies --att-summary */
+                        if (cli_parse_uint(optarg, 1u << 20, &v) < 0)
+                                return usage_error("--att-summary-window takes a positive number of blocks <= 2^20");
+                        att.summary = true, att.sum_window = (uint32_t) v, att_param = true;
                         break;
                 case OPT_ATT_SCORER:
                         if (strcmp(optarg, "pooled") && strcmp(optarg, "token"))

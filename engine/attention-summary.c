@@ -22,23 +22,27 @@ size_t dsa__att_attend_scratch(const struct dsa__att *a, size_t nkb, size_t bk, 
         return ks + nkb; /* then the summaries' bias */
 }
 
-/* The summaries' bias (nkb): log of the block's size for a visible block the list skips (causal:
- * b < qb; else every b), -inf for the listed ones; returns how many summary keys to take: the
- * visible blocks up to the last one skipped (none when the list holds them all, so that the
- * result is then the plain one's, bit for bit). */
-static size_t summary_bias(float *bias, const struct dsa__att *a, size_t qb, const uint32_t *blocks, size_t n,
-                           size_t T, bool causal) {
-        const size_t bk = a->block, nkb = (T + bk - 1) / bk;
+/* The summaries' bias (nkb, written for [*ret_j0, return)): log of the block's size for a visible
+ * block the list skips (causal: b < qb; else every b; with a summary window W only those within
+ * W blocks of qb), -inf for the listed ones; returns the end of the summary keys to take and
+ * their start in *ret_j0: the visible blocks of the window up to the last one skipped (none when
+ * the list holds them all, so that the result is then the plain one's, bit for bit). */
+static size_t summary_bias(float *bias, size_t *ret_j0, const struct dsa__att *a, size_t qb, const uint32_t *blocks,
+                           size_t n, size_t T, bool causal) {
+        const size_t bk = a->block, nkb = (T + bk - 1) / bk, W = a->sum_window;
         const float full = logf((float) bk);
-        size_t nvis = causal ? MIN(qb, nkb) : nkb;
+        size_t nvis = causal ? MIN(qb, nkb) : nkb, j0 = W && qb > W ? qb - W : 0;
 
-        for (size_t b = 0; b < nvis; b++)
+        if (W && !causal)
+                nvis = MIN(nvis, qb + W + 1);
+        for (size_t b = j0; b < nvis; b++)
                 bias[b] = (b + 1) * bk <= T ? full : logf((float) (T - b * bk));
         for (size_t t = 0; t < n; t++)
-                if (blocks[t] < nvis)
+                if (blocks[t] >= j0 && blocks[t] < nvis)
                         bias[blocks[t]] = -INFINITY;
-        while (nvis > 0 && bias[nvis - 1] == -INFINITY)
+        while (nvis > j0 && bias[nvis - 1] == -INFINITY)
                 nvis--;
+        *ret_j0 = j0;
         return nvis;
 }
 
@@ -55,13 +59,13 @@ int dsa__att_attend(const struct dsa__att *a, const struct dsa_attention_kernels
                 if (!skv)
                         return -EINVAL;
                 sum.kv = skv, sum.Tk = nkb, sum.bias = scratch + dsa_attention_blocks_scratch(bk, HS);
-                sum.n = summary_bias((float *) sum.bias, a, qb, blocks, n, T, causal);
+                sum.n = summary_bias((float *) sum.bias, &sum.j0, a, qb, blocks, n, T, causal);
         }
         /* the kernel takes at most DSA_ATT_BLOCK rows a call: larger query blocks go in slices */
         for (size_t i0 = 0; i0 < nq && r >= 0; i0 += DSA_ATT_BLOCK) {
                 const size_t m = MIN(nq - i0, (size_t) DSA_ATT_BLOCK);
                 r = ak->blocks_packed_f32(out + i0 * ldo, ldo, q + i0 * ldq, ldq, m, qb * bk + i0, kv, NULL, blocks, n,
-                                          bk, T, HS, causal, sum.n ? &sum : NULL, NULL, scratch);
+                                          bk, T, HS, causal, sum.n > sum.j0 ? &sum : NULL, NULL, scratch);
         }
         return r;
 }

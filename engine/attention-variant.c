@@ -118,6 +118,9 @@ int dsa__att_check(const struct dsa__att *a, uint32_t n_layer, uint32_t n_head, 
                 return dsa__error(-EINVAL, "DSA with a fixed block count needs a count >= 1");
         if (a->summary && (a->kind == DSA_ATT_DENSE || a->kind == DSA_ATT_LINEAR))
                 return dsa__error(-EINVAL, "block summaries need a block-sparse attention (local, fixed or dsa)");
+        if (a->sum_window && (!a->summary || a->sum_window > 1u << 20))
+                return dsa__error(-EINVAL, "a summary window (%u blocks) needs block summaries and at most 2^20",
+                                  a->sum_window);
         if ((a->oracle && a->heuristic) || (a->token && (a->oracle || a->heuristic)))
                 return dsa__error(-EINVAL, "the DSA scorer is one of fitted, token, oracle or heuristic");
         if (a->token && a->kind != DSA_ATT_DSA)
@@ -177,7 +180,7 @@ void dsa__att_describe(const struct dsa__att *a, char *buf, size_t n) {
         }
         len = strlen(buf);
         if (a->summary && len < n)
-                snprintf(buf + len, n - len, " summary");
+                snprintf(buf + len, n - len, a->sum_window ? " summary=%u" : " summary", a->sum_window);
 }
 
 /* ---- GGUF */
@@ -202,6 +205,7 @@ int dsa__att_to_gguf(const struct dsa__att *a, struct dsa_gguf_writer *w) {
             (r = dsa_gguf_writer_set_bool(w, KEY "heuristic", a->heuristic)) < 0 ||
             (r = dsa_gguf_writer_set_bool(w, KEY "oracle", a->oracle)) < 0 ||
             (a->summary && (r = dsa_gguf_writer_set_bool(w, KEY "summary", true)) < 0) ||
+            (a->sum_window && (r = dsa_gguf_writer_set_u32(w, KEY "summary_window", a->sum_window)) < 0) ||
             (a->token && ((r = dsa_gguf_writer_set_bool(w, KEY "token", true)) < 0 ||
                           (r = dsa_gguf_writer_set_u32(w, KEY "stride", a->stride)) < 0)))
                 return r;
@@ -301,6 +305,7 @@ int dsa__att_from_gguf(const struct dsa_gguf *g, uint32_t n_layer, uint32_t n_he
                 return dsa__error(r, "GGUF key '" KEY "seed' is not an unsigned integer");
         if ((r = get_bool(g, KEY "heuristic", &a.heuristic)) < 0 || (r = get_bool(g, KEY "oracle", &a.oracle)) < 0 ||
             (r = get_bool(g, KEY "summary", &a.summary)) < 0 || (r = get_bool(g, KEY "token", &a.token)) < 0 ||
+            (r = get_u32(g, KEY "summary_window", &a.sum_window)) < 0 ||
             (r = get_u32(g, KEY "stride", &a.stride)) < 0)
                 return r;
 

@@ -91,6 +91,8 @@ struct dsa__att {
         bool summary;    /* local, fixed, dsa: a visible key block the query block skips is not
                           * dropped but enters its softmax as one summary key, the block's mean
                           * key weighted by its key count, carrying the block's mean value */
+        uint32_t sum_window; /* summaries only for the skipped blocks within this many blocks of
+                              * the query block (0: every one) */
         /* The fitted scorer (kind DSA without heuristic): NULL until fitted or loaded. */
         uint32_t rank, n_layer, n_head, head_dim;
         float *wq, *wk; /* (n_layer, n_head, rank, head_dim) each */

@@ -119,7 +119,9 @@ static bool visible(size_t j, size_t p, bool causal) {
 }
 
 int dsa__att_extra_check(const struct dsa_attention_extra *extra) {
-        if (extra && extra->n > 0 &&
+        if (extra && extra->j0 > extra->n)
+                return -EINVAL;
+        if (extra && extra->n > extra->j0 &&
             (!extra->kv || !extra->bias || extra->n > extra->Tk || extra->Tk > DSA_ATT_MAX_EXTRA))
                 return -EINVAL;
         return 0;
@@ -187,7 +189,7 @@ static int blocks_ref(float *out, size_t ldo, const float *q, size_t ldq, const 
                         const size_t j1 = j0 < Tk ? (Tk - j0 < bk ? Tk : j0 + bk) : j0;
                         ref_step(qi, k, ldk, v, ldv, bias, j0, j1, pos0 + i, causal, scale, HS, s, acc, &m, &l);
                 }
-                for (size_t j0 = 0; extra && j0 < extra->n; j0 += bk) { /* bk keys a step, all visible */
+                for (size_t j0 = extra ? extra->j0 : 0; extra && j0 < extra->n; j0 += bk) { /* bk keys a step */
                         const float *ek = extra->kv, *ev = ek + dsa__att_packed_v(extra->Tk, HS);
                         const size_t j1 = extra->n - j0 < bk ? extra->n : j0 + bk;
                         ref_step(qi, ek, HS, ev, HS, extra->bias, j0, j1, 0, false, 1.0f, HS, s, acc, &m, &l);

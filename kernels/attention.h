@@ -41,13 +41,14 @@
 #define DSA_ATT_MAX_EXTRA (1u << 24)
 
 /* Keys blocks_packed_f32 takes into the same softmax as its listed blocks' (block summaries):
- * keys [0, n) of the Tk that the same table's pack_kv_f32 packed into kv, every one seen by
- * every row (no causal rule), bias[j] (n floats) added to each row's score of key j,
- * -INFINITY: not seen. n = 0: none. */
+ * keys [j0, n) of the Tk that the same table's pack_kv_f32 packed into kv, every one seen by
+ * every row (no causal rule), bias[j] (read for j in [j0, n)) added to each row's score of key j,
+ * -INFINITY: not seen. j0 <= n; n = j0: none. */
 struct dsa_attention_extra {
         const float *kv;
         const float *bias;
         size_t n, Tk;
+        size_t j0; /* the first key taken (0: from the start) */
 };
 
 struct dsa_attention_kernels {

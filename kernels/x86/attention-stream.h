@@ -160,9 +160,9 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         if (jc == je) { /* the next run: the list's, then the extra keys in a chunk of their own */
                                 if (!in_extra && att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
                                         src = (struct att_src) { kv, bias, Tk, causal };
-                                else if (!in_extra && ns == 0 && packed && extra && extra->n > 0) {
+                                else if (!in_extra && ns == 0 && packed && extra && extra->n > extra->j0) {
                                         src = (struct att_src) { extra->kv, extra->bias, extra->Tk, false };
-                                        in_extra = true, jc = 0, je = extra->n;
+                                        in_extra = true, jc = extra->j0, je = extra->n;
                                 } else
                                         break;
                         }

@@ -92,6 +92,12 @@ with tempfile.TemporaryDirectory() as tmp:
     check(rc == 1 and "summar" in err, "summaries with dense attention are refused")
     rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "dsa", "--att-scorer", "tokens")
     check(rc == 2, "an unknown --att-scorer exits 2")
+    rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "local", "--att-summary-window", "3")
+    rc2, out2, err2 = run("eval", "-m", abl, "--task", "ppl", "--data", docs, "--limit", "1", "--json")
+    ok = rc == 0 and rc2 == 0 and "summary=3" in json.loads(out2)["attention"] and json.loads(out2)["ppl"] > 0
+    check(ok, f"a summary window is stored and runs ({(err + err2).strip()[-200:]})")
+    rc, out, err = run("optimize", "-m", model, "-o", abl, "--attention", "local", "--att-summary-window", "0")
+    check(rc == 2, "--att-summary-window 0 exits 2")
     if os.path.isdir(bert):
         rc, out, err = run("optimize", "-m", bert, "-o", abl, "--attention", "dsa", "--att-scorer", "token",
                            "--calib", calib, "--calib-max", "10")

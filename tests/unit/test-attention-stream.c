@@ -834,12 +834,23 @@ static size_t extra_list(const struct problem *p, const struct packed *pk, const
         for (size_t j = 0; j < x->n; j++)
                 masked = masked && x->bias[j] == -INFINITY;
         oracle_blocks_bias(p, blocks, nb, bias, x, want, want_lse);
+        /* the extra keys from J on (j0 = J): as keys [0, J) not seen (the oracle's -inf), their bias
+         * NaN in the kernel's copy, which it must not read */
+        const size_t J = x->n / 3 + 1;
+        double *want_j = malloc((p->nq * p->HS + 1) * sizeof(double)), *want_j_lse = malloc(nl * sizeof(double));
+        float *xb = malloc(x->n * sizeof(float)), *kb = malloc(x->n * sizeof(float));
+        assert_true(want_j && want_j_lse && xb && kb);
+        for (size_t j = 0; j < x->n; j++)
+                xb[j] = j < J ? -INFINITY : x->bias[j], kb[j] = j < J ? NAN : x->bias[j];
+        const struct oracle_extra xj = { x->e, xb, x->n };
+        oracle_blocks_bias(p, blocks, nb, bias, &xj, want_j, want_j_lse);
         for (size_t s = 0; s < n_isas; s++) {
                 const enum dsa_isa isa = isas[s];
                 const struct dsa_attention_kernels *kt = dsa_attention_kernels_for(isa);
-                const struct dsa_attention_extra ex = { xpk->kv[isa], x->bias, x->n, x->e->Tk };
-                const struct dsa_attention_extra none[] = { { xpk->kv[isa], x->bias, 0, x->e->Tk },
-                                                            { NULL, NULL, 0, 0 } };
+                const struct dsa_attention_extra ex = { xpk->kv[isa], x->bias, x->n, x->e->Tk, 0 };
+                const struct dsa_attention_extra none[] = { { xpk->kv[isa], x->bias, 0, x->e->Tk, 0 },
+                                                            { NULL, NULL, 0, 0, 0 },
+                                                            { xpk->kv[isa], x->bias, x->n, x->e->Tk, x->n } };
 
 #define CALL(out_, extra_, lse_)                                                                                   \
         kt->blocks_packed_f32(out_, p->ldo, p->q, p->ldq, p->nq, p->pos0, pk->kv[isa], bias, blocks, nb, p->bk, \
@@ -858,6 +869,10 @@ static size_t extra_list(const struct problem *p, const struct packed *pk, const
                 dsa_test_fill(out2, no, SENTINEL);
                 assert_int_equal(CALL(out2, &ex, NULL), 0);
                 assert_memory_equal(out, out2, no * sizeof(float));
+                const struct dsa_attention_extra exj = { xpk->kv[isa], kb, x->n, x->e->Tk, J };
+                dsa_test_fill(out2, no, SENTINEL), dsa_test_fill(lse2, nl, SENTINEL);
+                assert_int_equal(CALL(out2, &exj, lse2), 0);
+                assert_true(check_blocks(p, isa, shape, out2, lse2, want_j, want_j_lse, K_XOUT, K_XLSE));
                 for (size_t k = 0; k < ELEMENTSOF(none); k++) {
                         dsa_test_fill(out2, no, SENTINEL), dsa_test_fill(lse2, nl, SENTINEL);
                         assert_int_equal(CALL(out2, &none[k], lse2), 0);
@@ -875,6 +890,7 @@ static size_t extra_list(const struct problem *p, const struct packed *pk, const
 #undef CALL
         }
         free(want), free(want_lse), free(out), free(lse), free(out0), free(lse0), free(out2), free(lse2);
+        free(want_j), free(want_j_lse), free(xb), free(kb);
         return only;
 }
 
@@ -2274,11 +2290,11 @@ static void test_packed_errors(void **state) {
                 assert_true(sentinels_kept("errors packed lse", isas[s], "no keys", lse + 4, T - 4));
 #undef PACKED
 
-                /* extra keys need kv and bias, and n <= Tk <= DSA_ATT_MAX_EXTRA; with the list or without */
+                /* extra keys need kv and bias, j0 <= n <= Tk <= DSA_ATT_MAX_EXTRA; with the list or without */
                 const struct dsa_attention_extra bad[] = {
-                        { NULL, bias, 1, T }, { kv, NULL, 1, T }, { kv, bias, T + 1, T }, { kv, bias, 1, 0 },
-                        { kv, bias, 1, (size_t) DSA_ATT_MAX_EXTRA + 1 },
-                }, none[] = { { NULL, NULL, 0, 0 }, { NULL, NULL, 0, T } };
+                        { NULL, bias, 1, T, 0 }, { kv, NULL, 1, T, 0 }, { kv, bias, T + 1, T, 0 }, { kv, bias, 1, 0, 0 },
+                        { kv, bias, 1, (size_t) DSA_ATT_MAX_EXTRA + 1, 0 }, { kv, bias, 1, T, 2 },
+                }, none[] = { { NULL, NULL, 0, 0, 0 }, { NULL, NULL, 0, T, 0 }, { NULL, NULL, 3, T, 3 } };
                 dsa_test_fill(out, T * HS, SENTINEL);
                 dsa_test_fill(lse, T, SENTINEL);
                 for (size_t e = 0; e < ELEMENTSOF(bad); e++)

@@ -140,11 +140,12 @@ static bool listed_block(const uint32_t *blocks, size_t n, size_t b) {
  * a softmax over the visible keys of the listed blocks (j < T, and j <= the row's position if
  * causal) and, with summary, over one key per visible block the list skips (causal: b < qb, all
  * of them whole; else every b < nkb, the last one with its own count c), its mean key and value
- * taken here in double, logit scale q . kbar + log c. out (nq, HS); a row that sees nothing
+ * taken here in double, logit scale q . kbar + log c; with a summary window W > 0 only the
+ * blocks b with qb - W <= b (and, not causal, b <= qb + W). out (nq, HS); a row that sees nothing
  * gets zeros. */
 static void oracle_attend(const float *q, size_t ldq, const float *k, size_t ldk, const float *v, size_t ldv,
                           size_t T, size_t HS, size_t bk, size_t qb, size_t nq, const uint32_t *blocks, size_t n,
-                          bool causal, bool summary, double scale, double *out) {
+                          bool causal, bool summary, size_t W, double scale, double *out) {
         const size_t nkb = (T + bk - 1) / bk;
         double *lg = malloc((T + nkb) * sizeof(double)), *val = malloc((T + nkb) * HS * sizeof(double));
 
@@ -166,7 +167,7 @@ static void oracle_attend(const float *q, size_t ldq, const float *k, size_t ldk
                                         for (size_t c = 0; c < HS; c++)
                                                 val[ne * HS + c] = v[j * ldv + c];
                                 }
-                        } else if (summary && (!causal || b < qb)) {
+                        } else if (summary && (!causal || b < qb) && (W == 0 || (b + W >= qb && b <= qb + W))) {
                                 double d = 0;
                                 for (size_t c = 0; c < HS; c++) {
                                         double kb = 0, vb = 0;
@@ -268,7 +269,7 @@ static size_t summary_list(int kind, size_t qb, size_t nkb, bool causal, struct 
  * bit against blocks_f32 called on the same slices of at most DSA_ATT_BLOCK rows; with every
  * visible block listed, the same bits with and without summaries. */
 static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_kind kind, size_t HS, size_t T,
-                         size_t bk, bool causal, struct dsa_test_rng *rng, double *worst) {
+                         size_t bk, bool causal, size_t W, struct dsa_test_rng *rng, double *worst) {
         const size_t ldq = HS + 3, ldk = HS + 1, ldv = HS + 2, ldo = HS + 2, ldb = HS + 1, nkb = (T + bk - 1) / bk;
         const float scale = 2.0f / sqrtf((float) HS); /* peaked enough that a summary key can win */
         float *q = dsa_test_falloc(T * ldq), *k = dsa_test_falloc(T * ldk), *v = dsa_test_falloc(T * ldv);
@@ -286,8 +287,8 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
 
         assert_true(want && want_plain && blocks && kv && skv);
         dsa__att_init(&a);
-        a.kind = kind, a.block = (uint32_t) bk, a.summary = true;
-        plain_att = a, plain_att.summary = false;
+        a.kind = kind, a.block = (uint32_t) bk, a.summary = true, a.sum_window = (uint32_t) W;
+        plain_att = a, plain_att.summary = false, plain_att.sum_window = 0;
         ns = dsa__att_attend_scratch(&a, nkb, bk, HS), nps = dsa__att_attend_scratch(&plain_att, nkb, bk, HS);
         assert_int_equal(nps, dsa_attention_blocks_scratch(bk, HS));
         assert_true(ns > nps);
@@ -316,8 +317,9 @@ static void summary_case(const enum dsa_isa *isas, size_t n_isas, enum dsa_att_k
                         snprintf(what, sizeof(what), "%s %s HS=%zu T=%zu bk=%zu causal=%d qb=%zu list=%d n=%zu",
                                  dsa_test_isa_names[isas[s]], dsa_att_kind_name(kind), HS, T, bk, causal, qb,
                                  (int) (it % 5), n);
-                        oracle_attend(qq, ldq, k, ldk, v, ldv, T, HS, bk, qb, nq, blocks, n, causal, true, scale, want);
-                        oracle_attend(qq, ldq, k, ldk, v, ldv, T, HS, bk, qb, nq, blocks, n, causal, false, scale,
+                        oracle_attend(qq, ldq, k, ldk, v, ldv, T, HS, bk, qb, nq, blocks, n, causal, true, W, scale,
+                                      want);
+                        oracle_attend(qq, ldq, k, ldk, v, ldv, T, HS, bk, qb, nq, blocks, n, causal, false, 0, scale,
                                       want_plain);
 
                         dsa_test_fill(out, (bk + 1) * ldo, DSA_TEST_SENTINEL);
@@ -380,11 +382,16 @@ static void test_summary(void **state) {
                         for (size_t b = 0; b < ELEMENTSOF(bks); b++)
                                 for (int causal = 0; causal < 2; causal++, case_no++)
                                         summary_case(isas, n_isas, kinds[case_no % 3], HSs[h], Ts[t], bks[b], causal,
-                                                     &rng, &worst);
+                                                     case_no % 4 == 3 ? 1 + case_no % 3 : 0, &rng, &worst);
         /* blocks of 2: 301 blocks, so the summaries run in two chunks of at most DSA_ATT_MAX_BK,
          * and the last block holds one key */
-        summary_case(isas, n_isas, DSA_ATT_DSA, 8, 601, 2, false, &rng, &worst);
-        summary_case(isas, n_isas, DSA_ATT_LOCAL, 8, 601, 2, true, &rng, &worst);
+        summary_case(isas, n_isas, DSA_ATT_DSA, 8, 601, 2, false, 0, &rng, &worst);
+        summary_case(isas, n_isas, DSA_ATT_LOCAL, 8, 601, 2, true, 0, &rng, &worst);
+        /* a summary window: only the blocks within W of the query block (the window's first block
+         * off the panel grid, and past the first chunk of the extra keys when not causal) */
+        summary_case(isas, n_isas, DSA_ATT_DSA, 8, 601, 2, false, 37, &rng, &worst);
+        summary_case(isas, n_isas, DSA_ATT_LOCAL, 8, 601, 2, true, 37, &rng, &worst);
+        summary_case(isas, n_isas, DSA_ATT_FIXED, 32, 600, 4, true, 5, &rng, &worst);
         printf("summary: worst error / tolerance %.3g\n", worst);
 
         /* summaries need a block-sparse kind */
@@ -657,7 +664,18 @@ static void test_token_gguf(void **state) {
         c.kind = DSA_ATT_LOCAL, c.window = 3, c.summary = true;
         assert_int_equal(gguf_round_trip(&c, path, NL, NH, HD, &back), 0);
         assert_true(back.kind == DSA_ATT_LOCAL && back.summary && !back.token && back.stride == c.stride);
+        assert_int_equal(back.sum_window, 0);
         dsa__att_clear(&back);
+        /* and with a summary window, kept and described; a window needs summaries */
+        c.sum_window = 7;
+        assert_int_equal(gguf_round_trip(&c, path, NL, NH, HD, &back), 0);
+        assert_true(back.summary && back.sum_window == 7);
+        dsa__att_describe(&back, desc, sizeof(desc));
+        assert_non_null(strstr(desc, " summary=7"));
+        dsa__att_clear(&back);
+        c.summary = false;
+        assert_int_equal(dsa__att_check(&c, NL, NH, HD), -EINVAL);
+        c.summary = true, c.sum_window = 0;
         c.summary = false;
         assert_int_equal(gguf_round_trip(&c, path, NL, NH, HD, &back), 0);
         assert_false(back.summary || back.token);
