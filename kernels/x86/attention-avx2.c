@@ -144,6 +144,7 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
 }
 
 #define ATT_LR_LANES 8 /* key blocks a vector of att_lr_block_max_q8 */
+#define ATT_LR_TARGET /* att_lr_block_max_q8's (attention-stream.h): the file's own */
 
 /* block_max_lowrank_q8 of rows (<= 4) rows over blocks [0, nbc) of kt (nbc <= 8, kt, ks and out
  * from the chunk's first block), the chunk's last block holding last keys: vpmaddubsw multiplies
@@ -202,34 +203,6 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
         }
 }
 
-static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
-                                const float qs[4], size_t rows, const uint8_t *kt, size_t ldk, const float *ks,
-                                size_t nbc, size_t bk, size_t last, size_t R) {
-#define ATT_LR_G(full)                                                                                     \
-        do {                                                                                               \
-                switch (R / 4) { /* the usual ranks with G a constant */                                   \
-                case 1:                                                                                    \
-                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1, full);     \
-                        break;                                                                             \
-                case 2:                                                                                    \
-                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2, full);     \
-                        break;                                                                             \
-                case 3:                                                                                    \
-                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3, full);     \
-                        break;                                                                             \
-                case 4:                                                                                    \
-                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4, full);     \
-                        break;                                                                             \
-                default:                                                                                   \
-                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4, full); \
-                }                                                                                          \
-        } while (0)
-        if (nbc == ATT_LR_LANES && last == bk)
-                ATT_LR_G(true);
-        else
-                ATT_LR_G(false);
-#undef ATT_LR_G
-}
 
 #include "attention-stream.h"
 

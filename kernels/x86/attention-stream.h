@@ -11,11 +11,14 @@
  *   void att_row_phi(float *dst, const float *src, size_t n) dst = elu(src) + 1
  *   void att_row_add(float *z, const float *x, size_t n)     z[0, n) += x[0, n)
  *   float att_dot(const float *a, const float *b, size_t n)
- *   void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
- *                            const float qs[4], size_t rows, const uint8_t *kt, size_t ldk,
- *                            const float *ks, size_t nbc, size_t bk, size_t last, size_t R)
+ *   void att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
+ *                              const float qs[4], size_t rows, const uint8_t *kt, size_t ldk,
+ *                              const float *ks, size_t nbc, size_t bk, size_t last, size_t G,
+ *                              bool full)
  *           block_max_lowrank_q8's out of rows (<= 4) rows over nbc (<= ATT_LR_LANES, the file's)
- *           blocks, the last of them holding last keys; c[a] = 128 * sum_r q[a][r]
+ *           blocks, the last of them holding last keys; c[a] = 128 * sum_r q[a][r]; G = R / 4
+ *           (always inlined: a constant where att_lr_block_max_q8 passes one); full: nbc is
+ *           ATT_LR_LANES and every block whole. ATT_LR_TARGET: the target attribute it needs.
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -414,7 +417,39 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
 /* Rows a group of the low-rank scorer (each key vector loaded serves them all). */
 #define ATT_LR_ROWS 4
 
-/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_block_max_q8: blocks in
+/* One chunk of att_block_max_lowrank_q8: the file's att_lr_block_max_q8_g with the group count a
+ * constant for the usual ranks (R <= 16: the row bytes then stay in registers and the sums
+ * unroll) and full known (plain loads). */
+ATT_LR_TARGET static void att_lr_block_max_q8(float *out, size_t ldo, const int8_t *const q[4], const int32_t c[4],
+                                              const float qs[4], size_t rows, const uint8_t *kt, size_t ldk,
+                                              const float *ks, size_t nbc, size_t bk, size_t last, size_t R) {
+#define ATT_LR_G(full)                                                                                     \
+        do {                                                                                               \
+                switch (R / 4) {                                                                           \
+                case 1:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 1, full);     \
+                        break;                                                                             \
+                case 2:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 2, full);     \
+                        break;                                                                             \
+                case 3:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 3, full);     \
+                        break;                                                                             \
+                case 4:                                                                                    \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, 4, full);     \
+                        break;                                                                             \
+                default:                                                                                   \
+                        att_lr_block_max_q8_g(out, ldo, q, c, qs, rows, kt, ldk, ks, nbc, bk, last, R / 4, full); \
+                }                                                                                          \
+        } while (0)
+        if (nbc == ATT_LR_LANES && last == bk)
+                ATT_LR_G(true);
+        else
+                ATT_LR_G(false);
+#undef ATT_LR_G
+}
+
+/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_block_max_q8_g: blocks in
  * chunks of ATT_LR_LANES (a vector's lanes), rows ATT_LR_ROWS at a time (a short last group
  * repeats its last row), the chunk's keys in L1 across the groups. The byte dot products of a row
  * sum q * (k + 128), so c = 128 * sum_r q[r] comes off each block's max, before the scales. */
