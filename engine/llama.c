@@ -44,7 +44,8 @@ struct fwd {
         float *x, *h, *qkv, *a, *ff;
         float *qbar, *kbar; /* (nb, NH HS), (nb, NKV HS): block means (DSA, summaries) */
         float *vbar;        /* (nb, NKV HS): block means of the values (summaries) */
-        bool pool;          /* means wanted: DSA or summaries */
+        bool by_means;      /* the pooled DSA scorer: block means of queries and keys, projected */
+        bool pool;          /* means wanted: by_means or summaries */
         float *qp, *kp;     /* (NH, nb, D): the scorer's projections of them, per query head */
         struct dsa_packed_f32 **wk, **wq; /* the scorer's weights packed: (n_layer, NKV) of G R
                                            * rows, (n_layer, NH) of R rows times 1/sqrt(HS) */
@@ -248,7 +249,7 @@ static void token_rows(struct fwd *f, size_t t0, size_t t1, float *buf) {
  * query block that reads them); the blocks' means (the pooled scorer, summaries). */
 static void unit_rows(struct fwd *f, size_t t0, size_t t1) {
         const size_t HS = f->HS, ld = f->NKV * HS, QC = f->NH * HS, b0 = t0 / f->bk;
-        const bool by_means = f->att->kind == DSA_ATT_DSA && !f->att->token, sums = dsa__att_summaries(f->att);
+        const bool by_means = f->by_means, sums = dsa__att_summaries(f->att);
         const float *x = f->qkv + t0 * f->QKV;
 
         rope_rows(f, t0, t1);
@@ -489,10 +490,10 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
         _cleanup_free_ void *lscratch = lin ? aligned_alloc(64, (lin + 63) / 64 * 64) : NULL;
         if (!x || !h || !qkv || !a || !ff || (lin && !lscratch))
                 return -ENOMEM;
-        f.pool = (f.att->kind == DSA_ATT_DSA && !f.att->token) || dsa__att_summaries(f.att);
+        f.by_means = f.att->kind == DSA_ATT_DSA && !f.att->token;
+        f.pool = f.by_means || dsa__att_summaries(f.att);
         if (f.pool) {
-                f.D = f.att->kind != DSA_ATT_DSA || f.att->token ? 0 : f.att->heuristic || f.att->oracle ? f.HS
-                                                                                                : f.att->rank;
+                f.D = !f.by_means ? 0 : f.att->heuristic || f.att->oracle ? f.HS : f.att->rank;
                 pooled = malloc(f.nb * (QC + 2 * f.NKV * f.HS + 2 * f.NH * f.D) * sizeof(float));
                 if (!pooled)
                         return -ENOMEM;
@@ -554,7 +555,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 else {
                         if (f.err < 0)
                                 return f.err;
-                        if (f.att->kind == DSA_ATT_DSA && !f.att->token) /* the block means' projections */
+                        if (f.by_means) /* the block means' projections */
                                 dsa_threadpool_for(pool, f.NH, 1, task_project, &f);
                         if (f.skv)
                                 dsa_threadpool_for(pool, f.NKV, 1, task_pack_means, &f);
