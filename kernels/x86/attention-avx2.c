@@ -204,6 +204,36 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
 }
 
 
+/* keys_lowrank_q8's row operations (attention-stream.h), 8 components a vector, as the AVX-512
+ * ones: vmaxps returns its second operand (the running max) where |x| is NaN; x * inv kept from
+ * fusing by a barrier; NaN truncates to INT32_MIN, whose low byte plus 128 is 128; a byte
+ * shuffle gathers each 128-bit lane's four low bytes into one word. */
+#define ATT_KQ8_LANES 8
+ATT_AI_ROW float att_kq8_block_max(const float *kp, size_t ldp, size_t j0, size_t j1, size_t R) {
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 mv = _mm256_setzero_ps();
+
+        for (size_t j = j0; j < j1; j++)
+                for (size_t c = 0; c < R; c += 8) {
+                        const __m256 x = _mm256_maskload_ps(kp + j * ldp + c, tail_mask(R - c < 8 ? R - c : 8));
+                        mv = _mm256_max_ps(_mm256_andnot_ps(sign, x), mv);
+                }
+        return hmax(mv);
+}
+
+ATT_AI_ROW void att_kq8_words(uint32_t w[ATT_KQ8_LANES / 4], const float *x, size_t R, size_t c, float inv) {
+        const __m256i lo = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
+                                            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+        const size_t m = c < R ? (R - c < 8 ? R - c : 8) : 0;
+        __m256 p = _mm256_mul_ps(_mm256_maskload_ps(x + c, tail_mask(m)), _mm256_set1_ps(inv));
+
+        __asm__("" : "+x"(p));
+        p = _mm256_add_ps(p, _mm256_blendv_ps(_mm256_set1_ps(-0.5f), _mm256_set1_ps(0.5f),
+                                              _mm256_cmp_ps(p, _mm256_setzero_ps(), _CMP_GE_OQ)));
+        const __m256i v = _mm256_shuffle_epi8(_mm256_add_epi32(_mm256_cvttps_epi32(p), _mm256_set1_epi32(128)), lo);
+        w[0] = (uint32_t) _mm256_extract_epi32(v, 0), w[1] = (uint32_t) _mm256_extract_epi32(v, 4);
+}
+
 #include "attention-stream.h"
 
 #define NR DSA__GEMM_NR_AVX2
@@ -256,45 +286,7 @@ int dsa__attention_block_max_lowrank_q8_avx2(float *out, size_t ldo, const int8_
         return att_block_max_lowrank_q8(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 }
 
-/* keys_lowrank_q8 (attention.h), 8 components a vector, as the AVX-512 one: vmaxps returns its
- * second operand (the running max) where |x| is NaN; x * inv kept from fusing by a barrier;
- * NaN truncates to INT32_MIN, whose low byte plus 128 is 128; a byte shuffle gathers each
- * 128-bit lane's four low bytes into one word. */
 int dsa__attention_keys_lowrank_q8_avx2(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n,
                                         size_t bk, size_t R) {
-        const size_t R4 = (R + 3) / 4 * 4;
-        const __m256 sign = _mm256_set1_ps(-0.0f);
-        const __m256i lo = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12,
-                                            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-        int r = dsa__att_keys_q8_check(kt, ldk, ks, kp, ldp, n, bk, R);
-
-        if (r < 0 || n == 0)
-                return r;
-        for (size_t b = 0; b * bk < n; b++) {
-                const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
-                __m256 mv = _mm256_setzero_ps();
-                for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R; c += 8) {
-                                const __m256 x = _mm256_maskload_ps(kp + j * ldp + c, tail_mask(R - c < 8 ? R - c : 8));
-                                mv = _mm256_max_ps(_mm256_andnot_ps(sign, x), mv);
-                        }
-                const float inv = dsa__att_keys_q8_inv(hmax(mv));
-                const __m256 vinv = _mm256_set1_ps(inv), half = _mm256_set1_ps(0.5f), nhalf = _mm256_set1_ps(-0.5f);
-                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
-                for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R4; c += 8) {
-                                const size_t m = c < R ? (R - c < 8 ? R - c : 8) : 0;
-                                __m256 p = _mm256_mul_ps(_mm256_maskload_ps(kp + j * ldp + c, tail_mask(m)), vinv);
-                                __asm__("" : "+x"(p));
-                                p = _mm256_add_ps(p, _mm256_blendv_ps(nhalf, half,
-                                                                      _mm256_cmp_ps(p, _mm256_setzero_ps(), _CMP_GE_OQ)));
-                                const __m256i v = _mm256_shuffle_epi8(
-                                        _mm256_add_epi32(_mm256_cvttps_epi32(p), _mm256_set1_epi32(128)), lo);
-                                const uint32_t w[2] = { (uint32_t) _mm256_extract_epi32(v, 0),
-                                                        (uint32_t) _mm256_extract_epi32(v, 4) };
-                                for (size_t g = 0; g < 2 && c + 4 * g < R4; g++)
-                                        memcpy(kt + ((c / 4 + g) * bk + j - j0) * ldk + 4 * b, w + g, 4);
-                        }
-        }
-        return 0;
+        return att_keys_lowrank_q8(kt, ldk, ks, kp, ldp, n, bk, R);
 }

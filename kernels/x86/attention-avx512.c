@@ -209,6 +209,31 @@ att_lr_block_max_q8_g(float *out, size_t ldo, const int8_t *const q[4], const in
 }
 
 
+/* keys_lowrank_q8's row operations (attention-stream.h), 16 components a vector: the largest
+ * |component| of keys [j0, j1) (vmaxps returns its second operand, the running max, where |x|
+ * is NaN); the bytes of one key's components [c, c + 16) as 4 words: x * inv (a barrier keeps it
+ * from fusing into the rounding add), + 0.5 with its sign, truncated (NaN to INT32_MIN, whose low
+ * byte plus 128 is 128), + 128, the low bytes kept (vpmovdb); components past R are 0, so 128. */
+#define ATT_KQ8_LANES 16
+ATT_AI_ROW float att_kq8_block_max(const float *kp, size_t ldp, size_t j0, size_t j1, size_t R) {
+        __m512 mv = _mm512_setzero_ps();
+
+        for (size_t j = j0; j < j1; j++)
+                for (size_t c = 0; c < R; c += 16)
+                        mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c)), mv);
+        return _mm512_reduce_max_ps(mv);
+}
+
+ATT_AI_ROW void att_kq8_words(uint32_t w[ATT_KQ8_LANES / 4], const float *x, size_t R, size_t c, float inv) {
+        __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(c < R ? lanes(R - c) : 0, x + c), _mm512_set1_ps(inv));
+
+        __asm__("" : "+v"(p));
+        p = _mm512_add_ps(p, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_GE_OQ),
+                                                  _mm512_set1_ps(-0.5f), _mm512_set1_ps(0.5f)));
+        _mm_storeu_si128((__m128i *) w,
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(_mm512_cvttps_epi32(p), _mm512_set1_epi32(128))));
+}
+
 #include "attention-stream.h"
 
 #define NR DSA__GEMM_NR_AVX512
@@ -264,40 +289,7 @@ int dsa__attention_block_max_lowrank_q8_avx512(float *out, size_t ldo, const int
         return att_block_max_lowrank_q8(out, ldo, qt, ldq, qs, kt, ldk, ks, nq, bk, Tk, R);
 }
 
-/* keys_lowrank_q8 (attention.h), 16 components a vector: M from |x| (vmaxps returns its second
- * operand, the running max, where |x| is NaN), then per key x * inv (a barrier keeps it from
- * fusing into the rounding add), + 0.5 with x's sign, truncated: NaN truncates to INT32_MIN,
- * whose low byte plus 128 is 128, the byte the contract gives it; vpmovdb keeps the low bytes. */
 int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n,
                                           size_t bk, size_t R) {
-        const size_t R4 = (R + 3) / 4 * 4;
-        int r = dsa__att_keys_q8_check(kt, ldk, ks, kp, ldp, n, bk, R);
-
-        if (r < 0 || n == 0)
-                return r;
-        for (size_t b = 0; b * bk < n; b++) {
-                const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
-                __m512 mv = _mm512_setzero_ps();
-                for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R; c += 16)
-                                mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c)),
-                                                   mv);
-                const float inv = dsa__att_keys_q8_inv(_mm512_reduce_max_ps(mv));
-                const __m512 vinv = _mm512_set1_ps(inv), half = _mm512_set1_ps(0.5f), nhalf = _mm512_set1_ps(-0.5f);
-                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
-                for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R4; c += 16) {
-                                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes(R - c), kp + j * ldp + c), vinv);
-                                __asm__("" : "+v"(p));
-                                p = _mm512_add_ps(p, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(p, _mm512_setzero_ps(),
-                                                                                             _CMP_GE_OQ),
-                                                                          nhalf, half));
-                                const __m512i v = _mm512_add_epi32(_mm512_cvttps_epi32(p), _mm512_set1_epi32(128));
-                                uint32_t w[4];
-                                _mm_storeu_si128((__m128i *) w, _mm512_cvtepi32_epi8(v));
-                                for (size_t g = 0; g < 4 && c + 4 * g < R4; g++)
-                                        memcpy(kt + ((c / 4 + g) * bk + j - j0) * ldk + 4 * b, w + g, 4);
-                        }
-        }
-        return 0;
+        return att_keys_lowrank_q8(kt, ldk, ks, kp, ldp, n, bk, R);
 }

@@ -19,6 +19,11 @@
  *           blocks, the last of them holding last keys; c[a] = 128 * sum_r q[a][r]; G = R / 4
  *           (always inlined: a constant where att_lr_block_max_q8 passes one); full: nbc is
  *           ATT_LR_LANES and every block whole. ATT_LR_TARGET: the target attribute it needs.
+ *   float att_kq8_block_max(const float *kp, size_t ldp, size_t j0, size_t j1, size_t R)
+ *           the largest |component| (a NaN left out) of keys [j0, j1) of kp, R floats each
+ *   void att_kq8_words(uint32_t w[ATT_KQ8_LANES / 4], const float *x, size_t R, size_t c, float inv)
+ *           keys_lowrank_q8's bytes of components [c, c + ATT_KQ8_LANES) of one key x (those at or
+ *           past R taken as 0), four to a word
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -477,6 +482,31 @@ static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, si
                         att_lr_block_max_q8(out + i * ldo + b0, ldo, q, c, s, rows, kt + 4 * b0, ldk, ks + b0, nbc, bk,
                                             b0 + nbc == nb ? rem : bk, R);
                 }
+        }
+        return 0;
+}
+
+/* keys_lowrank_q8 (attention.h) on the including file's att_kq8_block_max and att_kq8_words:
+ * per block its factor and scale, then each key's words stored block-major, word g of key t of
+ * block b at row g bk + t, bytes [4b, 4b + 4). */
+static int att_keys_lowrank_q8(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n, size_t bk,
+                               size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+        int r = dsa__att_keys_q8_check(kt, ldk, ks, kp, ldp, n, bk, R);
+
+        if (r < 0 || n == 0)
+                return r;
+        for (size_t b = 0; b * bk < n; b++) {
+                const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
+                const float inv = dsa__att_keys_q8_inv(att_kq8_block_max(kp, ldp, j0, j1, R));
+                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                for (size_t j = j0; j < j1; j++)
+                        for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
+                                uint32_t w[ATT_KQ8_LANES / 4];
+                                att_kq8_words(w, kp + j * ldp, R, c, inv);
+                                for (size_t g = 0; g < ATT_KQ8_LANES / 4 && c + 4 * g < R4; g++)
+                                        memcpy(kt + ((c / 4 + g) * bk + j - j0) * ldk + 4 * b, w + g, 4);
+                        }
         }
         return 0;
 }
