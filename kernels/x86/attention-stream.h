@@ -68,13 +68,18 @@ ATT_AI size_t *att_iota(float *base, const struct dsa__att_layout *L, size_t j0,
 }
 
 /* Rows [r0, nq) of the score tile s (nq, bkp) of one block: q (nq, ldq) times kt, the block's
- * ncols keys packed. */
+ * ncols keys packed. Causal (pos0 not SIZE_MAX, query row i at position pos0 + i, the keys of
+ * columns p at or after k0 + p): a panel starts at the first row that may see one of its keys,
+ * and the rows above keep what they held (past their visible prefix, never read). */
 ATT_AI void att_scores(float *s, size_t bkp, const float *q, size_t ldq, const float *kt, size_t r0,
-                       size_t nq, size_t ncols, size_t HS, const size_t NR,
+                       size_t nq, size_t ncols, size_t HS, size_t k0, size_t pos0, const size_t NR,
                        dsa__gemm_panel_f32_fn *panel) {
-        for (size_t p = 0; p < ncols; p += NR)
-                panel(s + r0 * bkp + p, bkp, q + r0 * ldq, ldq, kt + p * HS, nq - r0, HS,
-                      ncols - p < NR ? ncols - p : NR, NULL, true, DSA_EPILOGUE_NONE);
+        for (size_t p = 0; p < ncols; p += NR) {
+                const size_t rp = pos0 != SIZE_MAX && k0 + p > pos0 + r0 ? k0 + p - pos0 : r0;
+                if (rp < nq)
+                        panel(s + rp * bkp + p, bkp, q + rp * ldq, ldq, kt + p * HS, nq - rp, HS,
+                              ncols - p < NR ? ncols - p : NR, NULL, true, DSA_EPILOGUE_NONE);
+        }
 }
 
 /* The end of the run of consecutive listed blocks that starts at list position t: the position
@@ -184,14 +189,15 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         break;
                 /* rows before rc see none of the chunk (its first piece is its earliest) */
                 const size_t c0 = sg[0].j0, rc = src.causal && c0 > pos0 ? c0 - pos0 : 0;
+                const size_t cpos = src.causal ? pos0 : SIZE_MAX; /* the keys ascend: column p's is c0 + p or later */
 
                 if (packed) {
                         off = c0 % NR;
-                        att_scores(s, lds, q, ldq, src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, NR,
-                                   panel);
+                        att_scores(s, lds, q, ldq, src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, c0 - off,
+                                   cpos, NR, panel);
                         for (size_t g = 1; g < ns; g++)
                                 att_scores(s + off + sg[g].col, lds, q, ldq, src.kv + sg[g].j0 * HS, rc, nq, sg[g].n,
-                                           HS, NR, panel);
+                                           HS, sg[g].j0, cpos, NR, panel);
                 } else {
                         size_t *idx = (size_t *) (base + L.idx);
                         for (size_t g = 0; g < ns; g++)
@@ -199,7 +205,7 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                                         idx[sg[g].col + j] = sg[g].j0 + j;
                         att_pack_keys(kt, k, ldk, idx, width, HS, scale, NR);
                         att_pack_values(vp, v, ldv, idx, width, HS, NR);
-                        att_scores(s, lds, q, ldq, kt, rc, nq, width, HS, NR, panel);
+                        att_scores(s, lds, q, ldq, kt, rc, nq, width, HS, c0, cpos, NR, panel);
                 }
 
                 /* the online softmax step in passes over the rows, so that rows overlap: each
@@ -318,7 +324,7 @@ ATT_AI int att_stream_block_mass(float *mass, const float *q, size_t ldq, const 
                 if (!dsa__att_block_span(blocks[t], bk, Tk, nq, pos0, causal, &j0, &ncols, &r0))
                         continue;
                 att_pack_keys(kt, k, ldk, att_iota(base, &L, j0, ncols), ncols, HS, scale, NR);
-                att_scores(s, bkp, q, ldq, kt, r0, nq, ncols, HS, NR, panel);
+                att_scores(s, bkp, q, ldq, kt, r0, nq, ncols, HS, 0, SIZE_MAX, NR, panel);
                 for (size_t i = r0; i < nq; i++)
                         if (lse[i] != -INFINITY)
                                 sum += att_row_exp_sum(s + i * bkp, dsa__att_row_keys(i, pos0, j0, ncols, causal),
@@ -408,7 +414,7 @@ ATT_AI int att_linear(float *out, size_t ldo, const float *q, size_t ldq, const 
                 att_phi_rows(qf, q + c0 * ldq, ldq, n, HS);
                 att_phi_rows(kf, k + c0 * ldk, ldk, n, HS);
                 att_pack_keys(kt, kf, HS, idx, n, HS, 1.0f, NR);
-                att_scores(a, ATT_CH, qf, HS, kt, 0, n, n, HS, NR, panel);
+                att_scores(a, ATT_CH, qf, HS, kt, 0, n, n, HS, 0, SIZE_MAX, NR, panel);
                 for (size_t i = 0; i < n; i++)
                         den[i] = att_row_mask_sum(a + i * ATT_CH, n, i + 1) + att_dot(qf + i * HS, z, HS);
                 att_pack_values(vp, v + c0 * ldv, ldv, idx, n, HS, NR);
