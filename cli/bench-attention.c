@@ -142,6 +142,7 @@ int bench_attention(int argc, char **argv) {
                 }
                 lens[i] = v, maxT = MAX(maxT, (size_t) v);
         }
+        int nthr = 0; /* the threads the forwards run on (the first model's; all are set alike) */
         for (size_t i = 0; i < nv; i++) {
                 if (cli_open_model(vname[i], &models[i]) < 0)
                         goto out;
@@ -149,8 +150,11 @@ int bench_attention(int argc, char **argv) {
                         fprintf(stderr, "dsactl: %s: bench --attention needs a decoder\n", vname[i]);
                         goto out;
                 }
-                if (cli_set_threads(models[i], (int) threads) < 0)
+                const int n = cli_set_threads(models[i], (int) threads);
+                if (n <= 0)
                         goto out;
+                if (i == 0)
+                        nthr = n;
                 dsa_model_lm_allow_long(models[i], true);
         }
         ids = malloc(maxT * sizeof(int32_t));
@@ -165,9 +169,6 @@ int bench_attention(int argc, char **argv) {
                                         ids[t]);
                                 goto out;
                         }
-        const int nthr = cli_set_threads(models[0], (int) threads);
-        if (nthr <= 0)
-                goto out;
         if (!json)
                 printf("%6s  %-44s %12s %12s %8s %9s %9s %8s %8s %8s\n", "tokens", "variant", "attention ms",
                        "forward ms", "blocks", "att. x", "fwd. x", "rows", "select", "attend");
