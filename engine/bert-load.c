@@ -229,10 +229,8 @@ static int load_tensor(const struct loader *l, const char *name, float *dst, uin
         return dsa__load_tensor_f32(l->lookup, l->userdata, name, dst, ne0, ne1, required, ret_found);
 }
 
-/* The int8 extras of tensor "blk.N.x.weight": "blk.N.x.scale" (rows) into scales, and the static
- * activation scale "blk.N.x.input_scale" (one value; 0 when absent). */
-static int load_q8_extras(const struct loader *l, const char *wname, size_t rows, float *scales,
-                          float *ret_act) {
+int dsa__load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *wname, size_t rows, float *scales,
+                        float *ret_act) {
         char name[112];
         size_t n = strlen(wname);
         float act = 0.0f;
@@ -241,14 +239,14 @@ static int load_q8_extras(const struct loader *l, const char *wname, size_t rows
 
         assert(n > 7 && !strcmp(wname + n - 7, ".weight"));
         snprintf(name, sizeof(name), "%.*s.scale", (int) (n - 7), wname);
-        r = load_tensor(l, name, scales, rows, 0, true, NULL);
+        r = dsa__load_tensor_f32(lookup, userdata, name, scales, rows, 0, true, NULL);
         if (r < 0)
                 return r;
         for (size_t i = 0; i < rows; i++)
                 if (!isfinite(scales[i]) || scales[i] < 0.0f)
                         return dsa__error(-EBADMSG, "tensor '%s' has a negative or non-finite scale", name);
         snprintf(name, sizeof(name), "%.*s.input_scale", (int) (n - 7), wname);
-        r = load_tensor(l, name, &act, 1, 0, false, &found);
+        r = dsa__load_tensor_f32(lookup, userdata, name, &act, 1, 0, false, &found);
         if (r < 0)
                 return r;
         if (found && (!isfinite(act) || act < 0.0f))
@@ -288,7 +286,7 @@ static int load_linear(const struct loader *l, struct dsa__linear *lin, const ch
                 for (size_t i = 0; i < n; i++) {
                         float a = 0.0f;
                         memcpy(q + off * in, v[i]->data, rows[i] * in);
-                        r = load_q8_extras(l, names[i], rows[i], s + off, &a);
+                        r = dsa__load_q8_extras(l->lookup, l->userdata, names[i], rows[i], s + off, &a);
                         if (r < 0)
                                 return r;
                         act = MAX(act, a);

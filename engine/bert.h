@@ -99,8 +99,8 @@ int dsa__embed_load(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__embe
 void dsa__embed_clear(struct dsa__embed *e);
 /* Every row of the token embedding i as fp32 into out (cols). */
 void dsa__embed_row(const struct dsa__embed *e, size_t i, float *out);
-/* Re-stores b's token embedding table as fmt (Q8: int8 per row, symmetric) (variant.c). */
-int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt);
+/* Re-stores the token embedding table e as fmt (Q8: int8 per row, symmetric) (variant.c). */
+int dsa__embed_reformat(struct dsa__embed *e, enum dsa_wformat fmt);
 /* Resident bytes of the weights (matrices, embeddings, vectors). */
 size_t dsa__bert_weight_bytes(const struct dsa_bert *b);
 /* How many of a row's n tokens a layer that keeps the fraction keep passes on: ceil(keep n), at
@@ -121,6 +121,11 @@ int dsa__find_tensor(dsa__bert_lookup_fn lookup, void *userdata, const char *nam
 /* The same, read as fp32 into dst (F32, F16, BF16, Q8_0 stored). */
 int dsa__load_tensor_f32(dsa__bert_lookup_fn lookup, void *userdata, const char *name, float *dst, uint64_t ne0,
                          uint64_t ne1, bool required, bool *ret_found);
+/* The int8 extras of an I8 matrix "X.weight" of rows rows: "X.scale" (rows, each finite and
+ * >= 0) into scales, and the static activation scale "X.input_scale" (one value, finite and
+ * >= 0; 0 when absent) into *ret_act. -EBADMSG for values out of range. */
+int dsa__load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *wname, size_t rows, float *scales,
+                        float *ret_act);
 
 /* Checks cfg, allocates the arena and fills it from lookup: every tensor's shape is checked
  * against cfg before it is read. token_types.weight is optional (zeros); cls.* are read when

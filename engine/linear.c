@@ -29,6 +29,20 @@ int dsa_wformat_from_name(const char *s, enum dsa_wformat *ret) {
         return -EINVAL;
 }
 
+int dsa__linear_reformat(struct dsa__linear *l, enum dsa_wformat fmt, float act_scale) {
+        _cleanup_free_ float *w = malloc((l->OC * l->C + 1) * sizeof(float));
+        struct dsa__linear n;
+        int r;
+
+        if (!w || dsa__linear_unpack(l, w) < 0)
+                return -ENOMEM;
+        if ((r = dsa__linear_init(&n, w, l->OC, l->C, fmt, act_scale)) < 0)
+                return r;
+        dsa__linear_clear(l);
+        *l = n;
+        return 0;
+}
+
 void dsa__linear_clear(struct dsa__linear *l) {
         dsa_packed_f32_free(l->dense);
         dsa_packed_q8_free(l->q8);

@@ -45,6 +45,9 @@ int dsa__linear_init(struct dsa__linear *l, const float *weight, size_t OC, size
 /* Q8 from int8 values q (OC,C) and per-channel scales (OC), as stored in a variant file. */
 int dsa__linear_init_q8(struct dsa__linear *l, const int8_t *q, const float *scales, size_t OC, size_t C,
                         float act_scale);
+/* l re-formed as fmt (act_scale as in dsa__linear_init), from its weights as fp32 (Q8's
+ * dequantized). On failure l is unchanged. */
+int dsa__linear_reformat(struct dsa__linear *l, enum dsa_wformat fmt, float act_scale);
 /* Frees what l holds; l is then empty (fmt F32, no matrix). */
 void dsa__linear_clear(struct dsa__linear *l);
 

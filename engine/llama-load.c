@@ -6,7 +6,11 @@
  * output (absent: tied to token_embd), blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output,
  * ffn_norm, ffn_gate, ffn_up, ffn_down}; keys llama.{context_length, embedding_length,
  * block_count, feed_forward_length, attention.head_count, attention.head_count_kv,
- * attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count, vocab_size}. */
+ * attention.layer_norm_rms_epsilon, rope.freq_base, rope.dimension_count, vocab_size}.
+ * Matrices stored F16/BF16 stay so; I8 ones (a variant of ours: dsactl optimize --quant int8)
+ * come with "<name>.scale" per row, as in the BERT files (bert-load.c), and stay int8; the rest
+ * are read as fp32. llama.cpp itself does not read the I8 variants. */
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -97,27 +101,60 @@ static void permute_heads(float *w, float *tmp, size_t n_head, size_t HS, size_t
         }
 }
 
-/* The format to keep a weight in, from how it is stored: 16-bit floats stay 16-bit. */
+/* The format to keep a weight in, from how it is stored: 16-bit floats stay 16-bit, int8 stays
+ * int8 (with its scales), the rest becomes fp32. */
 static enum dsa_wformat stored_format(const struct dsa_tensor_view *v) {
-        return v->type == DSA_TYPE_F16 ? DSA_WFORMAT_F16 : v->type == DSA_TYPE_BF16 ? DSA_WFORMAT_BF16 : DSA_WFORMAT_F32;
+        return v->type == DSA_TYPE_F16    ? DSA_WFORMAT_F16
+               : v->type == DSA_TYPE_BF16 ? DSA_WFORMAT_BF16
+               : v->type == DSA_TYPE_I8   ? DSA_WFORMAT_Q8
+                                          : DSA_WFORMAT_F32;
+}
+
+/* The parts of an int8 linear (their views v, checked all I8), bytes and scales stacked. */
+static int load_linear_q8(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear *lin, const char *const *names,
+                          const struct dsa_tensor_view *const *v, const size_t *rows, size_t n, size_t OC, size_t C) {
+        _cleanup_free_ int8_t *q = malloc(OC * C + 1);
+        _cleanup_free_ float *s = malloc((OC + 1) * sizeof(float));
+        float act = 0.0f;
+        size_t at = 0;
+        int r;
+
+        if (!q || !s)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                float a;
+                memcpy(q + at * C, v[i]->data, rows[i] * C);
+                if ((r = dsa__load_q8_extras(lookup, ud, names[i], rows[i], s + at, &a)) < 0)
+                        return r;
+                act = MAX(act, a);
+                at += rows[i];
+        }
+        r = dsa__linear_init_q8(lin, q, s, OC, C, act);
+        return r < 0 ? dsa__error(r, "tensor '%s' cannot be an int8 matrix (a byte of -128?)", names[0]) : 0;
 }
 
 /* names[i] (rows[i], C) stacked into one linear; the first n_perm of them get the Q/K permutation
- * with perm_heads[i] heads. */
+ * with perm_heads[i] heads (fp32 sources only: Hugging Face folders). All parts share one type. */
 static int load_linear(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear *lin, const char *const *names,
                        const size_t *rows, const size_t *perm_heads, size_t n, size_t C, size_t HS) {
-        const struct dsa_tensor_view *v;
+        const struct dsa_tensor_view *v[3];
         size_t OC = 0, at = 0;
-        enum dsa_wformat fmt = DSA_WFORMAT_F32;
         int r;
 
+        assert(n <= ELEMENTSOF(v));
         for (size_t i = 0; i < n; i++) {
-                r = dsa__find_tensor(lookup, ud, names[i], C, rows[i], true, &v);
+                r = dsa__find_tensor(lookup, ud, names[i], C, rows[i], true, &v[i]);
                 if (r < 0)
                         return r;
-                if (i == 0)
-                        fmt = stored_format(v);
+                if ((v[i]->type == DSA_TYPE_I8) != (v[0]->type == DSA_TYPE_I8))
+                        return dsa__error(-EBADMSG, "tensors '%s' and '%s' are not both int8", names[0], names[i]);
                 OC += rows[i];
+        }
+        const enum dsa_wformat fmt = stored_format(v[0]);
+        if (fmt == DSA_WFORMAT_Q8) {
+                if (perm_heads)
+                        return dsa__error(-EBADMSG, "tensor '%s': int8 Q/K rows cannot be permuted", names[0]);
+                return load_linear_q8(lookup, ud, lin, names, v, rows, n, OC, C);
         }
         _cleanup_free_ float *w = malloc(OC * C * sizeof(float)), *tmp = NULL;
         if (!w)

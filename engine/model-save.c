@@ -155,8 +155,21 @@ static enum dsa_type type_of(const struct saver *s, enum dsa_wformat f) {
         return f == DSA_WFORMAT_F16 ? DSA_TYPE_F16 : f == DSA_WFORMAT_BF16 ? DSA_TYPE_BF16 : DSA_TYPE_F32;
 }
 
-/* Linear lin (OC,C) as n stacked tensors "blk.<layer>.<names[i]>.weight" of rows[i] rows each. */
-static int save_linear(struct saver *s, size_t layer, const struct dsa__linear *lin, const char *const *names,
+/* general.file_type of a file whose first FFN matrix is in format f0. */
+static uint32_t file_type(const struct saver *s, enum dsa_wformat f0) {
+        if (!s->keep)
+                return s->wtype == DSA_TYPE_F16    ? LLAMA_FTYPE_MOSTLY_F16
+                       : s->wtype == DSA_TYPE_BF16 ? LLAMA_FTYPE_MOSTLY_BF16
+                                                   : LLAMA_FTYPE_ALL_F32;
+        return f0 == DSA_WFORMAT_F16    ? LLAMA_FTYPE_MOSTLY_F16
+               : f0 == DSA_WFORMAT_BF16 ? LLAMA_FTYPE_MOSTLY_BF16
+               : f0 == DSA_WFORMAT_Q8   ? LLAMA_FTYPE_MOSTLY_Q8_0 /* the nearest llama.cpp has */
+                                        : LLAMA_FTYPE_ALL_F32;
+}
+
+/* Linear lin (OC,C) as n stacked tensors "<prefix><names[i]>.weight" of rows[i] rows each (int8:
+ * with "<prefix><names[i]>.scale", and ".input_scale" when static). */
+static int save_linear(struct saver *s, const char *prefix, const struct dsa__linear *lin, const char *const *names,
                        const size_t *rows, size_t n) {
         const size_t OC = lin->OC, C = lin->C;
         char name[96];
@@ -171,14 +184,14 @@ static int save_linear(struct saver *s, size_t layer, const struct dsa__linear *
                 dsa__linear_unpack_q8(lin, q, sc);
                 *act = lin->act_scale;
                 for (size_t i = 0; i < n; i++) {
-                        snprintf(name, sizeof(name), "blk.%zu.%s.weight", layer, names[i]);
+                        snprintf(name, sizeof(name), "%s%s.weight", prefix, names[i]);
                         if ((r = add(s, name, DSA_TYPE_I8, C, rows[i], q + off * C)) < 0)
                                 return r;
-                        snprintf(name, sizeof(name), "blk.%zu.%s.scale", layer, names[i]);
+                        snprintf(name, sizeof(name), "%s%s.scale", prefix, names[i]);
                         if ((r = save_vector(s, name, sc + off, rows[i])) < 0)
                                 return r;
                         if (lin->act_scale > 0.0f) {
-                                snprintf(name, sizeof(name), "blk.%zu.%s.input_scale", layer, names[i]);
+                                snprintf(name, sizeof(name), "%s%s.input_scale", prefix, names[i]);
                                 if ((r = save_vector(s, name, act, 1)) < 0)
                                         return r;
                         }
@@ -190,7 +203,7 @@ static int save_linear(struct saver *s, size_t layer, const struct dsa__linear *
         if (!w || dsa__linear_unpack(lin, w) < 0)
                 return -ENOMEM;
         for (size_t i = 0; i < n; i++) {
-                snprintf(name, sizeof(name), "blk.%zu.%s.weight", layer, names[i]);
+                snprintf(name, sizeof(name), "%s%s.weight", prefix, names[i]);
                 if ((r = save_f32_as(s, name, w + off * C, C, rows[i], type_of(s, lin->fmt))) < 0)
                         return r;
                 off += rows[i];
@@ -287,14 +300,7 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
         default:
                 break;
         }
-        const enum dsa_wformat f0 = b->layers[0].up.fmt;
-        uint32_t ftype = !s->keep ? (s->wtype == DSA_TYPE_F16    ? LLAMA_FTYPE_MOSTLY_F16
-                                     : s->wtype == DSA_TYPE_BF16 ? LLAMA_FTYPE_MOSTLY_BF16
-                                                                 : LLAMA_FTYPE_ALL_F32)
-                         : f0 == DSA_WFORMAT_F16  ? LLAMA_FTYPE_MOSTLY_F16
-                         : f0 == DSA_WFORMAT_BF16 ? LLAMA_FTYPE_MOSTLY_BF16
-                         : f0 == DSA_WFORMAT_Q8   ? LLAMA_FTYPE_MOSTLY_Q8_0 /* the nearest llama.cpp has */
-                                                  : LLAMA_FTYPE_ALL_F32;
+        const uint32_t ftype = file_type(s, b->layers[0].up.fmt);
 
         if ((r = dsa_gguf_writer_set_str(w, "general.architecture", "bert")) < 0 ||
             (r = dsa_gguf_writer_set_u32(w, "general.file_type", ftype)) < 0 ||
@@ -337,8 +343,11 @@ static int save_bert(const struct dsa_model *m, struct saver *s) {
                 const char *const o[] = { "attn_output" }, *const up[] = { "ffn_up" }, *const down[] = { "ffn_down" };
                 const size_t rc[] = { C }, rf[] = { y->n_ff };
 
-                if ((r = save_linear(s, i, &y->qkv, qkv, rows, 3)) < 0 || (r = save_linear(s, i, &y->o, o, rc, 1)) < 0 ||
-                    (r = save_linear(s, i, &y->up, up, rf, 1)) < 0 || (r = save_linear(s, i, &y->down, down, rc, 1)) < 0)
+                char pre[32];
+                snprintf(pre, sizeof(pre), "blk.%zu.", i);
+                if ((r = save_linear(s, pre, &y->qkv, qkv, rows, 3)) < 0 || (r = save_linear(s, pre, &y->o, o, rc, 1)) < 0 ||
+                    (r = save_linear(s, pre, &y->up, up, rf, 1)) < 0 ||
+                    (r = save_linear(s, pre, &y->down, down, rc, 1)) < 0)
                         return r;
                 const struct {
                         const char *name;
@@ -380,7 +389,7 @@ static int save_llama(const struct dsa_model *m, struct saver *s) {
         int r;
 
         if ((r = dsa_gguf_writer_set_str(w, "general.architecture", "llama")) < 0 ||
-            (r = dsa_gguf_writer_set_u32(w, "general.file_type", LLAMA_FTYPE_ALL_F32)) < 0 ||
+            (r = dsa_gguf_writer_set_u32(w, "general.file_type", file_type(s, l->layers[0].gate_up.fmt))) < 0 ||
             (r = dsa_gguf_writer_set_u32(w, "llama.context_length", c->n_ctx)) < 0 ||
             (r = dsa_gguf_writer_set_u32(w, "llama.embedding_length", c->n_embd)) < 0 ||
             (r = dsa_gguf_writer_set_u32(w, "llama.block_count", c->n_layer)) < 0 ||
@@ -399,20 +408,24 @@ static int save_llama(const struct dsa_model *m, struct saver *s) {
                 return r;
         if ((r = save_embed(s, &l->wte)) < 0 || (r = save_vector(s, "output_norm.weight", l->out_norm, C)) < 0)
                 return r;
-        float *head = saver_alloc(s, l->lm_head.OC * C * sizeof(float));
-        if (!head || dsa__linear_unpack(&l->lm_head, head) < 0)
-                return -ENOMEM;
-        if ((r = save_f32_as(s, "output.weight", head, C, l->lm_head.OC, type_of(s, l->lm_head.fmt))) < 0)
-                return r;
+        {
+                static const char *const head[] = { "output" };
+                const size_t rows[] = { l->lm_head.OC };
+                if ((r = save_linear(s, "", &l->lm_head, head, rows, 1)) < 0)
+                        return r;
+        }
         for (size_t i = 0; i < c->n_layer; i++) {
                 const struct dsa_llama_layer *y = &l->layers[i];
                 static const char *const qkv[] = { "attn_q", "attn_k", "attn_v" }, *const o[] = { "attn_output" };
                 static const char *const gu[] = { "ffn_gate", "ffn_up" }, *const dn[] = { "ffn_down" };
                 const size_t rq[3] = { NH * HS, NKV * HS, NKV * HS }, rc[1] = { C }, rf[2] = { F, F };
 
-                if ((r = save_linear(s, i, &y->qkv, qkv, rq, 3)) < 0 || (r = save_linear(s, i, &y->o, o, rc, 1)) < 0 ||
-                    (r = save_linear(s, i, &y->gate_up, gu, rf, 2)) < 0 ||
-                    (r = save_linear(s, i, &y->down, dn, rc, 1)) < 0)
+                char pre[32];
+                snprintf(pre, sizeof(pre), "blk.%zu.", i);
+                if ((r = save_linear(s, pre, &y->qkv, qkv, rq, 3)) < 0 ||
+                    (r = save_linear(s, pre, &y->o, o, rc, 1)) < 0 ||
+                    (r = save_linear(s, pre, &y->gate_up, gu, rf, 2)) < 0 ||
+                    (r = save_linear(s, pre, &y->down, dn, rc, 1)) < 0)
                         return r;
                 snprintf(name, sizeof(name), "blk.%zu.attn_norm.weight", i);
                 if ((r = save_vector(s, name, y->attn_norm, C)) < 0)

@@ -131,7 +131,7 @@ static int export(const struct dsa_trainer *t, bool int8, struct dsa_model **ret
                                         return r;
                         }
                 }
-                if ((r = dsa__embed_reformat(m->bert, DSA_WFORMAT_Q8)) < 0 ||
+                if ((r = dsa__embed_reformat(&m->bert->wte, DSA_WFORMAT_Q8)) < 0 ||
                     (r = dsa__info_set(&m->info, "method", "qat")) < 0 ||
                     (r = dsa__info_set(&m->info, "quant", "int8")) < 0 ||
                     (r = dsa__info_set(&m->info, "act_calib", "qat")) < 0)

@@ -2,8 +2,9 @@
  * and fitting the DSA scorer on calibration text under the model's dense attention. A decoder
  * reads the texts joined by newlines, tokenized and cut into windows of the context length (at
  * most FIT_MAX_SEQS of them); an encoder each text (pair) as it is, bidirectional. And
- * dsa_model_optimize() for decoders, where the attention is all there is so far: weight
- * compression of decoders is refused, never ignored. */
+ * dsa_model_optimize() for decoders: the attention variant and the weights' storage (f16, bf16,
+ * int8 with dynamic activation scales); their other weight compression (pruning, mixed
+ * precision, static int8) is refused, never ignored. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -189,31 +190,76 @@ fail:
         return r;
 }
 
-int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *o) {
-        struct dsa_llama *l = m->llama;
-        char prev[256];
+/* The decoder's matrices (every layer's, the output head) and token embeddings as fmt; int8
+ * with dynamic per-row activation scales. Matrices already in fmt are left as they are. */
+static int quantize_llama(struct dsa_llama *l, enum dsa_wformat fmt) {
         int r;
 
-        if (o->quant != DSA_WFORMAT_F32 || o->mixed || o->prune_heads > 0 || o->prune_ffn > 0 || o->sparsity > 0 ||
-            o->token_keep >= 0)
-                return dsa__error(-EOPNOTSUPP, "for decoders, optimize makes attention variants only so far "
-                                  "(--attention); quantization and pruning are BERT-only");
-        if (!o->attention)
-                return dsa__error(-EINVAL, "nothing to do: give --attention for a decoder");
+        for (size_t i = 0; i <= l->cfg.n_layer; i++) {
+                struct dsa_llama_layer *y = i < l->cfg.n_layer ? &l->layers[i] : NULL;
+                struct dsa__linear *lins[4] = { &l->lm_head };
+                if (y)
+                        lins[0] = &y->qkv, lins[1] = &y->o, lins[2] = &y->gate_up, lins[3] = &y->down;
+                for (size_t j = 0; j < (y ? 4 : 1); j++)
+                        if (lins[j]->fmt != fmt && (r = dsa__linear_reformat(lins[j], fmt, 0.0f)) < 0)
+                                return dsa__error(r, "cannot convert a matrix to %s", dsa_wformat_name(fmt));
+        }
+        return dsa__embed_reformat(&l->wte, fmt);
+}
+
+/* prev's "attention-..." step, if any, cut out (a new attention step replaces it). */
+static void drop_attention_step(char *prev) {
+        char *at = strstr(prev, "attention-");
+        if (!at)
+                return;
+        char *end = strchr(at, '+');
+        if (end)
+                memmove(at, end + 1, strlen(end + 1) + 1);
+        else
+                *(at > prev ? at - 1 : at) = 0;
+}
+
+int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *o) {
+        struct dsa_llama *l = m->llama;
+        char prev[256], method[256] = "";
+        int r;
+
+        if (o->mixed || o->prune_heads > 0 || o->prune_ffn > 0 || o->sparsity > 0 || o->token_keep >= 0)
+                return dsa__error(-EOPNOTSUPP, "for decoders, optimize makes attention variants and f16, bf16 "
+                                  "or int8 weights so far; mixed precision and pruning are BERT-only");
+        if ((unsigned) o->quant >= _DSA_WFORMAT_MAX || o->quant == DSA_WFORMAT_SPARSE)
+                return -EINVAL;
+        if (o->quant == DSA_WFORMAT_Q8 && o->act != DSA_ACT_DYNAMIC)
+                return dsa__error(-EOPNOTSUPP, "decoders take int8 with dynamic activation scales only so far "
+                                  "(--act dynamic)");
+        if (!o->attention && o->quant == DSA_WFORMAT_F32)
+                return dsa__error(-EINVAL, "nothing to do: give --attention or --quant for a decoder");
         snprintf(prev, sizeof(prev), "%s", dsa__info_get(&m->info, "method") ? dsa__info_get(&m->info, "method") : "");
-        r = dsa__model_set_attention(m, o);
-        if (r < 0)
-                return r;
+        /* The attention first: a fitted scorer learns from the model's own (unquantized) attention. */
+        if (o->attention) {
+                if ((r = dsa__model_set_attention(m, o)) < 0)
+                        return r;
+                drop_attention_step(prev);
+                snprintf(method, sizeof(method), "attention-%s", dsa__info_get(&m->info, "attention"));
+        }
+        if (o->quant != DSA_WFORMAT_F32) {
+                if ((r = quantize_llama(l, o->quant)) < 0)
+                        return r;
+                snprintf(method + strlen(method), sizeof(method) - strlen(method), "%s%s", *method ? "+" : "",
+                         dsa_wformat_name(o->quant));
+                if ((r = dsa__info_set(&m->info, "quant", dsa_wformat_name(o->quant))) < 0 ||
+                    (o->quant == DSA_WFORMAT_Q8 && (r = dsa__info_set(&m->info, "act_quant", "dynamic")) < 0))
+                        return r;
+        }
         dsa__info_remove(&m->info, "eval.");
         dsa__info_remove(&m->info, "bench.");
-        dsa__info_remove(&m->info, "calib_sha256");
-        dsa__info_remove(&m->info, "calib_texts");
-        /* a previous attention step is replaced, not appended */
-        char *plus = strstr(prev, "attention-");
-        if (plus)
-                *(plus > prev ? plus - 1 : plus) = 0;
-        const bool fitted = l->att.kind == DSA_ATT_DSA && !l->att.heuristic && !l->att.oracle && o->n_calib;
-        if ((r = dsa__info_setf(&m->info, "method", "%s%sattention-%s", prev, *prev ? "+" : "", dsa__info_get(&m->info, "attention"))) < 0 ||
+        if (o->attention) {
+                dsa__info_remove(&m->info, "calib_sha256");
+                dsa__info_remove(&m->info, "calib_texts");
+        }
+        const bool fitted = o->attention && l->att.kind == DSA_ATT_DSA && !l->att.heuristic && !l->att.oracle &&
+                            o->n_calib;
+        if ((r = dsa__info_setf(&m->info, "method", "%s%s%s", prev, *prev ? "+" : "", method)) < 0 ||
             (o->calib_hash && fitted && (r = dsa__info_setf(&m->info, "calib_sha256", "%s", o->calib_hash)) < 0) ||
             (r = dsa__info_setf(&m->info, "parent", "%s", o->parent ? o->parent : m->source ? m->source : "")) < 0 ||
             (r = dsa__info_setf(&m->info, "weight_bytes", "%zu", dsa__llama_weight_bytes(l))) < 0)

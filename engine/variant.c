@@ -435,25 +435,18 @@ static float act_scale(const struct dsa__lin_stats *s, const struct dsa_optimize
 /* Re-forms matrix (l, j) as fmt; int8 gets scale (0: dynamic). */
 static int reformat(struct dsa_bert *b, size_t l, int j, enum dsa_wformat fmt, float scale) {
         struct dsa__linear *lin = dsa__bert_linear(b, l, (enum dsa__bert_lin) j);
-        const size_t OC = lin->OC, C = lin->C;
-        _cleanup_free_ float *w = malloc((OC * C + 1) * sizeof(float));
         int r;
 
-        if (!w)
-                return -ENOMEM;
         /* A sparse matrix stays sparse unless it becomes int8. */
         if (lin->fmt == DSA_WFORMAT_SPARSE && fmt != DSA_WFORMAT_Q8)
                 return 0;
-        if (dsa__linear_unpack(lin, w) < 0)
-                return -ENOMEM;
-        dsa__linear_clear(lin);
-        r = dsa__linear_init(lin, w, OC, C, fmt, scale);
+        r = dsa__linear_reformat(lin, fmt, scale);
         return r < 0 ? dsa__error(r, "cannot convert layer %zu %s to %s", l, lin_names[j], dsa_wformat_name(fmt)) : 0;
 }
 
 /* The token embedding table as fmt (Q8: int8 per row, symmetric). */
-int dsa__embed_reformat(struct dsa_bert *b, enum dsa_wformat fmt) {
-        struct dsa__embed *e = &b->wte, n = { .fmt = fmt, .rows = e->rows, .cols = e->cols };
+int dsa__embed_reformat(struct dsa__embed *e, enum dsa_wformat fmt) {
+        struct dsa__embed n = { .fmt = fmt, .rows = e->rows, .cols = e->cols };
         const size_t V = e->rows, C = e->cols;
         _cleanup_free_ float *row = malloc(C * sizeof(float));
 
@@ -528,7 +521,7 @@ static int quantize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
                         if ((r = reformat(b, l, j, o->quant, s)) < 0)
                                 return r;
                 }
-        return dsa__embed_reformat(b, o->quant);
+        return dsa__embed_reformat(&b->wte, o->quant);
 }
 
 /* Mixed precision: each matmul's sensitivity is the mean logit KL when it alone is int8; all
@@ -575,7 +568,7 @@ static int quantize_mixed(struct dsa_model *m, const struct dsa_optimize_opts *o
                 if ((r = reformat(b, worst->layer, (int) worst->index, DSA_WFORMAT_F32, 0.0f)) < 0)
                         return r;
         }
-        return dsa__embed_reformat(b, DSA_WFORMAT_Q8);
+        return dsa__embed_reformat(&b->wte, DSA_WFORMAT_Q8);
 }
 
 /* ---- the pipeline */

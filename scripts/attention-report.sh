@@ -70,7 +70,8 @@ mkdir -p "$work_dir" "$out_dir"
 
 # name | optimize arguments (the DSA ablations reuse the fitted scorer of "dsa", the dsa-token-*
 # ones that of "dsa-token"; the oracle rows choose blocks by their exact dense mass, the bound for
-# any scorer; *-sum rows add block summaries)
+# any scorer; *-sum rows add block summaries; X-int8 is X with int8 weights, its speed measured
+# against dense-int8)
 variants=(
         "dense|--attention dense"
         "local|--attention local --att-window 4"
@@ -92,12 +93,15 @@ variants=(
         "dsa-token-count|--attention dsa --att-block 32 --att-blocks 9 --att-summary"
         "dsa-token-s1|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary --att-stride 1"
         "dsa-token-w32|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary-window 32"
+        "dense-int8|--quant int8"
+        "dsa-token-w32-int8|--quant int8"
 )
 files=()
 for v in "${variants[@]}"; do
         name=${v%%|*} args=${v#*|}
         src=$model
         case $name in
+        *-int8) src=$work_dir/${name%-int8}.gguf ;;
         dsa-token-*) src=$work_dir/dsa-token.gguf ;;
         dsa-token) ;;
         dsa-*) src=$work_dir/dsa.gguf ;;
@@ -142,18 +146,19 @@ def at(name, T, key):
     for r in sw[name]["results"]:
         if r["tokens"] == T: return r[key]
 T0 = 4096 if 4096 in L else L[-1]
-dense_att, dense_fwd = at("dense", T0, "attention_ms"), at("dense", T0, "forward_ms")
 rows = []
 for n, e in zip(names, ev):
+    # int8 variants against the dense one with the same int8 linears: the ratio is the attention's
+    ref = "dense-int8" if n.endswith("-int8") and "dense-int8" in sw else "dense"
     rows.append(dict(name=n, attention=e["attention"], ppl=e["ppl"], ppl_rel=e["ppl"] / base["ppl"] - 1,
-                     kept=e["blocks_kept"], att_x=dense_att / at(n, T0, "attention_ms"),
-                     fwd_x=dense_fwd / at(n, T0, "forward_ms"),
+                     kept=e["blocks_kept"], att_x=at(ref, T0, "attention_ms") / at(n, T0, "attention_ms"),
+                     fwd_x=at(ref, T0, "forward_ms") / at(n, T0, "forward_ms"), speed_vs=ref,
                      docs_kept=[d["blocks_kept"] for d in e["docs"]], docs_nll=[d["nll"] for d in e["docs"]]))
 json.dump(dict(command=cmd, cpu=cpu, cores=ncpu, documents=base["documents"], tokens=base["tokens"],
                variants=rows, sweep=sweep), open(f"{out}/attention.json", "w"), indent=1)
 def fmt(r):
     goal = ""
-    if r["name"] in ("dsa", "dsa-token", "dsa-token-w32"):
+    if r["name"] in ("dsa", "dsa-token", "dsa-token-w32", "dsa-token-w32-int8"):
         ok = r["att_x"] >= 4 and r["fwd_x"] >= 2.5 and r["ppl_rel"] <= 0.01
         goal = "met" if ok else "not met (goal: attention >= 4x, forward >= 2.5x, ppl within 1%)"
     return (f"| {r['name']} | {r['attention']} | {r['ppl']:.3f} | {100*r['ppl_rel']:+.2f}% | {100*r['kept']:.1f}% "
@@ -173,7 +178,10 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       "size, carrying its mean value). `*-sum` rows add summaries to a row above; `dsa-token-nosum` drops them, "
       "`dsa-token-count` keeps exactly 9 blocks (w/o dynamic patterns), `dsa-token-s1` scores every query row, "
       "`dsa-token-w32` keeps the summaries of the 32 blocks before each query block only "
-      "(`--att-summary-window 32`).\n",
+      "(`--att-summary-window 32`). `dense-int8` and `dsa-token-w32-int8` are those two with int8 weights "
+      "(`--quant int8`: every matrix int8 per output row, activations int8 per row at run time); their speed is "
+      "measured against `dense-int8`, so that both sides of the ratio have the same linear layers, and their "
+      "perplexity against dense fp32 like every row.\n",
       "| variant | attention | perplexity | vs dense | blocks | attention x | forward x | goal |",
       "|---|---|---|---|---|---|---|---|"] + [fmt(r) for r in rows]
 md += ["\nAblations (the paper's table): `dsa-count` is a fixed block count instead of the mass target "

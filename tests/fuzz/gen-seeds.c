@@ -196,7 +196,7 @@ static int model_seeds(const char *dir) {
 }
 
 /* The decoder loader's seeds: tiny Llamas (tiny-llama.c) tied and untied, with each attention
- * variant, F16 so that each stays under the fuzzers' 16 KB max_len (the byte-level tokenizer's
+ * variant, F16 or int8 so that each stays under the fuzzers' 16 KB max_len (the byte-level tokenizer's
  * 300-row embedding would not; the tokenizer itself is seeded under gguf), and what the engine
  * writes back from the DSA one (dsa_model_save_variant()). */
 static int llama_seeds(const char *dir) {
@@ -213,6 +213,7 @@ static int llama_seeds(const char *dir) {
                 { "llama-dsa-heuristic.gguf", { .wtype = DSA_TYPE_F16, .att = DSA_ATT_DSA, .heuristic = true } },
                 { "llama-dsa-token.gguf", { .att = DSA_ATT_DSA, .token = true, .summary = true } },
                 { "llama-local-summary.gguf", { .att = DSA_ATT_LOCAL, .summary = true } },
+                { "llama-int8-untied.gguf", { .wtype = DSA_TYPE_I8, .untied = true, .att = DSA_ATT_DSA, .token = true } },
         };
         _cleanup_(dsa_model_freep) struct dsa_model *m = NULL;
         char p[4096];

@@ -4,7 +4,9 @@
  * attention variant's as dsa__att_to_gguf() writes them, spelled out here so that the reader is
  * checked against the format rather than against our own writer. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "basic/macro.h"
@@ -54,11 +56,41 @@ static int tl_tensor(struct tl *t, const char *name, enum dsa_type type, uint32_
         return dsa_gguf_writer_add_tensor(t->g->w, name, type, n_dims, ne, h);
 }
 
+/* A (rows, cols) int8 matrix "X.weight" and its row scales "X.scale": random values quantized
+ * per row, symmetric, scale = max |row| / 127 (the file format of linear.h's Q8 matrices). */
+static int tl_matrix_i8(struct tl *t, const char *name, size_t rows, size_t cols) {
+        const uint64_t ne[2] = { cols, rows }, sne[1] = { rows };
+        int8_t *q = dsa_test_tiny_gguf_alloc(t->g, rows * cols);
+        float *s = dsa_test_tiny_gguf_alloc(t->g, rows * sizeof(float)), *v = malloc(cols * sizeof(float));
+        char sname[96];
+        int r;
+
+        if (!q || !s || !v) {
+                free(v);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < rows; i++) {
+                float max = 0.0f;
+                for (size_t c = 0; c < cols; c++)
+                        v[c] = dsa_test_tiny_gguf_rand(t->g), max = fmaxf(max, fabsf(v[c]));
+                s[i] = max / 127.0f;
+                for (size_t c = 0; c < cols; c++)
+                        q[i * cols + c] = (int8_t) (s[i] > 0 ? lrintf(v[c] / s[i]) : 0);
+        }
+        free(v);
+        snprintf(sname, sizeof(sname), "%.*s.scale", (int) (strlen(name) - strlen(".weight")), name);
+        if ((r = dsa_gguf_writer_add_tensor(t->g->w, name, DSA_TYPE_I8, 2, ne, q)) < 0)
+                return r;
+        return dsa_gguf_writer_add_tensor(t->g->w, sname, DSA_TYPE_F32, 1, sne, s);
+}
+
 /* A (rows, cols) matrix: ne = { cols, rows }. */
 static int tl_matrix(struct tl *t, const char *name, size_t rows, size_t cols) {
         const uint64_t ne[2] = { cols, rows };
         const enum dsa_type type = t->o->wtype == DSA_TYPE_F16 ? DSA_TYPE_F16 : DSA_TYPE_F32;
 
+        if (t->o->wtype == DSA_TYPE_I8)
+                return tl_matrix_i8(t, name, rows, cols);
         return tl_tensor(t, name, type, 2, ne, 1.0f, false);
 }
 
@@ -178,7 +210,7 @@ static int tl_keys(struct tl *t) {
 
         r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.architecture", "llama");
         r = r < 0 ? r : dsa_gguf_writer_set_str(w, "general.name", "tiny-llama");
-        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "general.file_type", o->wtype == DSA_TYPE_F16 ? 1 : 0);
+        r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "general.file_type", o->wtype == DSA_TYPE_F16 ? 1 : o->wtype == DSA_TYPE_I8 ? 7 : 0);
         r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.context_length", DSA_TEST_LLAMA_CTX);
         r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.embedding_length", DSA_TEST_LLAMA_C);
         r = r < 0 ? r : dsa_gguf_writer_set_u32(w, "llama.block_count", DSA_TEST_LLAMA_L);
@@ -247,7 +279,7 @@ static int tl_fill(struct dsa_test_tiny_gguf *g, const void *userdata) {
 }
 
 int dsa_test_tiny_llama_write(const struct dsa_test_tiny_llama *o, const char *path) {
-        if (!o || !path || (o->wtype != DSA_TYPE_F32 && o->wtype != DSA_TYPE_F16))
+        if (!o || !path || (o->wtype != DSA_TYPE_F32 && o->wtype != DSA_TYPE_F16 && o->wtype != DSA_TYPE_I8))
                 return -EINVAL;
         return dsa_test_tiny_gguf_write(path, 4242u, tl_fill, o);
 }

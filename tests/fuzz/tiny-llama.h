@@ -1,5 +1,5 @@
 /* A tiny Llama decoder as a GGUF file with llama.cpp's names and keys (architecture "llama"),
- * written with the engine's own GGUF writer: F32 or F16 matrices, the output head tied to
+ * written with the engine's own GGUF writer: F32, F16 or I8 matrices, the output head tied to
  * token_embd or an output.weight of its own, an attention variant under dsa.attention.* (local,
  * fixed, linear, or DSA with a fitted rank-2 scorer in blk.N.dsa_scorer_* or the heuristic one)
  * and an optional byte-level BPE tokenizer under tokenizer.ggml.* (gpt2 / llama-bpe: the 256 byte
@@ -32,7 +32,8 @@
 #define DSA_TEST_LLAMA_EOS 266
 
 struct dsa_test_tiny_llama {
-        enum dsa_type wtype;     /* every matrix, token_embd and output too: F32 (0) or F16 */
+        enum dsa_type wtype;     /* every matrix, token_embd and output too: F32 (0), F16 or I8
+                                  * (with "X.scale" per row, as dsactl optimize --quant int8) */
         bool untied;             /* write output.weight (otherwise the head is tied to token_embd) */
         enum dsa_att_kind att;   /* DENSE (0) writes no dsa.attention.* key */
         bool heuristic;          /* DSA: the heuristic scorer, no scorer tensors */

@@ -43,8 +43,9 @@ static const struct {
         { "linear-untied", { .att = DSA_ATT_LINEAR, .untied = true } },
         { "dsa", { .att = DSA_ATT_DSA } },
         { "dsa-heuristic", { .att = DSA_ATT_DSA, .heuristic = true, .untied = true } },
+        { "int8-dsa", { .wtype = DSA_TYPE_I8, .untied = true, .att = DSA_ATT_DSA, .token = true } },
 };
-enum { SEED_F32, SEED_F16, SEED_TOK, SEED_LOCAL, SEED_FIXED, SEED_LINEAR, SEED_DSA, SEED_HEUR, N_SEEDS };
+enum { SEED_F32, SEED_F16, SEED_TOK, SEED_LOCAL, SEED_FIXED, SEED_LINEAR, SEED_DSA, SEED_HEUR, SEED_I8, N_SEEDS };
 
 static struct dsa_test_file files[N_SEEDS];
 
@@ -194,8 +195,13 @@ static void test_valid(void **state) {
 
                 const struct dsa_llama *l = m->llama;
                 assert_int_equal(l->att.kind, o->att);
-                assert_int_equal(l->layers[1].down.fmt, o->wtype == DSA_TYPE_F16 ? DSA_WFORMAT_F16 : DSA_WFORMAT_F32);
-                assert_int_equal(l->wte.fmt, o->wtype == DSA_TYPE_F16 ? DSA_WFORMAT_F16 : DSA_WFORMAT_F32);
+                const enum dsa_wformat fmt = o->wtype == DSA_TYPE_F16  ? DSA_WFORMAT_F16
+                                             : o->wtype == DSA_TYPE_I8 ? DSA_WFORMAT_Q8
+                                                                       : DSA_WFORMAT_F32;
+                assert_int_equal(l->layers[1].down.fmt, fmt);
+                assert_int_equal(l->layers[0].qkv.fmt, fmt);
+                assert_int_equal(l->lm_head.fmt, fmt);
+                assert_int_equal(l->wte.fmt, fmt);
                 if (o->att == DSA_ATT_DSA) {
                         assert_int_equal(l->att.heuristic, o->heuristic);
                         assert_int_equal(l->att.rank, o->heuristic ? 0 : DSA_TEST_LLAMA_RANK);
@@ -267,7 +273,7 @@ static void test_valid(void **state) {
 
 /* Every combination of the writer's options opens from its file and gives finite logits. */
 static void test_combinations(void **state) {
-        static const enum dsa_type wtypes[] = { DSA_TYPE_F32, DSA_TYPE_F16 };
+        static const enum dsa_type wtypes[] = { DSA_TYPE_F32, DSA_TYPE_F16, DSA_TYPE_I8 };
         char path[] = "/tmp/dsa-test-llama-combo-XXXXXX";
         int32_t ids[DSA_TEST_LLAMA_CTX];
         int fd = mkstemp(path);
@@ -463,6 +469,54 @@ static void test_tensors(void **state) {
         }
 }
 
+/* int8 matrices (dsactl optimize --quant int8): their scales missing, negative, NaN or of the
+ * wrong length, a byte of -128 (outside the symmetric range the kernels rely on), and a fused
+ * matrix with an fp32 part among int8 ones. */
+static void test_int8(void **state) {
+        struct dsa_test_file c = dsa_test_file_copy(&files[SEED_I8]);
+        size_t at;
+
+        (void) state;
+        static const char *const scales[] = { "blk.0.attn_k.scale", "blk.1.ffn_down.scale", "output.scale",
+                                              "token_embd.scale" };
+        for (size_t i = 0; i < ELEMENTSOF(scales); i++)
+                dsa_test_file_expect_renamed(&c, scales[i], strlen(scales[i]) - 1, scales[i], scales[i]);
+        const struct {
+                const char *tensor;
+                size_t index;
+                float v;
+                const char *want;
+        } bad[] = {
+                { "blk.0.attn_q.scale", 1, -0.5f, "negative or non-finite scale" },
+                { "blk.1.ffn_gate.scale", 0, NAN, "negative or non-finite scale" },
+                { "output.scale", 3, INFINITY, "negative or non-finite scale" },
+                { "token_embd.scale", 2, NAN, "token_embd" },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
+                char what[96];
+
+                at = dsa_test_file_tensor_at(&c, bad[i].tensor) + 4 * bad[i].index;
+                snprintf(what, sizeof(what), "%s[%zu] = %g", bad[i].tensor, bad[i].index, (double) bad[i].v);
+                dsa_test_file_expect_patch(&c, at, &bad[i].v, 4, what, bad[i].want);
+        }
+        /* The scale vector one short: it no longer matches the matrix's rows. */
+        {
+                const uint64_t rows = DSA_TEST_LLAMA_F - 1;
+                dsa_test_file_expect_patch(&c, dims_at(&c, "blk.0.ffn_up.scale"), &rows, 8, "ffn_up.scale short",
+                                           "blk.0.ffn_up.scale");
+        }
+        const int8_t m128 = INT8_MIN;
+        at = dsa_test_file_tensor_at(&c, "blk.1.attn_output.weight") + 5;
+        dsa_test_file_expect_patch(&c, at, &m128, 1, "a -128 in attn_output", "blk.1.attn_output.weight");
+        /* attn_v's type made F32: refused, whether for the bytes an F32 of its shape would need
+         * or for mixing fp32 into an int8 Q/K/V. */
+        const uint32_t f32 = DSA_TYPE_F32;
+        at = dims_at(&c, "blk.0.attn_v.weight") + 16;
+        dsa_test_file_expect_patch(&c, at, &f32, 4, "attn_v as F32 next to int8 Q and K", "blk.0.attn_v");
+        dsa_test_file_expect_ok(&c, "restored");
+        free(c.p);
+}
+
 /* The attention variant's keys and the DSA scorer's tensors. */
 static void test_attention(void **state) {
         struct dsa_test_file c = dsa_test_file_copy(&files[SEED_DSA]);
@@ -559,7 +613,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_valid), cmocka_unit_test(test_combinations), cmocka_unit_test(test_truncated),
                 cmocka_unit_test(test_random), cmocka_unit_test(test_keys),         cmocka_unit_test(test_tensors),
-                cmocka_unit_test(test_attention),
+                cmocka_unit_test(test_attention), cmocka_unit_test(test_int8),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);
