@@ -107,6 +107,16 @@ void dsa_test_file_expect_patch(struct dsa_test_file *f, size_t at, const void *
         memcpy(f->p + at, old, size);
 }
 
+void dsa_test_file_expect_f32_patches(struct dsa_test_file *f, const struct dsa_test_f32_patch *p, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                char what[112];
+
+                snprintf(what, sizeof(what), "%s[%zu] = %g", p[i].tensor, p[i].index, (double) p[i].v);
+                dsa_test_file_expect_patch(f, dsa_test_file_tensor_at(f, p[i].tensor) + 4 * p[i].index, &p[i].v, 4,
+                                           what, p[i].want);
+        }
+}
+
 void dsa_test_file_expect_renamed(struct dsa_test_file *f, const char *name, size_t i, const char *what,
                                   const char *want) {
         const size_t at = dsa_test_file_name_at(f, name) + i;

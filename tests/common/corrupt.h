@@ -66,6 +66,18 @@ void dsa_test_file_expect_fail(const struct dsa_test_file *f, const char *what, 
 void dsa_test_file_expect_patch(struct dsa_test_file *f, size_t at, const void *v, size_t size, const char *what,
                                 const char *want);
 
+/* One fp32 value of a tensor to patch: element index of tensor set to v, refused with a reason
+ * containing want (NULL: loads and runs). */
+struct dsa_test_f32_patch {
+        const char *tensor;
+        size_t index;
+        float v;
+        const char *want;
+};
+
+/* dsa_test_file_expect_patch() of each of the n patches in turn (F32 tensors). */
+void dsa_test_file_expect_f32_patches(struct dsa_test_file *f, const struct dsa_test_f32_patch *p, size_t n);
+
 /* dsa_test_file_expect_patch() of the case of character i of key or tensor name: the file
  * then has a name no reader looks for instead. */
 void dsa_test_file_expect_renamed(struct dsa_test_file *f, const char *name, size_t i, const char *what,

@@ -481,24 +481,13 @@ static void test_int8(void **state) {
                                               "token_embd.scale" };
         for (size_t i = 0; i < ELEMENTSOF(scales); i++)
                 dsa_test_file_expect_renamed(&c, scales[i], strlen(scales[i]) - 1, scales[i], scales[i]);
-        const struct {
-                const char *tensor;
-                size_t index;
-                float v;
-                const char *want;
-        } bad[] = {
+        static const struct dsa_test_f32_patch bad[] = {
                 { "blk.0.attn_q.scale", 1, -0.5f, "negative or non-finite scale" },
                 { "blk.1.ffn_gate.scale", 0, NAN, "negative or non-finite scale" },
                 { "output.scale", 3, INFINITY, "negative or non-finite scale" },
                 { "token_embd.scale", 2, NAN, "token_embd" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                char what[96];
-
-                at = dsa_test_file_tensor_at(&c, bad[i].tensor) + 4 * bad[i].index;
-                snprintf(what, sizeof(what), "%s[%zu] = %g", bad[i].tensor, bad[i].index, (double) bad[i].v);
-                dsa_test_file_expect_patch(&c, at, &bad[i].v, 4, what, bad[i].want);
-        }
+        dsa_test_file_expect_f32_patches(&c, bad, ELEMENTSOF(bad));
         /* The scale vector one short: it no longer matches the matrix's rows. */
         {
                 const uint64_t rows = DSA_TEST_LLAMA_F - 1;
@@ -570,21 +559,13 @@ static void test_attention(void **state) {
         c.p[at_h] = 0;
 
         /* The scorer: NaN and infinity, the wrong shape or type, missing for one layer. */
-        const struct {
-                const char *tensor;
-                size_t index;
-                float v;
-        } bad[] = {
-                { "blk.0.dsa_scorer_q.weight", 3, NAN },     { "blk.1.dsa_scorer_k.weight", 31, INFINITY },
-                { "blk.1.dsa_scorer_bias.weight", 12, -INFINITY }, { "blk.0.dsa_scorer_bias.weight", 0, NAN },
+        static const struct dsa_test_f32_patch bad[] = {
+                { "blk.0.dsa_scorer_q.weight", 3, NAN, "holds a NaN or infinity" },
+                { "blk.1.dsa_scorer_k.weight", 31, INFINITY, "holds a NaN or infinity" },
+                { "blk.1.dsa_scorer_bias.weight", 12, -INFINITY, "holds a NaN or infinity" },
+                { "blk.0.dsa_scorer_bias.weight", 0, NAN, "holds a NaN or infinity" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                char what[96];
-
-                at = dsa_test_file_tensor_at(&c, bad[i].tensor) + 4 * bad[i].index;
-                snprintf(what, sizeof(what), "%s[%zu] = %g", bad[i].tensor, bad[i].index, (double) bad[i].v);
-                dsa_test_file_expect_patch(&c, at, &bad[i].v, 4, what, "holds a NaN or infinity");
-        }
+        dsa_test_file_expect_f32_patches(&c, bad, ELEMENTSOF(bad));
         static const char *const scorer[] = { "blk.0.dsa_scorer_q.weight", "blk.1.dsa_scorer_k.weight",
                                               "blk.1.dsa_scorer_bias.weight" };
         for (size_t i = 0; i < ELEMENTSOF(scorer); i++) {

@@ -202,12 +202,7 @@ static void test_lies(void **state) {
         }
 
         /* NaN, infinite and negative scales, per row, per input and per embedding row. */
-        const struct {
-                const char *tensor;
-                size_t index;
-                float v;
-                const char *want;
-        } scales[] = {
+        static const struct dsa_test_f32_patch scales[] = {
                 { "blk.1.ffn_down.scale", 3, NAN, "non-finite scale" },
                 { "blk.0.attn_q.scale", 0, -1.0f, "negative" },
                 { "blk.0.attn_v.scale", 1, INFINITY, "non-finite" },
@@ -216,13 +211,7 @@ static void test_lies(void **state) {
                 { "token_embd.scale", 5, NAN, "non-finite" },
                 { "token_embd.scale", 0, INFINITY, "non-finite" },
         };
-        for (size_t i = 0; i < ELEMENTSOF(scales); i++) {
-                char what[96];
-
-                at = dsa_test_file_tensor_at(&c, scales[i].tensor) + 4 * scales[i].index;
-                snprintf(what, sizeof(what), "%s[%zu] = %g", scales[i].tensor, scales[i].index, (double) scales[i].v);
-                dsa_test_file_expect_patch(&c, at, &scales[i].v, 4, what, scales[i].want);
-        }
+        dsa_test_file_expect_f32_patches(&c, scales, ELEMENTSOF(scales));
         dsa_test_file_expect_ok(&c, "restored");
         free(c.p);
 
