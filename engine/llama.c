@@ -436,13 +436,10 @@ static void task_linear_attention(void *arg, size_t begin, size_t end) {
         }
 }
 
-
-/* ff rows are (2F) wide; after SwiGLU each row's first F hold the product. The down projection
- * reads them with row stride 2F. */
-
 /* Rows [r0, r0 + n) of layer y after its attention: x += a Wo^T, then x += the SwiGLU MLP of
  * rmsnorm(x). h holds the chunk's rows between steps (the packed GEMM writes, it does not
- * accumulate); f->ff has room for n rows. */
+ * accumulate); ff has room for n rows of 2F, and after SwiGLU each row's first F hold the
+ * product, which the down projection reads with row stride 2F. */
 static void mlp_rows(const struct fwd *f, const struct dsa_llama_layer *y, size_t r0, size_t n, float *ff,
                      void *lscratch) {
         const size_t C = f->C, QC = f->NH * f->HS, F = f->F;
