@@ -229,8 +229,11 @@ static int load_tensor(const struct loader *l, const char *name, float *dst, uin
         return dsa__load_tensor_f32(l->lookup, l->userdata, name, dst, ne0, ne1, required, ret_found);
 }
 
-int dsa__load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *wname, size_t rows, float *scales,
-                        float *ret_act) {
+/* The int8 extras of an I8 matrix "X.weight" of rows rows: "X.scale" (rows, each finite and
+ * >= 0) into scales, and the static activation scale "X.input_scale" (one value, finite and
+ * >= 0; 0 when absent) into *ret_act. -EBADMSG for values out of range. */
+static int load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *wname, size_t rows, float *scales,
+                          float *ret_act) {
         char name[112];
         size_t n = strlen(wname);
         float act = 0.0f;
@@ -255,6 +258,32 @@ int dsa__load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *
         return 0;
 }
 
+int dsa__load_linear_q8(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__linear *lin,
+                        const char *const *names, const struct dsa_tensor_view *const *v, const size_t *rows, size_t n,
+                        size_t C) {
+        size_t OC = 0, off = 0;
+        float act = 0.0f;
+        int r;
+
+        for (size_t i = 0; i < n; i++)
+                OC += rows[i];
+        _cleanup_free_ int8_t *q = malloc(OC * C + 1);
+        _cleanup_free_ float *s = malloc((OC ? OC : 1) * sizeof(float));
+        if (!q || !s)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                float a = 0.0f;
+                memcpy(q + off * C, v[i]->data, rows[i] * C);
+                r = load_q8_extras(lookup, userdata, names[i], rows[i], s + off, &a);
+                if (r < 0)
+                        return r;
+                act = MAX(act, a);
+                off += rows[i];
+        }
+        r = dsa__linear_init_q8(lin, q, s, OC, C, act);
+        return r < 0 ? dsa__error(r, "cannot prepare tensor '%s' for the GEMM", names[0]) : 0;
+}
+
 /* One linear made of the row blocks parts[0..n) stacked (Q, K, V fused, or one matrix): part i
  * is tensor names[i] of shape (in, rows[i]) in ggml order. All parts must share one storage
  * type, which picks the format: I8 -> Q8, F16/BF16 kept, the rest fp32 (sparse when the layout
@@ -275,45 +304,26 @@ static int load_linear(const struct loader *l, struct dsa__linear *lin, const ch
                 OC += rows[i];
         }
 
-        if (v[0]->type == DSA_TYPE_I8) {
-                _cleanup_free_ int8_t *q = malloc(OC * in + 1);
-                _cleanup_free_ float *s = malloc((OC ? OC : 1) * sizeof(float));
-                float act = 0.0f;
-                size_t off = 0;
+        if (v[0]->type == DSA_TYPE_I8)
+                return dsa__load_linear_q8(l->lookup, l->userdata, lin, names, v, rows, n, in);
 
-                if (!q || !s)
-                        return -ENOMEM;
-                for (size_t i = 0; i < n; i++) {
-                        float a = 0.0f;
-                        memcpy(q + off * in, v[i]->data, rows[i] * in);
-                        r = dsa__load_q8_extras(l->lookup, l->userdata, names[i], rows[i], s + off, &a);
-                        if (r < 0)
-                                return r;
-                        act = MAX(act, a);
-                        off += rows[i];
-                }
-                r = dsa__linear_init_q8(lin, q, s, OC, in, act);
-        } else {
-                enum dsa_wformat fmt = v[0]->type == DSA_TYPE_F16    ? DSA_WFORMAT_F16
-                                       : v[0]->type == DSA_TYPE_BF16 ? DSA_WFORMAT_BF16
-                                       : l->sparse                   ? DSA_WFORMAT_SPARSE
-                                                                     : DSA_WFORMAT_F32;
-                /* OC x in floats: the tensors exist with these shapes, so the file bounds it. */
-                _cleanup_free_ float *mat = malloc(OC * in * sizeof(float) + 1);
-                size_t off = 0;
-                if (!mat)
-                        return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", OC, in);
-                for (size_t i = 0; i < n; i++) {
-                        r = to_f32(v[i], names[i], mat + off * in);
-                        if (r < 0)
-                                return r;
-                        off += rows[i];
-                }
-                r = dsa__linear_init(lin, mat, OC, in, fmt, 0.0f);
+        const enum dsa_wformat fmt = v[0]->type == DSA_TYPE_F16    ? DSA_WFORMAT_F16
+                                     : v[0]->type == DSA_TYPE_BF16 ? DSA_WFORMAT_BF16
+                                     : l->sparse                   ? DSA_WFORMAT_SPARSE
+                                                                   : DSA_WFORMAT_F32;
+        /* OC x in floats: the tensors exist with these shapes, so the file bounds it. */
+        _cleanup_free_ float *mat = malloc(OC * in * sizeof(float) + 1);
+        size_t off = 0;
+        if (!mat)
+                return dsa__error(-ENOMEM, "cannot allocate a %zu x %zu matrix", OC, in);
+        for (size_t i = 0; i < n; i++) {
+                r = to_f32(v[i], names[i], mat + off * in);
+                if (r < 0)
+                        return r;
+                off += rows[i];
         }
-        if (r < 0)
-                return dsa__error(r, "cannot prepare tensor '%s' for the GEMM", names[0]);
-        return 0;
+        r = dsa__linear_init(lin, mat, OC, in, fmt, 0.0f);
+        return r < 0 ? dsa__error(r, "cannot prepare tensor '%s' for the GEMM", names[0]) : 0;
 }
 
 /* The token embeddings in their stored type (I8 needs "token_embd.scale", one per row). */

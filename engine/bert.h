@@ -121,11 +121,13 @@ int dsa__find_tensor(dsa__bert_lookup_fn lookup, void *userdata, const char *nam
 /* The same, read as fp32 into dst (F32, F16, BF16, Q8_0 stored). */
 int dsa__load_tensor_f32(dsa__bert_lookup_fn lookup, void *userdata, const char *name, float *dst, uint64_t ne0,
                          uint64_t ne1, bool required, bool *ret_found);
-/* The int8 extras of an I8 matrix "X.weight" of rows rows: "X.scale" (rows, each finite and
- * >= 0) into scales, and the static activation scale "X.input_scale" (one value, finite and
- * >= 0; 0 when absent) into *ret_act. -EBADMSG for values out of range. */
-int dsa__load_q8_extras(dsa__bert_lookup_fn lookup, void *userdata, const char *wname, size_t rows, float *scales,
-                        float *ret_act);
+/* The I8 matrices names[i] (views v[i], rows[i] x C each) stacked into one int8 linear, with
+ * each one's "X.scale" per row (finite, >= 0) and the largest "X.input_scale" (static
+ * activations; 0 when none has one). Shared by the BERT and Llama loaders; every failure comes
+ * with its reason: -EBADMSG for scales out of range, -EINVAL for a byte of -128. */
+int dsa__load_linear_q8(dsa__bert_lookup_fn lookup, void *userdata, struct dsa__linear *lin,
+                        const char *const *names, const struct dsa_tensor_view *const *v, const size_t *rows, size_t n,
+                        size_t C);
 
 /* Checks cfg, allocates the arena and fills it from lookup: every tensor's shape is checked
  * against cfg before it is read. token_types.weight is optional (zeros); cls.* are read when

@@ -110,29 +110,6 @@ static enum dsa_wformat stored_format(const struct dsa_tensor_view *v) {
                                           : DSA_WFORMAT_F32;
 }
 
-/* The parts of an int8 linear (their views v, checked all I8), bytes and scales stacked. */
-static int load_linear_q8(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear *lin, const char *const *names,
-                          const struct dsa_tensor_view *const *v, const size_t *rows, size_t n, size_t OC, size_t C) {
-        _cleanup_free_ int8_t *q = malloc(OC * C + 1);
-        _cleanup_free_ float *s = malloc((OC + 1) * sizeof(float));
-        float act = 0.0f;
-        size_t at = 0;
-        int r;
-
-        if (!q || !s)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                float a;
-                memcpy(q + at * C, v[i]->data, rows[i] * C);
-                if ((r = dsa__load_q8_extras(lookup, ud, names[i], rows[i], s + at, &a)) < 0)
-                        return r;
-                act = MAX(act, a);
-                at += rows[i];
-        }
-        r = dsa__linear_init_q8(lin, q, s, OC, C, act);
-        return r < 0 ? dsa__error(r, "tensor '%s' cannot be an int8 matrix (a byte of -128?)", names[0]) : 0;
-}
-
 /* names[i] (rows[i], C) stacked into one linear; the first n_perm of them get the Q/K permutation
  * with perm_heads[i] heads (fp32 sources only: Hugging Face folders). All parts share one type. */
 static int load_linear(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear *lin, const char *const *names,
@@ -154,7 +131,7 @@ static int load_linear(dsa__bert_lookup_fn lookup, void *ud, struct dsa__linear 
         if (fmt == DSA_WFORMAT_Q8) {
                 if (perm_heads)
                         return dsa__error(-EBADMSG, "tensor '%s': int8 Q/K rows cannot be permuted", names[0]);
-                return load_linear_q8(lookup, ud, lin, names, v, rows, n, OC, C);
+                return dsa__load_linear_q8(lookup, ud, lin, names, v, rows, n, C);
         }
         _cleanup_free_ float *w = malloc(OC * C * sizeof(float)), *tmp = NULL;
         if (!w)
