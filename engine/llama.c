@@ -50,7 +50,6 @@ struct fwd {
         size_t bk, nb; /* block size, blocks in the sequence */
         float scale;
         float *x, *h, *qkv, *a, *ff;
-        size_t row0;        /* first row of the chunk task_rmsnorm works on */
         /* row-split steps (task_slots): the layer, which step, the next chunk to take, and each
          * slot's gate/up rows and linear scratch */
         const struct dsa_llama_layer *y;
@@ -79,7 +78,6 @@ struct fwd {
         float *kv, *skv;    /* (NKV, pk), (NKV, ps): each key head's keys and block means packed
                              * (pack_kv_f32) for the streaming kernel, once per layer */
         size_t pk, ps;
-        const float *norm;  /* rmsnorm weight of the step */
         atomic_uint_fast64_t kept;
         atomic_uint_fast64_t select_ns, attend_ns; /* summed over the tasks (stats) */
         int err;
@@ -95,10 +93,11 @@ static void task_embed(void *arg, size_t begin, size_t end) {
                 dsa__embed_row(&f->l->wte, (size_t) f->ids[t], f->x + t * f->C);
 }
 
-static void task_rmsnorm(void *arg, size_t begin, size_t end) {
+/* h = rmsnorm(x) with the output norm's gains, rows [begin, end). */
+static void task_out_norm(void *arg, size_t begin, size_t end) {
         struct fwd *f = arg;
-        const size_t t = f->row0 + begin;
-        f->k->rmsnorm_f32(f->h + t * f->C, f->x + t * f->C, f->norm, end - begin, f->C, f->l->cfg.eps);
+        f->k->rmsnorm_f32(f->h + begin * f->C, f->x + begin * f->C, f->l->out_norm, end - begin, f->C,
+                          f->l->cfg.eps);
 }
 
 static size_t gcd(size_t a, size_t b) {
@@ -629,8 +628,7 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                 atomic_store(&f.next, 0);
                 dsa_threadpool_for(pool, nslot, 1, task_slots, &f);
         }
-        f.norm = l->out_norm, f.row0 = 0;
-        dsa_threadpool_for(pool, T, ROW_GRAIN, task_rmsnorm, &f);
+        dsa_threadpool_for(pool, T, ROW_GRAIN, task_out_norm, &f);
         uint64_t t_body = now_nsec();
         if (ret_hidden)
                 memcpy(ret_hidden, h, T * C * sizeof(float));

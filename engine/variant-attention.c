@@ -192,18 +192,23 @@ fail:
 
 /* The decoder's matrices (every layer's, the output head) and token embeddings as fmt; int8
  * with dynamic per-row activation scales. Matrices already in fmt are left as they are. */
+static int reformat_lm(struct dsa__linear *lin, enum dsa_wformat fmt, const char *what, size_t layer) {
+        int r = lin->fmt == fmt ? 0 : dsa__linear_reformat(lin, fmt, 0.0f);
+        return r < 0 ? dsa__error(r, "cannot convert layer %zu %s to %s", layer, what, dsa_wformat_name(fmt)) : 0;
+}
+
 static int quantize_llama(struct dsa_llama *l, enum dsa_wformat fmt) {
         int r;
 
-        for (size_t i = 0; i <= l->cfg.n_layer; i++) {
-                struct dsa_llama_layer *y = i < l->cfg.n_layer ? &l->layers[i] : NULL;
-                struct dsa__linear *lins[4] = { &l->lm_head };
-                if (y)
-                        lins[0] = &y->qkv, lins[1] = &y->o, lins[2] = &y->gate_up, lins[3] = &y->down;
-                for (size_t j = 0; j < (y ? 4 : 1); j++)
-                        if (lins[j]->fmt != fmt && (r = dsa__linear_reformat(lins[j], fmt, 0.0f)) < 0)
-                                return dsa__error(r, "cannot convert a matrix to %s", dsa_wformat_name(fmt));
+        for (size_t i = 0; i < l->cfg.n_layer; i++) {
+                struct dsa_llama_layer *y = &l->layers[i];
+                if ((r = reformat_lm(&y->qkv, fmt, "qkv", i)) < 0 || (r = reformat_lm(&y->o, fmt, "attn_output", i)) < 0 ||
+                    (r = reformat_lm(&y->gate_up, fmt, "ffn_gate/up", i)) < 0 ||
+                    (r = reformat_lm(&y->down, fmt, "ffn_down", i)) < 0)
+                        return r;
         }
+        if (l->lm_head.fmt != fmt && (r = dsa__linear_reformat(&l->lm_head, fmt, 0.0f)) < 0)
+                return dsa__error(r, "cannot convert the output head to %s", dsa_wformat_name(fmt));
         return dsa__embed_reformat(&l->wte, fmt);
 }
 
@@ -227,8 +232,6 @@ int dsa__model_optimize_lm(struct dsa_model *m, const struct dsa_optimize_opts *
         if (o->mixed || o->prune_heads > 0 || o->prune_ffn > 0 || o->sparsity > 0 || o->token_keep >= 0)
                 return dsa__error(-EOPNOTSUPP, "for decoders, optimize makes attention variants and f16, bf16 "
                                   "or int8 weights so far; mixed precision and pruning are BERT-only");
-        if ((unsigned) o->quant >= _DSA_WFORMAT_MAX || o->quant == DSA_WFORMAT_SPARSE)
-                return -EINVAL;
         if (o->quant == DSA_WFORMAT_Q8 && o->act != DSA_ACT_DYNAMIC)
                 return dsa__error(-EOPNOTSUPP, "decoders take int8 with dynamic activation scales only so far "
                                   "(--act dynamic)");

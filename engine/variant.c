@@ -604,10 +604,11 @@ int dsa_model_optimize(struct dsa_model *m, const struct dsa_optimize_opts *o) {
         char method[256] = "", prev[256] = "";
         int r;
 
-        if (m && m->llama && o)
-                return dsa__model_optimize_lm(m, o);
-        if (!m || !m->bert || !o || (unsigned) o->quant >= _DSA_WFORMAT_MAX || o->quant == DSA_WFORMAT_SPARSE)
+        if (!m || (!m->bert && !m->llama) || !o || (unsigned) o->quant >= _DSA_WFORMAT_MAX ||
+            o->quant == DSA_WFORMAT_SPARSE)
                 return -EINVAL;
+        if (m->llama)
+                return dsa__model_optimize_lm(m, o);
         if (!(o->prune_heads >= 0 && o->prune_heads < 1) || !(o->prune_ffn >= 0 && o->prune_ffn < 1) ||
             !(o->sparsity >= 0 && o->sparsity < 1) || !(o->token_keep <= 1))
                 return dsa__error(-EINVAL, "pruning fractions must be in [0, 1)");
