@@ -331,36 +331,9 @@ int dsa__attention_linear_f32_ref(float *out, size_t ldo, const float *q, size_t
         return 0;
 }
 
-#define POOL_COLS 16
-
-int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
-                                       size_t bk, size_t HS) {
-        if (bk == 0 || HS == 0 || (T > 0 && (!out || !x)))
-                return -EINVAL;
-        if ((T > 1 && ldx < HS) || (T > bk && ldo < HS))
-                return -EINVAL;
-
-        for (size_t b = 0; b * bk < T; b++) {
-                const size_t j0 = b * bk, n = T - j0 < bk ? T - j0 : bk;
-
-                /* 16 columns at a time in a local sum (a fixed trip count the compiler vectorizes) */
-                for (size_t d0 = 0; d0 < HS; d0 += POOL_COLS) {
-                        const size_t w = HS - d0 < POOL_COLS ? HS - d0 : POOL_COLS;
-                        float acc[POOL_COLS] = { 0 };
-                        for (size_t j = j0; j < j0 + n; j++) {
-                                const float *xj = x + j * ldx + d0;
-                                if (w == POOL_COLS)
-                                        for (size_t d = 0; d < POOL_COLS; d++)
-                                                acc[d] += xj[d];
-                                else
-                                        for (size_t d = 0; d < w; d++)
-                                                acc[d] += xj[d];
-                        }
-                        for (size_t d = 0; d < w; d++)
-                                out[b * ldo + d0 + d] = acc[d] / (float) n;
-                }
-        }
-        return 0;
+int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T, size_t bk,
+                                       size_t HS) {
+        return dsa__att_pool_blocks(out, ldo, x, ldx, T, bk, HS);
 }
 
 int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
@@ -471,7 +444,7 @@ static const struct dsa_attention_kernels table_avx2 = {
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx2,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx2,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx2,
-        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
+        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_avx2,
 };
 
 static const struct dsa_attention_kernels table_avx512 = {
@@ -485,7 +458,7 @@ static const struct dsa_attention_kernels table_avx512 = {
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx512,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx512,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx512,
-        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_ref,
+        .pool_blocks_f32 = dsa__attention_pool_blocks_f32_avx512,
 };
 #endif
 

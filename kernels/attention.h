@@ -20,6 +20,7 @@
  * error), not bit for bit. */
 #pragma once
 
+#include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -191,8 +192,9 @@ struct dsa_attention_kernels {
 
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
-         * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. The same portable loop
-         * in every table, 16 columns at a time (O(T*HS), memory bound). */
+         * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. One portable loop
+         * (dsa__att_pool_blocks) compiled for each table's ISA; every table gives the same
+         * bits. */
         int (*pool_blocks_f32)(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
                                size_t bk, size_t HS);
 };
@@ -373,5 +375,41 @@ dsa__att_block_mass_fn dsa__attention_block_mass_f32_avx512;
 dsa__att_linear_fn dsa__attention_linear_f32_ref;
 dsa__att_linear_fn dsa__attention_linear_f32_avx2;
 dsa__att_linear_fn dsa__attention_linear_f32_avx512;
-int dsa__attention_pool_blocks_f32_ref(float *out, size_t ldo, const float *x, size_t ldx, size_t T,
-                                       size_t bk, size_t HS);
+typedef int dsa__att_pool_fn(float *out, size_t ldo, const float *x, size_t ldx, size_t T, size_t bk, size_t HS);
+dsa__att_pool_fn dsa__attention_pool_blocks_f32_ref;
+dsa__att_pool_fn dsa__attention_pool_blocks_f32_avx2;
+dsa__att_pool_fn dsa__attention_pool_blocks_f32_avx512;
+
+/* pool_blocks_f32, one portable loop that every variant compiles with its own ISA flags (the
+ * fixed-trip inner loop vectorizes to the file's width). Each output column sums its rows in
+ * order from +0 and divides by the row count, so every variant gives the same bits; the
+ * columns run DSA__POOL_COLS at a time, independent chains of adds that overlap. */
+#define DSA__POOL_COLS 64
+static inline __attribute__((always_inline)) int dsa__att_pool_blocks(float *out, size_t ldo, const float *x,
+                                                                       size_t ldx, size_t T, size_t bk, size_t HS) {
+        if (bk == 0 || HS == 0 || (T > 0 && (!out || !x)))
+                return -EINVAL;
+        if ((T > 1 && ldx < HS) || (T > bk && ldo < HS))
+                return -EINVAL;
+
+        for (size_t b = 0; b * bk < T; b++) {
+                const size_t j0 = b * bk, n = T - j0 < bk ? T - j0 : bk;
+
+                for (size_t d0 = 0; d0 < HS; d0 += DSA__POOL_COLS) {
+                        const size_t w = HS - d0 < DSA__POOL_COLS ? HS - d0 : DSA__POOL_COLS;
+                        float acc[DSA__POOL_COLS] = { 0 };
+                        for (size_t j = j0; j < j0 + n; j++) {
+                                const float *xj = x + j * ldx + d0;
+                                if (w == DSA__POOL_COLS)
+                                        for (size_t d = 0; d < DSA__POOL_COLS; d++)
+                                                acc[d] += xj[d];
+                                else
+                                        for (size_t d = 0; d < w; d++)
+                                                acc[d] += xj[d];
+                        }
+                        for (size_t d = 0; d < w; d++)
+                                out[b * ldo + d0 + d] = acc[d] / (float) n;
+                }
+        }
+        return 0;
+}

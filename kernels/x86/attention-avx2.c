@@ -290,3 +290,8 @@ int dsa__attention_keys_lowrank_q8_avx2(uint8_t *kt, size_t ldk, float *ks, cons
                                         size_t bk, size_t R) {
         return att_keys_lowrank_q8(kt, ldk, ks, kp, ldp, n, bk, R);
 }
+
+int dsa__attention_pool_blocks_f32_avx2(float *out, size_t ldo, const float *x, size_t ldx, size_t T, size_t bk,
+                                       size_t HS) {
+        return dsa__att_pool_blocks(out, ldo, x, ldx, T, bk, HS);
+}

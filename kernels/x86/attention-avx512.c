@@ -293,3 +293,8 @@ int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, co
                                           size_t bk, size_t R) {
         return att_keys_lowrank_q8(kt, ldk, ks, kp, ldp, n, bk, R);
 }
+
+int dsa__attention_pool_blocks_f32_avx512(float *out, size_t ldo, const float *x, size_t ldx, size_t T, size_t bk,
+                                       size_t HS) {
+        return dsa__att_pool_blocks(out, ldo, x, ldx, T, bk, HS);
+}

@@ -223,7 +223,9 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                         for (size_t g = 0; src.bias && g < ns && sg[g].col < n; g++)
                                 att_row_add(si + sg[g].col, src.bias + sg[g].j0, sg[g].n);
                         nv[i] = n;
-                        mx[i] = n ? fmaxf(m[i], att_row_max(si, n)) : m[i];
+                        /* a compare, not fmaxf (a libm call here); a NaN max leaves m as fmaxf does */
+                        const float rm = n ? att_row_max(si, n) : -INFINITY;
+                        mx[i] = rm > m[i] ? rm : m[i];
                         /* e^(m - m'): 1 while nothing is seen, 0 (acc and l are 0) for the first keys */
                         alpha[i] = mx[i] == -INFINITY ? 0.0f : m[i] - mx[i];
                 }

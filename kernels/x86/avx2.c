@@ -221,22 +221,65 @@ void dsa_softmax_f32_avx2(float *x, size_t N, size_t C) {
 }
 
 #define SUM_ROWS 16 /* rows of softmax_sum a pass of the sums takes */
+#define EXP_ROWS 4  /* rows whose max and exps run interleaved (16 registers) */
 
-/* As the AVX-512 one: each row's exps and 1/sum, then acc += e inv row by row in one pass over
- * acc, the product kept from fusing into the add. */
+/* softmax_row_exp of R rows of C at once, as the AVX-512 one: the same operations in the same
+ * order per row, so the same bits. */
+static inline __attribute__((always_inline)) void softmax_rows_exp(float *x, size_t C, float *inv, const size_t R) {
+        const __m256 ninf = _mm256_set1_ps(-INFINITY);
+        __m256 vmax[EXP_ROWS], sum[EXP_ROWS], max[EXP_ROWS];
+
+        _Pragma("GCC unroll 4") for (size_t n = 0; n < R; n++)
+                vmax[n] = ninf, sum[n] = _mm256_setzero_ps();
+        for (size_t c = 0; c < C; c += 8) {
+                const __m256i m = tail_mask(C - c < 8 ? C - c : 8);
+                _Pragma("GCC unroll 4") for (size_t n = 0; n < R; n++) {
+                        const float *xr = x + n * C + c;
+                        vmax[n] = _mm256_max_ps(vmax[n], c + 8 <= C ? _mm256_loadu_ps(xr)
+                                                                   : _mm256_blendv_ps(ninf, _mm256_maskload_ps(xr, m),
+                                                                                      _mm256_castsi256_ps(m)));
+                }
+        }
+        _Pragma("GCC unroll 4") for (size_t n = 0; n < R; n++)
+                max[n] = _mm256_set1_ps(hmax(vmax[n]));
+        for (size_t c = 0; c < C; c += 8) {
+                const __m256i m = tail_mask(C - c < 8 ? C - c : 8);
+                _Pragma("GCC unroll 4") for (size_t n = 0; n < R; n++) {
+                        float *xr = x + n * C + c;
+                        if (c + 8 <= C) {
+                                const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(xr), max[n]));
+                                sum[n] = _mm256_add_ps(sum[n], e);
+                                _mm256_storeu_ps(xr, e);
+                        } else {
+                                __m256 e = exp_ps(_mm256_sub_ps(_mm256_maskload_ps(xr, m), max[n]));
+                                e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+                                sum[n] = _mm256_add_ps(sum[n], e);
+                                _mm256_maskstore_ps(xr, m, e);
+                        }
+                }
+        }
+        _Pragma("GCC unroll 4") for (size_t n = 0; n < R; n++)
+                inv[n] = 1.0f / hsum(sum[n]);
+}
+
+/* As the AVX-512 one: each row's exps and 1/sum (EXP_ROWS rows interleaved), then acc += e inv
+ * row by row in one pass over acc, the product kept from fusing into the add. */
 void dsa_softmax_sum_f32_avx2(float *acc, float *x, size_t N, size_t C) {
         float inv[SUM_ROWS];
 
         for (size_t n0 = 0; n0 < N && C > 0; n0 += SUM_ROWS) {
                 const size_t nr = N - n0 < SUM_ROWS ? N - n0 : SUM_ROWS;
-                for (size_t n = 0; n < nr; n++)
-                        inv[n] = softmax_row_exp(x + (n0 + n) * C, C);
+                size_t n = 0;
+                for (; n + EXP_ROWS <= nr; n += EXP_ROWS)
+                        softmax_rows_exp(x + (n0 + n) * C, C, inv + n, EXP_ROWS);
+                for (; n < nr; n++)
+                        softmax_rows_exp(x + (n0 + n) * C, C, inv + n, 1);
                 for (size_t c = 0; c < C; c += 8) {
                         const __m256i m = tail_mask(C - c < 8 ? C - c : 8);
                         __m256 a = _mm256_maskload_ps(acc + c, m);
-                        for (size_t n = 0; n < nr; n++) {
-                                __m256 p = _mm256_mul_ps(_mm256_maskload_ps(x + (n0 + n) * C + c, m),
-                                                         _mm256_set1_ps(inv[n]));
+                        for (size_t k = 0; k < nr; k++) {
+                                __m256 p = _mm256_mul_ps(_mm256_maskload_ps(x + (n0 + k) * C + c, m),
+                                                         _mm256_set1_ps(inv[k]));
                                 __asm__("" : "+x"(p));
                                 a = _mm256_add_ps(a, p);
                         }

@@ -218,23 +218,56 @@ void dsa_softmax_f32_avx512(float *x, size_t N, size_t C) {
 }
 
 #define SUM_ROWS 16 /* rows of softmax_sum a pass of the sums takes */
+#define EXP_ROWS 8  /* rows whose max and exps run interleaved */
 
-/* Each row's exps and 1/sum (softmax_row_exp), then acc += e inv row by row in one pass over
- * acc: the product is kept from fusing into the add (a barrier), as softmax_row's multiply and
- * the caller's add would round each. */
+/* softmax_row_exp of R rows of C at once (R a constant where inlined): each step of one row is
+ * independent of the others', so interleaving them keeps the vector ports busy where one row's
+ * short chains (a max, a reduction, a few exps, another reduction) would leave them waiting.
+ * Every row's operations and their order are softmax_row_exp's: the same bits. */
+static inline __attribute__((always_inline)) void softmax_rows_exp(float *x, size_t C, float *inv, const size_t R) {
+        __m512 vmax[EXP_ROWS], sum[EXP_ROWS], max[EXP_ROWS];
+
+        _Pragma("GCC unroll 8") for (size_t n = 0; n < R; n++)
+                vmax[n] = _mm512_set1_ps(-INFINITY), sum[n] = _mm512_setzero_ps();
+        for (size_t c = 0; c < C; c += 16) {
+                const __mmask16 m = lanes(C - c); /* only the active lanes take part in the max */
+                _Pragma("GCC unroll 8") for (size_t n = 0; n < R; n++)
+                        vmax[n] = _mm512_mask_max_ps(vmax[n], m, vmax[n], _mm512_maskz_loadu_ps(m, x + n * C + c));
+        }
+        _Pragma("GCC unroll 8") for (size_t n = 0; n < R; n++)
+                max[n] = _mm512_set1_ps(_mm512_reduce_max_ps(vmax[n]));
+        for (size_t c = 0; c < C; c += 16) {
+                const __mmask16 m = lanes(C - c);
+                _Pragma("GCC unroll 8") for (size_t n = 0; n < R; n++) {
+                        const __m512 e = _mm512_maskz_mov_ps(
+                                m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + n * C + c), max[n])));
+                        sum[n] = _mm512_add_ps(sum[n], e);
+                        _mm512_mask_storeu_ps(x + n * C + c, m, e);
+                }
+        }
+        _Pragma("GCC unroll 8") for (size_t n = 0; n < R; n++)
+                inv[n] = 1.0f / _mm512_reduce_add_ps(sum[n]);
+}
+
+/* Each row's exps and 1/sum (softmax_row_exp, EXP_ROWS rows interleaved), then acc += e inv
+ * row by row in one pass over acc: the product is kept from fusing into the add (a barrier),
+ * as softmax_row's multiply and the caller's add would round each. */
 void dsa_softmax_sum_f32_avx512(float *acc, float *x, size_t N, size_t C) {
         float inv[SUM_ROWS];
 
         for (size_t n0 = 0; n0 < N && C > 0; n0 += SUM_ROWS) {
                 const size_t nr = N - n0 < SUM_ROWS ? N - n0 : SUM_ROWS;
-                for (size_t n = 0; n < nr; n++)
-                        inv[n] = softmax_row_exp(x + (n0 + n) * C, C);
+                size_t n = 0;
+                for (; n + EXP_ROWS <= nr; n += EXP_ROWS)
+                        softmax_rows_exp(x + (n0 + n) * C, C, inv + n, EXP_ROWS);
+                for (; n < nr; n++)
+                        softmax_rows_exp(x + (n0 + n) * C, C, inv + n, 1);
                 for (size_t c = 0; c < C; c += 16) {
                         const __mmask16 m = C - c < 16 ? tail_mask(C - c) : (__mmask16) 0xffff;
                         __m512 a = _mm512_maskz_loadu_ps(m, acc + c);
-                        for (size_t n = 0; n < nr; n++) {
-                                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + (n0 + n) * C + c),
-                                                         _mm512_set1_ps(inv[n]));
+                        for (size_t k = 0; k < nr; k++) {
+                                __m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + (n0 + k) * C + c),
+                                                         _mm512_set1_ps(inv[k]));
                                 __asm__("" : "+v"(p));
                                 a = _mm512_add_ps(a, p);
                         }
