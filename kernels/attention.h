@@ -223,7 +223,7 @@ const struct dsa_attention_kernels *dsa_attention_kernels_for(enum dsa_isa isa);
 /* ---- Internal: the variants and the pieces they share, for kernels/ and the tests only. */
 
 /* Keys a chunk of the streaming kernels at least (W above). */
-#define DSA__ATT_SPAN 128
+#define DSA__ATT_SPAN 512
 
 /* The scratch layout, in floats from the first 64-byte boundary of scratch, every region
  * starting 64-byte aligned. NR <= 32 in every variant (the widest GEMM panel), so key counts
