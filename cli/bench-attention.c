@@ -5,9 +5,12 @@
  * whole forward (up to the final hidden states; the output head is not timed), with the share of
  * (query block, key block) pairs computed. Lengths past a model's context run with extrapolated
  * rotary positions: timing only. Speed-ups are against the baseline in the same run; the runs go
- * round-robin over the variants. The best run's attention is also given by phase: the pass over
- * the rows (rotary, packing, block means, the token scorer's bytes), the block choice, and the
- * streaming kernel over the chosen blocks, the last two as each thread's share. */
+ * round-robin over the variants. Each ratio is given twice: the best runs' ratio, and the median
+ * over the rounds of each round's ratio (the baseline's run and the variant's in the same round),
+ * which a slow spell of a shared host moves less, since it falls on both sides of a round's
+ * ratio alike. The best run's attention is also given by phase: the pass over the rows (rotary,
+ * packing, block means, the token scorer's bytes), the block choice, and the streaming kernel
+ * over the chosen blocks, the last two as each thread's share. */
 #include <errno.h>
 #include <getopt.h>
 #include <json-c/json.h>
@@ -27,11 +30,26 @@
 #define MAX_LENGTHS 16
 
 /* The run with the least attention time, and the phases of that run (ms; rows wall time, select
- * and attend CPU time over the threads divided by the threads). */
+ * and attend CPU time over the threads divided by the threads); the medians of the rounds' ratios
+ * against the baseline. */
 struct result {
         double att_ms, fwd_ms, kept;
         double rows_ms, select_ms, attend_ms;
+        double att_xmed, fwd_xmed;
 };
+
+static int cmp_double(const void *a, const void *b) {
+        const double x = *(const double *) a, y = *(const double *) b;
+        return (x > y) - (x < y);
+}
+
+/* The median of base[k] / t[k] over k < n (n >= 1); sorts into tmp (n). */
+static double median_ratio(const double *base, const double *t, size_t n, double *tmp) {
+        for (size_t k = 0; k < n; k++)
+                tmp[k] = base[k] / t[k];
+        qsort(tmp, n, sizeof(double), cmp_double);
+        return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2;
+}
 
 /* The first n tokens of data's documents (repeated) into ids. */
 static int load_tokens(const struct dsa_model *m, const char *data, size_t n, int32_t *ids) {
@@ -87,6 +105,7 @@ int bench_attention(int argc, char **argv) {
         };
         _cleanup_free_ char *vlist = NULL, *llist = strdup("256,512,1024,2048,4096,8192");
         _cleanup_free_ int32_t *ids = NULL;
+        _cleanup_free_ double *times = NULL; /* (nv, 2, runs): each run's attention and forward ms */
         char *vname[MAX_VARIANTS], *lname[MAX_LENGTHS];
         size_t nv = 0, nl = 0, lens[MAX_LENGTHS], maxT = 0;
         struct dsa_model *models[MAX_VARIANTS] = { 0 };
@@ -158,8 +177,9 @@ int bench_attention(int argc, char **argv) {
                 dsa_model_lm_allow_long(models[i], true);
         }
         ids = malloc(maxT * sizeof(int32_t));
-        if (!ids || (r = load_tokens(models[0], data, maxT, ids)) < 0) {
-                cli_error(ids ? r : -ENOMEM, data ? data : "tokens");
+        times = malloc((2 * nv + 1) * runs * sizeof(double));
+        if (!ids || !times || (r = load_tokens(models[0], data, maxT, ids)) < 0) {
+                cli_error(ids && times ? r : -ENOMEM, data ? data : "tokens");
                 goto out;
         }
         for (size_t i = 0; i < nv; i++)
@@ -170,8 +190,9 @@ int bench_attention(int argc, char **argv) {
                                 goto out;
                         }
         if (!json)
-                printf("%6s  %-44s %12s %12s %8s %9s %9s %8s %8s %8s\n", "tokens", "variant", "attention ms",
-                       "forward ms", "blocks", "att. x", "fwd. x", "rows", "select", "attend");
+                printf("%6s  %-44s %12s %12s %8s %9s %9s %9s %9s %8s %8s %8s\n", "tokens", "variant", "attention ms",
+                       "forward ms", "blocks", "att. x", "fwd. x", "att. med", "fwd. med", "rows", "select",
+                       "attend");
         for (size_t j = 0; j < nl; j++) {
                 for (size_t i = 0; i < nv; i++)
                         res[i][j] = (struct result) { .att_ms = 1e300, .fwd_ms = 1e300 };
@@ -193,13 +214,21 @@ int bench_attention(int argc, char **argv) {
                                 }
                                 b->fwd_ms = MIN(b->fwd_ms, st.forward_ns / 1e6);
                                 b->kept = st.blocks_visible ? (double) st.blocks_kept / (double) st.blocks_visible : 0;
+                                times[(2 * i) * runs + k] = st.attention_ns / 1e6;
+                                times[(2 * i + 1) * runs + k] = st.forward_ns / 1e6;
                         }
-                for (size_t i = 0; !json && i < nv; i++) {
-                        const struct result *b = &res[i][j];
+                for (size_t i = 0; i < nv; i++) {
+                        struct result *b = &res[i][j];
+                        double *tmp = times + 2 * nv * runs;
+                        b->att_xmed = median_ratio(times, times + 2 * i * runs, runs, tmp);
+                        b->fwd_xmed = median_ratio(times + runs, times + (2 * i + 1) * runs, runs, tmp);
+                        if (json)
+                                continue;
                         const char *a = dsa_model_info(models[i], "attention");
-                        printf("%6zu  %-44.44s %12.1f %12.1f %7.1f%% %8.2fx %8.2fx %8.1f %8.1f %8.1f\n", lens[j],
-                               a ? a : "dense", b->att_ms, b->fwd_ms, 100 * b->kept, res[0][j].att_ms / b->att_ms,
-                               res[0][j].fwd_ms / b->fwd_ms, b->rows_ms, b->select_ms, b->attend_ms);
+                        printf("%6zu  %-44.44s %12.1f %12.1f %7.1f%% %8.2fx %8.2fx %8.2fx %8.2fx %8.1f %8.1f %8.1f\n",
+                               lens[j], a ? a : "dense", b->att_ms, b->fwd_ms, 100 * b->kept,
+                               res[0][j].att_ms / b->att_ms, res[0][j].fwd_ms / b->fwd_ms, b->att_xmed, b->fwd_xmed,
+                               b->rows_ms, b->select_ms, b->attend_ms);
                         fflush(stdout);
                 }
         }
@@ -217,6 +246,10 @@ int bench_attention(int argc, char **argv) {
                                 json_object_object_add(x, "tokens", json_object_new_int64((int64_t) lens[j]));
                                 json_object_object_add(x, "attention_ms", json_object_new_double(res[i][j].att_ms));
                                 json_object_object_add(x, "forward_ms", json_object_new_double(res[i][j].fwd_ms));
+                                json_object_object_add(x, "attention_x_median",
+                                                       json_object_new_double(res[i][j].att_xmed));
+                                json_object_object_add(x, "forward_x_median",
+                                                       json_object_new_double(res[i][j].fwd_xmed));
                                 json_object_object_add(x, "blocks_kept", json_object_new_double(res[i][j].kept));
                                 json_object_object_add(x, "rows_ms", json_object_new_double(res[i][j].rows_ms));
                                 json_object_object_add(x, "select_ms", json_object_new_double(res[i][j].select_ms));

@@ -3,15 +3,18 @@
 # with dsactl optimize, measures perplexity on the 161 evaluation documents with dsactl eval
 # --task ppl, and the scaling sweep (256..8192 tokens) with dsactl bench --attention, all in one
 # run, then writes docs/attention.md (tables: variants, the paper's ablations, the sweep, the
-# per-document share of blocks DSA kept), docs/attention.json (raw numbers) and
+# per-document share of blocks DSA kept, the issue's goals at 4,096 tokens from a bench of their
+# variants alone), docs/attention.json (raw numbers) and
 # docs/attention.png (attention time against length, gnuplot). The DSA scorer is fitted on
 # WikiText-2 (data/wikitext2_raw), never on the documents it is evaluated on.
 # Reports; never passes or fails on the goals. Exit 77 when the shared data is missing.
 #
-# Usage: scripts/attention-report.sh [--docs N] [--runs N] [--lengths L] [--out-dir DIR]
-#                                    [--work-dir DIR] [--dsactl PATH] [--threads N] [--reuse]
+# Usage: scripts/attention-report.sh [--docs N] [--runs N] [--goal-runs N] [--lengths L]
+#                                    [--out-dir DIR] [--work-dir DIR] [--dsactl PATH]
+#                                    [--threads N] [--reuse]
 #   --docs      evaluation documents (default 161, all)
 #   --runs      timing runs per length and variant, best kept (default 2)
+#   --goal-runs rounds of the goals' bench (dense and the goal variants alone at 4,096; default 15)
 #   --lengths   sweep lengths (default 256,512,1024,2048,4096,8192)
 #   --out-dir   where attention.{md,json,png} go (default docs/)
 #   --work-dir  where the variant GGUF files are kept (default build/attention-variants)
@@ -25,19 +28,20 @@ export OPENBLAS_CORETYPE=Haswell
 export LC_ALL=C
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-docs=161 runs=2 lengths=256,512,1024,2048,4096,8192 out_dir=$root/docs work_dir=$root/build/attention-variants
+docs=161 runs=2 goal_runs=15 lengths=256,512,1024,2048,4096,8192 out_dir=$root/docs work_dir=$root/build/attention-variants
 dsactl='' threads='' reuse=0
 command_line=$(printf '%q ' "scripts/attention-report.sh" "$@")
 command_line=${command_line% }
 
 die() { echo "attention-report: $*" >&2; exit 1; }
 say() { echo "attention-report: $*" >&2; }
-usage() { sed -n '11,21s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '12,24s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
         case $1 in
         --docs) docs=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
+        --goal-runs) goal_runs=$2; shift 2 ;;
         --lengths) lengths=$2; shift 2 ;;
         --out-dir) out_dir=$2; shift 2 ;;
         --work-dir) work_dir=$2; shift 2 ;;
@@ -131,6 +135,17 @@ say "bench --attention sweep ($lengths, best of $runs)"
 list=$(IFS=,; echo "${files[*]}")
 "$dsactl" bench --attention "$list" --lengths "$lengths" --runs "$runs" --data "$data" --json "${th[@]}" \
         > "$work_dir/sweep.json"
+# the goals: the variants the issue's numbers are checked on, alone with their baseline, in
+# rounds of consecutive runs (the sweep's rounds span every variant: seconds between a
+# baseline's run and a variant's)
+T0=4096
+case ",$lengths," in *,4096,*) ;; *) T0=${lengths##*,} ;; esac
+say "bench --attention goals at $T0 tokens ($goal_runs rounds)"
+w=$work_dir
+"$dsactl" bench --attention "$w/dense.gguf,$w/dsa.gguf,$w/dsa-token.gguf,$w/dsa-token-w32.gguf" --lengths "$T0" \
+        --runs "$goal_runs" --data "$data" --json "${th[@]}" > "$work_dir/goals.json"
+"$dsactl" bench --attention "$w/dense-int8.gguf,$w/dsa-token-w32-int8.gguf" --lengths "$T0" \
+        --runs "$goal_runs" --data "$data" --json "${th[@]}" > "$work_dir/goals-int8.json"
 
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 /usr/bin/python3 - "$out_dir" "$work_dir" "$cpu" "$(nproc)" "$command_line" <<'EOF'
@@ -154,15 +169,29 @@ for n, e in zip(names, ev):
                      kept=e["blocks_kept"], att_x=at(ref, T0, "attention_ms") / at(n, T0, "attention_ms"),
                      fwd_x=at(ref, T0, "forward_ms") / at(n, T0, "forward_ms"), speed_vs=ref,
                      docs_kept=[d["blocks_kept"] for d in e["docs"]], docs_nll=[d["nll"] for d in e["docs"]]))
+# the goals' bench: each goal variant against its baseline in rounds of consecutive runs
+gb = {}
+for fn in ("goals.json", "goals-int8.json"):
+    g = json.load(open(f"{work}/{fn}"))
+    for v in g["variants"]:
+        gb[v["model"].rsplit("/", 1)[-1][:-5]] = (g, v["results"][0])
+goals = []
+for r in rows:
+    if r["name"] not in ("dsa", "dsa-token", "dsa-token-w32", "dsa-token-w32-int8"):
+        continue
+    g, x = gb[r["name"]]
+    b = gb[r["speed_vs"]][1]
+    att = (b["attention_ms"] / x["attention_ms"], x["attention_x_median"])
+    fwd = (b["forward_ms"] / x["forward_ms"], x["forward_x_median"])
+    goals.append(dict(name=r["name"], speed_vs=r["speed_vs"], ppl_rel=r["ppl_rel"], tokens=x["tokens"],
+                      runs=g["runs"], attention_ms=x["attention_ms"], base_attention_ms=b["attention_ms"],
+                      att_x=att[0], att_x_median=att[1], fwd_x=fwd[0], fwd_x_median=fwd[1],
+                      met=min(att) >= 4 and min(fwd) >= 2.5 and r["ppl_rel"] <= 0.01))
 json.dump(dict(command=cmd, cpu=cpu, cores=ncpu, documents=base["documents"], tokens=base["tokens"],
-               variants=rows, sweep=sweep), open(f"{out}/attention.json", "w"), indent=1)
+               variants=rows, goals=goals, sweep=sweep), open(f"{out}/attention.json", "w"), indent=1)
 def fmt(r):
-    goal = ""
-    if r["name"] in ("dsa", "dsa-token", "dsa-token-w32", "dsa-token-w32-int8"):
-        ok = r["att_x"] >= 4 and r["fwd_x"] >= 2.5 and r["ppl_rel"] <= 0.01
-        goal = "met" if ok else "not met (goal: attention >= 4x, forward >= 2.5x, ppl within 1%)"
     return (f"| {r['name']} | {r['attention']} | {r['ppl']:.3f} | {100*r['ppl_rel']:+.2f}% | {100*r['kept']:.1f}% "
-            f"| {r['att_x']:.2f}x | {r['fwd_x']:.2f}x | {goal} |")
+            f"| {r['att_x']:.2f}x | {r['fwd_x']:.2f}x |")
 md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       f"Made by `{cmd}` on {cpu} ({ncpu} cores, {sweep['threads']} threads). Perplexity: `dsactl eval --task ppl` "
       f"on {base['documents']} documents ({base['tokens']} predicted tokens) of `eval_docs.safetensors`; speed: "
@@ -182,8 +211,19 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       "(`--quant int8`: every matrix int8 per output row, activations int8 per row at run time); their speed is "
       "measured against `dense-int8`, so that both sides of the ratio have the same linear layers, and their "
       "perplexity against dense fp32 like every row.\n",
-      "| variant | attention | perplexity | vs dense | blocks | attention x | forward x | goal |",
-      "|---|---|---|---|---|---|---|---|"] + [fmt(r) for r in rows]
+      "| variant | attention | perplexity | vs dense | blocks | attention x | forward x |",
+      "|---|---|---|---|---|---|---|"] + [fmt(r) for r in rows]
+md += [f"\n## The issue's goals at {T0} tokens\n",
+       "Attention at least 4x, the forward at least 2.5x, perplexity within 1% of dense. The speed comes from a "
+       "second bench of these variants alone with their baseline (dense, or dense-int8 for the int8 row), "
+       f"{goals[0]['runs'] if goals else 0} rounds of consecutive runs: each ratio twice, the best runs' ratio and "
+       "the median of the rounds' ratios (a round's baseline run and variant run are a second apart, so a slow "
+       "spell of the host falls on both). A goal counts as met only when both ratios reach it.\n",
+       "| variant | against | vs dense | attention ms | attention x (best / median) | forward x (best / median) "
+       "| goals |", "|---|---|---|---|---|---|---|"]
+md += [f"| {g['name']} | {g['speed_vs']} | {100*g['ppl_rel']:+.2f}% | {g['attention_ms']:.1f} / "
+       f"{g['base_attention_ms']:.1f} | {g['att_x']:.2f}x / {g['att_x_median']:.2f}x | {g['fwd_x']:.2f}x / "
+       f"{g['fwd_x_median']:.2f}x | {'met' if g['met'] else 'not met'} |" for g in goals]
 md += ["\nAblations (the paper's table): `dsa-count` is a fixed block count instead of the mass target "
        "(w/o dynamic patterns), `dsa-heuristic` has no fitted scorer (mean query . mean key), `dsa-s50` and "
        "`dsa-s80` keep a fixed 50% / 20% of the visible blocks, chosen by the scorer. `oracle-*` choose blocks by "

@@ -133,12 +133,16 @@ with tempfile.TemporaryDirectory() as tmp:
         check(rc == 1 and why in err, f"a decoder refuses {' '.join(args)} ({err.strip()[-200:]})")
 
     rc, out, err = run("bench", "--attention", ",".join([files["local"], files["dsa"], files["linear"]]),
-                       "--lengths", "256,1024", "--data", docs, "--json")
+                       "--lengths", "256,1024", "--data", docs, "--runs", "2", "--json")
     r = json.loads(out) if rc == 0 else {"variants": []}
     check(rc == 0 and len(r["variants"]) == 3 and all(len(v["results"]) == 2 for v in r["variants"]),
           f"bench --attention: 3 variants x 2 lengths ({err.strip()[-200:]})")
-    for v in r["variants"]:
+    for i, v in enumerate(r["variants"]):
         for x in v["results"]:
+            # the medians of the rounds' ratios: exactly 1 for the baseline against itself
+            med = (x.get("attention_x_median", -1), x.get("forward_x_median", -1))
+            check(med == (1.0, 1.0) if i == 0 else all(0 < m < 1e6 for m in med),
+                  f"bench --attention paired medians of {v['attention']} at {x['tokens']}: {med}")
             parts = (x.get("rows_ms", -1), x.get("select_ms", -1), x.get("attend_ms", -1))
             linear = v["attention"].startswith("linear")
             # each phase lies inside the attention time: rows is wall time, select and attend a
