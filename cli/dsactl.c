@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "basic/malloc-util.h"
 #include "online.h"
 #include "verbs.h"
 
@@ -133,6 +134,8 @@ void dsactl_help(FILE *f) {
 
 int main(int argc, char **argv) {
         int i = 1;
+
+        dsa_malloc_keep_buffers();
 
         /* Global options, before the verb. */
         while (i < argc && argv[i][0] == '-') {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "basic/malloc-util.h"
 #include "daemon.h"
 
 #define DEFAULT_CONFIG "/etc/dsa/dsad.conf"
@@ -61,6 +62,8 @@ int main(int argc, char *argv[]) {
         struct dsad *d = NULL;
         long v;
         int c, r;
+
+        dsa_malloc_keep_buffers();
 
         while ((c = getopt_long(argc, argv, "b:s:c:fw:i:hV", options, NULL)) >= 0)
                 switch (c) {
