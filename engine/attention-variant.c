@@ -477,9 +477,8 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
         for (; c < nc; c++)
                 zp[0] += p[c];
         z = (zp[0] + zp[1]) + (zp[2] + zp[3]);
-        for (c = 0; c < nc; c++)
-                if (keep[c])
-                        got += p[c];
+        for (c = 0; c < nc; c++) /* adding +0 for the others keeps the sum's bits, with no branch to miss */
+                got += keep[c] ? (double) p[c] : 0.0;
         target = a->mass * z;
         if (a->select == DSA_ATT_SELECT_COUNT)
                 want = a->count;
@@ -496,9 +495,10 @@ static size_t select_blocks(const struct dsa__att *a, size_t layer, size_t head,
                 got += p[top[t]];
         }
 out:
-        for (size_t b = 0; b < nc; b++)
-                if (keep[b])
-                        blocks[n++] = (uint32_t) b;
+        for (size_t b = 0; b < nc; b++) { /* written always, kept by the count: no branch to miss */
+                blocks[n] = (uint32_t) b;
+                n += keep[b];
+        }
         return n;
 }
 

@@ -153,7 +153,7 @@ size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, boo
 size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb);
 
 /* The key blocks query block qb of (layer, head) attends to, ascending, into blocks (room for
- * nkb); returns how many. nkb: key blocks in the sequence; causal: only b <= qb are candidates.
+ * nkb; the entries past the count may be written too); returns how many. nkb: key blocks in the sequence; causal: only b <= qb are candidates.
  * DSA only (NULL otherwise): u (D) this query block's projection, w (nkb, D) the key blocks'
  * (dsa__att_project), nvis (nkb) the visible keys of each block per query of qb. scale: the
  * attention's 1/sqrt(HS) (the heuristic scorer's). scratch: see above. */
