@@ -153,10 +153,11 @@ size_t dsa__att_project(const struct dsa__att *a, size_t layer, size_t head, boo
 size_t dsa__att_select_scratch(const struct dsa__att *a, size_t nkb);
 
 /* The key blocks query block qb of (layer, head) attends to, ascending, into blocks (room for
- * nkb; the entries past the count may be written too); returns how many. nkb: key blocks in the sequence; causal: only b <= qb are candidates.
- * DSA only (NULL otherwise): u (D) this query block's projection, w (nkb, D) the key blocks'
- * (dsa__att_project), nvis (nkb) the visible keys of each block per query of qb. scale: the
- * attention's 1/sqrt(HS) (the heuristic scorer's). scratch: see above. */
+ * nkb; the entries past the count may be written too); returns how many. nkb: key blocks in
+ * the sequence; causal: only b <= qb are candidates. DSA only (NULL otherwise): u (D) this
+ * query block's projection, w (nkb, D) the key blocks' (dsa__att_project), nvis (nkb) the
+ * visible keys of each block per query of qb. scale: the attention's 1/sqrt(HS) (the heuristic
+ * scorer's). scratch: see above. */
 size_t dsa__att_select(const struct dsa__att *a, size_t layer, size_t head, size_t qb, size_t nkb, bool causal,
                        const float *u, const float *w, size_t D, const float *nvis, float scale, uint32_t *blocks,
                        float *scratch);
