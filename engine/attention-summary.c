@@ -36,7 +36,9 @@ static size_t summary_bias(float *bias, size_t *ret_j0, const struct dsa__att *a
         if (W && !causal)
                 nvis = MIN(nvis, qb + W + 1);
         for (size_t b = j0; b < nvis; b++)
-                bias[b] = (b + 1) * bk <= T ? full : logf((float) (T - b * bk));
+                bias[b] = full;
+        if (nvis > j0 && nvis * bk > T) /* only the sequence's last block can be short */
+                bias[nvis - 1] = logf((float) (T - (nvis - 1) * bk));
         for (size_t t = 0; t < n; t++)
                 if (blocks[t] >= j0 && blocks[t] < nvis)
                         bias[blocks[t]] = -INFINITY;

@@ -348,10 +348,13 @@ int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, 
         if (!out || !qt || !qs || !kt || !ks || (nq > 1 && (ldq < R || ldo < nb)) ||
             ((R > 4 || bk > 1) && ldk < 4 * nb)) /* more than one row of kt */
                 return -EINVAL;
-        for (size_t i = 0; i < nq; i++)
+        for (size_t i = 0; i < nq; i++) {
+                unsigned bad = 0; /* no branch a byte: R of them or'ed, then one test a row */
                 for (size_t r = 0; r < R; r++)
-                        if (qt[i * ldq + r] < -63 || qt[i * ldq + r] > 63)
-                                return -EINVAL;
+                        bad |= (unsigned) (qt[i * ldq + r] + 63) > 126u;
+                if (bad)
+                        return -EINVAL;
+        }
         return 0;
 }
 

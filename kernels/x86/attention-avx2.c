@@ -234,6 +234,33 @@ ATT_AI_ROW void att_kq8_words(uint32_t w[ATT_KQ8_LANES / 4], const float *x, siz
         w[0] = (uint32_t) _mm256_extract_epi32(v, 0), w[1] = (uint32_t) _mm256_extract_epi32(v, 4);
 }
 
+/* att_kt_shift (attention-stream.h) on 16-wide panels: row c of output panel o is columns
+ * [off, off + 16) of the 32 that row c of source panels P + o and P + o + 1 hold side by side
+ * (off = j0 % 16, P j0's panel): each half of 8 lanes is a masked load of its lanes from the
+ * first panel or'ed with one of the others from the second (masked lanes are not read: nor is
+ * the second panel when it holds none of the keys). */
+ATT_AI_ROW void att_kt_shift(float *dst, const float *kv, size_t j0, size_t n, size_t HS) {
+        const size_t off = j0 % 16;
+        const __m256i all = _mm256_set1_epi32(-1), none = _mm256_setzero_si256();
+        const __m256i ma0 = tail_mask(16 - off > 8 ? 8 : 16 - off), ma1 = tail_mask(off < 8 ? 8 - off : 0);
+
+        for (size_t o = 0; 16 * o < n; o++) {
+                const float *a = kv + (j0 - off + 16 * o) * HS + off, *b = a + 16 * HS - 16;
+                const bool next = off + n > 16 * (o + 1); /* the next panel holds keys too */
+                const __m256i mb0 = next ? _mm256_xor_si256(ma0, all) : none;
+                const __m256i mb1 = next ? _mm256_xor_si256(ma1, all) : none;
+                float *d = dst + 16 * o * HS;
+
+                for (size_t c = 0; c < HS; c++) {
+                        const float *ar = a + 16 * c, *br = b + 16 * c;
+                        const __m256 y0 = _mm256_or_ps(_mm256_maskload_ps(ar, ma0), _mm256_maskload_ps(br, mb0));
+                        const __m256 y1 = _mm256_or_ps(_mm256_maskload_ps(ar + 8, ma1), _mm256_maskload_ps(br + 8, mb1));
+                        _mm256_storeu_ps(d + 16 * c, y0);
+                        _mm256_storeu_ps(d + 16 * c + 8, y1);
+                }
+        }
+}
+
 #include "attention-stream.h"
 
 #define NR DSA__GEMM_NR_AVX2

@@ -110,6 +110,33 @@ ATT_AI_ROW float att_dot(const float *a, const float *b, size_t n) {
         return _mm512_reduce_add_ps(sum);
 }
 
+/* att_kt_shift (attention-stream.h) on 32-wide panels: row c of output panel o is columns
+ * [off, off + 32) of the 64 that row c of source panels P + o and P + o + 1 hold side by side
+ * (off = j0 % 32, P j0's panel), two vpermt2ps a row; the second panel is not read (masked
+ * loads of no lane) when it holds none of the keys. */
+ATT_AI_ROW void att_kt_shift(float *dst, const float *kv, size_t j0, size_t n, size_t HS) {
+        const size_t off = j0 % 32;
+        const bool lo = off < 16;
+        const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32((int) (off % 16)));
+
+        for (size_t o = 0; 32 * o < n; o++) {
+                const float *a = kv + (j0 - off + 32 * o) * HS;
+                const bool next = off + n > 32 * (o + 1); /* the next panel holds keys too */
+                const float *b = next ? a + 32 * HS : a;
+                const __mmask16 mb = next ? 0xffff : 0;
+                float *d = dst + 32 * o * HS;
+
+                for (size_t c = 0; c < HS; c++) {
+                        const __m512 x0 = _mm512_loadu_ps(a + 32 * c), x1 = _mm512_loadu_ps(a + 32 * c + 16);
+                        const __m512 x2 = _mm512_maskz_loadu_ps(mb, b + 32 * c);
+                        const __m512 x3 = _mm512_maskz_loadu_ps(mb, b + 32 * c + 16);
+                        _mm512_storeu_ps(d + 32 * c, _mm512_permutex2var_ps(lo ? x0 : x1, idx, lo ? x1 : x2));
+                        _mm512_storeu_ps(d + 32 * c + 16, _mm512_permutex2var_ps(lo ? x1 : x2, idx, lo ? x2 : x3));
+                }
+        }
+}
+
 #define ATT_LR_LANES 16 /* key blocks a vector of att_lr_block_max_q8 */
 #define ATT_LR_TARGET __attribute__((target("avx512vnni"))) /* att_lr_block_max_q8's (attention-stream.h) */
 

@@ -24,6 +24,10 @@
  *   void att_kq8_words(uint32_t w[ATT_KQ8_LANES / 4], const float *x, size_t R, size_t c, float inv)
  *           keys_lowrank_q8's bytes of components [c, c + ATT_KQ8_LANES) of one key x (those at or
  *           past R taken as 0), four to a word
+ *   void att_kt_shift(float *dst, const float *kv, size_t j0, size_t n, size_t HS)
+ *           keys [j0, j0 + n) of kv's packed K^T (j0 % NR > 0) as NR-wide panels of their own in
+ *           dst (room for n rounded up to NR keys), key j0 in column 0; the last panel's columns
+ *           past n any value; no panel of kv past the last key's is read
  *
  * All of them touch exactly [0, n) (or [0, ncols)) of their rows, with masked tails, so rows of
  * q, k, v and out are never read or written past HS. The operands of the two products are
@@ -116,23 +120,27 @@ struct att_src {
         bool causal;
 };
 
-/* A piece of a chunk: keys [j0, j0 + n) of the chunk's source at tile column col. */
+/* A piece of a chunk: keys [j0, j0 + n) of source src at tile column col. */
 struct att_seg {
         size_t j0, n, col;
+        const struct att_src *src;
 };
 #define ATT_SEGS 16
+#define ATT_COL 16 /* kv: a piece's first tile column is a multiple of this (a zmm) */
 
-/* The streaming softmax over a block list (see the top of this file), on k and v packed chunk
- * by chunk (packed false) or on kv, the whole sequence packed by att_pack_kv (k and v unused, scale
- * already in it), plus bias (Tk) added to every row's scores when not NULL (-inf: the key is
- * not seen). The visible keys of the list are taken in chunks of up to W keys
- * (dsa__att_blocks_layout) gathered from consecutive blocks and from separate runs alike, so
- * the max, exp and rescale steps run once per chunk, not per block; the keys of a chunk ascend,
- * so the ones a causal row sees are a prefix of its tile row. With kv, the chunk's first piece
- * is scored from its first NR-aligned key (off keys early, the tile read from off) and a later
- * piece must start on a panel, or it waits for the next chunk. The extra keys (kv only) come
- * after the list's, as one more run from their own packed buffer with their bias and no causal
- * rule; a chunk never mixes the two (a causal row sees a prefix of its tile row). */
+/* The streaming softmax over a block list (see the top of this file), on k and v packed chunk by
+ * chunk (packed false) or on kv, the whole sequence packed by att_pack_kv (k and v unused, scale
+ * already in it), plus bias (Tk) added to every row's scores when not NULL (-inf: the key is not
+ * seen). The visible keys of the list are taken in chunks of up to W keys (dsa__att_blocks_layout)
+ * gathered from consecutive blocks and from separate runs alike, so the max, exp and rescale steps
+ * run once per chunk, not per block. With kv, a piece whose first key does not start a panel (only
+ * a chunk's first piece can) is scored from its keys moved to panels of their own (att_kt_shift);
+ * a later piece must start on a panel, or it waits for the next chunk, and starts in the tile at a
+ * multiple of ATT_COL columns, the gap -inf (so that the row operations run on aligned vectors).
+ * The extra keys (kv only) come first, as one run from their own packed buffer with their bias and
+ * no causal rule, and the list's keys follow in the same chunk: every row sees all the extra keys
+ * and the list's keys ascend, so the keys a causal row sees are still a prefix of its tile row,
+ * and a list that fits one chunk with the extras costs one softmax step, not two. */
 ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const float *k, size_t ldk,
                       const float *v, size_t ldv, bool packed, const float *kv, const float *bias,
                       const struct dsa_attention_extra *extra, size_t nq, size_t pos0, const uint32_t *blocks,
@@ -141,8 +149,10 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
         struct dsa__att_layout L;
         float *base, *kt, *vp, *s, *acc, *m, *l;
         size_t t = 0, jc = 0, je = 0; /* the current run's keys not taken yet: [jc, je) */
-        struct att_src src = { 0 };    /* and where they come from: one source a chunk */
-        bool in_extra = false;
+        const struct att_src lsrc = { kv, bias, Tk, causal };
+        struct att_src xsrc = { 0 };
+        const struct att_src *src = NULL; /* the current run's */
+        bool xdone = true;                /* the extra keys taken (or none) */
         int r;
 
         r = dsa__att_blocks_check(out, ldo, q, ldq, packed ? kv : k, packed ? HS : ldk, packed ? kv : v,
@@ -153,6 +163,8 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                 return r;
         if (!out)
                 return -EINVAL;
+        if (packed && extra && extra->n > extra->j0)
+                xsrc = (struct att_src) { extra->kv, extra->bias, extra->Tk, false }, xdone = false;
         dsa__att_blocks_layout(&L, bk, HS);
         base = dsa__att_align(scratch);
         kt = base + L.kt, vp = base + L.vp, s = base + L.s, acc = base + L.acc;
@@ -167,37 +179,43 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                 float mx[DSA_ATT_BLOCK], alpha[DSA_ATT_BLOCK];
                 size_t nv[DSA_ATT_BLOCK];
                 struct att_seg sg[ATT_SEGS];
-                size_t ns = 0, width = 0, off = 0;
+                size_t ns = 0, width = 0;
 
                 while (width < W && ns < ATT_SEGS) {
-                        if (jc == je) { /* the next run: the list's, then the extra keys in a chunk of their own */
-                                if (!in_extra && att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
-                                        src = (struct att_src) { kv, bias, Tk, causal };
-                                else if (!in_extra && ns == 0 && packed && extra && extra->n > extra->j0) {
-                                        src = (struct att_src) { extra->kv, extra->bias, extra->Tk, false };
-                                        in_extra = true, jc = extra->j0, je = extra->n;
-                                } else
+                        if (jc == je) { /* the next run: the extra keys, then the list's */
+                                if (!xdone)
+                                        src = &xsrc, jc = extra->j0, je = extra->n, xdone = true;
+                                else if (att_next_run(blocks, nb, &t, bk, Tk, nq, pos0, causal, &jc, &je))
+                                        src = &lsrc;
+                                else
                                         break;
                         }
                         if (packed && ns > 0 && jc % NR)
                                 break;
-                        const size_t take = je - jc < W - width ? je - jc : W - width;
-                        sg[ns++] = (struct att_seg) { jc, take, width };
-                        width += take, jc += take;
+                        /* kv: a piece from a vector's start in the tile (the gap before it -inf) */
+                        const size_t col = packed ? (width + ATT_COL - 1) / ATT_COL * ATT_COL : width;
+                        if (col >= W)
+                                break;
+                        const size_t take = je - jc < W - col ? je - jc : W - col;
+                        sg[ns++] = (struct att_seg) { jc, take, col, src };
+                        width = col + take, jc += take;
                 }
                 if (ns == 0)
                         break;
-                /* rows before rc see none of the chunk (its first piece is its earliest) */
-                const size_t c0 = sg[0].j0, rc = src.causal && c0 > pos0 ? c0 - pos0 : 0;
-                const size_t cpos = src.causal ? pos0 : SIZE_MAX; /* the keys ascend: column p's is c0 + p or later */
+                /* rows before rc see none of the chunk: its first piece is its earliest, or the
+                 * extra keys every row sees */
+                const size_t c0 = sg[0].j0, rc = sg[0].src->causal && c0 > pos0 ? c0 - pos0 : 0;
 
                 if (packed) {
-                        off = c0 % NR;
-                        att_scores(s, lds, q, ldq, src.kv + (c0 - off) * HS, rc, nq, off + sg[0].n, HS, c0 - off,
-                                   cpos, NR, panel);
-                        for (size_t g = 1; g < ns; g++)
-                                att_scores(s + off + sg[g].col, lds, q, ldq, src.kv + sg[g].j0 * HS, rc, nq, sg[g].n,
-                                           HS, sg[g].j0, cpos, NR, panel);
+                        for (size_t g = 0; g < ns; g++) {
+                                const float *kp = sg[g].src->kv + sg[g].j0 * HS;
+                                if (sg[g].j0 % NR) { /* only a first piece: its keys moved to panels of their own */
+                                        att_kt_shift(kt, sg[g].src->kv, sg[g].j0, sg[g].n, HS);
+                                        kp = kt;
+                                }
+                                att_scores(s + sg[g].col, lds, q, ldq, kp, rc, nq, sg[g].n, HS, sg[g].j0,
+                                           sg[g].src->causal ? pos0 : SIZE_MAX, NR, panel);
+                        }
                 } else {
                         size_t *idx = (size_t *) (base + L.idx);
                         for (size_t g = 0; g < ns; g++)
@@ -205,23 +223,26 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                                         idx[sg[g].col + j] = sg[g].j0 + j;
                         att_pack_keys(kt, k, ldk, idx, width, HS, scale, NR);
                         att_pack_values(vp, v, ldv, idx, width, HS, NR);
-                        att_scores(s, lds, q, ldq, kt, rc, nq, width, HS, c0, cpos, NR, panel);
+                        att_scores(s, lds, q, ldq, kt, rc, nq, width, HS, c0, causal ? pos0 : SIZE_MAX, NR, panel);
                 }
 
                 /* the online softmax step in passes over the rows, so that rows overlap: each
                  * row's new max, every row's rescale factor as one vector exp, then the rows' exps */
                 for (size_t i = rc; i < nq; i++) {
-                        float *si = s + i * lds + off;
+                        float *si = s + i * lds;
                         size_t n = width;
 
-                        if (src.causal) /* the chunk's keys at or before the row's position */
-                                for (size_t g = 0, p = pos0 + i + 1; g < ns; g++)
-                                        if (p < sg[g].j0 + sg[g].n) {
-                                                n = sg[g].col + (p > sg[g].j0 ? p - sg[g].j0 : 0);
-                                                break;
-                                        }
-                        for (size_t g = 0; src.bias && g < ns && sg[g].col < n; g++)
-                                att_row_add(si + sg[g].col, src.bias + sg[g].j0, sg[g].n);
+                        for (size_t g = 0, p = pos0 + i + 1; g < ns; g++) /* the keys at or before the row */
+                                if (sg[g].src->causal && p < sg[g].j0 + sg[g].n) {
+                                        n = sg[g].col + (p > sg[g].j0 ? p - sg[g].j0 : 0);
+                                        break;
+                                }
+                        for (size_t g = 0, e = 0; g < ns && e < n; e = sg[g].col + sg[g].n, g++) {
+                                for (size_t j = e; j < sg[g].col; j++) /* the gap before the piece */
+                                        si[j] = -INFINITY;
+                                if (sg[g].src->bias && sg[g].col < n)
+                                        att_row_add(si + sg[g].col, sg[g].src->bias + sg[g].j0, sg[g].n);
+                        }
                         nv[i] = n;
                         /* a compare, not fmaxf (a libm call here); a NaN max leaves m as fmaxf does */
                         const float rm = n ? att_row_max(si, n) : -INFINITY;
@@ -231,7 +252,7 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                 }
                 att_row_exp(alpha + rc, nq - rc, nq - rc, 0.0f);
                 for (size_t i = rc; i < nq; i++) {
-                        float *si = s + i * lds + off;
+                        float *si = s + i * lds;
 
                         if (mx[i] == -INFINITY) { /* nothing seen yet: no key, or every key masked by bias */
                                 memset(si, 0, width * sizeof(float));
@@ -253,10 +274,12 @@ ATT_AI int att_stream(float *out, size_t ldo, const float *q, size_t ldq, const 
                                       false, DSA_EPILOGUE_NONE);
                                 continue;
                         }
-                        for (size_t g = 0; g < ns; g++) /* V of the source in NR-column panels of Tk rows */
-                                panel(acc + rc * HS + c, HS, s + rc * lds + off + sg[g].col, lds,
-                                      src.kv + dsa__att_packed_v(src.Tk, HS) + sg[g].j0 * NR + c * src.Tk, nq - rc,
+                        for (size_t g = 0; g < ns; g++) { /* V of the source in NR-column panels of Tk rows */
+                                const struct att_src *sc = sg[g].src;
+                                panel(acc + rc * HS + c, HS, s + rc * lds + sg[g].col, lds,
+                                      sc->kv + dsa__att_packed_v(sc->Tk, HS) + sg[g].j0 * NR + c * sc->Tk, nq - rc,
                                       sg[g].n, nr, NULL, false, DSA_EPILOGUE_NONE);
+                        }
                 }
         }
 
@@ -462,10 +485,14 @@ ATT_LR_TARGET static void att_lr_block_max_q8(float *out, size_t ldo, const int8
 #undef ATT_LR_G
 }
 
-/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_block_max_q8_g: blocks in
- * chunks of ATT_LR_LANES (a vector's lanes), rows ATT_LR_ROWS at a time (a short last group
- * repeats its last row), the chunk's keys in L1 across the groups. The byte dot products of a row
- * sum q * (k + 128), so c = 128 * sum_r q[r] comes off each block's max, before the scales. */
+/* Rows att_block_max_lowrank_q8 takes at a time: their c sums are computed once for every chunk. */
+#define ATT_LR_BATCH 64
+
+/* block_max_lowrank_q8 (attention.h) on the including file's att_lr_block_max_q8_g: rows in
+ * batches of ATT_LR_BATCH, and in each, blocks in chunks of ATT_LR_LANES (a vector's lanes), rows
+ * ATT_LR_ROWS at a time (a short last group repeats its last row), the chunk's keys in L1 across
+ * the groups. The byte dot products of a row sum q * (k + 128), so c = 128 * sum_r q[r] (once a
+ * row per batch) comes off each block's max, before the scales. */
 static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
                                     const uint8_t *kt, size_t ldk, const float *ks, size_t nq, size_t bk, size_t Tk,
                                     size_t R) {
@@ -474,21 +501,29 @@ static int att_block_max_lowrank_q8(float *out, size_t ldo, const int8_t *qt, si
         if (r < 0 || nq == 0 || Tk == 0)
                 return r;
         const size_t nb = (Tk + bk - 1) / bk, rem = Tk - (nb - 1) * bk; /* keys of the last block */
-        for (size_t b0 = 0; b0 < nb; b0 += ATT_LR_LANES) {
-                const size_t nbc = nb - b0 < ATT_LR_LANES ? nb - b0 : ATT_LR_LANES;
-                for (size_t i = 0; i < nq; i += ATT_LR_ROWS) {
-                        const size_t rows = nq - i < ATT_LR_ROWS ? nq - i : ATT_LR_ROWS;
-                        const int8_t *q[ATT_LR_ROWS];
-                        int32_t c[ATT_LR_ROWS];
-                        float s[ATT_LR_ROWS];
-                        for (size_t a = 0; a < ATT_LR_ROWS; a++) {
-                                const size_t ia = i + (a < rows ? a : rows - 1);
-                                q[a] = qt + ia * ldq, s[a] = qs[ia], c[a] = 0;
-                                for (size_t t = 0; t < R; t++)
-                                        c[a] += 128 * q[a][t];
+        for (size_t i0 = 0; i0 < nq; i0 += ATT_LR_BATCH) {
+                const size_t i1 = nq - i0 < ATT_LR_BATCH ? nq : i0 + ATT_LR_BATCH;
+                int32_t cs[ATT_LR_BATCH];
+                for (size_t i = i0; i < i1; i++) {
+                        int32_t sum = 0;
+                        for (size_t t = 0; t < R; t++)
+                                sum += qt[i * ldq + t];
+                        cs[i - i0] = 128 * sum;
+                }
+                for (size_t b0 = 0; b0 < nb; b0 += ATT_LR_LANES) {
+                        const size_t nbc = nb - b0 < ATT_LR_LANES ? nb - b0 : ATT_LR_LANES;
+                        for (size_t i = i0; i < i1; i += ATT_LR_ROWS) {
+                                const size_t rows = i1 - i < ATT_LR_ROWS ? i1 - i : ATT_LR_ROWS;
+                                const int8_t *q[ATT_LR_ROWS];
+                                int32_t c[ATT_LR_ROWS];
+                                float s[ATT_LR_ROWS];
+                                for (size_t a = 0; a < ATT_LR_ROWS; a++) {
+                                        const size_t ia = i + (a < rows ? a : rows - 1);
+                                        q[a] = qt + ia * ldq, s[a] = qs[ia], c[a] = cs[ia - i0];
+                                }
+                                att_lr_block_max_q8(out + i * ldo + b0, ldo, q, c, s, rows, kt + 4 * b0, ldk, ks + b0,
+                                                    nbc, bk, b0 + nbc == nb ? rem : bk, R);
                         }
-                        att_lr_block_max_q8(out + i * ldo + b0, ldo, q, c, s, rows, kt + 4 * b0, ldk, ks + b0, nbc, bk,
-                                            b0 + nbc == nb ? rem : bk, R);
                 }
         }
         return 0;
