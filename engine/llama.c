@@ -193,25 +193,6 @@ static int scorer_weights_pack(struct scorer_weights *s, const struct dsa__att *
         return 0;
 }
 
-/* x rounded to the nearest integer, halves away from 0 (no libm call: a cast the compiler can
- * vectorize). */
-static inline int round_int(float x) {
-        return (int) (x + (x >= 0 ? 0.5f : -0.5f));
-}
-
-/* One scored row's R components q to R4 signed bytes by one scale (its largest |value| to 63),
- * the padding 0. */
-static void quantize_row(int8_t *qq, float *qs, const float *q, size_t R, size_t R4) {
-        float mx = 0;
-
-        for (size_t r = 0; r < R; r++)
-                mx = MAX(mx, fabsf(q[r]));
-        const float inv = mx > 0 ? 63.0f / mx : 0.0f;
-        *qs = mx / 63.0f;
-        for (size_t r = 0; r < R4; r++)
-                qq[r] = (int8_t) (r < R ? round_int(q[r] * inv) : 0);
-}
-
 /* Floats of token_rows' buf for a unit of n rows: kp, then qt for the unit's scored rows, n /
  * stride on the stride (the stride divides the block size, so a unit starts on it) and the
  * sequence's last. */
@@ -226,7 +207,8 @@ static size_t token_rows_floats(const struct fwd *f, size_t n) {
  *     head's R columns to bytes by keys_lowrank_q8 (kq, ks: one scale a block; a block is scored
  *     only once all its keys precede the query block, so this stays causal);
  *   queries: each query head's scored rows among them (every stride-th, and the sequence's last)
- *     projected, times 1/sqrt(HS) (in the weights), each to signed bytes by its own scale (qq, qs).
+ *     projected, times 1/sqrt(HS) (in the weights), each to signed bytes by its own scale (qq, qs:
+ *     rows_lowrank_q8).
  * buf: token_rows_floats(f, n). */
 static void token_rows(struct fwd *f, size_t t0, size_t t1, float *buf) {
         const size_t R = f->att->rank, R4 = f->r4, HS = f->HS, G = f->NH / f->NKV, GR = G * R, QC = f->NH * HS;
@@ -253,11 +235,10 @@ static void token_rows(struct fwd *f, size_t t0, size_t t1, float *buf) {
                 if (last)
                         dsa_linear_packed_f32(qt + (i1 - i0) * R, R, f->qkv + (f->T - 1) * f->QKV + h * HS, f->QKV, w,
                                               NULL, 1, 0, R, DSA_EPILOGUE_NONE);
-                for (size_t i = i0; i < i1 + last; i++) {
-                        const size_t row = i < i1 ? i : nreg; /* the last row is row nsr - 1 = nreg */
-                        quantize_row(f->qq + (h * f->nsr + row) * R4, f->qs + h * f->nsr + row, qt + (i - i0) * R, R,
-                                     R4);
-                }
+                /* the last row is row nsr - 1 = nreg = i1 (last: t1 is T), after the others */
+                if (f->ak->rows_lowrank_q8(f->qq + (h * f->nsr + i0) * R4, R4, f->qs + h * f->nsr + i0, qt, R,
+                                           i1 - i0 + last, R) < 0)
+                        f->err = -EINVAL;
         }
 }
 

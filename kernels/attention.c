@@ -407,7 +407,7 @@ int dsa__attention_keys_lowrank_q8_ref(uint8_t *kt, size_t ldk, float *ks, const
                                 const float a = fabsf(kp[j * ldp + c]);
                                 M = a > M ? a : M; /* a NaN is not > */
                         }
-                const float inv = dsa__att_keys_q8_inv(M);
+                const float inv = dsa__att_q8_inv(127.0f, M);
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)
                         for (size_t c = 0; c < R4; c++) {
@@ -421,6 +421,44 @@ int dsa__attention_keys_lowrank_q8_ref(uint8_t *kt, size_t ldk, float *ks, const
         return 0;
 }
 
+int dsa__att_rows_q8_check(const int8_t *qt, size_t ldq, const float *qs, const float *p, size_t ldp, size_t n,
+                           size_t R) {
+        if (R == 0 || R > DSA_ATT_MAX_RANK_LR)
+                return -EINVAL;
+        if (n == 0)
+                return 0;
+        if (!qt || !qs || !p || (n > 1 && (ldp < R || ldq < (R + 3) / 4 * 4)))
+                return -EINVAL;
+        return 0;
+}
+
+int dsa__attention_rows_lowrank_q8_ref(int8_t *qt, size_t ldq, float *qs, const float *p, size_t ldp, size_t n,
+                                       size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+        int r = dsa__att_rows_q8_check(qt, ldq, qs, p, ldp, n, R);
+
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const float *x = p + i * ldp;
+                float M = 0;
+                for (size_t c = 0; c < R; c++) {
+                        const float a = fabsf(x[c]);
+                        M = a > M ? a : M; /* a NaN is not > */
+                }
+                const float inv = dsa__att_q8_inv(63.0f, M);
+                qs[i] = inv > 0 ? 1.0f / inv : 0.0f;
+                for (size_t c = 0; c < R4; c++) {
+                        const float y = c < R ? x[c] * inv : 0.0f;
+                        int v = 0; /* a NaN (x NaN, or inf * 0): 0 */
+                        if (y == y)
+                                v = (int) (y + (y >= 0 ? 0.5f : -0.5f));
+                        qt[i * ldq + c] = (int8_t) v;
+                }
+        }
+        return 0;
+}
+
 static const struct dsa_attention_kernels table_ref = {
         .isa = DSA_ISA_REF,
         .name = "ref",
@@ -429,6 +467,7 @@ static const struct dsa_attention_kernels table_ref = {
         .linear_f32 = dsa__attention_linear_f32_ref,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_ref,
         .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_ref,
+        .rows_lowrank_q8 = dsa__attention_rows_lowrank_q8_ref,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_ref,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_ref,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_ref,
@@ -444,6 +483,7 @@ static const struct dsa_attention_kernels table_avx2 = {
         .linear_f32 = dsa__attention_linear_f32_avx2,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx2,
         .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_avx2,
+        .rows_lowrank_q8 = dsa__attention_rows_lowrank_q8_avx2,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx2,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx2,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx2,
@@ -458,6 +498,7 @@ static const struct dsa_attention_kernels table_avx512 = {
         .linear_f32 = dsa__attention_linear_f32_avx512,
         .block_max_lowrank_q8 = dsa__attention_block_max_lowrank_q8_avx512,
         .keys_lowrank_q8 = dsa__attention_keys_lowrank_q8_avx512,
+        .rows_lowrank_q8 = dsa__attention_rows_lowrank_q8_avx512,
         .pack_kv_f32 = dsa__attention_pack_kv_f32_avx512,
         .pack_kv_rows_f32 = dsa__attention_pack_kv_rows_f32_avx512,
         .blocks_packed_f32 = dsa__attention_blocks_packed_f32_avx512,

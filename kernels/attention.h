@@ -190,6 +190,18 @@ struct dsa_attention_kernels {
         int (*keys_lowrank_q8)(uint8_t *kt, size_t ldk, float *ks, const float *kp, size_t ldp, size_t n, size_t bk,
                                size_t R);
 
+        /* block_max_lowrank_q8's query rows (qt, qs) from fp32: row i of p (n, ldp), R floats,
+         * to R4 = R rounded up to 4 signed bytes of qt (n, ldq) by its own factor
+         * inv = fl(63 / M), M its largest |component| (inv = 0 when M is 0 or +inf, or so small
+         * that 63 / M overflows), qs[i] = fl(1 / inv) (0 for inv = 0); a component x becomes
+         * trunc(p + 0.5f) for p = fl(x * inv) >= 0, trunc(p - 0.5f) below, rounded as
+         * keys_lowrank_q8 rounds (so every byte is in [-63, 63]); a NaN component counts as 0
+         * (byte 0, and not in M), so do components past R. Every variant gives the same bytes
+         * and scales. 1 <= R <= DSA_ATT_MAX_RANK_LR; 0 or -EINVAL (NULL pointers with work to
+         * do, R out of range, ldp < R or ldq < R4 with more than one row); nothing is written
+         * on failure. */
+        int (*rows_lowrank_q8)(int8_t *qt, size_t ldq, float *qs, const float *p, size_t ldp, size_t n, size_t R);
+
         /* Mean of each block of bk rows: x (T, ldx) -> out (ceil(T/bk), ldo), row b the mean
          * of rows [b*bk, min(b*bk + bk, T)) (the last block partial: its own row count).
          * 1 <= bk, 1 <= HS. 0 or -EINVAL; nothing is written on failure. One portable loop
@@ -350,10 +362,17 @@ dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx2;
 dsa__att_keys_q8_fn dsa__attention_keys_lowrank_q8_avx512;
 int dsa__att_keys_q8_check(const uint8_t *kt, size_t ldk, const float *ks, const float *kp, size_t ldp, size_t n,
                            size_t bk, size_t R);
-/* keys_lowrank_q8's factor of a block whose largest |component| is M (>= 0, not NaN): 127 / M,
- * or 0 when M is 0 or +inf or the quotient overflows. */
-static inline float dsa__att_keys_q8_inv(float M) {
-        const float inv = M > 0 ? 127.0f / M : 0.0f;
+typedef int dsa__att_rows_q8_fn(int8_t *qt, size_t ldq, float *qs, const float *p, size_t ldp, size_t n, size_t R);
+dsa__att_rows_q8_fn dsa__attention_rows_lowrank_q8_ref;
+dsa__att_rows_q8_fn dsa__attention_rows_lowrank_q8_avx2;
+dsa__att_rows_q8_fn dsa__attention_rows_lowrank_q8_avx512;
+int dsa__att_rows_q8_check(const int8_t *qt, size_t ldq, const float *qs, const float *p, size_t ldp, size_t n,
+                           size_t R);
+/* The 8-bit factor of values whose largest |value| is M (>= 0, not NaN), top their largest byte
+ * (127: keys_lowrank_q8, 63: rows_lowrank_q8): top / M, or 0 when M is 0 or +inf or the quotient
+ * overflows. */
+static inline float dsa__att_q8_inv(float top, float M) {
+        const float inv = M > 0 ? top / M : 0.0f;
         return inv < INFINITY ? inv : 0.0f;
 }
 

@@ -321,6 +321,11 @@ int dsa__attention_keys_lowrank_q8_avx512(uint8_t *kt, size_t ldk, float *ks, co
         return att_keys_lowrank_q8(kt, ldk, ks, kp, ldp, n, bk, R);
 }
 
+int dsa__attention_rows_lowrank_q8_avx512(int8_t *qt, size_t ldq, float *qs, const float *p, size_t ldp, size_t n,
+                                       size_t R) {
+        return att_rows_lowrank_q8(qt, ldq, qs, p, ldp, n, R);
+}
+
 int dsa__attention_pool_blocks_f32_avx512(float *out, size_t ldo, const float *x, size_t ldx, size_t T, size_t bk,
                                        size_t HS) {
         return dsa__att_pool_blocks(out, ldo, x, ldx, T, bk, HS);

@@ -541,7 +541,7 @@ static int att_keys_lowrank_q8(uint8_t *kt, size_t ldk, float *ks, const float *
                 return r;
         for (size_t b = 0; b * bk < n; b++) {
                 const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
-                const float inv = dsa__att_keys_q8_inv(att_kq8_block_max(kp, ldp, j0, j1, R));
+                const float inv = dsa__att_q8_inv(127.0f, att_kq8_block_max(kp, ldp, j0, j1, R));
                 ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
                 for (size_t j = j0; j < j1; j++)
                         for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
@@ -550,6 +550,29 @@ static int att_keys_lowrank_q8(uint8_t *kt, size_t ldk, float *ks, const float *
                                 for (size_t g = 0; g < ATT_KQ8_LANES / 4 && c + 4 * g < R4; g++)
                                         memcpy(kt + ((c / 4 + g) * bk + j - j0) * ldk + 4 * b, w + g, 4);
                         }
+        }
+        return 0;
+}
+
+/* rows_lowrank_q8 (attention.h) on the same row operations: a row is a block of one key, its
+ * factor for 63, each word's offset bytes back to signed ones (the top bit flipped: 128 + v
+ * becomes v). */
+static int att_rows_lowrank_q8(int8_t *qt, size_t ldq, float *qs, const float *p, size_t ldp, size_t n, size_t R) {
+        const size_t R4 = (R + 3) / 4 * 4;
+        int r = dsa__att_rows_q8_check(qt, ldq, qs, p, ldp, n, R);
+
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < n; i++) {
+                const float inv = dsa__att_q8_inv(63.0f, att_kq8_block_max(p + i * ldp, 0, 0, 1, R));
+                qs[i] = inv > 0 ? 1.0f / inv : 0.0f;
+                for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
+                        uint32_t w[ATT_KQ8_LANES / 4];
+                        att_kq8_words(w, p + i * ldp, R, c, inv);
+                        for (size_t g = 0; g < ATT_KQ8_LANES / 4; g++)
+                                w[g] ^= 0x80808080u;
+                        memcpy(qt + i * ldq + c, w, R4 - c < ATT_KQ8_LANES ? R4 - c : ATT_KQ8_LANES);
+                }
         }
         return 0;
 }
