@@ -569,9 +569,10 @@ static int att_rows_lowrank_q8(int8_t *qt, size_t ldq, float *qs, const float *p
                 for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
                         uint32_t w[ATT_KQ8_LANES / 4];
                         att_kq8_words(w, p + i * ldp, R, c, inv);
-                        for (size_t g = 0; g < ATT_KQ8_LANES / 4; g++)
+                        for (size_t g = 0; g < ATT_KQ8_LANES / 4 && c + 4 * g < R4; g++) {
                                 w[g] ^= 0x80808080u;
-                        memcpy(qt + i * ldq + c, w, R4 - c < ATT_KQ8_LANES ? R4 - c : ATT_KQ8_LANES);
+                                memcpy(qt + i * ldq + c + 4 * g, w + g, 4);
+                        }
                 }
         }
         return 0;
