@@ -39,7 +39,8 @@
 #define LINEAR_ROWS 64
 #define PACK_ROWS 32  /* task_rows' units are multiples: pack_kv_rows_f32 takes pieces of multiples of 32 */
 #define TOKEN_BLOCKS 16 /* blocks a unit of the token scorer's bytes (task_rows) */
-#define PAIR_BATCH 64   /* (head, query block) pairs whose block lists task_attention holds at once */
+#define PAIR_BATCH 16   /* (head, query block) pairs whose block lists task_attention holds at once */
+#define PAIR_CLAIM PAIR_BATCH /* pairs a slot of task_attention claims at a time */
 
 struct fwd {
         const struct dsa_llama *l;
@@ -348,62 +349,79 @@ static size_t token_select(struct fwd *f, size_t h, size_t qb, uint32_t *blocks,
         return dsa__att_select_mass(f->att, f->layer, h, qb, nb, true, sc, blocks, scratch);
 }
 
-/* (head, query block) pairs [begin, end), heaviest (last) query blocks first, PAIR_BATCH at a
- * time: every pair's choice of key blocks, then every pair's attention over its choice (a few
- * clock readings a batch, not a few a pair, for the stats' select and attend times). */
-static void task_attention(void *arg, size_t begin, size_t end) {
-        struct fwd *f = arg;
+/* The attention of pairs [p0, p1) (at most PAIR_BATCH): every pair's choice of key blocks, then
+ * every pair's attention over its choice (a few clock readings a batch, not a few a pair, for the
+ * stats' select and attend times). A pair p is head p % NH of query block nb - 1 - p / NH: the
+ * heaviest (last) query blocks first. blocks: PAIR_BATCH lists of nb; scratch: task_attention's.
+ * false on failure (f->err set). */
+static bool attention_pairs(struct fwd *f, size_t p0, size_t p1, float *scratch, uint32_t *blocks, uint64_t *kept,
+                            uint64_t *t_sel, uint64_t *t_attend) {
         const size_t HS = f->HS, G = f->NH / f->NKV, QC = f->NH * HS, nb = f->nb;
         const size_t sel = dsa__att_select_scratch(f->att, nb), ks = dsa__att_attend_scratch(f->att, nb, f->bk, HS);
+        float *nvis = scratch + sel + ks;
+        size_t count[PAIR_BATCH];
+        const uint64_t c0 = now_nsec();
+
+        for (size_t p = p0; p < p1; p++) {
+                const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G, t0 = qb * f->bk;
+                uint32_t *list = blocks + (p - p0) * nb;
+                size_t n;
+
+                if (f->att->kind == DSA_ATT_DSA && f->att->oracle) {
+                        const float *q = f->qkv + t0 * f->QKV + h * HS;
+                        const float *k = f->qkv + QC + kvh * HS, *v = k + f->NKV * HS;
+                        n = oracle_select(f, h, qb, q, k, v, list, scratch, scratch + sel);
+                } else if (f->att->kind == DSA_ATT_DSA && f->att->token)
+                        n = token_select(f, h, qb, list, scratch, nvis + 2 * nb);
+                else if (f->att->kind == DSA_ATT_DSA) {
+                        for (size_t b = 0; b < nb; b++)
+                                nvis[b] = dsa__att_nvis(qb, b, f->bk, f->T, true);
+                        n = dsa__att_select(f->att, f->layer, h, qb, nb, true, f->qp + (h * nb + qb) * f->D,
+                                            f->kp + h * nb * f->D, f->D, nvis, f->scale, list, scratch);
+                } else
+                        n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale, list,
+                                            scratch);
+                if (n == SIZE_MAX)
+                        return false;
+                count[p - p0] = n;
+                *kept += n;
+        }
+        const uint64_t c1 = now_nsec();
+        for (size_t p = p0; p < p1; p++) {
+                const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G;
+                const size_t t0 = qb * f->bk, nq = MIN(f->bk, f->T - t0);
+                if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, f->qkv + t0 * f->QKV + h * HS, f->QKV,
+                                    nq, qb, blocks + (p - p0) * nb, count[p - p0], f->T, HS, true, f->kv + kvh * f->pk,
+                                    f->skv ? f->skv + kvh * f->ps : NULL, scratch + sel) < 0)
+                        f->err = -EINVAL;
+        }
+        *t_sel += c1 - c0, *t_attend += now_nsec() - c1;
+        return true;
+}
+
+/* One slot of the attention's dispatch: claims PAIR_CLAIM pairs at a time, in order, from f->next
+ * until none is left (attention_pairs). Claims this small, the heaviest first, leave the threads
+ * at most about one claim apart at the end; the pool's own split, eight equal ranges of pairs,
+ * left DSA's threads up to a range apart, as its query blocks cost about the same. */
+static void task_attention(void *arg, size_t begin, size_t end) {
+        struct fwd *f = arg;
+        const size_t nb = f->nb, npairs = f->NH * nb;
+        const size_t sel = dsa__att_select_scratch(f->att, nb), ks = dsa__att_attend_scratch(f->att, nb, f->bk, f->HS);
         const size_t tok = f->att->token ? (f->bk + 2) * nb : 0;
         _cleanup_free_ float *scratch = malloc((sel + ks + 2 * nb + tok) * sizeof(float));
         _cleanup_free_ uint32_t *blocks = malloc(PAIR_BATCH * nb * sizeof(uint32_t));
-        size_t count[PAIR_BATCH];
         uint64_t kept = 0, t_sel = 0, t_attend = 0;
 
+        (void) begin, (void) end;
         if (!scratch || !blocks) {
                 f->err = -ENOMEM;
                 return;
         }
-        float *nvis = scratch + sel + ks;
-        for (size_t p0 = begin; p0 < end; p0 += PAIR_BATCH) {
-                const size_t p1 = MIN(p0 + PAIR_BATCH, end);
-                const uint64_t c0 = now_nsec();
-                for (size_t p = p0; p < p1; p++) {
-                        const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G, t0 = qb * f->bk;
-                        uint32_t *list = blocks + (p - p0) * nb;
-                        size_t n;
-
-                        if (f->att->kind == DSA_ATT_DSA && f->att->oracle) {
-                                const float *q = f->qkv + t0 * f->QKV + h * HS;
-                                const float *k = f->qkv + QC + kvh * HS, *v = k + f->NKV * HS;
-                                n = oracle_select(f, h, qb, q, k, v, list, scratch, scratch + sel);
-                        } else if (f->att->kind == DSA_ATT_DSA && f->att->token)
-                                n = token_select(f, h, qb, list, scratch, nvis + 2 * nb);
-                        else if (f->att->kind == DSA_ATT_DSA) {
-                                for (size_t b = 0; b < nb; b++)
-                                        nvis[b] = dsa__att_nvis(qb, b, f->bk, f->T, true);
-                                n = dsa__att_select(f->att, f->layer, h, qb, nb, true, f->qp + (h * nb + qb) * f->D,
-                                                    f->kp + h * nb * f->D, f->D, nvis, f->scale, list, scratch);
-                        } else
-                                n = dsa__att_select(f->att, f->layer, h, qb, nb, true, NULL, NULL, 0, NULL, f->scale,
-                                                    list, scratch);
-                        if (n == SIZE_MAX)
-                                return;
-                        count[p - p0] = n;
-                        kept += n;
-                }
-                const uint64_t c1 = now_nsec();
-                for (size_t p = p0; p < p1; p++) {
-                        const size_t h = p % f->NH, qb = nb - 1 - p / f->NH, kvh = h / G;
-                        const size_t t0 = qb * f->bk, nq = MIN(f->bk, f->T - t0);
-                        if (dsa__att_attend(f->att, f->ak, f->a + t0 * QC + h * HS, QC, f->qkv + t0 * f->QKV + h * HS,
-                                            f->QKV, nq, qb, blocks + (p - p0) * nb, count[p - p0], f->T, HS, true,
-                                            f->kv + kvh * f->pk, f->skv ? f->skv + kvh * f->ps : NULL,
-                                            scratch + sel) < 0)
-                                f->err = -EINVAL;
-                }
-                t_sel += c1 - c0, t_attend += now_nsec() - c1;
+        for (;;) {
+                const size_t p0 = atomic_fetch_add(&f->next, PAIR_CLAIM);
+                if (p0 >= npairs || !attention_pairs(f, p0, MIN(p0 + PAIR_CLAIM, npairs), scratch, blocks, &kept,
+                                                     &t_sel, &t_attend))
+                        break;
         }
         atomic_fetch_add(&f->kept, kept);
         atomic_fetch_add(&f->select_ns, t_sel);
@@ -611,7 +629,8 @@ int dsa__llama_forward(const struct dsa_llama *l, const int32_t *ids, size_t T, 
                                 dsa_threadpool_for(pool, f.NKV, 1, task_pack_means, &f);
                         if (f.err < 0)
                                 return f.err;
-                        dsa_threadpool_for(pool, f.NH * f.nb, 1, task_attention, &f);
+                        atomic_store(&f.next, 0);
+                        dsa_threadpool_for(pool, nslot, 1, task_attention, &f);
                 }
                 t_att += now_nsec() - t0;
                 if (f.err < 0)
