@@ -417,15 +417,17 @@ static inline __attribute__((always_inline)) int dsa__att_pool_blocks(float *out
                 for (size_t d0 = 0; d0 < HS; d0 += DSA__POOL_COLS) {
                         const size_t w = HS - d0 < DSA__POOL_COLS ? HS - d0 : DSA__POOL_COLS;
                         float acc[DSA__POOL_COLS] = { 0 };
-                        for (size_t j = j0; j < j0 + n; j++) {
-                                const float *xj = x + j * ldx + d0;
-                                if (w == DSA__POOL_COLS)
-                                        for (size_t d = 0; d < DSA__POOL_COLS; d++)
-                                                acc[d] += xj[d];
-                                else
-                                        for (size_t d = 0; d < w; d++)
-                                                acc[d] += xj[d];
+                        if (w == DSA__POOL_COLS) { /* unrolled, so acc lives in registers, not on the stack */
+                                for (size_t j = j0; j < j0 + n; j++)
+                                        _Pragma("GCC unroll 64") for (size_t d = 0; d < DSA__POOL_COLS; d++)
+                                                acc[d] += x[j * ldx + d0 + d];
+                                _Pragma("GCC unroll 64") for (size_t d = 0; d < DSA__POOL_COLS; d++)
+                                        out[b * ldo + d0 + d] = acc[d] / (float) n;
+                                continue;
                         }
+                        for (size_t j = j0; j < j0 + n; j++)
+                                for (size_t d = 0; d < w; d++)
+                                        acc[d] += x[j * ldx + d0 + d];
                         for (size_t d = 0; d < w; d++)
                                 out[b * ldo + d0 + d] = acc[d] / (float) n;
                 }
