@@ -348,14 +348,17 @@ int dsa__att_block_max_q8_check(const float *out, size_t ldo, const int8_t *qt, 
         if (!out || !qt || !qs || !kt || !ks || (nq > 1 && (ldq < R || ldo < nb)) ||
             ((R > 4 || bk > 1) && ldk < 4 * nb)) /* more than one row of kt */
                 return -EINVAL;
-        for (size_t i = 0; i < nq; i++) {
-                unsigned bad = 0; /* no branch a byte: R of them or'ed, then one test a row */
-                for (size_t r = 0; r < R; r++)
-                        bad |= (unsigned) (qt[i * ldq + r] + 63) > 126u;
-                if (bad)
-                        return -EINVAL;
-        }
-        return 0;
+        /* four bytes a word (R % 4 == 0): a byte is outside [-63, 63] when its top two bits
+         * differ (0x40-0xbf: 64..127, -128..-65) or it is 0xc0 (-64), a zero byte of w ^ 0xc0c0c0c0 */
+        uint32_t bad = 0;
+        for (size_t i = 0; i < nq; i++)
+                for (size_t r = 0; r < R; r += 4) {
+                        uint32_t w, z;
+                        memcpy(&w, qt + i * ldq + r, 4);
+                        z = w ^ 0xc0c0c0c0u;
+                        bad |= ((w ^ (w << 1)) | ((z - 0x01010101u) & ~z)) & 0x80808080u;
+                }
+        return bad ? -EINVAL : 0;
 }
 
 int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t *qt, size_t ldq, const float *qs,
