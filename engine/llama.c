@@ -39,8 +39,7 @@
 #define LINEAR_ROWS 64
 #define PACK_ROWS 32  /* task_rows' units are multiples: pack_kv_rows_f32 takes pieces of multiples of 32 */
 #define TOKEN_BLOCKS 16 /* blocks a unit of the token scorer's bytes (task_rows) */
-#define PAIR_BATCH 16   /* (head, query block) pairs whose block lists task_attention holds at once */
-#define PAIR_CLAIM PAIR_BATCH /* pairs a slot of task_attention claims at a time */
+#define PAIR_BATCH 16   /* (head, query block) pairs a thread of task_attention claims at once */
 
 struct fwd {
         const struct dsa_llama *l;
@@ -399,7 +398,7 @@ static bool attention_pairs(struct fwd *f, size_t p0, size_t p1, float *scratch,
         return true;
 }
 
-/* One slot of the attention's dispatch: claims PAIR_CLAIM pairs at a time, in order, from f->next
+/* One slot of the attention's dispatch: claims PAIR_BATCH pairs at a time, in order, from f->next
  * until none is left (attention_pairs). Claims this small, the heaviest first, leave the threads
  * at most about one claim apart at the end; the pool's own split, eight equal ranges of pairs,
  * left DSA's threads up to a range apart, as its query blocks cost about the same. */
@@ -418,8 +417,8 @@ static void task_attention(void *arg, size_t begin, size_t end) {
                 return;
         }
         for (;;) {
-                const size_t p0 = atomic_fetch_add(&f->next, PAIR_CLAIM);
-                if (p0 >= npairs || !attention_pairs(f, p0, MIN(p0 + PAIR_CLAIM, npairs), scratch, blocks, &kept,
+                const size_t p0 = atomic_fetch_add(&f->next, PAIR_BATCH);
+                if (p0 >= npairs || !attention_pairs(f, p0, MIN(p0 + PAIR_BATCH, npairs), scratch, blocks, &kept,
                                                      &t_sel, &t_attend))
                         break;
         }

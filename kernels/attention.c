@@ -384,6 +384,21 @@ int dsa__attention_block_max_lowrank_q8_ref(float *out, size_t ldo, const int8_t
         return 0;
 }
 
+/* The larger of M and the largest |x[c]|, c < R, a NaN left out (it is not >). */
+static float ref_q8_absmax(const float *x, size_t R, float M) {
+        for (size_t c = 0; c < R; c++) {
+                const float a = fabsf(x[c]);
+                M = a > M ? a : M;
+        }
+        return M;
+}
+
+/* p (a component times its factor, rounded to fp32) to its byte value: halves away from 0, each
+ * step in fp32; a NaN (x NaN, or inf * 0) is 0. */
+static int ref_q8_round(float p) {
+        return p == p ? (int) (p + (p >= 0 ? 0.5f : -0.5f)) : 0;
+}
+
 int dsa__att_keys_q8_check(const uint8_t *kt, size_t ldk, const float *ks, const float *kp, size_t ldp, size_t n,
                            size_t bk, size_t R) {
         if (bk == 0 || R == 0 || R > DSA_ATT_MAX_RANK_LR)
@@ -406,20 +421,13 @@ int dsa__attention_keys_lowrank_q8_ref(uint8_t *kt, size_t ldk, float *ks, const
                 const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
                 float M = 0;
                 for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R; c++) {
-                                const float a = fabsf(kp[j * ldp + c]);
-                                M = a > M ? a : M; /* a NaN is not > */
-                        }
+                        M = ref_q8_absmax(kp + j * ldp, R, M);
                 const float inv = dsa__att_q8_inv(127.0f, M);
-                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                ks[b] = dsa__att_q8_scale(inv);
                 for (size_t j = j0; j < j1; j++)
-                        for (size_t c = 0; c < R4; c++) {
-                                const float p = c < R ? kp[j * ldp + c] * inv : 0.0f;
-                                int v = 0; /* a NaN (x NaN, or inf * 0): 0 */
-                                if (p == p)
-                                        v = (int) (p + (p >= 0 ? 0.5f : -0.5f));
-                                kt[((c / 4) * bk + j - j0) * ldk + 4 * b + c % 4] = (uint8_t) (128 + v);
-                        }
+                        for (size_t c = 0; c < R4; c++)
+                                kt[((c / 4) * bk + j - j0) * ldk + 4 * b + c % 4] =
+                                        (uint8_t) (128 + ref_q8_round(c < R ? kp[j * ldp + c] * inv : 0.0f));
         }
         return 0;
 }
@@ -444,20 +452,10 @@ int dsa__attention_rows_lowrank_q8_ref(int8_t *qt, size_t ldq, float *qs, const 
                 return r;
         for (size_t i = 0; i < n; i++) {
                 const float *x = p + i * ldp;
-                float M = 0;
-                for (size_t c = 0; c < R; c++) {
-                        const float a = fabsf(x[c]);
-                        M = a > M ? a : M; /* a NaN is not > */
-                }
-                const float inv = dsa__att_q8_inv(63.0f, M);
-                qs[i] = inv > 0 ? 1.0f / inv : 0.0f;
-                for (size_t c = 0; c < R4; c++) {
-                        const float y = c < R ? x[c] * inv : 0.0f;
-                        int v = 0; /* a NaN (x NaN, or inf * 0): 0 */
-                        if (y == y)
-                                v = (int) (y + (y >= 0 ? 0.5f : -0.5f));
-                        qt[i * ldq + c] = (int8_t) v;
-                }
+                const float inv = dsa__att_q8_inv(63.0f, ref_q8_absmax(x, R, 0.0f));
+                qs[i] = dsa__att_q8_scale(inv);
+                for (size_t c = 0; c < R4; c++)
+                        qt[i * ldq + c] = (int8_t) ref_q8_round(c < R ? x[c] * inv : 0.0f);
         }
         return 0;
 }

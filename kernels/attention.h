@@ -375,6 +375,10 @@ static inline float dsa__att_q8_inv(float top, float M) {
         const float inv = M > 0 ? top / M : 0.0f;
         return inv < INFINITY ? inv : 0.0f;
 }
+/* The scale that factor inv gives the bytes: fl(1 / inv), 0 for inv 0. */
+static inline float dsa__att_q8_scale(float inv) {
+        return inv > 0 ? 1.0f / inv : 0.0f;
+}
 
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_ref;
 dsa__att_pack_kv_fn dsa__attention_pack_kv_f32_avx2;

@@ -245,8 +245,8 @@ ATT_AI_ROW void att_kt_shift(float *dst, const float *kv, size_t j0, size_t n, s
         const __m256i ma0 = tail_mask(16 - off > 8 ? 8 : 16 - off), ma1 = tail_mask(off < 8 ? 8 - off : 0);
 
         for (size_t o = 0; 16 * o < n; o++) {
-                const float *a = kv + (j0 - off + 16 * o) * HS + off, *b = a + 16 * HS - 16;
                 const bool next = off + n > 16 * (o + 1); /* the next panel holds keys too */
+                const float *a = kv + (j0 - off + 16 * o) * HS + off, *b = next ? a + 16 * HS - 16 : a;
                 const __m256i mb0 = next ? _mm256_xor_si256(ma0, all) : none;
                 const __m256i mb1 = next ? _mm256_xor_si256(ma1, all) : none;
                 float *d = dst + 16 * o * HS;

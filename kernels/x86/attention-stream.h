@@ -542,7 +542,7 @@ static int att_keys_lowrank_q8(uint8_t *kt, size_t ldk, float *ks, const float *
         for (size_t b = 0; b * bk < n; b++) {
                 const size_t j0 = b * bk, j1 = n - j0 < bk ? n : j0 + bk;
                 const float inv = dsa__att_q8_inv(127.0f, att_kq8_block_max(kp, ldp, j0, j1, R));
-                ks[b] = inv > 0 ? 1.0f / inv : 0.0f;
+                ks[b] = dsa__att_q8_scale(inv);
                 for (size_t j = j0; j < j1; j++)
                         for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
                                 uint32_t w[ATT_KQ8_LANES / 4];
@@ -565,7 +565,7 @@ static int att_rows_lowrank_q8(int8_t *qt, size_t ldq, float *qs, const float *p
                 return r;
         for (size_t i = 0; i < n; i++) {
                 const float inv = dsa__att_q8_inv(63.0f, att_kq8_block_max(p + i * ldp, 0, 0, 1, R));
-                qs[i] = inv > 0 ? 1.0f / inv : 0.0f;
+                qs[i] = dsa__att_q8_scale(inv);
                 for (size_t c = 0; c < R4; c += ATT_KQ8_LANES) {
                         uint32_t w[ATT_KQ8_LANES / 4];
                         att_kq8_words(w, p + i * ldp, R, c, inv);
