@@ -27,6 +27,10 @@
 
 #define FIT_MIN_SAMPLES 20u
 #define FIT_MIN_SPREAD_CORES 0.5
+/* The share of the watts' variance the line must explain: busy cores drive a real package's
+ * power, so a fit that explains less is noise (another load's power, a counter that does not
+ * follow the CPU) and its slope, however small, would price every request near zero. */
+#define FIT_MIN_R2 0.5
 
 /* Reads path (relative to dirfd) into buf, NUL-terminated. A file that fills the buffer is
  * -EBADMSG, unless prefix is set: then its first size - 1 bytes are all the caller wants.
@@ -385,7 +389,7 @@ struct dsad_power_meter {
         /* Least squares of package watts (y) on busy cores (x) as running means and centred
          * sums (Welford), which stay accurate where raw sums of squares would cancel. */
         unsigned n;
-        double mean_x, mean_y, sxx, sxy, min_x, max_x;
+        double mean_x, mean_y, sxx, sxy, syy, min_x, max_x;
 
         bool primed;
         uint64_t last_usec;
@@ -452,19 +456,21 @@ static double counter_rate(struct counter *c, int r, uint64_t now, double dt) {
 }
 
 static void fit_add(struct dsad_power_meter *m, double x, double y) {
-        double dx = x - m->mean_x, core;
+        double dx = x - m->mean_x, dy = y - m->mean_y, core;
 
         m->n++;
         m->mean_x += dx / m->n;
-        m->mean_y += (y - m->mean_y) / m->n;
+        m->mean_y += dy / m->n;
         m->sxx += dx * (x - m->mean_x);
         m->sxy += dx * (y - m->mean_y);
+        m->syy += dy * (y - m->mean_y);
         m->min_x = m->n == 1 ? x : MIN(m->min_x, x);
         m->max_x = m->n == 1 ? x : MAX(m->max_x, x);
         if (m->n < FIT_MIN_SAMPLES || m->max_x - m->min_x < FIT_MIN_SPREAD_CORES)
                 return;
         core = m->sxy / m->sxx; /* sxx > 0: the x values spread */
-        if (core > 0 && isfinite(core)) {
+        /* r^2 = sxy^2 / (sxx syy) >= FIT_MIN_R2, without the division (syy may be 0) */
+        if (core > 0 && isfinite(core) && m->sxy * m->sxy >= FIT_MIN_R2 * m->sxx * m->syy) {
                 m->core_watts = core;
                 m->idle_watts = m->mean_y - core * m->mean_x;
                 m->calibrated = true;

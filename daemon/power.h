@@ -84,8 +84,9 @@ struct dsad_power_sample {
  * model's configured coefficients: watts per busy core and package watts at idle, both finite
  * and >= 0 (anything else is -EINVAL). When RAPL opens, the meter fits
  * package = idle + core * busy_cores by least squares over its samples, once: as soon as it
- * holds >= 20 samples with both values whose busy_cores spread (max - min) is >= 0.5 core and
- * the fit's core is > 0, it adopts both fitted coefficients and never refits. When RAPL does
+ * holds >= 20 samples with both values whose busy_cores spread (max - min) is >= 0.5 core,
+ * the fit's core is > 0 and the line explains at least half the watts' variance (r^2 >= 0.5),
+ * it adopts both fitted coefficients and never refits. When RAPL does
  * not open (any error but -ENOMEM: see dsad_power_meter_rapl_status()), the configured values
  * stay. Returns 0 and *ret, -EINVAL, or -ENOMEM. */
 int dsad_power_meter_new(const char *root, double core_watts, double idle_watts, struct dsad_power_meter **ret);

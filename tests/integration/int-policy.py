@@ -206,7 +206,13 @@ def main():
             check(current(d) == "base", f"base under light load: {current(d)}")
             set_prop(d, "PowerBudget", "d", 0.001)
             check(abs(prop(d, "PowerBudget") - 0.001) < 1e-12, "PowerBudget reads back")
-            mon.wait(lambda e: e[1] == "distilled" and e[2].startswith("power"), "to distilled for power")
+            try:
+                mon.wait(lambda e: e[1] == "distilled" and e[2].startswith("power"), "to distilled for power")
+            except AssertionError as e:
+                # What the daemon prices a request at, for the failure's record.
+                pol = {k: v["data"] for k, v in d.call("GetPolicy")[0].items()
+                       if k in ("PowerBudget", "PowerSource", "CoreWatts", "Power", "ArrivalRate")}
+                raise AssertionError(f"{e}; GetPolicy: {pol}") from None
             out, _ = b.communicate(timeout=60)
             check(b.returncode == 0, "requests failed around the budget switch")
             rc, _, err = set_prop(d, "PowerBudget", "d", -1, check_rc=False)
