@@ -97,8 +97,10 @@ variants=(
         "dsa-token-count|--attention dsa --att-block 32 --att-blocks 9 --att-summary"
         "dsa-token-s1|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary --att-stride 1"
         "dsa-token-w32|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 12 --att-summary-window 32"
+        "dsa-token-c11|--attention dsa --att-block 32 --att-mass 0.7 --att-cap 11 --att-summary-window 32"
         "dense-int8|--quant int8"
         "dsa-token-w32-int8|--quant int8"
+        "dsa-token-c11-int8|--quant int8"
 )
 files=()
 for v in "${variants[@]}"; do
@@ -142,9 +144,9 @@ T0=4096
 case ",$lengths," in *,4096,*) ;; *) T0=${lengths##*,} ;; esac
 say "bench --attention goals at $T0 tokens ($goal_runs rounds)"
 w=$work_dir
-"$dsactl" bench --attention "$w/dense.gguf,$w/dsa.gguf,$w/dsa-token.gguf,$w/dsa-token-w32.gguf" --lengths "$T0" \
-        --runs "$goal_runs" --data "$data" --json "${th[@]}" > "$work_dir/goals.json"
-"$dsactl" bench --attention "$w/dense-int8.gguf,$w/dsa-token-w32-int8.gguf" --lengths "$T0" \
+"$dsactl" bench --attention "$w/dense.gguf,$w/dsa.gguf,$w/dsa-token.gguf,$w/dsa-token-w32.gguf,$w/dsa-token-c11.gguf" \
+        --lengths "$T0" --runs "$goal_runs" --data "$data" --json "${th[@]}" > "$work_dir/goals.json"
+"$dsactl" bench --attention "$w/dense-int8.gguf,$w/dsa-token-w32-int8.gguf,$w/dsa-token-c11-int8.gguf" --lengths "$T0" \
         --runs "$goal_runs" --data "$data" --json "${th[@]}" > "$work_dir/goals-int8.json"
 
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
@@ -177,7 +179,8 @@ for fn in ("goals.json", "goals-int8.json"):
         gb[v["model"].rsplit("/", 1)[-1][:-5]] = (g, v["results"][0])
 goals = []
 for r in rows:
-    if r["name"] not in ("dsa", "dsa-token", "dsa-token-w32", "dsa-token-w32-int8"):
+    if r["name"] not in ("dsa", "dsa-token", "dsa-token-w32", "dsa-token-c11", "dsa-token-w32-int8",
+                         "dsa-token-c11-int8"):
         continue
     g, x = gb[r["name"]]
     b = gb[r["speed_vs"]][1]
@@ -214,7 +217,8 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       "size, carrying its mean value). `*-sum` rows add summaries to a row above; `dsa-token-nosum` drops them, "
       "`dsa-token-count` keeps exactly 9 blocks (w/o dynamic patterns), `dsa-token-s1` scores every query row, "
       "`dsa-token-w32` keeps the summaries of the 32 blocks before each query block only "
-      "(`--att-summary-window 32`). `dense-int8` and `dsa-token-w32-int8` are those two with int8 weights "
+      "(`--att-summary-window 32`), `dsa-token-c11` is that with at most 11 blocks (`--att-cap 11`). "
+      "`dense-int8`, `dsa-token-w32-int8` and `dsa-token-c11-int8` are those three with int8 weights "
       "(`--quant int8`: every matrix int8 per output row, activations int8 per row at run time); their speed is "
       "measured against `dense-int8`, so that both sides of the ratio have the same linear layers, and their "
       "perplexity against dense fp32 like every row.\n",
@@ -222,7 +226,7 @@ md = [f"# Efficient attention on longlm-4l256 (generated)\n",
       "|---|---|---|---|---|---|---|"] + [fmt(r) for r in rows]
 md += [f"\n## The issue's goals at {T0} tokens\n",
        "Attention at least 4x, the forward at least 2.5x, perplexity within 1% of dense. The speed comes from a "
-       "second bench of these variants alone with their baseline (dense, or dense-int8 for the int8 row), "
+       "second bench of these variants alone with their baseline (dense, or dense-int8 for the int8 rows), "
        f"{goals[0]['runs'] if goals else 0} rounds of consecutive runs: each ratio twice, the best runs' ratio and "
        "the median of the rounds' ratios (a round's baseline run and variant run are a second apart, so a slow "
        "spell of the host falls on both). A speed goal counts as met only when both ratios reach it.\n",
