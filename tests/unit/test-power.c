@@ -289,8 +289,8 @@ static void test_psi(void **state) {
                 "some avg60=5.31 avg10=1.25 avg300=19.75 total=1\n",
                 "some avg10=1.25 avg60=5.31 avg300=19.75 total=1\n\n",
                 "some avg10=1.25 avg60=5.31 avg300=19.75 total=99999999999999999999\n",
-                "some avg10=1.25 avg60=5.31 avg300=19.75 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
-                "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+                ("some avg10=1.25 avg60=5.31 avg300=19.75 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+                 "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"), /* two full lines, one string */
         };
         double avg = -1;
         uint64_t total = 1;
